@@ -1,0 +1,22 @@
+"""clr_loop: cyclical learning rates and a graph-compiled TensorFlow training loop.
+
+The schedules (`clr_loop.schedules`) are a drop-in replacement for the retired
+`tensorflow_addons.optimizers.CyclicalLearningRate` family on TensorFlow 2.16+ / Keras 3.
+"""
+
+from clr_loop.schedules import (
+    CyclicalLearningRate,
+    ExponentialCyclicalLearningRate,
+    OneCycle,
+    Triangular2CyclicalLearningRate,
+    TriangularCyclicalLearningRate,
+)
+
+__all__ = [
+    "CyclicalLearningRate",
+    "ExponentialCyclicalLearningRate",
+    "OneCycle",
+    "Triangular2CyclicalLearningRate",
+    "TriangularCyclicalLearningRate",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,398 @@
+"""Cyclical learning-rate schedules for Keras 3, a drop-in for `tfa.optimizers.CyclicalLearningRate`.
+
+Every schedule maps a step (a Python int, a numpy array of steps, or a float/int32/int64 tensor such
+as `optimizer.iterations`) to a float32 learning rate, and works inside `tf.function(jit_compile=True)`.
+
+Precision: TensorFlow Addons computed the position inside a cycle as `step / step_size - 2 * cycle + 1`
+in float32, which loses about three digits by step 10^4 when step_size is small. Here the position is
+computed with integer arithmetic (int64 steps) or float64 (float steps), and powers such as
+`gamma ** step` as `exp(step * log(gamma))` in float64, so float32 results stay within about 1e-6
+relative of a float64 reference up to step 10^7.
+
+Serialization: schedules are registered with Keras and their `get_config` holds only JSON values (the
+mode *name*, never a Python callable), so optimizers and `.keras` files that use them round-trip.
+"""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+MODES = ("triangular", "triangular2", "exp_range")
+SCALE_MODES = ("cycle", "iterations")
+ANNEAL_STRATEGIES = ("cos", "linear")
+_PACKAGE = "clr_loop"
+
+
+def _check_rate(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_steps(name, value, *, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive whole number of steps, got {value!r}")
+    if value <= 0 or value != int(value):
+        raise ValueError(f"{name} must be a positive whole number of steps, got {value!r}")
+    return int(value)
+
+
+def _check_gamma(gamma):
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
+    if not math.isfinite(gamma) or gamma <= 0:
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
+    return float(gamma)
+
+
+def _as_step_tensor(step):
+    """Returns `step` as an int64 tensor, or a float64 tensor when it is a floating-point value.
+
+    Integer steps keep exact integer arithmetic; float steps (allowed by TFA, and produced by some
+    callers) go to float64, which is exact for whole numbers up to 2**53.
+    """
+    if isinstance(step, (tf.Tensor, tf.Variable)) or hasattr(step, "dtype"):
+        step = tf.convert_to_tensor(step)
+    else:
+        step = tf.convert_to_tensor(np.asarray(step))
+    if step.dtype.is_floating:
+        return tf.cast(step, tf.float64)
+    if step.dtype.is_integer:
+        return tf.cast(step, tf.int64)
+    raise TypeError(f"step must be an integer or float tensor, got dtype {step.dtype.name}")
+
+
+def _cycle_position(step, up, down):
+    """Returns (cycle, height) for a cycle that rises over `up` steps and falls over `down` steps.
+
+    `cycle` counts from 1 (float64). `height` in [0, 1] (float64) is 0 at the start of each cycle and
+    1 at its peak. It equals TFA's `max(0, 1 - x)` and PyTorch CyclicLR's `scale_factor`.
+    """
+    total = up + down
+    if step.dtype.is_integer:
+        cycle = tf.math.floordiv(step, total) + 1
+        pos = tf.math.floormod(step, total)
+    else:
+        cycle = tf.math.floor(step / total) + 1.0
+        pos = step - (cycle - 1.0) * total
+    pos = tf.cast(pos, tf.float64)
+    height = tf.where(pos <= up, pos / up, (total - pos) / down)
+    return tf.cast(cycle, tf.float64), height
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CyclicalLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """A cyclical learning rate (Smith, 2015), with TensorFlow Addons' arguments and formula.
+
+    Calling the schedule with a step returns a float32 learning rate:
+    `initial + (maximal - initial) * height(step) * scale(cycle or step)`, where `height` rises
+    linearly from 0 to 1 over `step_size` steps and falls back over `step_size_down` steps (default
+    `step_size`; PyTorch's `CyclicLR(step_size_up, step_size_down)`), and `scale` is picked by
+    `mode` ("triangular": 1, "triangular2": 1/2**(cycle-1), "exp_range": gamma**step) or given as
+    a Python `scale_fn` as in TFA. Durations are in optimizer steps (batches), not epochs. With
+    neither `mode` nor `scale_fn` the schedule is triangular. `scale_mode` says whether the scale
+    function sees the cycle number (from 1) or the step; `None` picks "iterations" for exp_range
+    and "cycle" otherwise. Only `mode` is serializable: a custom `scale_fn` makes `get_config`
+    raise a ValueError.
+    """
+
+    def __init__(
+        self,
+        initial_learning_rate,
+        maximal_learning_rate,
+        step_size,
+        scale_fn=None,
+        scale_mode=None,
+        name="CyclicalLearningRate",
+        *,
+        mode=None,
+        gamma=1.0,
+        step_size_down=None,
+    ):
+        super().__init__()
+        self.initial_learning_rate = _check_rate("initial_learning_rate", initial_learning_rate)
+        self.maximal_learning_rate = _check_rate("maximal_learning_rate", maximal_learning_rate)
+        if self.maximal_learning_rate < self.initial_learning_rate:
+            raise ValueError(
+                f"maximal_learning_rate ({maximal_learning_rate}) must be >= "
+                f"initial_learning_rate ({initial_learning_rate})"
+            )
+        self.step_size = _check_steps("step_size", step_size)
+        self.step_size_down = _check_steps("step_size_down", step_size_down, allow_none=True)
+        self.gamma = _check_gamma(gamma)
+        if scale_fn is not None and mode is not None:
+            raise ValueError(f"pass either mode ({mode!r}) or scale_fn, not both")
+        if scale_fn is not None and not callable(scale_fn):
+            raise ValueError(f"scale_fn must be callable, got {scale_fn!r}")
+        if scale_fn is None and mode is None:
+            mode = "triangular"
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if scale_mode is None:
+            scale_mode = "iterations" if mode == "exp_range" else "cycle"
+        if scale_mode not in SCALE_MODES:
+            raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
+        self.mode = mode
+        self.scale_fn = scale_fn
+        self.scale_mode = scale_mode
+        self.name = name
+
+    def _scale(self, cycle, step):
+        """Returns the amplitude multiplier (float64) for the given cycle number and step."""
+        arg = cycle if self.scale_mode == "cycle" else tf.cast(step, tf.float64)
+        if self.scale_fn is not None:
+            # TFA handed the user's function a float tensor of the schedule's dtype.
+            return tf.cast(self.scale_fn(tf.cast(arg, tf.float32)), tf.float64)
+        if self.mode == "triangular":
+            return tf.ones_like(arg)
+        if self.mode == "triangular2":
+            return tf.exp(-(arg - 1.0) * math.log(2.0))
+        return tf.exp(arg * math.log(self.gamma))
+
+    def _height(self, step):
+        """Returns the schedule's normalised height (float64): 0 at the bounds' low end, 1 at the top."""
+        step = _as_step_tensor(step)
+        down = self.step_size_down or self.step_size
+        cycle, height = _cycle_position(step, self.step_size, down)
+        return height * self._scale(cycle, step)
+
+    def __call__(self, step):
+        with tf.name_scope(self.name or "CyclicalLearningRate"):
+            lo, hi = self.initial_learning_rate, self.maximal_learning_rate
+            return tf.cast(lo + (hi - lo) * self._height(step), tf.float32)
+
+    def momentum(self, step, base_momentum, max_momentum):
+        """Returns the cyclical momentum (float32) for `step`: it moves opposite to the rate.
+
+        It is `max_momentum` where the rate is at its initial value and `base_momentum` at the
+        (scaled) peak, as PyTorch's `CyclicLR(cycle_momentum=True)` computes it.
+        """
+        return tf.cast(max_momentum - (max_momentum - base_momentum) * self._height(step), tf.float32)
+
+    def get_config(self):
+        if self.scale_fn is not None:
+            raise ValueError(
+                f"{type(self).__name__} with a custom scale_fn cannot be serialized (a Python "
+                "callable cannot be written to JSON). Pass mode='triangular', 'triangular2' or "
+                "'exp_range' (with gamma) instead of scale_fn to save this schedule."
+            )
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "maximal_learning_rate": self.maximal_learning_rate,
+            "step_size": self.step_size,
+            "step_size_down": self.step_size_down,
+            "scale_mode": self.scale_mode,
+            "mode": self.mode,
+            "gamma": self.gamma,
+            "name": self.name,
+        }
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class TriangularCyclicalLearningRate(CyclicalLearningRate):
+    """TFA's triangular CLR: a constant-amplitude cycle between the two rates; returns float32 rates."""
+
+    def __init__(
+        self,
+        initial_learning_rate,
+        maximal_learning_rate,
+        step_size,
+        scale_mode="cycle",
+        name="TriangularCyclicalLearningRate",
+        *,
+        step_size_down=None,
+    ):
+        super().__init__(
+            initial_learning_rate,
+            maximal_learning_rate,
+            step_size,
+            scale_mode=scale_mode,
+            name=name,
+            mode="triangular",
+            step_size_down=step_size_down,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        del config["mode"], config["gamma"]
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Triangular2CyclicalLearningRate(CyclicalLearningRate):
+    """TFA's triangular2 CLR: the amplitude halves every cycle; returns float32 rates."""
+
+    def __init__(
+        self,
+        initial_learning_rate,
+        maximal_learning_rate,
+        step_size,
+        scale_mode="cycle",
+        name="Triangular2CyclicalLearningRate",
+        *,
+        step_size_down=None,
+    ):
+        super().__init__(
+            initial_learning_rate,
+            maximal_learning_rate,
+            step_size,
+            scale_mode=scale_mode,
+            name=name,
+            mode="triangular2",
+            step_size_down=step_size_down,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        del config["mode"], config["gamma"]
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ExponentialCyclicalLearningRate(CyclicalLearningRate):
+    """TFA's exp_range CLR: the amplitude is multiplied by `gamma**step`; returns float32 rates."""
+
+    def __init__(
+        self,
+        initial_learning_rate,
+        maximal_learning_rate,
+        step_size,
+        scale_mode="iterations",
+        gamma=1.0,
+        name="ExponentialCyclicalLearningRate",
+        *,
+        step_size_down=None,
+    ):
+        super().__init__(
+            initial_learning_rate,
+            maximal_learning_rate,
+            step_size,
+            scale_mode=scale_mode,
+            name=name,
+            mode="exp_range",
+            gamma=gamma,
+            step_size_down=step_size_down,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        del config["mode"]
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """Smith's one-cycle policy, with the values of PyTorch's `OneCycleLR` for the same arguments.
+
+    Calling it with a step returns a float32 rate. The rate warms up from
+    `maximal_learning_rate / div_factor` to `maximal_learning_rate` over the first
+    `pct_start * total_steps` steps, then anneals ("cos" or "linear") down to
+    `initial / final_div_factor` at step `total_steps - 1`. With `three_phase`, it first returns to
+    the initial rate symmetrically and only then anneals to the minimum. Durations are steps.
+    Unlike PyTorch, which raises, steps past `total_steps - 1` hold the final (minimum) rate.
+    """
+
+    def __init__(
+        self,
+        maximal_learning_rate,
+        total_steps,
+        pct_start=0.3,
+        anneal_strategy="cos",
+        div_factor=25.0,
+        final_div_factor=1e4,
+        three_phase=False,
+        name="OneCycle",
+    ):
+        super().__init__()
+        self.maximal_learning_rate = _check_rate("maximal_learning_rate", maximal_learning_rate)
+        if self.maximal_learning_rate <= 0:
+            raise ValueError(f"maximal_learning_rate must be > 0, got {maximal_learning_rate!r}")
+        self.total_steps = _check_steps("total_steps", total_steps)
+        if isinstance(pct_start, bool) or not isinstance(pct_start, numbers.Real) or not 0 < pct_start < 1:
+            raise ValueError(f"pct_start must be a number in (0, 1), got {pct_start!r}")
+        if anneal_strategy not in ANNEAL_STRATEGIES:
+            raise ValueError(f"anneal_strategy must be one of {ANNEAL_STRATEGIES}, got {anneal_strategy!r}")
+        for arg, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{arg} must be a finite number > 0, got {value!r}")
+        self.pct_start = float(pct_start)
+        self.anneal_strategy = anneal_strategy
+        self.div_factor = float(div_factor)
+        self.final_div_factor = float(final_div_factor)
+        self.three_phase = bool(three_phase)
+        self.name = name
+        # The phase boundaries are PyTorch's, including its float end steps.
+        up_end = self.pct_start * self.total_steps - 1.0
+        if self.three_phase:
+            self._ends = (up_end, 2.0 * self.pct_start * self.total_steps - 2.0, self.total_steps - 1.0)
+        else:
+            self._ends = (up_end, self.total_steps - 1.0)
+        starts = (0.0,) + self._ends[:-1]
+        if any(end <= start for start, end in zip(starts, self._ends)):
+            raise ValueError(
+                f"total_steps={total_steps} with pct_start={pct_start} leaves a phase with no steps; "
+                "use more total_steps or a pct_start further from 0 and 1"
+            )
+
+    @property
+    def initial_learning_rate(self):
+        """The starting rate, `maximal_learning_rate / div_factor` (float)."""
+        return self.maximal_learning_rate / self.div_factor
+
+    @property
+    def minimal_learning_rate(self):
+        """The final rate, `initial_learning_rate / final_div_factor` (float)."""
+        return self.initial_learning_rate / self.final_div_factor
+
+    def _interpolate(self, step, values):
+        """Returns the float64 value at `step` of the phase-wise anneal through `values`."""
+        step = tf.minimum(tf.cast(_as_step_tensor(step), tf.float64), self._ends[-1])
+        result = tf.zeros_like(step)
+        start = 0.0
+        done = tf.zeros_like(step, dtype=tf.bool)
+        for i, end in enumerate(self._ends):
+            pct = (step - start) / (end - start)
+            v0, v1 = values[i], values[i + 1]
+            if self.anneal_strategy == "cos":
+                value = v1 + (v0 - v1) / 2.0 * (tf.cos(math.pi * pct) + 1.0)
+            else:
+                value = (v1 - v0) * pct + v0
+            in_phase = tf.logical_not(done) if i == len(self._ends) - 1 else tf.logical_and(tf.logical_not(done), step <= end)
+            result = tf.where(in_phase, value, result)
+            done = tf.logical_or(done, in_phase)
+            start = end
+        return result
+
+    def __call__(self, step):
+        with tf.name_scope(self.name or "OneCycle"):
+            lo, hi, lowest = self.initial_learning_rate, self.maximal_learning_rate, self.minimal_learning_rate
+            values = (lo, hi, lo, lowest) if self.three_phase else (lo, hi, lowest)
+            return tf.cast(self._interpolate(step, values), tf.float32)
+
+    def momentum(self, step, base_momentum, max_momentum):
+        """Returns PyTorch OneCycleLR's cycled momentum (float32): max -> base while the rate warms up, then back."""
+        values = (
+            (max_momentum, base_momentum, max_momentum, max_momentum)
+            if self.three_phase
+            else (max_momentum, base_momentum, max_momentum)
+        )
+        return tf.cast(self._interpolate(step, values), tf.float32)
+
+    def get_config(self):
+        return {
+            "maximal_learning_rate": self.maximal_learning_rate,
+            "total_steps": self.total_steps,
+            "pct_start": self.pct_start,
+            "anneal_strategy": self.anneal_strategy,
+            "div_factor": self.div_factor,
+            "final_div_factor": self.final_div_factor,
+            "three_phase": self.three_phase,
+            "name": self.name,
+        }

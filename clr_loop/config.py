@@ -1,0 +1,193 @@
+"""The resolved run configuration, and the one place where epoch-based settings become step counts."""
+
+import dataclasses
+import json
+import math
+from typing import Optional, Tuple
+
+from clr_loop import data as data_lib
+from clr_loop import schedules
+
+MODES = ("none",) + schedules.MODES + ("one_cycle",)
+JIT_CHOICES = ("auto", "true", "false")
+INPUT_PIPELINES = ("tfdata", "in_graph")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of a training run; the trainer and tools take this, never absl FLAGS.
+
+    Durations named `*_epochs` are in epochs and become steps only in `plan_steps`; everything
+    else named `*steps*` is in optimizer steps (batches). Rates are per step, as Keras SGD uses them.
+    """
+
+    mode: str = "triangular2"
+    lr: float = 0.01
+    initial_lr: float = 1e-4
+    max_lr: float = 1e-2
+    step_size_epochs: float = 2.0
+    step_size_down_epochs: Optional[float] = None
+    gamma: float = 1.0
+    pct_start: float = 0.3
+    anneal_strategy: str = "cos"
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    three_phase: bool = False
+    momentum: float = 0.0
+    cycle_momentum: Optional[bool] = None
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    seed: int = 42
+    steps_per_loop: int = 100
+    log_every_steps: int = 100
+    max_steps: int = 0
+    jit_compile: str = "auto"
+    input_pipeline: str = "tfdata"
+    workdir: str = "runs/triangular2"
+    profile_steps: Optional[Tuple[int, int]] = None
+    tfds_data_dir: Optional[str] = None
+    dataset_dir: Optional[str] = None
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 3
+    deterministic: bool = False
+    overwrite: bool = False
+    init_weights: Optional[str] = None
+    save_init: Optional[str] = None
+
+    def to_json_dict(self):
+        """Returns the configuration as a JSON-safe dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_json_dict(cls, values):
+        """Returns a Config from `to_json_dict` output; unknown keys raise a ValueError naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
+        values = dict(values)
+        if values.get("profile_steps") is not None:
+            values["profile_steps"] = tuple(values["profile_steps"])
+        return cls(**values)
+
+    @property
+    def uses_cycle_momentum(self):
+        """True when SGD's momentum follows the schedule (default: only for one_cycle)."""
+        if self.mode == "none":
+            return False
+        if self.cycle_momentum is None:
+            return self.mode == "one_cycle"
+        return self.cycle_momentum
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """A run's durations in optimizer steps, resolved from a Config and the training-set size."""
+
+    steps_per_epoch: int
+    total_steps: int
+    step_size: int
+    step_size_down: Optional[int]
+
+
+def plan_steps(config, num_train_examples):
+    """Returns the StepPlan (all in steps) for `config` on a training set of that many examples.
+
+    Steps per epoch are `num_train_examples // batch_size` (the last partial batch is dropped);
+    `step_size = round(step_size_epochs * steps_per_epoch)`, at least 1; `total_steps` is
+    `epochs * steps_per_epoch`, capped by `max_steps` when that is positive.
+    """
+    steps_per_epoch = data_lib.steps_per_epoch(num_train_examples, config.batch_size)
+    total = config.epochs * steps_per_epoch
+    if config.max_steps > 0:
+        total = min(total, config.max_steps)
+
+    def to_steps(epochs):
+        return None if epochs is None else max(1, int(round(epochs * steps_per_epoch)))
+
+    return StepPlan(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        step_size=to_steps(config.step_size_epochs),
+        step_size_down=to_steps(config.step_size_down_epochs),
+    )
+
+
+def make_schedule(config, plan):
+    """Returns the learning rate for `config`: a float for mode "none", else a Keras schedule in steps.
+
+    For one_cycle, the schedule spans `epochs * steps_per_epoch` steps (not `max_steps`), so a
+    capped smoke run sees the start of the real schedule.
+    """
+    if config.mode == "none":
+        return config.lr
+    if config.mode == "one_cycle":
+        return schedules.OneCycle(
+            config.max_lr,
+            config.epochs * plan.steps_per_epoch,
+            pct_start=config.pct_start,
+            anneal_strategy=config.anneal_strategy,
+            div_factor=config.div_factor,
+            final_div_factor=config.final_div_factor,
+            three_phase=config.three_phase,
+        )
+    return schedules.CyclicalLearningRate(
+        config.initial_lr,
+        config.max_lr,
+        plan.step_size,
+        mode=config.mode,
+        gamma=config.gamma,
+        step_size_down=plan.step_size_down,
+    )
+
+
+def validate(config):
+    """Returns a list of problems with `config`'s values (empty when it is valid); touches no files."""
+    problems = []
+
+    def positive(name, integer=False):
+        value = getattr(config, name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        if integer:
+            ok = ok and float(value).is_integer()
+        if not ok:
+            problems.append(f"--{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+
+    if config.mode not in MODES:
+        problems.append(f"--mode must be one of {', '.join(MODES)}, got {config.mode!r}")
+    for name in ("epochs", "batch_size", "eval_batch_size", "steps_per_loop", "log_every_steps", "keep_checkpoints"):
+        positive(name, integer=True)
+    for name in ("lr", "initial_lr", "max_lr", "step_size_epochs", "gamma", "div_factor", "final_div_factor"):
+        positive(name)
+    if config.step_size_down_epochs is not None:
+        positive("step_size_down_epochs")
+    if not problems and config.mode in schedules.MODES and config.max_lr <= config.initial_lr:
+        problems.append(f"--max_lr ({config.max_lr}) must be greater than --initial_lr ({config.initial_lr})")
+    if not 0 < config.pct_start < 1:
+        problems.append(f"--pct_start must be in (0, 1), got {config.pct_start}")
+    if config.anneal_strategy not in schedules.ANNEAL_STRATEGIES:
+        problems.append(f"--anneal_strategy must be cos or linear, got {config.anneal_strategy!r}")
+    if not 0 <= config.momentum < 1:
+        problems.append(f"--momentum must be in [0, 1), got {config.momentum}")
+    if not 0 <= config.base_momentum <= config.max_momentum < 1:
+        problems.append(
+            f"need 0 <= --base_momentum ({config.base_momentum}) <= --max_momentum ({config.max_momentum}) < 1"
+        )
+    if config.max_steps < 0:
+        problems.append(f"--max_steps must be >= 0 (0 means no cap), got {config.max_steps}")
+    if config.checkpoint_every_steps < 0:
+        problems.append(f"--checkpoint_every_steps must be >= 0 (0 means each epoch end), got {config.checkpoint_every_steps}")
+    if config.jit_compile not in JIT_CHOICES:
+        problems.append(f"--jit_compile must be one of {', '.join(JIT_CHOICES)}, got {config.jit_compile!r}")
+    if config.input_pipeline not in INPUT_PIPELINES:
+        problems.append(f"--input_pipeline must be one of {', '.join(INPUT_PIPELINES)}, got {config.input_pipeline!r}")
+    if config.profile_steps is not None:
+        start, stop = config.profile_steps
+        if not 0 <= start < stop:
+            problems.append(f"--profile_steps must be START,STOP with 0 <= START < STOP, got {start},{stop}")
+    if not config.workdir:
+        problems.append("--workdir must not be empty")
+    return problems

@@ -1,0 +1,379 @@
+"""Fashion-MNIST sources and the tf.data input pipelines.
+
+Two sources give the same arrays: TensorFlow Datasets (`load_tfds`) and the raw IDX
+`.gz` files as the Fashion-MNIST authors publish them (`load_idx_dir`), which Debian's
+`dataset-fashion-mnist` package installs in `DEBIAN_DIR`. `load` picks one. The
+pipelines (`train_dataset`, `eval_dataset`) keep images as uint8; the model rescales.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import struct
+import zlib
+from typing import Callable, Literal
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+FULL_SIZE = {"train": 60000, "test": 10000}
+
+_TFDS_NAME = "fashion_mnist"
+# Element type code 0x08 is "unsigned byte"; the last magic byte is the number of dims.
+_IDX_UBYTE = 0x08
+_IDX_NDIM = {"images": 3, "labels": 1}
+# Rows per chunk when reading a TFDS split into numpy; bounds the temporary tensors.
+_TFDS_READ_CHUNK = 10000
+
+
+class DataError(Exception):
+    """Raised when a data source is missing or malformed.
+
+    The message names the file, directory or source and says what is wrong, so it can be
+    shown to the user as is.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split of Fashion-MNIST held in memory as numpy arrays.
+
+    `images` is uint8 with shape [N, 28, 28, 1] and raw pixel values 0..255; `labels` is
+    int32 with shape [N] and class ids 0..9. The constructor checks dtypes and shapes and
+    raises ValueError on a mismatch (a programming error; bad files raise DataError
+    before a Split is built).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        if self.images.dtype != np.uint8 or self.images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 1):
+            raise ValueError(
+                f"images must be uint8 [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 1], got "
+                f"{self.images.dtype} {list(self.images.shape)}"
+            )
+        if self.labels.dtype != np.int32 or self.labels.ndim != 1:
+            raise ValueError(f"labels must be int32 [N], got {self.labels.dtype} {list(self.labels.shape)}")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    @property
+    def num_examples(self) -> int:
+        """The number of examples N in this split (an int)."""
+        return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class FashionMnist:
+    """The train and test splits plus `source`, a human-readable note of where they came from."""
+
+    train: Split
+    test: Split
+    source: str
+
+
+def read_idx(
+    path: str | os.PathLike,
+    *,
+    expected_kind: Literal["images", "labels"],
+    expected_count: int | None = None,
+) -> np.ndarray:
+    """Reads one gzip-compressed IDX file of Fashion-MNIST images or labels.
+
+    Returns uint8 images of shape [N, 28, 28, 1] for `expected_kind="images"` or int32
+    labels of shape [N] with values 0..9 for `"labels"`. The file must be big-endian IDX
+    with magic 0x00000803 (images: count, 28, 28) or 0x00000801 (labels: count), hold at
+    least one example, and, when `expected_count` is given, exactly that many. Any problem
+    (missing file, bad gzip, wrong magic, wrong shape, payload size not matching the
+    header, labels out of range) raises DataError naming `path`.
+    """
+    if expected_kind not in _IDX_NDIM:
+        raise ValueError(f"expected_kind must be 'images' or 'labels', got {expected_kind!r}")
+    path = os.fspath(path)
+    data = _read_gzip(path)
+
+    ndim = _IDX_NDIM[expected_kind]
+    expected_magic = (_IDX_UBYTE << 8) | ndim
+    if len(data) < 4:
+        raise DataError(f"{path}: too short for an IDX header ({len(data)} bytes after gunzip)")
+    (magic,) = struct.unpack(">I", data[:4])
+    found_code, found_ndim = (magic >> 8) & 0xFF, magic & 0xFF
+    if magic >> 16 != 0:
+        problem = "not an IDX file"
+    elif found_code != _IDX_UBYTE:
+        problem = f"element type code 0x{found_code:02x} is not 0x08 (unsigned byte)"
+    elif found_ndim != ndim:
+        problem = f"{found_ndim} dimension(s), but {expected_kind} files have {ndim}"
+    else:
+        problem = None
+    if problem:
+        raise DataError(
+            f"{path}: wrong magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
+            f"for {expected_kind} ({problem})"
+        )
+
+    header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise DataError(f"{path}: IDX header truncated ({len(data)} bytes, need {header_len})")
+    dims = struct.unpack(f">{ndim}I", data[4:header_len])
+    count = dims[0]
+    if expected_kind == "images" and dims[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(
+            f"{path}: images are {dims[1]}x{dims[2]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}"
+        )
+    if count == 0:
+        raise DataError(f"{path}: header says the file holds 0 {expected_kind}")
+    if expected_count is not None and count != expected_count:
+        raise DataError(f"{path}: holds {count} {expected_kind}, expected {expected_count}")
+
+    payload_len = len(data) - header_len
+    expected_len = int(np.prod(dims))
+    if payload_len < expected_len:
+        raise DataError(
+            f"{path}: payload truncated: header {list(dims)} needs {expected_len} bytes, "
+            f"file has {payload_len}"
+        )
+    if payload_len > expected_len:
+        raise DataError(
+            f"{path}: {payload_len - expected_len} trailing bytes after the "
+            f"{expected_len}-byte payload for header {list(dims)}"
+        )
+
+    values = np.frombuffer(data, dtype=np.uint8, offset=header_len)
+    if expected_kind == "images":
+        return values.reshape(count, IMAGE_SIZE, IMAGE_SIZE, 1)
+    _check_label_range(values, path)
+    return values.astype(np.int32)
+
+
+def load_idx_dir(directory: str | os.PathLike, *, expect_full_size: bool = True) -> FashionMnist:
+    """Loads Fashion-MNIST from a directory holding the four IDX `.gz` files of `IDX_FILES`.
+
+    Returns a FashionMnist whose `source` names the directory. With `expect_full_size`
+    the splits must have exactly 60000 (train) and 10000 (test) examples; tests pass
+    False to load tiny generated files. Raises DataError naming the directory or file
+    for a missing directory, any bad file (see `read_idx`), or an image/label count
+    mismatch within a split. This is how the Debian package's files are read: their gzip
+    headers differ from the authors' downloads (no stored file name), so TFDS's checksum
+    validation rejects them although the contents are identical.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise DataError(f"{directory}: directory does not exist")
+    splits = {}
+    for split in ("train", "test"):
+        count = FULL_SIZE[split] if expect_full_size else None
+        images_path = os.path.join(directory, IDX_FILES[f"{split}_images"])
+        labels_path = os.path.join(directory, IDX_FILES[f"{split}_labels"])
+        images = read_idx(images_path, expected_kind="images", expected_count=count)
+        labels = read_idx(labels_path, expected_kind="labels", expected_count=count)
+        if len(images) != len(labels):
+            raise DataError(
+                f"{split} split count mismatch: {images_path} holds {len(images)} images "
+                f"but {labels_path} holds {len(labels)} labels"
+            )
+        splits[split] = Split(images=images, labels=labels)
+    return FashionMnist(train=splits["train"], test=splits["test"], source=f"idx files in {directory}")
+
+
+def load_tfds(data_dir: str | os.PathLike | None = None, *, download: bool) -> FashionMnist:
+    """Loads Fashion-MNIST through TensorFlow Datasets, fully into memory.
+
+    Returns a FashionMnist whose `source` names the TFDS data directory. `data_dir=None`
+    means TFDS's default (`~/tensorflow_datasets` or `$TFDS_DATA_DIR`). If the data is not
+    prepared there, `download=False` raises DataError, and `download=True` downloads and
+    prepares it (a DataError carrying the cause if that fails, e.g. offline, where TFDS
+    retries for minutes first). Works under `tfds.testing.mock_data`, which fakes the
+    examples and makes the download a no-op (so call it with `download=True` there).
+    """
+    builder = tfds.builder(_TFDS_NAME, data_dir=None if data_dir is None else os.fspath(data_dir))
+    where = f"tfds {_TFDS_NAME} (data_dir={builder.data_dir})"
+    # is_prepared() logs a misleading "no dataset_info.json" warning for a missing
+    # directory, which the automatic source selection would print on every fresh machine.
+    if not (builder.data_path.exists() and builder.is_prepared()):
+        if not download:
+            raise DataError(f"{where}: not prepared, and download is off")
+        try:
+            builder.download_and_prepare()
+        # Download failures surface from requests, urllib3, TFDS checksum checks and the
+        # file system alike; all mean "no data from this source".
+        except Exception as e:  # pylint: disable=broad-except
+            raise DataError(f"{where}: download_and_prepare failed: {type(e).__name__}: {e}") from e
+    splits = {split: _read_tfds_split(builder, split, where) for split in ("train", "test")}
+    return FashionMnist(train=splits["train"], test=splits["test"], source=where)
+
+
+def load(
+    *,
+    tfds_data_dir: str | os.PathLike | None = None,
+    dataset_dir: str | os.PathLike | None = None,
+    debian_dir: str | os.PathLike = DEBIAN_DIR,
+) -> FashionMnist:
+    """Loads Fashion-MNIST from the source the arguments select; returns a FashionMnist.
+
+    With `dataset_dir`, only the four IDX files there are used (any size, with a warning
+    when it is not 60000/10000) and their errors propagate; it takes precedence over `tfds_data_dir`. With
+    `tfds_data_dir`, TFDS data there is used, downloading it if needed. With neither,
+    sources are tried in order: TFDS data already prepared in the default data dir (no
+    download), the raw IDX files in `debian_dir`, then a TFDS download. The chosen
+    source, and why earlier ones were skipped, is logged. If none works, one DataError
+    lists every failure and the ways to provide the data.
+    """
+    if dataset_dir is not None:
+        if tfds_data_dir is not None:
+            logging.warning("dataset_dir=%s given, so tfds_data_dir=%s is ignored", dataset_dir, tfds_data_dir)
+        # A user's folder may hold a subset or a variant of the dataset; only the format is enforced.
+        data = load_idx_dir(dataset_dir, expect_full_size=False)
+        sizes = (data.train.num_examples, data.test.num_examples)
+        if sizes != (FULL_SIZE["train"], FULL_SIZE["test"]):
+            logging.warning("%s holds %d train / %d test examples, not the full 60000 / 10000", dataset_dir, *sizes)
+        logging.info("Fashion-MNIST from %s", data.source)
+        return data
+    if tfds_data_dir is not None:
+        data = load_tfds(tfds_data_dir, download=True)
+        logging.info("Fashion-MNIST from %s", data.source)
+        return data
+
+    debian_dir = os.fspath(debian_dir)
+    # Cheap local sources first; the download goes last because offline it only fails
+    # after minutes of retries.
+    candidates: list[tuple[str, Callable[[], FashionMnist]]] = [
+        ("TFDS data prepared in the default data dir", lambda: load_tfds(download=False)),
+        (f"raw IDX files in {debian_dir}", lambda: load_idx_dir(debian_dir)),
+        ("TFDS download into the default data dir", lambda: load_tfds(download=True)),
+    ]
+    failures = []
+    for description, attempt in candidates:
+        try:
+            data = attempt()
+        except DataError as e:
+            logging.info("Fashion-MNIST: skipping %s: %s", description, e)
+            failures.append(f"  {len(failures) + 1}. {description}: {e}")
+            continue
+        logging.info("Fashion-MNIST from %s", data.source)
+        return data
+    raise DataError(_no_source_message(failures))
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Returns the number of full batches (steps) in one epoch: `num_examples // batch_size`.
+
+    The train pipeline drops the last partial batch, so this is exact. Raises ValueError
+    for a non-positive batch size and DataError when the split holds fewer examples than
+    one batch (an epoch of zero steps).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    steps = num_examples // batch_size
+    if steps == 0:
+        raise DataError(f"{num_examples} examples are fewer than one batch of {batch_size}")
+    return steps
+
+
+def train_dataset(split: Split, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Returns an endless, shuffled tf.data.Dataset of (images, labels) training batches.
+
+    Each element is uint8 images [batch_size, 28, 28, 1] and int32 labels [batch_size].
+    Epoch k is exactly `steps_per_epoch(split.num_examples, batch_size)` batches drawn
+    from a fresh permutation of the split (full-buffer shuffle), its last partial batch
+    dropped. The sequence is fixed by `seed` (and TensorFlow's global seed, if set).
+    """
+    steps_per_epoch(split.num_examples, batch_size)
+    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels)).cache()
+    ds = ds.shuffle(split.num_examples, seed=seed, reshuffle_each_iteration=True)
+    # Repeating after batching keeps every batch inside one epoch, so each epoch sees each
+    # example at most once and the step count per epoch is exact.
+    ds = ds.batch(batch_size, drop_remainder=True).repeat()
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(split: Split, batch_size: int) -> tf.data.Dataset:
+    """Returns a finite, unshuffled tf.data.Dataset of (images, labels) evaluation batches.
+
+    Each element is uint8 images [B, 28, 28, 1] and int32 labels [B] with B = batch_size,
+    except the last batch, which holds the remainder, so every example is seen exactly
+    once in split order (ceil(N / batch_size) batches).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels)).cache()
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _read_gzip(path: str) -> bytes:
+    """Returns the decompressed bytes of `path`, or raises DataError saying why not."""
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except gzip.BadGzipFile as e:
+        raise DataError(f"{path}: not a valid gzip file ({e})") from e
+    except EOFError as e:
+        raise DataError(f"{path}: gzip stream truncated ({e})") from e
+    except zlib.error as e:
+        raise DataError(f"{path}: corrupt gzip data ({e})") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+
+
+def _check_label_range(labels: np.ndarray, where: str) -> None:
+    """Raises DataError naming `where` if any label is outside 0..NUM_CLASSES-1."""
+    bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
+    if bad.size:
+        raise DataError(
+            f"{where}: {bad.size} label(s) outside 0..{NUM_CLASSES - 1}, "
+            f"first {labels[bad[0]]} at index {bad[0]}"
+        )
+
+
+def _read_tfds_split(builder: tfds.core.DatasetBuilder, split: str, where: str) -> Split:
+    """Reads one TFDS split into a Split, checking shapes and label range."""
+    # Not `batch_size=-1`: TFDS 4.9 then batches by info.splits.total_num_examples, which
+    # is 0 under mock_data (no metadata in the pip package), so it batches by
+    # sys.maxsize and the process aborts in C++. Chunks work for real and mock data.
+    ds = builder.as_dataset(split=split, as_supervised=True).batch(_TFDS_READ_CHUNK)
+    chunks = list(tfds.as_numpy(ds))
+    if not chunks:
+        raise DataError(f"{where}: split {split!r} is empty")
+    images = np.concatenate([image for image, _ in chunks])
+    labels = np.concatenate([label for _, label in chunks])
+    if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 1):
+        raise DataError(
+            f"{where}: split {split!r} images are {images.dtype} {list(images.shape)}, "
+            f"expected uint8 [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 1]"
+        )
+    _check_label_range(labels, f"{where} split {split!r}")
+    return Split(images=images, labels=labels.astype(np.int32))
+
+
+def _no_source_message(failures: list[str]) -> str:
+    """Returns the error text for `load` when every automatic source failed."""
+    files = ", ".join(IDX_FILES.values())
+    return "\n".join(
+        [
+            "No Fashion-MNIST data found. Tried, in order:",
+            *failures,
+            "Ways to provide the data:",
+            f"  * apt-get install dataset-fashion-mnist: installs the raw files in {DEBIAN_DIR},"
+            f" found automatically (or pass --dataset_dir={DEBIAN_DIR}).",
+            f"  * --dataset_dir=DIR: a directory holding the four IDX files {files}.",
+            "  * --tfds_data_dir=DIR: a TFDS data dir with fashion_mnist already prepared,"
+            " or network access so TFDS can download it there.",
+        ]
+    )

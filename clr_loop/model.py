@@ -1,0 +1,32 @@
+"""The tutorial's small CNN for 28x28x1 Fashion-MNIST images, layer for layer."""
+
+import keras
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28, 1)
+
+
+def create_model(seed=None):
+    """Returns a built Keras `Sequential` CNN that maps uint8 images to 10 softmax probabilities.
+
+    Layers as in the tutorial: Rescaling(1/255) (so the input pipeline keeps uint8 pixels),
+    Conv2D(16, 5x5, relu), MaxPool(2), Conv2D(32, 5x5, relu), MaxPool(2), SpatialDropout2D(0.2),
+    GlobalAveragePooling2D, Dense(128, relu), Dense(10, softmax). `seed` fixes the dropout layer's
+    seed generator; the weight initialisers follow Keras's global seed
+    (`keras.utils.set_random_seed`).
+    """
+    return keras.Sequential(
+        [
+            keras.Input(IMAGE_SHAPE),
+            keras.layers.Rescaling(1.0 / 255),
+            keras.layers.Conv2D(16, (5, 5), activation="relu"),
+            keras.layers.MaxPooling2D(pool_size=(2, 2)),
+            keras.layers.Conv2D(32, (5, 5), activation="relu"),
+            keras.layers.MaxPooling2D(pool_size=(2, 2)),
+            keras.layers.SpatialDropout2D(0.2, seed=seed),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+        ],
+        name="clr_cnn",
+    )

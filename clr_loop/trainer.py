@@ -1,0 +1,368 @@
+"""The compiled training and evaluation loops, checkpoints, history and TensorBoard summaries.
+
+Shape (after orbit and flax): a pure compiled step `train_step(images, labels) -> metrics` evaluates
+the optimizer's schedule on `optimizer.iterations` inside the step; an outer `tf.function` runs
+`n` steps in a `tf.range` loop fed from the tf.data iterator; Python runs once per loop to log,
+summarise, checkpoint and drive the profiler.
+"""
+
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from clr_loop import config as config_lib
+from clr_loop import data as data_lib
+from clr_loop import model as model_lib
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds")
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when a step produced a non-finite loss or gradient; the message names the step and rate."""
+
+
+def resolve_jit_compile(choice):
+    """Returns True/False for a `--jit_compile` value; "auto" means XLA only where a GPU or TPU is present.
+
+    On CPU, XLA's convolutions are slower than TensorFlow's oneDNN kernels for this model (see
+    docs/performance.md), which is also why Keras's own `jit_compile="auto"` turns XLA off there.
+    """
+    if choice == "auto":
+        return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+    return choice == "true"
+
+
+def write_json_atomic(path, value):
+    """Writes `value` as JSON to `path` atomically: readers see the old file or the new one, never half."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def make_optimizer(config, plan):
+    """Returns the Keras SGD optimizer whose learning rate is `config`'s schedule (in steps)."""
+    return keras.optimizers.SGD(learning_rate=config_lib.make_schedule(config, plan), momentum=config.momentum)
+
+
+def make_train_step(model, optimizer, jit_compile):
+    """Returns the compiled step `(images, labels) -> metrics`, a pure function of state and batch.
+
+    The metrics are sums over the batch's examples, not means: `loss_sum` (summed per-example
+    cross-entropy), `correct`, `count`; `lr`, the rate this step used (the schedule at
+    `optimizer.iterations` before the update); and `finite`, False when the loss or any gradient
+    is NaN or Inf.
+    """
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step(images, labels):
+        lr = optimizer.learning_rate
+        with tf.GradientTape() as tape:
+            probs = model(images, training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+            loss = tf.reduce_mean(per_example)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        finite = tf.math.is_finite(loss)
+        for grad in grads:
+            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(grad)))
+        return {
+            "loss_sum": tf.reduce_sum(per_example),
+            "correct": _count_correct(probs, labels),
+            "count": tf.cast(tf.shape(labels)[0], tf.float32),
+            "lr": tf.cast(lr, tf.float32),
+            "finite": finite,
+        }
+
+    return train_step
+
+
+def _count_correct(probs, labels):
+    return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), labels), tf.float32))
+
+
+def make_eval_step(model, jit_compile):
+    """Returns the compiled eval step `(images, labels) -> (loss_sum, correct, count)`, sums over the batch."""
+
+    @tf.function(jit_compile=jit_compile)
+    def eval_step(images, labels):
+        probs = model(images, training=False)
+        loss_sum = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, probs))
+        return loss_sum, _count_correct(probs, labels), tf.cast(tf.shape(labels)[0], tf.float32)
+
+    return eval_step
+
+
+def make_evaluate(eval_step):
+    """Returns `evaluate(dataset) -> {"val_loss", "val_accuracy", "count"}` over every example of `dataset`.
+
+    The loop runs in one `tf.function`; loss and accuracy are per-example sums divided by the
+    example count, so a last partial batch weighs exactly as much as its examples.
+    """
+
+    @tf.function
+    def run(dataset):
+        totals = (tf.constant(0.0, tf.float64), tf.constant(0.0, tf.float64), tf.constant(0.0, tf.float64))
+        for images, labels in dataset:
+            sums = eval_step(images, labels)
+            totals = tuple(t + tf.cast(s, tf.float64) for t, s in zip(totals, sums))
+        return totals
+
+    def evaluate(dataset):
+        loss_sum, correct, count = (float(v) for v in run(dataset))
+        return {"val_loss": loss_sum / count, "val_accuracy": correct / count, "count": int(count)}
+
+    return evaluate
+
+
+class EpochSums:
+    """tf.Variables holding the current epoch's running train sums (checkpointed with the model).
+
+    `loss_sum` and `correct` are sums over examples (float64), `count` the number of examples, and
+    `lr` the rate the latest step used.
+    """
+
+    def __init__(self):
+        self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_loss_sum")
+        self.correct = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_correct")
+        self.count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_count")
+        self.lr = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="last_lr")
+
+    def reset(self):
+        """Zeroes the sums at the start of an epoch."""
+        for var in (self.loss_sum, self.correct, self.count):
+            var.assign(0.0)
+
+    def trackables(self):
+        """Returns a dict of the variables, for `tf.train.Checkpoint`."""
+        return {"loss_sum": self.loss_sum, "correct": self.correct, "count": self.count, "lr": self.lr}
+
+    def means(self):
+        """Returns {"loss", "accuracy"} per example over the epoch so far, and the latest "lr"."""
+        count = max(float(self.count.numpy()), 1.0)
+        return {
+            "loss": float(self.loss_sum.numpy()) / count,
+            "accuracy": float(self.correct.numpy()) / count,
+            "lr": float(self.lr.numpy()),
+        }
+
+
+def make_train_loop(train_step, next_batch, sums):
+    """Returns `train_loop(num_steps) -> window metrics`, running that many steps in one tf.function.
+
+    `next_batch()` is called inside the graph for each step (for example `next(iterator)`), so
+    Python runs once per call, not once per step. The loop adds every step's sums to the epoch's
+    `EpochSums` and returns this call's own sums (`loss_sum`, `correct`, `count`), the rate of its
+    last step (`lr`), `steps` actually run, and `finite`. A non-finite step ends the loop early:
+    `finite` is False and `lr` is that step's rate.
+    """
+
+    @tf.function
+    def train_loop(num_steps):
+        loss_sum = tf.constant(0.0, tf.float64)
+        correct = tf.constant(0.0, tf.float64)
+        count = tf.constant(0.0, tf.float64)
+        lr = tf.constant(0.0, tf.float32)
+        steps = tf.constant(0, tf.int32)
+        finite = tf.constant(True)
+        for _ in tf.range(num_steps):
+            images, labels = next_batch()
+            metrics = train_step(images, labels)
+            loss_sum += tf.cast(metrics["loss_sum"], tf.float64)
+            correct += tf.cast(metrics["correct"], tf.float64)
+            count += tf.cast(metrics["count"], tf.float64)
+            lr = metrics["lr"]
+            steps += 1
+            finite = metrics["finite"]
+            if not finite:
+                break
+        sums.loss_sum.assign_add(loss_sum)
+        sums.correct.assign_add(correct)
+        sums.count.assign_add(count)
+        sums.lr.assign(lr)
+        return {"loss_sum": loss_sum, "correct": correct, "count": count, "lr": lr, "steps": steps, "finite": finite}
+
+    return train_loop
+
+
+def _chunk_ends(step, config, plan, epoch_end):
+    """Returns the next step at which Python must regain control (loop length boundary)."""
+    ends = [step + config.steps_per_loop, epoch_end, plan.total_steps]
+    ends.append((step // config.log_every_steps + 1) * config.log_every_steps)
+    if config.profile_steps is not None:
+        start, stop = config.profile_steps
+        if step < start:
+            ends.append(start)
+        elif step < stop:
+            ends.append(step + 1)
+    if config.checkpoint_every_steps > 0:
+        ends.append((step // config.checkpoint_every_steps + 1) * config.checkpoint_every_steps)
+    return min(e for e in ends if e > step)
+
+
+class _Progress:
+    """Keras-style progress: a bar during the epoch (on a terminal), then one epoch line."""
+
+    def __init__(self, epoch, epochs, steps_per_epoch):
+        self.epoch, self.epochs, self.target = epoch, epochs, steps_per_epoch
+        self.bar = keras.utils.Progbar(steps_per_epoch) if sys.stdout.isatty() else None
+        self.start = time.perf_counter()
+
+    def update(self, done, metrics):
+        if self.bar is not None and done < self.target:
+            self.bar.update(done, values=[(k, v) for k, v in metrics.items()])
+
+    def finish(self, done, steps, metrics):
+        elapsed = time.perf_counter() - self.start
+        if self.bar is not None:
+            sys.stdout.write("\n")
+        per_step = 1000.0 * elapsed / max(steps, 1)
+        parts = " - ".join(f"{k}: {metrics[k]:.4g}" if k == "lr" else f"{k}: {metrics[k]:.4f}" for k in metrics)
+        print(
+            f"Epoch {self.epoch + 1}/{self.epochs} {done}/{self.target} - {elapsed:.0f}s {per_step:.0f}ms/step - {parts}",
+            flush=True,
+        )
+        return elapsed
+
+
+class Trainer:
+    """Owns one run's model, optimizer, input, compiled loops and outputs in `config.workdir`.
+
+    Build it with a Config and loaded data (`clr_loop.data.FashionMnist`), then call `train()`,
+    which returns the history dict (per-epoch lists under `HISTORY_KEYS`).
+    """
+
+    def __init__(self, config, data, *, model=None):
+        self.config = config
+        self.data = data
+        self.plan = config_lib.plan_steps(config, data.train.num_examples)
+        self.jit_compile = resolve_jit_compile(config.jit_compile)
+        keras.utils.set_random_seed(config.seed)
+        self.model = model if model is not None else model_lib.create_model(seed=config.seed)
+        self.optimizer = make_optimizer(config, self.plan)
+        self.optimizer.build(self.model.trainable_variables)
+        self.sums = EpochSums()
+        train_ds = data_lib.train_dataset(data.train, config.batch_size, config.seed)
+        self.eval_ds = data_lib.eval_dataset(data.test, config.eval_batch_size)
+        self.iterator = iter(train_ds)
+        self.train_step = make_train_step(self.model, self.optimizer, self.jit_compile)
+        self.train_loop = make_train_loop(self.train_step, lambda: next(self.iterator), self.sums)
+        self.evaluate = make_evaluate(make_eval_step(self.model, self.jit_compile))
+        self.history = {key: [] for key in HISTORY_KEYS}
+
+    @property
+    def step(self):
+        """The number of optimizer steps taken so far (int)."""
+        return int(self.optimizer.iterations.numpy())
+
+    def _paths(self):
+        workdir = self.config.workdir
+        return {
+            "history": os.path.join(workdir, "history.json"),
+            "config": os.path.join(workdir, "config.json"),
+            "train_logs": os.path.join(workdir, "train"),
+            "eval_logs": os.path.join(workdir, "eval"),
+            "profile": workdir,
+        }
+
+    def train(self):
+        """Trains to `plan.total_steps`, evaluating after every epoch; returns the history dict.
+
+        Raises TrainingDiverged (after writing nothing more) when a step is non-finite.
+        """
+        config, plan = self.config, self.plan
+        paths = self._paths()
+        os.makedirs(config.workdir, exist_ok=True)
+        write_json_atomic(paths["config"], {**config.to_json_dict(), "resolved": _plan_dict(plan, self.jit_compile)})
+        train_writer = tf.summary.create_file_writer(paths["train_logs"])
+        eval_writer = tf.summary.create_file_writer(paths["eval_logs"])
+        logging.info(
+            "training %d steps (%d per epoch, step_size %s), jit_compile=%s, workdir %s",
+            plan.total_steps, plan.steps_per_epoch, plan.step_size, self.jit_compile, config.workdir,
+        )
+        epochs = -(-plan.total_steps // plan.steps_per_epoch)
+        step = self.step
+        profiling = False
+        # Train summaries average over every step since the previous summary, not just the last loop.
+        log_sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+        while step < plan.total_steps:
+            epoch = step // plan.steps_per_epoch
+            epoch_start = epoch * plan.steps_per_epoch
+            epoch_end = min(epoch_start + plan.steps_per_epoch, plan.total_steps)
+            progress = _Progress(epoch, epochs, plan.steps_per_epoch)
+            self.sums.reset()
+            while step < epoch_end:
+                end = _chunk_ends(step, config, plan, epoch_end)
+                if config.profile_steps is not None and step == config.profile_steps[0]:
+                    tf.profiler.experimental.start(paths["profile"])
+                    profiling = True
+                with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
+                    window = self.train_loop(tf.constant(end - step, tf.int32))
+                ran = int(window["steps"])
+                if not bool(window["finite"]):
+                    if profiling:
+                        tf.profiler.experimental.stop()
+                    raise TrainingDiverged(
+                        f"non-finite loss or gradient at step {step + ran - 1} (learning rate "
+                        f"{float(window['lr']):.6g}); stopped without saving it"
+                    )
+                step += ran
+                if profiling and step >= config.profile_steps[1]:
+                    tf.profiler.experimental.stop()
+                    profiling = False
+                    logging.info("profiler trace of steps %s written under %s/plugins/profile", config.profile_steps, paths["profile"])
+                for key in log_sums:
+                    log_sums[key] += float(window[key])
+                if step % config.log_every_steps == 0 or step == epoch_end:
+                    count = max(log_sums["count"], 1.0)
+                    with train_writer.as_default(step=step):
+                        tf.summary.scalar("loss", log_sums["loss_sum"] / count)
+                        tf.summary.scalar("accuracy", log_sums["correct"] / count)
+                        tf.summary.scalar("lr", float(window["lr"]))
+                    log_sums = dict.fromkeys(log_sums, 0.0)
+                progress.update(step - epoch_start, self.sums.means())
+            train_metrics = self.sums.means()
+            val = self.evaluate(self.eval_ds)
+            metrics = {
+                "loss": train_metrics["loss"],
+                "accuracy": train_metrics["accuracy"],
+                "val_loss": val["val_loss"],
+                "val_accuracy": val["val_accuracy"],
+                "lr": train_metrics["lr"],
+            }
+            seconds = progress.finish(step - epoch_start, step - epoch_start, metrics)
+            with eval_writer.as_default(step=step):
+                tf.summary.scalar("loss", metrics["val_loss"])
+                tf.summary.scalar("accuracy", metrics["val_accuracy"])
+            for key, value in metrics.items():
+                self.history[key].append(value)
+            self.history["epoch_seconds"].append(seconds)
+            write_json_atomic(paths["history"], self.history)
+        train_writer.flush()
+        eval_writer.flush()
+        return self.history
+
+
+def _plan_dict(plan, jit_compile):
+    return {
+        "steps_per_epoch": plan.steps_per_epoch,
+        "total_steps": plan.total_steps,
+        "step_size": plan.step_size,
+        "step_size_down": plan.step_size_down,
+        "jit_compile": jit_compile,
+    }
+
+
+def train_and_evaluate(config, data=None):
+    """Loads the data (unless given), trains and evaluates per `config`; returns the history dict."""
+    if data is None:
+        data = data_lib.load(tfds_data_dir=config.tfds_data_dir, dataset_dir=config.dataset_dir)
+    return Trainer(config, data).train()

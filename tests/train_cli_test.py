@@ -1,0 +1,175 @@
+"""End-to-end tests of `python -m clr_loop.train`: flags, data sources, outputs and errors."""
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from absl import app
+from absl import flags
+from absl.testing import flagsaver
+
+from clr_loop import data as data_lib
+from clr_loop import train
+from clr_loop import trainer as trainer_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds"}
+
+
+def write_tiny_idx_dir(directory, n_train=96, n_test=40, seed=0):
+    """Writes the four Fashion-MNIST IDX .gz files (real format, tiny sizes) into `directory`."""
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_images"]), "wb") as f:
+            f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+        with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_labels"]), "wb") as f:
+            f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
+    return directory
+
+
+def run_cli(*args, cwd=REPO):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "clr_loop.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def run_main_in_process(argv):
+    """Parses `argv` as the app would and runs `train.main`; returns its exit status."""
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        rest = flags.FLAGS(["clr_loop.train", *argv])
+        return train.main(rest)
+
+
+def assert_run_outputs(workdir, epochs):
+    history = json.load(open(os.path.join(workdir, "history.json")))
+    assert set(history) == HISTORY_KEYS
+    assert all(len(v) == epochs for v in history.values())
+    assert json.load(open(os.path.join(workdir, "config.json")))["resolved"]["total_steps"] > 0
+    for sub in ("train", "eval"):
+        assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, sub)))
+    return history
+
+
+def test_cli_on_tiny_idx_folder(tmp_path):
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    workdir = str(tmp_path / "run")
+    result = run_cli(
+        f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--mode=triangular2", "--epochs=2", "--batch_size=16",
+        "--steps_per_loop=2", "--log_every_steps=2", "--eval_batch_size=16",
+    )
+    assert result.returncode == 0, result.stderr
+    history = assert_run_outputs(workdir, epochs=2)
+    assert "Epoch 2/2 6/6" in result.stdout and "val_accuracy:" in result.stdout
+    # The logged rate is the schedule's value at the epoch's last step (steps 5 and 11).
+    assert history["lr"][0] == pytest.approx(1e-4 + (1e-2 - 1e-4) * 5 / 12, rel=1e-5)
+
+
+def test_cli_under_tfds_mock_data(tmp_path):
+    workdir = str(tmp_path / "run")
+    with tfds.testing.mock_data(num_examples=40):
+        status = run_main_in_process(
+            [f"--tfds_data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}", "--mode=exp_range", "--gamma=0.99",
+             "--epochs=1", "--batch_size=8", "--steps_per_loop=3", "--eval_batch_size=16"]
+        )
+    assert status == 0
+    assert_run_outputs(workdir, epochs=1)
+    assert json.load(open(os.path.join(workdir, "config.json")))["resolved"]["steps_per_epoch"] == 5
+
+
+def test_flagfile_from_repo_root_and_later_flags_override(tmp_path):
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    workdir = str(tmp_path / "smoke")
+    result = run_cli(
+        "--flagfile=flags/smoke.flags", f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--batch_size=16",
+        "--max_steps=4", "--eval_batch_size=40",
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["mode"] == "triangular2" and config["steps_per_loop"] == 20  # from the flagfile
+    assert config["batch_size"] == 16 and config["resolved"]["total_steps"] == 4  # overridden
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--max_lr=1e-4", "--initial_lr=1e-3"], "--max_lr"),
+        (["--max_lr=1e-3", "--initial_lr=1e-3"], "--max_lr"),
+        (["--batch_size=0"], "--batch_size"),
+        (["--epochs=-1"], "--epochs"),
+        (["--lr=0"], "--lr"),
+        (["--step_size_epochs=0"], "--step_size_epochs"),
+        (["--steps_per_loop=0"], "--steps_per_loop"),
+        (["--gamma=-0.5"], "--gamma"),
+        (["--max_steps=-1"], "--max_steps"),
+        (["--profile_steps=5"], "--profile_steps"),
+        (["--profile_steps=9,3"], "--profile_steps"),
+        (["--pct_start=1.5"], "--pct_start"),
+        (["--base_momentum=0.99"], "--base_momentum"),
+    ],
+)
+def test_bad_flag_values_are_named_and_write_nothing(tmp_path, argv, message):
+    workdir = tmp_path / "never"
+    with pytest.raises(app.UsageError, match=message):
+        run_main_in_process([f"--workdir={workdir}", *argv])
+    assert not workdir.exists()
+
+
+def test_bad_flags_exit_non_zero_before_writing(tmp_path):
+    workdir = tmp_path / "never"
+    result = run_cli(f"--workdir={workdir}", "--max_lr=1e-5")
+    assert result.returncode != 0
+    assert "--max_lr (1e-05) must be greater than --initial_lr" in result.stderr
+    assert not workdir.exists()
+    result = run_cli(f"--workdir={workdir}", "--mode=cosine")
+    assert result.returncode != 0 and "--mode" in result.stderr and "triangular2" in result.stderr
+    assert not workdir.exists()
+
+
+def test_missing_flagfile_is_named(tmp_path):
+    result = run_cli("--flagfile=flags/does_not_exist.flags", f"--workdir={tmp_path / 'never'}")
+    assert result.returncode != 0
+    assert "flags/does_not_exist.flags" in result.stderr
+
+
+def test_bad_data_file_is_named_with_its_problem(tmp_path):
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    bad = os.path.join(data_dir, data_lib.IDX_FILES["train_labels"])
+    with gzip.open(bad, "wb") as f:
+        f.write(struct.pack(">II", 0x801, 96) + bytes([3] * 95 + [12]))
+    result = run_cli(f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}")
+    assert result.returncode == 1
+    assert bad in result.stderr and "12" in result.stderr
+    open(bad, "wb").write(b"\x1f\x8b\x08\x00 truncated")
+    result = run_cli(f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}")
+    assert result.returncode == 1 and bad in result.stderr
+
+
+def test_non_finite_run_stops_with_step_and_rate(tmp_path):
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    result = run_cli(f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}", "--mode=none", "--lr=1e12", "--batch_size=16")
+    assert result.returncode == 1
+    assert "non-finite loss or gradient at step" in result.stderr and "learning rate 1e+12" in result.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir(data_lib.DEBIAN_DIR), reason="needs apt-get install dataset-fashion-mnist")
+def test_real_data_few_hundred_steps_beat_the_untrained_model(tmp_path):
+    from clr_loop import config as config_lib
+
+    config = config_lib.Config(mode="none", lr=0.05, max_steps=300, workdir=str(tmp_path / "run"), jit_compile="false")
+    trainer = trainer_lib.Trainer(config, data_lib.load_idx_dir(data_lib.DEBIAN_DIR))
+    untrained = trainer.evaluate(trainer.eval_ds)
+    history = trainer.train()
+    assert untrained["count"] == 10000
+    assert history["val_loss"][-1] < untrained["val_loss"] - 0.1
+    assert history["val_accuracy"][-1] > 0.3  # chance is 0.1

@@ -1,0 +1,161 @@
+"""Tests for clr_loop.trainer on small in-memory data (explicit step counts everywhere)."""
+
+import glob
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from clr_loop import config as config_lib
+from clr_loop import data as data_lib
+from clr_loop import trainer as trainer_lib
+
+
+def fake_data(num_train=256, num_test=70, seed=0):
+    """Returns a FashionMnist of random images whose label is learnable (the mean brightness band)."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        labels = rng.integers(0, 10, n).astype(np.int32)
+        images = rng.integers(0, 40, (n, 28, 28, 1)) + (labels * 20)[:, None, None, None]
+        return data_lib.Split(images=images.astype(np.uint8), labels=labels)
+
+    return data_lib.FashionMnist(train=split(num_train), test=split(num_test), source="fake")
+
+
+def make_config(tmp_path, **overrides):
+    values = dict(
+        mode="triangular2", initial_lr=1e-3, max_lr=0.1, step_size_epochs=1.0, epochs=2, batch_size=32,
+        eval_batch_size=32, steps_per_loop=4, log_every_steps=2, jit_compile="false", workdir=str(tmp_path / "run"),
+    )
+    values.update(overrides)
+    return config_lib.Config(**values)
+
+
+def weights(model):
+    return [v.numpy().copy() for v in model.trainable_variables]
+
+
+def test_one_step_changes_weights_and_reports_the_rate_it_used(tmp_path):
+    trainer = trainer_lib.Trainer(make_config(tmp_path), fake_data())
+    trainer.optimizer.iterations.assign(3)
+    schedule = trainer.optimizer._learning_rate
+    before = weights(trainer.model)
+    window = trainer.train_loop(tf.constant(1))
+    assert int(trainer.optimizer.iterations) == 4
+    assert float(window["lr"]) == pytest.approx(float(schedule(3)), rel=1e-6)
+    assert float(window["lr"]) != pytest.approx(float(schedule(4)), rel=1e-3)
+    assert all(not np.array_equal(a, b) for a, b in zip(before, weights(trainer.model)))
+    assert float(window["count"]) == 32
+
+
+def test_sgd_update_matches_an_independent_gradient_step(tmp_path):
+    """w' = w - lr * grad, with grad computed by a separate tape on the same batch."""
+    data = fake_data()
+    trainer = trainer_lib.Trainer(make_config(tmp_path, mode="none", lr=0.05), data)
+    trainer.model.layers[5].rate = 0.0  # no dropout, so a second forward pass sees the same net
+    images, labels = next(iter(data_lib.train_dataset(data.train, 32, 42)))
+    before = weights(trainer.model)
+    with tf.GradientTape() as tape:
+        probs = trainer.model(images, training=True)
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, probs))
+    grads = [g.numpy() for g in tape.gradient(loss, trainer.model.trainable_variables)]
+    trainer.train_step(images, labels)
+    for w0, g, w1 in zip(before, grads, weights(trainer.model)):
+        np.testing.assert_allclose(w1, w0 - 0.05 * g, rtol=1e-5, atol=1e-7)
+
+
+def test_steps_per_loop_gives_the_same_weights_as_single_steps(tmp_path):
+    data = fake_data()
+    looped = trainer_lib.Trainer(make_config(tmp_path), data)
+    looped.train_loop(tf.constant(6))
+    single = trainer_lib.Trainer(make_config(tmp_path), data)
+    for _ in range(6):
+        single.train_loop(tf.constant(1))
+    assert int(looped.optimizer.iterations) == int(single.optimizer.iterations) == 6
+    for a, b in zip(weights(looped.model), weights(single.model)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert float(looped.sums.count.numpy()) == float(single.sums.count.numpy()) == 6 * 32
+
+
+def test_xla_step_agrees_with_plain_step(tmp_path):
+    data = fake_data()
+    plain = trainer_lib.Trainer(make_config(tmp_path, jit_compile="false"), data)
+    xla = trainer_lib.Trainer(make_config(tmp_path, jit_compile="true"), data)
+    assert xla.jit_compile and not plain.jit_compile
+    # XLA and TF kernels draw different stateless dropout masks; compare the arithmetic alone.
+    for trainer in (plain, xla):
+        trainer.model.layers[5].rate = 0.0
+    a = plain.train_loop(tf.constant(5))
+    b = xla.train_loop(tf.constant(5))
+    assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-6)
+    assert float(a["loss_sum"]) == pytest.approx(float(b["loss_sum"]), rel=1e-4)
+    for x, y in zip(weights(plain.model), weights(xla.model)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_eval_counts_every_example_once_and_matches_numpy(tmp_path):
+    data = fake_data(num_test=103)
+    trainer = trainer_lib.Trainer(make_config(tmp_path, eval_batch_size=10), data)
+    result = trainer.evaluate(data_lib.eval_dataset(data.test, 10))
+    assert result["count"] == 103
+    probs = trainer.model.predict(data.test.images, batch_size=103, verbose=0).astype(np.float64)
+    eps = 1e-7  # Keras clips probabilities to [eps, 1 - eps] before the log
+    expected_loss = np.mean(-np.log(np.clip(probs[np.arange(103), data.test.labels], eps, 1 - eps)))
+    expected_acc = np.mean(np.argmax(probs, axis=1) == data.test.labels)
+    assert result["val_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert result["val_accuracy"] == pytest.approx(expected_acc)
+
+
+def test_resolve_jit_compile():
+    assert trainer_lib.resolve_jit_compile("true") is True
+    assert trainer_lib.resolve_jit_compile("false") is False
+    assert trainer_lib.resolve_jit_compile("auto") == bool(tf.config.list_logical_devices("GPU"))
+
+
+def test_train_writes_history_config_and_events(tmp_path):
+    config = make_config(tmp_path, epochs=2)
+    history = trainer_lib.Trainer(config, fake_data()).train()
+    workdir = tmp_path / "run"
+    saved = json.loads((workdir / "history.json").read_text())
+    assert saved == history
+    assert set(saved) == set(trainer_lib.HISTORY_KEYS)
+    assert all(len(v) == 2 for v in saved.values())
+    resolved = json.loads((workdir / "config.json").read_text())
+    assert resolved["mode"] == "triangular2" and resolved["resolved"]["steps_per_epoch"] == 8
+    assert glob.glob(str(workdir / "train" / "events.out.tfevents.*"))
+    assert glob.glob(str(workdir / "eval" / "events.out.tfevents.*"))
+    # lr at the end of epoch 1 is the rate of its last step (step 7), peak of the first cycle.
+    assert saved["lr"][0] == pytest.approx(config_lib.make_schedule(config, config_lib.plan_steps(config, 256))(7).numpy(), rel=1e-6)
+
+
+def test_train_summaries_hold_loss_accuracy_lr(tmp_path):
+    trainer_lib.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()
+    tags = {}
+    for path in glob.glob(str(tmp_path / "run" / "train" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    assert set(tags) >= {"loss", "accuracy", "lr"}
+    assert tags["lr"] == [2, 4, 6, 8]
+
+
+def test_max_steps_stops_early_and_still_evaluates(tmp_path):
+    history = trainer_lib.Trainer(make_config(tmp_path, epochs=3, max_steps=5), fake_data()).train()
+    assert len(history["val_loss"]) == 1 and np.isfinite(history["val_loss"][0])
+
+
+def test_profiler_window_writes_a_trace(tmp_path):
+    config = make_config(tmp_path, epochs=1, profile_steps=(2, 4))
+    trainer_lib.Trainer(config, fake_data()).train()
+    traces = glob.glob(str(tmp_path / "run" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+    assert traces and os.path.getsize(traces[0]) > 0
+
+
+def test_non_finite_loss_raises_with_step_and_rate(tmp_path):
+    trainer = trainer_lib.Trainer(make_config(tmp_path, mode="none", lr=1e4, epochs=1), fake_data())
+    with pytest.raises(trainer_lib.TrainingDiverged, match=r"step \d+ \(learning rate 10000\)"):
+        trainer.train()

@@ -188,6 +188,10 @@ def validate(config):
         start, stop = config.profile_steps
         if not 0 <= start < stop:
             problems.append(f"--profile_steps must be START,STOP with 0 <= START < STOP, got {start},{stop}")
+    for name in ("save_init", "init_weights"):
+        path = getattr(config, name)
+        if path is not None and not path.endswith(".weights.h5"):
+            problems.append(f"--{name} must name a Keras weights file ending in .weights.h5, got {path!r}")
     if not config.workdir:
         problems.append("--workdir must not be empty")
     return problems

@@ -50,6 +50,9 @@ flags.DEFINE_list("profile_steps", None, "START,STOP: capture a TF profiler trac
 flags.DEFINE_string("tfds_data_dir", None, "Use TFDS fashion_mnist from this data_dir (downloads when online).")
 flags.DEFINE_string("dataset_dir", None, "Use the raw Fashion-MNIST IDX .gz files in this folder.")
 
+flags.DEFINE_string("save_init", None, "Write the model's initial weights to this .weights.h5 file, then train.")
+flags.DEFINE_string("init_weights", None, "Start from the weights in this .weights.h5 file (from --save_init).")
+
 FLAGS = flags.FLAGS
 
 
@@ -85,7 +88,7 @@ def main(argv):
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except trainer_lib.TrainingDiverged as e:
+    except (trainer_lib.TrainingDiverged, trainer_lib.WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

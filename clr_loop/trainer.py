@@ -48,6 +48,31 @@ def write_json_atomic(path, value):
     os.replace(tmp, path)
 
 
+class WeightsError(ValueError):
+    """Raised when an initial-weights file cannot be read or does not fit the model; names the file."""
+
+
+def save_initial_weights(model, path):
+    """Writes `model`'s weights to `path` (a Keras `.weights.h5` file) atomically; returns `path`."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+    logging.info("initial weights written to %s", path)
+    return path
+
+
+def load_initial_weights(model, path):
+    """Loads `model`'s weights from a `.weights.h5` file; raises WeightsError naming the file on failure."""
+    if not os.path.isfile(path):
+        raise WeightsError(f"--init_weights file {path} does not exist")
+    try:
+        model.load_weights(path)
+    except Exception as e:  # h5py, Keras shape checks and OS errors all mean "unusable file"
+        raise WeightsError(f"--init_weights file {path} cannot be loaded into the model: {type(e).__name__}: {e}") from e
+    logging.info("initial weights loaded from %s", path)
+
+
 def make_optimizer(config, plan):
     """Returns the Keras SGD optimizer whose learning rate is `config`'s schedule (in steps)."""
     return keras.optimizers.SGD(learning_rate=config_lib.make_schedule(config, plan), momentum=config.momentum)
@@ -247,6 +272,10 @@ class Trainer:
         self.jit_compile = resolve_jit_compile(config.jit_compile)
         keras.utils.set_random_seed(config.seed)
         self.model = model if model is not None else model_lib.create_model(seed=config.seed)
+        if config.init_weights:
+            load_initial_weights(self.model, config.init_weights)
+        if config.save_init:
+            save_initial_weights(self.model, config.save_init)
         self.optimizer = make_optimizer(config, self.plan)
         self.optimizer.build(self.model.trainable_variables)
         self.sums = EpochSums()

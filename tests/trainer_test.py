@@ -159,3 +159,23 @@ def test_non_finite_loss_raises_with_step_and_rate(tmp_path):
     trainer = trainer_lib.Trainer(make_config(tmp_path, mode="none", lr=1e4, epochs=1), fake_data())
     with pytest.raises(trainer_lib.TrainingDiverged, match=r"step \d+ \(learning rate 10000\)"):
         trainer.train()
+
+
+def test_save_init_then_init_weights_starts_from_identical_weights(tmp_path):
+    path = str(tmp_path / "init.weights.h5")
+    first = trainer_lib.Trainer(make_config(tmp_path, seed=1, save_init=path), fake_data())
+    second = trainer_lib.Trainer(make_config(tmp_path, seed=2, init_weights=path), fake_data())
+    other = trainer_lib.Trainer(make_config(tmp_path, seed=2), fake_data())
+    for a, b, c in zip(weights(first.model), weights(second.model), weights(other.model)):
+        assert np.array_equal(a, b)
+    assert any(not np.array_equal(a, c) for a, c in zip(weights(first.model), weights(other.model)))
+
+
+def test_bad_init_weights_file_is_named(tmp_path):
+    missing = str(tmp_path / "missing.weights.h5")
+    with pytest.raises(trainer_lib.WeightsError, match="missing.weights.h5 does not exist"):
+        trainer_lib.Trainer(make_config(tmp_path, init_weights=missing), fake_data())
+    broken = tmp_path / "broken.weights.h5"
+    broken.write_bytes(b"not an h5 file")
+    with pytest.raises(trainer_lib.WeightsError, match="broken.weights.h5 cannot be loaded"):
+        trainer_lib.Trainer(make_config(tmp_path, init_weights=str(broken)), fake_data())

@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from clr_loop import checkpointing
 from clr_loop import config as config_lib
 from clr_loop import data as data_lib
 from clr_loop import trainer as trainer_lib
@@ -50,6 +51,10 @@ flags.DEFINE_list("profile_steps", None, "START,STOP: capture a TF profiler trac
 flags.DEFINE_string("tfds_data_dir", None, "Use TFDS fashion_mnist from this data_dir (downloads when online).")
 flags.DEFINE_string("dataset_dir", None, "Use the raw Fashion-MNIST IDX .gz files in this folder.")
 
+flags.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps, "Also checkpoint every this many steps (0: only at each epoch end and on SIGTERM/SIGINT).")
+flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "How many recent checkpoints to keep.")
+flags.DEFINE_bool("deterministic", False, "Bit-reproducible runs: op determinism on (see README for the cost).")
+flags.DEFINE_bool("overwrite", False, "Start over in a workdir that holds another run (removes its outputs).")
 flags.DEFINE_string("save_init", None, "Write the model's initial weights to this .weights.h5 file, then train.")
 flags.DEFINE_string("init_weights", None, "Start from the weights in this .weights.h5 file (from --save_init).")
 
@@ -84,11 +89,16 @@ def main(argv):
     config = config_from_flags()
     try:
         trainer_lib.train_and_evaluate(config)
-    except data_lib.DataError as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (trainer_lib.TrainingDiverged, trainer_lib.WeightsError) as e:
+    except trainer_lib.Interrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except (
+        data_lib.DataError,
+        trainer_lib.TrainingDiverged,
+        trainer_lib.WeightsError,
+        checkpointing.WorkdirError,
+        checkpointing.CheckpointError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

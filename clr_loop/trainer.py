@@ -6,16 +6,16 @@ the optimizer's schedule on `optimizer.iterations` inside the step; an outer `tf
 summarise, checkpoint and drive the profiler.
 """
 
-import json
 import os
+import signal
 import sys
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from clr_loop import checkpointing
 from clr_loop import config as config_lib
 from clr_loop import data as data_lib
 from clr_loop import model as model_lib
@@ -36,16 +36,6 @@ def resolve_jit_compile(choice):
     if choice == "auto":
         return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
     return choice == "true"
-
-
-def write_json_atomic(path, value):
-    """Writes `value` as JSON to `path` atomically: readers see the old file or the new one, never half."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class WeightsError(ValueError):
@@ -74,8 +64,19 @@ def load_initial_weights(model, path):
 
 
 def make_optimizer(config, plan):
-    """Returns the Keras SGD optimizer whose learning rate is `config`'s schedule (in steps)."""
-    return keras.optimizers.SGD(learning_rate=config_lib.make_schedule(config, plan), momentum=config.momentum)
+    """Returns the SGD optimizer whose learning rate is `config`'s schedule (in steps).
+
+    With `config.uses_cycle_momentum` it is a `CyclicalMomentumSGD` whose momentum follows the same
+    schedule, from `max_momentum` at the low rate to `base_momentum` at the peak; otherwise Keras
+    SGD with the constant `config.momentum`.
+    """
+    from clr_loop import optimizers as optimizers_lib  # pylint: disable=import-outside-toplevel
+
+    schedule = config_lib.make_schedule(config, plan)
+    if config.uses_cycle_momentum:
+        momentum = optimizers_lib.CyclicalMomentum(schedule, config.base_momentum, config.max_momentum)
+        return optimizers_lib.CyclicalMomentumSGD(learning_rate=schedule, momentum=momentum)
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
 
 
 def make_train_step(model, optimizer, jit_compile):
@@ -180,18 +181,19 @@ class EpochSums:
         }
 
 
-def make_train_loop(train_step, next_batch, sums):
-    """Returns `train_loop(num_steps) -> window metrics`, running that many steps in one tf.function.
+def make_train_loop(train_step, sums):
+    """Returns `train_loop(iterator, num_steps) -> window metrics`, running that many steps in one tf.function.
 
-    `next_batch()` is called inside the graph for each step (for example `next(iterator)`), so
-    Python runs once per call, not once per step. The loop adds every step's sums to the epoch's
-    `EpochSums` and returns this call's own sums (`loss_sum`, `correct`, `count`), the rate of its
-    last step (`lr`), `steps` actually run, and `finite`. A non-finite step ends the loop early:
-    `finite` is False and `lr` is that step's rate.
+    Batches come from `next(iterator)` inside the graph, so Python runs once per call, not once
+    per step. Every step's sums are added to the epoch's `EpochSums` one step at a time, so the
+    totals do not depend on how the steps were split into calls (a resumed run gets the same
+    bits). Returns this call's own sums (`loss_sum`, `correct`, `count`), the rate of its last
+    step (`lr`), the `steps` actually run, and `finite`: a non-finite step ends the loop early
+    with `finite` False and `lr` that step's rate.
     """
 
     @tf.function
-    def train_loop(num_steps):
+    def train_loop(iterator, num_steps):
         loss_sum = tf.constant(0.0, tf.float64)
         correct = tf.constant(0.0, tf.float64)
         count = tf.constant(0.0, tf.float64)
@@ -199,19 +201,22 @@ def make_train_loop(train_step, next_batch, sums):
         steps = tf.constant(0, tf.int32)
         finite = tf.constant(True)
         for _ in tf.range(num_steps):
-            images, labels = next_batch()
+            images, labels = next(iterator)
             metrics = train_step(images, labels)
-            loss_sum += tf.cast(metrics["loss_sum"], tf.float64)
-            correct += tf.cast(metrics["correct"], tf.float64)
-            count += tf.cast(metrics["count"], tf.float64)
+            step_loss = tf.cast(metrics["loss_sum"], tf.float64)
+            step_correct = tf.cast(metrics["correct"], tf.float64)
+            step_count = tf.cast(metrics["count"], tf.float64)
+            sums.loss_sum.assign_add(step_loss)
+            sums.correct.assign_add(step_correct)
+            sums.count.assign_add(step_count)
+            loss_sum += step_loss
+            correct += step_correct
+            count += step_count
             lr = metrics["lr"]
             steps += 1
             finite = metrics["finite"]
             if not finite:
                 break
-        sums.loss_sum.assign_add(loss_sum)
-        sums.correct.assign_add(correct)
-        sums.count.assign_add(count)
         sums.lr.assign(lr)
         return {"loss_sum": loss_sum, "correct": correct, "count": count, "lr": lr, "steps": steps, "finite": finite}
 
@@ -258,11 +263,29 @@ class _Progress:
         return elapsed
 
 
+class Interrupted(RuntimeError):
+    """Raised after SIGTERM or SIGINT once the state is checkpointed; `signum` is the signal number."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum
+
+
+def seed_generator_states(model):
+    """Returns the state variables of every Keras SeedGenerator in `model` (dropout's RNG).
+
+    `tf.train.Checkpoint(model=...)` does not track them, and without them a resumed run would
+    draw different dropout masks.
+    """
+    return [g.state for layer in model._flatten_layers() for g in getattr(layer, "_seed_generators", [])]
+
+
 class Trainer:
     """Owns one run's model, optimizer, input, compiled loops and outputs in `config.workdir`.
 
     Build it with a Config and loaded data (`clr_loop.data.FashionMnist`), then call `train()`,
-    which returns the history dict (per-epoch lists under `HISTORY_KEYS`).
+    which resumes from the workdir's last checkpoint when there is one and returns the history
+    dict (per-epoch lists under `HISTORY_KEYS`).
     """
 
     def __init__(self, config, data, *, model=None):
@@ -270,6 +293,8 @@ class Trainer:
         self.data = data
         self.plan = config_lib.plan_steps(config, data.train.num_examples)
         self.jit_compile = resolve_jit_compile(config.jit_compile)
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(config.seed)
         self.model = model if model is not None else model_lib.create_model(seed=config.seed)
         if config.init_weights:
@@ -279,18 +304,28 @@ class Trainer:
         self.optimizer = make_optimizer(config, self.plan)
         self.optimizer.build(self.model.trainable_variables)
         self.sums = EpochSums()
-        train_ds = data_lib.train_dataset(data.train, config.batch_size, config.seed)
         self.eval_ds = data_lib.eval_dataset(data.test, config.eval_batch_size)
-        self.iterator = iter(train_ds)
+        self.iterator = self._iterator_at(0)
         self.train_step = make_train_step(self.model, self.optimizer, self.jit_compile)
-        self.train_loop = make_train_loop(self.train_step, lambda: next(self.iterator), self.sums)
+        self.train_loop = make_train_loop(self.train_step, self.sums)
         self.evaluate = make_evaluate(make_eval_step(self.model, self.jit_compile))
         self.history = {key: [] for key in HISTORY_KEYS}
+        self.checkpoints = None  # made by train(), once the workdir is checked
+        self._signal = None
+
+    def _iterator_at(self, step):
+        """Returns a train iterator positioned at `step` (the data order is a function of the step)."""
+        dataset = data_lib.train_dataset(self.data.train, self.config.batch_size, self.config.seed, start_step=step)
+        return iter(dataset)
 
     @property
     def step(self):
         """The number of optimizer steps taken so far (int)."""
         return int(self.optimizer.iterations.numpy())
+
+    def run_steps(self, num_steps):
+        """Runs `num_steps` training steps in one compiled call; returns the loop's window metrics."""
+        return self.train_loop(self.iterator, tf.constant(num_steps, tf.int32))
 
     def _paths(self):
         workdir = self.config.workdir
@@ -302,15 +337,91 @@ class Trainer:
             "profile": workdir,
         }
 
-    def train(self):
-        """Trains to `plan.total_steps`, evaluating after every epoch; returns the history dict.
+    def _prepare_workdir(self):
+        """Checks the workdir and resumes from it; returns True when the run is already complete.
 
-        Raises TrainingDiverged (after writing nothing more) when a step is non-finite.
+        Raises WorkdirError for an unwritable workdir or one holding an incompatible run, and
+        CheckpointError when a run's checkpoints exist but none can be restored.
         """
+        config, paths = self.config, self._paths()
+        checkpointing.check_writable(config.workdir)
+        if config.overwrite:
+            checkpointing.clear_run_outputs(config.workdir)
+        self.checkpoints = checkpointing.RunCheckpoints(
+            config.workdir,
+            {
+                "model": self.model,
+                "optimizer": self.optimizer,
+                "epoch_sums": self.sums.trackables(),
+                "rng": seed_generator_states(self.model),
+            },
+            self.optimizer.iterations,
+            config.keep_checkpoints,
+        )
+        current = config.to_json_dict()
+        if os.path.exists(paths["config"]):
+            saved = checkpointing.read_json(paths["config"], "run configuration")
+            differing = checkpointing.config_differences(saved, current)
+            if differing:
+                raise checkpointing.WorkdirError(
+                    f"{config.workdir} holds a run with a different configuration ("
+                    + checkpointing.describe_differences(saved, current, differing)
+                    + "). Use another --workdir, or --overwrite to start over."
+                )
+        restored = self.checkpoints.restore_latest()
+        if restored is None and os.path.exists(paths["history"]):
+            raise checkpointing.WorkdirError(
+                f"{paths['history']} exists but {self.checkpoints.directory} holds no checkpoint to resume "
+                "from; refusing to restart from scratch over it. Use --overwrite to start over."
+            )
+        checkpointing.write_json_atomic(paths["config"], {**current, "resolved": _plan_dict(self.plan, self.jit_compile)})
+        if restored is None:
+            return False
+        step = self.step
+        history = checkpointing.read_json(paths["history"], "history") if os.path.exists(paths["history"]) else {}
+        if step >= self.plan.total_steps and history:
+            self.history = history
+            return True
+        # Keep the epochs completed before the checkpoint; later ones are recomputed.
+        done = step // self.plan.steps_per_epoch
+        self.history = {key: list(history.get(key, []))[:done] for key in HISTORY_KEYS}
+        for sub in ("train_logs", "eval_logs"):
+            checkpointing.truncate_events(paths[sub], step)
+        self.iterator = self._iterator_at(step)
+        logging.info("resuming from %s at step %d (epoch %d)", restored, step, done + 1)
+        print(f"Resuming from {restored} at step {step}", flush=True)
+        return False
+
+    def _on_signal(self, signum, frame):
+        del frame
+        self._signal = signum
+
+    def train(self):
+        """Trains to `plan.total_steps`, resuming from the workdir's checkpoint; returns the history dict.
+
+        Checkpoints every `checkpoint_every_steps` steps (0: at each epoch end) and at the end.
+        Raises TrainingDiverged when a step is non-finite (the last good checkpoint is kept),
+        Interrupted after SIGTERM/SIGINT (once the state is saved), and WorkdirError or
+        CheckpointError for an unusable workdir.
+        """
+        if self._prepare_workdir():
+            print(f"{self.config.workdir}: the run is already complete at step {self.step}; nothing to do", flush=True)
+            return self.history
+        handlers = {}
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                handlers[signum] = signal.signal(signum, self._on_signal)
+        except ValueError:
+            handlers = {}  # not the main thread: the caller owns signal handling
+        try:
+            return self._train()
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+
+    def _train(self):
         config, plan = self.config, self.plan
         paths = self._paths()
-        os.makedirs(config.workdir, exist_ok=True)
-        write_json_atomic(paths["config"], {**config.to_json_dict(), "resolved": _plan_dict(plan, self.jit_compile)})
         train_writer = tf.summary.create_file_writer(paths["train_logs"])
         eval_writer = tf.summary.create_file_writer(paths["eval_logs"])
         logging.info(
@@ -327,21 +438,24 @@ class Trainer:
             epoch_start = epoch * plan.steps_per_epoch
             epoch_end = min(epoch_start + plan.steps_per_epoch, plan.total_steps)
             progress = _Progress(epoch, epochs, plan.steps_per_epoch)
-            self.sums.reset()
+            if step == epoch_start:
+                self.sums.reset()
+            resumed_at = step
             while step < epoch_end:
                 end = _chunk_ends(step, config, plan, epoch_end)
                 if config.profile_steps is not None and step == config.profile_steps[0]:
                     tf.profiler.experimental.start(paths["profile"])
                     profiling = True
                 with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
-                    window = self.train_loop(tf.constant(end - step, tf.int32))
+                    window = self.run_steps(end - step)
                 ran = int(window["steps"])
                 if not bool(window["finite"]):
                     if profiling:
                         tf.profiler.experimental.stop()
                     raise TrainingDiverged(
                         f"non-finite loss or gradient at step {step + ran - 1} (learning rate "
-                        f"{float(window['lr']):.6g}); stopped without saving it"
+                        f"{float(window['lr']):.6g}); stopped without saving it. The last good checkpoint "
+                        f"is {self.checkpoints.manager.latest_checkpoint}"
                     )
                 step += ran
                 if profiling and step >= config.profile_steps[1]:
@@ -358,6 +472,11 @@ class Trainer:
                         tf.summary.scalar("lr", float(window["lr"]))
                     log_sums = dict.fromkeys(log_sums, 0.0)
                 progress.update(step - epoch_start, self.sums.means())
+                if config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0 and step < epoch_end:
+                    train_writer.flush()
+                    self.checkpoints.save()
+                if self._signal is not None:
+                    self._stop_for_signal(train_writer, eval_writer)
             train_metrics = self.sums.means()
             val = self.evaluate(self.eval_ds)
             metrics = {
@@ -367,17 +486,32 @@ class Trainer:
                 "val_accuracy": val["val_accuracy"],
                 "lr": train_metrics["lr"],
             }
-            seconds = progress.finish(step - epoch_start, step - epoch_start, metrics)
+            seconds = progress.finish(step - epoch_start, step - resumed_at, metrics)
             with eval_writer.as_default(step=step):
                 tf.summary.scalar("loss", metrics["val_loss"])
                 tf.summary.scalar("accuracy", metrics["val_accuracy"])
             for key, value in metrics.items():
                 self.history[key].append(value)
             self.history["epoch_seconds"].append(seconds)
-            write_json_atomic(paths["history"], self.history)
+            train_writer.flush()
+            eval_writer.flush()
+            checkpointing.write_json_atomic(paths["history"], self.history)
+            self.checkpoints.save()
+            if self._signal is not None:
+                self._stop_for_signal(train_writer, eval_writer)
         train_writer.flush()
         eval_writer.flush()
         return self.history
+
+    def _stop_for_signal(self, *writers):
+        for writer in writers:
+            writer.flush()
+        path = self.checkpoints.save()
+        name = signal.Signals(self._signal).name
+        raise Interrupted(
+            f"received {name} at step {self.step}: checkpoint saved to {path}; re-run the same command to resume",
+            self._signal,
+        )
 
 
 def _plan_dict(plan, jit_compile):

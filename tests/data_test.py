@@ -455,3 +455,12 @@ def test_debian_files_load_fully():
     # Fashion-MNIST is balanced: each class has 6000 train and 1000 test examples.
     np.testing.assert_array_equal(np.bincount(ds.train.labels, minlength=10), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(ds.test.labels, minlength=10), [1000] * 10)
+
+
+def test_train_dataset_from_start_step_continues_the_same_stream():
+    """Resuming rebuilds the input at a step; it must yield exactly what the unbroken stream yields."""
+    split = indexed_split(20)
+    unbroken = take_ids(data.train_dataset(split, batch_size=4, seed=3), 17)
+    for start in (0, 3, 5, 12):
+        resumed = take_ids(data.train_dataset(split, batch_size=4, seed=3, start_step=start), 17 - start)
+        assert [ids.tolist() for ids in resumed] == [ids.tolist() for ids in unbroken[start:]]

@@ -44,7 +44,7 @@ def test_one_step_changes_weights_and_reports_the_rate_it_used(tmp_path):
     trainer.optimizer.iterations.assign(3)
     schedule = trainer.optimizer._learning_rate
     before = weights(trainer.model)
-    window = trainer.train_loop(tf.constant(1))
+    window = trainer.run_steps(1)
     assert int(trainer.optimizer.iterations) == 4
     assert float(window["lr"]) == pytest.approx(float(schedule(3)), rel=1e-6)
     assert float(window["lr"]) != pytest.approx(float(schedule(4)), rel=1e-3)
@@ -71,10 +71,10 @@ def test_sgd_update_matches_an_independent_gradient_step(tmp_path):
 def test_steps_per_loop_gives_the_same_weights_as_single_steps(tmp_path):
     data = fake_data()
     looped = trainer_lib.Trainer(make_config(tmp_path), data)
-    looped.train_loop(tf.constant(6))
+    looped.run_steps(6)
     single = trainer_lib.Trainer(make_config(tmp_path), data)
     for _ in range(6):
-        single.train_loop(tf.constant(1))
+        single.run_steps(1)
     assert int(looped.optimizer.iterations) == int(single.optimizer.iterations) == 6
     for a, b in zip(weights(looped.model), weights(single.model)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -89,8 +89,8 @@ def test_xla_step_agrees_with_plain_step(tmp_path):
     # XLA and TF kernels draw different stateless dropout masks; compare the arithmetic alone.
     for trainer in (plain, xla):
         trainer.model.layers[5].rate = 0.0
-    a = plain.train_loop(tf.constant(5))
-    b = xla.train_loop(tf.constant(5))
+    a = plain.run_steps(5)
+    b = xla.run_steps(5)
     assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-6)
     assert float(a["loss_sum"]) == pytest.approx(float(b["loss_sum"]), rel=1e-4)
     for x, y in zip(weights(plain.model), weights(xla.model)):

@@ -1,0 +1,212 @@
+"""A run's persistent state in its workdir: config.json, history.json, checkpoints, TensorBoard logs.
+
+Everything here is about not losing or mixing work: files are replaced atomically, a workdir that
+holds another configuration is refused, a corrupt checkpoint is named and skipped for the previous
+good one (never a silent restart from scratch), and TensorBoard logs written after the restored
+step are cut so a resumed run has no duplicated points.
+"""
+
+import glob
+import json
+import os
+import shutil
+
+import tensorflow as tf
+from absl import logging
+
+# Settings that may change between a run and its resumption: they steer the plumbing (where
+# files go, how often to log or save, how long to run), not the numbers the run computes.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "workdir", "steps_per_loop", "log_every_steps", "max_steps", "epochs", "profile_steps",
+        "checkpoint_every_steps", "keep_checkpoints", "overwrite", "tfds_data_dir", "dataset_dir",
+        "save_init", "init_weights", "eval_batch_size",
+    }
+)
+# Files and folders a run writes into its workdir; --overwrite removes these and nothing else.
+RUN_OUTPUTS = ("ckpt", "train", "eval", "plugins", "history.json", "config.json")
+
+
+class WorkdirError(RuntimeError):
+    """Raised when the workdir cannot be used: unwritable, another run's configuration, or unreadable state."""
+
+
+class CheckpointError(RuntimeError):
+    """Raised when no checkpoint can be restored or a checkpoint cannot be written; names the files."""
+
+
+def write_json_atomic(path, value):
+    """Writes `value` as JSON to `path` atomically: readers see the old file or the new one, never half.
+
+    On failure (for example a full disk) the temporary file is removed, the previous file is left
+    as it was, and the OSError propagates.
+    """
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_json(path, what):
+    """Returns the parsed JSON at `path`; raises WorkdirError naming the file (`what` describes it)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise WorkdirError(f"cannot read {what} {path}: {e}") from e
+
+
+def check_writable(workdir):
+    """Creates `workdir` if needed and proves it writable; raises WorkdirError naming it otherwise."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise WorkdirError(f"workdir {workdir} is not a writable folder: {e}") from e
+
+
+def clear_run_outputs(workdir):
+    """Removes a previous run's outputs (`RUN_OUTPUTS`) from `workdir`, leaving other files alone."""
+    for name in RUN_OUTPUTS:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def config_differences(saved, current):
+    """Returns the names of settings that differ between two config dicts and forbid resuming.
+
+    `epochs` may only change when the schedule does not depend on it (not one_cycle).
+    """
+    free = set(RESUMABLE_CHANGES)
+    if current.get("mode") == "one_cycle" or saved.get("mode") == "one_cycle":
+        free.discard("epochs")
+    keys = (set(saved) | set(current)) - free - {"resolved"}
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def describe_differences(saved, current, names):
+    """Returns a one-line description `name: saved -> current` of each differing setting."""
+    return ", ".join(f"{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)" for k in names)
+
+
+class RunCheckpoints:
+    """Saves and restores a run's trackable state with `tf.train.CheckpointManager` in `<workdir>/ckpt`.
+
+    `trackables` is a dict for `tf.train.Checkpoint`; `step_counter` (the optimizer's iterations)
+    numbers the checkpoints, so `ckpt-937` holds the state after step 937.
+    """
+
+    def __init__(self, workdir, trackables, step_counter, max_to_keep):
+        self.directory = os.path.join(workdir, "ckpt")
+        self.checkpoint = tf.train.Checkpoint(**trackables)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, self.directory, max_to_keep=max_to_keep, step_counter=step_counter
+        )
+        self.step_counter = step_counter
+        self.last_saved_step = None
+
+    def restore_latest(self):
+        """Restores the newest readable checkpoint; returns its path, or None when there is none.
+
+        A checkpoint that cannot be read is reported by name and the previous one is tried, saying
+        so. If checkpoints exist but none can be restored, raises CheckpointError naming them all.
+        """
+        candidates = list(reversed(self._existing_checkpoints()))
+        if not candidates:
+            return None
+        failures = []
+        for path in candidates:
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
+            # A torn or garbled file fails inside TF's reader in many ways (OpError, IndexError,
+            # ValueError, AssertionError from the object-graph match); each means "unusable".
+            except Exception as e:  # pylint: disable=broad-except
+                message = f"checkpoint {path} cannot be restored: {type(e).__name__}: {_first_line(e)}"
+                logging.error("%s", message)
+                failures.append(message)
+                continue
+            if failures:
+                logging.warning("fell back to the previous good checkpoint %s", path)
+                print(f"warning: {failures[-1]}; resuming from the previous good checkpoint {path}", flush=True)
+            self.last_saved_step = int(self.step_counter.numpy())
+            return path
+        raise CheckpointError(
+            "no checkpoint in " + self.directory + " can be restored:\n  " + "\n  ".join(failures)
+            + "\nRemove the broken files, or start over with --overwrite."
+        )
+
+    def _existing_checkpoints(self):
+        """Returns checkpoint prefixes on disk, oldest first (the manager's list plus any it lost)."""
+        listed = list(self.manager.checkpoints)
+        on_disk = sorted(
+            {p[: -len(".index")] for p in glob.glob(os.path.join(self.directory, "ckpt-*.index"))},
+            key=lambda p: int(p.rsplit("-", 1)[1]),
+        )
+        return sorted(set(listed) | set(on_disk), key=lambda p: int(p.rsplit("-", 1)[1]))
+
+    def save(self):
+        """Saves the state at the current step (once per step); returns the path written.
+
+        Raises CheckpointError naming the folder when writing fails (for example a full disk);
+        the previous checkpoints are left as they were.
+        """
+        step = int(self.step_counter.numpy())
+        if self.last_saved_step == step:
+            return self.manager.latest_checkpoint
+        try:
+            path = self.manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as e:
+            raise CheckpointError(
+                f"could not write a checkpoint at step {step} in {self.directory}: {type(e).__name__}: "
+                f"{_first_line(e)} (disk full?). The previous checkpoint "
+                f"{self.manager.latest_checkpoint} is intact."
+            ) from e
+        self.last_saved_step = step
+        logging.info("checkpoint saved at step %d: %s", step, path)
+        return path
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def truncate_events(logdir, max_step):
+    """Drops TensorBoard events with step > `max_step` from every event file in `logdir`.
+
+    A resumed run restarts from its last checkpoint and writes those steps again; cutting the
+    points logged after the checkpoint keeps each step once. Files are rewritten atomically.
+    """
+    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+        kept, dropped = [], 0
+        try:
+            for record in tf.data.TFRecordDataset(path):
+                event = tf.compat.v1.Event.FromString(record.numpy())
+                if event.step > max_step and event.HasField("summary"):
+                    dropped += 1
+                else:
+                    kept.append(record.numpy())
+        except tf.errors.DataLossError:
+            # A process killed mid-write leaves a torn last record; it is dropped too.
+            dropped += 1
+        if not dropped:
+            continue
+        tmp = os.path.join(logdir, f".tmp-events-{os.getpid()}")
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for record in kept:
+                writer.write(record)
+        os.replace(tmp, path)
+        logging.info("dropped %d TensorBoard points after step %d from %s", dropped, max_step, path)

@@ -1,0 +1,122 @@
+"""Tests for clr_loop.checkpointing: atomic writes, config compatibility, checkpoints, event truncation."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from clr_loop import checkpointing
+from clr_loop import trainer as trainer_lib
+from trainer_test import fake_data, make_config, weights
+
+
+def test_atomic_json_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "history.json")
+    checkpointing.write_json_atomic(path, {"loss": [1.0]})
+
+    def crash(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="No space left"):
+        checkpointing.write_json_atomic(path, {"loss": [1.0, 0.5]})
+    assert json.load(open(path)) == {"loss": [1.0]}
+    assert os.listdir(tmp_path) == ["history.json"]
+
+
+def test_atomic_json_write_is_never_half_written(tmp_path, monkeypatch):
+    path = str(tmp_path / "config.json")
+    checkpointing.write_json_atomic(path, {"a": 1})
+    real_dump = json.dump
+
+    def dump_half_then_die(value, f, **kwargs):
+        f.write('{"a": ')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", dump_half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointing.write_json_atomic(path, {"a": 2})
+    monkeypatch.setattr(json, "dump", real_dump)
+    assert json.load(open(path)) == {"a": 1}
+
+
+def test_config_differences():
+    saved = {"mode": "triangular2", "batch_size": 64, "max_lr": 0.01, "epochs": 10, "workdir": "a", "max_steps": 0}
+    current = dict(saved, workdir="b", max_steps=100, epochs=20)
+    assert checkpointing.config_differences(saved, current) == []
+    current = dict(saved, batch_size=32, max_lr=0.1)
+    assert checkpointing.config_differences(saved, current) == ["batch_size", "max_lr"]
+    one_cycle = dict(saved, mode="one_cycle")
+    assert checkpointing.config_differences(one_cycle, dict(one_cycle, epochs=20)) == ["epochs"]
+
+
+def test_truncate_events_drops_points_after_the_step(tmp_path):
+    logdir = str(tmp_path)
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
+        for step in range(1, 11):
+            tf.summary.scalar("loss", float(step), step=step)
+    writer.close()
+    checkpointing.truncate_events(logdir, 6)
+    steps = []
+    for name in os.listdir(logdir):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, name)):
+            steps += [event.step for _ in event.summary.value]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_write_failure_is_clear_and_keeps_the_previous(tmp_path, monkeypatch):
+    step = tf.Variable(0, dtype=tf.int64)
+    value = tf.Variable([1.0, 2.0])
+    ckpts = checkpointing.RunCheckpoints(str(tmp_path), {"value": value}, step, max_to_keep=2)
+    step.assign(5)
+    first = ckpts.save()
+    step.assign(10)
+    value.assign([3.0, 4.0])
+
+    def disk_full(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    monkeypatch.setattr(ckpts.manager, "save", disk_full)
+    with pytest.raises(checkpointing.CheckpointError, match=r"step 10 .*disk full\?.*ckpt-5 is intact"):
+        ckpts.save()
+    assert tf.train.latest_checkpoint(os.path.join(str(tmp_path), "ckpt")) == first
+    np.testing.assert_array_equal(tf.train.load_checkpoint(first).get_tensor("value/.ATTRIBUTES/VARIABLE_VALUE"), [1.0, 2.0])
+
+
+def test_checkpoint_restores_dropout_rng_and_epoch_sums(tmp_path):
+    config = make_config(tmp_path, epochs=1, max_steps=3)
+    first = trainer_lib.Trainer(config, fake_data())
+    first.train()
+    rng_state = [v.numpy().copy() for v in trainer_lib.seed_generator_states(first.model)]
+    assert rng_state and any(s[1] != 0 for s in rng_state)  # dropout drew masks
+    second = trainer_lib.Trainer(make_config(tmp_path, epochs=1, max_steps=5), fake_data())
+    assert second._prepare_workdir() is False
+    assert second.step == 3
+    assert [v.numpy().tolist() for v in trainer_lib.seed_generator_states(second.model)] == [s.tolist() for s in rng_state]
+    assert float(second.sums.count.numpy()) == 3 * 32
+    for a, b in zip(weights(first.model), weights(second.model)):
+        assert np.array_equal(a, b)
+
+
+def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path):
+    trainer_lib.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()  # ckpt-8
+    resumed = trainer_lib.Trainer(make_config(tmp_path, epochs=2), fake_data())
+    real_run_steps = resumed.run_steps
+
+    def poison_then_run(n):
+        bias = resumed.model.trainable_variables[-1]  # the logits' bias: NaN reaches the loss
+        bias.assign(tf.fill(bias.shape, float("nan")))
+        return real_run_steps(n)
+
+    resumed.run_steps = poison_then_run
+    with pytest.raises(trainer_lib.TrainingDiverged, match=r"at step 8 \(learning rate .*last good checkpoint .*ckpt-8"):
+        resumed.train()
+    path = tf.train.latest_checkpoint(str(tmp_path / "run" / "ckpt"))
+    assert path.endswith("ckpt-8")
+    reader = tf.train.load_checkpoint(path)
+    for name, dtype in reader.get_variable_to_dtype_map().items():
+        if dtype.is_floating:
+            assert np.all(np.isfinite(reader.get_tensor(name))), name

@@ -1,0 +1,437 @@
+r"""Same-initialisation ablations: train several flagfiles (and seeds) one after another, then compare.
+
+  python -m clr_loop.ablate flags/no_clr.flags flags/triangular2.flags --workdir=runs/ablation
+  python -m clr_loop.ablate flags/no_clr.flags flags/triangular2.flags --seeds=1,2,3 --epochs=3
+
+Each run's Config is built exactly as `clr_loop.train` builds it (`train.config_from_flags` after
+parsing `--flagfile=<flagfile>` followed by every other flag given here), and trained by the same
+`trainer.Trainer` on data loaded once. The ablation sets four flags of every run itself: `--workdir`
+(`<workdir>/<flagfile stem>[_seed<N>]`), `--seed`, `--init_weights` and `--save_init`.
+
+Initial weights. Without --seeds, one model is built from the base seed (`--seed`, default 42) and
+saved to `<workdir>/init.weights.h5`; every flagfile trains from it with that seed. With
+--seeds=1,2,3, each seed N gets its own `<workdir>/init_seed<N>.weights.h5`, shared by all
+flagfiles of that seed, and the seed also drives that run's data order and dropout; so within a seed
+the runs differ only by their flagfiles, and across seeds everything random varies. A seed's file
+holds the weights that `python -m clr_loop.train --seed=N` would start from. `--init_weights=PATH`
+instead starts every run (all seeds) from that file. Each run also saves the weights it actually
+started from to `<run>/init.weights.h5` (through the trainer's `--save_init`).
+
+Outputs in --workdir: the run folders, `comparison.md` and `comparison.json` (rewritten after every
+run), and `figures/` (loss, accuracy, val_accuracy overlay, and each flagfile's schedule).
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+
+from clr_loop import checkpointing
+from clr_loop import config as config_lib
+from clr_loop import data as data_lib
+from clr_loop import model as model_lib
+from clr_loop import plot as plot_lib
+from clr_loop import train as train_app
+from clr_loop import trainer as trainer_lib
+
+DEFAULT_WORKDIR = "runs/ablation"
+FINAL_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+SPREAD = "mean ± sample standard deviation (n-1) over seeds, and min–max"
+# The ablation sets these per run; given on the command line they are not passed on as overrides.
+_OWN_FLAGS = ("seeds", "figures", "workdir", "seed", "init_weights", "save_init")
+_MAX_SEED = 2**32 - 1
+
+
+def parse_seeds(values):
+    """Returns the seeds of a `--seeds` list as ints; raises ValueError naming a bad, negative or repeated one."""
+    seeds = []
+    for value in values:
+        try:
+            seed = int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"--seeds must be comma-separated integers, got {','.join(values)!r}") from None
+        if not 0 <= seed <= _MAX_SEED:
+            raise ValueError(f"--seeds must be integers in [0, 2**32 - 1], got {seed}")
+        if seed in seeds:
+            raise ValueError(f"--seeds lists seed {seed} twice")
+        seeds.append(seed)
+    if not seeds:
+        raise ValueError("--seeds must list at least one seed")
+    return seeds
+
+
+def _check_seeds(values):
+    if values is None:
+        return True
+    try:
+        parse_seeds(values)
+    except ValueError as e:
+        raise flags.ValidationError(str(e))
+    return True
+
+
+flags.DEFINE_list(
+    "seeds", None,
+    "Comma-separated seeds: every flagfile runs once per seed; each seed has its own initial weights, "
+    "data order and dropout, shared by all flagfiles (default: one run per flagfile at --seed).",
+)
+flags.DEFINE_bool("figures", True, "Write the comparison figures (needs matplotlib: the clr_loop[plot] extra).")
+flags.register_validator("seeds", _check_seeds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One planned training run: its folder `name`, the flagfile and seed it comes from, and its Config."""
+
+    name: str
+    flagfile: str
+    seed: int
+    config: config_lib.Config
+
+
+def flagfile_stem(flagfile):
+    """Returns the run-folder name of a flagfile: its base name without the `.flags` extension."""
+    name = os.path.basename(flagfile)
+    return os.path.splitext(name)[0] or name
+
+
+def run_name(flagfile, seed, per_seed):
+    """Returns the run's subfolder name: `<flagfile stem>`, or `<flagfile stem>_seed<N>` when per_seed."""
+    return f"{flagfile_stem(flagfile)}_seed{seed}" if per_seed else flagfile_stem(flagfile)
+
+
+def init_weights_path(workdir, seed, per_seed):
+    """Returns where a seed's initial weights go: `<workdir>/init.weights.h5` or `init_seed<N>.weights.h5`."""
+    return os.path.join(workdir, f"init_seed{seed}.weights.h5" if per_seed else "init.weights.h5")
+
+
+def build_initial_weights(seed, path):
+    """Builds the model for `seed` as `trainer.Trainer` does and saves its weights to `path`; returns `path`.
+
+    So the file holds the weights a `clr_loop.train --seed=<seed>` run starts from.
+    """
+    keras.utils.set_random_seed(seed)
+    return trainer_lib.save_initial_weights(model_lib.create_model(seed=seed), path)
+
+
+def summarize_history(history):
+    """Returns a run's summary from its history dict: `epochs`, `final` metrics and the best val metrics.
+
+    `final` holds the last epoch's loss, accuracy, val_loss and val_accuracy (per-example means);
+    `best_val_loss` / `best_val_accuracy` hold the minimum / maximum and the epoch it was reached
+    (counted from 1; the first such epoch on ties). An empty history gives `epochs` 0 and Nones.
+    """
+    epochs = len(history.get("val_loss", []))
+    if epochs == 0:
+        return {"epochs": 0, "final": None, "best_val_loss": None, "best_val_accuracy": None}
+    val_loss = np.asarray(history["val_loss"], dtype=np.float64)
+    val_accuracy = np.asarray(history["val_accuracy"], dtype=np.float64)
+    loss_at, accuracy_at = int(np.argmin(val_loss)), int(np.argmax(val_accuracy))
+    return {
+        "epochs": epochs,
+        "final": {key: float(history[key][-1]) for key in FINAL_KEYS},
+        "best_val_loss": {"value": float(val_loss[loss_at]), "epoch": loss_at + 1},
+        "best_val_accuracy": {"value": float(val_accuracy[accuracy_at]), "epoch": accuracy_at + 1},
+    }
+
+
+def aggregate_by_flagfile(rows):
+    """Returns, per flagfile (in first-appearance order), the spread of the final metrics over its runs.
+
+    Only runs with status "ok" count. Each entry holds `flagfile`, `name` (its stem), `seeds`, `n`
+    and `final`: for each of FINAL_KEYS the `mean`, `std` (sample standard deviation, n-1; None for
+    one run), `min` and `max`.
+    """
+    groups = {}
+    for row in rows:
+        if row["status"] == "ok":
+            groups.setdefault(row["flagfile"], []).append(row)
+    out = []
+    for flagfile, members in groups.items():
+        final = {}
+        for key in FINAL_KEYS:
+            values = np.array([m["final"][key] for m in members], dtype=np.float64)
+            final[key] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+                "min": float(values.min()),
+                "max": float(values.max()),
+            }
+        out.append({
+            "flagfile": flagfile,
+            "name": flagfile_stem(flagfile),
+            "seeds": [m["seed"] for m in members],
+            "n": len(members),
+            "final": final,
+        })
+    return out
+
+
+def _fmt(value, digits=4):
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _best(entry):
+    return "–" if entry is None else f"{entry['value']:.4f} ({entry['epoch']})"
+
+
+def comparison_markdown(result):
+    """Returns the comparison as markdown: the command, one row per run, and per-flagfile spreads over seeds."""
+    lines = [
+        "# Ablation comparison",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Initial weights: {result['init_note']} Losses and accuracies are per-example means; "
+        "val metrics are over the whole test split; epochs count from 1. Wall time is this command's "
+        "time for the run (graph tracing included; less for a resumed run); epoch time is the sum of the "
+        "run's per-epoch train + eval times in its history.json.",
+        "",
+        "| run | seed | status | epochs | final loss | final accuracy | final val_loss | final val_accuracy "
+        "| best val_loss (epoch) | best val_accuracy (epoch) | wall time | epoch time (sum) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["runs"]:
+        final = row["final"] or dict.fromkeys(FINAL_KEYS)
+        lines.append(
+            f"| {row['name']} | {row['seed']} | {row['status']} | {row['epochs']} | "
+            + " | ".join(_fmt(final[key]) for key in FINAL_KEYS)
+            + f" | {_best(row['best_val_loss'])} | {_best(row['best_val_accuracy'])} | {row['wall_seconds']:.0f} s"
+            + f" | {row['epoch_seconds_sum']:.0f} s |"
+        )
+    if result["by_flagfile"] and any(group["n"] > 1 for group in result["by_flagfile"]):
+        lines += [
+            "",
+            f"## Final epoch over seeds: {SPREAD}",
+            "",
+            "| flagfile | runs | loss | accuracy | val_loss | val_accuracy |",
+            "|---|---|---|---|---|---|",
+        ]
+        for group in result["by_flagfile"]:
+            cells = []
+            for key in FINAL_KEYS:
+                s = group["final"][key]
+                std = "" if s["std"] is None else f" ± {s['std']:.4f}"
+                cells.append(f"{s['mean']:.4f}{std} ({s['min']:.4f}–{s['max']:.4f})")
+            lines.append(f"| {group['flagfile']} | {group['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_comparison(workdir, result):
+    """Writes `comparison.json` and `comparison.md` into `workdir`, each atomically; returns both paths."""
+    json_path = os.path.join(workdir, "comparison.json")
+    md_path = os.path.join(workdir, "comparison.md")
+    _write_atomic(json_path, json.dumps(result, indent=1) + "\n")
+    _write_atomic(md_path, comparison_markdown(result))
+    return json_path, md_path
+
+
+def _present_overrides():
+    """Returns the flags given on the command line (other than the ablation's own) as `--name=value` strings."""
+    found = {}
+    for name in list(flags.FLAGS):
+        flag = flags.FLAGS[name]
+        if flag.present and flag.name not in _OWN_FLAGS:
+            found[flag.name] = flag.serialize()
+    return list(found.values())
+
+
+def _config_for_run(flagfile, overrides, forced):
+    """Re-parses the flags as `clr_loop.train --flagfile=F <overrides> <forced>` would; returns its Config."""
+    argv = ["clr_loop.ablate", f"--flagfile={flagfile}", *overrides, *(f"--{k}={v}" for k, v in forced.items())]
+    flags.FLAGS.unparse_flags()
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        raise app.UsageError(f"{flagfile}: {e}") from e
+    if len(rest) > 1:
+        raise app.UsageError(f"{flagfile}: not a flag: {' '.join(rest[1:])}")
+    try:
+        return train_app.config_from_flags()
+    except app.UsageError as e:
+        raise app.UsageError(f"{flagfile}: {e}") from e
+
+
+def _history_or_empty(run_dir):
+    try:
+        return plot_lib.load_history(run_dir)
+    except plot_lib.PlotError:
+        return {}
+
+
+def _plan_runs(flagfiles, seeds, per_seed, workdir, init_paths, overrides):
+    """Returns a Run per (seed, flagfile), seed-major, each Config built as `clr_loop.train` builds it."""
+    runs = []
+    for seed in seeds:
+        for flagfile in flagfiles:
+            name = run_name(flagfile, seed, per_seed)
+            run_dir = os.path.join(workdir, name)
+            forced = {
+                "workdir": run_dir,
+                "seed": seed,
+                "init_weights": init_paths[seed],
+                "save_init": os.path.join(run_dir, "init.weights.h5"),
+            }
+            runs.append(Run(name, flagfile, seed, _config_for_run(flagfile, overrides, forced)))
+    if len({(r.config.dataset_dir, r.config.tfds_data_dir) for r in runs}) > 1:
+        raise app.UsageError("the flagfiles name different data sources (--dataset_dir/--tfds_data_dir); a comparison needs one")
+    return runs
+
+
+def _train_run(run, data):
+    """Trains one run; returns (comparison row, the Interrupted exception or None)."""
+    start = time.perf_counter()
+    interrupted = None
+    try:
+        history = trainer_lib.Trainer(run.config, data).train()
+        status = "ok"
+    except trainer_lib.Interrupted as e:
+        interrupted, status = e, "interrupted"
+    except (
+        trainer_lib.TrainingDiverged,
+        trainer_lib.WeightsError,
+        checkpointing.WorkdirError,
+        checkpointing.CheckpointError,
+    ) as e:
+        print(f"error: {run.name}: {e}", file=sys.stderr)
+        status = "diverged" if isinstance(e, trainer_lib.TrainingDiverged) else "failed"
+    if status != "ok":
+        history = _history_or_empty(run.config.workdir)
+    row = {
+        "name": run.name,
+        "flagfile": run.flagfile,
+        "seed": run.seed,
+        "workdir": run.config.workdir,
+        "init_weights": run.config.init_weights,
+        "status": status,
+        **summarize_history(history),
+        "wall_seconds": time.perf_counter() - start,
+        "epoch_seconds_sum": float(sum(history.get("epoch_seconds", []))),
+    }
+    return row, interrupted
+
+
+def _write_figures(runs, rows, workdir, num_train_examples):
+    """Writes the history figures of the runs that finished an epoch and each flagfile's schedule; returns the paths."""
+    figure_dir = os.path.join(workdir, "figures")
+    done = [run for run, row in zip(runs, rows) if row["epochs"] > 0]
+    paths = []
+    if done:
+        paths += plot_lib.plot_histories(
+            [r.config.workdir for r in done], figure_dir,
+            labels=[r.name for r in done], groups=[flagfile_stem(r.flagfile) for r in done],
+        )
+    for flagfile in dict.fromkeys(r.flagfile for r in runs):
+        config = next(r.config for r in runs if r.flagfile == flagfile)
+        path = os.path.join(figure_dir, f"schedule_{flagfile_stem(flagfile)}.png")
+        paths.append(plot_lib.plot_schedule(config, path, num_train_examples))
+    return paths
+
+
+def main(argv):
+    """The app: checks every input, loads the data once, trains each run, writes the comparison and figures.
+
+    Returns the exit status: 0, 1 when an input is unusable or a run failed, 128 + signal when
+    interrupted (re-running the same command continues).
+    """
+    flagfiles = argv[1:]
+    if not flagfiles:
+        raise app.UsageError("give at least one flagfile: python -m clr_loop.ablate A.flags B.flags [--seeds=1,2,3]")
+    missing = [f for f in flagfiles if not os.path.isfile(f)]
+    if missing:
+        raise app.UsageError(f"flagfile not found: {', '.join(missing)}")
+    if len({flagfile_stem(f) for f in flagfiles}) != len(flagfiles):
+        raise app.UsageError(f"flagfiles need distinct names (their run folders): {', '.join(flagfiles)}")
+    FLAGS = flags.FLAGS
+    if FLAGS["save_init"].present:
+        raise app.UsageError("--save_init is set by the ablation itself: each run writes <run>/init.weights.h5")
+    if FLAGS["seed"].present and FLAGS.seeds is not None:
+        raise app.UsageError("give --seed (one seed) or --seeds (several), not both")
+    workdir = FLAGS.workdir or DEFAULT_WORKDIR
+    per_seed = FLAGS.seeds is not None
+    seeds = parse_seeds(FLAGS.seeds) if per_seed else [FLAGS.seed]
+    shared_init = FLAGS.init_weights
+    make_figures = FLAGS.figures
+    overrides = _present_overrides()
+    command = " ".join(
+        ["python -m clr_loop.ablate", *flagfiles, f"--workdir={workdir}"]
+        + ([f"--seeds={','.join(map(str, seeds))}"] if per_seed else [])
+        + ([f"--init_weights={shared_init}"] if shared_init else [])
+        + ([] if make_figures else ["--nofigures"])
+        + overrides
+    )
+    init_paths = {seed: shared_init or init_weights_path(workdir, seed, per_seed) for seed in seeds}
+    # Re-parsing the flags per run resets them, so everything read from FLAGS is read above.
+    runs = _plan_runs(flagfiles, seeds, per_seed, workdir, init_paths, overrides)
+    try:
+        if make_figures:
+            plot_lib.require_matplotlib()
+        if shared_init:
+            trainer_lib.load_initial_weights(model_lib.create_model(), shared_init)
+        data = data_lib.load(tfds_data_dir=runs[0].config.tfds_data_dir, dataset_dir=runs[0].config.dataset_dir)
+    except (plot_lib.PlotError, trainer_lib.WeightsError, data_lib.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    os.makedirs(workdir, exist_ok=True)
+    if shared_init:
+        init_note = f"every run starts from `{shared_init}`."
+    else:
+        for seed in seeds:
+            build_initial_weights(seed, init_paths[seed])
+        names = ", ".join(f"`{os.path.basename(init_paths[s])}` (seed {s})" for s in seeds)
+        init_note = f"all runs of a seed start from the same weights: {names}."
+    result = {
+        "command": command,
+        "workdir": workdir,
+        "seeds": seeds if per_seed else None,
+        "init_note": init_note,
+        "spread": SPREAD,
+        "data": data.source,
+        "runs": [],
+        "by_flagfile": [],
+    }
+    for i, run in enumerate(runs):
+        print(f"== run {i + 1}/{len(runs)}: {run.name} ({run.flagfile}, seed {run.seed}) in {run.config.workdir}", flush=True)
+        row, interrupted = _train_run(run, data)
+        result["runs"].append(row)
+        result["by_flagfile"] = aggregate_by_flagfile(result["runs"])
+        json_path, md_path = write_comparison(workdir, result)
+        if interrupted is not None:
+            print(f"stopped: {interrupted}; the comparison so far is in {md_path}", file=sys.stderr)
+            return 128 + interrupted.signum
+    print(comparison_markdown(result))
+    print(md_path)
+    print(json_path)
+    if make_figures:
+        for path in _write_figures(runs, result["runs"], workdir, data.train.num_examples):
+            print(path)
+    failed = [row["name"] for row in result["runs"] if row["status"] != "ok"]
+    if failed:
+        print(f"error: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    logging.info("ablation of %d runs done in %s", len(runs), workdir)
+    return 0
+
+
+def run():
+    """Console-script entry point: parses flags and runs `main`."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,253 @@
+"""Tests of clr_loop.ablate: same initial weights (checked on the weights), the comparison, figures, errors."""
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from absl import app
+from absl import flags
+from absl.testing import flagsaver
+
+from clr_loop import ablate
+from clr_loop import data as data_lib
+from clr_loop import model as model_lib
+from clr_loop import plot
+from clr_loop import train
+from clr_loop import trainer as trainer_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N_TRAIN, N_TEST = 96, 40
+# Every run: 96 // 16 = 6 steps per epoch, 2 epochs; no XLA, to keep the test in seconds.
+COMMON = ["--epochs=2", "--batch_size=16", "--eval_batch_size=16", "--steps_per_loop=3", "--log_every_steps=3",
+          "--jit_compile=false"]
+
+
+def write_idx_dir(directory, seed=0):
+    """Writes the four Fashion-MNIST IDX .gz files with N_TRAIN / N_TEST random examples."""
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", N_TRAIN), ("test", N_TEST)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_images"]), "wb") as f:
+            f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+        with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_labels"]), "wb") as f:
+            f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
+    return str(directory)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """Two tiny flagfiles (plain SGD and triangular2) and a tiny IDX data folder."""
+    (tmp_path / "sgd.flags").write_text("# plain SGD\n--mode=none\n--lr=0.05\n--workdir=/nonexistent/ignored\n")
+    (tmp_path / "clr.flags").write_text("--mode=triangular2\n--initial_lr=1e-3\n--max_lr=0.1\n--step_size_epochs=1\n")
+    return {
+        "flagfiles": [str(tmp_path / "sgd.flags"), str(tmp_path / "clr.flags")],
+        "data": write_idx_dir(tmp_path / "idx"),
+        "workdir": str(tmp_path / "abl"),
+    }
+
+
+def run_ablate(argv):
+    """Parses `argv` as the app would and runs `ablate.main`; returns its exit status."""
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        rest = flags.FLAGS(["clr_loop.ablate", *argv])
+        return ablate.main(rest)
+
+
+@pytest.fixture
+def starting_weights(monkeypatch):
+    """Records, per run folder, the model's weights at the moment `Trainer.train` is called."""
+    captured = {}
+    original = trainer_lib.Trainer.train
+
+    def train_and_record(self):
+        captured[self.config.workdir] = [w.numpy().copy() for w in self.model.weights]
+        return original(self)
+
+    monkeypatch.setattr(trainer_lib.Trainer, "train", train_and_record)
+    return captured
+
+
+def file_weights(path):
+    """Returns the weights stored in a .weights.h5 file, read into a fresh model."""
+    model = model_lib.create_model()
+    model.load_weights(path)
+    return [w.numpy().copy() for w in model.weights]
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def differs(a, b):
+    return any(not np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_ablation_with_seeds_starts_each_seeds_runs_from_identical_weights(setup, starting_weights, monkeypatch, capsys):
+    loads = []
+    load = data_lib.load
+    monkeypatch.setattr(data_lib, "load", lambda **kw: loads.append(kw) or load(**kw))
+    status = run_ablate([*setup["flagfiles"], f"--workdir={setup['workdir']}", "--seeds=3,4",
+                         f"--dataset_dir={setup['data']}", *COMMON])
+    assert status == 0
+    assert len(loads) == 1
+    work = setup["workdir"]
+    names = ["sgd_seed3", "clr_seed3", "sgd_seed4", "clr_seed4"]
+    assert sorted(starting_weights) == sorted(os.path.join(work, n) for n in names)
+
+    for seed in (3, 4):
+        init = file_weights(os.path.join(work, f"init_seed{seed}.weights.h5"))
+        for stem in ("sgd", "clr"):
+            run_dir = os.path.join(work, f"{stem}_seed{seed}")
+            assert_same(starting_weights[run_dir], init)
+            assert_same(file_weights(os.path.join(run_dir, "init.weights.h5")), init)
+            config = json.load(open(os.path.join(run_dir, "config.json")))
+            # The run's own settings come from its flagfile, the shared ones from the command line,
+            # and its workdir and seed from the ablation.
+            assert (config["mode"], config["epochs"], config["seed"]) == (
+                "none" if stem == "sgd" else "triangular2", 2, seed)
+            assert config["workdir"] == run_dir
+        # The seed's file holds what a `clr_loop.train --seed=N` model starts from (no --init_weights).
+        keras.utils.set_random_seed(seed)
+        assert_same([w.numpy() for w in model_lib.create_model(seed=seed).weights], init)
+    assert differs(file_weights(os.path.join(work, "init_seed3.weights.h5")),
+                   file_weights(os.path.join(work, "init_seed4.weights.h5")))
+
+    comparison = json.load(open(os.path.join(work, "comparison.json")))
+    assert [r["name"] for r in comparison["runs"]] == names
+    for row in comparison["runs"]:
+        history = json.load(open(os.path.join(work, row["name"], "history.json")))
+        assert row["status"] == "ok" and row["epochs"] == 2
+        assert row["final"] == {k: history[k][-1] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        assert row["best_val_loss"]["value"] == min(history["val_loss"])
+        assert row["wall_seconds"] > 0
+    sgd = comparison["by_flagfile"][0]
+    assert sgd["flagfile"] == setup["flagfiles"][0] and sgd["seeds"] == [3, 4]
+    finals = [r["final"]["val_loss"] for r in comparison["runs"] if r["flagfile"] == sgd["flagfile"]]
+    assert sgd["final"]["val_loss"]["mean"] == pytest.approx((finals[0] + finals[1]) / 2)
+    assert sgd["final"]["val_loss"]["std"] == pytest.approx(abs(finals[0] - finals[1]) / np.sqrt(2))
+
+    markdown = open(os.path.join(work, "comparison.md")).read()
+    for name in names:
+        assert f"| {name} |" in markdown
+    assert f"| {setup['flagfiles'][1]} | 2 |" in markdown
+    out = capsys.readouterr().out
+    figures = [line for line in out.splitlines() if line.endswith(".png")]
+    assert [os.path.basename(p) for p in figures] == [*plot.HISTORY_FIGURES, "schedule_sgd.png", "schedule_clr.png"]
+    for path in figures:
+        assert os.path.getsize(path) > 1000
+
+
+def test_given_init_weights_start_every_run_and_match_a_plain_train_run(setup, starting_weights, tmp_path):
+    custom = str(tmp_path / "custom.weights.h5")
+    keras.utils.set_random_seed(1234)
+    trainer_lib.save_initial_weights(model_lib.create_model(seed=1234), custom)
+    work = setup["workdir"]
+    status = run_ablate([*setup["flagfiles"], f"--workdir={work}", f"--init_weights={custom}", "--seed=7",
+                         "--nofigures", f"--dataset_dir={setup['data']}", *COMMON])
+    assert status == 0
+    expected = file_weights(custom)
+    for stem in ("sgd", "clr"):
+        assert_same(starting_weights[os.path.join(work, stem)], expected)
+    # With its own file, the ablation builds none; without --seeds the folders carry no seed suffix.
+    assert sorted(os.listdir(work)) == ["clr", "comparison.json", "comparison.md", "sgd"]
+    markdown = open(os.path.join(work, "comparison.md")).read()
+    assert "| sgd | 7 | ok | 2 |" in markdown and "over seeds" not in markdown
+
+    # The same flags through `clr_loop.train` give the same numbers: one trainer, not a copy.
+    alone = str(tmp_path / "alone")
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        rest = flags.FLAGS(["clr_loop.train", f"--flagfile={setup['flagfiles'][1]}", f"--workdir={alone}",
+                            f"--init_weights={custom}", "--seed=7", f"--dataset_dir={setup['data']}", *COMMON])
+        assert train.main(rest) == 0
+    ablated = json.load(open(os.path.join(work, "clr", "history.json")))
+    single = json.load(open(os.path.join(alone, "history.json")))
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        np.testing.assert_allclose(ablated[key], single[key], rtol=1e-5, err_msg=key)
+
+
+def test_a_diverging_run_is_reported_and_the_others_still_run(setup, tmp_path, capsys):
+    boom = tmp_path / "boom.flags"
+    boom.write_text("--mode=none\n--lr=1e9\n")
+    work = setup["workdir"]
+    status = run_ablate([str(boom), setup["flagfiles"][0], f"--workdir={work}", "--nofigures",
+                         f"--dataset_dir={setup['data']}", *COMMON])
+    assert status == 1
+    rows = json.load(open(os.path.join(work, "comparison.json")))["runs"]
+    assert [(r["name"], r["status"]) for r in rows] == [("boom", "diverged"), ("sgd", "ok")]
+    assert rows[0]["final"] is None and rows[1]["epochs"] == 2
+    assert "| boom | 42 | diverged | 0 | – |" in open(os.path.join(work, "comparison.md")).read()
+    err = capsys.readouterr().err
+    assert "error: boom: non-finite loss" in err and "1 of 2 runs failed: boom" in err
+
+
+def test_summaries_against_hand_computed_values():
+    history = {"loss": [2.0, 1.0, 0.8], "accuracy": [0.2, 0.6, 0.7], "val_loss": [1.5, 0.7, 0.9],
+               "val_accuracy": [0.4, 0.75, 0.75]}
+    summary = ablate.summarize_history(history)
+    assert summary["epochs"] == 3
+    assert summary["final"] == {"loss": 0.8, "accuracy": 0.7, "val_loss": 0.9, "val_accuracy": 0.75}
+    assert summary["best_val_loss"] == {"value": 0.7, "epoch": 2}
+    assert summary["best_val_accuracy"] == {"value": 0.75, "epoch": 2}  # the first epoch of a tie
+    rows = [
+        {"flagfile": "a.flags", "seed": s, "status": "ok",
+         "final": {"loss": v, "accuracy": 0.5, "val_loss": v, "val_accuracy": 0.5}}
+        for s, v in ((1, 0.5), (2, 0.7), (3, 0.9))
+    ] + [{"flagfile": "a.flags", "seed": 4, "status": "diverged", "final": None}]
+    (group,) = ablate.aggregate_by_flagfile(rows)
+    assert group["n"] == 3 and group["seeds"] == [1, 2, 3]
+    # mean 0.7; sample std sqrt((0.04 + 0 + 0.04) / 2) = 0.2.
+    assert group["final"]["loss"] == pytest.approx({"mean": 0.7, "std": 0.2, "min": 0.5, "max": 0.9})
+    assert group["final"]["accuracy"]["std"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("1,x", "comma-separated integers"), ("-1", r"in \[0, 2\*\*32 - 1\]"), ("1,2,1", "seed 1 twice")],
+)
+def test_bad_seeds_are_a_flag_error(value, message):
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        with pytest.raises(flags.IllegalFlagValueError, match=message):
+            flags.FLAGS(["clr_loop.ablate", "a.flags", f"--seeds={value}"])
+
+
+def test_bad_inputs_stop_before_anything_is_written(setup, tmp_path):
+    work = setup["workdir"]
+    bad = str(tmp_path / "bad.flags")
+    with open(bad, "w") as f:
+        f.write("--mode=triangular2\n--max_lr=1e-5\n")
+    cases = [
+        ([setup["flagfiles"][0], str(tmp_path / "nope.flags")], "flagfile not found: .*nope.flags"),
+        ([setup["flagfiles"][0], bad], r"bad.flags: --max_lr \(1e-05\) must be greater than --initial_lr"),
+        ([setup["flagfiles"][0], setup["flagfiles"][0]], "distinct names"),
+        ([setup["flagfiles"][0], "--save_init=x.weights.h5"], "--save_init is set by the ablation"),
+        ([setup["flagfiles"][0], "--seed=1", "--seeds=2"], "not both"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(app.UsageError, match=message):
+            run_ablate([*argv, f"--workdir={work}", f"--dataset_dir={setup['data']}"])
+    assert not os.path.exists(work)
+
+
+def test_cli_nonexistent_flagfile_exits_nonzero_naming_it(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    work = tmp_path / "abl"
+    result = subprocess.run(
+        [sys.executable, "-m", "clr_loop.ablate", "flags/no_clr.flags", "flags/missing.flags", f"--workdir={work}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "flagfile not found: flags/missing.flags" in result.stderr
+    assert not work.exists()

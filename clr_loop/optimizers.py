@@ -1,0 +1,136 @@
+"""SGD whose momentum follows a schedule evaluated inside the compiled step (cyclical momentum).
+
+Keras 3's `SGD` takes only a float momentum. Smith's one-cycle policy, and PyTorch's
+`CyclicLR(cycle_momentum=True)` / `OneCycleLR`, move the momentum opposite to the learning rate:
+high (`max_momentum`) where the rate is low, low (`base_momentum`) at the rate's peak.
+`CyclicalMomentumSGD` keeps SGD's update rule exactly and reads its momentum from a
+`CyclicalMomentum` schedule at `optimizer.iterations` on every step, the way Keras reads a
+`LearningRateSchedule`, so it works inside `tf.function(jit_compile=True)` with no Python per step.
+Both classes are registered with Keras and their `get_config` holds only JSON values.
+"""
+
+import numbers
+
+import keras
+from keras import ops
+
+_PACKAGE = "clr_loop"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CyclicalMomentum:
+    """The momentum that goes with a clr_loop learning-rate schedule: `schedule.momentum(step, base, max)`.
+
+    Calling it with a step (a Python int, numpy array or int/float tensor such as
+    `optimizer.iterations`) returns a float32 momentum in `[base_momentum, max_momentum]`:
+    `max_momentum` where the schedule's rate is at its low end and `base_momentum` at its (scaled)
+    peak, with PyTorch's values for the same schedule (`CyclicLR(cycle_momentum=True)`,
+    `OneCycleLR`). `schedule` is any schedule with such a `momentum` method
+    (`clr_loop.schedules.CyclicalLearningRate` and its subclasses, `OneCycle`); steps are optimizer
+    steps. `get_config` stores the schedule as a nested Keras config, so it round-trips through JSON.
+    """
+
+    def __init__(self, schedule, base_momentum=0.85, max_momentum=0.95):
+        if not callable(getattr(schedule, "momentum", None)):
+            raise ValueError(
+                f"schedule must have a momentum(step, base_momentum, max_momentum) method (a clr_loop "
+                f"CyclicalLearningRate or OneCycle), got {schedule!r}"
+            )
+        for name, value in (("base_momentum", base_momentum), ("max_momentum", max_momentum)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        if not 0 <= base_momentum <= max_momentum <= 1:
+            raise ValueError(
+                f"need 0 <= base_momentum ({base_momentum}) <= max_momentum ({max_momentum}) <= 1"
+            )
+        self.schedule = schedule
+        self.base_momentum = float(base_momentum)
+        self.max_momentum = float(max_momentum)
+
+    def __call__(self, step):
+        return self.schedule.momentum(step, self.base_momentum, self.max_momentum)
+
+    def get_config(self):
+        """Returns a JSON-safe dict: the nested schedule config and the two momentum bounds."""
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "base_momentum": self.base_momentum,
+            "max_momentum": self.max_momentum,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        """Returns a CyclicalMomentum from `get_config` output (the schedule is deserialized too)."""
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CyclicalMomentumSGD(keras.optimizers.SGD):
+    """Keras SGD with momentum, where the momentum may be a schedule of the step (`CyclicalMomentum`).
+
+    The update is Keras SGD's, with `momentum_t = momentum(iterations)` read on every step, for
+    `iterations` before the update (the same step the learning-rate schedule sees):
+    `v = momentum_t * v - lr_t * g; w += v`, or with `nesterov=True`,
+    `w += momentum_t * v - lr_t * g` after the same velocity update. `momentum` is a float in
+    [0, 1] (then this is plain Keras SGD, except that the velocity always exists) or a
+    Keras-serializable callable of the step such as `CyclicalMomentum`. The velocity variables are
+    always created (named as Keras SGD names them), so checkpoints hold them from the first step.
+    """
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, name=None, **kwargs):
+        # Keras SGD accepts only a float momentum; the real one is set right after.
+        super().__init__(learning_rate=learning_rate, momentum=0.0, nesterov=nesterov, name=name, **kwargs)
+        if callable(momentum):
+            self.momentum = momentum
+        elif isinstance(momentum, numbers.Real) and not isinstance(momentum, bool) and 0 <= momentum <= 1:
+            self.momentum = float(momentum)
+        else:
+            raise ValueError(f"momentum must be a float in [0, 1] or a schedule of the step, got {momentum!r}")
+
+    def build(self, variables):
+        """Creates the iteration counter and one velocity variable per model variable (zeros)."""
+        if self.built:
+            return
+        # Skips SGD.build, which creates velocities only for a non-zero float momentum.
+        super(keras.optimizers.SGD, self).build(variables)
+        self.momentums = self.add_optimizer_variables(variables, "momentum")
+
+    def current_momentum(self):
+        """Returns the momentum (float32 scalar tensor) that the next update uses: its value at `iterations`."""
+        if callable(self.momentum):
+            # The same counter Keras hands the learning-rate schedule.
+            return ops.cast(self.momentum(self._iterations), "float32")
+        return ops.convert_to_tensor(self.momentum, "float32")
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Applies one momentum-SGD update to `variable` with the momentum at the current step."""
+        learning_rate = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        momentum = ops.cast(self.current_momentum(), variable.dtype)
+        m = self.momentums[self._get_variable_index(variable)]
+        self.assign(m, ops.subtract(ops.multiply(m, momentum), ops.multiply(gradient, learning_rate)))
+        if self.nesterov:
+            self.assign_add(
+                variable, ops.subtract(ops.multiply(m, momentum), ops.multiply(gradient, learning_rate))
+            )
+        else:
+            self.assign_add(variable, m)
+
+    def get_config(self):
+        """Returns a JSON-safe dict: Keras SGD's config, with a scheduled momentum as a nested Keras config."""
+        config = super().get_config()
+        if callable(self.momentum):
+            config["momentum"] = keras.saving.serialize_keras_object(self.momentum)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """Returns an optimizer (without state) from `get_config` output."""
+        config = dict(config)
+        if isinstance(config.get("momentum"), dict):
+            config["momentum"] = keras.saving.deserialize_keras_object(
+                config["momentum"], custom_objects=custom_objects
+            )
+        return super().from_config(config, custom_objects=custom_objects)

@@ -1,0 +1,322 @@
+"""Tests for clr_loop.optimizers: SGD whose momentum follows the learning-rate schedule.
+
+The oracles are float64 numpy transcriptions of PyTorch's formulas (OneCycleLR and CyclicLR with
+cycle_momentum) and of Keras's momentum-SGD update, written here without the library's code.
+The model is linear with a linear loss, so its gradients are known in closed form.
+"""
+
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+from absl.testing import flagsaver
+
+from clr_loop import config as config_lib
+from clr_loop import data as data_lib
+from clr_loop import optimizers
+from clr_loop import schedules
+from clr_loop import train
+from clr_loop import trainer as trainer_lib
+
+BASE_M, MAX_M = 0.85, 0.95
+
+
+def cos_anneal(start, end, pct):
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
+def torch_one_cycle(step, max_lr, total, pct_start, div=25.0, final_div=1e4):
+    """(lr, momentum) of PyTorch OneCycleLR (two phases, cos) at `step` <= total - 1."""
+    initial = max_lr / div
+    phases = [
+        (float(pct_start * total) - 1, (initial, max_lr), (MAX_M, BASE_M)),
+        (float(total - 1), (max_lr, initial / final_div), (BASE_M, MAX_M)),
+    ]
+    start = 0.0
+    for i, (end, lrs, moms) in enumerate(phases):
+        if step <= end or i == len(phases) - 1:
+            pct = (step - start) / (end - start)
+            return cos_anneal(*lrs, pct), cos_anneal(*moms, pct)
+        start = end
+
+
+def torch_cyclic_triangular2(step, lo, hi, up, down):
+    """(lr, momentum) of PyTorch CyclicLR(mode="triangular2", cycle_momentum=True) at `step`."""
+    total = up + down
+    ratio = up / total
+    cycle = math.floor(1 + step / total)
+    x = 1.0 + step / total - cycle
+    scale_factor = x / ratio if x <= ratio else (x - 1) / (ratio - 1)
+    scale = 1 / (2.0 ** (cycle - 1))
+    return lo + (hi - lo) * scale_factor * scale, MAX_M - (MAX_M - BASE_M) * scale_factor * scale
+
+
+CASES = {
+    # total 20 steps: warm-up ends at step 5, so the momentum falls then rises within the run.
+    "one_cycle": (lambda: schedules.OneCycle(0.4, 20, pct_start=0.3), lambda k: torch_one_cycle(k, 0.4, 20, 0.3), 20),
+    # Asymmetric triangular2 (up 3, down 5): two and a half cycles with halving amplitude.
+    "triangular2": (
+        lambda: schedules.CyclicalLearningRate(0.01, 0.3, 3, mode="triangular2", step_size_down=5),
+        lambda k: torch_cyclic_triangular2(k, 0.01, 0.3, 3, 5),
+        20,
+    ),
+}
+
+
+def linear_problem(seed=0, steps=20):
+    """A Dense(2) model without bias, per-step inputs, and the loss weights c: loss_k = sum(model(x_k) * c)."""
+    rng = np.random.default_rng(seed)
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, use_bias=False)])
+    inputs = rng.normal(size=(steps, 4, 3)).astype(np.float32)
+    c = np.array([1.0, -2.0], np.float32)
+    return model, inputs, c
+
+
+def make_step(model, optimizer, c, jit_compile):
+    @tf.function(jit_compile=jit_compile)
+    def step(x):
+        momentum = optimizer.current_momentum()
+        lr = optimizer.learning_rate
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x) * c)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return momentum, lr
+
+    return step
+
+
+def numpy_momentum_sgd(w0, inputs, c, lrs, moms, nesterov):
+    """Keras's momentum SGD in float64: v = m v - lr g; w += v (nesterov: w += m v - lr g)."""
+    w, v = w0.astype(np.float64), np.zeros_like(w0, np.float64)
+    ws, vs = [], []
+    for x, lr, m in zip(inputs, lrs, moms):
+        g = np.outer(x.astype(np.float64).sum(axis=0), c)  # d/dW of sum((x @ W) * c)
+        v = m * v - lr * g
+        w = w + (m * v - lr * g if nesterov else v)
+        ws.append(w)
+        vs.append(v)
+    return np.array(ws), np.array(vs)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_velocity_update_uses_the_scheduled_momentum_of_each_step(case, nesterov):
+    make_schedule, oracle, steps = CASES[case]
+    model, inputs, c = linear_problem(steps=steps)
+    schedule = make_schedule()
+    momentum = optimizers.CyclicalMomentum(schedule, BASE_M, MAX_M)
+    opt = optimizers.CyclicalMomentumSGD(schedule, momentum, nesterov=nesterov)
+    opt.build(model.trainable_variables)
+    step = make_step(model, opt, c, jit_compile=True)
+    w0 = model.trainable_variables[0].numpy()
+    ws, vs = [], []
+    for x in inputs:
+        step(x)
+        ws.append(model.trainable_variables[0].numpy())
+        vs.append(opt.momentums[0].numpy())
+    lrs, moms = zip(*(oracle(k) for k in range(steps)))
+    want_w, want_v = numpy_momentum_sgd(w0, inputs, c, lrs, moms, nesterov)
+    np.testing.assert_allclose(vs, want_v, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(ws, want_w, rtol=2e-5, atol=1e-6)
+    # The comparison can tell: reading the momentum one step late, or a constant momentum, is far off.
+    late = list(moms[1:]) + [moms[-1]]
+    for wrong in (late, [MAX_M] * steps):
+        _, wrong_v = numpy_momentum_sgd(w0, inputs, c, lrs, wrong, nesterov)
+        assert np.max(np.abs(wrong_v - want_v)) > 100 * (2e-5 * np.max(np.abs(want_v)) + 1e-6)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_momentum_read_inside_the_xla_step_matches_pytorch(case):
+    make_schedule, oracle, steps = CASES[case]
+    model, inputs, c = linear_problem(steps=steps)
+    schedule = make_schedule()
+    opt = optimizers.CyclicalMomentumSGD(schedule, optimizers.CyclicalMomentum(schedule, BASE_M, MAX_M))
+    opt.build(model.trainable_variables)
+    step = make_step(model, opt, c, jit_compile=True)
+    got = np.array([[float(v) for v in step(x)] for x in inputs])
+    want = np.array([oracle(k) for k in range(steps)])
+    np.testing.assert_allclose(got[:, 0], want[:, 1], rtol=1e-6)  # momentum
+    np.testing.assert_allclose(got[:, 1], want[:, 0], rtol=1e-5)  # learning rate
+    assert got[:, 0].min() < MAX_M - 0.05  # the momentum really moved during the run
+    assert int(opt.iterations.numpy()) == steps
+
+
+def test_momentum_moves_opposite_to_the_rate_and_holds_after_one_cycle():
+    schedule = schedules.OneCycle(1.0, 50)
+    momentum = optimizers.CyclicalMomentum(schedule, BASE_M, MAX_M)
+    steps = np.arange(60)
+    lr, m = np.asarray(schedule(steps), np.float64), np.asarray(momentum(steps), np.float64)
+    assert m[0] == pytest.approx(MAX_M) and m[np.argmax(lr)] == pytest.approx(BASE_M)
+    # One-cycle's momentum is an affine image of its rate within each phase, decreasing in it.
+    assert np.all(np.diff(m[:15]) * np.diff(lr[:15]) <= 0)
+    assert np.all(m[49:] == pytest.approx(MAX_M))
+
+
+def test_constant_float_momentum_is_keras_sgd():
+    model, inputs, c = linear_problem(steps=5)
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    pairs = (
+        (model, optimizers.CyclicalMomentumSGD(0.1, momentum=0.9, nesterov=True)),
+        (reference, keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)),
+    )
+    for m, opt in pairs:
+        for x in inputs:
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(m(x) * c)
+            opt.apply_gradients(zip(tape.gradient(loss, m.trainable_variables), m.trainable_variables))
+    np.testing.assert_allclose(model.get_weights()[0], reference.get_weights()[0], rtol=1e-6)
+
+
+def test_velocity_variables_exist_before_the_first_step_with_keras_names():
+    model, _, _ = linear_problem()
+    schedule = schedules.OneCycle(0.1, 10)
+    opt = optimizers.CyclicalMomentumSGD(schedule, optimizers.CyclicalMomentum(schedule))
+    opt.build(model.trainable_variables)
+    keras_sgd = keras.optimizers.SGD(0.1, momentum=0.9)
+    keras_sgd.build(model.trainable_variables)
+    assert [v.name for v in opt.momentums] == [v.name for v in keras_sgd.momentums]
+    assert all(np.all(v.numpy() == 0) for v in opt.momentums)
+
+
+def test_checkpoint_restores_velocity_and_step_so_training_continues_identically(tmp_path):
+    def fresh():
+        model, inputs, c = linear_problem(steps=6)
+        schedule = schedules.OneCycle(0.4, 6)
+        opt = optimizers.CyclicalMomentumSGD(schedule, optimizers.CyclicalMomentum(schedule))
+        opt.build(model.trainable_variables)
+        return model, opt, make_step(model, opt, c, jit_compile=False), inputs
+
+    model, opt, step, inputs = fresh()
+    for x in inputs[:3]:
+        step(x)
+    path = tf.train.Checkpoint(model=model, optimizer=opt).save(str(tmp_path / "ckpt"))
+    for x in inputs[3:]:
+        step(x)
+    resumed_model, resumed_opt, resumed_step, _ = fresh()
+    tf.train.Checkpoint(model=resumed_model, optimizer=resumed_opt).restore(path).assert_consumed()
+    assert int(resumed_opt.iterations.numpy()) == 3
+    for x in inputs[3:]:
+        resumed_step(x)
+    np.testing.assert_array_equal(resumed_model.get_weights()[0], model.get_weights()[0])
+    np.testing.assert_array_equal(resumed_opt.momentums[0].numpy(), opt.momentums[0].numpy())
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_config_round_trips_through_json_and_keras_serialization(nesterov):
+    schedule = schedules.CyclicalLearningRate(1e-3, 0.1, 4, mode="exp_range", gamma=0.99, step_size_down=6)
+    opt = optimizers.CyclicalMomentumSGD(schedule, optimizers.CyclicalMomentum(schedule, 0.8, 0.9), nesterov=nesterov)
+    config = json.loads(json.dumps(opt.get_config()))
+    direct = optimizers.CyclicalMomentumSGD.from_config(config)
+    via_keras = keras.optimizers.deserialize(json.loads(json.dumps(keras.optimizers.serialize(opt))))
+    steps = np.arange(40)
+    for copy in (direct, via_keras):
+        assert type(copy) is optimizers.CyclicalMomentumSGD
+        assert copy.get_config() == opt.get_config()
+        assert copy.nesterov is nesterov
+        np.testing.assert_allclose(np.asarray(copy.momentum(steps)), np.asarray(opt.momentum(steps)), rtol=1e-7)
+    # Independent check of the restored values: PyTorch CyclicLR exp_range momentum, up 4 / down 6.
+    oracle = []
+    for s in steps:
+        cycle = math.floor(1 + s / 10)
+        x = 1.0 + s / 10 - cycle
+        factor = x / 0.4 if x <= 0.4 else (x - 1) / (0.4 - 1)
+        oracle.append(0.9 - 0.1 * factor * 0.99**s)
+    np.testing.assert_allclose(np.asarray(direct.momentum(steps)), oracle, rtol=1e-6)
+
+
+def test_saved_keras_model_loads_with_the_scheduled_optimizer(tmp_path):
+    model, _, _ = linear_problem()
+    schedule = schedules.OneCycle(0.1, 100, three_phase=True)
+    model.compile(optimizer=optimizers.CyclicalMomentumSGD(schedule, optimizers.CyclicalMomentum(schedule)), loss="mse")
+    model.fit(np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32), epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.optimizer) is optimizers.CyclicalMomentumSGD
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    assert int(loaded.optimizer.iterations.numpy()) == 1
+    np.testing.assert_array_equal(loaded.optimizer.momentums[0].numpy(), model.optimizer.momentums[0].numpy())
+
+
+def test_bad_arguments_are_named():
+    schedule = schedules.OneCycle(0.1, 10)
+    with pytest.raises(ValueError, match=r"must have a momentum\(step"):
+        optimizers.CyclicalMomentum(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9))
+    with pytest.raises(ValueError, match="base_momentum"):
+        optimizers.CyclicalMomentum(schedule, 0.95, 0.85)
+    with pytest.raises(ValueError, match="max_momentum"):
+        optimizers.CyclicalMomentum(schedule, 0.5, 1.5)
+    with pytest.raises(ValueError, match="momentum must be"):
+        optimizers.CyclicalMomentumSGD(schedule, momentum=-0.1)
+    tfa_style = schedules.CyclicalLearningRate(1e-3, 0.1, 4, scale_fn=lambda x: 1.0)
+    opt = optimizers.CyclicalMomentumSGD(0.1, optimizers.CyclicalMomentum(tfa_style))
+    with pytest.raises(ValueError, match="scale_fn"):
+        opt.get_config()
+
+
+def tiny_data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    images = (rng.integers(0, 40, (n, 28, 28, 1)) + (labels * 20)[:, None, None, None]).astype(np.uint8)
+    split = data_lib.Split(images=images, labels=labels)
+    return data_lib.FashionMnist(train=split, test=split, source="tiny")
+
+
+@pytest.mark.parametrize(
+    "overrides,cycled,constant",
+    [
+        (dict(mode="one_cycle"), True, None),
+        (dict(mode="one_cycle", cycle_momentum=False, momentum=0.9), False, 0.9),
+        (dict(mode="triangular2"), False, 0.0),
+        (dict(mode="triangular2", cycle_momentum=True), True, None),
+        (dict(mode="none", cycle_momentum=True), False, 0.0),
+    ],
+)
+def test_make_optimizer_cycles_momentum_only_when_the_config_says_so(overrides, cycled, constant):
+    config = config_lib.Config(**overrides)
+    plan = config_lib.plan_steps(config, 640)
+    opt = trainer_lib.make_optimizer(config, plan)
+    if cycled:
+        assert type(opt) is optimizers.CyclicalMomentumSGD
+        schedule = config_lib.make_schedule(config, plan)
+        # Max momentum where the rate is lowest (step 0), base momentum at the rate's peak.
+        peak = int(np.argmax(np.asarray(schedule(np.arange(plan.total_steps)))))
+        assert float(opt.momentum(0)) == pytest.approx(MAX_M)
+        assert float(opt.momentum(peak)) == pytest.approx(BASE_M)
+    else:
+        assert type(opt) is keras.optimizers.SGD
+        assert opt.momentum == constant
+
+
+def test_trainer_runs_one_cycle_with_cycled_momentum(tmp_path):
+    config = config_lib.Config(
+        mode="one_cycle", max_lr=0.05, epochs=2, batch_size=32, eval_batch_size=32, steps_per_loop=2,
+        log_every_steps=2, jit_compile="false", workdir=str(tmp_path / "run"),
+    )
+    trainer = trainer_lib.Trainer(config, tiny_data())
+    history = trainer.train()
+    assert type(trainer.optimizer) is optimizers.CyclicalMomentumSGD
+    assert int(trainer.optimizer.iterations.numpy()) == 6
+    assert all(np.isfinite(history["val_loss"]))
+    assert any(np.any(v.numpy() != 0) for v in trainer.optimizer.momentums)
+
+
+def test_one_cycle_flagfile_builds_cycled_momentum_sgd():
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["clr_loop.train", f"--flagfile={os.path.join(repo, 'flags', 'one_cycle.flags')}"])
+        config = train.config_from_flags()
+    assert config.mode == "one_cycle" and config.uses_cycle_momentum and config.epochs == 10
+    opt = trainer_lib.make_optimizer(config, config_lib.plan_steps(config, data_lib.FULL_SIZE["train"]))
+    assert type(opt) is optimizers.CyclicalMomentumSGD
+    assert float(opt.learning_rate) == pytest.approx(config.max_lr / config.div_factor)
+    assert float(opt.current_momentum()) == pytest.approx(config.max_momentum)

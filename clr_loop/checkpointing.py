@@ -20,7 +20,8 @@ RESUMABLE_CHANGES = frozenset(
     {
         "workdir", "steps_per_loop", "log_every_steps", "max_steps", "epochs", "profile_steps",
         "checkpoint_every_steps", "keep_checkpoints", "overwrite", "tfds_data_dir", "dataset_dir",
-        "save_init", "init_weights", "eval_batch_size",
+        "save_init", "init_weights", "eval_batch_size", "strategy", "devices", "virtual_cpus",
+        "cluster_timeout",
     }
 )
 # Files and folders a run writes into its workdir; --overwrite removes these and nothing else.
@@ -106,11 +107,13 @@ class RunCheckpoints:
     """Saves and restores a run's trackable state with `tf.train.CheckpointManager` in `<workdir>/ckpt`.
 
     `trackables` is a dict for `tf.train.Checkpoint`; `step_counter` (the optimizer's iterations)
-    numbers the checkpoints, so `ckpt-937` holds the state after step 937.
+    numbers the checkpoints, so `ckpt-937` holds the state after step 937. `restore_from` names
+    another folder to restore from (a multi-worker run's non-chief workers restore the chief's).
     """
 
-    def __init__(self, workdir, trackables, step_counter, max_to_keep):
+    def __init__(self, workdir, trackables, step_counter, max_to_keep, restore_from=None):
         self.directory = os.path.join(workdir, "ckpt")
+        self.restore_directory = restore_from or self.directory
         self.checkpoint = tf.train.Checkpoint(**trackables)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self.directory, max_to_keep=max_to_keep, step_counter=step_counter
@@ -144,17 +147,14 @@ class RunCheckpoints:
             self.last_saved_step = int(self.step_counter.numpy())
             return path
         raise CheckpointError(
-            "no checkpoint in " + self.directory + " can be restored:\n  " + "\n  ".join(failures)
+            "no checkpoint in " + self.restore_directory + " can be restored:\n  " + "\n  ".join(failures)
             + "\nRemove the broken files, or start over with --overwrite."
         )
 
     def _existing_checkpoints(self):
         """Returns checkpoint prefixes on disk, oldest first (the manager's list plus any it lost)."""
-        listed = list(self.manager.checkpoints)
-        on_disk = sorted(
-            {p[: -len(".index")] for p in glob.glob(os.path.join(self.directory, "ckpt-*.index"))},
-            key=lambda p: int(p.rsplit("-", 1)[1]),
-        )
+        listed = list(self.manager.checkpoints) if self.restore_directory == self.directory else []
+        on_disk = {p[: -len(".index")] for p in glob.glob(os.path.join(self.restore_directory, "ckpt-*.index"))}
         return sorted(set(listed) | set(on_disk), key=lambda p: int(p.rsplit("-", 1)[1]))
 
     def save(self):

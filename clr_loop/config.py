@@ -11,6 +11,7 @@ from clr_loop import schedules
 MODES = ("none",) + schedules.MODES + ("one_cycle",)
 JIT_CHOICES = ("auto", "true", "false")
 INPUT_PIPELINES = ("tfdata", "in_graph")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,10 @@ class Config:
     overwrite: bool = False
     init_weights: Optional[str] = None
     save_init: Optional[str] = None
+    strategy: str = "default"
+    devices: Optional[Tuple[str, ...]] = None
+    virtual_cpus: int = 0
+    cluster_timeout: float = 60.0
 
     def to_json_dict(self):
         """Returns the configuration as a JSON-safe dict (tuples become lists)."""
@@ -69,8 +74,9 @@ class Config:
         if unknown:
             raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
         values = dict(values)
-        if values.get("profile_steps") is not None:
-            values["profile_steps"] = tuple(values["profile_steps"])
+        for key in ("profile_steps", "devices"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
         return cls(**values)
 
     @property
@@ -192,6 +198,14 @@ def validate(config):
         path = getattr(config, name)
         if path is not None and not path.endswith(".weights.h5"):
             problems.append(f"--{name} must name a Keras weights file ending in .weights.h5, got {path!r}")
+    if config.strategy not in STRATEGIES:
+        problems.append(f"--strategy must be one of {', '.join(STRATEGIES)}, got {config.strategy!r}")
+    if config.virtual_cpus < 0:
+        problems.append(f"--virtual_cpus must be >= 0 (0: no split), got {config.virtual_cpus}")
+    if not config.cluster_timeout > 0:
+        problems.append(f"--cluster_timeout must be a positive number of seconds, got {config.cluster_timeout}")
+    if config.strategy == "default" and config.devices:
+        problems.append("--devices needs --strategy=mirrored")
     if not config.workdir:
         problems.append("--workdir must not be empty")
     return problems

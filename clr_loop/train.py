@@ -17,6 +17,7 @@ from absl import logging
 from clr_loop import checkpointing
 from clr_loop import config as config_lib
 from clr_loop import data as data_lib
+from clr_loop import distribute
 from clr_loop import trainer as trainer_lib
 
 _D = config_lib.Config()
@@ -55,6 +56,10 @@ flags.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps, "Also 
 flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "How many recent checkpoints to keep.")
 flags.DEFINE_bool("deterministic", False, "Bit-reproducible runs: op determinism on (see README for the cost).")
 flags.DEFINE_bool("overwrite", False, "Start over in a workdir that holds another run (removes its outputs).")
+flags.DEFINE_enum("strategy", _D.strategy, config_lib.STRATEGIES, "default: one device; mirrored: local GPUs (or --devices); multi_worker: the TF_CONFIG cluster.")
+flags.DEFINE_list("devices", None, "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1 (default: all GPUs, else all CPUs).")
+flags.DEFINE_integer("virtual_cpus", _D.virtual_cpus, "Split the host CPU into this many logical devices (for trying distribution on a CPU).")
+flags.DEFINE_float("cluster_timeout", _D.cluster_timeout, "multi_worker: seconds to wait for peers and for any collective op.")
 flags.DEFINE_string("save_init", None, "Write the model's initial weights to this .weights.h5 file, then train.")
 flags.DEFINE_string("init_weights", None, "Start from the weights in this .weights.h5 file (from --save_init).")
 
@@ -75,6 +80,7 @@ def config_from_flags():
     """Returns the Config that the parsed flags describe; raises app.UsageError naming each bad flag."""
     values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_lib.Config) if f.name in FLAGS}
     values["profile_steps"] = _profile_steps(FLAGS.profile_steps)
+    values["devices"] = tuple(FLAGS.devices) if FLAGS.devices else None
     values["workdir"] = FLAGS.workdir or f"runs/{FLAGS.mode}"
     config = config_lib.Config(**values)
     problems = config_lib.validate(config)
@@ -93,6 +99,7 @@ def main(argv):
         print(f"stopped: {e}", file=sys.stderr)
         return 128 + e.signum
     except (
+        distribute.ClusterError,
         data_lib.DataError,
         trainer_lib.TrainingDiverged,
         trainer_lib.WeightsError,

@@ -18,6 +18,7 @@ from absl import logging
 from clr_loop import checkpointing
 from clr_loop import config as config_lib
 from clr_loop import data as data_lib
+from clr_loop import distribute
 from clr_loop import model as model_lib
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds")
@@ -79,36 +80,51 @@ def make_optimizer(config, plan):
     return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
 
 
-def make_train_step(model, optimizer, jit_compile):
-    """Returns the compiled step `(images, labels) -> metrics`, a pure function of state and batch.
+def make_train_step(model, optimizer, jit_compile, global_batch_size=None, fuse_update=True):
+    """Returns the step `(images, labels) -> metrics`, a pure function of state and batch.
 
     The metrics are sums over the batch's examples, not means: `loss_sum` (summed per-example
     cross-entropy), `correct`, `count`; `lr`, the rate this step used (the schedule at
     `optimizer.iterations` before the update); and `finite`, False when the loss or any gradient
-    is NaN or Inf.
+    is NaN or Inf. With `fuse_update` the whole step (schedule, forward, gradients, SGD update)
+    is one `tf.function` compiled with `jit_compile`. Under a multi-replica `tf.distribute`
+    strategy pass `fuse_update=False`: the update all-reduces the gradients, which cannot
+    happen inside a nested `tf.function`, so only the forward and backward pass are compiled
+    and the update follows in the replica context. `global_batch_size` makes the loss
+    `sum / global_batch_size`, so the all-reduced (summed) gradients equal the single-device
+    mean's.
     """
 
-    @tf.function(jit_compile=jit_compile)
-    def train_step(images, labels):
-        lr = optimizer.learning_rate
+    def gradients(images, labels):
         with tf.GradientTape() as tape:
             probs = model(images, training=True)
             per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
-            loss = tf.reduce_mean(per_example)
+            if global_batch_size is None:
+                loss = tf.reduce_mean(per_example)
+            else:
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
         grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
         finite = tf.math.is_finite(loss)
         for grad in grads:
             finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(grad)))
-        return {
+        metrics = {
             "loss_sum": tf.reduce_sum(per_example),
             "correct": _count_correct(probs, labels),
             "count": tf.cast(tf.shape(labels)[0], tf.float32),
-            "lr": tf.cast(lr, tf.float32),
             "finite": finite,
         }
+        return grads, metrics
 
-    return train_step
+    def step(images, labels, compute):
+        lr = optimizer.learning_rate
+        grads, metrics = compute(images, labels)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return {**metrics, "lr": tf.cast(lr, tf.float32)}
+
+    if fuse_update:
+        return tf.function(lambda images, labels: step(images, labels, gradients), jit_compile=jit_compile)
+    compiled_gradients = tf.function(gradients, jit_compile=jit_compile)
+    return lambda images, labels: step(images, labels, compiled_gradients)
 
 
 def _count_correct(probs, labels):
@@ -127,19 +143,22 @@ def make_eval_step(model, jit_compile):
     return eval_step
 
 
-def make_evaluate(eval_step):
+def make_evaluate(eval_step, strategy=None):
     """Returns `evaluate(dataset) -> {"val_loss", "val_accuracy", "count"}` over every example of `dataset`.
 
     The loop runs in one `tf.function`; loss and accuracy are per-example sums divided by the
-    example count, so a last partial batch weighs exactly as much as its examples.
+    example count, so a last partial batch weighs exactly as much as its examples. With a
+    strategy, `dataset` is distributed, each replica evaluates its examples and the sums are
+    added across replicas and workers.
     """
+    strategy = strategy or tf.distribute.get_strategy()
 
     @tf.function
     def run(dataset):
         totals = (tf.constant(0.0, tf.float64), tf.constant(0.0, tf.float64), tf.constant(0.0, tf.float64))
         for images, labels in dataset:
-            sums = eval_step(images, labels)
-            totals = tuple(t + tf.cast(s, tf.float64) for t, s in zip(totals, sums))
+            sums = strategy.run(lambda x, y: tuple(tf.cast(v, tf.float64) for v in eval_step(x, y)), args=(images, labels))
+            totals = tuple(t + _sum_replicas(strategy, s) for t, s in zip(totals, sums))
         return totals
 
     def evaluate(dataset):
@@ -181,7 +200,19 @@ class EpochSums:
         }
 
 
-def make_train_loop(train_step, sums):
+def _sum_replicas(strategy, value):
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+
+
+def _as_sums(metrics):
+    """Per replica: the step's metrics as float64 sums (and `nonfinite` 0/1), ready to add up."""
+    sums = {k: tf.cast(metrics[k], tf.float64) for k in ("loss_sum", "correct", "count")}
+    sums["nonfinite"] = tf.cast(tf.logical_not(metrics["finite"]), tf.float64)
+    sums["lr"] = metrics["lr"]
+    return sums
+
+
+def make_train_loop(train_step, sums, strategy=None):
     """Returns `train_loop(iterator, num_steps) -> window metrics`, running that many steps in one tf.function.
 
     Batches come from `next(iterator)` inside the graph, so Python runs once per call, not once
@@ -189,8 +220,11 @@ def make_train_loop(train_step, sums):
     totals do not depend on how the steps were split into calls (a resumed run gets the same
     bits). Returns this call's own sums (`loss_sum`, `correct`, `count`), the rate of its last
     step (`lr`), the `steps` actually run, and `finite`: a non-finite step ends the loop early
-    with `finite` False and `lr` that step's rate.
+    with `finite` False and `lr` that step's rate. With a strategy, every step runs on all
+    replicas (`strategy.run`) and the sums are added across them; the schedule still advances
+    once per global step, since the optimizer updates once per all-reduced step.
     """
+    strategy = strategy or tf.distribute.get_strategy()
 
     @tf.function
     def train_loop(iterator, num_steps):
@@ -202,19 +236,20 @@ def make_train_loop(train_step, sums):
         finite = tf.constant(True)
         for _ in tf.range(num_steps):
             images, labels = next(iterator)
-            metrics = train_step(images, labels)
-            step_loss = tf.cast(metrics["loss_sum"], tf.float64)
-            step_correct = tf.cast(metrics["correct"], tf.float64)
-            step_count = tf.cast(metrics["count"], tf.float64)
+            per_replica = strategy.run(lambda x, y: _as_sums(train_step(x, y)), args=(images, labels))
+            step_loss = _sum_replicas(strategy, per_replica["loss_sum"])
+            step_correct = _sum_replicas(strategy, per_replica["correct"])
+            step_count = _sum_replicas(strategy, per_replica["count"])
             sums.loss_sum.assign_add(step_loss)
             sums.correct.assign_add(step_correct)
             sums.count.assign_add(step_count)
             loss_sum += step_loss
             correct += step_correct
             count += step_count
-            lr = metrics["lr"]
+            # Every replica evaluates the schedule at the same step; any copy is the rate.
+            lr = strategy.experimental_local_results(per_replica["lr"])[0]
             steps += 1
-            finite = metrics["finite"]
+            finite = _sum_replicas(strategy, per_replica["nonfinite"]) == 0.0
             if not finite:
                 break
         sums.lr.assign(lr)
@@ -288,35 +323,70 @@ class Trainer:
     dict (per-epoch lists under `HISTORY_KEYS`).
     """
 
-    def __init__(self, config, data, *, model=None):
+    def __init__(self, config, data, *, model=None, strategy=None):
         self.config = config
         self.data = data
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
+        if config.batch_size % self.replicas:
+            raise ValueError(
+                f"--batch_size={config.batch_size} (the global batch) must be divisible by the "
+                f"{self.replicas} replicas"
+            )
+        self.is_chief = distribute.is_chief(self.strategy)
         self.plan = config_lib.plan_steps(config, data.train.num_examples)
         self.jit_compile = resolve_jit_compile(config.jit_compile)
+        if self.jit_compile and not distribute.xla_allowed(self.strategy):
+            logging.warning(
+                "XLA is off: TensorFlow's distribution cannot compile across %d CPU replicas", self.replicas
+            )
+            self.jit_compile = False
         if config.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(config.seed)
-        self.model = model if model is not None else model_lib.create_model(seed=config.seed)
-        if config.init_weights:
-            load_initial_weights(self.model, config.init_weights)
-        if config.save_init:
-            save_initial_weights(self.model, config.save_init)
-        self.optimizer = make_optimizer(config, self.plan)
-        self.optimizer.build(self.model.trainable_variables)
-        self.sums = EpochSums()
-        self.eval_ds = data_lib.eval_dataset(data.test, config.eval_batch_size)
+        with self.strategy.scope():
+            self.model = model if model is not None else model_lib.create_model(seed=config.seed)
+            if config.init_weights:
+                load_initial_weights(self.model, config.init_weights)
+            if config.save_init and self.is_chief:
+                save_initial_weights(self.model, config.save_init)
+            self.optimizer = make_optimizer(config, self.plan)
+            self.optimizer.build(self.model.trainable_variables)
+            self.sums = EpochSums()
+        self.eval_ds = self.strategy.distribute_datasets_from_function(self._eval_dataset_fn)
         self.iterator = self._iterator_at(0)
-        self.train_step = make_train_step(self.model, self.optimizer, self.jit_compile)
-        self.train_loop = make_train_loop(self.train_step, self.sums)
-        self.evaluate = make_evaluate(make_eval_step(self.model, self.jit_compile))
+        self.train_step = make_train_step(
+            self.model, self.optimizer, self.jit_compile, global_batch_size=config.batch_size,
+            fuse_update=self.replicas == 1,
+        )
+        self.train_loop = make_train_loop(self.train_step, self.sums, self.strategy)
+        self.evaluate = make_evaluate(make_eval_step(self.model, self.jit_compile), self.strategy)
         self.history = {key: [] for key in HISTORY_KEYS}
         self.checkpoints = None  # made by train(), once the workdir is checked
         self._signal = None
 
     def _iterator_at(self, step):
-        """Returns a train iterator positioned at `step` (the data order is a function of the step)."""
-        dataset = data_lib.train_dataset(self.data.train, self.config.batch_size, self.config.seed, start_step=step)
-        return iter(dataset)
+        """Returns a train iterator positioned at `step` (the data order is a function of the step).
+
+        Each input pipeline (one per worker) yields its local replicas' slices of every global
+        batch, so all replicas together train on exactly the single-device batches.
+        """
+        total = self.replicas
+
+        def dataset_fn(context):
+            local = total // context.num_input_pipelines
+            return data_lib.train_dataset(
+                self.data.train, self.config.batch_size, self.config.seed, start_step=step,
+                replicas=(context.input_pipeline_id * local, local, total),
+            )
+
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    def _eval_dataset_fn(self, context):
+        per_replica = -(-self.config.eval_batch_size // self.replicas)
+        return data_lib.eval_dataset(
+            self.data.test, per_replica, shard=(context.input_pipeline_id, context.num_input_pipelines)
+        )
 
     @property
     def step(self):
@@ -344,19 +414,30 @@ class Trainer:
         CheckpointError when a run's checkpoints exist but none can be restored.
         """
         config, paths = self.config, self._paths()
+        trackables = {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "epoch_sums": self.sums.trackables(),
+            "rng": seed_generator_states(self.model),
+        }
+        if not self.is_chief:
+            # Every worker takes part in saving (the variables are mirrored), but only the chief's
+            # files are kept; the others restore from the chief's and save into a scratch folder.
+            scratch = os.path.join(config.workdir, f".worker-{distribute.worker_id(self.strategy)}")
+            checkpointing.check_writable(scratch)
+            self.checkpoints = checkpointing.RunCheckpoints(
+                scratch, trackables, self.optimizer.iterations, 1,
+                restore_from=os.path.join(config.workdir, "ckpt"),
+            )
+            self.checkpoints.restore_latest()
+            if self.step:
+                self.iterator = self._iterator_at(self.step)
+            return self.step >= self.plan.total_steps
         checkpointing.check_writable(config.workdir)
         if config.overwrite:
             checkpointing.clear_run_outputs(config.workdir)
         self.checkpoints = checkpointing.RunCheckpoints(
-            config.workdir,
-            {
-                "model": self.model,
-                "optimizer": self.optimizer,
-                "epoch_sums": self.sums.trackables(),
-                "rng": seed_generator_states(self.model),
-            },
-            self.optimizer.iterations,
-            config.keep_checkpoints,
+            config.workdir, trackables, self.optimizer.iterations, config.keep_checkpoints
         )
         current = config.to_json_dict()
         if os.path.exists(paths["config"]):
@@ -422,8 +503,11 @@ class Trainer:
     def _train(self):
         config, plan = self.config, self.plan
         paths = self._paths()
-        train_writer = tf.summary.create_file_writer(paths["train_logs"])
-        eval_writer = tf.summary.create_file_writer(paths["eval_logs"])
+        if self.is_chief:
+            train_writer = tf.summary.create_file_writer(paths["train_logs"])
+            eval_writer = tf.summary.create_file_writer(paths["eval_logs"])
+        else:
+            train_writer = eval_writer = tf.summary.create_noop_writer()
         logging.info(
             "training %d steps (%d per epoch, step_size %s), jit_compile=%s, workdir %s",
             plan.total_steps, plan.steps_per_epoch, plan.step_size, self.jit_compile, config.workdir,
@@ -495,7 +579,8 @@ class Trainer:
             self.history["epoch_seconds"].append(seconds)
             train_writer.flush()
             eval_writer.flush()
-            checkpointing.write_json_atomic(paths["history"], self.history)
+            if self.is_chief:
+                checkpointing.write_json_atomic(paths["history"], self.history)
             self.checkpoints.save()
             if self._signal is not None:
                 self._stop_for_signal(train_writer, eval_writer)
@@ -524,8 +609,16 @@ def _plan_dict(plan, jit_compile):
     }
 
 
-def train_and_evaluate(config, data=None):
-    """Loads the data (unless given), trains and evaluates per `config`; returns the history dict."""
+def train_and_evaluate(config, data=None, strategy=None):
+    """Sets up the distribution, loads the data (unless given), trains and evaluates; returns the history.
+
+    Without a `strategy`, `config.virtual_cpus` and `config.strategy` make one first: a
+    multi-worker strategy must exist before TensorFlow runs any op.
+    """
+    if strategy is None:
+        if config.virtual_cpus:
+            distribute.configure_virtual_cpus(config.virtual_cpus)
+        strategy = distribute.make_strategy(config.strategy, config.devices, config.cluster_timeout)
     if data is None:
         data = data_lib.load(tfds_data_dir=config.tfds_data_dir, dataset_dir=config.dataset_dir)
-    return Trainer(config, data).train()
+    return Trainer(config, data, strategy=strategy).train()

@@ -1,0 +1,156 @@
+"""tf.distribute set-up: virtual CPU devices, the strategy for `--strategy`, and the cluster checks.
+
+clr_loop scales out on TensorFlow's own distribution engine: `MirroredStrategy` for the local GPUs
+(or virtual CPUs, for development), `MultiWorkerMirroredStrategy` for several hosts described by
+`TF_CONFIG`. The trainer creates its state inside `strategy.scope()` and feeds each replica its
+slice of every global batch.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import tensorflow as tf
+from absl import logging
+
+from clr_loop.config import STRATEGIES
+
+
+class ClusterError(RuntimeError):
+    """Raised when the distribution cannot be set up: bad devices, bad TF_CONFIG."""
+
+
+_WATCHDOG = r"""
+import os, select, signal, socket, sys
+fd, timeout, pid, me, peers = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+if select.select([fd], [], [], timeout)[0]:
+    sys.exit(0)  # the worker joined (it closed the pipe) or died
+down = []
+for peer in peers:
+    host, port = peer.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1.0).close()
+    except OSError:
+        down.append(peer)
+sys.stderr.write(
+    "error: worker %s could not join the cluster within %gs; unreachable: %s. Check that every worker of "
+    "TF_CONFIG is started, with the same cluster list, and that the ports are right. Stopping it.\n"
+    % (me, timeout, ", ".join(down) or "none (they are up but did not join)"))
+sys.stderr.flush()
+os.kill(pid, signal.SIGKILL)
+"""
+
+
+class _JoinWatchdog:
+    """Kills this process with a message naming the unreachable peers if the block outlasts `timeout`.
+
+    A separate process does the watching because TensorFlow's cluster join blocks inside C++
+    while holding the GIL, so no Python thread or signal handler here can run.
+    """
+
+    def __init__(self, me, peers, timeout):
+        self.args = [str(me), *peers]
+        self.timeout = timeout
+
+    def __enter__(self):
+        read_fd, self.write_fd = os.pipe()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(read_fd), str(self.timeout), str(os.getpid()), *self.args],
+            pass_fds=(read_fd,),
+        )
+        os.close(read_fd)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.write_fd)
+        self.process.wait()
+        return False
+
+
+def configure_virtual_cpus(count):
+    """Splits the host CPU into `count` logical devices; must run before TensorFlow starts its runtime.
+
+    Returns the list of logical CPU device names. Raises ClusterError when the runtime is already
+    initialised (the split can then no longer change).
+    """
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError as e:
+        raise ClusterError(f"--virtual_cpus={count} must be applied before TensorFlow initialises: {e}") from e
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def read_tf_config():
+    """Returns the parsed TF_CONFIG environment variable; raises ClusterError naming what is wrong."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise ClusterError("--strategy=multi_worker needs the TF_CONFIG environment variable (see README)")
+    try:
+        tf_config = json.loads(text)
+        workers = tf_config["cluster"]["worker"]
+        task = tf_config["task"]
+        index = int(task["index"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ClusterError(f"TF_CONFIG is not a valid cluster spec ({type(e).__name__}: {e}): {text}") from e
+    if task.get("type") != "worker" or not 0 <= index < len(workers):
+        raise ClusterError(f"TF_CONFIG task must be a worker with an index below {len(workers)}, got {task}")
+    return tf_config
+
+
+def make_strategy(name, devices=None, cluster_timeout=60.0):
+    """Returns the `tf.distribute.Strategy` for `--strategy` (`default`, `mirrored` or `multi_worker`).
+
+    `default` is TensorFlow's default one-device strategy. `mirrored` uses `devices` when given,
+    else every local GPU, else every logical CPU. `multi_worker` reads the cluster from TF_CONFIG,
+    waits at most `cluster_timeout` seconds for the peers to join (then the process is stopped
+    with a message naming the unreachable peers), and fails collectives that hang longer.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if not devices:
+            gpus = tf.config.list_logical_devices("GPU")
+            devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        try:
+            return tf.distribute.MirroredStrategy(devices=list(devices))
+        except (ValueError, RuntimeError) as e:
+            raise ClusterError(f"cannot mirror over devices {devices}: {e}") from e
+    if name == "multi_worker":
+        tf_config = read_tf_config()
+        workers = tf_config["cluster"]["worker"]
+        me = int(tf_config["task"]["index"])
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=cluster_timeout)
+        peers = [w for i, w in enumerate(workers) if i != me]
+        # The constructor waits in C++, holding the GIL and with no time limit, until every worker
+        # has joined; only another process can time it out.
+        with _JoinWatchdog(me, peers, cluster_timeout):
+            strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        logging.info("multi-worker cluster of %d workers; this is worker %d", len(workers), me)
+        return strategy
+    raise ClusterError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
+
+
+def is_chief(strategy):
+    """True for the process that writes history, summaries and the real checkpoints (worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in ("chief", None) or (resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def worker_id(strategy):
+    """Returns this process's worker index (0 when not multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return 0
+    return int(resolver.task_id or 0)
+
+
+def xla_allowed(strategy):
+    """True unless the strategy mirrors over several CPU replicas, which XLA cannot compile across."""
+    if strategy.num_replicas_in_sync == 1:
+        return True
+    devices = getattr(strategy.extended, "worker_devices", ())
+    return not any("CPU" in d.upper().rsplit("/", 1)[-1] for d in devices)

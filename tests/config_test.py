@@ -1,0 +1,67 @@
+"""Tests for clr_loop.config: epochs-to-steps conversion, schedules from a Config, validation."""
+
+import dataclasses
+
+import pytest
+
+from clr_loop import config as config_lib
+from clr_loop import schedules
+
+
+def test_plan_steps_converts_epochs_to_steps_once():
+    plan = config_lib.plan_steps(config_lib.Config(), 60000)
+    assert plan.steps_per_epoch == 937  # 60000 // 64, last partial batch dropped
+    assert plan.total_steps == 9370
+    assert plan.step_size == 1874 and plan.step_size_down is None
+    plan = config_lib.plan_steps(config_lib.Config(step_size_epochs=0.5, step_size_down_epochs=1.5, max_steps=100), 60000)
+    assert (plan.step_size, plan.step_size_down, plan.total_steps) == (468, 1406, 100)  # round(468.5)=468
+    assert config_lib.plan_steps(config_lib.Config(step_size_epochs=0.0001), 60000).step_size == 1
+
+
+def test_make_schedule_per_mode():
+    plan = config_lib.plan_steps(config_lib.Config(), 60000)
+    assert config_lib.make_schedule(config_lib.Config(mode="none", lr=0.03), plan) == 0.03
+    clr = config_lib.make_schedule(config_lib.Config(mode="exp_range", gamma=0.999), plan)
+    assert isinstance(clr, schedules.CyclicalLearningRate)
+    assert (clr.mode, clr.step_size, clr.gamma, clr.scale_mode) == ("exp_range", 1874, 0.999, "iterations")
+    capped = config_lib.plan_steps(config_lib.Config(mode="one_cycle", max_steps=50), 60000)
+    one = config_lib.make_schedule(config_lib.Config(mode="one_cycle", max_lr=0.1), capped)
+    assert isinstance(one, schedules.OneCycle) and one.total_steps == 9370  # epochs, not max_steps
+
+
+def test_json_round_trip():
+    config = config_lib.Config(profile_steps=(3, 5), devices=("/cpu:0",), mode="triangular")
+    assert config_lib.Config.from_json_dict(config.to_json_dict()) == config
+    with pytest.raises(ValueError, match="unknown configuration keys: bogus"):
+        config_lib.Config.from_json_dict({**config.to_json_dict(), "bogus": 1})
+
+
+def test_cycle_momentum_defaults():
+    assert config_lib.Config(mode="one_cycle").uses_cycle_momentum
+    assert not config_lib.Config(mode="triangular2").uses_cycle_momentum
+    assert config_lib.Config(mode="triangular2", cycle_momentum=True).uses_cycle_momentum
+    assert not config_lib.Config(mode="none", cycle_momentum=True).uses_cycle_momentum
+
+
+@pytest.mark.parametrize(
+    "changes,flag",
+    [
+        (dict(mode="cosine"), "--mode"),
+        (dict(max_lr=1e-5), "--max_lr"),
+        (dict(batch_size=0), "--batch_size"),
+        (dict(epochs=2.5), "--epochs"),
+        (dict(step_size_down_epochs=-1.0), "--step_size_down_epochs"),
+        (dict(strategy="tpu"), "--strategy"),
+        (dict(devices=("/gpu:0",)), "--devices"),
+        (dict(virtual_cpus=-2), "--virtual_cpus"),
+        (dict(save_init="init.h5"), "--save_init"),
+        (dict(workdir=""), "--workdir"),
+    ],
+)
+def test_validate_names_the_flag(changes, flag):
+    problems = config_lib.validate(dataclasses.replace(config_lib.Config(), **changes))
+    assert len(problems) == 1 and problems[0].startswith(flag), problems
+
+
+def test_default_config_is_valid():
+    assert config_lib.validate(config_lib.Config()) == []

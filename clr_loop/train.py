@@ -12,7 +12,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from clr_loop import checkpointing
 from clr_loop import config as config_lib
@@ -90,6 +89,7 @@ def config_from_flags():
 
 
 def main(argv):
+    """The app: builds the Config from the flags and trains; returns the exit status (0, 1, or 128+signal)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = config_from_flags()

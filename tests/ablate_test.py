@@ -1,9 +1,7 @@
 """Tests of clr_loop.ablate: same initial weights (checked on the weights), the comparison, figures, errors."""
 
-import gzip
 import json
 import os
-import struct
 import subprocess
 import sys
 
@@ -20,26 +18,13 @@ from clr_loop import model as model_lib
 from clr_loop import plot
 from clr_loop import train
 from clr_loop import trainer as trainer_lib
+from train_cli_test import write_tiny_idx_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_TRAIN, N_TEST = 96, 40
 # Every run: 96 // 16 = 6 steps per epoch, 2 epochs; no XLA, to keep the test in seconds.
 COMMON = ["--epochs=2", "--batch_size=16", "--eval_batch_size=16", "--steps_per_loop=3", "--log_every_steps=3",
           "--jit_compile=false"]
-
-
-def write_idx_dir(directory, seed=0):
-    """Writes the four Fashion-MNIST IDX .gz files with N_TRAIN / N_TEST random examples."""
-    os.makedirs(directory, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", N_TRAIN), ("test", N_TEST)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_images"]), "wb") as f:
-            f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-        with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_labels"]), "wb") as f:
-            f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
-    return str(directory)
 
 
 @pytest.fixture
@@ -49,7 +34,7 @@ def setup(tmp_path):
     (tmp_path / "clr.flags").write_text("--mode=triangular2\n--initial_lr=1e-3\n--max_lr=0.1\n--step_size_epochs=1\n")
     return {
         "flagfiles": [str(tmp_path / "sgd.flags"), str(tmp_path / "clr.flags")],
-        "data": write_idx_dir(tmp_path / "idx"),
+        "data": write_tiny_idx_dir(str(tmp_path / "idx"), n_train=N_TRAIN, n_test=N_TEST),
         "workdir": str(tmp_path / "abl"),
     }
 

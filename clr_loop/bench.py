@@ -1,0 +1,1245 @@
+r"""Benchmarks clr_loop's training loop against the tutorial's Keras `model.fit`, on this machine.
+
+  python -m clr_loop.bench                                # the table: (a) fit, (b) the loop, (c) variants
+  python -m clr_loop.bench --steps=300 --repeats=3        # a quicker run
+  python -m clr_loop.bench --batch_sizes=32,64,128,256,512 --whole_process=3 --profile --out=bench.json
+  python -m clr_loop.bench --fit_epoch                    # one tutorial epoch as a whole process
+  python -m clr_loop.bench --analyze_profile=runs/profile # per-step breakdown of a profiler trace
+
+Every configuration runs in its own subprocess (same model, data, batch size, schedule and step
+count), so thread settings can differ between configurations and the peak RSS that the OS reports
+for that process belongs to that configuration alone. Times are medians over the timed repeats,
+taken after a warm-up that includes tracing and compilation; "compile" is the first call's time
+minus its steps at the steady per-step rate.
+
+This module is an absl app: `main` is the only reader of FLAGS; everything else takes arguments.
+"""
+
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+# Heavy imports (TensorFlow, Keras) happen inside the functions that need them, so the parent
+# process that only spawns workers and prints the table stays small and starts fast, and a
+# worker can set its thread counts before TensorFlow's runtime starts.
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT_PREFIX = "BENCH_RESULT "
+# The tutorial's values; the trainer's Config defaults are the same.
+TUTORIAL_BATCH_SIZE = 64
+SEED = 42
+MATMUL_SIZE = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One benchmark configuration, run in its own process.
+
+    `kind` is "fit" (Keras `model.fit`, the tutorial's way), "loop" (clr_loop's compiled loop),
+    "eval_loop" (clr_loop's eval loop over the test split), "fit_eval" (Keras `model.evaluate`
+    at the training batch size, what `fit` runs as validation) or "matmul" (the machine's
+    float32 matmul rate). `jit` is a `--jit_compile` value ("auto", "true", "false"); `input` is
+    "tfdata" (clr_loop.data.train_dataset) or "in_graph" (`InGraphBatches`); `inter_op` and
+    `intra_op` are TensorFlow thread-pool sizes (0: TensorFlow's default, one per core).
+    `splits` > 1 computes each batch as that many equal parts (`make_split_train_step`), which with
+    `intra_op=1` run side by side, one core each. `virtual_cpus` > 0 runs the trainer's
+    `--strategy=mirrored --virtual_cpus=N` (one replica per virtual CPU). `examples` > 0 keeps
+    only that many examples of each split (for quick checks and tests).
+    """
+
+    kind: str
+    batch_size: int = TUTORIAL_BATCH_SIZE
+    steps: int = 0
+    repeats: int = 3
+    steps_per_loop: int = 100
+    jit: str = "auto"
+    input: str = "tfdata"
+    inter_op: int = 0
+    intra_op: int = 0
+    splits: int = 1
+    virtual_cpus: int = 0
+    eval_batch_size: int = 1000
+    data: str = "auto"
+    examples: int = 0
+    label: str = ""
+
+    @property
+    def name(self):
+        """A short, unique, human-readable name (the table's first column)."""
+        if self.label:
+            return self.label
+        if self.kind in ("fit", "fit_eval", "matmul"):
+            return self.kind + ("" if self.jit == "auto" else f" jit={self.jit}")
+        parts = [self.kind, self.input, f"xla={self.jit}"] if self.kind == "loop" else [self.kind, f"xla={self.jit}"]
+        if self.kind == "loop":
+            parts.append(f"spl={self.steps_per_loop}")
+        if self.splits > 1:
+            parts.append(f"split={self.splits}")
+        if self.virtual_cpus:
+            parts.append(f"mirrored vcpus={self.virtual_cpus}")
+        if self.inter_op or self.intra_op:
+            parts.append(f"threads={self.inter_op}x{self.intra_op}")
+        return " ".join(parts)
+
+    def to_json(self):
+        """Returns the spec as a JSON string (how the parent hands it to a worker)."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text):
+        """Returns the Spec that `to_json` wrote."""
+        return cls(**json.loads(text))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost model
+
+
+def layer_macs(model):
+    """Returns [(layer name, forward multiply-adds per example)] for the Conv2D and Dense layers.
+
+    A Conv2D costs `H_out * W_out * kh * kw * C_in * C_out` multiply-adds (valid padding, stride 1
+    as in this model, read from the built layer's output shape) and a Dense `in * out`. Bias adds,
+    activations, pooling, dropout, the loss and the optimizer are left out: they add well under
+    1% to the arithmetic (they cost memory traffic, which the profile shows separately).
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+
+    costs = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            _, h, w, _ = layer.output.shape
+            costs.append((layer.name, int(h * w * kh * kw * cin * cout)))
+        elif isinstance(layer, keras.layers.Dense):
+            cin, cout = layer.kernel.shape
+            costs.append((layer.name, int(cin * cout)))
+    return costs
+
+
+def step_flops(model, batch_size, training=True):
+    """Returns the floating-point operations (FLOPs, 2 per multiply-add) of one step at `batch_size`.
+
+    forward = sum of `layer_macs`; a training step adds the weight gradients (as many
+    multiply-adds as the forward pass, layer for layer) and the input gradients (the same again,
+    except for the first layer, whose input is the data and needs no gradient):
+    `FLOPs = 2 * batch_size * (3 * forward - first_layer)`; for eval, `2 * batch_size * forward`.
+    For the tutorial's CNN at batch 64: 2 * 64 * (3 * 1,054,976 - 230,400) = 375.6 MFLOP.
+    """
+    costs = layer_macs(model)
+    forward = sum(macs for _, macs in costs)
+    if not training:
+        return 2 * batch_size * forward
+    return 2 * batch_size * (3 * forward - costs[0][1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The in-graph input variant
+
+
+class InGraphBatches:
+    """An iterator for `trainer.make_train_loop` that draws training batches inside the graph.
+
+    The whole training split stays on the device as two tensors (uint8 images, int32 labels);
+    `next()` (called while the loop traces) adds ops that gather the batch for the optimizer's
+    current step, so no tf.data iterator, thread or host-to-device copy runs per step. The order
+    is exactly `clr_loop.data.train_dataset`'s: step `s` is batch `s % steps_per_epoch` of
+    `epoch_permutation(N, seed, s // steps_per_epoch)`. The permutation is cached in a variable
+    and recomputed only when the epoch changes. `step_counter` is the optimizer's `iterations`
+    variable (read before the step's update, like the schedule).
+    """
+
+    def __init__(self, split, batch_size, seed, step_counter):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+        from clr_loop import data as data_lib  # pylint: disable=import-outside-toplevel
+
+        self._num_examples = split.num_examples
+        self._steps_per_epoch = data_lib.steps_per_epoch(split.num_examples, batch_size)
+        self._batch_size = batch_size
+        self._seed = seed
+        self._step_counter = step_counter
+        device = "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
+        with tf.device(device):
+            self._images = tf.identity(tf.constant(split.images))
+            self._labels = tf.identity(tf.constant(split.labels))
+            self._perm = tf.Variable(tf.zeros([split.num_examples], tf.int32), trainable=False, name="epoch_perm")
+            self._perm_epoch = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="epoch_perm_epoch")
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+        from clr_loop import data as data_lib  # pylint: disable=import-outside-toplevel
+
+        with tf.name_scope("in_graph_batches"):
+            step = tf.cast(self._step_counter, tf.int64)
+            epoch = step // self._steps_per_epoch
+
+            def refresh():
+                self._perm.assign(data_lib.epoch_permutation(self._num_examples, self._seed, epoch))
+                self._perm_epoch.assign(epoch)
+                return tf.constant(True)
+
+            tf.cond(tf.not_equal(self._perm_epoch, epoch), refresh, lambda: tf.constant(False))
+            start = tf.cast(step % self._steps_per_epoch, tf.int32) * self._batch_size
+            idx = tf.gather(self._perm, tf.range(start, start + self._batch_size))
+            return tf.gather(self._images, idx), tf.gather(self._labels, idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side: one configuration, in this process
+
+
+def _cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _rss_mb():
+    try:
+        import psutil  # pylint: disable=import-outside-toplevel
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        return float("nan")
+
+
+def _peak_rss_mb():
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def load_data(choice="auto", examples=0):
+    """Returns (FashionMnist, description): the real data when `choice` is "auto" and it loads, else random.
+
+    Random data has the real shapes and sizes (60000/10000 uint8 images, int32 labels 0..9) and is
+    used for "random" or when no source works; the description says which one was used.
+    `examples` > 0 keeps only the first that many examples of each split.
+    """
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    from clr_loop import data as data_lib  # pylint: disable=import-outside-toplevel
+
+    data = None
+    if choice == "auto":
+        try:
+            data = data_lib.load()
+            description = f"real Fashion-MNIST ({data.source})"
+        except data_lib.DataError:
+            data = None
+    if data is None or choice != "auto":
+        rng = np.random.default_rng(SEED)
+
+        def split(n):
+            return data_lib.Split(
+                images=rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), labels=rng.integers(0, 10, n).astype(np.int32)
+            )
+
+        why = "requested" if choice == "random" else "no Fashion-MNIST source worked"
+        sizes = {k: min(v, examples) if examples else v for k, v in data_lib.FULL_SIZE.items()}
+        data = data_lib.FashionMnist(train=split(sizes["train"]), test=split(sizes["test"]), source="random")
+        description = f"random uint8 data ({why})"
+    if examples:
+        data = data_lib.FashionMnist(
+            train=data_lib.Split(data.train.images[:examples], data.train.labels[:examples]),
+            test=data_lib.Split(data.test.images[:examples], data.test.labels[:examples]),
+            source=data.source,
+        )
+        description += f", first {examples} examples of each split"
+    return data, description
+
+
+def _steps(spec, num_examples):
+    """The timed steps per repeat: `spec.steps`, or one epoch of full batches when it is 0."""
+    full = num_examples // spec.batch_size
+    return min(spec.steps, full) if spec.steps > 0 else full
+
+
+def _training_setup(spec, data):
+    """Returns (model, optimizer, config) built as the trainer builds them for `spec` (for Keras fit)."""
+    import keras  # pylint: disable=import-outside-toplevel
+
+    from clr_loop import model as model_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+
+    config = _config(spec)
+    # The schedule's step size comes from the full training split, as in a real run.
+    plan = _plan(config, data)
+    keras.utils.set_random_seed(SEED)
+    model = model_lib.create_model(seed=SEED)
+    optimizer = trainer_lib.make_optimizer(config, plan)
+    return model, optimizer, config
+
+
+def _config(spec):
+    from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
+
+    distributed = {"strategy": "mirrored", "virtual_cpus": spec.virtual_cpus} if spec.virtual_cpus else {}
+    return config_lib.Config(
+        batch_size=spec.batch_size, steps_per_loop=spec.steps_per_loop, jit_compile=spec.jit, seed=SEED,
+        eval_batch_size=spec.eval_batch_size, **distributed,
+    )
+
+
+def _plan(config, data):
+    from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
+
+    return config_lib.plan_steps(config, data.train.num_examples)
+
+
+def make_trainer(spec, data):
+    """Returns a `clr_loop.trainer.Trainer` for `spec`, with the spec's variant swapped in.
+
+    The trainer is built exactly as `python -m clr_loop.train` builds it (strategy, model,
+    optimizer, compiled step, loop and eval); a spec with `input="in_graph"` replaces its iterator
+    with an `InGraphBatches`, and one with `splits` > 1 its train step and eval step with the
+    split ones. The trainer is not trained (nothing is written): callers run `trainer.train_loop`.
+    """
+    from clr_loop import distribute  # pylint: disable=import-outside-toplevel
+    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+
+    config = _config(spec)
+    if config.virtual_cpus:
+        distribute.configure_virtual_cpus(config.virtual_cpus)
+    strategy = distribute.make_strategy(config.strategy, config.devices, config.cluster_timeout)
+    trainer = trainer_lib.Trainer(config, data, strategy=strategy)
+    if spec.splits > 1:
+        trainer.train_step = make_split_train_step(trainer.model, trainer.optimizer, trainer.jit_compile, spec.splits)
+        trainer.train_loop = trainer_lib.make_train_loop(trainer.train_step, trainer.sums, trainer.strategy)
+        eval_step = make_split_eval_step(trainer.model, trainer.jit_compile, spec.splits)
+        trainer.evaluate = trainer_lib.make_evaluate(eval_step, trainer.strategy)
+    if spec.input == "in_graph":
+        trainer.iterator = InGraphBatches(data.train, spec.batch_size, SEED, trainer.optimizer.iterations)
+    return trainer
+
+
+def _summary(spec, seconds_per_repeat, cpu_per_repeat, steps, first_call_s, first_call_steps, flops):
+    ms = [1000.0 * s / steps for s in seconds_per_repeat]
+    ms_step = statistics.median(ms)
+    return {
+        "ms_per_step": ms_step,
+        "ms_per_step_repeats": ms,
+        "cpu_ms_per_step": statistics.median(1000.0 * c / steps for c in cpu_per_repeat),
+        "examples_per_s": spec.batch_size * 1000.0 / ms_step,
+        "first_call_s": first_call_s,
+        "compile_s": max(first_call_s - first_call_steps * ms_step / 1000.0, 0.0),
+        "steps": steps,
+        "flops_per_step": flops,
+        "gflops": flops / ms_step / 1e6,
+    }
+
+
+def time_fit(spec, data):
+    """Times the tutorial's `model.fit` (numpy arrays, verbose=0) and returns the result dict.
+
+    The model is compiled exactly as in the tutorial (sparse categorical cross-entropy, SGD with
+    the CLR schedule, accuracy metric, Keras's own `jit_compile` unless `spec.jit` says
+    otherwise) and fit on the first `steps * batch_size` training examples, so every epoch is
+    exactly `steps` full batches, for `1 + repeats` epochs. Epoch 1 traces and warms up; each
+    later epoch (from `on_epoch_begin` to `on_epoch_end`, which includes fit's per-epoch
+    shuffle and iterator set-up, as in a real run) is one timed repeat.
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+
+    model, optimizer, _ = _training_setup(spec, data)
+    steps = _steps(spec, data.train.num_examples)
+    n = steps * spec.batch_size
+    x, y = data.train.images[:n], data.train.labels[:n]
+    compile_args = {} if spec.jit == "auto" else {"jit_compile": spec.jit == "true"}
+    model.compile(loss="sparse_categorical_crossentropy", optimizer=optimizer, metrics=["accuracy"], **compile_args)
+    wall, cpu = [], []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start, self.cpu = time.perf_counter(), _cpu_seconds()
+
+        def on_epoch_end(self, epoch, logs=None):
+            float(logs["loss"])  # waits for the device where the loss is still in flight
+            wall.append(time.perf_counter() - self.start)
+            cpu.append(_cpu_seconds() - self.cpu)
+
+    model.fit(x, y, batch_size=spec.batch_size, epochs=1 + spec.repeats, verbose=0, callbacks=[EpochTimer()])
+    result = _summary(spec, wall[1:], cpu[1:], steps, wall[0], steps, step_flops(model, spec.batch_size))
+    result["jit_resolved"] = bool(model.jit_compile)
+    return result
+
+
+def _run_loop(train_loop, iterator, steps, steps_per_loop):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    done, out = 0, None
+    while done < steps:
+        n = min(steps_per_loop, steps - done)
+        out = train_loop(iterator, tf.constant(n, tf.int32))
+        done += n
+    float(out["loss_sum"])  # a device-to-host read: the steps have finished, also on a GPU
+    return out
+
+
+def make_split_train_step(model, optimizer, jit_compile, splits):
+    """Returns a train step like `trainer.make_train_step`'s that computes the batch as `splits` parts.
+
+    Each part (the batch split along its first axis; the batch size must divide) gets its own
+    forward and backward pass on `loss_part = mean(part's per-example loss) / splits`, so the
+    summed gradients are the full batch's mean-loss gradient up to float rounding; one SGD update
+    follows. The parts are independent subgraphs, so TensorFlow's executor runs them side by side
+    (with one intra-op thread per op, one core each) instead of splitting every small op across
+    cores. Returns the same metrics (sums over the whole batch, the rate used, `finite`). The
+    dropout layer draws one mask per part, so the masks differ from the unsplit step's (same
+    distribution); with dropout off the two steps agree to float tolerance.
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step(images, labels):
+        lr = optimizer.learning_rate
+        part_grads, part_losses, part_probs = [], [], []
+        for part_images, part_labels in zip(tf.split(images, splits), tf.split(labels, splits)):
+            with tf.GradientTape() as tape:
+                probs = model(part_images, training=True)
+                per_example = keras.losses.sparse_categorical_crossentropy(part_labels, probs)
+                loss = tf.reduce_mean(per_example) / splits
+            part_grads.append(tape.gradient(loss, model.trainable_variables))
+            part_losses.append(per_example)
+            part_probs.append(probs)
+        grads = [tf.add_n(list(g)) for g in zip(*part_grads)]
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        per_example = tf.concat(part_losses, 0)
+        finite = tf.math.is_finite(tf.reduce_mean(per_example))
+        for grad in grads:
+            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(grad)))
+        return {
+            "loss_sum": tf.reduce_sum(per_example),
+            "correct": trainer_lib._count_correct(tf.concat(part_probs, 0), labels),  # pylint: disable=protected-access
+            "count": tf.cast(tf.shape(labels)[0], tf.float32),
+            "lr": tf.cast(lr, tf.float32),
+            "finite": finite,
+        }
+
+    return train_step
+
+
+def make_split_eval_step(model, jit_compile, splits):
+    """Returns an eval step like `trainer.make_eval_step`'s that computes the batch as `splits` parts.
+
+    Returns (loss_sum, correct, count) summed over the whole batch. The parts are
+    `tf.split`-sized pieces (the first ones one example larger when `splits` does not divide the
+    batch), computed as independent subgraphs that run side by side.
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+
+    @tf.function(jit_compile=jit_compile)
+    def eval_step(images, labels):
+        count = tf.shape(labels)[0]
+        sizes = [(count + splits - 1 - i) // splits for i in range(splits)]
+        loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
+        for part_images, part_labels in zip(tf.split(images, sizes), tf.split(labels, sizes)):
+            probs = model(part_images, training=False)
+            loss_sum += tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(part_labels, probs))
+            correct += trainer_lib._count_correct(probs, part_labels)  # pylint: disable=protected-access
+        return loss_sum, correct, tf.cast(count, tf.float32)
+
+    return eval_step
+
+
+def make_loop(spec, data):
+    """Returns (train_loop, iterator, model, optimizer) of `make_trainer(spec, data)`.
+
+    `train_loop(iterator, num_steps)` is the trainer's own compiled loop (`Trainer.run_steps`).
+    """
+    trainer = make_trainer(spec, data)
+    return trainer.train_loop, trainer.iterator, trainer.model, trainer.optimizer
+
+
+def time_loop(spec, data):
+    """Times clr_loop's training loop for a "loop" spec and returns the result dict.
+
+    The first call (tracing, compilation and `steps_per_loop` steps) is timed on its own, then a
+    warm-up of at least 20 steps runs untimed, then each repeat runs `steps` steps in calls of
+    `steps_per_loop` and ends with a device-to-host read of the loss.
+    """
+    steps = _steps(spec, data.train.num_examples)
+    trainer = make_trainer(spec, data)
+    train_loop, iterator, model = trainer.train_loop, trainer.iterator, trainer.model
+    first_steps = min(spec.steps_per_loop, steps)
+    start = time.perf_counter()
+    _run_loop(train_loop, iterator, first_steps, spec.steps_per_loop)
+    first_call_s = time.perf_counter() - start
+    _run_loop(train_loop, iterator, min(steps, max(spec.steps_per_loop, 20)), spec.steps_per_loop)
+    wall, cpu = [], []
+    for _ in range(spec.repeats):
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        _run_loop(train_loop, iterator, steps, spec.steps_per_loop)
+        wall.append(time.perf_counter() - start)
+        cpu.append(_cpu_seconds() - cpu_start)
+    result = _summary(spec, wall, cpu, steps, first_call_s, first_steps, step_flops(model, spec.batch_size))
+    result["jit_resolved"] = trainer.jit_compile
+    result["weights_checksum"] = weights_checksum(model)
+    result["is_trainer_default"] = is_trainer_default(spec)
+    return result
+
+
+def is_trainer_default(spec):
+    """Returns whether a "loop" spec is what `python -m clr_loop.train` runs by default on this device.
+
+    Compares with `Config()`'s input pipeline, steps_per_loop, batch size and resolved XLA choice;
+    a spec that changes the thread pools or splits batches is never the default.
+    """
+    from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+
+    default = config_lib.Config()
+    return (
+        spec.kind == "loop"
+        and spec.input == getattr(default, "input_pipeline", "tfdata")
+        and spec.steps_per_loop == default.steps_per_loop
+        and spec.batch_size == default.batch_size
+        and trainer_lib.resolve_jit_compile(spec.jit) == trainer_lib.resolve_jit_compile(default.jit_compile)
+        and spec.splits == 1
+        and not spec.inter_op
+        and not spec.intra_op
+    )
+
+
+def weights_checksum(model):
+    """Returns [sum, sum of squares] of all trainable weights in float64: a cheap fingerprint for
+    comparing two runs' weights (for example two thread settings, in two processes)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    values = np.concatenate([np.ravel(v.numpy()).astype(np.float64) for v in model.trainable_variables])
+    return [float(values.sum()), float(np.square(values).sum())]
+
+
+def time_eval(spec, data):
+    """Times one pass over the whole test split and returns the result dict (per pass, not per step).
+
+    "eval_loop" is the trainer's compiled eval loop (`Trainer.evaluate` over its eval dataset) at
+    `eval_batch_size`; "fit_eval" is Keras `model.evaluate` at the training batch size, which is
+    what the tutorial's `fit(validation_data=...)` runs after every epoch.
+    """
+    test = data.test
+    if spec.kind == "eval_loop":
+        trainer = make_trainer(spec, data)
+        model, jit = trainer.model, trainer.jit_compile
+
+        def one_pass():
+            return trainer.evaluate(trainer.eval_ds)["val_loss"]
+
+        batch = spec.eval_batch_size
+    else:
+        model, optimizer, _ = _training_setup(spec, data)
+        model.compile(loss="sparse_categorical_crossentropy", optimizer=optimizer, metrics=["accuracy"])
+        jit = bool(model.jit_compile)
+
+        def one_pass():
+            return model.evaluate(test.images, test.labels, batch_size=spec.batch_size, verbose=0)[0]
+
+        batch = spec.batch_size
+    start = time.perf_counter()
+    one_pass()
+    first_call_s = time.perf_counter() - start
+    wall, cpu = [], []
+    for _ in range(spec.repeats):
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        one_pass()
+        wall.append(time.perf_counter() - start)
+        cpu.append(_cpu_seconds() - cpu_start)
+    ms = statistics.median(wall) * 1000.0
+    flops = step_flops(model, test.num_examples, training=False)
+    return {
+        "ms_per_pass": ms,
+        "ms_per_pass_repeats": [1000.0 * w for w in wall],
+        "cpu_ms_per_pass": statistics.median(cpu) * 1000.0,
+        "examples_per_s": test.num_examples * 1000.0 / ms,
+        "first_call_s": first_call_s,
+        "compile_s": max(first_call_s - ms / 1000.0, 0.0),
+        "eval_batch_size": batch,
+        "flops_per_pass": flops,
+        "gflops": flops / ms / 1e6,
+        "jit_resolved": jit,
+    }
+
+
+def time_matmul(spec, size=MATMUL_SIZE, per_repeat=10):
+    """Returns the float32 `size`² x `size`² tf.matmul rate: {"gflops" (median), "gflops_best", ...}.
+
+    Each repeat runs `per_repeat` eager matmuls (eager, so no graph optimisation merges the
+    identical products) and reads one value back; a matmul is `2 * size**3` FLOPs. The best
+    repeat is the least disturbed one on a shared machine.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    a = tf.random.stateless_normal([size, size], seed=[1, 2])
+    b = tf.random.stateless_normal([size, size], seed=[3, 4])
+
+    def run():
+        for _ in range(per_repeat):
+            c = tf.matmul(a, b)
+        return float(c[0, 0])
+
+    run()
+    rates = []
+    for _ in range(max(spec.repeats, 3)):
+        start = time.perf_counter()
+        run()
+        rates.append(2.0 * size**3 * per_repeat / (time.perf_counter() - start) / 1e9)
+    return {"gflops": statistics.median(rates), "gflops_best": max(rates), "gflops_repeats": rates, "size": size}
+
+
+def _apply_threads(spec):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    if spec.inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(spec.inter_op)
+    if spec.intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(spec.intra_op)
+
+
+def device_description():
+    """Returns a one-line description of where TensorFlow runs: GPU names, else the CPU model and cores."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+        return "GPU: " + ", ".join(names)
+    return f"CPU: {cpu_model()} ({os.cpu_count()} logical cores)"
+
+
+def cpu_model():
+    """Returns the CPU model name from /proc/cpuinfo (or `platform.processor()` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run_spec(spec, data=None, data_description=None):
+    """Runs one benchmark configuration in this process and returns its result dict.
+
+    The dict holds the spec, its name, the measurements of `time_fit` / `time_loop` /
+    `time_eval` / `time_matmul`, the data used, the device, the load average before and after,
+    and `rss_before_mb` (resident memory after imports and data loading) and `peak_rss_mb` (this
+    process's peak so far). Thread settings only take effect in a fresh process.
+    """
+    _apply_threads(spec)
+    if data is None and spec.kind != "matmul":
+        data, data_description = load_data(spec.data, spec.examples)
+    load_before = os.getloadavg()
+    rss_before = _rss_mb()
+    if spec.kind == "fit":
+        result = time_fit(spec, data)
+    elif spec.kind == "loop":
+        result = time_loop(spec, data)
+    elif spec.kind in ("eval_loop", "fit_eval"):
+        result = time_eval(spec, data)
+    elif spec.kind == "matmul":
+        result = time_matmul(spec)
+    else:
+        raise ValueError(f"unknown benchmark kind {spec.kind!r}")
+    result.update(
+        name=spec.name,
+        spec=dataclasses.asdict(spec),
+        data=data_description,
+        device=device_description(),
+        loadavg_before=load_before[0],
+        loadavg_after=os.getloadavg()[0],
+        rss_before_mb=rss_before,
+        peak_rss_mb=_peak_rss_mb(),
+    )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent side: subprocesses, tables, JSON
+
+
+def _child_env():
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_process(argv, timeout=1800):
+    """Runs `argv` as a child process; returns {"rc", "wall_s", "cpu_s", "peak_rss_mb", "stdout", "stderr"}.
+
+    Wall time is measured around the whole process (interpreter start to exit); CPU time and peak
+    RSS come from the OS's accounting of that one child (`os.wait4`), so they belong to it alone.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=_child_env(), cwd=REPO_ROOT)
+        try:
+            _, status, usage = _wait4(proc.pid, timeout)
+        except TimeoutError:
+            proc.kill()
+            proc.wait()
+            raise
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        scale = 1 if sys.platform == "darwin" else 1024
+        return {
+            "rc": proc.returncode,
+            "wall_s": wall,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss * scale / 2**20,
+            "stdout": out.read().decode(errors="replace"),
+            "stderr": err.read().decode(errors="replace"),
+        }
+
+
+def _wait4(pid, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        waited, status, usage = os.wait4(pid, os.WNOHANG)
+        if waited == pid:
+            return waited, status, usage
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} ran longer than {timeout} s")
+        time.sleep(0.05)
+
+
+def run_spec_in_subprocess(spec):
+    """Runs `spec` in a fresh `python -m clr_loop.bench --worker=...` process; returns its result dict.
+
+    The worker's own measurements are kept; `process_peak_rss_mb` and `process_wall_s` (the OS's
+    view of the whole worker process) are added. A failed worker raises RuntimeError with its
+    stderr's tail.
+    """
+    proc = run_process([sys.executable, "-m", "clr_loop.bench", f"--worker={spec.to_json()}"])
+    lines = [line for line in proc["stdout"].splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc["rc"] != 0 or not lines:
+        raise RuntimeError(f"benchmark worker for {spec.name} failed (exit {proc['rc']}):\n{proc['stderr'][-3000:]}")
+    result = json.loads(lines[-1][len(RESULT_PREFIX):])
+    result["process_peak_rss_mb"] = proc["peak_rss_mb"]
+    result["process_wall_s"] = proc["wall_s"]
+    return result
+
+
+def merge_rounds(results):
+    """Merges results of the same spec from several rounds into one (median of all their repeats).
+
+    `results` is a list of result dicts of one spec; the merged dict is the first, with the
+    per-step (or per-pass) figures recomputed over the pooled repeats and the peak RSS the max.
+    """
+    if len(results) == 1:
+        return results[0]
+    merged = dict(results[0])
+    for key in ("ms_per_step", "ms_per_pass"):
+        if key in merged:
+            pooled = [v for r in results for v in r[key + "_repeats"]]
+            merged[key + "_repeats"] = pooled
+            merged[key] = statistics.median(pooled)
+            batch = merged["spec"]["batch_size"] if key == "ms_per_step" else None
+            if batch:
+                merged["examples_per_s"] = batch * 1000.0 / merged[key]
+                merged["gflops"] = merged["flops_per_step"] / merged[key] / 1e6
+            else:
+                merged["gflops"] = merged["flops_per_pass"] / merged[key] / 1e6
+    for key in ("compile_s", "first_call_s", "cpu_ms_per_step", "cpu_ms_per_pass"):
+        if key in merged:
+            merged[key] = statistics.median(r[key] for r in results)
+    for key in ("peak_rss_mb", "process_peak_rss_mb"):
+        merged[key] = max(r[key] for r in results)
+    merged["rounds"] = len(results)
+    return merged
+
+
+def training_specs(batch_size, steps, repeats, steps_per_loop_list, data):
+    """Returns the training configurations of one table: (a) fit, (b) the loop, (c) the variants.
+
+    (b) is clr_loop's loop as the trainer builds it (tf.data input, TensorFlow's default threads)
+    with XLA off and on for each steps_per_loop; (c) feeds it from `InGraphBatches`, runs
+    TensorFlow with one inter-op thread (ops one at a time, each using every core), and splits
+    each batch into one part per core (`splits` = `inter_op` = cores, one thread per op), and
+    runs the trainer's own data parallelism (`--strategy=mirrored --virtual_cpus=cores`) with the
+    same threads.
+    """
+    common = dict(batch_size=batch_size, steps=steps, repeats=repeats, data=data)
+    specs = [Spec("fit", label="(a) fit", **common), Spec("fit", jit="true", label="(a) fit jit=true", **common)]
+    for jit in ("false", "true"):
+        for spl in steps_per_loop_list:
+            specs.append(Spec("loop", steps_per_loop=spl, jit=jit, **common))
+    cores = max(os.cpu_count() or 1, 1)
+    split = dict(splits=cores, inter_op=cores, intra_op=1) if cores > 1 and batch_size % cores == 0 else {}
+    specs.append(Spec("loop", steps_per_loop=100, jit="false", inter_op=1, **common))
+    if split:
+        specs.append(Spec("loop", steps_per_loop=100, jit="false", **split, **common))
+        mirrored = dict(virtual_cpus=cores, inter_op=cores, intra_op=1)
+        specs.append(Spec("loop", steps_per_loop=100, jit="false", **mirrored, **common))
+    for spl in sorted({100, max(steps_per_loop_list)}):
+        specs.append(Spec("loop", steps_per_loop=spl, jit="false", input="in_graph", **common))
+        if split:
+            specs.append(Spec("loop", steps_per_loop=spl, jit="false", input="in_graph", **split, **common))
+    return specs
+
+
+def eval_specs(batch_size, repeats, data):
+    """Returns the eval configurations: clr_loop's eval loop (XLA off and on, split per core) and Keras `evaluate`."""
+    common = dict(batch_size=batch_size, repeats=repeats, data=data)
+    cores = max(os.cpu_count() or 1, 1)
+    specs = [Spec("eval_loop", jit="false", **common), Spec("eval_loop", jit="true", **common)]
+    if cores > 1:
+        specs.append(Spec("eval_loop", jit="false", inter_op=cores, intra_op=1, **common))
+        specs.append(Spec("eval_loop", jit="false", splits=cores, inter_op=cores, intra_op=1, **common))
+    return specs + [Spec("fit_eval", **common)]
+
+
+def run_specs(specs, rounds=1, log=print, matmul=None):
+    """Runs every spec in its own subprocess, `rounds` times interleaved; returns merged results in order.
+
+    Interleaving (all specs, then all again) spreads slow drifts of a shared machine's load over
+    every configuration instead of charging them to whichever ran at that moment. With a list as
+    `matmul`, a "matmul" spec runs at the start of every round and its results are appended there.
+    """
+    by_spec = {spec: [] for spec in specs}
+    for round_index in range(rounds):
+        if matmul is not None:
+            matmul.append(run_spec_in_subprocess(Spec("matmul", repeats=3)))
+        for spec in specs:
+            log(f"[round {round_index + 1}/{rounds}] {spec.name} ...")
+            by_spec[spec].append(run_spec_in_subprocess(spec))
+    return [merge_rounds(by_spec[spec]) for spec in specs]
+
+
+def add_ratios(results, baseline, matmul_gflops):
+    """Adds `speedup_vs_fit` (baseline ms / this ms: above 1 is faster) and `pct_of_matmul_peak` to each result."""
+    key = "ms_per_step" if "ms_per_step" in baseline else "ms_per_pass"
+    for result in results:
+        result["speedup_vs_fit"] = baseline[key] / result[key]
+        result["pct_of_matmul_peak"] = 100.0 * result["gflops"] / matmul_gflops if matmul_gflops else None
+    return results
+
+
+def format_training_table(results):
+    """Returns the training results as a fixed-width text table (one row per configuration).
+
+    "*" marks the trainer's default configuration; "range" is the fastest and slowest repeat.
+    """
+    header = ("config", "ms/step", "range", "cpu ms", "ex/s", "compile s", "peak RSS MB", "x(a)", "GFLOP/s", "%peak")
+    rows = []
+    for r in results:
+        reps = r["ms_per_step_repeats"]
+        rows.append((
+            r["name"] + (" *" if r.get("is_trainer_default") else ""), f"{r['ms_per_step']:.2f}", f"{min(reps):.2f}-{max(reps):.2f}", f"{r['cpu_ms_per_step']:.2f}",
+            f"{r['examples_per_s']:.0f}", f"{r['compile_s']:.2f}", f"{r['process_peak_rss_mb']:.0f}",
+            f"{r['speedup_vs_fit']:.2f}", f"{r['gflops']:.1f}", f"{r['pct_of_matmul_peak']:.1f}",
+        ))
+    return _table(header, rows)
+
+
+def format_eval_table(results):
+    """Returns the eval results (one pass over the test split) as a fixed-width text table."""
+    header = ("config", "batch", "ms/pass", "cpu ms", "ex/s", "compile s", "peak RSS MB", "x(fit_eval)", "GFLOP/s")
+    rows = [
+        (
+            r["name"], str(r["eval_batch_size"]), f"{r['ms_per_pass']:.1f}", f"{r['cpu_ms_per_pass']:.1f}",
+            f"{r['examples_per_s']:.0f}", f"{r['compile_s']:.2f}", f"{r['process_peak_rss_mb']:.0f}",
+            f"{r['speedup_vs_fit']:.2f}", f"{r['gflops']:.1f}",
+        )
+        for r in results
+    ]
+    return _table(header, rows)
+
+
+def _table(header, rows):
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-process epoch: clr_loop.train against the tutorial's fit
+
+
+def fit_epoch(epochs=1, batch_size=TUTORIAL_BATCH_SIZE, data=None):
+    """Runs the tutorial end to end in this process and returns {"fit_s", "setup_s", "history"} (seconds).
+
+    Loads the same data as `clr_loop.train` (`data.load()`, unless `data` is given), builds the
+    same model and CLR schedule, compiles as the tutorial does and runs `fit(x_train, y_train,
+    batch_size, epochs, validation_data=(x_test, y_test))` with one line per epoch (verbose=2).
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+
+    from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop import data as data_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop import model as model_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+
+    start = time.perf_counter()
+    data = data if data is not None else data_lib.load()
+    config = config_lib.Config(epochs=epochs, batch_size=batch_size, seed=SEED)
+    keras.utils.set_random_seed(SEED)
+    model = model_lib.create_model(seed=SEED)
+    optimizer = trainer_lib.make_optimizer(config, config_lib.plan_steps(config, data.train.num_examples))
+    model.compile(loss="sparse_categorical_crossentropy", optimizer=optimizer, metrics=["accuracy"])
+    setup = time.perf_counter() - start
+    history = model.fit(
+        data.train.images, data.train.labels, batch_size=batch_size, epochs=epochs,
+        validation_data=(data.test.images, data.test.labels), verbose=2,
+    )
+    return {"fit_s": time.perf_counter() - start - setup, "setup_s": setup, "history": history.history}
+
+
+def whole_process(runs, workdir, epochs=1, log=print):
+    """Times `python -m clr_loop.train --epochs=N` against `python -m clr_loop.bench --fit_epoch` as processes.
+
+    Runs both `runs` times, alternating (each train run in a fresh folder under `workdir`), and returns {"train": [...], "fit": [...], "medians": {...}}
+    with the OS's wall time, CPU time and peak RSS of every process (`run_process`).
+    """
+    commands = {
+        "train": [sys.executable, "-m", "clr_loop.train", "--mode=triangular2", f"--epochs={epochs}"],
+        "fit": [sys.executable, "-m", "clr_loop.bench", "--fit_epoch", f"--fit_epochs={epochs}"],
+    }
+    measured = {name: [] for name in commands}
+    for index in range(runs):
+        for name, argv in commands.items():
+            log(f"[whole process {index + 1}/{runs}] {' '.join(argv[1:])}")
+            # A fresh workdir per run: the trainer would otherwise resume from the previous run.
+            extra = [f"--workdir={os.path.join(workdir, f'{name}{index}')}"] if name == "train" else []
+            proc = run_process(argv + extra)
+            if proc["rc"] != 0:
+                raise RuntimeError(f"{' '.join(argv)} failed (exit {proc['rc']}):\n{proc['stderr'][-3000:]}")
+            measured[name].append({k: proc[k] for k in ("wall_s", "cpu_s", "peak_rss_mb")})
+    medians = {
+        name: {k: statistics.median(run[k] for run in runs_) for k in ("wall_s", "cpu_s", "peak_rss_mb")}
+        for name, runs_ in measured.items()
+    }
+    medians["speedup_wall"] = medians["fit"]["wall_s"] / medians["train"]["wall_s"]
+    return {"commands": {k: " ".join(v[1:]) for k, v in commands.items()}, **measured, "medians": medians}
+
+
+# ---------------------------------------------------------------------------------------------
+# Profile: where a step's time goes
+
+CATEGORIES = ("conv forward", "conv backward", "other forward", "other backward", "optimizer", "input", "loss, metrics, loop")
+
+
+def classify_op(long_name, op_type):
+    """Returns the CATEGORIES entry for one TensorFlow op, from its full node name and type.
+
+    Convolutions by type (backprop kernels are the backward pass); the optimizer's ops (its
+    update and the schedule) live under the `sgd/` scope; input is tf.data and the in-graph
+    batch gather; the remaining model ops are forward, or backward under `gradient_tape/`.
+    """
+    lowered = long_name.lower()
+    if "Conv2DBackprop" in op_type or "Conv2DBackprop" in long_name:
+        return "conv backward"
+    if "Conv2D" in op_type:
+        return "conv forward"
+    if "/sgd/" in lowered or lowered.startswith("sgd/"):
+        return "optimizer"
+    if long_name.startswith("Iterator::") or "IteratorGetNext" in op_type or "in_graph_batches" in long_name:
+        return "input"
+    if "gradient_tape/" in long_name:
+        return "other backward"
+    if "clr_cnn" in long_name:
+        return "other forward"
+    return "loss, metrics, loop"
+
+
+def _union_length(intervals):
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+def profile_breakdown(trace_events, num_steps, wall_ms_per_step):
+    """Returns where `num_steps` steps' time went, from Chrome-trace events of a TF profiler trace.
+
+    Op events (complete events "X" with `args.long_name`, and tf.data `Iterator::` events, of which
+    only the outermost on each thread counts) are classified with `classify_op`. Returns
+    {"ms_per_step": {category: op time per step}, "busy_ms_per_step": time per step during which at
+    least one op ran (the union over threads), "overhead_ms_per_step": `wall_ms_per_step` minus
+    busy (Python, dispatch, executor scheduling, idle threads), "ops_per_step", "wall_ms_per_step",
+    "parallelism": summed op time / busy time}. Times are in ms per step.
+    """
+    per_category = dict.fromkeys(CATEGORIES, 0.0)
+    intervals = []
+    iterator_by_thread = {}
+    ops = 0
+    for event in trace_events:
+        if event.get("ph") != "X" or "dur" not in event:
+            continue
+        name = event.get("name", "")
+        args = event.get("args") or {}
+        if name.startswith("Iterator::"):
+            iterator_by_thread.setdefault((event.get("pid"), event.get("tid")), []).append((event["ts"], event["ts"] + event["dur"]))
+            continue
+        if "long_name" not in args:
+            continue
+        long_name = args["long_name"].split(":", 1)[0]
+        per_category[classify_op(long_name, name)] += event["dur"]
+        intervals.append((event["ts"], event["ts"] + event["dur"]))
+        ops += 1
+    for thread_intervals in iterator_by_thread.values():
+        per_category["input"] += _union_length(thread_intervals)
+        intervals.extend(thread_intervals)
+    busy = _union_length(intervals) / 1000.0 / num_steps
+    summed = sum(per_category.values()) / 1000.0 / num_steps
+    return {
+        "ms_per_step": {k: v / 1000.0 / num_steps for k, v in per_category.items()},
+        "busy_ms_per_step": busy,
+        "overhead_ms_per_step": max(wall_ms_per_step - busy, 0.0),
+        "wall_ms_per_step": wall_ms_per_step,
+        "ops_per_step": ops / num_steps,
+        "parallelism": summed / busy if busy else 0.0,
+    }
+
+
+def trace_events_from_logdir(logdir):
+    """Returns the Chrome-trace events of the newest TF profiler run under `logdir` (needs xprof).
+
+    `logdir` is a profiler log dir (the trace lies in `plugins/profile/<run>/*.xplane.pb`) or that
+    run folder itself; the events come from xprof's trace-viewer converter.
+    """
+    import glob  # pylint: disable=import-outside-toplevel
+
+    paths = sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")))
+    paths = paths or sorted(glob.glob(os.path.join(logdir, "*.xplane.pb")))
+    if not paths:
+        raise FileNotFoundError(f"no *.xplane.pb under {logdir} (or its plugins/profile/*/)")
+    newest = os.path.dirname(paths[-1])
+    paths = [p for p in paths if os.path.dirname(p) == newest]
+    try:
+        from xprof.convert import raw_to_tool_data  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        from tensorboard_plugin_profile.convert import raw_to_tool_data  # pylint: disable=import-outside-toplevel
+    data, _ = raw_to_tool_data.xspace_to_tool_data(paths, "trace_viewer", {})
+    if data is None:
+        raise RuntimeError(f"xprof could not convert {paths}")
+    return json.loads(data)["traceEvents"]
+
+
+def profile_spec(spec, logdir, data=None):
+    """Profiles `spec` (a "loop" spec) in this process and returns `profile_breakdown`'s dict.
+
+    After compilation and a warm-up, one call of `steps_per_loop` steps (the configuration's own
+    loop length) runs under the TF profiler with every op traced (host tracer level 3, which adds
+    about a microsecond per op); the trace is written under `logdir`.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    _apply_threads(spec)
+    if data is None:
+        data, _ = load_data(spec.data)
+    train_loop, iterator, _, _ = make_loop(spec, data)
+    steps = spec.steps_per_loop
+    _run_loop(train_loop, iterator, 2 * steps, steps)
+    options = tf.profiler.experimental.ProfilerOptions(host_tracer_level=3, python_tracer_level=0, device_tracer_level=1)
+    tf.profiler.experimental.start(logdir, options=options)
+    start = time.perf_counter()
+    _run_loop(train_loop, iterator, steps, steps)
+    wall_ms = (time.perf_counter() - start) * 1000.0 / steps
+    tf.profiler.experimental.stop()
+    # Unprofiled rate right after, to show what tracing every op costs.
+    start = time.perf_counter()
+    _run_loop(train_loop, iterator, steps, steps)
+    plain_ms = (time.perf_counter() - start) * 1000.0 / steps
+    breakdown = profile_breakdown(trace_events_from_logdir(logdir), steps, wall_ms)
+    breakdown.update(name=spec.name, logdir=logdir, unprofiled_ms_per_step=plain_ms)
+    return breakdown
+
+
+def format_profile(breakdown):
+    """Returns a profile breakdown as text lines: ms per step and share of the wall time per category."""
+    wall = breakdown["wall_ms_per_step"]
+    lines = [f"profile of {breakdown.get('name', '?')}: {wall:.2f} ms/step under the profiler"
+             f" ({breakdown.get('unprofiled_ms_per_step', float('nan')):.2f} without), {breakdown['ops_per_step']:.0f} ops/step"]
+    for category, ms in breakdown["ms_per_step"].items():
+        lines.append(f"  {category:<22} {ms:7.3f} ms  {100 * ms / wall:5.1f}%")
+    lines.append(f"  {'(ops in parallel: x' + format(breakdown['parallelism'], '.2f') + ')':<22}")
+    lines.append(f"  {'no op running':<22} {breakdown['overhead_ms_per_step']:7.3f} ms  "
+                 f"{100 * breakdown['overhead_ms_per_step'] / wall:5.1f}%  (Python, dispatch, scheduling)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The app
+
+def define_flags():
+    """Defines the app's flags. Called only when this module runs as a program: `clr_loop.train`
+    defines flags of the same names (`--batch_size`, ...), and both modules are imported together
+    by tools and tests."""
+    flags.DEFINE_integer("steps", 0, "Timed training steps per repeat (0: one epoch of full batches).")
+    flags.DEFINE_integer("batch_size", TUTORIAL_BATCH_SIZE, "Training batch size of the main table.")
+    flags.DEFINE_integer("repeats", 3, "Timed repeats per configuration and process (the median is reported).")
+    flags.DEFINE_integer("rounds", 1, "Processes per configuration, run interleaved; repeats of all rounds are pooled.")
+    flags.DEFINE_list("steps_per_loop", ["1", "10", "100", "937"], "steps_per_loop values for (b).")
+    flags.DEFINE_list("batch_sizes", [], "Batch-size sweep (e.g. 32,64,128,256,512) of fit, the default loop and the variants.")
+    flags.DEFINE_integer("sweep_examples", 0, "Examples per timed repeat in the batch-size sweep (0: one epoch; at least 10 steps).")
+    flags.DEFINE_list("configs", [], "Only run training configurations whose name contains one of these strings.")
+    flags.DEFINE_bool("eval", True, "Also time the eval loop against Keras evaluate.")
+    flags.DEFINE_integer("whole_process", 0, "Also time this many whole-process runs of clr_loop.train vs --fit_epoch.")
+    flags.DEFINE_bool("profile", False, "Also profile the default configuration and the fastest variant.")
+    flags.DEFINE_enum("data", "auto", ["auto", "random"], "auto: real Fashion-MNIST when it loads, else random data.")
+    flags.DEFINE_string("out", None, "Write all results as JSON to this file.")
+    flags.DEFINE_bool("fit_epoch", False, "Run the tutorial's fit (with validation) for --fit_epochs epochs and exit.")
+    flags.DEFINE_integer("fit_epochs", 1, "Epochs for --fit_epoch.")
+    flags.DEFINE_string("analyze_profile", None, "Print the per-step breakdown of the profiler trace under this dir and exit.")
+    flags.DEFINE_integer("analyze_steps", 10, "Steps in the trace given to --analyze_profile.")
+    flags.DEFINE_float("analyze_wall_ms", 0.0, "Wall ms per step of the trace given to --analyze_profile (0: busy time).")
+    flags.DEFINE_string("worker", None, "Internal: run this JSON Spec in this process and print its result.")
+    flags.DEFINE_string("profile_worker", None, "Internal: profile this JSON Spec into --profile_logdir.")
+    flags.DEFINE_string("profile_logdir", None, "Internal: where --profile_worker writes its trace.")
+
+
+FLAGS = flags.FLAGS
+
+
+def _versions():
+    import keras  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}
+
+
+def _profile_in_subprocess(spec, logdir):
+    proc = run_process([sys.executable, "-m", "clr_loop.bench", f"--profile_worker={spec.to_json()}", f"--profile_logdir={logdir}"])
+    lines = [line for line in proc["stdout"].splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc["rc"] != 0 or not lines:
+        raise RuntimeError(f"profile of {spec.name} failed (exit {proc['rc']}):\n{proc['stderr'][-3000:]}")
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def _print_result(value):
+    print(RESULT_PREFIX + json.dumps(value), flush=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.worker:
+        _print_result(run_spec(Spec.from_json(FLAGS.worker)))
+        return 0
+    if FLAGS.profile_worker:
+        _print_result(profile_spec(Spec.from_json(FLAGS.profile_worker), FLAGS.profile_logdir))
+        return 0
+    if FLAGS.fit_epoch:
+        result = fit_epoch(FLAGS.fit_epochs)
+        print(f"fit: {result['fit_s']:.1f} s for {FLAGS.fit_epochs} epoch(s) incl. validation; set-up {result['setup_s']:.1f} s")
+        return 0
+    if FLAGS.analyze_profile:
+        events = trace_events_from_logdir(FLAGS.analyze_profile)
+        breakdown = profile_breakdown(events, FLAGS.analyze_steps, FLAGS.analyze_wall_ms)
+        if not FLAGS.analyze_wall_ms:
+            breakdown["wall_ms_per_step"] = breakdown["busy_ms_per_step"]
+        breakdown["name"] = FLAGS.analyze_profile
+        print(format_profile(breakdown))
+        return 0
+
+    try:
+        steps_per_loop = [int(v) for v in FLAGS.steps_per_loop]
+        batch_sizes = [int(v) for v in FLAGS.batch_sizes]
+    except ValueError as e:
+        raise app.UsageError(f"--steps_per_loop and --batch_sizes take integers: {e}")
+    if min(steps_per_loop + batch_sizes + [FLAGS.repeats, FLAGS.rounds, FLAGS.batch_size]) < 1 or FLAGS.steps < 0:
+        raise app.UsageError("--steps_per_loop, --batch_sizes, --repeats, --rounds, --batch_size must be positive; --steps >= 0")
+
+    report = {"versions": _versions(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "flags": {
+        k: FLAGS[k].value for k in ("steps", "batch_size", "repeats", "rounds", "steps_per_loop", "batch_sizes", "data")}}
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+
+    matmul = []
+    specs = training_specs(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, steps_per_loop, FLAGS.data)
+    if FLAGS.configs:
+        specs = [s for s in specs if s.kind == "fit" and s.jit == "auto" or any(c in s.name for c in FLAGS.configs)]
+    training = run_specs(specs, FLAGS.rounds, log, matmul=matmul)
+    evals = run_specs(eval_specs(FLAGS.batch_size, FLAGS.repeats, FLAGS.data), FLAGS.rounds, log) if FLAGS.eval else []
+    matmul.append(run_spec_in_subprocess(Spec("matmul", repeats=3)))
+    peak = max(m["gflops_best"] for m in matmul)
+    report.update(device=matmul[0]["device"], data=training[0]["data"], matmul=matmul, matmul_peak_gflops=peak)
+    report["training"] = add_ratios(training, training[0], peak)
+    print(f"\n{report['device']}; TensorFlow {report['versions']['tensorflow']}, Keras {report['versions']['keras']}")
+    print(f"data: {report['data']}; batch {FLAGS.batch_size}, {training[0]['steps']} steps per repeat, "
+          f"{FLAGS.repeats} repeats x {FLAGS.rounds} round(s); {training[0]['flops_per_step'] / 1e6:.1f} MFLOP per training step")
+    print(f"matmul {MATMUL_SIZE}^2 float32: best {peak:.1f} GFLOP/s (medians {', '.join(format(m['gflops'], '.1f') for m in matmul)})\n")
+    print(format_training_table(report["training"]))
+    print("\n* the trainer's default configuration; x(a): (a)'s ms/step divided by this one's (above 1: faster);"
+          " cpu ms: process CPU time per step (all threads); %peak: GFLOP/s over the best matmul rate")
+    if evals:
+        report["eval"] = add_ratios(evals, evals[-1], peak)
+        print("\neval: one pass over the 10,000 test examples\n")
+        print(format_eval_table(report["eval"]))
+
+    if batch_sizes:
+        fastest = min(report["training"][1:], key=lambda r: r["ms_per_step"])
+        sweep_specs = []
+        for batch in batch_sizes:
+            steps = max(10, FLAGS.sweep_examples // batch) if FLAGS.sweep_examples else 0
+            common = dict(batch_size=batch, steps=steps, repeats=FLAGS.repeats, data=FLAGS.data)
+            sweep_specs.append(Spec("fit", label=f"(a) fit b={batch}", **common))
+            sweep_specs.append(Spec("loop", label=f"default loop b={batch}", **common))
+            fast = Spec(**{**fastest["spec"], **common, "label": f"fastest: {fastest['name']} b={batch}"})
+            sweep_specs.append(fast)
+        sweep = run_specs(sweep_specs, FLAGS.rounds, log)
+        for index in range(0, len(sweep), 3):
+            add_ratios(sweep[index:index + 3], sweep[index], peak)
+        report["sweep"] = sweep
+        print("\nbatch-size sweep\n")
+        print(format_training_table(sweep))
+
+    if FLAGS.profile:
+        fastest = min(report["training"][1:], key=lambda r: r["ms_per_step"])
+        default = next((r for r in report["training"] if r.get("is_trainer_default")), fastest)
+        report["profile"] = []
+        for result in {default["name"]: default, fastest["name"]: fastest}.values():
+            spec = Spec(**{**result["spec"], "steps_per_loop": 100})
+            logdir = tempfile.mkdtemp(prefix="clr_bench_profile_")
+            log(f"profiling {spec.name} into {logdir} ...")
+            breakdown = _profile_in_subprocess(spec, logdir)
+            report["profile"].append(breakdown)
+            print("\n" + format_profile(breakdown))
+
+    if FLAGS.whole_process:
+        workdir = tempfile.mkdtemp(prefix="clr_bench_train_")
+        report["whole_process"] = whole_process(FLAGS.whole_process, workdir, log=log)
+        med = report["whole_process"]["medians"]
+        print(f"\nwhole process, 1 epoch incl. start-up, data loading and validation (median of {FLAGS.whole_process}):")
+        for name in ("train", "fit"):
+            print(f"  {report['whole_process']['commands'][name]:<70} {med[name]['wall_s']:6.1f} s wall"
+                  f" {med[name]['cpu_s']:6.1f} s CPU {med[name]['peak_rss_mb']:6.0f} MB peak RSS")
+        print(f"  speed-up of clr_loop.train: x{med['speedup_wall']:.2f}")
+
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"\nwrote {FLAGS.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

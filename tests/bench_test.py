@@ -1,0 +1,280 @@
+"""Tests for clr_loop.bench at tiny sizes: the cost model, the in-graph input variant, the
+measurement plumbing and the profile breakdown. No timed assertions: speed is the benchmark's job."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from clr_loop import bench
+from clr_loop import data as data_lib
+from clr_loop import model as model_lib
+
+# The tutorial's CNN, by hand: (name, output H*W, kernel taps, C_in, C_out).
+CONV1_MACS = 24 * 24 * 5 * 5 * 1 * 16  # 28x28 input, 5x5 valid
+CONV2_MACS = 8 * 8 * 5 * 5 * 16 * 32  # 12x12 after pooling, 5x5 valid
+DENSE_MACS = 32 * 128 + 128 * 10
+
+
+def tiny_data(num_train=40, num_test=25, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        images = rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
+        return data_lib.Split(images=images, labels=rng.integers(0, 10, n).astype(np.int32))
+
+    return data_lib.FashionMnist(train=split(num_train), test=split(num_test), source="tiny")
+
+
+def weights(model):
+    return [v.numpy().copy() for v in model.trainable_variables]
+
+
+def test_step_flops_match_the_hand_count():
+    model = model_lib.create_model(seed=0)
+    forward = CONV1_MACS + CONV2_MACS + DENSE_MACS
+    assert forward == 1_054_976
+    # Forward, weight gradients (same again) and input gradients (same again minus the first layer).
+    assert bench.step_flops(model, 64) == 2 * 64 * (forward + forward + forward - CONV1_MACS) == 375_619_584
+    assert bench.step_flops(model, 1000, training=False) == 2 * 1000 * forward
+    assert [macs for _, macs in bench.layer_macs(model)] == [CONV1_MACS, CONV2_MACS, 32 * 128, 128 * 10]
+
+
+def test_in_graph_batches_follow_the_tf_data_order_across_epochs():
+    split = tiny_data(num_train=43).train  # 5 full batches of 8 per epoch, 3 examples dropped
+    step = tf.Variable(0, dtype=tf.int64)
+    batches = bench.InGraphBatches(split, 8, seed=7, step_counter=step)
+
+    @tf.function
+    def draw():
+        images, labels = next(batches)
+        step.assign_add(1)
+        return images, labels
+
+    drawn = [draw() for _ in range(12)]
+    expected = iter(data_lib.train_dataset(split, 8, 7))
+    for images, labels in drawn:
+        want_images, want_labels = next(expected)
+        np.testing.assert_array_equal(images.numpy(), want_images.numpy())
+        np.testing.assert_array_equal(labels.numpy(), want_labels.numpy())
+    # Independently of tf.data: each epoch's 5 batches are 40 distinct examples of the 43.
+    for epoch in range(2):
+        epoch_images = np.concatenate([d[0].numpy() for d in drawn[5 * epoch:5 * epoch + 5]])
+        rows = {row.tobytes() for row in epoch_images.reshape(40, -1)}
+        assert len(rows) == 40 and rows <= {row.tobytes() for row in split.images.reshape(43, -1)}
+
+
+def test_in_graph_batches_start_from_the_optimizer_step():
+    split = tiny_data(num_train=40).train
+    step = tf.Variable(7, dtype=tf.int64)
+    batches = bench.InGraphBatches(split, 8, seed=3, step_counter=step)
+    images, _ = tf.function(lambda: next(batches))()
+    stream = iter(data_lib.train_dataset(split, 8, 3))
+    for _ in range(7):
+        next(stream)
+    np.testing.assert_array_equal(images.numpy(), next(stream)[0].numpy())
+
+
+@pytest.mark.parametrize("dropout", [True, False])
+def test_in_graph_loop_gives_the_plain_loops_weights(dropout):
+    """The fast input path trains exactly as the tf.data path: same batches, same dropout masks."""
+    data = tiny_data(num_train=40)
+    spec = bench.Spec("loop", batch_size=8, steps_per_loop=3, jit="false")
+    runs = {}
+    for kind in ("tfdata", "in_graph"):
+        loop, iterator, model, optimizer = bench.make_loop(bench.Spec(**{**spec.__dict__, "input": kind}), data)
+        if not dropout:
+            model.layers[5].rate = 0.0
+        for _ in range(4):  # 12 steps: two epoch boundaries
+            out = loop(iterator, tf.constant(3))
+        runs[kind] = (weights(model), float(out["loss_sum"]), int(optimizer.iterations))
+    assert runs["tfdata"][2] == runs["in_graph"][2] == 12
+    assert runs["in_graph"][1] == pytest.approx(runs["tfdata"][1], rel=1e-6)
+    for a, b in zip(runs["tfdata"][0], runs["in_graph"][0]):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+
+
+def test_split_step_agrees_with_the_plain_step_without_dropout():
+    """Per-part gradients summed equal the full batch's (float rounding aside); dropout is off
+    because each part draws its own mask."""
+    data = tiny_data(num_train=40)
+    runs = []
+    for splits in (1, 2, 4):
+        loop, iterator, model, _ = bench.make_loop(bench.Spec("loop", batch_size=8, jit="false", splits=splits), data)
+        model.layers[5].rate = 0.0
+        out = loop(iterator, tf.constant(7))
+        runs.append((weights(model), float(out["loss_sum"]), float(out["correct"]), float(out["count"])))
+    for split_run in runs[1:]:
+        assert split_run[1] == pytest.approx(runs[0][1], rel=1e-5)
+        assert split_run[2:] == runs[0][2:]
+        for a, b in zip(runs[0][0], split_run[0]):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_split_eval_step_sums_like_the_plain_one():
+    from clr_loop import trainer as trainer_lib
+
+    data = tiny_data(num_test=23)
+    model = model_lib.create_model(seed=1)
+    dataset = data_lib.eval_dataset(data.test, 10)  # batches of 10, 10 and 3: uneven parts
+    plain = trainer_lib.make_evaluate(trainer_lib.make_eval_step(model, False))(dataset)
+    split = trainer_lib.make_evaluate(bench.make_split_eval_step(model, False, 3))(dataset)
+    assert split["count"] == plain["count"] == 23
+    assert split["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-6)
+    assert split["val_accuracy"] == plain["val_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        bench.Spec("fit", batch_size=8, steps=3, repeats=2),
+        bench.Spec("loop", batch_size=8, steps=5, repeats=2, steps_per_loop=2),
+        bench.Spec("loop", batch_size=8, steps=5, repeats=1, steps_per_loop=10, input="in_graph", splits=2),
+        bench.Spec("eval_loop", batch_size=8, repeats=1, eval_batch_size=10),
+        bench.Spec("eval_loop", batch_size=8, repeats=1, eval_batch_size=10, splits=2),
+        bench.Spec("fit_eval", batch_size=8, repeats=1),
+    ],
+    ids=lambda spec: spec.name,
+)
+def test_run_spec_reports_every_measurement(spec):
+    data = tiny_data()
+    result = bench.run_spec(spec, data=data, data_description="tiny")
+    per = "step" if spec.kind in ("fit", "loop") else "pass"
+    assert result["name"] == spec.name and result["data"] == "tiny"
+    assert len(result[f"ms_per_{per}_repeats"]) == spec.repeats
+    assert result[f"ms_per_{per}"] > 0 and result["gflops"] > 0 and result["peak_rss_mb"] > 0
+    if per == "step":
+        assert result["steps"] == spec.steps
+        assert result["flops_per_step"] == bench.step_flops(model_lib.create_model(), spec.batch_size)
+        assert result["examples_per_s"] == pytest.approx(spec.batch_size * 1000 / result["ms_per_step"])
+    else:
+        assert result["flops_per_pass"] == 2 * 25 * 1_054_976
+    assert result["jit_resolved"] is False  # this is a CPU-only test run
+
+
+def test_worker_subprocess_with_one_inter_op_thread_trains_like_the_default_threads():
+    """The subprocess path end to end; one inter-op thread changes scheduling, not the arithmetic."""
+    spec = bench.Spec("loop", batch_size=8, steps=4, repeats=1, steps_per_loop=4, data="random", examples=40)
+    child = bench.run_spec_in_subprocess(bench.Spec(**{**spec.__dict__, "inter_op": 1}))
+    assert child["spec"]["inter_op"] == 1 and child["process_peak_rss_mb"] >= child["peak_rss_mb"] * 0.9
+    here = bench.run_spec(spec, *bench.load_data("random", examples=40))
+    np.testing.assert_allclose(child["weights_checksum"], here["weights_checksum"], rtol=1e-6)
+
+
+def test_load_data_random_is_marked_and_sized():
+    data, description = bench.load_data("random", examples=30)
+    assert "random" in description and "first 30" in description
+    assert (data.train.num_examples, data.test.num_examples) == (30, 30)
+
+
+def test_fit_epoch_runs_the_tutorial_with_validation():
+    result = bench.fit_epoch(epochs=1, batch_size=8, data=tiny_data())
+    assert set(result["history"]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert result["fit_s"] > 0
+
+
+def test_merge_rounds_pools_repeats_and_takes_the_highest_peak():
+    spec = {"batch_size": 10}
+    rounds = [
+        {"ms_per_step": 2.0, "ms_per_step_repeats": [1.0, 2.0, 9.0], "flops_per_step": 1e6, "spec": spec,
+         "compile_s": 1.0, "first_call_s": 2.0, "cpu_ms_per_step": 3.0, "peak_rss_mb": 100.0, "process_peak_rss_mb": 110.0},
+        {"ms_per_step": 4.0, "ms_per_step_repeats": [3.0, 4.0, 5.0], "flops_per_step": 1e6, "spec": spec,
+         "compile_s": 3.0, "first_call_s": 4.0, "cpu_ms_per_step": 5.0, "peak_rss_mb": 120.0, "process_peak_rss_mb": 105.0},
+    ]
+    merged = bench.merge_rounds(rounds)
+    assert merged["ms_per_step"] == 3.5  # median of 1, 2, 3, 4, 5, 9
+    assert merged["examples_per_s"] == pytest.approx(10 * 1000 / 3.5)
+    assert merged["gflops"] == pytest.approx(1e6 / 3.5e-3 / 1e9)
+    assert (merged["peak_rss_mb"], merged["process_peak_rss_mb"], merged["rounds"]) == (120.0, 110.0, 2)
+
+
+def test_add_ratios_against_the_baseline():
+    results = [{"ms_per_step": 8.0, "gflops": 20.0}, {"ms_per_step": 4.0, "gflops": 40.0}]
+    bench.add_ratios(results, results[0], matmul_gflops=80.0)
+    assert [r["speedup_vs_fit"] for r in results] == [1.0, 2.0]
+    assert [r["pct_of_matmul_peak"] for r in results] == [25.0, 50.0]
+
+
+@pytest.mark.parametrize(
+    "long_name, op_type, category",
+    [
+        ("while/body/_1/while/StatefulPartitionedCall/clr_cnn_1/conv2d_1/Relu", "_MklNativeFusedConv2D", "conv forward"),
+        ("while/body/_1/while/StatefulPartitionedCall/gradient_tape/clr_cnn_1/conv2d_1_2/convolution/Conv2DBackpropInput",
+         "_MklNativeConv2DBackpropInput", "conv backward"),
+        ("while/body/_1/while/StatefulPartitionedCall/gradient_tape/clr_cnn_1/conv2d_1/convolution/Conv2DBackpropFilter",
+         "_MklNativeConv2DBackpropFilterWithBias", "conv backward"),
+        ("while/body/_1/while/StatefulPartitionedCall/sgd/AssignSubVariableOp_6", "AssignSubVariableOp", "optimizer"),
+        ("while/body/_1/while/StatefulPartitionedCall/sgd/CyclicalLearningRate/SelectV2", "SelectV2", "optimizer"),
+        ("while/body/_1/while/in_graph_batches/GatherV2", "GatherV2", "input"),
+        ("Iterator::Root::Prefetch", "Iterator::Root::Prefetch", "input"),
+        ("while/body/_1/while/StatefulPartitionedCall/gradient_tape/clr_cnn_1/max_pooling2d_1/MaxPool2d/MaxPoolGrad",
+         "_MklNativeMaxPoolGrad", "other backward"),
+        ("while/body/_1/while/StatefulPartitionedCall/clr_cnn_1/dense_1_2/Softmax", "_MklSoftmax", "other forward"),
+        ("while/body/_1/while/StatefulPartitionedCall/ArgMax", "ArgMax", "loss, metrics, loop"),
+    ],
+)
+def test_classify_op(long_name, op_type, category):
+    assert bench.classify_op(long_name, op_type) == category
+
+
+def test_profile_breakdown_of_a_synthetic_trace():
+    def op(name, op_type, ts, dur, tid=1):
+        return {"ph": "X", "name": op_type, "ts": ts, "dur": dur, "pid": 1, "tid": tid, "args": {"long_name": f"{name}:{op_type}"}}
+
+    events = [
+        op("m/clr_cnn/conv2d/Relu", "_MklNativeFusedConv2D", 0, 400),
+        op("m/gradient_tape/clr_cnn/conv2d/Conv2DBackpropFilter", "_MklNativeConv2DBackpropFilter", 400, 600),
+        op("m/gradient_tape/clr_cnn/conv2d/Conv2DBackpropInput", "_MklNativeConv2DBackpropInput", 500, 300, tid=2),
+        op("m/sgd/AssignSubVariableOp", "AssignSubVariableOp", 1000, 100),
+        # Nested tf.data events on one thread count once (outermost); a second thread adds its own.
+        {"ph": "X", "name": "Iterator::Root", "ts": 1200, "dur": 200, "pid": 1, "tid": 3},
+        {"ph": "X", "name": "Iterator::Root::Prefetch", "ts": 1250, "dur": 100, "pid": 1, "tid": 3},
+        {"ph": "X", "name": "ExecutorState::Process", "ts": 0, "dur": 5000, "pid": 1, "tid": 1},
+        {"ph": "M", "name": "thread_name", "pid": 1, "tid": 1, "args": {"name": "x"}},
+    ]
+    result = bench.profile_breakdown(events, num_steps=2, wall_ms_per_step=1.0)
+    ms = result["ms_per_step"]
+    assert ms["conv forward"] == pytest.approx(0.2)
+    assert ms["conv backward"] == pytest.approx(0.45)  # (600 + 300) us over 2 steps
+    assert ms["optimizer"] == pytest.approx(0.05)
+    assert ms["input"] == pytest.approx(0.1)
+    # Busy: 0..1100 and 1200..1400 = 1300 us in 2 steps; the rest of the 1 ms step is overhead.
+    assert result["busy_ms_per_step"] == pytest.approx(0.65)
+    assert result["overhead_ms_per_step"] == pytest.approx(0.35)
+    assert result["parallelism"] == pytest.approx((400 + 600 + 300 + 100 + 200) / 1300)
+    assert result["ops_per_step"] == 2.0
+
+
+def test_tables_and_spec_round_trip():
+    spec = bench.Spec("loop", steps_per_loop=10, jit="false", input="in_graph", inter_op=1)
+    assert bench.Spec.from_json(spec.to_json()) == spec
+    assert spec.name == "loop in_graph xla=false spl=10 threads=1x0"
+    row = {
+        "name": spec.name, "ms_per_step": 2.0, "ms_per_step_repeats": [1.5, 2.5], "cpu_ms_per_step": 3.0,
+        "examples_per_s": 32000.0, "compile_s": 1.25, "process_peak_rss_mb": 800.0, "speedup_vs_fit": 1.6,
+        "gflops": 187.8, "pct_of_matmul_peak": 50.0,
+    }
+    table = bench.format_training_table([row])
+    assert "1.50-2.50" in table and "1.60" in table and spec.name in table
+    json.dumps(row)
+
+
+def test_cli_rejects_bad_flags_before_running_anything(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "clr_loop.bench", "--repeats=0", f"--out={out}"],
+        cwd=bench.REPO_ROOT, env=bench._child_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0 and "--repeats" in proc.stderr
+    assert not out.exists()
+
+
+def test_bench_and_train_import_together():
+    """bench's flags are defined only when it runs as a program, so it never clashes with train's."""
+    from clr_loop import train  # noqa: F401  (defines --batch_size, --steps_per_loop, ...)
+
+    assert "repeats" not in flags.FLAGS

@@ -10,7 +10,6 @@ from clr_loop import schedules
 
 MODES = ("none",) + schedules.MODES + ("one_cycle",)
 JIT_CHOICES = ("auto", "true", "false")
-INPUT_PIPELINES = ("tfdata", "in_graph")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
@@ -46,7 +45,6 @@ class Config:
     log_every_steps: int = 100
     max_steps: int = 0
     jit_compile: str = "auto"
-    input_pipeline: str = "tfdata"
     workdir: str = "runs/triangular2"
     profile_steps: Optional[Tuple[int, int]] = None
     tfds_data_dir: Optional[str] = None
@@ -188,8 +186,6 @@ def validate(config):
         problems.append(f"--checkpoint_every_steps must be >= 0 (0 means each epoch end), got {config.checkpoint_every_steps}")
     if config.jit_compile not in JIT_CHOICES:
         problems.append(f"--jit_compile must be one of {', '.join(JIT_CHOICES)}, got {config.jit_compile!r}")
-    if config.input_pipeline not in INPUT_PIPELINES:
-        problems.append(f"--input_pipeline must be one of {', '.join(INPUT_PIPELINES)}, got {config.input_pipeline!r}")
     if config.profile_steps is not None:
         start, stop = config.profile_steps
         if not 0 <= start < stop:

@@ -45,7 +45,6 @@ flags.DEFINE_integer("steps_per_loop", _D.steps_per_loop, "Training steps per co
 flags.DEFINE_integer("log_every_steps", _D.log_every_steps, "Write train summaries about this often (in steps).")
 flags.DEFINE_integer("max_steps", _D.max_steps, "Stop after this many steps in all (0: no cap); the eval still runs.")
 flags.DEFINE_enum("jit_compile", _D.jit_compile, config_lib.JIT_CHOICES, "XLA for the steps: auto = on where a GPU/TPU is present.")
-flags.DEFINE_enum("input_pipeline", _D.input_pipeline, config_lib.INPUT_PIPELINES, "Where batches come from.")
 flags.DEFINE_string("workdir", None, "Output folder (default: runs/<mode>).")
 flags.DEFINE_list("profile_steps", None, "START,STOP: capture a TF profiler trace of these steps.")
 flags.DEFINE_string("tfds_data_dir", None, "Use TFDS fashion_mnist from this data_dir (downloads when online).")

@@ -20,6 +20,7 @@ from clr_loop import config as config_lib
 from clr_loop import data as data_lib
 from clr_loop import distribute
 from clr_loop import model as model_lib
+from clr_loop import optimizers as optimizers_lib
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds")
 
@@ -71,8 +72,6 @@ def make_optimizer(config, plan):
     schedule, from `max_momentum` at the low rate to `base_momentum` at the peak; otherwise Keras
     SGD with the constant `config.momentum`.
     """
-    from clr_loop import optimizers as optimizers_lib  # pylint: disable=import-outside-toplevel
-
     schedule = config_lib.make_schedule(config, plan)
     if config.uses_cycle_momentum:
         momentum = optimizers_lib.CyclicalMomentum(schedule, config.base_momentum, config.max_momentum)

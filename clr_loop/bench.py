@@ -407,31 +407,38 @@ def make_split_train_step(model, optimizer, jit_compile, splits):
 
     from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
 
-    @tf.function(jit_compile=jit_compile)
-    def train_step(images, labels):
-        lr = optimizer.learning_rate
-        part_grads, part_losses, part_probs = [], [], []
+    count_correct = trainer_lib._count_correct  # pylint: disable=protected-access
+
+    def split_gradients(images, labels):
+        # Each part's loss is its mean divided by `splits`, so the parts' gradients add up to the
+        # gradient of the whole batch's mean loss.
+        part_grads, part_metrics = [], []
         for part_images, part_labels in zip(tf.split(images, splits), tf.split(labels, splits)):
             with tf.GradientTape() as tape:
                 probs = model(part_images, training=True)
                 per_example = keras.losses.sparse_categorical_crossentropy(part_labels, probs)
                 loss = tf.reduce_mean(per_example) / splits
             part_grads.append(tape.gradient(loss, model.trainable_variables))
-            part_losses.append(per_example)
-            part_probs.append(probs)
+            part_metrics.append((tf.reduce_sum(per_example), count_correct(probs, part_labels), tf.math.is_finite(loss)))
         grads = [tf.add_n(list(g)) for g in zip(*part_grads)]
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        per_example = tf.concat(part_losses, 0)
-        finite = tf.math.is_finite(tf.reduce_mean(per_example))
+        loss_sums, corrects, finites = zip(*part_metrics)
+        finite = tf.reduce_all(tf.stack(finites))
         for grad in grads:
             finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(grad)))
-        return {
-            "loss_sum": tf.reduce_sum(per_example),
-            "correct": trainer_lib._count_correct(tf.concat(part_probs, 0), labels),  # pylint: disable=protected-access
+        metrics = {
+            "loss_sum": tf.add_n(list(loss_sums)),
+            "correct": tf.add_n(list(corrects)),
             "count": tf.cast(tf.shape(labels)[0], tf.float32),
-            "lr": tf.cast(lr, tf.float32),
             "finite": finite,
         }
+        return grads, metrics
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step(images, labels):
+        lr = optimizer.learning_rate
+        grads, metrics = split_gradients(images, labels)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return {**metrics, "lr": tf.cast(lr, tf.float32)}
 
     return train_step
 

@@ -29,9 +29,9 @@ import time
 from absl import app
 from absl import flags
 
-# Heavy imports (TensorFlow, Keras) happen inside the functions that need them, so the parent
-# process that only spawns workers and prints the table stays small and starts fast, and a
-# worker can set its thread counts before TensorFlow's runtime starts.
+# TensorFlow and Keras are imported inside the functions that use them: the parent process only
+# spawns workers and prints tables, and nothing at import time may start TensorFlow's runtime
+# before a worker has set its thread pools.
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_PREFIX = "BENCH_RESULT "
@@ -288,10 +288,13 @@ def _training_setup(spec, data):
 def _config(spec):
     from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
 
-    distributed = {"strategy": "mirrored", "virtual_cpus": spec.virtual_cpus} if spec.virtual_cpus else {}
+    extra = {"strategy": "mirrored", "virtual_cpus": spec.virtual_cpus} if spec.virtual_cpus else {}
+    # A trainer that splits batches itself is told the spec's split (1: none) explicitly.
+    if "batch_splits" in {f.name for f in dataclasses.fields(config_lib.Config)}:
+        extra["batch_splits"] = spec.splits
     return config_lib.Config(
         batch_size=spec.batch_size, steps_per_loop=spec.steps_per_loop, jit_compile=spec.jit, seed=SEED,
-        eval_batch_size=spec.eval_batch_size, **distributed,
+        eval_batch_size=spec.eval_batch_size, **extra,
     )
 
 
@@ -307,7 +310,8 @@ def make_trainer(spec, data):
     The trainer is built exactly as `python -m clr_loop.train` builds it (strategy, model,
     optimizer, compiled step, loop and eval); a spec with `input="in_graph"` replaces its iterator
     with an `InGraphBatches`, and one with `splits` > 1 its train step and eval step with the
-    split ones. The trainer is not trained (nothing is written): callers run `trainer.train_loop`.
+    split ones (unless the trainer splits batches itself). The trainer is not trained (nothing is
+    written): callers run `trainer.train_loop`.
     """
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
@@ -317,7 +321,7 @@ def make_trainer(spec, data):
         distribute.configure_virtual_cpus(config.virtual_cpus)
     strategy = distribute.make_strategy(config.strategy, config.devices, config.cluster_timeout)
     trainer = trainer_lib.Trainer(config, data, strategy=strategy)
-    if spec.splits > 1:
+    if spec.splits > 1 and getattr(trainer, "splits", 1) != spec.splits:
         trainer.train_step = make_split_train_step(trainer.model, trainer.optimizer, trainer.jit_compile, spec.splits)
         trainer.train_loop = trainer_lib.make_train_loop(trainer.train_step, trainer.sums, trainer.strategy)
         eval_step = make_split_eval_step(trainer.model, trainer.jit_compile, spec.splits)
@@ -509,22 +513,25 @@ def time_loop(spec, data):
 def is_trainer_default(spec):
     """Returns whether a "loop" spec is what `python -m clr_loop.train` runs by default on this device.
 
-    Compares with `Config()`'s input pipeline, steps_per_loop, batch size and resolved XLA choice;
-    a spec that changes the thread pools or splits batches is never the default.
+    Compares with `Config()`'s input pipeline, steps_per_loop, batch size, resolved XLA choice and
+    batch splits (with the thread pools that go with them; none for a trainer that does not split).
     """
     from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
     from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
 
     default = config_lib.Config()
+    resolve_splits = getattr(trainer_lib, "resolve_batch_splits", None)
+    splits = resolve_splits(default) if resolve_splits else 1
+    threads = split_threads(default.batch_size) if splits > 1 else {}
     return (
         spec.kind == "loop"
         and spec.input == getattr(default, "input_pipeline", "tfdata")
         and spec.steps_per_loop == default.steps_per_loop
         and spec.batch_size == default.batch_size
         and trainer_lib.resolve_jit_compile(spec.jit) == trainer_lib.resolve_jit_compile(default.jit_compile)
-        and spec.splits == 1
-        and not spec.inter_op
-        and not spec.intra_op
+        and not spec.virtual_cpus
+        and spec.splits == splits
+        and (spec.inter_op, spec.intra_op) == (threads.get("inter_op", 0), threads.get("intra_op", 0))
     )
 
 
@@ -785,21 +792,19 @@ def training_specs(batch_size, steps, repeats, steps_per_loop_list, data):
     (b) is clr_loop's loop as the trainer builds it (tf.data input, TensorFlow's default threads)
     with XLA off and on for each steps_per_loop; (c) feeds it from `InGraphBatches`, runs
     TensorFlow with one inter-op thread (ops one at a time, each using every core), and splits
-    each batch into one part per core (`splits` = `inter_op` = cores, one thread per op), and
-    runs the trainer's own data parallelism (`--strategy=mirrored --virtual_cpus=cores`) with the
-    same threads.
+    each batch into parts that run side by side (`split_threads`), and runs the trainer's own data
+    parallelism (`--strategy=mirrored --virtual_cpus=N`) with the same threads.
     """
     common = dict(batch_size=batch_size, steps=steps, repeats=repeats, data=data)
     specs = [Spec("fit", label="(a) fit", **common), Spec("fit", jit="true", label="(a) fit jit=true", **common)]
     for jit in ("false", "true"):
         for spl in steps_per_loop_list:
             specs.append(Spec("loop", steps_per_loop=spl, jit=jit, **common))
-    cores = max(os.cpu_count() or 1, 1)
-    split = dict(splits=cores, inter_op=cores, intra_op=1) if cores > 1 and batch_size % cores == 0 else {}
+    split = split_threads(batch_size)
     specs.append(Spec("loop", steps_per_loop=100, jit="false", inter_op=1, **common))
     if split:
         specs.append(Spec("loop", steps_per_loop=100, jit="false", **split, **common))
-        mirrored = dict(virtual_cpus=cores, inter_op=cores, intra_op=1)
+        mirrored = dict(virtual_cpus=split["splits"], inter_op=split["inter_op"], intra_op=split["intra_op"])
         specs.append(Spec("loop", steps_per_loop=100, jit="false", **mirrored, **common))
     for spl in sorted({100, max(steps_per_loop_list)}):
         specs.append(Spec("loop", steps_per_loop=spl, jit="false", input="in_graph", **common))
@@ -808,14 +813,30 @@ def training_specs(batch_size, steps, repeats, steps_per_loop_list, data):
     return specs
 
 
+def split_threads(batch_size, cores=None):
+    """Returns {"splits", "inter_op", "intra_op"} for computing a batch as parts side by side, or {}.
+
+    The parts are as many as the cores, but at least 32 examples each and dividing the batch; each
+    part gets `cores // splits` threads per op. {} when that leaves one part (one core, or a batch
+    under 64).
+    """
+    cores = cores or os.cpu_count() or 1
+    splits = max(1, min(cores, batch_size // 32))
+    while batch_size % splits:
+        splits -= 1
+    if splits < 2:
+        return {}
+    return {"splits": splits, "inter_op": splits, "intra_op": max(1, cores // splits)}
+
+
 def eval_specs(batch_size, repeats, data):
     """Returns the eval configurations: clr_loop's eval loop (XLA off and on, split per core) and Keras `evaluate`."""
     common = dict(batch_size=batch_size, repeats=repeats, data=data)
-    cores = max(os.cpu_count() or 1, 1)
     specs = [Spec("eval_loop", jit="false", **common), Spec("eval_loop", jit="true", **common)]
-    if cores > 1:
-        specs.append(Spec("eval_loop", jit="false", inter_op=cores, intra_op=1, **common))
-        specs.append(Spec("eval_loop", jit="false", splits=cores, inter_op=cores, intra_op=1, **common))
+    split = split_threads(batch_size)
+    if split:
+        specs.append(Spec("eval_loop", jit="false", inter_op=split["inter_op"], intra_op=split["intra_op"], **common))
+        specs.append(Spec("eval_loop", jit="false", **split, **common))
     return specs + [Spec("fit_eval", **common)]
 
 
@@ -1080,16 +1101,30 @@ def profile_spec(spec, logdir, data=None):
 
 
 def format_profile(breakdown):
-    """Returns a profile breakdown as text lines: ms per step and share of the wall time per category."""
+    """Returns a profile breakdown as text: op time per step by category, its share of all op time,
+    how many ops ran at once on average, and the time per step with no op running."""
     wall = breakdown["wall_ms_per_step"]
-    lines = [f"profile of {breakdown.get('name', '?')}: {wall:.2f} ms/step under the profiler"
-             f" ({breakdown.get('unprofiled_ms_per_step', float('nan')):.2f} without), {breakdown['ops_per_step']:.0f} ops/step"]
+    total = sum(breakdown["ms_per_step"].values()) or 1.0
+    unprofiled = breakdown.get("unprofiled_ms_per_step")
+    lines = [
+        f"profile of {breakdown.get('name', '?')}: {wall:.2f} ms/step under the profiler"
+        + (f" ({unprofiled:.2f} without)" if unprofiled else "")
+        + f", {breakdown['ops_per_step']:.0f} traced ops/step",
+        f"  {'category':<22} {'op ms/step':>10}  {'share of op time':>16}",
+    ]
     for category, ms in breakdown["ms_per_step"].items():
-        lines.append(f"  {category:<22} {ms:7.3f} ms  {100 * ms / wall:5.1f}%")
-    lines.append(f"  {'(ops in parallel: x' + format(breakdown['parallelism'], '.2f') + ')':<22}")
-    lines.append(f"  {'no op running':<22} {breakdown['overhead_ms_per_step']:7.3f} ms  "
-                 f"{100 * breakdown['overhead_ms_per_step'] / wall:5.1f}%  (Python, dispatch, scheduling)")
+        lines.append(f"  {category:<22} {ms:10.3f}  {100 * ms / total:15.1f}%")
+    lines.append(f"  {'all ops':<22} {total:10.3f}  (x{breakdown['parallelism']:.2f} ops running at once on average)")
+    lines.append(f"  {'some op running':<22} {breakdown['busy_ms_per_step']:10.3f}")
+    lines.append(f"  {'no op running':<22} {breakdown['overhead_ms_per_step']:10.3f}  (Python, dispatch, executor scheduling)")
     return "\n".join(lines)
+
+
+def step_wall_ms(trace_events):
+    """Returns the median duration in ms of the trainer's per-step "train" trace events (those
+    `--profile_steps` wraps each profiled step in), or None when the trace has none."""
+    durations = sorted(e["dur"] for e in trace_events if e.get("ph") == "X" and e.get("name") == "train" and "dur" in e)
+    return durations[len(durations) // 2] / 1000.0 if durations else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1116,7 +1151,7 @@ def define_flags():
     flags.DEFINE_integer("fit_epochs", 1, "Epochs for --fit_epoch.")
     flags.DEFINE_string("analyze_profile", None, "Print the per-step breakdown of the profiler trace under this dir and exit.")
     flags.DEFINE_integer("analyze_steps", 10, "Steps in the trace given to --analyze_profile.")
-    flags.DEFINE_float("analyze_wall_ms", 0.0, "Wall ms per step of the trace given to --analyze_profile (0: busy time).")
+    flags.DEFINE_float("analyze_wall_ms", 0.0, "Wall ms per step of that trace (0: the median `train` step event, else busy time).")
     flags.DEFINE_string("worker", None, "Internal: run this JSON Spec in this process and print its result.")
     flags.DEFINE_string("profile_worker", None, "Internal: profile this JSON Spec into --profile_logdir.")
     flags.DEFINE_string("profile_logdir", None, "Internal: where --profile_worker writes its trace.")
@@ -1160,8 +1195,9 @@ def main(argv):
         return 0
     if FLAGS.analyze_profile:
         events = trace_events_from_logdir(FLAGS.analyze_profile)
-        breakdown = profile_breakdown(events, FLAGS.analyze_steps, FLAGS.analyze_wall_ms)
-        if not FLAGS.analyze_wall_ms:
+        wall = FLAGS.analyze_wall_ms or step_wall_ms(events)
+        breakdown = profile_breakdown(events, FLAGS.analyze_steps, wall or 0.0)
+        if not wall:
             breakdown["wall_ms_per_step"] = breakdown["busy_ms_per_step"]
         breakdown["name"] = FLAGS.analyze_profile
         print(format_profile(breakdown))

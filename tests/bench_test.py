@@ -236,6 +236,8 @@ def test_profile_breakdown_of_a_synthetic_trace():
         {"ph": "X", "name": "ExecutorState::Process", "ts": 0, "dur": 5000, "pid": 1, "tid": 1},
         {"ph": "M", "name": "thread_name", "pid": 1, "tid": 1, "args": {"name": "x"}},
     ]
+    events += [{"ph": "X", "name": "train", "ts": 0, "dur": d, "pid": 1, "tid": 9} for d in (900, 1000, 5000)]
+    assert bench.step_wall_ms(events) == 1.0  # the median step event, in ms
     result = bench.profile_breakdown(events, num_steps=2, wall_ms_per_step=1.0)
     ms = result["ms_per_step"]
     assert ms["conv forward"] == pytest.approx(0.2)
@@ -247,6 +249,21 @@ def test_profile_breakdown_of_a_synthetic_trace():
     assert result["overhead_ms_per_step"] == pytest.approx(0.35)
     assert result["parallelism"] == pytest.approx((400 + 600 + 300 + 100 + 200) / 1300)
     assert result["ops_per_step"] == 2.0
+    assert "no op running" in bench.format_profile(result)
+
+
+@pytest.mark.parametrize(
+    "batch, cores, expected",
+    [
+        (64, 2, {"splits": 2, "inter_op": 2, "intra_op": 1}),
+        (64, 16, {"splits": 2, "inter_op": 2, "intra_op": 8}),  # parts of at least 32 examples
+        (96, 4, {"splits": 3, "inter_op": 3, "intra_op": 1}),  # 3 divides 96, 4 parts would be 24
+        (32, 2, {}),
+        (64, 1, {}),
+    ],
+)
+def test_split_threads(batch, cores, expected):
+    assert bench.split_threads(batch, cores) == expected
 
 
 def test_tables_and_spec_round_trip():

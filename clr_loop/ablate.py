@@ -377,6 +377,13 @@ def main(argv):
     init_paths = {seed: shared_init or init_weights_path(workdir, seed, per_seed) for seed in seeds}
     # Re-parsing the flags per run resets them, so everything read from FLAGS is read above.
     runs = _plan_runs(flagfiles, seeds, per_seed, workdir, init_paths, overrides)
+    # Thread pools are per process and fixed once TensorFlow runs an op, so they are set here,
+    # before the first one, for the runs' batch splitting when all runs split alike.
+    splits = {trainer_lib.resolve_batch_splits(run.config) for run in runs}
+    if len(splits) == 1:
+        trainer_lib.configure_threads(splits.pop())
+    else:
+        logging.info("the runs split their batches differently (%s): TensorFlow's default thread pools", sorted(splits))
     try:
         if make_figures:
             plot_lib.require_matplotlib()

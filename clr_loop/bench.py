@@ -49,10 +49,13 @@ class Spec:
     "eval_loop" (clr_loop's eval loop over the test split), "fit_eval" (Keras `model.evaluate`
     at the training batch size, what `fit` runs as validation) or "matmul" (the machine's
     float32 matmul rate). `jit` is a `--jit_compile` value ("auto", "true", "false"); `input` is
-    "tfdata" (clr_loop.data.train_dataset) or "in_graph" (`InGraphBatches`); `inter_op` and
-    `intra_op` are TensorFlow thread-pool sizes (0: TensorFlow's default, one per core).
-    `splits` > 1 computes each batch as that many equal parts (`make_split_train_step`), which with
-    `intra_op=1` run side by side, one core each. `virtual_cpus` > 0 runs the trainer's
+    "tfdata" (clr_loop.data.train_dataset) or "in_graph" (`InGraphBatches`). `splits` is the
+    trainer's `--batch_splits` (each batch computed as that many parts side by side; 0: the
+    trainer's automatic choice, 1: no splitting). `inter_op` and `intra_op` are TensorFlow
+    thread-pool sizes; 0 and 0 mean what the trainer sets (`trainer.configure_threads`: one
+    inter-op thread per part and the cores shared among them when it splits, else TensorFlow's
+    default of one per core); "fit" always runs on TensorFlow's defaults, as the tutorial
+    does. `virtual_cpus` > 0 runs the trainer's
     `--strategy=mirrored --virtual_cpus=N` (one replica per virtual CPU). `examples` > 0 keeps
     only that many examples of each split (for quick checks and tests).
     """
@@ -66,7 +69,7 @@ class Spec:
     input: str = "tfdata"
     inter_op: int = 0
     intra_op: int = 0
-    splits: int = 1
+    splits: int = 0
     virtual_cpus: int = 0
     eval_batch_size: int = 1000
     data: str = "auto"
@@ -83,7 +86,7 @@ class Spec:
         parts = [self.kind, self.input, f"xla={self.jit}"] if self.kind == "loop" else [self.kind, f"xla={self.jit}"]
         if self.kind == "loop":
             parts.append(f"spl={self.steps_per_loop}")
-        if self.splits > 1:
+        if self.splits and self.kind != "fit":
             parts.append(f"split={self.splits}")
         if self.virtual_cpus:
             parts.append(f"mirrored vcpus={self.virtual_cpus}")
@@ -289,10 +292,8 @@ def _config(spec):
     from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
 
     extra = {"strategy": "mirrored", "virtual_cpus": spec.virtual_cpus} if spec.virtual_cpus else {}
-    # A trainer that splits batches itself is told the spec's split (1: none) explicitly.
-    if "batch_splits" in {f.name for f in dataclasses.fields(config_lib.Config)}:
-        extra["batch_splits"] = spec.splits
     return config_lib.Config(
+        batch_splits=spec.splits,
         batch_size=spec.batch_size, steps_per_loop=spec.steps_per_loop, jit_compile=spec.jit, seed=SEED,
         eval_batch_size=spec.eval_batch_size, **extra,
     )
@@ -309,9 +310,8 @@ def make_trainer(spec, data):
 
     The trainer is built exactly as `python -m clr_loop.train` builds it (strategy, model,
     optimizer, compiled step, loop and eval); a spec with `input="in_graph"` replaces its iterator
-    with an `InGraphBatches`, and one with `splits` > 1 its train step and eval step with the
-    split ones (unless the trainer splits batches itself). The trainer is not trained (nothing is
-    written): callers run `trainer.train_loop`.
+    with an `InGraphBatches`. The trainer is not trained (nothing is written): callers run
+    `trainer.train_loop`.
     """
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
@@ -321,11 +321,6 @@ def make_trainer(spec, data):
         distribute.configure_virtual_cpus(config.virtual_cpus)
     strategy = distribute.make_strategy(config.strategy, config.devices, config.cluster_timeout)
     trainer = trainer_lib.Trainer(config, data, strategy=strategy)
-    if spec.splits > 1 and getattr(trainer, "splits", 1) != spec.splits:
-        trainer.train_step = make_split_train_step(trainer.model, trainer.optimizer, trainer.jit_compile, spec.splits)
-        trainer.train_loop = trainer_lib.make_train_loop(trainer.train_step, trainer.sums, trainer.strategy)
-        eval_step = make_split_eval_step(trainer.model, trainer.jit_compile, spec.splits)
-        trainer.evaluate = trainer_lib.make_evaluate(eval_step, trainer.strategy)
     if spec.input == "in_graph":
         trainer.iterator = InGraphBatches(data.train, spec.batch_size, SEED, trainer.optimizer.iterations)
     return trainer
@@ -394,85 +389,6 @@ def _run_loop(train_loop, iterator, steps, steps_per_loop):
     return out
 
 
-def make_split_train_step(model, optimizer, jit_compile, splits):
-    """Returns a train step like `trainer.make_train_step`'s that computes the batch as `splits` parts.
-
-    Each part (the batch split along its first axis; the batch size must divide) gets its own
-    forward and backward pass on `loss_part = mean(part's per-example loss) / splits`, so the
-    summed gradients are the full batch's mean-loss gradient up to float rounding; one SGD update
-    follows. The parts are independent subgraphs, so TensorFlow's executor runs them side by side
-    (with one intra-op thread per op, one core each) instead of splitting every small op across
-    cores. Returns the same metrics (sums over the whole batch, the rate used, `finite`). The
-    dropout layer draws one mask per part, so the masks differ from the unsplit step's (same
-    distribution); with dropout off the two steps agree to float tolerance.
-    """
-    import keras  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
-
-    count_correct = trainer_lib._count_correct  # pylint: disable=protected-access
-
-    def split_gradients(images, labels):
-        # Each part's loss is its mean divided by `splits`, so the parts' gradients add up to the
-        # gradient of the whole batch's mean loss.
-        part_grads, part_metrics = [], []
-        for part_images, part_labels in zip(tf.split(images, splits), tf.split(labels, splits)):
-            with tf.GradientTape() as tape:
-                probs = model(part_images, training=True)
-                per_example = keras.losses.sparse_categorical_crossentropy(part_labels, probs)
-                loss = tf.reduce_mean(per_example) / splits
-            part_grads.append(tape.gradient(loss, model.trainable_variables))
-            part_metrics.append((tf.reduce_sum(per_example), count_correct(probs, part_labels), tf.math.is_finite(loss)))
-        grads = [tf.add_n(list(g)) for g in zip(*part_grads)]
-        loss_sums, corrects, finites = zip(*part_metrics)
-        finite = tf.reduce_all(tf.stack(finites))
-        for grad in grads:
-            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(grad)))
-        metrics = {
-            "loss_sum": tf.add_n(list(loss_sums)),
-            "correct": tf.add_n(list(corrects)),
-            "count": tf.cast(tf.shape(labels)[0], tf.float32),
-            "finite": finite,
-        }
-        return grads, metrics
-
-    @tf.function(jit_compile=jit_compile)
-    def train_step(images, labels):
-        lr = optimizer.learning_rate
-        grads, metrics = split_gradients(images, labels)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return {**metrics, "lr": tf.cast(lr, tf.float32)}
-
-    return train_step
-
-
-def make_split_eval_step(model, jit_compile, splits):
-    """Returns an eval step like `trainer.make_eval_step`'s that computes the batch as `splits` parts.
-
-    Returns (loss_sum, correct, count) summed over the whole batch. The parts are
-    `tf.split`-sized pieces (the first ones one example larger when `splits` does not divide the
-    batch), computed as independent subgraphs that run side by side.
-    """
-    import keras  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
-
-    @tf.function(jit_compile=jit_compile)
-    def eval_step(images, labels):
-        count = tf.shape(labels)[0]
-        sizes = [(count + splits - 1 - i) // splits for i in range(splits)]
-        loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
-        for part_images, part_labels in zip(tf.split(images, sizes), tf.split(labels, sizes)):
-            probs = model(part_images, training=False)
-            loss_sum += tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(part_labels, probs))
-            correct += trainer_lib._count_correct(probs, part_labels)  # pylint: disable=protected-access
-        return loss_sum, correct, tf.cast(count, tf.float32)
-
-    return eval_step
-
-
 def make_loop(spec, data):
     """Returns (train_loop, iterator, model, optimizer) of `make_trainer(spec, data)`.
 
@@ -506,33 +422,40 @@ def time_loop(spec, data):
     result = _summary(spec, wall, cpu, steps, first_call_s, first_steps, step_flops(model, spec.batch_size))
     result["jit_resolved"] = trainer.jit_compile
     result["weights_checksum"] = weights_checksum(model)
-    result["is_trainer_default"] = is_trainer_default(spec)
+    result["splits_resolved"] = trainer.splits
+    result["is_trainer_default"] = is_trainer_default(spec, trainer.splits, _thread_pools())
     return result
 
 
-def is_trainer_default(spec):
-    """Returns whether a "loop" spec is what `python -m clr_loop.train` runs by default on this device.
+def is_trainer_default(spec, splits, threads):
+    """Returns whether a "loop" spec ran what `python -m clr_loop.train` runs by default on this device.
 
-    Compares with `Config()`'s input pipeline, steps_per_loop, batch size, resolved XLA choice and
-    batch splits (with the thread pools that go with them; none for a trainer that does not split).
+    `splits` and `threads` ((inter-op, intra-op) pool sizes, 0 for TensorFlow's default) are what
+    the worker resolved and set; they are compared with what the trainer resolves and sets for
+    `Config()`, as are the input pipeline, steps_per_loop, batch size and XLA choice.
     """
     from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
     from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
 
     default = config_lib.Config()
-    resolve_splits = getattr(trainer_lib, "resolve_batch_splits", None)
-    splits = resolve_splits(default) if resolve_splits else 1
-    threads = split_threads(default.batch_size) if splits > 1 else {}
+    default_splits = trainer_lib.resolve_batch_splits(default)
     return (
         spec.kind == "loop"
-        and spec.input == getattr(default, "input_pipeline", "tfdata")
+        and spec.input == "tfdata"
         and spec.steps_per_loop == default.steps_per_loop
         and spec.batch_size == default.batch_size
         and trainer_lib.resolve_jit_compile(spec.jit) == trainer_lib.resolve_jit_compile(default.jit_compile)
         and not spec.virtual_cpus
-        and spec.splits == splits
-        and (spec.inter_op, spec.intra_op) == (threads.get("inter_op", 0), threads.get("intra_op", 0))
+        and splits == default_splits
+        and tuple(threads) == trainer_threads(default_splits)
     )
+
+
+def trainer_threads(splits, cores=None):
+    """Returns the (inter-op, intra-op) pool sizes `trainer.configure_threads(splits)` sets; (0, 0) for none."""
+    from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
+
+    return (splits, max(1, (cores or config_lib.cpu_cores()) // splits)) if splits > 1 else (0, 0)
 
 
 def weights_checksum(model):
@@ -559,7 +482,7 @@ def time_eval(spec, data):
         def one_pass():
             return trainer.evaluate(trainer.eval_ds)["val_loss"]
 
-        batch = spec.eval_batch_size
+        batch, splits = spec.eval_batch_size, trainer.splits
     else:
         model, optimizer, _ = _training_setup(spec, data)
         model.compile(loss="sparse_categorical_crossentropy", optimizer=optimizer, metrics=["accuracy"])
@@ -568,7 +491,7 @@ def time_eval(spec, data):
         def one_pass():
             return model.evaluate(test.images, test.labels, batch_size=spec.batch_size, verbose=0)[0]
 
-        batch = spec.batch_size
+        batch, splits = spec.batch_size, 1
     start = time.perf_counter()
     one_pass()
     first_call_s = time.perf_counter() - start
@@ -588,6 +511,7 @@ def time_eval(spec, data):
         "first_call_s": first_call_s,
         "compile_s": max(first_call_s - ms / 1000.0, 0.0),
         "eval_batch_size": batch,
+        "splits_resolved": splits,
         "flops_per_pass": flops,
         "gflops": flops / ms / 1e6,
         "jit_resolved": jit,
@@ -621,12 +545,34 @@ def time_matmul(spec, size=MATMUL_SIZE, per_repeat=10):
 
 
 def _apply_threads(spec):
+    """Sets this worker's thread pools for `spec` (before TensorFlow runs an op); returns `_thread_pools()`.
+
+    Explicit `inter_op`/`intra_op` win; otherwise a "loop" or "eval_loop" spec gets what the
+    trainer sets for its configuration (`trainer.configure_threads`), and the other kinds keep
+    TensorFlow's defaults.
+    """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    if spec.inter_op:
-        tf.config.threading.set_inter_op_parallelism_threads(spec.inter_op)
-    if spec.intra_op:
-        tf.config.threading.set_intra_op_parallelism_threads(spec.intra_op)
+    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+
+    if spec.inter_op or spec.intra_op:
+        if spec.inter_op:
+            tf.config.threading.set_inter_op_parallelism_threads(spec.inter_op)
+        if spec.intra_op:
+            tf.config.threading.set_intra_op_parallelism_threads(spec.intra_op)
+    elif spec.kind in ("loop", "eval_loop"):
+        trainer_lib.configure_threads(trainer_lib.resolve_batch_splits(_config(spec)))
+    return _thread_pools()
+
+
+def _thread_pools():
+    """Returns TensorFlow's (inter-op, intra-op) pool sizes as set; 0 means its default (one per core)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    return (
+        tf.config.threading.get_inter_op_parallelism_threads(),
+        tf.config.threading.get_intra_op_parallelism_threads(),
+    )
 
 
 def device_description():
@@ -658,9 +604,10 @@ def run_spec(spec, data=None, data_description=None):
     The dict holds the spec, its name, the measurements of `time_fit` / `time_loop` /
     `time_eval` / `time_matmul`, the data used, the device, the load average before and after,
     and `rss_before_mb` (resident memory after imports and data loading) and `peak_rss_mb` (this
-    process's peak so far). Thread settings only take effect in a fresh process.
+    process's peak so far), and `threads`, the (inter-op, intra-op) pool sizes it ran with (0:
+    TensorFlow's default). Thread settings only take effect in a fresh process.
     """
-    _apply_threads(spec)
+    threads = _apply_threads(spec)
     if data is None and spec.kind != "matmul":
         data, data_description = load_data(spec.data, spec.examples)
     load_before = os.getloadavg()
@@ -678,6 +625,7 @@ def run_spec(spec, data=None, data_description=None):
     result.update(
         name=spec.name,
         spec=dataclasses.asdict(spec),
+        threads=list(threads),
         data=data_description,
         device=device_description(),
         loadavg_before=load_before[0],
@@ -789,55 +737,55 @@ def merge_rounds(results):
 def training_specs(batch_size, steps, repeats, steps_per_loop_list, data):
     """Returns the training configurations of one table: (a) fit, (b) the loop, (c) the variants.
 
-    (b) is clr_loop's loop as the trainer builds it (tf.data input, TensorFlow's default threads)
-    with XLA off and on for each steps_per_loop; (c) feeds it from `InGraphBatches`, runs
-    TensorFlow with one inter-op thread (ops one at a time, each using every core), and splits
-    each batch into parts that run side by side (`split_threads`), and runs the trainer's own data
-    parallelism (`--strategy=mirrored --virtual_cpus=N`) with the same threads.
+    (b) is clr_loop's loop as the trainer builds it by default (tf.data input, automatic batch
+    splitting and the thread pools that go with it) with XLA off and on, for each steps_per_loop.
+    (c) is the same loop without splitting on TensorFlow's default threads (the plain loop) and
+    with one inter-op thread (ops one at a time, each using every core), the trainer's own data
+    parallelism (`--strategy=mirrored --virtual_cpus=N`) on the split threads, and the loop fed
+    by `InGraphBatches` instead of tf.data.
     """
     common = dict(batch_size=batch_size, steps=steps, repeats=repeats, data=data)
     specs = [Spec("fit", label="(a) fit", **common), Spec("fit", jit="true", label="(a) fit jit=true", **common)]
     for jit in ("false", "true"):
         for spl in steps_per_loop_list:
             specs.append(Spec("loop", steps_per_loop=spl, jit=jit, **common))
+    specs.append(Spec("loop", steps_per_loop=100, jit="false", splits=1, **common))
+    specs.append(Spec("loop", steps_per_loop=100, jit="false", splits=1, inter_op=1, **common))
     split = split_threads(batch_size)
-    specs.append(Spec("loop", steps_per_loop=100, jit="false", inter_op=1, **common))
     if split:
-        specs.append(Spec("loop", steps_per_loop=100, jit="false", **split, **common))
         mirrored = dict(virtual_cpus=split["splits"], inter_op=split["inter_op"], intra_op=split["intra_op"])
         specs.append(Spec("loop", steps_per_loop=100, jit="false", **mirrored, **common))
     for spl in sorted({100, max(steps_per_loop_list)}):
         specs.append(Spec("loop", steps_per_loop=spl, jit="false", input="in_graph", **common))
-        if split:
-            specs.append(Spec("loop", steps_per_loop=spl, jit="false", input="in_graph", **split, **common))
+    specs.append(Spec("loop", steps_per_loop=100, jit="false", input="in_graph", splits=1, **common))
     return specs
 
 
 def split_threads(batch_size, cores=None):
-    """Returns {"splits", "inter_op", "intra_op"} for computing a batch as parts side by side, or {}.
+    """Returns {"splits", "inter_op", "intra_op"} as the trainer resolves them on a CPU, or {} for no splitting.
 
-    The parts are as many as the cores, but at least 32 examples each and dividing the batch; each
-    part gets `cores // splits` threads per op. {} when that leaves one part (one core, or a batch
-    under 64).
+    The trainer's automatic choice (`config.auto_batch_splits`: one part per core, at least 32
+    examples each, dividing the batch) and the pools `trainer.configure_threads` gives it.
     """
-    cores = cores or os.cpu_count() or 1
-    splits = max(1, min(cores, batch_size // 32))
-    while batch_size % splits:
-        splits -= 1
+    from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
+
+    cores = cores or config_lib.cpu_cores()
+    splits = config_lib.auto_batch_splits(batch_size, cores)
     if splits < 2:
         return {}
-    return {"splits": splits, "inter_op": splits, "intra_op": max(1, cores // splits)}
+    inter_op, intra_op = trainer_threads(splits, cores)
+    return {"splits": splits, "inter_op": inter_op, "intra_op": intra_op}
 
 
 def eval_specs(batch_size, repeats, data):
-    """Returns the eval configurations: clr_loop's eval loop (XLA off and on, split per core) and Keras `evaluate`."""
+    """Returns the eval configurations: clr_loop's eval loop (as the trainer runs it; XLA on; unsplit) and Keras `evaluate`."""
     common = dict(batch_size=batch_size, repeats=repeats, data=data)
-    specs = [Spec("eval_loop", jit="false", **common), Spec("eval_loop", jit="true", **common)]
-    split = split_threads(batch_size)
-    if split:
-        specs.append(Spec("eval_loop", jit="false", inter_op=split["inter_op"], intra_op=split["intra_op"], **common))
-        specs.append(Spec("eval_loop", jit="false", **split, **common))
-    return specs + [Spec("fit_eval", **common)]
+    return [
+        Spec("eval_loop", jit="false", **common),
+        Spec("eval_loop", jit="true", **common),
+        Spec("eval_loop", jit="false", splits=1, **common),
+        Spec("fit_eval", **common),
+    ]
 
 
 def run_specs(specs, rounds=1, log=print, matmul=None):
@@ -871,24 +819,30 @@ def format_training_table(results):
 
     "*" marks the trainer's default configuration; "range" is the fastest and slowest repeat.
     """
-    header = ("config", "ms/step", "range", "cpu ms", "ex/s", "compile s", "peak RSS MB", "x(a)", "GFLOP/s", "%peak")
+    header = ("config", "parts/threads", "ms/step", "range", "cpu ms", "ex/s", "compile s", "peak RSS MB", "x(a)", "GFLOP/s", "%peak")
     rows = []
     for r in results:
         reps = r["ms_per_step_repeats"]
         rows.append((
-            r["name"] + (" *" if r.get("is_trainer_default") else ""), f"{r['ms_per_step']:.2f}", f"{min(reps):.2f}-{max(reps):.2f}", f"{r['cpu_ms_per_step']:.2f}",
+            r["name"] + (" *" if r.get("is_trainer_default") else ""), _parallelism(r), f"{r['ms_per_step']:.2f}", f"{min(reps):.2f}-{max(reps):.2f}", f"{r['cpu_ms_per_step']:.2f}",
             f"{r['examples_per_s']:.0f}", f"{r['compile_s']:.2f}", f"{r['process_peak_rss_mb']:.0f}",
             f"{r['speedup_vs_fit']:.2f}", f"{r['gflops']:.1f}", f"{r['pct_of_matmul_peak']:.1f}",
         ))
     return _table(header, rows)
 
 
+def _parallelism(result):
+    """"parts/threads" of a result: batch parts per step and the inter-op x intra-op pools (0: TF's default)."""
+    inter, intra = result.get("threads", (0, 0))
+    return f"{result.get('splits_resolved', 1)}/{inter}x{intra}"
+
+
 def format_eval_table(results):
     """Returns the eval results (one pass over the test split) as a fixed-width text table."""
-    header = ("config", "batch", "ms/pass", "cpu ms", "ex/s", "compile s", "peak RSS MB", "x(fit_eval)", "GFLOP/s")
+    header = ("config", "parts/threads", "batch", "ms/pass", "cpu ms", "ex/s", "compile s", "peak RSS MB", "x(fit_eval)", "GFLOP/s")
     rows = [
         (
-            r["name"], str(r["eval_batch_size"]), f"{r['ms_per_pass']:.1f}", f"{r['cpu_ms_per_pass']:.1f}",
+            r["name"], _parallelism(r), str(r["eval_batch_size"]), f"{r['ms_per_pass']:.1f}", f"{r['cpu_ms_per_pass']:.1f}",
             f"{r['examples_per_s']:.0f}", f"{r['compile_s']:.2f}", f"{r['process_peak_rss_mb']:.0f}",
             f"{r['speedup_vs_fit']:.2f}", f"{r['gflops']:.1f}",
         )
@@ -1231,7 +1185,8 @@ def main(argv):
     print(f"matmul {MATMUL_SIZE}^2 float32: best {peak:.1f} GFLOP/s (medians {', '.join(format(m['gflops'], '.1f') for m in matmul)})\n")
     print(format_training_table(report["training"]))
     print("\n* the trainer's default configuration; x(a): (a)'s ms/step divided by this one's (above 1: faster);"
-          " cpu ms: process CPU time per step (all threads); %peak: GFLOP/s over the best matmul rate")
+          " cpu ms: process CPU time per step (all threads); %peak: GFLOP/s over the best matmul rate;"
+          " parts/threads: batch parts per step / inter-op x intra-op pool sizes (0: TensorFlow's default)")
     if evals:
         report["eval"] = add_ratios(evals, evals[-1], peak)
         print("\neval: one pass over the 10,000 test examples\n")

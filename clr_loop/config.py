@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import os
 from typing import Optional, Tuple
 
 from clr_loop import data as data_lib
@@ -58,6 +59,7 @@ class Config:
     strategy: str = "default"
     devices: Optional[Tuple[str, ...]] = None
     virtual_cpus: int = 0
+    batch_splits: int = 0
     cluster_timeout: float = 60.0
 
     def to_json_dict(self):
@@ -118,6 +120,28 @@ def plan_steps(config, num_train_examples):
         step_size=to_steps(config.step_size_epochs),
         step_size_down=to_steps(config.step_size_down_epochs),
     )
+
+
+def cpu_cores():
+    """Returns the number of CPU cores this process may run on (its affinity mask, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_batch_splits(batch_size, cores=None):
+    """Returns how many parts a batch is best computed in on a CPU with `cores` cores (no XLA).
+
+    One part per core, but at least 32 examples per part (smaller parts leave the convolutions
+    too little work per call) and a number that divides the batch: 2 for the tutorial's batch of
+    64 on 2 or more cores, 1 for a batch under 64 or one core. docs/performance.md has the
+    measurements behind this choice.
+    """
+    splits = max(1, min(cores or cpu_cores(), batch_size // 32))
+    while batch_size % splits:
+        splits -= 1
+    return splits
 
 
 def make_schedule(config, plan):
@@ -196,6 +220,12 @@ def validate(config):
             problems.append(f"--{name} must name a Keras weights file ending in .weights.h5, got {path!r}")
     if config.strategy not in STRATEGIES:
         problems.append(f"--strategy must be one of {', '.join(STRATEGIES)}, got {config.strategy!r}")
+    if config.batch_splits < 0:
+        problems.append(f"--batch_splits must be >= 0 (0: automatic), got {config.batch_splits}")
+    elif config.batch_splits > 1 and config.batch_size % config.batch_splits:
+        problems.append(f"--batch_splits={config.batch_splits} must divide --batch_size={config.batch_size}")
+    elif config.batch_splits > 1 and config.strategy != "default":
+        problems.append("--batch_splits > 1 needs --strategy=default (one replica)")
     if config.virtual_cpus < 0:
         problems.append(f"--virtual_cpus must be >= 0 (0: no split), got {config.virtual_cpus}")
     if not config.cluster_timeout > 0:

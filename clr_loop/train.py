@@ -57,6 +57,7 @@ flags.DEFINE_bool("overwrite", False, "Start over in a workdir that holds anothe
 flags.DEFINE_enum("strategy", _D.strategy, config_lib.STRATEGIES, "default: one device; mirrored: local GPUs (or --devices); multi_worker: the TF_CONFIG cluster.")
 flags.DEFINE_list("devices", None, "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1 (default: all GPUs, else all CPUs).")
 flags.DEFINE_integer("virtual_cpus", _D.virtual_cpus, "Split the host CPU into this many logical devices (for trying distribution on a CPU).")
+flags.DEFINE_integer("batch_splits", _D.batch_splits, "Compute each batch as this many parts side by side, one thread per op (0: automatic, one per CPU core of at least 32 examples on a CPU-only run, else 1).")
 flags.DEFINE_float("cluster_timeout", _D.cluster_timeout, "multi_worker: seconds to wait for peers and for any collective op.")
 flags.DEFINE_string("save_init", None, "Write the model's initial weights to this .weights.h5 file, then train.")
 flags.DEFINE_string("init_weights", None, "Start from the weights in this .weights.h5 file (from --save_init).")

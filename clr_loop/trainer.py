@@ -79,7 +79,7 @@ def make_optimizer(config, plan):
     return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
 
 
-def make_train_step(model, optimizer, jit_compile, global_batch_size=None, fuse_update=True):
+def make_train_step(model, optimizer, jit_compile, global_batch_size=None, fuse_update=True, splits=1):
     """Returns the step `(images, labels) -> metrics`, a pure function of state and batch.
 
     The metrics are sums over the batch's examples, not means: `loss_sum` (summed per-example
@@ -91,14 +91,20 @@ def make_train_step(model, optimizer, jit_compile, global_batch_size=None, fuse_
     happen inside a nested `tf.function`, so only the forward and backward pass are compiled
     and the update follows in the replica context. `global_batch_size` makes the loss
     `sum / global_batch_size`, so the all-reduced (summed) gradients equal the single-device
-    mean's.
+    mean's. With `splits` > 1 (one replica only) the batch is computed as that many equal parts,
+    each with its own forward and backward pass, whose gradients add up to the batch's (to float
+    rounding); with one thread per op (`configure_threads`) the parts run side by side, one core
+    each, which on a small CPU is faster than splitting every op across the cores
+    (docs/performance.md). Dropout then draws one mask per part.
     """
 
-    def gradients(images, labels):
+    def gradients(images, labels, denominator=None):
         with tf.GradientTape() as tape:
             probs = model(images, training=True)
             per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
-            if global_batch_size is None:
+            if denominator is not None:
+                loss = tf.reduce_sum(per_example) / denominator
+            elif global_batch_size is None:
                 loss = tf.reduce_mean(per_example)
             else:
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
@@ -114,15 +120,26 @@ def make_train_step(model, optimizer, jit_compile, global_batch_size=None, fuse_
         }
         return grads, metrics
 
+    def split_gradients(images, labels):
+        # Each part's loss is its sum over the whole batch's size, so the parts' gradients add up
+        # to the batch's. The parts are independent subgraphs, which the executor runs side by side.
+        denominator = tf.cast(tf.shape(labels)[0], tf.float32)
+        parts = [gradients(x, y, denominator) for x, y in zip(tf.split(images, splits), tf.split(labels, splits))]
+        grads = [tf.add_n(list(part_grads)) for part_grads in zip(*(grads for grads, _ in parts))]
+        metrics = {key: tf.add_n([m[key] for _, m in parts]) for key in ("loss_sum", "correct", "count")}
+        metrics["finite"] = tf.reduce_all(tf.stack([m["finite"] for _, m in parts]))
+        return grads, metrics
+
     def step(images, labels, compute):
         lr = optimizer.learning_rate
         grads, metrics = compute(images, labels)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return {**metrics, "lr": tf.cast(lr, tf.float32)}
 
+    compute = split_gradients if splits > 1 else gradients
     if fuse_update:
-        return tf.function(lambda images, labels: step(images, labels, gradients), jit_compile=jit_compile)
-    compiled_gradients = tf.function(gradients, jit_compile=jit_compile)
+        return tf.function(lambda images, labels: step(images, labels, compute), jit_compile=jit_compile)
+    compiled_gradients = tf.function(compute, jit_compile=jit_compile)
     return lambda images, labels: step(images, labels, compiled_gradients)
 
 
@@ -130,16 +147,64 @@ def _count_correct(probs, labels):
     return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), labels), tf.float32))
 
 
-def make_eval_step(model, jit_compile):
-    """Returns the compiled eval step `(images, labels) -> (loss_sum, correct, count)`, sums over the batch."""
+def make_eval_step(model, jit_compile, splits=1):
+    """Returns the compiled eval step `(images, labels) -> (loss_sum, correct, count)`, sums over the batch.
+
+    With `splits` > 1 the batch is computed as that many parts side by side (as in
+    `make_train_step`; the first parts are one example larger when `splits` does not divide it).
+    """
+
+    def sums(images, labels):
+        probs = model(images, training=False)
+        loss_sum = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, probs))
+        return loss_sum, _count_correct(probs, labels)
 
     @tf.function(jit_compile=jit_compile)
     def eval_step(images, labels):
-        probs = model(images, training=False)
-        loss_sum = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, probs))
-        return loss_sum, _count_correct(probs, labels), tf.cast(tf.shape(labels)[0], tf.float32)
+        count = tf.shape(labels)[0]
+        if splits == 1:
+            loss_sum, correct = sums(images, labels)
+        else:
+            sizes = [(count + splits - 1 - i) // splits for i in range(splits)]
+            parts = [sums(x, y) for x, y in zip(tf.split(images, sizes), tf.split(labels, sizes))]
+            loss_sum, correct = (tf.add_n(list(values)) for values in zip(*parts))
+        return loss_sum, correct, tf.cast(count, tf.float32)
 
     return eval_step
+
+
+def resolve_batch_splits(config, replicas=1):
+    """Returns how many parts each training and eval batch is computed in (see `make_train_step`).
+
+    `config.batch_splits` when positive. For 0 (automatic): `config_lib.auto_batch_splits` for
+    the CPU's cores on a one-replica run without a GPU or TPU and without XLA (an XLA cluster
+    runs the parts one after the other, so splitting only shrinks its ops); else 1. Reads only
+    the physical devices, so it can run before TensorFlow starts.
+    """
+    if config.batch_splits:
+        return config.batch_splits
+    if replicas > 1 or config.strategy != "default" or config.virtual_cpus:
+        return 1
+    if config.jit_compile == "true":
+        return 1
+    if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
+        return 1
+    return config_lib.auto_batch_splits(config.batch_size)
+
+
+def configure_threads(splits):
+    """Sizes TensorFlow's thread pools so that `splits` batch parts run side by side: `splits`
+    inter-op threads and `cores // splits` threads per op. Returns True when set; False (changing
+    nothing) for one part, or when TensorFlow has already run an op and its pools are fixed."""
+    if splits < 2:
+        return False
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(splits)
+        tf.config.threading.set_intra_op_parallelism_threads(max(1, config_lib.cpu_cores() // splits))
+    except RuntimeError:
+        logging.warning("TensorFlow has started: its thread pools stay as they are, so the %d batch parts share them", splits)
+        return False
+    return True
 
 
 def make_evaluate(eval_step, strategy=None):
@@ -354,12 +419,13 @@ class Trainer:
             self.sums = EpochSums()
         self.eval_ds = self.strategy.distribute_datasets_from_function(self._eval_dataset_fn)
         self.iterator = self._iterator_at(0)
+        self.splits = resolve_batch_splits(config, self.replicas)
         self.train_step = make_train_step(
             self.model, self.optimizer, self.jit_compile, global_batch_size=config.batch_size,
-            fuse_update=self.replicas == 1,
+            fuse_update=self.replicas == 1, splits=self.splits,
         )
         self.train_loop = make_train_loop(self.train_step, self.sums, self.strategy)
-        self.evaluate = make_evaluate(make_eval_step(self.model, self.jit_compile), self.strategy)
+        self.evaluate = make_evaluate(make_eval_step(self.model, self.jit_compile, self.splits), self.strategy)
         self.history = {key: [] for key in HISTORY_KEYS}
         self.checkpoints = None  # made by train(), once the workdir is checked
         self._signal = None
@@ -454,7 +520,7 @@ class Trainer:
                 f"{paths['history']} exists but {self.checkpoints.directory} holds no checkpoint to resume "
                 "from; refusing to restart from scratch over it. Use --overwrite to start over."
             )
-        checkpointing.write_json_atomic(paths["config"], {**current, "resolved": _plan_dict(self.plan, self.jit_compile)})
+        checkpointing.write_json_atomic(paths["config"], {**current, "resolved": _plan_dict(self.plan, self.jit_compile, self.splits)})
         if restored is None:
             return False
         step = self.step
@@ -508,8 +574,8 @@ class Trainer:
         else:
             train_writer = eval_writer = tf.summary.create_noop_writer()
         logging.info(
-            "training %d steps (%d per epoch, step_size %s), jit_compile=%s, workdir %s",
-            plan.total_steps, plan.steps_per_epoch, plan.step_size, self.jit_compile, config.workdir,
+            "training %d steps (%d per epoch, step_size %s), jit_compile=%s, batch_splits=%d, workdir %s",
+            plan.total_steps, plan.steps_per_epoch, plan.step_size, self.jit_compile, self.splits, config.workdir,
         )
         epochs = -(-plan.total_steps // plan.steps_per_epoch)
         step = self.step
@@ -598,13 +664,14 @@ class Trainer:
         )
 
 
-def _plan_dict(plan, jit_compile):
+def _plan_dict(plan, jit_compile, batch_splits):
     return {
         "steps_per_epoch": plan.steps_per_epoch,
         "total_steps": plan.total_steps,
         "step_size": plan.step_size,
         "step_size_down": plan.step_size_down,
         "jit_compile": jit_compile,
+        "batch_splits": batch_splits,
     }
 
 
@@ -615,6 +682,7 @@ def train_and_evaluate(config, data=None, strategy=None):
     multi-worker strategy must exist before TensorFlow runs any op.
     """
     if strategy is None:
+        configure_threads(resolve_batch_splits(config))
         if config.virtual_cpus:
             distribute.configure_virtual_cpus(config.virtual_cpus)
         strategy = distribute.make_strategy(config.strategy, config.devices, config.cluster_timeout)

@@ -98,34 +98,27 @@ def test_in_graph_loop_gives_the_plain_loops_weights(dropout):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
 
 
-def test_split_step_agrees_with_the_plain_step_without_dropout():
-    """Per-part gradients summed equal the full batch's (float rounding aside); dropout is off
-    because each part draws its own mask."""
+def test_spec_splits_reach_the_trainer():
+    """A spec's `splits` is the trainer's --batch_splits (0: its automatic choice), nothing swapped in."""
     data = tiny_data(num_train=40)
-    runs = []
-    for splits in (1, 2, 4):
-        loop, iterator, model, _ = bench.make_loop(bench.Spec("loop", batch_size=8, jit="false", splits=splits), data)
-        model.layers[5].rate = 0.0
-        out = loop(iterator, tf.constant(7))
-        runs.append((weights(model), float(out["loss_sum"]), float(out["correct"]), float(out["count"])))
-    for split_run in runs[1:]:
-        assert split_run[1] == pytest.approx(runs[0][1], rel=1e-5)
-        assert split_run[2:] == runs[0][2:]
-        for a, b in zip(runs[0][0], split_run[0]):
-            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    for splits, expected in ((0, 1), (1, 1), (2, 2), (4, 4)):  # auto: a batch of 8 is never split
+        trainer = bench.make_trainer(bench.Spec("loop", batch_size=8, jit="false", splits=splits), data)
+        assert trainer.splits == expected
 
 
-def test_split_eval_step_sums_like_the_plain_one():
+def test_is_trainer_default_matches_what_train_resolves():
+    from clr_loop import config as config_lib
     from clr_loop import trainer as trainer_lib
 
-    data = tiny_data(num_test=23)
-    model = model_lib.create_model(seed=1)
-    dataset = data_lib.eval_dataset(data.test, 10)  # batches of 10, 10 and 3: uneven parts
-    plain = trainer_lib.make_evaluate(trainer_lib.make_eval_step(model, False))(dataset)
-    split = trainer_lib.make_evaluate(bench.make_split_eval_step(model, False, 3))(dataset)
-    assert split["count"] == plain["count"] == 23
-    assert split["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-6)
-    assert split["val_accuracy"] == plain["val_accuracy"]
+    default_splits = trainer_lib.resolve_batch_splits(config_lib.Config())
+    threads = bench.trainer_threads(default_splits)
+    spec = bench.Spec("loop", jit="false")
+    assert bench.is_trainer_default(spec, default_splits, threads)
+    assert not bench.is_trainer_default(bench.Spec("loop", jit="false", steps_per_loop=10), default_splits, threads)
+    assert not bench.is_trainer_default(bench.Spec("loop", jit="false", input="in_graph"), default_splits, threads)
+    other = 1 if default_splits > 1 else 2
+    assert not bench.is_trainer_default(spec, other, bench.trainer_threads(other))
+    assert bench.trainer_threads(1) == (0, 0) and bench.trainer_threads(2, cores=8) == (2, 4)
 
 
 @pytest.mark.parametrize(
@@ -154,6 +147,9 @@ def test_run_spec_reports_every_measurement(spec):
     else:
         assert result["flops_per_pass"] == 2 * 25 * 1_054_976
     assert result["jit_resolved"] is False  # this is a CPU-only test run
+    if spec.kind in ("loop", "eval_loop"):
+        assert result["splits_resolved"] == (spec.splits or 1)  # a batch of 8 is never split automatically
+    assert len(result["threads"]) == 2
 
 
 def test_worker_subprocess_with_one_inter_op_thread_trains_like_the_default_threads():

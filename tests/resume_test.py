@@ -41,9 +41,9 @@ def run(workdir, idx_dir, *extra):
     return proc.returncode, out
 
 
-def run_until_checkpoint_then(workdir, idx_dir, min_step, signum):
+def run_until_checkpoint_then(workdir, idx_dir, min_step, signum, *extra):
     """Starts a run, waits (by reading its log, no sleeping) for a checkpoint at >= min_step, signals it."""
-    proc = start(workdir, idx_dir)
+    proc = start(workdir, idx_dir, *extra)
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -109,6 +109,25 @@ def test_sigkill_twice_then_resume_is_bit_identical_to_uninterrupted(tmp_path, i
     # TensorBoard: every point once, the same steps as the uninterrupted run.
     for sub in ("train", "eval"):
         assert event_steps(os.path.join(workdir, sub)) == event_steps(os.path.join(reference, sub))
+
+
+def test_split_batches_resume_bit_identically(tmp_path, idx_dir):
+    """--batch_splits=2 (each part draws its own dropout mask) resumes exactly like the whole-batch step."""
+    split = ("--batch_splits=2",)
+    reference_dir = str(tmp_path / "reference")
+    code, out = run(reference_dir, idx_dir, *split)
+    assert code == 0, out
+    workdir = str(tmp_path / "run")
+    code, out = run_until_checkpoint_then(workdir, idx_dir, 40, signal.SIGKILL, *split)
+    assert code == -signal.SIGKILL, out
+    code, out = run(workdir, idx_dir, *split)
+    assert code == 0 and "Resuming from" in out, out
+    _, ref_values = checkpoint_values(reference_dir)
+    _, values = checkpoint_values(workdir)
+    assert set(values) == set(ref_values)
+    assert all(np.array_equal(values[k], ref_values[k]) for k in ref_values)
+    assert history_without_timing(workdir) == history_without_timing(reference_dir)
+    assert json.load(open(os.path.join(workdir, "config.json")))["resolved"]["batch_splits"] == 2
 
 
 def test_deterministic_repeat_is_bit_identical(tmp_path, idx_dir, reference):

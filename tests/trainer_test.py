@@ -179,3 +179,81 @@ def test_bad_init_weights_file_is_named(tmp_path):
     broken.write_bytes(b"not an h5 file")
     with pytest.raises(trainer_lib.WeightsError, match="broken.weights.h5 cannot be loaded"):
         trainer_lib.Trainer(make_config(tmp_path, init_weights=str(broken)), fake_data())
+
+
+# --------------------------------------------------------------------- batch splitting
+
+
+@pytest.mark.parametrize("splits", [2, 4])
+def test_split_step_trains_like_the_whole_batch_without_dropout(tmp_path, splits):
+    """Per-part gradients of sum/batch add up to the whole batch's mean-loss gradient (float
+    rounding aside); dropout is off because each part draws its own mask."""
+    data = fake_data()
+    runs = []
+    for batch_splits in (1, splits):
+        trainer = trainer_lib.Trainer(make_config(tmp_path, batch_splits=batch_splits), data)
+        assert trainer.splits == batch_splits
+        trainer.model.layers[5].rate = 0.0
+        window = trainer.run_steps(7)
+        runs.append((weights(trainer.model), {k: float(window[k]) for k in ("loss_sum", "correct", "count", "lr")}))
+    (whole_weights, whole), (split_weights, split) = runs
+    assert split["count"] == whole["count"] == 7 * 32
+    assert split["correct"] == whole["correct"] and split["lr"] == whole["lr"]
+    assert split["loss_sum"] == pytest.approx(whole["loss_sum"], rel=1e-5)
+    for a, b in zip(whole_weights, split_weights):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_split_step_with_dropout_is_reproducible_and_finite(tmp_path):
+    """With dropout each part draws its own mask from the model's seed generator: a second
+    trainer with the same seed trains to the same weights, and the loss stays a real number."""
+    data = fake_data()
+    results = []
+    for _ in range(2):
+        trainer = trainer_lib.Trainer(make_config(tmp_path, batch_splits=2, deterministic=True), data)
+        window = trainer.run_steps(6)
+        results.append((weights(trainer.model), float(window["loss_sum"])))
+    assert np.isfinite(results[0][1]) and results[0][1] == results[1][1]
+    for a, b in zip(*(r[0] for r in results)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_split_eval_step_sums_like_the_whole_batch(tmp_path):
+    data = fake_data(num_test=23)
+    model = trainer_lib.Trainer(make_config(tmp_path), data).model
+    dataset = data_lib.eval_dataset(data.test, 10)  # batches of 10, 10 and 3: uneven parts
+    whole = trainer_lib.make_evaluate(trainer_lib.make_eval_step(model, False))(dataset)
+    split = trainer_lib.make_evaluate(trainer_lib.make_eval_step(model, False, splits=3))(dataset)
+    assert split["count"] == whole["count"] == 23
+    assert split["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-6)
+    assert split["val_accuracy"] == whole["val_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (dict(batch_splits=3, batch_size=48), 3),  # explicit wins
+        (dict(jit_compile="true"), 1),  # one XLA cluster runs the parts one after the other
+        (dict(strategy="mirrored"), 1),
+        (dict(virtual_cpus=2), 1),
+    ],
+)
+def test_resolve_batch_splits(tmp_path, overrides, expected):
+    assert trainer_lib.resolve_batch_splits(make_config(tmp_path, **overrides)) == expected
+
+
+def test_automatic_batch_splits_follow_the_cores_on_a_cpu(tmp_path):
+    config = make_config(tmp_path, batch_size=64)
+    expected = 1 if tf.config.list_physical_devices("GPU") else config_lib.auto_batch_splits(64, config_lib.cpu_cores())
+    assert trainer_lib.resolve_batch_splits(config) == expected
+    assert trainer_lib.resolve_batch_splits(config, replicas=2) == 1
+
+
+def test_configure_threads_after_tensorflow_started_changes_nothing(caplog):
+    tf.constant(1.0) + 1.0  # the runtime runs (already true in a test session)
+    before = (tf.config.threading.get_inter_op_parallelism_threads(), tf.config.threading.get_intra_op_parallelism_threads())
+    assert trainer_lib.configure_threads(1) is False
+    assert trainer_lib.configure_threads(2) is False
+    assert "thread pools stay as they are" in caplog.text
+    after = (tf.config.threading.get_inter_op_parallelism_threads(), tf.config.threading.get_intra_op_parallelism_threads())
+    assert after == before

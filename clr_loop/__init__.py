@@ -4,13 +4,17 @@ The schedules (`clr_loop.schedules`) are a drop-in replacement for the retired
 `tensorflow_addons.optimizers.CyclicalLearningRate` family on TensorFlow 2.16+ / Keras 3.
 """
 
-from clr_loop.schedules import (
-    CyclicalLearningRate,
-    ExponentialCyclicalLearningRate,
-    OneCycle,
-    Triangular2CyclicalLearningRate,
-    TriangularCyclicalLearningRate,
-)
+from clr_loop import process as _process
+
+# This import brings in TensorFlow and Keras; without collections during it, it is ~0.7 s faster.
+with _process.gc_paused():
+    from clr_loop.schedules import (
+        CyclicalLearningRate,
+        ExponentialCyclicalLearningRate,
+        OneCycle,
+        Triangular2CyclicalLearningRate,
+        TriangularCyclicalLearningRate,
+    )
 
 __all__ = [
     "CyclicalLearningRate",

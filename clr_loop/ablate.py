@@ -38,6 +38,7 @@ from clr_loop import config as config_lib
 from clr_loop import data as data_lib
 from clr_loop import model as model_lib
 from clr_loop import plot as plot_lib
+from clr_loop import process
 from clr_loop import train as train_app
 from clr_loop import trainer as trainer_lib
 
@@ -437,7 +438,7 @@ def main(argv):
 
 def run():
     """Console-script entry point: parses flags and runs `main`."""
-    app.run(main)
+    app.run(process.app_main(main))
 
 
 if __name__ == "__main__":

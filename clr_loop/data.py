@@ -13,12 +13,16 @@ import gzip
 import os
 import struct
 import zlib
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
+
+# tensorflow_datasets is imported where it is used (`_tfds()`): importing it costs ~0.4 s of a
+# run's start-up, and a run that reads the IDX files never needs it.
+if TYPE_CHECKING:
+    import tensorflow_datasets as tfds
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = {
@@ -200,6 +204,12 @@ def load_tfds(data_dir: str | os.PathLike | None = None, *, download: bool) -> F
     retries for minutes first). Works under `tfds.testing.mock_data`, which fakes the
     examples and makes the download a no-op (so call it with `download=True` there).
     """
+    if not download:
+        # Without TFDS's import and builder (~0.7 s): no dataset folder means nothing prepared.
+        folder = _tfds_dataset_folder(data_dir)
+        if folder is not None and not os.path.isdir(folder):
+            raise DataError(f"tfds {_TFDS_NAME} (data_dir={folder}): not prepared, and download is off")
+    tfds = _tfds()
     builder = tfds.builder(_TFDS_NAME, data_dir=None if data_dir is None else os.fspath(data_dir))
     where = f"tfds {_TFDS_NAME} (data_dir={builder.data_dir})"
     # is_prepared() logs a misleading "no dataset_info.json" warning for a missing
@@ -381,13 +391,30 @@ def _check_label_range(labels: np.ndarray, where: str) -> None:
         )
 
 
+def _tfds():
+    import tensorflow_datasets  # pylint: disable=import-outside-toplevel
+
+    return tensorflow_datasets
+
+
+def _tfds_dataset_folder(data_dir: str | os.PathLike | None) -> str | None:
+    """Returns the local folder TFDS keeps Fashion-MNIST in for `data_dir` (None: TFDS's default,
+    `$TFDS_DATA_DIR` or `~/tensorflow_datasets`), or None for a remote one (`gs://...`)."""
+    if data_dir is None:
+        data_dir = os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+    data_dir = os.fspath(data_dir)
+    if "://" in data_dir:
+        return None
+    return os.path.join(data_dir, _TFDS_NAME)
+
+
 def _read_tfds_split(builder: tfds.core.DatasetBuilder, split: str, where: str) -> Split:
     """Reads one TFDS split into a Split, checking shapes and label range."""
     # Not `batch_size=-1`: TFDS 4.9 then batches by info.splits.total_num_examples, which
     # is 0 under mock_data (no metadata in the pip package), so it batches by
     # sys.maxsize and the process aborts in C++. Chunks work for real and mock data.
     ds = builder.as_dataset(split=split, as_supervised=True).batch(_TFDS_READ_CHUNK)
-    chunks = list(tfds.as_numpy(ds))
+    chunks = list(_tfds().as_numpy(ds))
     if not chunks:
         raise DataError(f"{where}: split {split!r} is empty")
     images = np.concatenate([image for image, _ in chunks])

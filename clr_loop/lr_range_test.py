@@ -31,6 +31,7 @@ from clr_loop import checkpointing
 from clr_loop import config as config_lib
 from clr_loop import data as data_lib
 from clr_loop import model as model_lib
+from clr_loop import process
 from clr_loop import train as train_app
 from clr_loop import trainer as trainer_lib
 
@@ -526,7 +527,7 @@ def main(argv):
 def run():
     """Console-script entry point: defines the range-test flags, parses them and runs `main`."""
     _define_app_flags()
-    app.run(main)
+    app.run(process.app_main(main))
 
 
 if __name__ == "__main__":

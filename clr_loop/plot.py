@@ -26,6 +26,7 @@ from absl import flags
 
 from clr_loop import config as config_lib
 from clr_loop import data as data_lib
+from clr_loop import process
 from clr_loop import train as train_app
 
 REQUIRED_HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -337,7 +338,7 @@ def main(argv):
 def run():
     """Console-script entry point: defines the plot flags, parses them and runs `main`."""
     _define_app_flags()
-    app.run(main)
+    app.run(process.app_main(main))
 
 
 if __name__ == "__main__":

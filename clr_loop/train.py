@@ -17,6 +17,7 @@ from clr_loop import checkpointing
 from clr_loop import config as config_lib
 from clr_loop import data as data_lib
 from clr_loop import distribute
+from clr_loop import process
 from clr_loop import trainer as trainer_lib
 
 _D = config_lib.Config()
@@ -113,7 +114,7 @@ def main(argv):
 
 def run():
     """Console-script entry point: parses flags and runs `main`."""
-    app.run(main)
+    app.run(process.app_main(main))
 
 
 if __name__ == "__main__":

@@ -291,3 +291,16 @@ def test_bench_and_train_import_together():
     from clr_loop import train  # noqa: F401  (defines --batch_size, --steps_per_loop, ...)
 
     assert "repeats" not in flags.FLAGS
+
+
+def test_whole_process_commands_run_the_tutorial_script_and_the_trainer():
+    commands = bench.whole_process_commands(epochs=2)
+    assert set(commands) == {"train", "fit", "fit_gc_tuned"}
+    assert commands["train"][0][1:] == ["-m", "clr_loop.train", "--mode=triangular2", "--epochs=2"]
+    assert commands["fit"][0][-2:] == ["--fit_epoch", "--fit_epochs=2"]
+    assert commands["fit_gc_tuned"][0][-1] == "--fit_gc_tuned"
+    # The tutorial script imports TensorFlow before clr_loop, then hands its arguments to the
+    # bench app: a bad flag is reported by the app, with a non-zero exit.
+    argv = commands["fit"][0][:3] + ["--repeats=0"]
+    proc = subprocess.run(argv, cwd=bench.REPO_ROOT, env=bench._child_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--repeats" in proc.stderr

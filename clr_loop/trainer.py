@@ -138,8 +138,8 @@ def make_train_step(model, optimizer, jit_compile, global_batch_size=None, fuse_
 
     compute = split_gradients if splits > 1 else gradients
     if fuse_update:
-        return tf.function(lambda images, labels: step(images, labels, compute), jit_compile=jit_compile)
-    compiled_gradients = tf.function(compute, jit_compile=jit_compile)
+        return tf.function(lambda images, labels: step(images, labels, compute), jit_compile=jit_compile, autograph=False)
+    compiled_gradients = tf.function(compute, jit_compile=jit_compile, autograph=False)
     return lambda images, labels: step(images, labels, compiled_gradients)
 
 
@@ -159,7 +159,7 @@ def make_eval_step(model, jit_compile, splits=1):
         loss_sum = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, probs))
         return loss_sum, _count_correct(probs, labels)
 
-    @tf.function(jit_compile=jit_compile)
+    @tf.function(jit_compile=jit_compile, autograph=False)
     def eval_step(images, labels):
         count = tf.shape(labels)[0]
         if splits == 1:
@@ -217,13 +217,18 @@ def make_evaluate(eval_step, strategy=None):
     """
     strategy = strategy or tf.distribute.get_strategy()
 
-    @tf.function
+    # No autograph anywhere here (nor in the train loop): its source transformations cost a
+    # third of a second of start-up, and `reduce` is the loop it would have written.
+    @tf.autograph.experimental.do_not_convert
+    def add_batch(totals, batch):
+        images, labels = batch
+        sums = strategy.run(lambda x, y: tuple(tf.cast(v, tf.float64) for v in eval_step(x, y)), args=(images, labels))
+        return tuple(t + _sum_replicas(strategy, s) for t, s in zip(totals, sums))
+
+    @tf.function(autograph=False)
     def run(dataset):
         totals = (tf.constant(0.0, tf.float64), tf.constant(0.0, tf.float64), tf.constant(0.0, tf.float64))
-        for images, labels in dataset:
-            sums = strategy.run(lambda x, y: tuple(tf.cast(v, tf.float64) for v in eval_step(x, y)), args=(images, labels))
-            totals = tuple(t + _sum_replicas(strategy, s) for t, s in zip(totals, sums))
-        return totals
+        return dataset.reduce(totals, add_batch)
 
     def evaluate(dataset):
         loss_sum, correct, count = (float(v) for v in run(dataset))
@@ -290,32 +295,33 @@ def make_train_loop(train_step, sums, strategy=None):
     """
     strategy = strategy or tf.distribute.get_strategy()
 
-    @tf.function
+    def body(iterator, steps, finite, loss_sum, correct, count, lr):
+        del finite  # the loop only continues while it is True
+        images, labels = next(iterator)
+        per_replica = strategy.run(lambda x, y: _as_sums(train_step(x, y)), args=(images, labels))
+        step_loss = _sum_replicas(strategy, per_replica["loss_sum"])
+        step_correct = _sum_replicas(strategy, per_replica["correct"])
+        step_count = _sum_replicas(strategy, per_replica["count"])
+        sums.loss_sum.assign_add(step_loss)
+        sums.correct.assign_add(step_correct)
+        sums.count.assign_add(step_count)
+        # Every replica evaluates the schedule at the same step; any copy is the rate.
+        lr = strategy.experimental_local_results(per_replica["lr"])[0]
+        finite = _sum_replicas(strategy, per_replica["nonfinite"]) == 0.0
+        return (steps + 1, finite, loss_sum + step_loss, correct + step_correct, count + step_count, lr)
+
+    # An explicit while loop, not autograph's `for _ in tf.range(...)`: the same graph, without
+    # the source transformation at start-up (see make_evaluate). It stops after `num_steps` or
+    # after the first non-finite step, whichever comes first.
+    @tf.function(autograph=False)
     def train_loop(iterator, num_steps):
-        loss_sum = tf.constant(0.0, tf.float64)
-        correct = tf.constant(0.0, tf.float64)
-        count = tf.constant(0.0, tf.float64)
-        lr = tf.constant(0.0, tf.float32)
-        steps = tf.constant(0, tf.int32)
-        finite = tf.constant(True)
-        for _ in tf.range(num_steps):
-            images, labels = next(iterator)
-            per_replica = strategy.run(lambda x, y: _as_sums(train_step(x, y)), args=(images, labels))
-            step_loss = _sum_replicas(strategy, per_replica["loss_sum"])
-            step_correct = _sum_replicas(strategy, per_replica["correct"])
-            step_count = _sum_replicas(strategy, per_replica["count"])
-            sums.loss_sum.assign_add(step_loss)
-            sums.correct.assign_add(step_correct)
-            sums.count.assign_add(step_count)
-            loss_sum += step_loss
-            correct += step_correct
-            count += step_count
-            # Every replica evaluates the schedule at the same step; any copy is the rate.
-            lr = strategy.experimental_local_results(per_replica["lr"])[0]
-            steps += 1
-            finite = _sum_replicas(strategy, per_replica["nonfinite"]) == 0.0
-            if not finite:
-                break
+        zero = tf.constant(0.0, tf.float64)
+        initial = (tf.constant(0, tf.int32), tf.constant(True), zero, zero, zero, tf.constant(0.0, tf.float32))
+        steps, finite, loss_sum, correct, count, lr = tf.while_loop(
+            lambda steps, finite, *_: tf.logical_and(steps < num_steps, finite),
+            lambda *state: body(iterator, *state),
+            initial,
+        )
         sums.lr.assign(lr)
         return {"loss_sum": loss_sum, "correct": correct, "count": count, "lr": lr, "steps": steps, "finite": finite}
 

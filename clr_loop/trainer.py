@@ -151,7 +151,8 @@ def make_eval_step(model, jit_compile, splits=1):
     """Returns the compiled eval step `(images, labels) -> (loss_sum, correct, count)`, sums over the batch.
 
     With `splits` > 1 the batch is computed as that many parts side by side (as in
-    `make_train_step`; the first parts are one example larger when `splits` does not divide it).
+    `make_train_step`; the first parts are one example larger when `splits` does not divide it,
+    and a batch of fewer than `splits` examples is computed whole).
     """
 
     def sums(images, labels):
@@ -159,15 +160,22 @@ def make_eval_step(model, jit_compile, splits=1):
         loss_sum = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, probs))
         return loss_sum, _count_correct(probs, labels)
 
+    def split_sums(images, labels, count):
+        sizes = [(count + splits - 1 - i) // splits for i in range(splits)]
+        parts = [sums(x, y) for x, y in zip(tf.split(images, sizes), tf.split(labels, sizes))]
+        return tuple(tf.add_n(list(values)) for values in zip(*parts))
+
     @tf.function(jit_compile=jit_compile, autograph=False)
     def eval_step(images, labels):
         count = tf.shape(labels)[0]
         if splits == 1:
             loss_sum, correct = sums(images, labels)
         else:
-            sizes = [(count + splits - 1 - i) // splits for i in range(splits)]
-            parts = [sums(x, y) for x, y in zip(tf.split(images, sizes), tf.split(labels, sizes))]
-            loss_sum, correct = (tf.add_n(list(values)) for values in zip(*parts))
+            # A last batch smaller than `splits` would leave a part empty, which the
+            # convolutions reject: it is computed whole.
+            loss_sum, correct = tf.cond(
+                count >= splits, lambda: split_sums(images, labels, count), lambda: sums(images, labels)
+            )
         return loss_sum, correct, tf.cast(count, tf.float32)
 
     return eval_step

@@ -229,6 +229,17 @@ def test_split_eval_step_sums_like_the_whole_batch(tmp_path):
     assert split["val_accuracy"] == whole["val_accuracy"]
 
 
+def test_split_eval_step_computes_a_batch_smaller_than_its_parts_whole(tmp_path):
+    data = fake_data(num_test=9)
+    model = trainer_lib.Trainer(make_config(tmp_path), data).model
+    dataset = data_lib.eval_dataset(data.test, 4)  # batches of 4, 4 and 1: the last cannot be split in 2
+    whole = trainer_lib.make_evaluate(trainer_lib.make_eval_step(model, False))(dataset)
+    split = trainer_lib.make_evaluate(trainer_lib.make_eval_step(model, False, splits=2))(dataset)
+    assert split["count"] == whole["count"] == 9
+    assert split["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-6)
+    assert split["val_accuracy"] == whole["val_accuracy"]
+
+
 @pytest.mark.parametrize(
     "overrides, expected",
     [

@@ -22,6 +22,10 @@ RESUMABLE_CHANGES = frozenset(
         "checkpoint_every_steps", "keep_checkpoints", "overwrite", "tfds_data_dir", "dataset_dir",
         "save_init", "init_weights", "eval_batch_size", "strategy", "devices", "virtual_cpus",
         "cluster_timeout",
+        # How a batch is computed (one part per core on a CPU, one on a GPU): a run may move
+        # between machines; only the dropout masks' draws change. Runs written before the
+        # setting existed have no such key and resume too.
+        "batch_splits",
     }
 )
 # Files and folders a run writes into its workdir; --overwrite removes these and nothing else.

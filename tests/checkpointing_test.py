@@ -52,6 +52,14 @@ def test_config_differences():
     assert checkpointing.config_differences(one_cycle, dict(one_cycle, epochs=20)) == ["epochs"]
 
 
+def test_a_run_from_before_batch_splits_resumes_with_any_split():
+    """config.json of a run written before --batch_splits existed has no such key."""
+    saved = {"mode": "triangular2", "batch_size": 64, "workdir": "a"}
+    for splits in (0, 1, 2):
+        assert checkpointing.config_differences(saved, dict(saved, batch_splits=splits)) == []
+    assert checkpointing.config_differences(dict(saved, batch_splits=2), dict(saved, batch_splits=1)) == []
+
+
 def test_truncate_events_drops_points_after_the_step(tmp_path):
     logdir = str(tmp_path)
     writer = tf.summary.create_file_writer(logdir)

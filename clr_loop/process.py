@@ -8,7 +8,9 @@ docs/performance.md this costs about 0.7 s of the import and about 1 s at exit, 
 one-epoch run. Two standard remedies (the `gc` module's documentation describes both):
 
 - `gc_paused()`: no collection while the heavy modules are imported (the package's
-  `__init__` imports TensorFlow inside it; the collector's previous state is restored).
+  `__init__` imports TensorFlow inside it; the collector's previous state is restored), and the
+  imported objects moved to the oldest generation afterwards instead of being walked by the next
+  young collection (0.9 s of import time in all).
 - `freeze_heap()`: moves every object alive now into the collector's permanent generation,
   which later collections skip. The apps call it once everything is imported and again before
   they return, so tracing and the exit no longer walk TensorFlow's objects. Frozen objects are
@@ -23,12 +25,22 @@ import gc
 
 @contextlib.contextmanager
 def gc_paused():
-    """Disables automatic garbage collection inside the block; restores the previous state after."""
+    """Disables automatic garbage collection inside the block; restores the previous state after.
+
+    The objects created inside the block are moved to the oldest generation on the way out
+    (`gc.freeze()` then `gc.unfreeze()`, which collects nothing): otherwise the first allocation
+    after the block would trigger a collection of the young generation that walks all of them
+    (0.2 s after importing TensorFlow). They stay collectable. Skipped when something is frozen
+    already, since unfreezing would release another owner's frozen objects.
+    """
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
         if enabled:
             gc.enable()
 

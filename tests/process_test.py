@@ -4,12 +4,17 @@ import gc
 import os
 import subprocess
 import sys
+import weakref
 
 import pytest
 
 from clr_loop import process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Node:
+    """An instance that can hold a reference to itself."""
 
 
 @pytest.fixture
@@ -33,6 +38,31 @@ def test_gc_paused_restores_the_previous_state(enabled_before):
         assert gc.isenabled() is enabled_before
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_gc_paused_leaves_the_new_objects_collectable_in_the_oldest_generation():
+    assert gc.get_freeze_count() == 0
+    with process.gc_paused():
+        made = [[] for _ in range(5000)]
+        node = Node()
+        node.self = node  # a reference cycle: only the collector can free it
+        probe = weakref.ref(node)
+    assert gc.get_freeze_count() == 0  # nothing stays frozen
+    assert gc.get_count()[0] < 100  # the young generation was emptied without a collection
+    assert all(gc.is_tracked(item) for item in made)
+    del node
+    gc.collect()
+    assert probe() is None  # still collected
+
+
+def test_gc_paused_keeps_another_owners_frozen_objects_frozen(unfreeze):
+    kept = [[] for _ in range(100)]
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    with process.gc_paused():
+        made = [[] for _ in range(100)]
+    assert gc.get_freeze_count() == frozen  # not unfrozen by the pause
+    del kept, made
 
 
 def test_freeze_heap_moves_live_objects_out_of_collections(unfreeze):

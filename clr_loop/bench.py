@@ -449,15 +449,8 @@ def is_trainer_default(spec, splits, threads):
         and trainer_lib.resolve_jit_compile(spec.jit) == trainer_lib.resolve_jit_compile(default.jit_compile)
         and not spec.virtual_cpus
         and splits == default_splits
-        and tuple(threads) == trainer_threads(default_splits)
+        and tuple(threads) == trainer_lib.thread_pool_sizes(default_splits)
     )
-
-
-def trainer_threads(splits, cores=None):
-    """Returns the (inter-op, intra-op) pool sizes `trainer.configure_threads(splits)` sets; (0, 0) for none."""
-    from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
-
-    return (splits, max(1, (cores or config_lib.cpu_cores()) // splits)) if splits > 1 else (0, 0)
 
 
 def weights_checksum(model):
@@ -767,15 +760,16 @@ def split_threads(batch_size, cores=None):
     """Returns {"splits", "inter_op", "intra_op"} as the trainer resolves them on a CPU, or {} for no splitting.
 
     The trainer's automatic choice (`config.auto_batch_splits`: one part per core, at least 32
-    examples each, dividing the batch) and the pools `trainer.configure_threads` gives it.
+    examples each, dividing the batch) and the pools `trainer.thread_pool_sizes` gives it.
     """
     from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
 
     cores = cores or config_lib.cpu_cores()
     splits = config_lib.auto_batch_splits(batch_size, cores)
     if splits < 2:
         return {}
-    inter_op, intra_op = trainer_threads(splits, cores)
+    inter_op, intra_op = trainer_lib.thread_pool_sizes(splits, cores)
     return {"splits": splits, "inter_op": inter_op, "intra_op": intra_op}
 
 
@@ -1183,11 +1177,16 @@ def main(argv):
         _print_result(profile_spec(Spec.from_json(FLAGS.profile_worker), FLAGS.profile_logdir))
         return 0
     if FLAGS.fit_epoch:
-        if FLAGS.fit_gc_tuned:
-            process.freeze_heap()
-        result = fit_epoch(FLAGS.fit_epochs)
-        print(f"fit: {result['fit_s']:.1f} s for {FLAGS.fit_epochs} epoch(s) incl. validation; set-up {result['setup_s']:.1f} s")
-        return 0
+        epochs = FLAGS.fit_epochs
+
+        def run_fit(argv):
+            del argv
+            result = fit_epoch(epochs)
+            print(f"fit: {result['fit_s']:.1f} s for {epochs} epoch(s) incl. validation; set-up {result['setup_s']:.1f} s")
+            return 0
+
+        # The tuned variant runs as clr_loop's apps run their main (clr_loop.process.app_main).
+        return (process.app_main(run_fit) if FLAGS.fit_gc_tuned else run_fit)(argv)
     if FLAGS.analyze_profile:
         events = trace_events_from_logdir(FLAGS.analyze_profile)
         wall = FLAGS.analyze_wall_ms or step_wall_ms(events)

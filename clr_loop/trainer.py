@@ -200,15 +200,23 @@ def resolve_batch_splits(config, replicas=1):
     return config_lib.auto_batch_splits(config.batch_size)
 
 
+def thread_pool_sizes(splits, cores=None):
+    """Returns the (inter-op, intra-op) pool sizes for `splits` batch parts side by side: `splits`
+    inter-op threads and the cores shared among them; (0, 0), TensorFlow's defaults, for one part."""
+    if splits < 2:
+        return (0, 0)
+    return (splits, max(1, (cores or config_lib.cpu_cores()) // splits))
+
+
 def configure_threads(splits):
-    """Sizes TensorFlow's thread pools so that `splits` batch parts run side by side: `splits`
-    inter-op threads and `cores // splits` threads per op. Returns True when set; False (changing
-    nothing) for one part, or when TensorFlow has already run an op and its pools are fixed."""
+    """Sets TensorFlow's thread pools to `thread_pool_sizes(splits)`. Returns True when set; False
+    (changing nothing) for one part, or when TensorFlow has already run an op and its pools are fixed."""
     if splits < 2:
         return False
+    inter_op, intra_op = thread_pool_sizes(splits)
     try:
-        tf.config.threading.set_inter_op_parallelism_threads(splits)
-        tf.config.threading.set_intra_op_parallelism_threads(max(1, config_lib.cpu_cores() // splits))
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
     except RuntimeError:
         logging.warning("TensorFlow has started: its thread pools stay as they are, so the %d batch parts share them", splits)
         return False

@@ -260,6 +260,13 @@ def test_automatic_batch_splits_follow_the_cores_on_a_cpu(tmp_path):
     assert trainer_lib.resolve_batch_splits(config, replicas=2) == 1
 
 
+def test_thread_pool_sizes():
+    assert trainer_lib.thread_pool_sizes(1) == (0, 0)  # TensorFlow's defaults
+    assert trainer_lib.thread_pool_sizes(2, cores=8) == (2, 4)
+    assert trainer_lib.thread_pool_sizes(2, cores=2) == (2, 1)
+    assert trainer_lib.thread_pool_sizes(4, cores=2) == (4, 1)  # at least one thread per op
+
+
 def test_configure_threads_after_tensorflow_started_changes_nothing(caplog):
     tf.constant(1.0) + 1.0  # the runtime runs (already true in a test session)
     before = (tf.config.threading.get_inter_op_parallelism_threads(), tf.config.threading.get_intra_op_parallelism_threads())

@@ -1,4 +1,4 @@
-"""Start-up and shut-down costs of a clr_loop process that are not training: the garbage collector.
+"""Start-up and shut-down costs of a clr_loop process that are not training.
 
 Importing TensorFlow and Keras creates about a million long-lived Python objects (modules,
 functions, op wrappers). CPython's cyclic garbage collector walks all of them in each full
@@ -16,11 +16,23 @@ one-epoch run. Two standard remedies (the `gc` module's documentation describes 
   they return, so tracing and the exit no longer walk TensorFlow's objects. Frozen objects are
   never collected, so this is for a process's long-lived objects, which is why only the apps'
   `main` call it and the library never does.
+
+And one import that a training run never uses: importing TensorFlow imports Keras, whose
+`keras.visualization` module imports `matplotlib.pyplot` when matplotlib is installed (0.35 s,
+a seventh of the import). `deferred_imports()` makes such a module load lazily
+(`importlib.util.LazyLoader`): whoever imports it inside the block gets the module object at once,
+and its code runs on first use, so `clr_loop.plot` and Keras's own plotting work unchanged.
 """
 
 import contextlib
 import functools
 import gc
+import importlib.abc
+import importlib.util
+import sys
+
+# Imported by Keras at import time, used only for plotting (see the module docstring).
+DEFERRED_MODULES = ("matplotlib.pyplot",)
 
 
 @contextlib.contextmanager
@@ -43,6 +55,44 @@ def gc_paused():
             gc.unfreeze()
         if enabled:
             gc.enable()
+
+
+class _DeferredFinder(importlib.abc.MetaPathFinder):
+    """A meta-path finder that hands out the other finders' specs for `names` with a LazyLoader."""
+
+    def __init__(self, names):
+        self.names = frozenset(names)
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in self.names:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+                    return spec  # e.g. a namespace package: load it as usual
+                spec.loader = importlib.util.LazyLoader(spec.loader)
+                return spec
+        return None  # not installed: the import raises ImportError as usual
+
+
+@contextlib.contextmanager
+def deferred_imports(names=DEFERRED_MODULES):
+    """Inside the block, importing one of the modules `names` (full dotted names) is lazy.
+
+    The import returns at once with a module object whose code runs on the first attribute
+    access, wherever that happens later; the module's parent packages are imported as usual. A
+    module that is missing still raises ImportError at the import, and one imported before the
+    block is left as it is. Outside the block imports are unaffected.
+    """
+    finder = _DeferredFinder(names)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def freeze_heap():

@@ -100,9 +100,83 @@ def test_app_main_freezes_after_an_exception_too(unfreeze):
     assert gc.get_freeze_count() > 0
 
 
-def test_importing_the_package_leaves_the_collector_on_and_nothing_frozen():
-    code = "import gc, clr_loop; print(gc.isenabled(), gc.get_freeze_count())"
+def test_importing_the_package_leaves_the_collector_on_nothing_frozen_and_imports_as_usual():
+    code = (
+        "import gc, sys, clr_loop\n"
+        "print(gc.isenabled(), gc.get_freeze_count(), any(type(f).__name__ == '_DeferredFinder' for f in sys.meta_path))"
+    )
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "0"]
+    assert out.stdout.split() == ["True", "0", "False"]
+
+
+def _write_probe(tmp_path, name):
+    """A module whose code counts its runs in `sys._probe_runs[name]`."""
+    (tmp_path / f"{name}.py").write_text(
+        "import sys\n"
+        "sys._probe_runs = getattr(sys, '_probe_runs', {})\n"
+        f"sys._probe_runs[{name!r}] = sys._probe_runs.get({name!r}, 0) + 1\n"
+        "VALUE = 42\n"
+    )
+
+
+@pytest.fixture
+def probe_path(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in [m for m in sys.modules if m.startswith("probe_")]:
+        del sys.modules[name]
+    if hasattr(sys, "_probe_runs"):
+        del sys._probe_runs
+
+
+def test_deferred_imports_run_the_module_on_first_use(probe_path):
+    _write_probe(probe_path, "probe_lazy")
+    _write_probe(probe_path, "probe_eager")
+    finders = list(sys.meta_path)
+    with process.deferred_imports(["probe_lazy"]):
+        import probe_lazy  # pylint: disable=import-outside-toplevel,import-error
+        import probe_eager  # pylint: disable=import-outside-toplevel,import-error
+        runs = dict(getattr(sys, "_probe_runs", {}))
+    assert sys.meta_path == finders  # the finder is gone after the block
+    assert runs == {"probe_eager": 1}  # the deferred one has not run yet
+    assert probe_lazy.VALUE == 42  # first use runs it, once
+    assert sys._probe_runs == {"probe_eager": 1, "probe_lazy": 1}
+    assert probe_eager.VALUE == 42 and sys._probe_runs["probe_lazy"] == 1
+
+
+def test_deferred_imports_of_a_missing_module_raise_at_the_import(probe_path):
+    del probe_path
+    with process.deferred_imports(["probe_missing"]):
+        with pytest.raises(ModuleNotFoundError, match="probe_missing"):
+            import probe_missing  # pylint: disable=import-outside-toplevel,import-error,unused-import
+
+
+def test_deferred_imports_leave_an_imported_module_alone(probe_path):
+    _write_probe(probe_path, "probe_done")
+    import probe_done  # pylint: disable=import-outside-toplevel,import-error
+
+    with process.deferred_imports(["probe_done"]):
+        import probe_done as again  # pylint: disable=import-outside-toplevel,import-error,reimported
+    assert again is probe_done and type(again).__name__ == "module"
+    assert sys._probe_runs == {"probe_done": 1}
+
+
+def test_the_package_import_defers_pyplot_and_plotting_still_works():
+    pytest.importorskip("matplotlib")
+    code = (
+        "import sys, clr_loop\n"
+        "lazy = sys.modules['matplotlib.pyplot']\n"
+        "print('figure' in object.__getattribute__(lazy, '__dict__'))\n"
+        "import matplotlib\n"
+        "matplotlib.use('Agg')\n"
+        "import matplotlib.pyplot as plt\n"
+        "from keras.src.visualization import plot_image_gallery\n"
+        "fig = plt.figure()\n"
+        "print(plt is lazy, plot_image_gallery.plt is plt, type(fig).__name__)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True", "Figure"]

@@ -143,6 +143,27 @@ def test_train_summaries_hold_loss_accuracy_lr(tmp_path):
     assert tags["lr"] == [2, 4, 6, 8]
 
 
+def _summary_values(logdir):
+    values = []
+    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            values += [(event.step, value) for value in event.summary.value]
+    return values
+
+
+def test_write_scalar_writes_what_tf_summary_scalar_writes(tmp_path):
+    for name, write in (("ours", trainer_lib.write_scalar), ("tensorboard", tf.summary.scalar)):
+        writer = tf.summary.create_file_writer(str(tmp_path / name))
+        with writer.as_default(step=7):
+            assert write("loss", 0.25)
+            write("lr", np.float64(1e-3))  # a numpy float from a metrics dict
+        writer.close()
+    ours, theirs = _summary_values(str(tmp_path / "ours")), _summary_values(str(tmp_path / "tensorboard"))
+    assert [(step, value.tag) for step, value in ours] == [(7, "loss"), (7, "lr")]
+    assert ours == theirs  # same tags, float32 tensors and scalars-plugin metadata
+    assert tf.make_ndarray(ours[0][1].tensor) == np.float32(0.25)
+
+
 def test_max_steps_stops_early_and_still_evaluates(tmp_path):
     history = trainer_lib.Trainer(make_config(tmp_path, epochs=3, max_steps=5), fake_data()).train()
     assert len(history["val_loss"]) == 1 and np.isfinite(history["val_loss"][0])

@@ -1,6 +1,7 @@
 """Tests for clr_loop.process: the collector is paused and restored, frozen objects stay frozen."""
 
 import gc
+import importlib
 import os
 import subprocess
 import sys
@@ -136,8 +137,8 @@ def test_deferred_imports_run_the_module_on_first_use(probe_path):
     _write_probe(probe_path, "probe_eager")
     finders = list(sys.meta_path)
     with process.deferred_imports(["probe_lazy"]):
-        import probe_lazy  # pylint: disable=import-outside-toplevel,import-error
-        import probe_eager  # pylint: disable=import-outside-toplevel,import-error
+        probe_lazy = importlib.import_module("probe_lazy")
+        probe_eager = importlib.import_module("probe_eager")
         runs = dict(getattr(sys, "_probe_runs", {}))
     assert sys.meta_path == finders  # the finder is gone after the block
     assert runs == {"probe_eager": 1}  # the deferred one has not run yet
@@ -150,15 +151,14 @@ def test_deferred_imports_of_a_missing_module_raise_at_the_import(probe_path):
     del probe_path
     with process.deferred_imports(["probe_missing"]):
         with pytest.raises(ModuleNotFoundError, match="probe_missing"):
-            import probe_missing  # pylint: disable=import-outside-toplevel,import-error,unused-import
+            importlib.import_module("probe_missing")
 
 
 def test_deferred_imports_leave_an_imported_module_alone(probe_path):
     _write_probe(probe_path, "probe_done")
-    import probe_done  # pylint: disable=import-outside-toplevel,import-error
-
+    probe_done = importlib.import_module("probe_done")
     with process.deferred_imports(["probe_done"]):
-        import probe_done as again  # pylint: disable=import-outside-toplevel,import-error,reimported
+        again = importlib.import_module("probe_done")
     assert again is probe_done and type(again).__name__ == "module"
     assert sys._probe_runs == {"probe_done": 1}
 

@@ -6,6 +6,8 @@ r"""Benchmarks clr_loop's training loop against the tutorial's Keras `model.fit`
   python -m clr_loop.bench --fit_epoch                    # one tutorial epoch as a whole process
   python -m clr_loop.bench --analyze_profile=runs/profile # per-step breakdown of a profiler trace
 
+`--profile` and `--analyze_profile` read the trace with xprof (`pip install -e ".[profile]"`).
+
 Every configuration runs in its own subprocess (same model, data, batch size, schedule and step
 count), so thread settings can differ between configurations and the peak RSS that the OS reports
 for that process belongs to that configuration alone. Times are medians over the timed repeats,
@@ -29,6 +31,7 @@ import time
 from absl import app
 from absl import flags
 
+from clr_loop import checkpointing
 from clr_loop import process
 
 # TensorFlow and Keras are imported inside the functions that use them: the parent process only
@@ -1032,6 +1035,25 @@ def profile_breakdown(trace_events, num_steps, wall_ms_per_step):
     }
 
 
+PROFILE_INSTALL = 'python -m pip install -e ".[profile]"'
+
+
+def trace_converter():
+    """Returns xprof's `raw_to_tool_data` module, which turns a profiler trace into trace-viewer events.
+
+    xprof is TensorBoard's profile plugin (the `profile` extra; older releases were called
+    tensorboard-plugin-profile, which is tried too). Raises ImportError saying how to install it.
+    """
+    try:
+        from xprof.convert import raw_to_tool_data  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        try:
+            from tensorboard_plugin_profile.convert import raw_to_tool_data  # pylint: disable=import-outside-toplevel
+        except ImportError:
+            raise ImportError(f"reading a profiler trace needs xprof (TensorBoard's profile plugin): {PROFILE_INSTALL}") from None
+    return raw_to_tool_data
+
+
 def trace_events_from_logdir(logdir):
     """Returns the Chrome-trace events of the newest TF profiler run under `logdir` (needs xprof).
 
@@ -1046,11 +1068,7 @@ def trace_events_from_logdir(logdir):
         raise FileNotFoundError(f"no *.xplane.pb under {logdir} (or its plugins/profile/*/)")
     newest = os.path.dirname(paths[-1])
     paths = [p for p in paths if os.path.dirname(p) == newest]
-    try:
-        from xprof.convert import raw_to_tool_data  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        from tensorboard_plugin_profile.convert import raw_to_tool_data  # pylint: disable=import-outside-toplevel
-    data, _ = raw_to_tool_data.xspace_to_tool_data(paths, "trace_viewer", {})
+    data, _ = trace_converter().xspace_to_tool_data(paths, "trace_viewer", {})
     if data is None:
         raise RuntimeError(f"xprof could not convert {paths}")
     return json.loads(data)["traceEvents"]
@@ -1187,6 +1205,11 @@ def main(argv):
 
         # The tuned variant runs as clr_loop's apps run their main (clr_loop.process.app_main).
         return (process.app_main(run_fit) if FLAGS.fit_gc_tuned else run_fit)(argv)
+    if FLAGS.profile or FLAGS.analyze_profile:
+        try:  # before anything runs, not after half an hour of benchmarks
+            trace_converter()
+        except ImportError as e:
+            raise app.UsageError(f"--{'profile' if FLAGS.profile else 'analyze_profile'}: {e}")
     if FLAGS.analyze_profile:
         events = trace_events_from_logdir(FLAGS.analyze_profile)
         wall = FLAGS.analyze_wall_ms or step_wall_ms(events)
@@ -1205,9 +1228,20 @@ def main(argv):
     if min(steps_per_loop + batch_sizes + [FLAGS.repeats, FLAGS.rounds, FLAGS.batch_size]) < 1 or FLAGS.steps < 0:
         raise app.UsageError("--steps_per_loop, --batch_sizes, --repeats, --rounds, --batch_size must be positive; --steps >= 0")
 
+    if FLAGS.out:
+        out_dir = os.path.dirname(os.path.abspath(FLAGS.out))
+        if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+            raise app.UsageError(f"--out={FLAGS.out}: {out_dir} is not a writable directory")
+
     report = {"versions": _versions(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "flags": {
         k: FLAGS[k].value for k in ("steps", "batch_size", "repeats", "rounds", "steps_per_loop", "batch_sizes", "data")}}
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+
+    def save(stage):
+        # After every stage, so that a later stage's failure keeps what was measured.
+        if FLAGS.out:
+            report["complete"] = stage == "all"
+            checkpointing.write_json_atomic(FLAGS.out, report)
 
     matmul = []
     specs = training_specs(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, steps_per_loop, FLAGS.data)
@@ -1231,6 +1265,7 @@ def main(argv):
         report["eval"] = add_ratios(evals, evals[-1], peak)
         print("\neval: one pass over the 10,000 test examples\n")
         print(format_eval_table(report["eval"]))
+    save("training")
 
     if batch_sizes:
         fastest = min(report["training"][1:], key=lambda r: r["ms_per_step"])
@@ -1248,6 +1283,7 @@ def main(argv):
         report["sweep"] = sweep
         print("\nbatch-size sweep\n")
         print(format_training_table(sweep))
+        save("sweep")
 
     if FLAGS.profile:
         fastest = min(report["training"][1:], key=lambda r: r["ms_per_step"])
@@ -1260,6 +1296,7 @@ def main(argv):
             breakdown = _profile_in_subprocess(spec, logdir)
             report["profile"].append(breakdown)
             print("\n" + format_profile(breakdown))
+            save("profile")
 
     if FLAGS.whole_process:
         workdir = tempfile.mkdtemp(prefix="clr_bench_train_")
@@ -1273,8 +1310,7 @@ def main(argv):
               f" x{med['speedup_wall_vs_tuned_fit']:.2f} against its gc-tuned process")
 
     if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            json.dump(report, f, indent=1)
+        save("all")
         print(f"\nwrote {FLAGS.out}")
     return 0
 

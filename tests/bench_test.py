@@ -2,6 +2,7 @@
 measurement plumbing and the profile breakdown. No timed assertions: speed is the benchmark's job."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -303,3 +304,46 @@ def test_whole_process_commands_run_the_tutorial_script_and_the_trainer():
     argv = commands["fit"][0][:3] + ["--repeats=0"]
     proc = subprocess.run(argv, cwd=bench.REPO_ROOT, env=bench._child_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "--repeats" in proc.stderr
+
+
+def _fake_xprof(root, body):
+    """Puts an `xprof` package whose `convert.raw_to_tool_data` module holds `body` under `root`."""
+    package = root / "xprof" / "convert"
+    package.mkdir(parents=True)
+    (root / "xprof" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "raw_to_tool_data.py").write_text(body)
+    (root / "tensorboard_plugin_profile").mkdir()
+    (root / "tensorboard_plugin_profile" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = bench._child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env["PYTHONPATH"]])
+    return env
+
+
+def test_cli_profile_without_xprof_says_how_to_install_before_running_anything(tmp_path):
+    env = _fake_xprof(tmp_path, "raise ImportError('not installed')\n")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "clr_loop.bench", "--profile", "--steps=2", f"--out={out}"],
+        cwd=bench.REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "--profile" in proc.stderr and bench.PROFILE_INSTALL in proc.stderr
+    assert "[round" not in proc.stderr and not out.exists()
+
+
+def test_cli_keeps_the_measured_stages_when_a_later_stage_fails(tmp_path):
+    """The JSON is written after every stage: a failing profile leaves the training table on disk."""
+    env = _fake_xprof(tmp_path, "def xspace_to_tool_data(*args):\n    raise RuntimeError('converter broke')\n")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "clr_loop.bench", "--steps=2", "--repeats=1", "--rounds=1", "--batch_size=8",
+         "--data=random", "--eval=false", "--steps_per_loop=2", "--configs=tfdata xla=false spl=2", "--profile",
+         f"--out={out}"],
+        cwd=bench.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0 and "converter broke" in proc.stderr
+    saved = json.loads(out.read_text())
+    assert saved["complete"] is False
+    assert [row["name"] for row in saved["training"]] == ["(a) fit", "loop tfdata xla=false spl=2"]
+    assert all(row["ms_per_step"] > 0 for row in saved["training"])

@@ -921,7 +921,7 @@ def whole_process_commands(epochs=1):
         ),
         "fit_gc_tuned": (
             [sys.executable, "-m", "clr_loop.bench", *fit, "--fit_gc_tuned"],
-            "the same, with clr_loop's gc start-up/exit tuning",
+            "the same, with clr_loop's start-up/exit tuning (clr_loop.process)",
         ),
     }
 
@@ -1153,7 +1153,7 @@ def define_flags():
     flags.DEFINE_string("out", None, "Write all results as JSON to this file.")
     flags.DEFINE_bool("fit_epoch", False, "Run the tutorial's fit (with validation) for --fit_epochs epochs and exit.")
     flags.DEFINE_integer("fit_epochs", 1, "Epochs for --fit_epoch.")
-    flags.DEFINE_bool("fit_gc_tuned", False, "--fit_epoch with clr_loop's start-up and exit tuning of the garbage collector (clr_loop.process).")
+    flags.DEFINE_bool("fit_gc_tuned", False, "--fit_epoch with clr_loop's start-up and exit tuning (clr_loop.process: the garbage collector, the deferred pyplot).")
     flags.DEFINE_string("analyze_profile", None, "Print the per-step breakdown of the profiler trace under this dir and exit.")
     flags.DEFINE_integer("analyze_steps", 10, "Steps in the trace given to --analyze_profile.")
     flags.DEFINE_float("analyze_wall_ms", 0.0, "Wall ms per step of that trace (0: the median `train` step event, else busy time).")
@@ -1309,7 +1309,7 @@ def main(argv):
             print(f"  {description:<62} {med[name]['wall_s']:6.2f} s wall"
                   f" {med[name]['cpu_s']:6.2f} s CPU {med[name]['peak_rss_mb']:6.0f} MB peak RSS")
         print(f"  speed-up of clr_loop.train: x{med['speedup_wall']:.2f} against the tutorial script,"
-              f" x{med['speedup_wall_vs_tuned_fit']:.2f} against its gc-tuned process")
+              f" x{med['speedup_wall_vs_tuned_fit']:.2f} against its start-up-tuned process")
 
     if FLAGS.out:
         save("all")

@@ -1246,7 +1246,11 @@ def main(argv):
     matmul = []
     specs = training_specs(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, steps_per_loop, FLAGS.data)
     if FLAGS.configs:
-        specs = [s for s in specs if s.kind == "fit" and s.jit == "auto" or any(c in s.name for c in FLAGS.configs)]
+        chosen = [s for s in specs if s.kind == "fit" and s.jit == "auto" or any(c in s.name for c in FLAGS.configs)]
+        if not any(s.kind == "loop" for s in chosen):
+            names = "\n  ".join(s.name for s in specs)
+            raise app.UsageError(f"--configs={','.join(FLAGS.configs)} matches no loop configuration; the names are:\n  {names}")
+        specs = chosen
     training = run_specs(specs, FLAGS.rounds, log, matmul=matmul)
     evals = run_specs(eval_specs(FLAGS.batch_size, FLAGS.repeats, FLAGS.data), FLAGS.rounds, log) if FLAGS.eval else []
     matmul.append(run_spec_in_subprocess(Spec("matmul", repeats=3)))

@@ -332,18 +332,51 @@ def test_cli_profile_without_xprof_says_how_to_install_before_running_anything(t
     assert "[round" not in proc.stderr and not out.exists()
 
 
+# Runs the bench app with every worker in this one process (thread settings then stay TensorFlow's
+# after the first, which does not matter here) and a profile stage that fails.
+_IN_PROCESS_BENCH = """
+import sys
+from absl import app
+from clr_loop import bench
+
+def in_process(spec):
+    result = bench.run_spec(spec)
+    result.update(process_peak_rss_mb=result["peak_rss_mb"], process_wall_s=0.0)
+    return result
+
+def broken_profile(spec, logdir):
+    raise RuntimeError("the profile stage broke")
+
+bench.run_spec_in_subprocess = in_process
+bench._profile_in_subprocess = broken_profile
+bench.define_flags()
+app.run(bench.main, argv=["bench", *sys.argv[1:]])
+"""
+
+
 def test_cli_keeps_the_measured_stages_when_a_later_stage_fails(tmp_path):
     """The JSON is written after every stage: a failing profile leaves the training table on disk."""
-    env = _fake_xprof(tmp_path, "def xspace_to_tool_data(*args):\n    raise RuntimeError('converter broke')\n")
+    env = _fake_xprof(tmp_path, "def xspace_to_tool_data(*args):\n    raise AssertionError('not reached')\n")
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "clr_loop.bench", "--steps=2", "--repeats=1", "--rounds=1", "--batch_size=8",
+        [sys.executable, "-c", _IN_PROCESS_BENCH, "--steps=2", "--repeats=1", "--rounds=1", "--batch_size=8",
          "--data=random", "--eval=false", "--steps_per_loop=2", "--configs=tfdata xla=false spl=2", "--profile",
          f"--out={out}"],
         cwd=bench.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
-    assert proc.returncode != 0 and "converter broke" in proc.stderr
+    assert proc.returncode != 0 and "the profile stage broke" in proc.stderr
     saved = json.loads(out.read_text())
     assert saved["complete"] is False
     assert [row["name"] for row in saved["training"]] == ["(a) fit", "loop tfdata xla=false spl=2"]
     assert all(row["ms_per_step"] > 0 for row in saved["training"])
+    assert "profile" not in saved or saved["profile"] == []
+
+
+def test_cli_rejects_configs_that_match_no_loop(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "clr_loop.bench", "--configs=no such config", f"--out={tmp_path / 'b.json'}"],
+        cwd=bench.REPO_ROOT, env=bench._child_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "--configs=no such config matches no loop configuration" in proc.stderr
+    assert "loop tfdata xla=false spl=100" in proc.stderr and "[round" not in proc.stderr

@@ -1,4 +1,5 @@
-"""Tests for clr_loop.process: the collector is paused and restored, frozen objects stay frozen."""
+"""Tests for clr_loop.process: the collector is paused and restored, frozen objects stay frozen,
+deferred imports run their module on first use."""
 
 import gc
 import importlib

@@ -185,6 +185,11 @@ def _new_figure(**kwargs):
 
 
 def _integer_epochs(ax):
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2:
+        # One or two epochs: matplotlib's small margins leave too few integers for integer ticks.
+        mid = (lo + hi) / 2
+        ax.set_xlim(min(lo, mid - 1), max(hi, mid + 1))
     ax.xaxis.set_major_locator(_matplotlib()[1].MaxNLocator(integer=True))
 
 
@@ -225,7 +230,9 @@ def draw_panels(panels, ylim, ylabel, path):
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, panel in zip(axes, panels):
         for line in panel.lines:
-            ax.plot(line.x, line.y, label=line.label, color=line.color, linestyle=line.linestyle)
+            # A one-epoch history is a single point, which a line alone does not show.
+            marker = "o" if len(line.x) == 1 else None
+            ax.plot(line.x, line.y, label=line.label, color=line.color, linestyle=line.linestyle, marker=marker)
         ax.set_title(panel.title)
         ax.set_xlabel("Epochs")
         ax.set_ylabel(ylabel)

@@ -115,6 +115,17 @@ def test_history_panels_one_per_run_or_per_group():
     assert [line.label for line in grouped[0].lines] == ["train_loss (a1)", "val_loss (a1)", "train_loss (a2)", "val_loss (a2)"]
 
 
+def test_one_epoch_history_panels_show_their_points(tmp_path):
+    one = plot.history_panels([{"loss": [2.0], "val_loss": [1.5]}], ["a"], "loss", "val_loss")
+    two = plot.history_panels([{"loss": [2.0, 1.0], "val_loss": [1.5, 0.9]}], ["a"], "loss", "val_loss")
+    axes = [plot.draw_panels(panels, (0.0, 2.5), "Loss", str(tmp_path / f"{i}.png")).axes[0] for i, panels in enumerate((one, two))]
+    assert [[line.get_marker() for line in ax.lines] for ax in axes] == [["o", "o"], ["None", "None"]]
+    for ax in axes:  # epochs are whole numbers on the axis, also for one or two of them
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+        assert 1 in ticks
+
+
 def test_history_command_writes_three_pngs_with_shared_limits(tmp_path, capsys):
     runs = [
         write_history(tmp_path / "no_clr", [2.2, 1.3, 0.9], [1.7, 1.0, 0.8], [0.2, 0.5, 0.7], [0.4, 0.6, 0.72]),

@@ -334,6 +334,8 @@ def main(argv):
         else:
             if not rest:
                 raise app.UsageError("history needs at least one run folder (a --workdir holding history.json)")
+            if FLAGS.out:
+                raise app.UsageError(f"--out={FLAGS.out} is for `schedule`; history writes its PNGs into --out_dir")
             for path in plot_histories(rest, FLAGS.out_dir or default_out_dir(rest)):
                 print(path)
     except (PlotError, data_lib.DataError) as e:

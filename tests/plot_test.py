@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from absl import app
 from absl import flags
 from absl.testing import flagsaver
 
@@ -211,3 +212,14 @@ def test_history_command_without_history_json_exits_nonzero_naming_the_folder(tm
         assert plot.main(rest) == 1
     assert f"error: {empty}: no history.json" in capsys.readouterr().err
     assert not (tmp_path / "figures").exists()
+
+
+def test_history_command_refuses_schedules_out_flag(tmp_path):
+    run = write_history(tmp_path / "run", [1.0], [1.0], [0.5], [0.5])
+    plot._define_app_flags()
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        rest = flags.FLAGS(["clr_loop.plot", "history", run, f"--out={tmp_path / 'x.png'}"])
+        with pytest.raises(app.UsageError, match="--out=.* is for `schedule`; history writes its PNGs into --out_dir"):
+            plot.main(rest)
+    assert not (tmp_path / "figures").exists() and not (tmp_path / "run" / "figures").exists()

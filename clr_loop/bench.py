@@ -1237,10 +1237,10 @@ def main(argv):
         k: FLAGS[k].value for k in ("steps", "batch_size", "repeats", "rounds", "steps_per_loop", "batch_sizes", "data")}}
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
 
-    def save(stage):
+    def save(complete=False):
         # After every stage, so that a later stage's failure keeps what was measured.
         if FLAGS.out:
-            report["complete"] = stage == "all"
+            report["complete"] = complete
             checkpointing.write_json_atomic(FLAGS.out, report)
 
     matmul = []
@@ -1269,7 +1269,7 @@ def main(argv):
         report["eval"] = add_ratios(evals, evals[-1], peak)
         print("\neval: one pass over the 10,000 test examples\n")
         print(format_eval_table(report["eval"]))
-    save("training")
+    save()
 
     if batch_sizes:
         fastest = min(report["training"][1:], key=lambda r: r["ms_per_step"])
@@ -1287,7 +1287,7 @@ def main(argv):
         report["sweep"] = sweep
         print("\nbatch-size sweep\n")
         print(format_training_table(sweep))
-        save("sweep")
+        save()
 
     if FLAGS.profile:
         fastest = min(report["training"][1:], key=lambda r: r["ms_per_step"])
@@ -1302,7 +1302,7 @@ def main(argv):
             breakdown = _profile_in_subprocess(spec, logdir)
             report["profile"].append(breakdown)
             print("\n" + format_profile(breakdown))
-            save("profile")
+            save()
 
     if FLAGS.whole_process:
         workdir = tempfile.mkdtemp(prefix="clr_bench_train_")
@@ -1316,7 +1316,7 @@ def main(argv):
               f" x{med['speedup_wall_vs_tuned_fit']:.2f} against its start-up-tuned process")
 
     if FLAGS.out:
-        save("all")
+        save(complete=True)
         print(f"\nwrote {FLAGS.out}")
     return 0
 

@@ -135,10 +135,8 @@ def test_train_writes_history_config_and_events(tmp_path):
 def test_train_summaries_hold_loss_accuracy_lr(tmp_path):
     trainer_lib.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()
     tags = {}
-    for path in glob.glob(str(tmp_path / "run" / "train" / "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                tags.setdefault(value.tag, []).append(event.step)
+    for step, value in _summary_values(str(tmp_path / "run" / "train")):
+        tags.setdefault(value.tag, []).append(step)
     assert set(tags) >= {"loss", "accuracy", "lr"}
     assert tags["lr"] == [2, 4, 6, 8]
 

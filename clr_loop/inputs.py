@@ -1,0 +1,324 @@
+"""What `fit` trains and evaluates on: arrays or datasets, turned into the batches the loop consumes.
+
+Two kinds of training input:
+
+- **Arrays** (numpy arrays or tensors, or dicts/tuples/lists of them for multi-input models) are held
+  in memory. Epoch k visits the examples in `epoch_permutation(N, seed, k)` order (a stateless
+  shuffle), so the batch at any step is a pure function of (seed, step): a resumed run rebuilds the
+  stream at the restored step and needs no iterator state in its checkpoint.
+- **A `tf.data.Dataset`** of `(x, y)` batches is used as given, one pass per epoch (Keras's
+  meaning); its iterator is checkpointed (tf.data saves iterator state), so a resumed run
+  continues the same stream.
+
+Validation data is a tuple of arrays or a Dataset; every example is evaluated once, the last
+partial batch included. Bad input raises `InputError` naming what is wrong.
+"""
+
+import dataclasses
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+
+
+class InputError(ValueError):
+    """Raised for unusable training or validation input; the message names the culprit."""
+
+
+def epoch_permutation(num_examples, seed, epoch):
+    """Returns the int32 permutation of `range(num_examples)` that orders training epoch `epoch`.
+
+    It is a stateless function of (seed, epoch), so the data order at any step can be rebuilt
+    from the step alone, in tf.data or inside a compiled graph.
+    """
+    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_shuffle(tf.range(num_examples, dtype=tf.int32), seed=key)
+
+
+def steps_per_epoch(num_examples, batch_size, drop_remainder=True):
+    """Returns the number of batches (steps) in one epoch of `num_examples` at `batch_size`.
+
+    `num_examples // batch_size` with `drop_remainder` (the last partial batch is dropped), else
+    `ceil(num_examples / batch_size)`. Raises InputError for a non-positive batch size, and for
+    an epoch of zero steps (fewer examples than one batch when dropping the remainder).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    steps = num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
+    if steps == 0:
+        raise InputError(
+            f"{num_examples} examples are fewer than one batch of {batch_size} (the last partial batch "
+            "is dropped)"
+        )
+    return steps
+
+
+def _as_array(value, where):
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        value = value.numpy()
+    if isinstance(value, tf.RaggedTensor) or isinstance(value, tf.SparseTensor):
+        raise InputError(f"{where}: ragged and sparse tensors are not supported; pass a dense array")
+    try:
+        array = np.asarray(value)
+    except Exception as e:  # pylint: disable=broad-except  (numpy raises many kinds here)
+        raise InputError(f"{where}: cannot be read as an array ({type(e).__name__}: {e})") from e
+    if array.dtype == object:
+        raise InputError(f"{where}: holds Python objects (dtype object), not numbers")
+    if array.ndim == 0:
+        raise InputError(f"{where}: is a scalar; it needs a first (example) dimension")
+    return array
+
+
+def _flatten_with_names(structure, name):
+    """Returns [(name, leaf)] for a nested dict/tuple/list of arrays, names like `x['image']`."""
+    if isinstance(structure, dict):
+        out = []
+        for key in structure:
+            out.extend(_flatten_with_names(structure[key], f"{name}[{key!r}]"))
+        return out
+    if isinstance(structure, (tuple, list)):
+        out = []
+        for i, item in enumerate(structure):
+            out.extend(_flatten_with_names(item, f"{name}[{i}]"))
+        return out
+    return [(name, structure)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Arrays:
+    """In-memory examples: `x` and `y` as nested structures of numpy arrays with one first dimension.
+
+    Build it with `Arrays.from_user(x, y, what)`, which checks that every array has the same number
+    of examples (naming the two that differ) and that there is at least one.
+    """
+
+    x: Any
+    y: Any
+    num_examples: int
+
+    @classmethod
+    def from_user(cls, x, y, what="x"):
+        """Returns Arrays for `x` and `y`; raises InputError naming the culprit for bad input."""
+        if x is None:
+            raise InputError(f"{what} is None: pass the inputs (arrays or a tf.data.Dataset)")
+        y_name = "y" if what == "x" else f"{what} targets"
+        if y is None:
+            raise InputError(f"{y_name} is None: the targets are needed to compute the loss")
+        lengths = {}
+        x_arrays = _convert(x, what, lengths)
+        y_arrays = _convert(y, y_name, lengths)
+        first = next(iter(lengths))
+        for n, length in lengths.items():
+            if length != lengths[first]:
+                raise InputError(
+                    f"{first} holds {lengths[first]} examples but {n} holds {length}: every input and "
+                    "target needs one entry per example"
+                )
+        if lengths[first] == 0:
+            raise InputError(f"{what} is empty: there are no examples to train on")
+        return cls(x=x_arrays, y=y_arrays, num_examples=lengths[first])
+
+
+def _convert(structure, name, lengths):
+    """Returns `structure` (dicts, tuples, lists) with numpy arrays as leaves, lists as tuples;
+    records each leaf's example count in `lengths` under its name (like `x['image']`)."""
+    if isinstance(structure, dict):
+        return {k: _convert(v, f"{name}[{k!r}]", lengths) for k, v in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return tuple(_convert(v, f"{name}[{i}]", lengths) for i, v in enumerate(structure))
+    array = _as_array(structure, name)
+    lengths[name] = len(array)
+    return array
+
+
+def array_train_dataset(arrays, batch_size, seed, *, shuffle=True, drop_remainder=True, start_step=0, replicas=None):
+    """Returns an endless tf.data.Dataset of `(x, y)` training batches of `arrays`, from `start_step`.
+
+    Epoch k is `steps_per_epoch(N, batch_size, drop_remainder)` batches in the order
+    `epoch_permutation(N, seed, k)` (or `range(N)` without `shuffle`); without `drop_remainder`
+    its last batch holds the remaining examples. The stream is a pure function of (seed, step):
+    `start_step=s` yields exactly what the stream from step 0 yields from its s-th batch on.
+
+    For data parallelism, `replicas=(first, count, total)` cuts every global batch into `total`
+    equal per-replica slices and yields the slices of replicas `first .. first+count-1` in order,
+    one element each: what one input pipeline of a `tf.distribute` strategy hands its local
+    replicas (then `drop_remainder` must be True, so the slices are equal).
+    """
+    n = arrays.num_examples
+    steps = steps_per_epoch(n, batch_size, drop_remainder)
+    first_epoch, skip = divmod(int(start_step), steps)
+    first, count, total = replicas or (0, 1, 1)
+    if batch_size % total or not 0 <= first < first + count <= total or (total > 1 and not drop_remainder):
+        raise ValueError(f"cannot cut batches of {batch_size} into replicas {replicas}")
+
+    # tf.data would run autograph's source transformation on these functions (0.1 s of start-up);
+    # they have no Python control flow to convert.
+    @tf.autograph.experimental.do_not_convert
+    def epoch_batches(epoch):
+        perm = epoch_permutation(n, seed, epoch) if shuffle else tf.range(n, dtype=tf.int32)
+        if drop_remainder:
+            perm = perm[: steps * batch_size]
+            # [step, replica, example]: this pipeline keeps its replicas' slices of every batch.
+            slices = tf.reshape(perm, [steps, total, batch_size // total])[:, first : first + count]
+            return tf.data.Dataset.from_tensor_slices(tf.reshape(slices, [steps * count, batch_size // total]))
+        return tf.data.Dataset.from_tensor_slices(perm).batch(batch_size)
+
+    # The arrays are the cache: they are already in memory, and gathering batches from them by
+    # index keeps the order computable from the step.
+    x = tf.nest.map_structure(tf.constant, arrays.x)
+    y = tf.nest.map_structure(tf.constant, arrays.y)
+
+    @tf.autograph.experimental.do_not_convert
+    def gather(idx):
+        return (tf.nest.map_structure(lambda a: tf.gather(a, idx), x), tf.nest.map_structure(lambda a: tf.gather(a, idx), y))
+
+    ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches).skip(skip * count)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+    ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def array_eval_dataset(arrays, batch_size, shard=None):
+    """Returns a finite, unshuffled tf.data.Dataset of `(x, y)` batches holding every example once.
+
+    Batches hold `batch_size` examples in order, the last one the remainder. With
+    `shard=(index, count)` only examples `index, index + count, ...` are kept, so `count` input
+    pipelines together see every example exactly once.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    ds = tf.data.Dataset.from_tensor_slices((arrays.x, arrays.y))
+    if shard is not None:
+        ds = ds.shard(shard[1], shard[0])
+    return ds.cache().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def check_dataset(dataset, what="x"):
+    """Checks that `dataset` yields `(x, y)` batches; returns its number of batches or None (unknown).
+
+    Raises InputError naming `what` for a dataset whose elements are not `(x, y)` pairs (sample
+    weights are not supported), one that looks unbatched (scalar targets), and an infinite one
+    (an epoch is one pass over the dataset).
+    """
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) != 2:
+        shape = type(spec).__name__ if not isinstance(spec, tuple) else f"a tuple of {len(spec)}"
+        raise InputError(
+            f"{what}: a tf.data.Dataset must yield (x, y) batches, but it yields {shape}"
+            + (" (sample weights are not supported)" if isinstance(spec, tuple) and len(spec) == 3 else "")
+        )
+    for name, leaf in _flatten_with_names(spec[1], f"{what} targets"):
+        if isinstance(leaf, tf.TensorSpec) and leaf.shape.rank == 0:
+            raise InputError(
+                f"{what}: {name} are scalars: the dataset is not batched; call .batch(batch_size) on it"
+            )
+    cardinality = int(dataset.cardinality())
+    if cardinality == tf.data.INFINITE_CARDINALITY:
+        raise InputError(f"{what}: the dataset is infinite; an epoch is one pass over it, so it must end")
+    if cardinality == 0:
+        raise InputError(f"{what}: the dataset is empty")
+    return None if cardinality < 0 else cardinality
+
+
+def check_fits_model(model, element_spec, what):
+    """Raises InputError when the inputs of `element_spec` (an `(x, y)` spec) do not fit `model`'s inputs.
+
+    Checks the rank and the known non-batch dimensions of each input against `model.inputs`
+    (for a model whose input shapes are known; otherwise nothing is checked).
+    """
+    inputs = getattr(model, "inputs", None)
+    try:
+        model_inputs = list(inputs) if inputs else []
+    except (AttributeError, ValueError):
+        model_inputs = []
+    if not model_inputs:
+        return
+    given = [leaf for _, leaf in _flatten_with_names(element_spec[0], what)]
+    if len(given) != len(model_inputs):
+        raise InputError(f"{what}: the model takes {len(model_inputs)} input(s), but the data holds {len(given)}")
+    if isinstance(element_spec[0], dict):
+        names = [getattr(t, "name", "").split(":")[0] for t in model_inputs]
+        if set(element_spec[0]) != set(names) and all(names):
+            raise InputError(
+                f"{what}: the data's input keys {sorted(element_spec[0])} are not the model's inputs {sorted(names)}"
+            )
+        return  # dict inputs are matched by name inside Keras
+    for (name, spec), tensor in zip(_flatten_with_names(element_spec[0], what), model_inputs):
+        expected = tuple(tensor.shape)
+        shape = tuple(spec.shape)
+        if len(shape) != len(expected) or any(e is not None and s is not None and e != s for s, e in zip(shape[1:], expected[1:])):
+            raise InputError(
+                f"{name}: batches of shape {list(shape)} do not fit the model's input of shape {list(expected)}"
+                + (" (is the dataset batched?)" if len(shape) == len(expected) - 1 else "")
+            )
+
+
+def element_spec_of(arrays, batch_size=None):
+    """Returns the `(x, y)` TensorSpec structure of batches of `arrays` (batch dimension `batch_size`)."""
+    spec = lambda a: tf.TensorSpec((batch_size,) + a.shape[1:], tf.as_dtype(a.dtype))  # noqa: E731
+    return (tf.nest.map_structure(spec, arrays.x), tf.nest.map_structure(spec, arrays.y))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainInput:
+    """The training input of a run: `arrays` (in memory) or `dataset` (batches as given).
+
+    `steps_per_epoch` is known for arrays and for a dataset of known cardinality, else None (it is
+    found in the first epoch). `num_examples` is the arrays' example count, None for a dataset.
+    """
+
+    arrays: Optional[Arrays]
+    dataset: Optional[tf.data.Dataset]
+    batch_size: Optional[int]
+    steps_per_epoch: Optional[int]
+    shuffle: bool
+    drop_remainder: bool
+
+    @property
+    def num_examples(self):
+        """The number of training examples (arrays), or None for a dataset."""
+        return self.arrays.num_examples if self.arrays is not None else None
+
+
+def make_train_input(x, y, batch_size, *, shuffle=True, drop_remainder=False):
+    """Returns the TrainInput for `fit`'s `x`, `y` and `batch_size`; raises InputError for bad input.
+
+    A `tf.data.Dataset` `x` must yield `(x, y)` batches and `y` must be None; `batch_size` must
+    then be None (the dataset is batched already). Arrays need `y` and take `batch_size`
+    (default 32, as `model.fit`).
+    """
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise InputError("y must be None when x is a tf.data.Dataset (the dataset yields (x, y) batches)")
+        if batch_size is not None:
+            raise InputError("batch_size must be None when x is a tf.data.Dataset (the dataset is batched already)")
+        steps = check_dataset(x, "x")
+        return TrainInput(None, x, None, steps, shuffle, drop_remainder)
+    if isinstance(x, (tf.distribute.DistributedDataset, tf.data.Iterator)) or hasattr(x, "__next__"):
+        raise InputError(f"x is a {type(x).__name__}: pass arrays or a tf.data.Dataset (iterators and generators cannot be resumed)")
+    batch_size = 32 if batch_size is None else batch_size
+    arrays = Arrays.from_user(x, y, "x")
+    steps = steps_per_epoch(arrays.num_examples, batch_size, drop_remainder)
+    return TrainInput(arrays, None, batch_size, steps, shuffle, drop_remainder)
+
+
+def make_validation(validation_data, batch_size):
+    """Returns `(arrays, dataset)` for `fit`'s `validation_data` (one of them None), or (None, None).
+
+    A tuple `(x_val, y_val)` becomes Arrays (evaluated in batches of `batch_size`); a Dataset must
+    yield `(x, y)` batches. Anything else, or arrays of mismatched lengths, raises InputError naming
+    `validation_data`.
+    """
+    if validation_data is None:
+        return None, None
+    if isinstance(validation_data, tf.data.Dataset):
+        check_dataset(validation_data, "validation_data")
+        return None, validation_data
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise InputError(
+            "validation_data must be a tuple (x_val, y_val) or a tf.data.Dataset of (x, y) batches"
+            + (" (sample weights are not supported)" if isinstance(validation_data, (tuple, list)) and len(validation_data) == 3 else "")
+        )
+    if batch_size < 1:
+        raise InputError(f"validation_batch_size must be a positive integer, got {batch_size!r}")
+    return Arrays.from_user(validation_data[0], validation_data[1], "validation_data x"), None

@@ -1,0 +1,747 @@
+"""`fit`: the graph-compiled training loop for any compiled Keras model, a drop-in for `model.fit`.
+
+Shape (after orbit): the inner loop runs `steps_per_loop` compiled steps (`clr_loop.steps`) in one
+`tf.function`, fed from the input's iterator; between calls, in Python, the outer loop runs the
+Keras callbacks, the progress bar, TensorBoard summaries, checkpoints, the profiler window, the
+NaN/Inf guard and signal handling. Epochs, metrics and the returned `keras.callbacks.History` mean
+what they mean in `model.fit`. With a `workdir` the run is resumable: calling the same code again
+after a crash continues from the last checkpoint, bit-exactly.
+"""
+
+import contextlib
+import os
+import signal
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from tensorflow.core.framework import summary_pb2
+
+from clr_loop import checkpointing
+from clr_loop import distribute
+from clr_loop import inputs
+from clr_loop import runtime
+from clr_loop import steps as steps_lib
+
+# What `tf.summary.scalar` tags a scalar with for TensorBoard's scalars plugin (an empty
+# ScalarPluginData, version 0). `tf.summary.scalar` itself lives in TensorBoard's package, whose
+# first use imports 250 modules (0.06 s of a run).
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+).SerializeToString()
+
+# The file in a workdir that identifies the run a checkpoint belongs to (see `_run_identity`).
+RUN_FILE = "run.json"
+RUN_OUTPUTS = ("ckpt", "train", "eval", "plugins", "history.json", RUN_FILE)
+
+
+def write_scalar(name, value):
+    """Writes a float scalar summary to the default writer at its default step, as `tf.summary.scalar`
+    would (same tag, tensor and metadata, so TensorBoard shows it as a scalar)."""
+    return tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when a step produced a non-finite loss or gradient; the message names the step and rate."""
+
+
+class Interrupted(RuntimeError):
+    """Raised after SIGTERM or SIGINT once the state is checkpointed; `signum` is the signal number."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum
+
+
+def seed_generator_states(model):
+    """Returns the state variables of every Keras SeedGenerator in `model` (dropout's RNG).
+
+    `tf.train.Checkpoint(model=...)` does not track them, and without them a resumed run would
+    draw different dropout masks.
+    """
+    return [g.state for layer in model._flatten_layers() for g in getattr(layer, "_seed_generators", [])]  # pylint: disable=protected-access
+
+
+def _sum_replicas(strategy, value):
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+
+
+class _EpochState:
+    """tf.Variables holding the epoch's running train sums and position (checkpointed with the model).
+
+    `loss_sum` and `count` are float64 sums over examples; `lr` and `momentum` are the latest
+    step's; `epoch` is the epoch in progress and `epoch_start` the step it began at.
+    """
+
+    def __init__(self):
+        self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_loss_sum")
+        self.count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_count")
+        self.lr = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="last_lr")
+        self.momentum = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="last_momentum")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.epoch_start = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_start")
+
+    def trackables(self):
+        return {
+            "loss_sum": self.loss_sum, "count": self.count, "lr": self.lr, "momentum": self.momentum,
+            "epoch": self.epoch, "epoch_start": self.epoch_start,
+        }
+
+
+def make_train_loop(train_step, state, strategy, until_exhausted=False):
+    """Returns `train_loop(iterator, num_steps) -> window`, running up to that many steps in one tf.function.
+
+    Every step's loss sum and count are added to `state` one step at a time, so the totals do not
+    depend on how the steps were split into calls (a resumed run gets the same bits). Returns the
+    call's own `loss_sum` and `count`, the last step's `lr` (and `momentum`), the `steps` run, and
+    `finite`: a non-finite step ends the loop early with `finite` False. With `until_exhausted`
+    the iterator may end (a finite Dataset): the loop then stops early, and `exhausted` says so.
+    With a strategy, every step runs on all replicas and the sums are added across them.
+    """
+    has_momentum = [False]
+
+    def run_step(x, y):
+        per_replica = strategy.run(train_step, args=(x, y))
+        loss = _sum_replicas(strategy, tf.cast(per_replica["loss_sum"], tf.float64))
+        count = _sum_replicas(strategy, tf.cast(per_replica["count"], tf.float64))
+        nonfinite = _sum_replicas(strategy, tf.cast(tf.logical_not(per_replica["finite"]), tf.float64))
+        # Every replica evaluates the schedule at the same step; any copy is the rate.
+        lr = strategy.experimental_local_results(per_replica["lr"])[0]
+        momentum = strategy.experimental_local_results(per_replica["momentum"])[0] if "momentum" in per_replica else tf.constant(0.0)
+        has_momentum[0] = "momentum" in per_replica
+        return loss, count, nonfinite, lr, momentum
+
+    def body(iterator, steps, finite, exhausted, loss_sum, count, lr, momentum):
+        del finite, exhausted  # the loop only continues while finite and not exhausted
+
+        def advance(batch):
+            step_loss, step_count, nonfinite, step_lr, step_momentum = run_step(*batch)
+            state.loss_sum.assign_add(step_loss)
+            state.count.assign_add(step_count)
+            return (steps + 1, nonfinite == 0.0, tf.constant(False), loss_sum + step_loss, count + step_count,
+                    step_lr, step_momentum)
+
+        if not until_exhausted:
+            return advance(next(iterator))
+        optional = iterator.get_next_as_optional()
+        return tf.cond(
+            optional.has_value(),
+            lambda: advance(optional.get_value()),
+            lambda: (steps, tf.constant(True), tf.constant(True), loss_sum, count, lr, momentum),
+        )
+
+    # An explicit while loop, not autograph's `for _ in tf.range(...)`: the same graph, without
+    # the source transformation at start-up.
+    @tf.function(autograph=False)
+    def train_loop(iterator, num_steps):
+        zero = tf.constant(0.0, tf.float64)
+        initial = (tf.constant(0, tf.int32), tf.constant(True), tf.constant(False), zero, zero,
+                   tf.constant(0.0, tf.float32), tf.constant(0.0, tf.float32))
+        steps, finite, exhausted, loss_sum, count, lr, momentum = tf.while_loop(
+            lambda steps, finite, exhausted, *_: tf.logical_and(steps < num_steps, tf.logical_and(finite, tf.logical_not(exhausted))),
+            lambda *loop_state: body(iterator, *loop_state),
+            initial,
+        )
+        ran = steps > 0
+        state.lr.assign(tf.where(ran, lr, state.lr))
+        state.momentum.assign(tf.where(ran, momentum, state.momentum))
+        return {"loss_sum": loss_sum, "count": count, "lr": lr, "momentum": momentum, "steps": steps,
+                "finite": finite, "exhausted": exhausted}
+
+    train_loop.has_momentum = has_momentum
+    return train_loop
+
+
+def make_evaluate(eval_step, metrics, strategy):
+    """Returns `evaluate(dataset) -> {"loss", <metric names>...}` over every example of `dataset`.
+
+    The loop runs in one `tf.function`; the loss is the per-example sum divided by the example
+    count, so a last partial batch weighs exactly as much as its examples (as in
+    `model.evaluate`). The compiled metrics are reset first and read from their Keras state after.
+    With a strategy the dataset is distributed, each replica evaluates its examples and the sums
+    are added across replicas and workers.
+    """
+
+    @tf.autograph.experimental.do_not_convert
+    def add_batch(totals, batch):
+        x, y = batch
+        sums = strategy.run(lambda a, b: tuple(tf.cast(v, tf.float64) for v in eval_step(a, b)), args=(x, y))
+        return tuple(t + _sum_replicas(strategy, s) for t, s in zip(totals, sums))
+
+    @tf.function(autograph=False)
+    def run(dataset):
+        zero = tf.constant(0.0, tf.float64)
+        return dataset.reduce((zero, zero), add_batch)
+
+    def evaluate(dataset):
+        if metrics is not None:
+            metrics.reset_state()
+        loss_sum, count = (float(v) for v in run(dataset))
+        return {"loss": loss_sum / max(count, 1.0), **metric_results(metrics)}, int(count)
+
+    return evaluate
+
+
+def metric_results(metrics):
+    """Returns {name: float} of a model's compiled metrics (`model._compile_metrics`), named as Keras
+    names them. A mean-type metric (accuracy, MAE, ...) is its float64 `total / count`, from its own
+    exact sums; any other metric is its `result()`."""
+    if metrics is None or not metrics.built:
+        return {}
+    names = list(metrics.result().keys())
+    out = {}
+    for name, metric in zip(names, metrics.metrics):
+        if isinstance(metric, keras.metrics.Mean) and hasattr(metric, "total") and hasattr(metric, "count"):
+            count = float(np.asarray(metric.count))
+            out[name] = float(np.asarray(metric.total)) / count if count else 0.0
+        else:
+            out[name] = float(np.asarray(metric.result()))
+    return out
+
+
+def _metric_sums(metrics):
+    """Returns {name: (total, count)} of the mean-type compiled metrics, for windowed summaries."""
+    if metrics is None or not metrics.built:
+        return {}
+    names = list(metrics.result().keys())
+    return {
+        name: (float(np.asarray(m.total)), float(np.asarray(m.count)))
+        for name, m in zip(names, metrics.metrics)
+        if isinstance(m, keras.metrics.Mean) and hasattr(m, "total")
+    }
+
+
+def _run_identity(model, train_input, seed):
+    """What a workdir's checkpoint must match to be resumed: batch size, data size, seed, variables."""
+    return {
+        "batch_size": train_input.batch_size,
+        "num_examples": train_input.num_examples,
+        "steps_per_epoch": train_input.steps_per_epoch,
+        "shuffle": train_input.shuffle,
+        "drop_remainder": train_input.drop_remainder,
+        "seed": seed,
+        "variables": [[v.path, list(v.shape), str(v.dtype)] for v in model.variables],
+    }
+
+
+def _identity_differences(saved, current):
+    names = {"batch_size": "the batch size", "num_examples": "the number of training examples",
+             "steps_per_epoch": "the batches per epoch", "shuffle": "shuffle", "drop_remainder": "drop_remainder",
+             "seed": "the seed", "variables": "the model's variables"}
+    problems = []
+    for key, label in names.items():
+        if key == "seed" and current.get("seed") is None:
+            continue
+        if saved.get(key) != current.get(key):
+            if key == "variables":
+                saved_vars = {tuple(v[:1]): v for v in saved.get(key, [])}
+                now_vars = {tuple(v[:1]): v for v in current.get(key, [])}
+                diff = sorted(set(map(str, saved_vars.values())) ^ set(map(str, now_vars.values())))
+                problems.append(f"{label} differ ({len(saved.get(key, []))} saved vs {len(current.get(key, []))} now; e.g. {diff[:2]})")
+            else:
+                problems.append(f"{label}: {saved.get(key)!r} (saved) vs {current.get(key)!r} (now)")
+    return problems
+
+
+class _Run:
+    """One `fit` call's state: the steps, loops, iterator, checkpoints and writers."""
+
+    def __init__(self, model, train_input, val, *, seed, epochs, steps_per_loop, jit_compile, batch_splits,
+                 workdir, checkpoint_every_steps, keep_checkpoints, log_every_steps, profile_steps, max_steps,
+                 validation_batch_size):
+        self.model = model
+        self.input = train_input
+        self.val_arrays, self.val_dataset = val
+        self.seed = seed
+        self.epochs = epochs
+        self.steps_per_loop = steps_per_loop
+        self.workdir = workdir
+        self.checkpoint_every_steps = checkpoint_every_steps
+        self.keep_checkpoints = keep_checkpoints
+        self.log_every_steps = log_every_steps
+        self.profile_steps = profile_steps
+        self.validation_batch_size = validation_batch_size
+        self.strategy = model.distribute_strategy
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.is_chief = distribute.is_chief(self.strategy)
+        if train_input.batch_size is not None and train_input.batch_size % self.replicas:
+            raise ValueError(
+                f"batch_size={train_input.batch_size} (the global batch) must be divisible by the "
+                f"{self.replicas} replicas of the model's strategy"
+            )
+        self.jit_compile = runtime.resolve_jit_compile(jit_compile)
+        if self.jit_compile and not distribute.xla_allowed(self.strategy):
+            logging.warning("XLA is off: TensorFlow's distribution cannot compile across %d CPU replicas", self.replicas)
+            self.jit_compile = False
+        self.splits, why = runtime.resolve_batch_splits(
+            batch_splits, model, train_input.batch_size, self.replicas, self.jit_compile
+        )
+        if why:
+            logging.info("batch splitting off: %s", why)
+        self.total_steps = None
+        if train_input.steps_per_epoch is not None:
+            self.total_steps = epochs * train_input.steps_per_epoch
+            if max_steps:
+                self.total_steps = min(self.total_steps, max_steps)
+        self.max_steps = max_steps
+        self.optimizer = model.optimizer
+        with self.strategy.scope():
+            self.optimizer.build(model.trainable_variables)
+            self.state = _EpochState()
+        self.steps = steps_lib.Steps(model, jit_compile=self.jit_compile, splits=self.splits, fuse_update=self.replicas == 1)
+        self.metrics = self.steps.metrics
+        self.train_loop = make_train_loop(
+            self.steps.train_step, self.state, self.strategy, until_exhausted=train_input.dataset is not None
+        )
+        self.evaluate = make_evaluate(self.steps.eval_step, self.metrics, self.strategy)
+        self.data_holder = tf.Module()
+        self.iterator = None
+        self.checkpoints = None
+        self._signal = None
+
+    @property
+    def step(self):
+        return int(self.optimizer.iterations.numpy())
+
+    # Input -------------------------------------------------------------------------------------
+
+    def iterator_at(self, step, epoch):
+        """Returns the train iterator positioned at `step` (arrays), or a fresh one for `epoch` (a Dataset)."""
+        if self.input.dataset is not None:
+            iterator = iter(self.strategy.experimental_distribute_dataset(self.input.dataset)
+                            if self.replicas > 1 else self.input.dataset)
+            self.data_holder.iterator = iterator
+            return iterator
+        total = self.replicas
+        arrays, batch, seed = self.input.arrays, self.input.batch_size, self.seed
+
+        def dataset_fn(context):
+            local = total // context.num_input_pipelines
+            return inputs.array_train_dataset(
+                arrays, batch, seed, shuffle=self.input.shuffle, drop_remainder=self.input.drop_remainder,
+                start_step=step, replicas=(context.input_pipeline_id * local, local, total),
+            )
+
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    def val_dataset_distributed(self):
+        if self.val_dataset is not None:
+            ds = self.val_dataset
+            return self.strategy.experimental_distribute_dataset(ds) if self.replicas > 1 else ds
+        per_replica = -(-self.validation_batch_size // self.replicas)
+        arrays = self.val_arrays
+        return self.strategy.distribute_datasets_from_function(
+            lambda context: inputs.array_eval_dataset(
+                arrays, per_replica, shard=(context.input_pipeline_id, context.num_input_pipelines)
+            )
+        )
+
+    # Workdir -----------------------------------------------------------------------------------
+
+    def trackables(self):
+        items = {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "epoch_state": self.state.trackables(),
+            "rng": seed_generator_states(self.model),
+            "metrics": list(self.metrics.variables) if self.metrics is not None else [],
+        }
+        if self.input.dataset is not None:
+            items["data"] = self.data_holder
+        return items
+
+    def prepare_workdir(self, identity):
+        """Opens the workdir and restores its latest checkpoint; returns the saved history (or {})."""
+        workdir = self.workdir
+        if not self.is_chief:
+            # Every worker takes part in saving (the variables are mirrored), but only the chief's
+            # files are kept; the others restore from the chief's and save into a scratch folder.
+            scratch = os.path.join(workdir, f".worker-{distribute.worker_id(self.strategy)}")
+            checkpointing.check_writable(scratch)
+            self.checkpoints = checkpointing.RunCheckpoints(
+                scratch, self.trackables(), self.optimizer.iterations, 1, restore_from=os.path.join(workdir, "ckpt")
+            )
+            self.checkpoints.restore_latest()
+            return {}
+        checkpointing.check_writable(workdir)
+        run_path = os.path.join(workdir, RUN_FILE)
+        history_path = os.path.join(workdir, "history.json")
+        if os.path.exists(run_path):
+            saved = checkpointing.read_json(run_path, "run identity")
+            problems = _identity_differences(saved, identity)
+            if problems:
+                raise checkpointing.WorkdirError(
+                    f"{workdir} holds a checkpoint of another run, which cannot be resumed: "
+                    + "; ".join(problems) + ". Use another workdir, or remove that one to start over."
+                )
+        self.checkpoints = checkpointing.RunCheckpoints(
+            workdir, self.trackables(), self.optimizer.iterations, self.keep_checkpoints
+        )
+        # The iterator must exist before a restore can fill in its state.
+        if self.input.dataset is not None:
+            self.iterator = self.iterator_at(0, 0)
+        restored = self.checkpoints.restore_latest()
+        if restored is None and os.path.exists(history_path):
+            raise checkpointing.WorkdirError(
+                f"{history_path} exists but {self.checkpoints.directory} holds no checkpoint to resume "
+                "from; refusing to restart from scratch over it. Remove the workdir's outputs to start over."
+            )
+        checkpointing.write_json_atomic(run_path, identity)
+        if restored is None:
+            return {}
+        history = checkpointing.read_json(history_path, "history") if os.path.exists(history_path) else {}
+        done = int(self.state.epoch.numpy())
+        if self.state.epoch_start.numpy() == self.step and self.step > 0 and done > 0:
+            pass  # saved at an epoch's end: `epoch` already counts it
+        history = {k: list(v)[:done] for k, v in history.items()}
+        for sub in ("train", "eval"):
+            checkpointing.truncate_events(os.path.join(workdir, sub), self.step)
+        logging.info("resuming from %s at step %d (epoch %d)", restored, self.step, done + 1)
+        print(f"Resuming from {restored} at step {self.step}", flush=True)
+        return history
+
+    def save(self):
+        return self.checkpoints.save() if self.checkpoints is not None else None
+
+    def on_signal(self, signum, frame):
+        del frame
+        self._signal = signum
+
+    def stop_for_signal(self, writers):
+        for writer in writers:
+            writer.flush()
+        path = self.save()
+        name = signal.Signals(self._signal).name
+        raise Interrupted(
+            f"received {name} at step {self.step}: checkpoint saved to {path}; run the same code again to resume",
+            self._signal,
+        )
+
+    def chunk_end(self, step, epoch_end):
+        """Returns the next step at which Python must regain control."""
+        ends = [step + self.steps_per_loop]
+        if epoch_end is not None:
+            ends.append(epoch_end)
+        if self.max_steps:
+            ends.append(self.max_steps)
+        if self.log_every_steps:
+            ends.append((step // self.log_every_steps + 1) * self.log_every_steps)
+        if self.profile_steps is not None:
+            start, stop = self.profile_steps
+            if step < start:
+                ends.append(start)
+            elif step < stop:
+                ends.append(step + 1)
+        if self.checkpoint_every_steps > 0 and self.workdir:
+            ends.append((step // self.checkpoint_every_steps + 1) * self.checkpoint_every_steps)
+        return min(e for e in ends if e > step)
+
+
+@contextlib.contextmanager
+def _signals_saved(run):
+    """Routes SIGTERM/SIGINT to `run.on_signal` inside the block (main thread only), restoring after."""
+    handlers = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            handlers[signum] = signal.signal(signum, run.on_signal)
+    except ValueError:
+        handlers = {}  # not the main thread: the caller owns signal handling
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def fit(
+    model,
+    x=None,
+    y=None,
+    *,
+    batch_size=None,
+    epochs=1,
+    verbose="auto",
+    callbacks=None,
+    validation_data=None,
+    shuffle=True,
+    seed=None,
+    validation_batch_size=None,
+    workdir=None,
+    steps_per_loop=100,
+    jit_compile="auto",
+    batch_splits=0,
+    drop_remainder=False,
+    checkpoint_every_steps=0,
+    keep_checkpoints=3,
+    log_every_steps=100,
+    profile_steps=None,
+    max_steps=None,
+):
+    """Trains a compiled Keras model as `model.fit` would, in clr_loop's compiled loop; returns its History.
+
+    `model` must be compiled (`model.compile(optimizer, loss, metrics)`): fit uses that optimizer
+    (its schedule is evaluated on `optimizer.iterations` inside the compiled step), that loss plus
+    `model.losses`, and those metrics. `x`, `y`, `batch_size` (default 32), `epochs`,
+    `validation_data`, `shuffle`, `callbacks` and `verbose` mean what they mean in `model.fit`.
+    `x` is arrays (numpy or tensors, or dicts/tuples of them) with targets `y`, or a
+    `tf.data.Dataset` of `(x, y)` batches (then `y` and `batch_size` are None). Each epoch of
+    arrays is a stateless permutation of (`seed`, epoch); `seed=None` picks one (recorded in the
+    workdir, so a resume keeps it).
+
+    Returns the `keras.callbacks.History` (also `model.history`): per epoch `loss`, each compiled
+    metric, `val_` of each with validation data, `lr` (the rate of the epoch's last step) and
+    `momentum` when the optimizer's momentum is a schedule.
+
+    clr_loop's own arguments: `steps_per_loop` steps run per compiled call (batch callbacks run once
+    per call, as Keras does with `steps_per_execution`); `jit_compile` "auto" (XLA only on GPU/TPU),
+    True or False; `batch_splits` (0: automatic, see `clr_loop.runtime.resolve_batch_splits`);
+    `drop_remainder` drops each epoch's last partial batch of arrays; `max_steps` caps the total
+    steps. With `workdir`: checkpoints at each epoch end, every `checkpoint_every_steps`, and on
+    SIGTERM/SIGINT (then `Interrupted` is raised); `history.json`; TensorBoard events in `train/`
+    (every `log_every_steps`) and `eval/`; a profiler trace of `profile_steps=(start, stop)`. Calling
+    fit again with the same workdir resumes. Raises ValueError (InputError) for bad input,
+    TrainingDiverged at the first non-finite step, and WorkdirError/CheckpointError for an unusable
+    workdir.
+    """
+    steps_lib.check_compiled(model)
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise inputs.InputError(f"epochs must be a positive integer, got {epochs!r}")
+    for name, value in (("steps_per_loop", steps_per_loop), ("log_every_steps", log_every_steps)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise inputs.InputError(f"{name} must be a positive integer, got {value!r}")
+    if checkpoint_every_steps < 0 or keep_checkpoints < 1:
+        raise inputs.InputError("checkpoint_every_steps must be >= 0 and keep_checkpoints >= 1")
+    if max_steps is not None and max_steps < 1:
+        raise inputs.InputError(f"max_steps must be a positive integer or None, got {max_steps!r}")
+    if profile_steps is not None:
+        start, stop = profile_steps
+        if not 0 <= start < stop:
+            raise inputs.InputError(f"profile_steps must be (start, stop) with 0 <= start < stop, got {profile_steps!r}")
+    if jit_compile not in ("auto", True, False):
+        raise inputs.InputError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}")
+    train_input = inputs.make_train_input(x, y, batch_size, shuffle=shuffle, drop_remainder=drop_remainder)
+    val_batch = validation_batch_size or train_input.batch_size or 32
+    val = inputs.make_validation(validation_data, val_batch)
+    spec = (train_input.dataset.element_spec if train_input.dataset is not None
+            else inputs.element_spec_of(train_input.arrays))
+    inputs.check_fits_model(model, spec, "x")
+    if val[0] is not None:
+        inputs.check_fits_model(model, inputs.element_spec_of(val[0]), "validation_data")
+    elif val[1] is not None:
+        inputs.check_fits_model(model, val[1].element_spec, "validation_data")
+    _build(model, spec)
+
+    run = _Run(
+        model, train_input, val, seed=None, epochs=epochs, steps_per_loop=steps_per_loop, jit_compile=jit_compile,
+        batch_splits=batch_splits, workdir=workdir, checkpoint_every_steps=checkpoint_every_steps,
+        keep_checkpoints=keep_checkpoints, log_every_steps=log_every_steps, profile_steps=profile_steps,
+        max_steps=max_steps, validation_batch_size=val_batch,
+    )
+    run.seed = _resolve_seed(seed, workdir, run.is_chief)
+    saved_history = {}
+    if workdir:
+        saved_history = run.prepare_workdir(_run_identity(model, train_input, run.seed))
+    with _signals_saved(run) if workdir else contextlib.nullcontext():
+        return _train(run, saved_history, callbacks, verbose)
+
+
+def _resolve_seed(seed, workdir, is_chief):
+    """Returns the data-order seed: `seed`, else the one a workdir's run recorded, else a new random one."""
+    if seed is not None:
+        return int(seed)
+    if workdir:
+        path = os.path.join(workdir, RUN_FILE)
+        if os.path.exists(path):
+            saved = checkpointing.read_json(path, "run identity").get("seed")
+            if saved is not None:
+                return int(saved)
+    del is_chief
+    return int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+
+
+def _build(model, spec):
+    """Builds the model, its compiled loss and metrics from a batch spec (as Keras fit does first)."""
+    to_tensor = lambda s: tf.zeros([1 if d is None else d for d in [1] + list(s.shape[1:])], s.dtype)  # noqa: E731
+    batch = tf.nest.map_structure(to_tensor, spec)
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=batch)  # pylint: disable=protected-access
+
+
+def _train(run, saved_history, callbacks, verbose):
+    model = run.model
+    if verbose == "auto":
+        verbose = 1 if run.replicas == 1 else 2
+    history_cb = keras.callbacks.History()
+    callback_list = keras.callbacks.CallbackList(
+        list(callbacks or []) + [history_cb], add_history=False, add_progbar=bool(verbose) and run.is_chief,
+        model=model, verbose=verbose, epochs=run.epochs, steps=run.input.steps_per_epoch,
+    )
+    model.stop_training = False
+    workdir = run.workdir
+    if workdir and run.is_chief:
+        train_writer = tf.summary.create_file_writer(os.path.join(workdir, "train"))
+        eval_writer = tf.summary.create_file_writer(os.path.join(workdir, "eval"))
+    else:
+        train_writer = eval_writer = tf.summary.create_noop_writer()
+    writers = (train_writer, eval_writer)
+    steps_per_epoch = run.input.steps_per_epoch
+    step = run.step
+    epoch = int(run.state.epoch.numpy())
+    if steps_per_epoch is not None and run.input.dataset is None:
+        epoch = step // steps_per_epoch
+    callback_list.on_train_begin()
+    history_cb.history = {k: list(v) for k, v in saved_history.items() if k != "epoch_seconds"}
+    history_cb.epoch = list(range(len(next(iter(history_cb.history.values()), []))))
+    model.history = history_cb
+    epoch_seconds = list(saved_history.get("epoch_seconds", []))
+    logging.info(
+        "fit: %s steps (%s per epoch), jit_compile=%s, batch_splits=%d, workdir %s",
+        run.total_steps, steps_per_epoch, run.jit_compile, run.splits, workdir,
+    )
+    if run.total_steps is not None and step >= run.total_steps:
+        print(f"{workdir}: the run is already complete at step {step}; nothing to do", flush=True)
+        callback_list.on_train_end(_last_logs(history_cb))
+        return history_cb
+    profiling = False
+    log_sums = {"loss_sum": 0.0, "count": 0.0}
+    log_metric_base = None
+    logs = {}
+    # Mid-epoch resume of an array run: the iterator is rebuilt at the restored step.
+    resuming_mid_epoch = step > 0 and (
+        (steps_per_epoch is not None and step % steps_per_epoch != 0 and run.input.dataset is None)
+        or (run.input.dataset is not None and step != int(run.state.epoch_start.numpy()))
+    )
+    if run.input.dataset is None:
+        run.iterator = run.iterator_at(step, epoch)
+    elif run.iterator is None or not resuming_mid_epoch:
+        run.iterator = run.iterator_at(step, epoch)
+    while epoch < run.epochs:
+        if run.total_steps is not None and step >= run.total_steps:
+            break
+        if run.max_steps and step >= run.max_steps:
+            break
+        epoch_start = step - (step % steps_per_epoch) if (steps_per_epoch and run.input.dataset is None) else (
+            int(run.state.epoch_start.numpy()) if resuming_mid_epoch else step)
+        epoch_end = None
+        if steps_per_epoch is not None:
+            epoch_end = epoch_start + steps_per_epoch
+            if run.total_steps is not None:
+                epoch_end = min(epoch_end, run.total_steps)
+        if not resuming_mid_epoch:
+            run.state.loss_sum.assign(0.0)
+            run.state.count.assign(0.0)
+            run.state.epoch.assign(epoch)
+            run.state.epoch_start.assign(step)
+            if run.metrics is not None:
+                run.metrics.reset_state()
+            if run.input.dataset is not None and step > 0:
+                run.iterator = run.iterator_at(step, epoch)
+        resumed_at = step
+        resuming_mid_epoch = False
+        started = time.perf_counter()
+        callback_list.on_epoch_begin(epoch)
+        log_metric_base = _metric_sums(run.metrics)
+        exhausted = False
+        while not exhausted and (epoch_end is None or step < epoch_end):
+            end = run.chunk_end(step, epoch_end)
+            if run.profile_steps is not None and step == run.profile_steps[0]:
+                tf.profiler.experimental.start(workdir or ".")
+                profiling = True
+            callback_list.on_train_batch_begin(step - epoch_start)
+            with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
+                window = run.train_loop(run.iterator, tf.constant(end - step, tf.int32))
+            ran = int(window["steps"])
+            if not bool(window["finite"]):
+                if profiling:
+                    tf.profiler.experimental.stop()
+                last = run.checkpoints.manager.latest_checkpoint if run.checkpoints is not None else None
+                raise TrainingDiverged(
+                    f"non-finite loss or gradient at step {step + ran - 1} (learning rate "
+                    f"{float(window['lr']):.6g}); stopped without saving it."
+                    + (f" The last good checkpoint is {last}" if last else "")
+                )
+            exhausted = bool(window["exhausted"])
+            step += ran
+            if profiling and step >= run.profile_steps[1]:
+                tf.profiler.experimental.stop()
+                profiling = False
+                logging.info("profiler trace of steps %s written under %s/plugins/profile", run.profile_steps, workdir)
+            if ran == 0:
+                break
+            log_sums["loss_sum"] += float(window["loss_sum"])
+            log_sums["count"] += float(window["count"])
+            logs = _train_logs(run)
+            if step % run.log_every_steps == 0 or step == epoch_end or exhausted:
+                count = max(log_sums["count"], 1.0)
+                now = _metric_sums(run.metrics)
+                with train_writer.as_default(step=step):
+                    write_scalar("loss", log_sums["loss_sum"] / count)
+                    for name, (total, n) in now.items():
+                        base_total, base_n = log_metric_base.get(name, (0.0, 0.0))
+                        if n > base_n:
+                            write_scalar(name, (total - base_total) / (n - base_n))
+                    for name, value in logs.items():
+                        if name not in now and name not in ("loss",):
+                            write_scalar(name, value)
+                log_sums = dict.fromkeys(log_sums, 0.0)
+                log_metric_base = now
+            callback_list.on_train_batch_end(step - epoch_start - 1, logs)
+            if run.checkpoint_every_steps > 0 and step % run.checkpoint_every_steps == 0 and step != epoch_end:
+                train_writer.flush()
+                run.save()
+            if run._signal is not None:  # pylint: disable=protected-access
+                run.stop_for_signal(writers)
+            if model.stop_training:
+                break
+        if steps_per_epoch is None and not model.stop_training:
+            steps_per_epoch = step - epoch_start  # a Dataset of unknown length: now it is known
+            callback_list.set_params({**callback_list.params, "steps": steps_per_epoch}) if hasattr(callback_list, "set_params") else None
+        epoch_logs = _train_logs(run)
+        if run.val_arrays is not None or run.val_dataset is not None:
+            val_logs, _ = run.evaluate(run.val_dataset_distributed())
+            epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            with eval_writer.as_default(step=step):
+                for name, value in val_logs.items():
+                    write_scalar(name, value)
+        seconds = time.perf_counter() - started
+        if step == resumed_at:
+            break
+        callback_list.on_epoch_end(epoch, epoch_logs)
+        epoch_seconds.append(seconds)
+        logs = epoch_logs
+        epoch += 1
+        run.state.epoch.assign(epoch)
+        run.state.epoch_start.assign(step)
+        for writer in writers:
+            writer.flush()
+        if workdir and run.is_chief:
+            checkpointing.write_json_atomic(
+                os.path.join(workdir, "history.json"), {**history_cb.history, "epoch_seconds": epoch_seconds}
+            )
+        run.save()
+        if run._signal is not None:  # pylint: disable=protected-access
+            run.stop_for_signal(writers)
+        if model.stop_training:
+            break
+    for writer in writers:
+        writer.flush()
+    callback_list.on_train_end(logs)
+    return history_cb
+
+
+def _train_logs(run):
+    """The train logs so far in the epoch: `loss`, the compiled metrics, `lr` (and `momentum`)."""
+    count = float(run.state.count.numpy())
+    logs = {"loss": float(run.state.loss_sum.numpy()) / count if count else float("nan")}
+    logs.update(metric_results(run.metrics))
+    logs["lr"] = float(run.state.lr.numpy())
+    if run.steps.momentum_schedule is not None:
+        logs["momentum"] = float(run.state.momentum.numpy())
+    return logs
+
+
+def _last_logs(history):
+    return {k: v[-1] for k, v in history.history.items() if v}
+

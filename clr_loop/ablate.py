@@ -3,7 +3,7 @@ r"""Same-initialisation ablations: train several flagfiles (and seeds) one after
   python -m clr_loop.ablate flags/no_clr.flags flags/triangular2.flags --workdir=runs/ablation
   python -m clr_loop.ablate flags/no_clr.flags flags/triangular2.flags --seeds=1,2,3 --epochs=3
 
-Each run's Config is built exactly as `clr_loop.train` builds it (`train.config_from_flags` after
+Each run's Config is built exactly as `clr_loop.train` builds it (`cli.config_from_flags` after
 parsing `--flagfile=<flagfile>` followed by every other flag given here), and trained by the same
 `trainer.Trainer` on data loaded once. The ablation sets four flags of every run itself: `--workdir`
 (`<workdir>/<flagfile stem>[_seed<N>]`), `--seed`, `--init_weights` and `--save_init`.
@@ -27,20 +27,25 @@ import os
 import sys
 import time
 
-import keras
-import numpy as np
-from absl import app
-from absl import flags
-from absl import logging
-
-from clr_loop import checkpointing
-from clr_loop import config as config_lib
-from clr_loop import data as data_lib
-from clr_loop import model as model_lib
-from clr_loop import plot as plot_lib
 from clr_loop import process
-from clr_loop import train as train_app
-from clr_loop import trainer as trainer_lib
+
+# An app's start-up tuning (see clr_loop.process).
+with process.gc_paused(), process.deferred_imports():
+    import keras
+    import numpy as np
+    from absl import app
+    from absl import flags
+    from absl import logging
+
+    from clr_loop import checkpointing
+    from clr_loop import cli
+    from clr_loop import config as config_lib
+    from clr_loop import data as data_lib
+    from clr_loop import figures
+    from clr_loop import model as model_lib
+    from clr_loop import trainer as trainer_lib
+
+cli.define_training_flags(flags.FLAGS)
 
 DEFAULT_WORKDIR = "runs/ablation"
 FINAL_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -262,15 +267,15 @@ def _config_for_run(flagfile, overrides, forced):
     if len(rest) > 1:
         raise app.UsageError(f"{flagfile}: not a flag: {' '.join(rest[1:])}")
     try:
-        return train_app.config_from_flags()
+        return cli.config_from_flags(flags.FLAGS)
     except app.UsageError as e:
         raise app.UsageError(f"{flagfile}: {e}") from e
 
 
 def _history_or_empty(run_dir):
     try:
-        return plot_lib.load_history(run_dir)
-    except plot_lib.PlotError:
+        return figures.load_history(run_dir)
+    except figures.PlotError:
         return {}
 
 
@@ -332,14 +337,14 @@ def _write_figures(runs, rows, workdir, num_train_examples):
     done = [run for run, row in zip(runs, rows) if row["epochs"] > 0]
     paths = []
     if done:
-        paths += plot_lib.plot_histories(
+        paths += figures.plot_histories(
             [r.config.workdir for r in done], figure_dir,
             labels=[r.name for r in done], groups=[flagfile_stem(r.flagfile) for r in done],
         )
     for flagfile in dict.fromkeys(r.flagfile for r in runs):
         config = next(r.config for r in runs if r.flagfile == flagfile)
         path = os.path.join(figure_dir, f"schedule_{flagfile_stem(flagfile)}.png")
-        paths.append(plot_lib.plot_schedule(config, path, num_train_examples))
+        paths.append(figures.plot_schedule(config, path, num_train_examples))
     return paths
 
 
@@ -387,11 +392,11 @@ def main(argv):
         logging.info("the runs split their batches differently (%s): TensorFlow's default thread pools", sorted(splits))
     try:
         if make_figures:
-            plot_lib.require_matplotlib()
+            figures.require_matplotlib()
         if shared_init:
             trainer_lib.load_initial_weights(model_lib.create_model(), shared_init)
         data = data_lib.load(tfds_data_dir=runs[0].config.tfds_data_dir, dataset_dir=runs[0].config.dataset_dir)
-    except (plot_lib.PlotError, trainer_lib.WeightsError, data_lib.DataError) as e:
+    except (figures.PlotError, trainer_lib.WeightsError, data_lib.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -1,317 +1,44 @@
-r"""The learning-rate range test (Smith, "Cyclical Learning Rates", 2017): ramp the rate up, watch the loss.
+r"""The learning-rate range test app: ramp the rate up on the tutorial's CNN, watch the loss.
 
   python -m clr_loop.lr_range_test --start_lr=1e-7 --end_lr=10 --num_steps=100 [--ramp=exp|linear]
       [--workdir=runs/lr_range] [--batch_size=64 --seed=42 --momentum=0 --jit_compile=auto ...]
 
-Each step trains one batch with the next rate of a ramp from `start_lr` to `end_lr` (the ramp is a
-Keras schedule evaluated on `optimizer.iterations` inside the compiled step, like the trainer's
-CLR). The loss is smoothed with fastai's bias-corrected EMA (beta 0.98), and the test stops when
-the smoothed loss exceeds 4x its best value or a step is not finite. From the smoothed curve it
-suggests a maximal rate (fastai's "valley" point), the steepest-descent point, and a base rate of
-max / 4, and prints the trainer flags that use them.
-
-`find_lr` is the library function (any model, loss and optimizer; it leaves no trace on them);
-`run_range_test` runs it on the tutorial's CNN and Fashion-MNIST and writes `lr_range.json` and
-`lr_range.png` to the workdir; `main` is the app around it.
+`clr_loop.lr_finder.find_lr` runs the test (each step trains one batch with the next rate of a
+ramp from `start_lr` to `end_lr`; it stops when the smoothed loss exceeds 4x its best value or a
+step is not finite) and suggests a maximal rate (fastai's "valley" point), the steepest-descent
+point, and a base rate of max / 4. This app runs it on Fashion-MNIST (`run_range_test`), writes
+`lr_range.json` and `lr_range.png` to the workdir, and prints the trainer flags that use the
+suggestions; the library's argument errors reach the user named as flags.
 """
 
 import dataclasses
-import math
 import os
 import sys
 
-import keras
-import numpy as np
-import tensorflow as tf
-from absl import app
-from absl import flags
-from absl import logging
-
-from clr_loop import checkpointing
-from clr_loop import config as config_lib
-from clr_loop import data as data_lib
-from clr_loop import model as model_lib
 from clr_loop import process
-from clr_loop import train as train_app
-from clr_loop import trainer as trainer_lib
 
-RAMPS = ("exp", "linear")
-STOP_REASONS = ("completed", "diverged", "non_finite", "out_of_data")
-# Smith (2017, section 3.3): base_lr is 1/3 or 1/4 of max_lr; 4 is the cautious end of his range.
-BASE_LR_DIVISOR = 4.0
-# fastai's lr_find leaves out the first tenth of the planned steps (the loss has not moved yet)
-# and the last 5 recorded points (the blow-up) before it suggests rates.
-SKIP_START_FRACTION = 10
-SKIP_END_POINTS = 5
+# An app's start-up tuning (see clr_loop.process).
+with process.gc_paused(), process.deferred_imports():
+    import keras
+    import numpy as np
+    from absl import app
+    from absl import flags
+    from absl import logging
+
+    from clr_loop import checkpointing
+    from clr_loop import cli
+    from clr_loop import config as config_lib
+    from clr_loop import data as data_lib
+    from clr_loop import lr_finder
+    from clr_loop import model as model_lib
+    from clr_loop import trainer as trainer_lib
+
 # One-cycle's momentum is lowest (base_momentum, default 0.85) at the peak rate.
 ONE_CYCLE_PEAK_MOMENTUM = config_lib.Config().base_momentum
 # Below this relative fall of the smoothed loss, the curve says little (report() warns).
 MIN_RELATIVE_DROP = 0.05
 JSON_NAME = "lr_range.json"
 PNG_NAME = "lr_range.png"
-
-
-@keras.saving.register_keras_serializable(package="clr_loop")
-class RangeRamp(keras.optimizers.schedules.LearningRateSchedule):
-    """The range test's rising rate: step k of n uses a rate between `start_lr` (k = 0) and `end_lr` (k = n - 1).
-
-    "exp" gives `start_lr * (end_lr / start_lr) ** (k / (n - 1))` (equal steps in log rate),
-    "linear" gives `start_lr + (end_lr - start_lr) * k / (n - 1)`. Steps past n - 1 hold
-    `end_lr`. Returns float32; works on `optimizer.iterations` inside `tf.function(jit_compile=True)`.
-    """
-
-    def __init__(self, start_lr, end_lr, num_steps, ramp="exp"):
-        super().__init__()
-        problems = check_ramp(start_lr, end_lr, num_steps, ramp)
-        if problems:
-            raise ValueError("; ".join(problems))
-        self.start_lr = float(start_lr)
-        self.end_lr = float(end_lr)
-        self.num_steps = int(num_steps)
-        self.ramp = ramp
-
-    def __call__(self, step):
-        t = tf.minimum(tf.cast(step, tf.float64) / (self.num_steps - 1), 1.0)
-        if self.ramp == "exp":
-            lr = self.start_lr * tf.exp(t * math.log(self.end_lr / self.start_lr))
-        else:
-            lr = self.start_lr + (self.end_lr - self.start_lr) * t
-        return tf.cast(lr, tf.float32)
-
-    def get_config(self):
-        return {"start_lr": self.start_lr, "end_lr": self.end_lr, "num_steps": self.num_steps, "ramp": self.ramp}
-
-
-def check_ramp(start_lr, end_lr, num_steps, ramp):
-    """Returns a list of problems with the ramp's arguments (empty when they are valid), named as flags."""
-    problems = []
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
-    if not (number(start_lr) and start_lr > 0):
-        problems.append(f"--start_lr must be a finite number > 0, got {start_lr!r}")
-    if not number(end_lr):
-        problems.append(f"--end_lr must be a finite number, got {end_lr!r}")
-    elif number(start_lr) and end_lr <= start_lr:
-        problems.append(f"--end_lr ({end_lr}) must be greater than --start_lr ({start_lr})")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
-        problems.append(f"--num_steps must be an integer >= 2, got {num_steps!r}")
-    if ramp not in RAMPS:
-        problems.append(f"--ramp must be one of {', '.join(RAMPS)}, got {ramp!r}")
-    return problems
-
-
-@dataclasses.dataclass(frozen=True)
-class Suggestions:
-    """Rates read off the smoothed loss curve (all per-step rates, as SGD uses them).
-
-    `steepest_lr`: where the smoothed loss falls fastest per unit of log rate. `valley_lr`:
-    fastai's valley point, which is also the suggested maximal rate `max_lr`. `base_lr`:
-    `max_lr / BASE_LR_DIVISOR`. `window`: the (first, last) step indices the suggestions were read
-    from.
-    """
-
-    steepest_lr: float
-    valley_lr: float
-    max_lr: float
-    base_lr: float
-    window: tuple
-
-
-@dataclasses.dataclass(frozen=True)
-class RangeTestResult:
-    """One range test: per recorded step the rate used, the batch loss and the smoothed loss.
-
-    `lr`, `loss`, `smoothed_loss` are lists of equal length, one entry per step that ran with a
-    finite loss (the loss is the batch mean before that step's update). `stop_reason` is one of
-    STOP_REASONS; `stop_lr` the rate of the step that stopped it (for "non_finite" that step is
-    not recorded). `settings` holds the ramp, smoothing and divergence factor; `suggestions` is a
-    Suggestions, or None when too few steps ran or the smoothed loss never fell.
-    """
-
-    lr: list
-    loss: list
-    smoothed_loss: list
-    stop_reason: str
-    stop_lr: float
-    settings: dict
-    suggestions: Suggestions
-
-    def to_json_dict(self):
-        """Returns the result as a JSON-safe dict, the content of `lr_range.json` (plus `flags` there)."""
-        value = dataclasses.asdict(self)
-        if self.suggestions is not None:
-            value["suggestions"]["window"] = list(self.suggestions.window)
-            value["suggestions"]["base_lr_rule"] = f"max_lr / {BASE_LR_DIVISOR:g}"
-        return value
-
-
-def _make_range_step(model, optimizer, loss_fn, jit_compile):
-    """Returns the compiled step `(inputs, targets) -> {"loss", "lr", "finite"}`.
-
-    Shaped like `trainer.make_train_step` (the rate is the optimizer's schedule at `iterations`
-    before the update), but with the loss as an argument, so any model can be tested.
-    """
-
-    @tf.function(jit_compile=jit_compile)
-    def step(inputs, targets):
-        lr = optimizer.learning_rate
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(loss_fn(targets, model(inputs, training=True)))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        finite = tf.math.is_finite(loss)
-        for grad in grads:
-            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(grad)))
-        return {"loss": loss, "lr": tf.cast(lr, tf.float32), "finite": finite}
-
-    return step
-
-
-def _fresh_copy(optimizer, learning_rate):
-    """Returns a new, unbuilt optimizer of `optimizer`'s class and settings, with `learning_rate` as its rate."""
-    config = optimizer.get_config()
-    config["learning_rate"] = learning_rate
-    return type(optimizer).from_config(config)
-
-
-def find_lr(
-    model,
-    batches,
-    *,
-    optimizer=None,
-    loss_fn=keras.losses.sparse_categorical_crossentropy,
-    start_lr=1e-7,
-    end_lr=10.0,
-    num_steps=100,
-    ramp="exp",
-    smoothing=0.98,
-    diverge_factor=4.0,
-    jit_compile=False,
-):
-    """Runs the range test on a built `model` and returns a RangeTestResult; the model ends as it began.
-
-    Step k (0-based) trains on the next `(inputs, targets)` of `batches` (an iterable such as a
-    tf.data.Dataset, or an iterator, of which at most `num_steps` elements are used) at
-    `RangeRamp(start_lr, end_lr, num_steps, ramp)(k)`, in a compiled step (XLA when
-    `jit_compile`). `loss_fn(targets, outputs)` returns per-example losses (default: the trainer's
-    sparse categorical cross-entropy on probabilities). The update rule is `optimizer`'s: a fresh
-    copy of its class and settings (`get_config`/`from_config`, so it must be serializable; default
-    Keras SGD without momentum) with the ramp as its rate, so the optimizer passed in, its
-    iterations and its velocity are never touched. The model's variables (weights, and
-    non-trainable state such as dropout seeds) are restored when the test ends, also when it
-    raises. The smoothed loss is fastai's
-    bias-corrected EMA: `avg = smoothing * avg + (1 - smoothing) * loss`,
-    `smoothed = avg / (1 - smoothing ** (k + 1))`; the test stops after a step whose smoothed loss
-    exceeds `diverge_factor` times the best so far, or at a non-finite step.
-    """
-    problems = check_ramp(start_lr, end_lr, num_steps, ramp)
-    if problems:
-        raise ValueError("; ".join(problems))
-    if not 0 <= smoothing < 1:
-        raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
-    if not diverge_factor > 1:
-        raise ValueError(f"diverge_factor must be > 1, got {diverge_factor!r}")
-    if not model.built or not model.trainable_variables:
-        raise ValueError("find_lr needs a built model with trainable variables (call it on a batch first)")
-    schedule = RangeRamp(start_lr, end_lr, num_steps, ramp)
-    test_optimizer = _fresh_copy(optimizer if optimizer is not None else keras.optimizers.SGD(), schedule)
-    test_optimizer.build(model.trainable_variables)
-    step = _make_range_step(model, test_optimizer, loss_fn, jit_compile)
-
-    saved = [v.numpy() for v in model.variables]
-    lrs, losses, smoothed = [], [], []
-    avg, best = 0.0, math.inf
-    stop_reason, stop_lr = "completed", float(schedule(num_steps - 1))
-    iterator = iter(batches)
-    try:
-        for k in range(num_steps):
-            try:
-                inputs, targets = next(iterator)
-            except StopIteration:
-                stop_reason, stop_lr = "out_of_data", float(schedule(k))
-                break
-            metrics = step(inputs, targets)
-            lr, loss = float(metrics["lr"]), float(metrics["loss"])
-            if not bool(metrics["finite"]):
-                stop_reason, stop_lr = "non_finite", lr
-                break
-            avg = smoothing * avg + (1.0 - smoothing) * loss
-            value = avg / (1.0 - smoothing ** (k + 1))
-            best = min(best, value)
-            lrs.append(lr)
-            losses.append(loss)
-            smoothed.append(value)
-            if value > diverge_factor * best:
-                stop_reason, stop_lr = "diverged", lr
-                break
-    finally:
-        for variable, value in zip(model.variables, saved):
-            variable.assign(value)
-    settings = {
-        "start_lr": float(start_lr), "end_lr": float(end_lr), "num_steps": int(num_steps), "ramp": ramp,
-        "smoothing": float(smoothing), "diverge_factor": float(diverge_factor),
-    }
-    return RangeTestResult(
-        lr=lrs, loss=losses, smoothed_loss=smoothed, stop_reason=stop_reason, stop_lr=stop_lr,
-        settings=settings, suggestions=suggest(lrs, smoothed, num_steps),
-    )
-
-
-def steepest_index(lrs, losses):
-    """Returns the index i of the lowest slope `(losses[i+1] - losses[i]) / (log lrs[i+1] - log lrs[i])`.
-
-    That is fastai's `steep` rule: where the loss falls fastest per unit of log rate.
-    """
-    lrs, losses = np.asarray(lrs, np.float64), np.asarray(losses, np.float64)
-    slopes = np.diff(losses) / np.diff(np.log(lrs))
-    return int(np.argmin(slopes))
-
-
-def valley_index(losses):
-    """Returns the valley index into `losses` (fastai's `valley` rule), or None when no point is below an earlier one.
-
-    The valley is the longest strictly decreasing subsequence of the curve (O(n^2) dynamic
-    programming), which skips over noise. With L its length and e its last index, it spans
-    [e - L, e] and the suggestion is `e - L + int(L / 3) + int(L / 6)`, fastai's arithmetic: about
-    half way along, although fastai's documentation describes the point as "roughly 2/3 through
-    the longest valley". (fastai can record a shorter L when a run's length jumps, so on ragged
-    curves its index may come out a little later.)
-    """
-    n = len(losses)
-    longest = [1] * n  # longest[i]: length of the longest decreasing subsequence ending at i
-    end = 0
-    for i in range(1, n):
-        for j in range(i):
-            if losses[i] < losses[j]:
-                longest[i] = max(longest[i], longest[j] + 1)
-        if longest[i] > longest[end]:
-            end = i
-    length = longest[end]
-    if length < 2:
-        return None
-    return max(0, end - length + int(length / 3) + int(length / 6))
-
-
-def suggest(lrs, smoothed, num_steps):
-    """Returns Suggestions from a range test's rates and smoothed losses, or None (too few points, or no descent).
-
-    As fastai's `lr_find`, the first `num_steps // 10` and the last 5 recorded points are left
-    out (when at least 3 points remain; otherwise all are used).
-    """
-    if len(lrs) < 3:
-        return None
-    first, last = num_steps // SKIP_START_FRACTION, len(lrs) - SKIP_END_POINTS
-    if last - first < 3:
-        first, last = 0, len(lrs)
-    window_lrs, window_losses = lrs[first:last], smoothed[first:last]
-    steepest = window_lrs[steepest_index(window_lrs, window_losses)]
-    valley = valley_index(window_losses)
-    if valley is None:
-        return None
-    max_lr = float(window_lrs[valley])
-    return Suggestions(
-        steepest_lr=float(steepest), valley_lr=max_lr, max_lr=max_lr, base_lr=max_lr / BASE_LR_DIVISOR,
-        window=(first, last - 1),
-    )
 
 
 def trainer_flags(suggestions, momentum):
@@ -357,52 +84,12 @@ def report(result, momentum):
     lines += [
         f"  steepest descent: lr {sug.steepest_lr:.3g} (the smoothed loss falls fastest per log lr)",
         f"  valley:           lr {sug.valley_lr:.3g} -> suggested max_lr",
-        f"  base rate:        lr {sug.base_lr:.3g} = max_lr / {BASE_LR_DIVISOR:g} (Smith: 1/3 to 1/4 of max_lr)",
+        f"  base rate:        lr {sug.base_lr:.3g} = max_lr / {lr_finder.BASE_LR_DIVISOR:g} (Smith: 1/3 to 1/4 of max_lr)",
         "Trainer flags:",
     ]
     for line in trainer_flags(sug, momentum).values():
         lines.append(f"  python -m clr_loop.train {line}")
     return "\n".join(lines)
-
-
-def plot(result, path):
-    """Draws the loss against lr (log axis), raw and smoothed, with the suggestions marked, into a PNG at `path`.
-
-    matplotlib (the `clr_loop[plot]` extra) is imported here, with no pyplot and no display.
-    Returns `path`; raises ImportError when matplotlib is missing.
-    """
-    from matplotlib import figure  # pylint: disable=import-outside-toplevel
-
-    fig = figure.Figure(figsize=(7, 4.5), dpi=120)
-    ax = fig.add_subplot()
-    ax.plot(result.lr, result.loss, color="0.75", linewidth=1, label="batch loss")
-    ax.plot(result.lr, result.smoothed_loss, color="C0", linewidth=2, label="smoothed loss (EMA 0.98)")
-    sug = result.suggestions
-    if sug is not None:
-        marks = (
-            (sug.steepest_lr, "C2", ":", f"steepest {sug.steepest_lr:.2g}"),
-            (sug.max_lr, "C3", "-", f"valley = max_lr {sug.max_lr:.2g}"),
-            (sug.base_lr, "C1", "--", f"base_lr {sug.base_lr:.2g}"),
-        )
-        for lr, color, style, label in marks:
-            ax.axvline(lr, color=color, linestyle=style, linewidth=1.5, label=label)
-    if result.smoothed_loss:
-        best = int(np.argmin(result.smoothed_loss))
-        low = result.smoothed_loss[best]
-        ax.plot(result.lr[best], low, "o", color="C0", label=f"lowest smoothed loss, lr {result.lr[best]:.2g}")
-        # The frame holds the curve up to its lowest point; the blow-up after it runs off the top.
-        high = max(result.smoothed_loss[: best + 1])
-        margin = 0.15 * (high - low) or 0.1 * abs(high) or 1.0
-        ax.set_ylim(low - margin, high + 2 * margin)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"LR range test ({result.settings['ramp']} ramp, stop: {result.stop_reason})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -422,9 +109,18 @@ class RangeTestConfig:
     dataset_dir: str = None
 
 
+def _flag(argument):
+    """Returns the flag that sets a `lr_finder.find_lr` argument of the same name: `--<argument>`."""
+    return f"--{argument}"
+
+
 def validate(config):
-    """Returns a list of problems with a RangeTestConfig's values (empty when valid); touches no files."""
-    problems = check_ramp(config.start_lr, config.end_lr, config.num_steps, config.ramp)
+    """Returns a list of problems with a RangeTestConfig's values, each naming its flag (empty when valid).
+
+    The ramp's problems are `lr_finder.check_ramp`'s, with the arguments named as this app's flags.
+    Touches no files.
+    """
+    problems = lr_finder.check_ramp(config.start_lr, config.end_lr, config.num_steps, config.ramp, label=_flag)
     if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) or config.batch_size < 1:
         problems.append(f"--batch_size must be a positive integer, got {config.batch_size!r}")
     if not 0 <= config.momentum < 1:
@@ -448,7 +144,7 @@ def run_range_test(config, data=None):
         data = data_lib.load(tfds_data_dir=config.tfds_data_dir, dataset_dir=config.dataset_dir)
     keras.utils.set_random_seed(config.seed)
     model = model_lib.create_model(seed=config.seed)
-    result = find_lr(
+    result = lr_finder.find_lr(
         model,
         data_lib.train_dataset(data.train, config.batch_size, config.seed),
         optimizer=keras.optimizers.SGD(momentum=config.momentum),
@@ -465,31 +161,30 @@ def run_range_test(config, data=None):
     paths = [os.path.join(config.workdir, JSON_NAME)]
     checkpointing.write_json_atomic(paths[0], value)
     try:
-        paths.append(plot(result, os.path.join(config.workdir, PNG_NAME)))
+        paths.append(lr_finder.plot(result, os.path.join(config.workdir, PNG_NAME)))
     except ImportError:
         logging.warning('matplotlib is not installed (pip install -e ".[plot]"), so %s was not drawn', PNG_NAME)
     return result, paths
 
 
-def _define_app_flags():
-    # The data and model flags are clr_loop.train's own (imported above); only the ramp's are added,
-    # and only when this runs as an app, so importing the library adds no flags to other apps.
-    if "start_lr" not in flags.FLAGS:
-        flags.DEFINE_float("start_lr", RangeTestConfig.start_lr, "Rate of the first step.")
-        flags.DEFINE_float("end_lr", RangeTestConfig.end_lr, "Rate of the last step.")
-        flags.DEFINE_integer("num_steps", RangeTestConfig.num_steps, "Steps (batches) of the ramp.")
-        flags.DEFINE_enum("ramp", RangeTestConfig.ramp, RAMPS, "exp: equal steps in log rate; linear: equal steps.")
+cli.define_training_flags(flags.FLAGS)
+# The data and model flags are the training flags; the ramp's are this app's own.
+flags.DEFINE_float("start_lr", RangeTestConfig.start_lr, "Rate of the first step.")
+flags.DEFINE_float("end_lr", RangeTestConfig.end_lr, "Rate of the last step.")
+flags.DEFINE_integer("num_steps", RangeTestConfig.num_steps, "Steps (batches) of the ramp.")
+flags.DEFINE_enum("ramp", RangeTestConfig.ramp, lr_finder.RAMPS, "exp: equal steps in log rate; linear: equal steps.")
 
 
 def config_from_flags():
     """Returns the RangeTestConfig the parsed flags describe; raises app.UsageError naming each bad flag.
 
     The data and model flags (`--batch_size`, `--seed`, `--momentum`, `--jit_compile`,
-    `--dataset_dir`, `--tfds_data_dir`) are `clr_loop.train`'s, read and checked as a training run
-    reads them, so a training flagfile works here too; `--workdir` defaults to runs/lr_range.
+    `--dataset_dir`, `--tfds_data_dir`) are the training flags (`clr_loop.cli`), read and checked as
+    a training run reads them, so a training flagfile works here too; `--workdir` defaults to
+    runs/lr_range.
     """
     FLAGS = flags.FLAGS
-    shared = train_app.config_from_flags()
+    shared = cli.config_from_flags(FLAGS)
     config = RangeTestConfig(
         start_lr=FLAGS.start_lr,
         end_lr=FLAGS.end_lr,
@@ -525,8 +220,7 @@ def main(argv):
 
 
 def run():
-    """Console-script entry point: defines the range-test flags, parses them and runs `main`."""
-    _define_app_flags()
+    """Console-script entry point: parses flags and runs `main`."""
     app.run(process.app_main(main))
 
 

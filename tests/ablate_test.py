@@ -15,7 +15,7 @@ from absl.testing import flagsaver
 from clr_loop import ablate
 from clr_loop import data as data_lib
 from clr_loop import model as model_lib
-from clr_loop import plot
+from clr_loop import figures
 from clr_loop import train
 from clr_loop import trainer as trainer_lib
 from train_cli_test import write_tiny_idx_dir
@@ -127,9 +127,9 @@ def test_ablation_with_seeds_starts_each_seeds_runs_from_identical_weights(setup
         assert f"| {name} |" in markdown
     assert f"| {setup['flagfiles'][1]} | 2 |" in markdown
     out = capsys.readouterr().out
-    figures = [line for line in out.splitlines() if line.endswith(".png")]
-    assert [os.path.basename(p) for p in figures] == [*plot.HISTORY_FIGURES, "schedule_sgd.png", "schedule_clr.png"]
-    for path in figures:
+    pngs = [line for line in out.splitlines() if line.endswith(".png")]
+    assert [os.path.basename(p) for p in pngs] == [*figures.HISTORY_FIGURES, "schedule_sgd.png", "schedule_clr.png"]
+    for path in pngs:
         assert os.path.getsize(path) > 1000
 
 

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
-from absl.testing import flagsaver
 
+from clr_loop import cli
 from clr_loop import config as config_lib
 from clr_loop import data as data_lib
 from clr_loop import optimizers
 from clr_loop import schedules
-from clr_loop import train
 from clr_loop import trainer as trainer_lib
 
 BASE_M, MAX_M = 0.85, 0.95
@@ -311,10 +310,10 @@ def test_trainer_runs_one_cycle_with_cycled_momentum(tmp_path):
 
 def test_one_cycle_flagfile_builds_cycled_momentum_sgd():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with flagsaver.flagsaver():
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["clr_loop.train", f"--flagfile={os.path.join(repo, 'flags', 'one_cycle.flags')}"])
-        config = train.config_from_flags()
+    flag_values = flags.FlagValues()
+    cli.define_training_flags(flag_values)
+    flag_values(["clr_loop.train", f"--flagfile={os.path.join(repo, 'flags', 'one_cycle.flags')}"])
+    config = cli.config_from_flags(flag_values)
     assert config.mode == "one_cycle" and config.uses_cycle_momentum and config.epochs == 10
     opt = trainer_lib.make_optimizer(config, config_lib.plan_steps(config, data_lib.FULL_SIZE["train"]))
     assert type(opt) is optimizers.CyclicalMomentumSGD

@@ -1,4 +1,4 @@
-"""Tests of clr_loop.plot: the plotted series against hand-computed schedules, history checks, PNG output."""
+"""Tests of clr_loop.figures and the clr_loop.plot app: plotted series against hand-computed schedules, history checks, PNGs."""
 
 import json
 import os
@@ -12,6 +12,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from clr_loop import config as config_lib
+from clr_loop import figures
 from clr_loop import plot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,9 +52,9 @@ def write_history(run_dir, loss, val_loss, accuracy, val_accuracy):
 
 def test_triangular2_series_handed_to_the_plot_peaks_and_troughs_where_expected(tmp_path, monkeypatch):
     drawn = []
-    draw = plot.draw_schedule
-    monkeypatch.setattr(plot, "draw_schedule", lambda *args: drawn.append(draw(*args)) or drawn[-1])
-    path = plot.plot_schedule(tutorial_config(), str(tmp_path / "t2.png"))
+    draw = figures.draw_schedule
+    monkeypatch.setattr(figures, "draw_schedule", lambda *args: drawn.append(draw(*args)) or drawn[-1])
+    path = figures.plot_schedule(tutorial_config(), str(tmp_path / "t2.png"))
     assert_png(path)
     (line,) = drawn[0].axes[0].get_lines()
     steps, lr = line.get_xdata(), line.get_ydata()
@@ -72,7 +73,7 @@ def test_triangular2_series_handed_to_the_plot_peaks_and_troughs_where_expected(
 
 
 def test_100_epoch_series_has_25_halving_peaks():
-    steps, lr = plot.schedule_series(tutorial_config(epochs=100))
+    steps, lr = figures.schedule_series(tutorial_config(epochs=100))
     assert len(steps) == 100 * STEPS_PER_EPOCH
     peaks = STEP_SIZE + 2 * STEP_SIZE * np.arange(25)
     np.testing.assert_allclose(lr[peaks], LO + (HI - LO) / 2.0 ** np.arange(25), rtol=1e-6)
@@ -84,42 +85,42 @@ def test_100_epoch_series_has_25_halving_peaks():
 
 
 def test_series_follows_batch_size_train_size_and_constant_mode():
-    steps, lr = plot.schedule_series(tutorial_config(mode="triangular", batch_size=100, epochs=4), 1000)
+    steps, lr = figures.schedule_series(tutorial_config(mode="triangular", batch_size=100, epochs=4), 1000)
     # 1000 // 100 = 10 steps per epoch, step size 20: triangles of constant height.
     assert len(steps) == 40
     maxima, minima = strict_extrema(lr)
     np.testing.assert_array_equal(maxima, [20])
     assert lr[20] == pytest.approx(HI, rel=1e-6) and lr[39] == pytest.approx(LO + (HI - LO) / 20, rel=1e-6)
-    steps, lr = plot.schedule_series(tutorial_config(mode="none", lr=0.01, epochs=2), 640)
+    steps, lr = figures.schedule_series(tutorial_config(mode="none", lr=0.01, epochs=2), 640)
     np.testing.assert_array_equal(lr, np.full(20, 0.01))
 
 
 def test_shared_ylim_keeps_the_tutorial_range_and_grows_only_to_fit():
     small = {"loss": [2.0, 0.5], "val_loss": [1.0, 0.3]}
-    assert plot.shared_ylim([small], ("loss", "val_loss"), (0.0, 2.5)) == (0.0, 2.5)
+    assert figures.shared_ylim([small], ("loss", "val_loss"), (0.0, 2.5)) == (0.0, 2.5)
     big = {"loss": [3.0, 1.0], "val_loss": [2.0, float("nan")]}
     # Span 0..3 gives a 5% margin of 0.15 above the largest finite value.
-    assert plot.shared_ylim([small, big], ("loss", "val_loss"), (0.0, 2.5)) == pytest.approx((0.0, 3.15))
+    assert figures.shared_ylim([small, big], ("loss", "val_loss"), (0.0, 2.5)) == pytest.approx((0.0, 3.15))
 
 
 def test_history_panels_one_per_run_or_per_group():
     h1 = {"loss": [2.0, 1.0], "val_loss": [1.5, 0.9]}
     h2 = {"loss": [2.1, 1.2], "val_loss": [1.6, 1.0]}
-    panels = plot.history_panels([h1, h2], ["a", "b"], "loss", "val_loss")
+    panels = figures.history_panels([h1, h2], ["a", "b"], "loss", "val_loss")
     assert [p.title for p in panels] == ["a", "b"]
     train, val = panels[1].lines
     assert (train.label, val.label) == ("train_loss", "val_loss")
     np.testing.assert_array_equal(train.x, [1, 2])
     np.testing.assert_array_equal(val.y, [1.6, 1.0])
-    grouped = plot.history_panels([h1, h2, h1], ["a1", "b1", "a2"], "loss", "val_loss", groups=["a", "b", "a"])
+    grouped = figures.history_panels([h1, h2, h1], ["a1", "b1", "a2"], "loss", "val_loss", groups=["a", "b", "a"])
     assert [p.title for p in grouped] == ["a", "b"]
     assert [line.label for line in grouped[0].lines] == ["train_loss (a1)", "val_loss (a1)", "train_loss (a2)", "val_loss (a2)"]
 
 
 def test_one_epoch_history_panels_show_their_points(tmp_path):
-    one = plot.history_panels([{"loss": [2.0], "val_loss": [1.5]}], ["a"], "loss", "val_loss")
-    two = plot.history_panels([{"loss": [2.0, 1.0], "val_loss": [1.5, 0.9]}], ["a"], "loss", "val_loss")
-    axes = [plot.draw_panels(panels, (0.0, 2.5), "Loss", str(tmp_path / f"{i}.png")).axes[0] for i, panels in enumerate((one, two))]
+    one = figures.history_panels([{"loss": [2.0], "val_loss": [1.5]}], ["a"], "loss", "val_loss")
+    two = figures.history_panels([{"loss": [2.0, 1.0], "val_loss": [1.5, 0.9]}], ["a"], "loss", "val_loss")
+    axes = [figures.draw_panels(panels, (0.0, 2.5), "Loss", str(tmp_path / f"{i}.png")).axes[0] for i, panels in enumerate((one, two))]
     assert [[line.get_marker() for line in ax.lines] for ax in axes] == [["o", "o"], ["None", "None"]]
     for ax in axes:  # epochs are whole numbers on the axis, also for one or two of them
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
@@ -133,27 +134,26 @@ def test_history_command_writes_three_pngs_with_shared_limits(tmp_path, capsys):
         write_history(tmp_path / "clr", [2.3, 2.2, 1.3], [2.28, 1.7, 1.0], [0.1, 0.2, 0.5], [0.2, 0.45, 0.65]),
         write_history(tmp_path / "big", [3.5, 2.0, 1.0], [3.0, 1.8, 0.9], [0.1, 0.3, 0.6], [0.15, 0.4, 0.6]),
     ]
-    plot._define_app_flags()
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         rest = flags.FLAGS(["clr_loop.plot", "history", *runs, f"--out_dir={tmp_path / 'figs'}"])
         assert plot.main(rest) == 0
     printed = capsys.readouterr().out.split()
-    assert printed == [str(tmp_path / "figs" / name) for name in plot.HISTORY_FIGURES]
+    assert printed == [str(tmp_path / "figs" / name) for name in figures.HISTORY_FIGURES]
     for path in printed:
         assert_png(path)
     # The limits the loss panels share cover 0..3.5 (+5%), and the overlay holds every run's val_accuracy.
-    histories = [plot.load_history(r) for r in runs]
-    assert plot.shared_ylim(histories, ("loss", "val_loss"), plot.TUTORIAL_LOSS_YLIM) == pytest.approx((0.0, 3.675))
-    lines = plot.val_accuracy_lines(histories, ["no_clr", "clr", "big"])
+    histories = [figures.load_history(r) for r in runs]
+    assert figures.shared_ylim(histories, ("loss", "val_loss"), figures.TUTORIAL_LOSS_YLIM) == pytest.approx((0.0, 3.675))
+    lines = figures.val_accuracy_lines(histories, ["no_clr", "clr", "big"])
     np.testing.assert_array_equal(lines[1].y, [0.2, 0.45, 0.65])
 
 
 def test_history_figures_default_to_the_runs_common_folder(tmp_path):
     a = write_history(tmp_path / "abl" / "a", [1.0], [1.0], [0.5], [0.5])
     b = write_history(tmp_path / "abl" / "b", [1.0], [1.0], [0.5], [0.5])
-    assert plot.default_out_dir([a, b]) == str(tmp_path / "abl" / "figures")
-    assert plot.default_out_dir([a]) == str(tmp_path / "abl" / "a" / "figures")
+    assert figures.default_out_dir([a, b]) == str(tmp_path / "abl" / "figures")
+    assert figures.default_out_dir([a]) == str(tmp_path / "abl" / "a" / "figures")
 
 
 @pytest.mark.parametrize(
@@ -172,18 +172,18 @@ def test_bad_history_folder_is_named(tmp_path, content, message):
     run_dir.mkdir()
     if content is not None:
         (run_dir / "history.json").write_text(content)
-    with pytest.raises(plot.PlotError, match=message) as error:
-        plot.plot_histories([str(run_dir)], str(tmp_path / "figs"))
+    with pytest.raises(figures.PlotError, match=message) as error:
+        figures.plot_histories([str(run_dir)], str(tmp_path / "figs"))
     assert str(run_dir) in str(error.value)
     assert not (tmp_path / "figs").exists()
 
 
 def test_missing_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(plot.PlotError, match=r"clr_loop\[plot\]"):
-        plot.plot_schedule(tutorial_config(), str(tmp_path / "x.png"))
+    with pytest.raises(figures.PlotError, match=r"clr_loop\[plot\]"):
+        figures.plot_schedule(tutorial_config(), str(tmp_path / "x.png"))
     # The series needs no matplotlib.
-    assert len(plot.schedule_series(tutorial_config(epochs=1))[0]) == STEPS_PER_EPOCH
+    assert len(figures.schedule_series(tutorial_config(epochs=1))[0]) == STEPS_PER_EPOCH
 
 
 def run_plot_cli(*args):
@@ -205,7 +205,6 @@ def test_history_command_without_history_json_exits_nonzero_naming_the_folder(tm
     good = write_history(tmp_path / "good", [1.0], [1.0], [0.5], [0.5])
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    plot._define_app_flags()
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         rest = flags.FLAGS(["clr_loop.plot", "history", good, str(empty)])
@@ -216,7 +215,6 @@ def test_history_command_without_history_json_exits_nonzero_naming_the_folder(tm
 
 def test_history_command_refuses_schedules_out_flag(tmp_path):
     run = write_history(tmp_path / "run", [1.0], [1.0], [0.5], [0.5])
-    plot._define_app_flags()
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         rest = flags.FLAGS(["clr_loop.plot", "history", run, f"--out={tmp_path / 'x.png'}"])

@@ -1,0 +1,106 @@
+"""The training flags and flags -> Config, for the apps (`train`, `ablate`, `plot`, the range test).
+
+Nothing is defined at import: an app calls `define_training_flags(flags.FLAGS)` in its own module,
+so a program that imports clr_loop's library modules keeps its own flag names (`--batch_size`, ...).
+`config_from_flags` reads them back as a checked `config.Config`; its errors name the flags.
+"""
+
+import dataclasses
+
+from absl import app
+from absl import flags
+
+from clr_loop import config as config_lib
+
+
+def _definitions():
+    """Returns (absl DEFINE function, name, default, help, extra keyword arguments) per training flag."""
+    d = config_lib.Config()
+    enum, boolean, floating, integer = flags.DEFINE_enum, flags.DEFINE_bool, flags.DEFINE_float, flags.DEFINE_integer
+    string, listing = flags.DEFINE_string, flags.DEFINE_list
+    return [
+        (enum, "mode", d.mode, "Learning-rate schedule; `none` is plain SGD at --lr.", {"enum_values": config_lib.MODES}),
+        (floating, "lr", d.lr, "Constant learning rate for --mode=none (Keras SGD's default).", {}),
+        (floating, "initial_lr", d.initial_lr, "Lower bound of the cyclical rate.", {}),
+        (floating, "max_lr", d.max_lr, "Upper bound of the cyclical rate; one_cycle's peak rate.", {}),
+        (floating, "step_size_epochs", d.step_size_epochs, "Half-cycle (rising part) in epochs; step_size = round(this * steps per epoch).", {}),
+        (floating, "step_size_down_epochs", None, "Falling part of each cycle in epochs (default: same as --step_size_epochs).", {}),
+        (floating, "gamma", d.gamma, "exp_range decay: the amplitude is multiplied by gamma**step.", {}),
+        (floating, "pct_start", d.pct_start, "one_cycle: fraction of the steps spent warming up.", {}),
+        (enum, "anneal_strategy", d.anneal_strategy, "one_cycle: anneal shape.", {"enum_values": ["cos", "linear"]}),
+        (floating, "div_factor", d.div_factor, "one_cycle: initial rate = max_lr / div_factor.", {}),
+        (floating, "final_div_factor", d.final_div_factor, "one_cycle: final rate = initial rate / final_div_factor.", {}),
+        (boolean, "three_phase", d.three_phase, "one_cycle: return to the initial rate before the final anneal.", {}),
+        (floating, "momentum", d.momentum, "SGD momentum when it is not cycled.", {}),
+        (boolean, "cycle_momentum", None, "Cycle momentum opposite to the rate (default: on for one_cycle only).", {}),
+        (floating, "base_momentum", d.base_momentum, "Cyclical momentum at the rate's peak.", {}),
+        (floating, "max_momentum", d.max_momentum, "Cyclical momentum at the rate's low point.", {}),
+        (integer, "epochs", d.epochs, "Number of epochs.", {}),
+        (integer, "batch_size", d.batch_size, "Training batch size.", {}),
+        (integer, "eval_batch_size", d.eval_batch_size, "Evaluation batch size (does not change the metrics).", {}),
+        (integer, "seed", d.seed, "Seed for weights, data order and dropout.", {}),
+        (integer, "steps_per_loop", d.steps_per_loop, "Training steps per compiled loop call (Python runs once per loop).", {}),
+        (integer, "log_every_steps", d.log_every_steps, "Write train summaries about this often (in steps).", {}),
+        (integer, "max_steps", d.max_steps, "Stop after this many steps in all (0: no cap); the eval still runs.", {}),
+        (enum, "jit_compile", d.jit_compile, "XLA for the steps: auto = on where a GPU/TPU is present.", {"enum_values": config_lib.JIT_CHOICES}),
+        (string, "workdir", None, "Output folder (default: runs/<mode>).", {}),
+        (listing, "profile_steps", None, "START,STOP: capture a TF profiler trace of these steps.", {}),
+        (string, "tfds_data_dir", None, "Use TFDS fashion_mnist from this data_dir (downloads when online).", {}),
+        (string, "dataset_dir", None, "Use the raw Fashion-MNIST IDX .gz files in this folder.", {}),
+        (integer, "checkpoint_every_steps", d.checkpoint_every_steps, "Also checkpoint every this many steps (0: only at each epoch end and on SIGTERM/SIGINT).", {}),
+        (integer, "keep_checkpoints", d.keep_checkpoints, "How many recent checkpoints to keep.", {}),
+        (boolean, "deterministic", False, "Bit-reproducible runs: op determinism on (see README for the cost).", {}),
+        (boolean, "overwrite", False, "Start over in a workdir that holds another run (removes its outputs).", {}),
+        (enum, "strategy", d.strategy, "default: one device; mirrored: local GPUs (or --devices); multi_worker: the TF_CONFIG cluster.", {"enum_values": config_lib.STRATEGIES}),
+        (listing, "devices", None, "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1 (default: all GPUs, else all CPUs).", {}),
+        (integer, "virtual_cpus", d.virtual_cpus, "Split the host CPU into this many logical devices (for trying distribution on a CPU).", {}),
+        (integer, "batch_splits", d.batch_splits, "Compute each batch as this many parts side by side, one thread per op (0: automatic, one per CPU core of at least 32 examples on a CPU-only run, else 1).", {}),
+        (floating, "cluster_timeout", d.cluster_timeout, "multi_worker: seconds to wait for peers and for any collective op.", {}),
+        (string, "save_init", None, "Write the model's initial weights to this .weights.h5 file, then train.", {}),
+        (string, "init_weights", None, "Start from the weights in this .weights.h5 file (from --save_init).", {}),
+    ]
+
+
+TRAINING_FLAGS = tuple(name for _, name, _, _, _ in _definitions())
+
+
+def define_training_flags(flag_values):
+    """Defines the training flags (`TRAINING_FLAGS`: `--mode`, `--batch_size`, ...) on `flag_values`.
+
+    `flag_values` is an `absl.flags.FlagValues` (an app passes `flags.FLAGS`). The defaults are
+    `config.Config`'s. Calling it again on the same FlagValues defines nothing more (several apps
+    imported into one process share them); a flag of the same name that another module defined
+    raises absl's DuplicateFlagError. Returns None.
+    """
+    for define, name, default, help_text, extra in _definitions():
+        if name in flag_values and flag_values.find_module_defining_flag(name) == __name__:
+            continue
+        define(name, default, help=help_text, flag_values=flag_values, **extra)
+
+
+def _profile_steps(values):
+    if values is None:
+        return None
+    try:
+        start, stop = (int(v) for v in values)
+    except ValueError:
+        raise app.UsageError(f"--profile_steps must be START,STOP (two integers), got {','.join(values)!r}")
+    return (start, stop)
+
+
+def config_from_flags(flag_values):
+    """Returns the `config.Config` that the parsed training flags of `flag_values` describe.
+
+    `--workdir` defaults to `runs/<mode>`. Raises app.UsageError naming each bad flag (the
+    problems `config.validate` finds, one per line).
+    """
+    values = {f.name: flag_values[f.name].value for f in dataclasses.fields(config_lib.Config) if f.name in flag_values}
+    values["profile_steps"] = _profile_steps(flag_values["profile_steps"].value)
+    devices = flag_values["devices"].value
+    values["devices"] = tuple(devices) if devices else None
+    values["workdir"] = flag_values["workdir"].value or f"runs/{flag_values['mode'].value}"
+    config = config_lib.Config(**values)
+    problems = config_lib.validate(config)
+    if problems:
+        raise app.UsageError("\n".join(problems))
+    return config

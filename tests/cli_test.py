@@ -1,0 +1,63 @@
+"""Tests of clr_loop.cli: the training flags on any FlagValues, their defaults, and flag-named errors."""
+
+import dataclasses
+
+import pytest
+from absl import app
+from absl import flags
+
+from clr_loop import cli
+from clr_loop import config as config_lib
+
+
+def parsed(*argv):
+    flag_values = flags.FlagValues()
+    cli.define_training_flags(flag_values)
+    flag_values(["prog", *argv])
+    return flag_values
+
+
+def test_defaults_give_configs_default_run():
+    config = cli.config_from_flags(parsed())
+    assert config == config_lib.Config(workdir="runs/triangular2")
+    # Every Config field but the derived ones has its flag.
+    derived = {"profile_steps", "devices", "workdir"}
+    assert {f.name for f in dataclasses.fields(config_lib.Config)} - derived <= set(cli.TRAINING_FLAGS)
+
+
+def test_flags_become_config_values():
+    config = cli.config_from_flags(parsed(
+        "--mode=exp_range", "--gamma=0.999", "--batch_size=32", "--profile_steps=5,8", "--devices=/cpu:0,/cpu:1",
+        "--strategy=mirrored", "--nothree_phase", "--cycle_momentum",
+    ))
+    assert (config.mode, config.gamma, config.batch_size) == ("exp_range", 0.999, 32)
+    assert config.profile_steps == (5, 8) and config.devices == ("/cpu:0", "/cpu:1")
+    assert config.workdir == "runs/exp_range" and config.cycle_momentum is True and config.three_phase is False
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--max_lr=1e-5"], r"--max_lr \(1e-05\) must be greater than --initial_lr \(0.0001\)"),
+        (["--batch_size=0"], "--batch_size"),
+        (["--profile_steps=1,x"], "--profile_steps must be START,STOP"),
+    ],
+)
+def test_bad_values_raise_usage_errors_naming_the_flag(argv, message):
+    with pytest.raises(app.UsageError, match=message):
+        cli.config_from_flags(parsed(*argv))
+
+
+def test_defining_twice_on_the_same_flag_values_adds_nothing():
+    flag_values = flags.FlagValues()
+    cli.define_training_flags(flag_values)
+    cli.define_training_flags(flag_values)
+    assert sorted(flag_values) == sorted(cli.TRAINING_FLAGS)
+
+
+def test_a_flag_another_module_defined_is_a_duplicate():
+    flag_values = flags.FlagValues()
+    flags.DEFINE_integer("batch_size", 3, "The caller's own.", flag_values=flag_values)
+    with pytest.raises(flags.DuplicateFlagError, match="batch_size"):
+        cli.define_training_flags(flag_values)
+

@@ -7,10 +7,10 @@ when the interpreter exits, although none of them is ever garbage. On the 2-core
 docs/performance.md this costs about 0.7 s of the import and about 1 s at exit, a fifth of a
 one-epoch run. Two standard remedies (the `gc` module's documentation describes both):
 
-- `gc_paused()`: no collection while the heavy modules are imported (the package's
-  `__init__` imports TensorFlow inside it; the collector's previous state is restored), and the
-  imported objects moved to the oldest generation afterwards instead of being walked by the next
-  young collection (0.9 s of import time in all).
+- `gc_paused()`: no collection while the heavy modules are imported (each app imports its
+  modules, and with them TensorFlow, inside it at the top of its module; the collector's previous
+  state is restored), and the imported objects moved to the oldest generation afterwards instead
+  of being walked by the next young collection (0.9 s of import time in all).
 - `freeze_heap()`: moves every object alive now into the collector's permanent generation,
   which later collections skip. The apps call it once everything is imported and again before
   they return, so tracing and the exit no longer walk TensorFlow's objects. Frozen objects are
@@ -19,10 +19,14 @@ one-epoch run. Two standard remedies (the `gc` module's documentation describes 
 
 And one import that a training run never uses: importing TensorFlow imports Keras, whose
 `keras.visualization` module imports `matplotlib.pyplot` when matplotlib is installed (0.35 s of
-a plain `import tensorflow`, 0.15 s of the package's import with the collector paused).
+a plain `import tensorflow`, 0.15 s of an app's imports with the collector paused).
 `deferred_imports()` makes such a module load lazily (`importlib.util.LazyLoader`): whoever
 imports it inside the block gets the module object at once, and its code runs on first use, so
 `clr_loop.plot` and Keras's own plotting work unchanged.
+
+All of this is start-up tuning for a process that clr_loop runs: the apps (`clr_loop.train`,
+`ablate`, `plot`, `lr_range_test`) and the benchmark use it, the library never does, and
+`import clr_loop` touches neither the collector nor the import system.
 """
 
 import contextlib

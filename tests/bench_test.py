@@ -1,4 +1,4 @@
-"""Tests for clr_loop.bench at tiny sizes: the cost model, the in-graph input variant, the
+"""Tests for benchmarks.bench at tiny sizes: the cost model, the in-graph input variant, the
 measurement plumbing and the profile breakdown. No timed assertions: speed is the benchmark's job."""
 
 import json
@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from clr_loop import bench
+from benchmarks import bench
 from clr_loop import data as data_lib
 from clr_loop import model as model_lib
 
@@ -279,7 +279,7 @@ def test_tables_and_spec_round_trip():
 def test_cli_rejects_bad_flags_before_running_anything(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "clr_loop.bench", "--repeats=0", f"--out={out}"],
+        [sys.executable, "-m", "benchmarks.bench", "--repeats=0", f"--out={out}"],
         cwd=bench.REPO_ROOT, env=bench._child_env(), capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode != 0 and "--repeats" in proc.stderr
@@ -324,7 +324,7 @@ def test_cli_profile_without_xprof_says_how_to_install_before_running_anything(t
     env = _fake_xprof(tmp_path, "raise ImportError('not installed')\n")
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "clr_loop.bench", "--profile", "--steps=2", f"--out={out}"],
+        [sys.executable, "-m", "benchmarks.bench", "--profile", "--steps=2", f"--out={out}"],
         cwd=bench.REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode != 0
@@ -337,7 +337,7 @@ def test_cli_profile_without_xprof_says_how_to_install_before_running_anything(t
 _IN_PROCESS_BENCH = """
 import sys
 from absl import app
-from clr_loop import bench
+from benchmarks import bench
 
 def in_process(spec):
     result = bench.run_spec(spec)
@@ -374,7 +374,7 @@ def test_cli_keeps_the_measured_stages_when_a_later_stage_fails(tmp_path):
 
 def test_cli_rejects_configs_that_match_no_loop(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "clr_loop.bench", "--configs=no such config", f"--out={tmp_path / 'b.json'}"],
+        [sys.executable, "-m", "benchmarks.bench", "--configs=no such config", f"--out={tmp_path / 'b.json'}"],
         cwd=bench.REPO_ROOT, env=bench._child_env(), capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode != 0

@@ -2,7 +2,8 @@
 every target's deps match what its files import. No Bazel needed: BUILD is evaluated as Python with
 stand-ins for the Bazel functions it calls, and imports are read with `ast`.
 
-The file system is the oracle (clr_loop/**/*.py and tests/*_test.py are scanned, never listed here),
+The file system is the oracle (clr_loop/**/*.py, benchmarks/**/*.py and tests/*_test.py are scanned,
+never listed here),
 so a new module or test without a BUILD entry fails, and the message holds the stanza to add.
 """
 
@@ -20,6 +21,8 @@ import pytest
 ROOT = Path(os.path.abspath(__file__)).parent.parent
 BUILD_FILE = ROOT / "BUILD"
 PACKAGE = "clr_loop"
+# The folders whose modules need a py_library each: the package, and the benchmarks beside it.
+SOURCE_DIRS = (PACKAGE, "benchmarks")
 TEST_GLOB = "tests/*_test.py"
 # What tools/pytest.bzl adds to every pytest_test: the runner (its main), pytest, pytest's config.
 PYTEST_RUNNER = "//tools:pytest_main.py"
@@ -161,8 +164,13 @@ class Build:
 
 
 def module_files():
-    """Returns the repo-relative paths of the package's modules, sorted."""
-    return sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / PACKAGE).rglob("*.py"))
+    """Returns the repo-relative paths of the modules in SOURCE_DIRS (the package, the benchmarks), sorted."""
+    return sorted(p.relative_to(ROOT).as_posix() for d in SOURCE_DIRS for p in (ROOT / d).rglob("*.py"))
+
+
+def in_sources(path):
+    """Returns whether a repo-relative path lies in one of SOURCE_DIRS."""
+    return path.startswith(tuple(d + "/" for d in SOURCE_DIRS))
 
 
 def pytest_files():
@@ -297,7 +305,7 @@ def suggested_name(path):
     """Returns the BUILD name for a file's py_library: the module's name, or `<name>_lib` for an app
     or a test file (whose own name goes to its py_binary or test target)."""
     base = Path(path).parent.name if Path(path).name == "__init__.py" else Path(path).stem
-    app = path.startswith(PACKAGE + "/") and is_app(path)
+    app = in_sources(path) and is_app(path)
     return base + "_lib" if app or Path(path).match(TEST_GLOB) else base
 
 
@@ -347,7 +355,7 @@ def test_every_module_has_exactly_one_library(build):
             problems.append(f"{path} is in the srcs of several py_libraries ({', '.join(owners)}); keep one")
     for target in build.sorted_targets():
         if target.kind == LIBRARY and len(target.srcs) > 1 and any(
-                p.startswith(PACKAGE + "/") for p in build.files(target)):
+                in_sources(p) for p in build.files(target)):
             problems.append(f"//:{target.name} has srcs {target.srcs}: one module per py_library")
     assert not problems, "\n\n".join(problems)
 

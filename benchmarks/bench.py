@@ -1,10 +1,12 @@
 r"""Benchmarks clr_loop's training loop against the tutorial's Keras `model.fit`, on this machine.
 
-  python -m clr_loop.bench                                # the table: (a) fit, (b) the loop, (c) variants
-  python -m clr_loop.bench --steps=300 --repeats=3        # a quicker run
-  python -m clr_loop.bench --batch_sizes=32,64,128,256,512 --whole_process=3 --profile --out=bench.json
-  python -m clr_loop.bench --fit_epoch                    # one tutorial epoch as a whole process
-  python -m clr_loop.bench --analyze_profile=runs/profile # per-step breakdown of a profiler trace
+  python -m benchmarks.bench                              # the table: (a) fit, (b) the loop, (c) variants
+  python -m benchmarks.bench --steps=300 --repeats=3      # a quicker run
+  python -m benchmarks.bench --batch_sizes=32,64,128,256,512 --whole_process=3 --profile --out=bench.json
+  python -m benchmarks.bench --fit_epoch                  # one tutorial epoch as a whole process
+  python -m benchmarks.bench --analyze_profile=runs/profile # per-step breakdown of a profiler trace
+
+Run from the repository root: the benchmark is not part of the installed package.
 
 `--profile` and `--analyze_profile` read the trace with xprof (`pip install -e ".[profile]"`).
 
@@ -28,11 +30,15 @@ import sys
 import tempfile
 import time
 
-from absl import app
-from absl import flags
-
-from clr_loop import checkpointing
 from clr_loop import process
+
+# The start-up tuning of clr_loop's apps (see clr_loop.process): TensorFlow, which checkpointing
+# imports, is imported with the collector paused and Keras's matplotlib.pyplot deferred.
+with process.gc_paused(), process.deferred_imports():
+    from absl import app
+    from absl import flags
+
+    from clr_loop import checkpointing
 
 # TensorFlow and Keras are imported inside the functions that use them: the parent process only
 # spawns workers and prints tables, and nothing at import time may start TensorFlow's runtime
@@ -687,13 +693,13 @@ def _wait4(pid, timeout):
 
 
 def run_spec_in_subprocess(spec):
-    """Runs `spec` in a fresh `python -m clr_loop.bench --worker=...` process; returns its result dict.
+    """Runs `spec` in a fresh `python -m benchmarks.bench --worker=...` process; returns its result dict.
 
     The worker's own measurements are kept; `process_peak_rss_mb` and `process_wall_s` (the OS's
     view of the whole worker process) are added. A failed worker raises RuntimeError with its
     stderr's tail.
     """
-    proc = run_process([sys.executable, "-m", "clr_loop.bench", f"--worker={spec.to_json()}"])
+    proc = run_process([sys.executable, "-m", "benchmarks.bench", f"--worker={spec.to_json()}"])
     lines = [line for line in proc["stdout"].splitlines() if line.startswith(RESULT_PREFIX)]
     if proc["rc"] != 0 or not lines:
         raise RuntimeError(f"benchmark worker for {spec.name} failed (exit {proc['rc']}):\n{proc['stderr'][-3000:]}")
@@ -890,13 +896,13 @@ def fit_epoch(epochs=1, batch_size=TUTORIAL_BATCH_SIZE, data=None):
     return {"fit_s": time.perf_counter() - start - setup, "setup_s": setup, "history": history.history}
 
 
-# The tutorial as a script: TensorFlow and Keras imported first, plainly (clr_loop's package
-# import would pause the garbage collector for them), then the fit epoch of `--fit_epoch`.
+# The tutorial as a script: TensorFlow and Keras imported first, plainly (this module's own
+# imports would pause the garbage collector for them), then the fit epoch of `--fit_epoch`.
 TUTORIAL_SCRIPT = (
     "import tensorflow as tf\n"
     "from tensorflow import keras\n"
     "import runpy\n"
-    "runpy.run_module('clr_loop.bench', run_name='__main__', alter_sys=True)\n"
+    "runpy.run_module('benchmarks.bench', run_name='__main__', alter_sys=True)\n"
 )
 
 
@@ -920,7 +926,7 @@ def whole_process_commands(epochs=1):
             f"tutorial script: fit {epochs} epoch(s) with validation",
         ),
         "fit_gc_tuned": (
-            [sys.executable, "-m", "clr_loop.bench", *fit, "--fit_gc_tuned"],
+            [sys.executable, "-m", "benchmarks.bench", *fit, "--fit_gc_tuned"],
             "the same, with clr_loop's start-up/exit tuning (clr_loop.process)",
         ),
     }
@@ -1174,7 +1180,7 @@ def _versions():
 
 
 def _profile_in_subprocess(spec, logdir):
-    proc = run_process([sys.executable, "-m", "clr_loop.bench", f"--profile_worker={spec.to_json()}", f"--profile_logdir={logdir}"])
+    proc = run_process([sys.executable, "-m", "benchmarks.bench", f"--profile_worker={spec.to_json()}", f"--profile_logdir={logdir}"])
     lines = [line for line in proc["stdout"].splitlines() if line.startswith(RESULT_PREFIX)]
     if proc["rc"] != 0 or not lines:
         raise RuntimeError(f"profile of {spec.name} failed (exit {proc['rc']}):\n{proc['stderr'][-3000:]}")

@@ -1,0 +1,507 @@
+"""clr_loop.loop.fit as a drop-in for model.fit, on tiny models and data.
+
+Oracles: Keras's own `model.fit` / `model.evaluate` on a twin model with the same initial weights,
+numpy formulas, hand-computed schedule values, TensorBoard's event reader, the csv module, and an
+uninterrupted run for every resume.
+"""
+
+import csv
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from clr_loop import checkpointing
+from clr_loop import inputs
+from clr_loop import loop
+from clr_loop import model as model_lib
+from clr_loop import optimizers
+from clr_loop import runtime
+from clr_loop import schedules
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N, BATCH = 200, 32  # 7 batches an epoch, the last one of 8 examples
+STEPS_PER_EPOCH = 7
+
+
+def toy_data(n=N, seed=0, features=8):
+    """Returns (x float32 [n, features], y int32 [n]) with a learnable 3-class label."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype(np.float32)
+    y = np.argmax(x[:, :3] + 0.5 * x[:, 3:6], axis=1).astype(np.int32)
+    return x, y
+
+
+def logits_model(*middle, seed=1):
+    """Returns Input(8) -> Dense(16, relu) -> middle layers -> Dense(3) logits, initialised from `seed`."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), *middle, keras.layers.Dense(3)]
+    )
+
+
+def twins(build, compile_kwargs):
+    """Returns two compiled models from `build()` with identical initial weights (ours, Keras's)."""
+    ours, theirs = build(), build()
+    theirs.set_weights(ours.get_weights())
+    for m in (ours, theirs):
+        m.compile(**compile_kwargs(), jit_compile=False)
+    return ours, theirs
+
+
+def logits_compile(lr=0.1, momentum=0.0):
+    return lambda: dict(
+        optimizer=keras.optimizers.SGD(lr, momentum=momentum),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def compiled(build=logits_model, **compile_kwargs):
+    model = build()
+    model.compile(**logits_compile(**compile_kwargs)())
+    return model
+
+
+def assert_same_weights(a, b, atol=1e-5):
+    wa, wb = a.get_weights(), b.get_weights()
+    assert len(wa) == len(wb)
+    for u, v in zip(wa, wb):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=atol)
+
+
+def assert_val_equals_evaluate(history, model, x_val, y_val, batch_size=BATCH):
+    expected = model.evaluate(x_val, y_val, batch_size=batch_size, verbose=0, return_dict=True)
+    assert history.history["val_accuracy"][-1] == pytest.approx(expected["accuracy"], abs=1e-4)
+    assert history.history["val_loss"][-1] == pytest.approx(expected["loss"], rel=1e-5)
+
+
+# 1. The tutorial ------------------------------------------------------------------------------
+
+
+def test_tutorial_code_with_only_the_fit_line_changed(capsys):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 192).astype(np.int32)
+    images = (rng.integers(0, 40, (192, 28, 28, 1)) + (labels * 20)[:, None, None, None]).astype(np.uint8)
+    x_train, y_train, x_test, y_test = images[:128], labels[:128], images[128:], labels[128:]
+    batch_size, epochs, init_lr, max_lr = 64, 2, 1e-4, 1e-2
+    steps_per_epoch = len(x_train) // batch_size
+
+    def make_optimizer():
+        clr = schedules.CyclicalLearningRate(
+            initial_learning_rate=init_lr, maximal_learning_rate=max_lr,
+            scale_fn=lambda x: 1 / (2.0 ** (x - 1)), step_size=2 * steps_per_epoch,
+        )
+        return keras.optimizers.SGD(clr)
+
+    keras.utils.set_random_seed(42)
+    model = model_lib.create_model(seed=3)
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    model.compile(loss="sparse_categorical_crossentropy", optimizer=make_optimizer(), metrics=["accuracy"])
+    history = loop.fit(model, x_train, y_train, batch_size=batch_size, validation_data=(x_test, y_test), epochs=epochs)
+
+    twin.compile(loss="sparse_categorical_crossentropy", optimizer=make_optimizer(), metrics=["accuracy"])
+    keras_history = twin.fit(x_train, y_train, batch_size=batch_size, validation_data=(x_test, y_test),
+                             epochs=epochs, verbose=0)
+    assert set(history.history) == set(keras_history.history) | {"lr"}
+    assert model.history is history
+    assert history.epoch == [0, 1]
+    assert all(len(v) == epochs for v in history.history.values())
+    # lr is the rate of each epoch's last step (1 and 3): triangular2, step_size 4, first cycle:
+    # 1e-4 + (1e-2 - 1e-4) * (1 - |s/4 - 1|), by hand 0.002575 and 0.007525.
+    assert history.history["lr"] == pytest.approx([0.002575, 0.007525], rel=1e-6)
+    assert int(model.optimizer.iterations) == epochs * steps_per_epoch
+    assert "Epoch 2/2" in capsys.readouterr().out  # verbose="auto": Keras's progress bar
+    assert_val_equals_evaluate(history, model, x_test, y_test, batch_size=batch_size)
+
+
+# 2. BatchNormalization ------------------------------------------------------------------------
+
+
+def test_batch_norm_trains_its_statistics_is_never_split_and_validates_like_evaluate():
+    x, y = toy_data()
+    x_val, y_val = toy_data(70, seed=1)
+
+    def build():
+        return logits_model(keras.layers.BatchNormalization(name="bn"))
+
+    ours, theirs = twins(build, logits_compile())
+    splits, why = runtime.resolve_batch_splits(0, ours, 64)
+    assert splits == 1 and "'bn'" in why and "BatchNormalization" in why
+    with pytest.raises(ValueError, match="bn"):
+        loop.fit(ours, x, y, batch_size=64, batch_splits=2, verbose=0)
+
+    bn = ours.get_layer("bn")
+    before = bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()
+    history = loop.fit(ours, x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, jit_compile=False,
+                       validation_data=(x_val, y_val))
+    assert not np.allclose(bn.moving_mean.numpy(), before[0])
+    assert not np.allclose(bn.moving_variance.numpy(), before[1])
+    assert_val_equals_evaluate(history, ours, x_val, y_val)
+    # Training-mode batch statistics and the moving averages, as Keras's own fit computes them.
+    theirs.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    assert_same_weights(ours, theirs)
+
+
+# 3. Same weights and loss as model.fit ---------------------------------------------------------
+
+
+def test_weights_and_loss_equal_keras_fit_without_shuffling():
+    x, y = toy_data()
+    ours, theirs = twins(logits_model, logits_compile(momentum=0.9))
+    history = loop.fit(ours, x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, jit_compile=False,
+                       batch_splits=1)
+    keras_history = theirs.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0)
+    assert_same_weights(ours, theirs)
+    # Keras's epoch loss: the batch losses weighted by batch size, the last partial batch included.
+    np.testing.assert_allclose(history.history["loss"], keras_history.history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(history.history["accuracy"], keras_history.history["accuracy"], atol=1e-6)
+    assert int(ours.optimizer.iterations) == 3 * STEPS_PER_EPOCH
+
+
+def test_epoch_loss_weights_the_last_partial_batch_by_its_size():
+    """With a zero learning rate every batch sees the same weights, so the epoch loss is the plain
+    mean of the per-example losses over all 200 examples (numpy), not the mean of 7 batch means."""
+    x, y = toy_data()
+    model = compiled(lr=0.0)
+    history = loop.fit(model, x, y, batch_size=BATCH, shuffle=False, verbose=0)
+    logits = model.predict(x, verbose=0).astype(np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    per_example = -log_probs[np.arange(N), y]
+    assert history.history["loss"][0] == pytest.approx(per_example.mean(), rel=1e-6)
+    batch_means = [per_example[i : i + BATCH].mean() for i in range(0, N, BATCH)]
+    assert abs(per_example.mean() - np.mean(batch_means)) > 1e-4  # the two weightings do differ here
+
+
+# 4. Regularisation ----------------------------------------------------------------------------
+
+
+def regularised_model():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.L2(0.05)),
+        keras.layers.Dense(3),
+    ])
+
+
+def test_l2_regulariser_shrinks_weights_as_keras_fit_does():
+    x, y = toy_data()
+    ours, theirs = twins(regularised_model, logits_compile())
+    history = loop.fit(ours, x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, jit_compile=False,
+                       batch_splits=1, validation_data=(x[:50], y[:50]))
+    keras_history = theirs.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0,
+                               validation_data=(x[:50], y[:50]))
+    assert_same_weights(ours, theirs)
+    np.testing.assert_allclose(history.history["loss"], keras_history.history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(history.history["val_loss"], keras_history.history["val_loss"], rtol=1e-5)
+
+
+def test_reported_loss_includes_the_regularisation():
+    """lr 0: the epoch loss is numpy's mean cross-entropy plus 0.05 * sum(kernel ** 2)."""
+    x, y = toy_data()
+    model = regularised_model()
+    model.compile(**logits_compile(lr=0.0)())
+    history = loop.fit(model, x, y, batch_size=BATCH, verbose=0, validation_data=(x, y))
+    logits = model.predict(x, verbose=0).astype(np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    cross_entropy = -log_probs[np.arange(N), y].mean()
+    penalty = 0.05 * np.sum(model.layers[0].kernel.numpy().astype(np.float64) ** 2)
+    assert penalty > 0.1
+    assert history.history["loss"][0] == pytest.approx(cross_entropy + penalty, rel=1e-5)
+    assert history.history["val_loss"][0] == pytest.approx(cross_entropy + penalty, rel=1e-5)
+
+
+# 5. Multi-input dict model --------------------------------------------------------------------
+
+
+def dict_model():
+    keras.utils.set_random_seed(2)
+    a = keras.Input((4,), name="a")
+    b = keras.Input((3,), name="b")
+    h = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([a, b]))
+    return keras.Model({"a": a, "b": b}, keras.layers.Dense(3)(h))
+
+
+def test_multi_input_dict_model_trains_like_keras_and_validates_like_evaluate():
+    x, y = toy_data(features=7)
+    x_val, y_val = toy_data(60, seed=1, features=7)
+    as_dict = lambda v: {"a": v[:, :4], "b": v[:, 4:]}  # noqa: E731
+    ours, theirs = twins(dict_model, logits_compile())
+    history = loop.fit(ours, as_dict(x), y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0,
+                       jit_compile=False, validation_data=(as_dict(x_val), y_val))
+    theirs.fit(as_dict(x), y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    assert_same_weights(ours, theirs)
+    assert history.history["loss"][1] < history.history["loss"][0]
+    assert_val_equals_evaluate(history, ours, as_dict(x_val), y_val)
+
+
+# 6. Dataset input and resuming ----------------------------------------------------------------
+
+
+def test_dataset_run_stopped_by_max_steps_then_resumed_is_bit_identical(tmp_path):
+    x, y = toy_data()
+    dataset = lambda: tf.data.Dataset.from_tensor_slices((x, y)).shuffle(N, seed=3).batch(BATCH)  # noqa: E731
+    kwargs = dict(epochs=2, verbose=0, validation_data=(x[:50], y[:50]), steps_per_loop=3)
+
+    whole = compiled(momentum=0.9)
+    expected = loop.fit(whole, dataset(), workdir=str(tmp_path / "whole"), **kwargs)
+    assert len(expected.history["loss"]) == 2
+
+    workdir = str(tmp_path / "parts")
+    first = compiled(momentum=0.9)
+    partial = loop.fit(first, dataset(), workdir=workdir, max_steps=10, **kwargs)
+    assert int(first.optimizer.iterations) == 10
+    assert len(partial.history["loss"]) == 1  # the second epoch is not over at step 10
+    # A fresh model in the same process, as a notebook re-running its cell would make (its
+    # variables get new automatic names).
+    second = compiled(momentum=0.9)
+    resumed = loop.fit(second, dataset(), workdir=workdir, **kwargs)
+    assert int(second.optimizer.iterations) == 2 * STEPS_PER_EPOCH
+    assert resumed.history == expected.history
+    for a, b in zip(whole.get_weights(), second.get_weights()):
+        assert np.array_equal(a, b)
+
+
+def test_arrays_run_stopped_mid_epoch_by_max_steps_resumes_bit_identically(tmp_path):
+    x, y = toy_data()
+    kwargs = dict(batch_size=BATCH, epochs=2, seed=5, verbose=0, validation_data=(x[:50], y[:50]))
+    whole = compiled(momentum=0.9)
+    expected = loop.fit(whole, x, y, workdir=str(tmp_path / "whole"), **kwargs)
+    workdir = str(tmp_path / "parts")
+    loop.fit(compiled(momentum=0.9), x, y, workdir=workdir, max_steps=10, **kwargs)
+    second = compiled(momentum=0.9)
+    resumed = loop.fit(second, x, y, workdir=workdir, **kwargs)
+    assert resumed.history == expected.history
+    for a, b in zip(whole.get_weights(), second.get_weights()):
+        assert np.array_equal(a, b)
+
+
+# 7. Keras callbacks ---------------------------------------------------------------------------
+
+
+def test_early_stopping_ends_the_run_and_csv_logger_writes_the_history(tmp_path):
+    x, y = toy_data()
+    path = str(tmp_path / "log.csv")
+    # Epoch 1 sets the best loss; epoch 2 cannot improve it by 10, so with patience 1 the run ends there.
+    stop = keras.callbacks.EarlyStopping(monitor="loss", min_delta=10.0, patience=1)
+    history = loop.fit(compiled(), x, y, batch_size=BATCH, epochs=5, verbose=0, validation_data=(x[:50], y[:50]),
+                       callbacks=[stop, keras.callbacks.CSVLogger(path)])
+    assert history.epoch == [0, 1]
+    assert stop.stopped_epoch == 1
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert set(rows[0]) == {"epoch"} | set(history.history)
+    for key, values in history.history.items():
+        assert [float(r[key]) for r in rows] == pytest.approx(values, rel=1e-7), key
+
+
+# 8. SIGKILL and resume ------------------------------------------------------------------------
+
+KILL_SCRIPT = '''
+import os, signal, sys
+import keras
+import numpy as np
+from clr_loop import loop
+
+workdir, out, kill_at, marker = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+rng = np.random.default_rng(0)
+x = rng.normal(size=(200, 8)).astype(np.float32)
+y = np.argmax(x[:, :3] + 0.5 * x[:, 3:6], axis=1).astype(np.int32)
+keras.utils.set_random_seed(1)
+model = keras.Sequential([
+    keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dropout(0.3, seed=2),
+    keras.layers.Dense(3),
+])
+model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+              keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+
+
+class KillOnce(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if 0 <= kill_at <= int(self.model.optimizer.iterations) and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+loop.fit(model, x, y, batch_size=32, epochs=3, seed=7, verbose=0, workdir=workdir, steps_per_loop=2,
+         checkpoint_every_steps=4, log_every_steps=3, validation_data=(x[:50], y[:50]), callbacks=[KillOnce()])
+model.save_weights(out)
+'''
+
+
+def _start(script, workdir, out, kill_at, marker):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    return subprocess.Popen([sys.executable, script, workdir, out, str(kill_at), marker], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _h5_arrays(path):
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+def _history_file(workdir):
+    with open(os.path.join(workdir, "history.json")) as f:
+        history = json.load(f)
+    history.pop("epoch_seconds")
+    return history
+
+
+def test_sigkill_mid_epoch_then_the_same_call_again_is_bit_identical(tmp_path, monkeypatch):
+    script = str(tmp_path / "train.py")
+    with open(script, "w") as f:
+        f.write(KILL_SCRIPT)
+    marker = str(tmp_path / "killed")
+    ref_dir, run_dir = str(tmp_path / "reference"), str(tmp_path / "run")
+    ref_out, run_out = str(tmp_path / "ref.weights.h5"), str(tmp_path / "run.weights.h5")
+    # Killed at step 10: mid epoch 2, after the checkpoint at step 8, before the one at 12.
+    killed = _start(script, run_dir, run_out, 10, marker)
+    # Meanwhile the uninterrupted reference, the same script in this process.
+    monkeypatch.setattr(sys, "argv", [script, ref_dir, ref_out, "-1", marker])
+    runpy.run_path(script, run_name="__main__")
+    out, _ = killed.communicate(timeout=120)
+    assert killed.returncode == -signal.SIGKILL, out
+    assert os.path.exists(marker) and not os.path.exists(run_out)
+    resumed = _start(script, run_dir, run_out, 10, marker)
+    out, _ = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, out
+    assert "Resuming from" in out and "ckpt-8" in out, out
+    expected, actual = _h5_arrays(ref_out), _h5_arrays(run_out)
+    assert expected and set(actual) == set(expected)
+    for name in expected:
+        assert np.array_equal(actual[name], expected[name]), name
+    assert _history_file(run_dir) == _history_file(ref_dir)
+
+
+# 9. Errors ------------------------------------------------------------------------------------
+
+
+def test_an_uncompiled_model_is_refused():
+    x, y = toy_data()
+    with pytest.raises(ValueError, match="compile"):
+        loop.fit(logits_model(), x, y, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "make_args, pattern",
+    [
+        (lambda x, y: dict(x=x, y=y[:150]), r"200.*150|150.*200"),
+        (lambda x, y: dict(x=x[:0], y=y[:0]), "empty"),
+        (lambda x, y: dict(x=x, y=y, batch_size=0), "batch_size"),
+        (lambda x, y: dict(x=x, y=y, batch_size=-1), "batch_size"),
+        (lambda x, y: dict(x=tf.data.Dataset.from_tensor_slices((x, y))), "not batched"),
+        (lambda x, y: dict(x=tf.data.Dataset.from_tensor_slices((x, y, y)).batch(8)), "a tuple of 3"),
+        (lambda x, y: dict(x=x, y=y, validation_data=(x[:, :5], y)), "validation_data"),
+    ],
+    ids=["lengths", "empty", "batch_size_0", "batch_size_-1", "unbatched_dataset", "three_tuples",
+         "validation_shape"],
+)
+def test_bad_input_is_refused_naming_the_culprit_before_anything_is_written(tmp_path, make_args, pattern):
+    x, y = toy_data()
+    workdir = str(tmp_path / "run")
+    with pytest.raises(inputs.InputError, match=pattern):
+        loop.fit(compiled(), verbose=0, workdir=workdir, **make_args(x, y))
+    assert not os.path.exists(workdir)
+
+
+def test_dataset_of_three_tuples_names_sample_weights():
+    x, y = toy_data()
+    with pytest.raises(ValueError, match="sample weights"):
+        loop.fit(compiled(), tf.data.Dataset.from_tensor_slices((x, y, y)).batch(8), verbose=0)
+
+
+# 10. Cyclical momentum ------------------------------------------------------------------------
+
+
+def test_history_momentum_is_the_schedule_at_each_epochs_last_step():
+    x, y = toy_data()
+    clr = schedules.CyclicalLearningRate(0.01, 0.1, step_size=4)
+    momentum = optimizers.CyclicalMomentum(clr, base_momentum=0.85, max_momentum=0.95)
+    model = logits_model()
+    model.compile(optimizers.CyclicalMomentumSGD(learning_rate=clr, momentum=momentum),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    history = loop.fit(model, x, y, batch_size=BATCH, epochs=3, verbose=0)
+    last_steps = [6, 13, 20]
+    # Triangular, step_size 4: height = 1 - |s/4 - 2*cycle + 1| with cycle = floor(1 + s/8):
+    # 0.5, 0.75, 1.0 at steps 6, 13, 20; momentum 0.95 - 0.1*height, rate 0.01 + 0.09*height.
+    assert history.history["momentum"] == pytest.approx([0.9, 0.875, 0.85], rel=1e-6)
+    assert history.history["momentum"] == pytest.approx([float(momentum(s)) for s in last_steps], rel=1e-7)
+    assert history.history["lr"] == pytest.approx([0.055, 0.0775, 0.1], rel=1e-6)
+
+
+def test_no_momentum_key_for_a_constant_momentum():
+    x, y = toy_data()
+    history = loop.fit(compiled(momentum=0.9), x, y, batch_size=BATCH, verbose=0)
+    assert "momentum" not in history.history and "lr" in history.history
+
+
+# 11. NaN guard --------------------------------------------------------------------------------
+
+
+def test_a_huge_learning_rate_raises_training_diverged_naming_step_and_rate():
+    x, y = toy_data()
+    model = logits_model()
+    model.compile(keras.optimizers.SGD(1e30), "mse")
+    # Step 0 is finite; its update makes the weights ~1e30, so step 1's outputs (~1e60) overflow.
+    with pytest.raises(loop.TrainingDiverged, match=r"at step 1 \(learning rate 1e\+30\)"):
+        loop.fit(model, x, y.astype(np.float32)[:, None].repeat(3, axis=1), batch_size=BATCH, verbose=0)
+    assert int(model.optimizer.iterations) == 2
+
+
+# 12. TensorBoard events and history.json ------------------------------------------------------
+
+
+def _event_values(logdir):
+    acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    return {tag: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+            for tag in acc.Tags()["tensors"]}
+
+
+def test_workdir_holds_tensorboard_scalars_and_the_history(tmp_path):
+    x, y = toy_data()
+    x_val, y_val = toy_data(50, seed=1)
+    workdir = str(tmp_path / "run")
+    model = compiled()
+    history = loop.fit(model, x, y, batch_size=BATCH, epochs=2, verbose=0, workdir=workdir,
+                       log_every_steps=STEPS_PER_EPOCH, validation_data=(x_val, y_val))
+    train = _event_values(os.path.join(workdir, "train"))
+    evals = _event_values(os.path.join(workdir, "eval"))
+    assert {"loss", "accuracy", "lr"} <= set(train)
+    assert {"loss", "accuracy"} <= set(evals)
+    epoch_ends = [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    # One log window per epoch: the window's means are the epoch's.
+    for tag, key in (("loss", "loss"), ("accuracy", "accuracy"), ("lr", "lr")):
+        assert sorted(train[tag]) == epoch_ends
+        assert [train[tag][s] for s in epoch_ends] == pytest.approx(history.history[key], rel=1e-6), tag
+    for tag in ("loss", "accuracy"):
+        assert sorted(evals[tag]) == epoch_ends
+        assert [evals[tag][s] for s in epoch_ends] == pytest.approx(history.history["val_" + tag], rel=1e-6)
+    expected = model.evaluate(x_val, y_val, batch_size=BATCH, verbose=0, return_dict=True)
+    assert evals["loss"][epoch_ends[-1]] == pytest.approx(expected["loss"], rel=1e-5)
+    assert _history_file(workdir) == history.history
+
+
+# 13. Resuming refused -------------------------------------------------------------------------
+
+
+def test_the_same_workdir_with_another_batch_size_is_refused(tmp_path):
+    x, y = toy_data()
+    workdir = str(tmp_path / "run")
+    loop.fit(compiled(), x, y, batch_size=BATCH, verbose=0, workdir=workdir, max_steps=3)
+    with pytest.raises(checkpointing.WorkdirError, match=r"batch size: 32 \(saved\) vs 16 \(now\)"):
+        loop.fit(compiled(), x, y, batch_size=16, verbose=0, workdir=workdir)

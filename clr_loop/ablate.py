@@ -43,6 +43,7 @@ with process.gc_paused(), process.deferred_imports():
     from clr_loop import data as data_lib
     from clr_loop import figures
     from clr_loop import model as model_lib
+    from clr_loop import runtime
     from clr_loop import trainer as trainer_lib
 
 cli.define_training_flags(flags.FLAGS)
@@ -387,7 +388,7 @@ def main(argv):
     # before the first one, for the runs' batch splitting when all runs split alike.
     splits = {trainer_lib.resolve_batch_splits(run.config) for run in runs}
     if len(splits) == 1:
-        trainer_lib.configure_threads(splits.pop())
+        runtime.configure_threads(splits.pop())
     else:
         logging.info("the runs split their batches differently (%s): TensorFlow's default thread pools", sorted(splits))
     try:

@@ -29,7 +29,7 @@ RESUMABLE_CHANGES = frozenset(
     }
 )
 # Files and folders a run writes into its workdir; --overwrite removes these and nothing else.
-RUN_OUTPUTS = ("ckpt", "train", "eval", "plugins", "history.json", "config.json")
+RUN_OUTPUTS = ("ckpt", "train", "eval", "plugins", "history.json", "config.json", "run.json")
 
 
 class WorkdirError(RuntimeError):
@@ -152,7 +152,7 @@ class RunCheckpoints:
             return path
         raise CheckpointError(
             "no checkpoint in " + self.restore_directory + " can be restored:\n  " + "\n  ".join(failures)
-            + "\nRemove the broken files, or start over with --overwrite."
+            + "\nRemove the broken files, or start the run over."
         )
 
     def _existing_checkpoints(self):

@@ -19,6 +19,8 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from clr_loop import inputs
+
 # tensorflow_datasets is imported where it is used (`_tfds()`): importing it costs ~0.4 s of a
 # run's start-up, and a run that reads the IDX files never needs it.
 if TYPE_CHECKING:
@@ -79,6 +81,11 @@ class Split:
     def num_examples(self) -> int:
         """The number of examples N in this split (an int)."""
         return len(self.labels)
+
+    @property
+    def arrays(self) -> inputs.Arrays:
+        """This split as `clr_loop.inputs.Arrays` (x: the images, y: the labels), for the loop."""
+        return inputs.Arrays(x=self.images, y=self.labels, num_examples=self.num_examples)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -441,9 +448,9 @@ def _no_source_message(failures: list[str]) -> str:
             *failures,
             "Ways to provide the data:",
             f"  * apt-get install dataset-fashion-mnist: installs the raw files in {DEBIAN_DIR},"
-            f" found automatically (or pass --dataset_dir={DEBIAN_DIR}).",
-            f"  * --dataset_dir=DIR: a directory holding the four IDX files {files}.",
-            "  * --tfds_data_dir=DIR: a TFDS data dir with fashion_mnist already prepared,"
+            f" found automatically (or pass dataset_dir={DEBIAN_DIR}).",
+            f"  * dataset_dir=DIR: a directory holding the four IDX files {files}.",
+            "  * tfds_data_dir=DIR: a TFDS data dir with fashion_mnist already prepared,"
             " or network access so TFDS can download it there.",
         ]
     )

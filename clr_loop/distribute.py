@@ -78,7 +78,7 @@ def configure_virtual_cpus(count):
     try:
         tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
     except RuntimeError as e:
-        raise ClusterError(f"--virtual_cpus={count} must be applied before TensorFlow initialises: {e}") from e
+        raise ClusterError(f"virtual_cpus={count} must be applied before TensorFlow initialises: {e}") from e
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
@@ -86,7 +86,7 @@ def read_tf_config():
     """Returns the parsed TF_CONFIG environment variable; raises ClusterError naming what is wrong."""
     text = os.environ.get("TF_CONFIG")
     if not text:
-        raise ClusterError("--strategy=multi_worker needs the TF_CONFIG environment variable (see README)")
+        raise ClusterError("the multi_worker strategy needs the TF_CONFIG environment variable (see README)")
     try:
         tf_config = json.loads(text)
         workers = tf_config["cluster"]["worker"]

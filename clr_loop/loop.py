@@ -10,6 +10,7 @@ after a crash continues from the last checkpoint, bit-exactly.
 
 import contextlib
 import os
+import re
 import signal
 import time
 
@@ -34,7 +35,6 @@ _SCALAR_METADATA = summary_pb2.SummaryMetadata(
 
 # The file in a workdir that identifies the run a checkpoint belongs to (see `_run_identity`).
 RUN_FILE = "run.json"
-RUN_OUTPUTS = ("ckpt", "train", "eval", "plugins", "history.json", RUN_FILE)
 
 
 def write_scalar(name, value):
@@ -102,11 +102,18 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False):
     """
     has_momentum = [False]
 
+    def replica_step(x, y):
+        # Per replica: the step's sums in float64 and `nonfinite` 0/1, ready to add up.
+        out = train_step(x, y)
+        sums = {k: tf.cast(out[k], tf.float64) for k in ("loss_sum", "count")}
+        sums["nonfinite"] = tf.cast(tf.logical_not(out["finite"]), tf.float64)
+        return {**sums, **{k: out[k] for k in ("lr", "momentum") if k in out}}
+
     def run_step(x, y):
-        per_replica = strategy.run(train_step, args=(x, y))
-        loss = _sum_replicas(strategy, tf.cast(per_replica["loss_sum"], tf.float64))
-        count = _sum_replicas(strategy, tf.cast(per_replica["count"], tf.float64))
-        nonfinite = _sum_replicas(strategy, tf.cast(tf.logical_not(per_replica["finite"]), tf.float64))
+        per_replica = strategy.run(replica_step, args=(x, y))
+        loss = _sum_replicas(strategy, per_replica["loss_sum"])
+        count = _sum_replicas(strategy, per_replica["count"])
+        nonfinite = _sum_replicas(strategy, per_replica["nonfinite"])
         # Every replica evaluates the schedule at the same step; any copy is the rate.
         lr = strategy.experimental_local_results(per_replica["lr"])[0]
         momentum = strategy.experimental_local_results(per_replica["momentum"])[0] if "momentum" in per_replica else tf.constant(0.0)
@@ -222,8 +229,15 @@ def _run_identity(model, train_input, seed):
         "shuffle": train_input.shuffle,
         "drop_remainder": train_input.drop_remainder,
         "seed": seed,
-        "variables": [[v.path, list(v.shape), str(v.dtype)] for v in model.variables],
+        "variables": [[_unnumbered(v.path), list(v.shape), str(v.dtype)] for v in model.variables],
     }
+
+
+def _unnumbered(path):
+    """`path` without Keras's automatic name suffixes ("sequential_3/dense_7/kernel" ->
+    "sequential/dense/kernel"): a model built again in the same process (a notebook re-running its
+    cell) gets new numbers but restores the same checkpoint, which matches objects, not names."""
+    return re.sub(r"_\d+(?=/|$)", "", path)
 
 
 def _identity_differences(saved, current):
@@ -245,16 +259,26 @@ def _identity_differences(saved, current):
     return problems
 
 
-class _Run:
-    """One `fit` call's state: the steps, loops, iterator, checkpoints and writers."""
+class Run:
+    """One training run of a compiled model on its input: the compiled steps and loops, the input
+    iterator, and (with a workdir) its checkpoints. `fit` builds one and calls `train`; code that
+    drives the loop itself calls `run_steps` and `evaluate`."""
 
     def __init__(self, model, train_input, val, *, seed, epochs, steps_per_loop, jit_compile, batch_splits,
                  workdir, checkpoint_every_steps, keep_checkpoints, log_every_steps, profile_steps, max_steps,
                  validation_batch_size):
+        steps_lib.check_compiled(model)
+        spec = (train_input.dataset.element_spec if train_input.dataset is not None
+                else inputs.element_spec_of(train_input.arrays))
+        inputs.check_fits_model(model, spec, "x")
+        if val[0] is not None:
+            inputs.check_fits_model(model, inputs.element_spec_of(val[0]), "validation_data")
+        elif val[1] is not None:
+            inputs.check_fits_model(model, val[1].element_spec, "validation_data")
+        _build(model, spec)
         self.model = model
         self.input = train_input
         self.val_arrays, self.val_dataset = val
-        self.seed = seed
         self.epochs = epochs
         self.steps_per_loop = steps_per_loop
         self.workdir = workdir
@@ -266,6 +290,7 @@ class _Run:
         self.strategy = model.distribute_strategy
         self.replicas = self.strategy.num_replicas_in_sync
         self.is_chief = distribute.is_chief(self.strategy)
+        self.seed = _resolve_seed(seed, workdir)
         if train_input.batch_size is not None and train_input.batch_size % self.replicas:
             raise ValueError(
                 f"batch_size={train_input.batch_size} (the global batch) must be divisible by the "
@@ -303,7 +328,38 @@ class _Run:
 
     @property
     def step(self):
+        """The number of optimizer steps taken so far (int)."""
         return int(self.optimizer.iterations.numpy())
+
+    def fit(self, callbacks=None, verbose="auto"):
+        """Trains to the end (see `fit`), resuming from the workdir when it holds a checkpoint;
+        returns the `keras.callbacks.History`."""
+        saved_history = {}
+        if self.workdir:
+            saved_history = self.restore()
+        with _signals_saved(self) if self.workdir else contextlib.nullcontext():
+            return _train(self, saved_history, callbacks, verbose)
+
+    def run_steps(self, num_steps):
+        """Runs up to `num_steps` training steps in one compiled call from the current position;
+        returns the loop's window (see `make_train_loop`)."""
+        if self.iterator is None:
+            self.iterator = self.iterator_at(self.step, int(self.state.epoch.numpy()))
+        return self.train_loop(self.iterator, tf.constant(num_steps, tf.int32))
+
+    def validate(self):
+        """Evaluates the validation data; returns ({"loss", metric names...}, example count).
+
+        The compiled metrics are shared with training (as in Keras); their training state is put
+        back afterwards, so an epoch cut short by `max_steps` checkpoints its own train metrics.
+        """
+        variables = list(self.metrics.variables) if self.metrics is not None else []
+        saved = [v.numpy() for v in variables]
+        try:
+            return self.evaluate(self.val_dataset_distributed())
+        finally:
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
 
     # Input -------------------------------------------------------------------------------------
 
@@ -352,9 +408,15 @@ class _Run:
             items["data"] = self.data_holder
         return items
 
-    def prepare_workdir(self, identity):
-        """Opens the workdir and restores its latest checkpoint; returns the saved history (or {})."""
+    def restore(self):
+        """Opens the workdir and restores its latest checkpoint; returns the saved history (or {}).
+
+        Raises WorkdirError when the workdir holds another run (batch size, data size, seed or the
+        model's variables differ; see `_run_identity`) or a history without checkpoints, and
+        CheckpointError when checkpoints exist but none can be read.
+        """
         workdir = self.workdir
+        identity = _run_identity(self.model, self.input, self.seed)
         if not self.is_chief:
             # Every worker takes part in saving (the variables are mirrored), but only the chief's
             # files are kept; the others restore from the chief's and save into a scratch folder.
@@ -524,30 +586,16 @@ def fit(
     train_input = inputs.make_train_input(x, y, batch_size, shuffle=shuffle, drop_remainder=drop_remainder)
     val_batch = validation_batch_size or train_input.batch_size or 32
     val = inputs.make_validation(validation_data, val_batch)
-    spec = (train_input.dataset.element_spec if train_input.dataset is not None
-            else inputs.element_spec_of(train_input.arrays))
-    inputs.check_fits_model(model, spec, "x")
-    if val[0] is not None:
-        inputs.check_fits_model(model, inputs.element_spec_of(val[0]), "validation_data")
-    elif val[1] is not None:
-        inputs.check_fits_model(model, val[1].element_spec, "validation_data")
-    _build(model, spec)
-
-    run = _Run(
-        model, train_input, val, seed=None, epochs=epochs, steps_per_loop=steps_per_loop, jit_compile=jit_compile,
+    run = Run(
+        model, train_input, val, seed=seed, epochs=epochs, steps_per_loop=steps_per_loop, jit_compile=jit_compile,
         batch_splits=batch_splits, workdir=workdir, checkpoint_every_steps=checkpoint_every_steps,
         keep_checkpoints=keep_checkpoints, log_every_steps=log_every_steps, profile_steps=profile_steps,
         max_steps=max_steps, validation_batch_size=val_batch,
     )
-    run.seed = _resolve_seed(seed, workdir, run.is_chief)
-    saved_history = {}
-    if workdir:
-        saved_history = run.prepare_workdir(_run_identity(model, train_input, run.seed))
-    with _signals_saved(run) if workdir else contextlib.nullcontext():
-        return _train(run, saved_history, callbacks, verbose)
+    return run.fit(callbacks=callbacks, verbose=verbose)
 
 
-def _resolve_seed(seed, workdir, is_chief):
+def _resolve_seed(seed, workdir):
     """Returns the data-order seed: `seed`, else the one a workdir's run recorded, else a new random one."""
     if seed is not None:
         return int(seed)
@@ -557,16 +605,14 @@ def _resolve_seed(seed, workdir, is_chief):
             saved = checkpointing.read_json(path, "run identity").get("seed")
             if saved is not None:
                 return int(saved)
-    del is_chief
     return int(np.random.SeedSequence().generate_state(1)[0] >> 1)
 
 
 def _build(model, spec):
-    """Builds the model, its compiled loss and metrics from a batch spec (as Keras fit does first)."""
-    to_tensor = lambda s: tf.zeros([1 if d is None else d for d in [1] + list(s.shape[1:])], s.dtype)  # noqa: E731
-    batch = tf.nest.map_structure(to_tensor, spec)
+    """Builds the model, its compiled loss and metrics symbolically from a batch spec (as Keras fit
+    does before its first step), under the model's strategy."""
     with model.distribute_strategy.scope():
-        model._symbolic_build(data_batch=batch)  # pylint: disable=protected-access
+        model._symbolic_build(data_batch=spec)  # pylint: disable=protected-access
 
 
 def _train(run, saved_history, callbacks, verbose):
@@ -603,6 +649,7 @@ def _train(run, saved_history, callbacks, verbose):
     if run.total_steps is not None and step >= run.total_steps:
         print(f"{workdir}: the run is already complete at step {step}; nothing to do", flush=True)
         callback_list.on_train_end(_last_logs(history_cb))
+        history_cb.epoch_seconds = epoch_seconds
         return history_cb
     profiling = False
     log_sums = {"loss_sum": 0.0, "count": 0.0}
@@ -651,7 +698,7 @@ def _train(run, saved_history, callbacks, verbose):
                 profiling = True
             callback_list.on_train_batch_begin(step - epoch_start)
             with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
-                window = run.train_loop(run.iterator, tf.constant(end - step, tf.int32))
+                window = run.run_steps(end - step)
             ran = int(window["steps"])
             if not bool(window["finite"]):
                 if profiling:
@@ -695,25 +742,31 @@ def _train(run, saved_history, callbacks, verbose):
                 run.stop_for_signal(writers)
             if model.stop_training:
                 break
-        if steps_per_epoch is None and not model.stop_training:
+        # Stopped by max_steps inside the epoch: the epoch still ends here (validation, callbacks,
+        # a history entry, as the tutorial's smoke runs expect), but its counter does not move on,
+        # so a later call with a larger cap resumes mid-epoch and recomputes this entry.
+        cut_short = bool(run.max_steps and step >= run.max_steps and not exhausted and not model.stop_training
+                         and (steps_per_epoch is None or step < epoch_start + steps_per_epoch))
+        if step == resumed_at:
+            break  # a Dataset with nothing left for this epoch
+        if steps_per_epoch is None and not model.stop_training and not cut_short:
             steps_per_epoch = step - epoch_start  # a Dataset of unknown length: now it is known
             callback_list.set_params({**callback_list.params, "steps": steps_per_epoch}) if hasattr(callback_list, "set_params") else None
         epoch_logs = _train_logs(run)
         if run.val_arrays is not None or run.val_dataset is not None:
-            val_logs, _ = run.evaluate(run.val_dataset_distributed())
+            val_logs, _ = run.validate()
             epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
             with eval_writer.as_default(step=step):
                 for name, value in val_logs.items():
                     write_scalar(name, value)
         seconds = time.perf_counter() - started
-        if step == resumed_at:
-            break
         callback_list.on_epoch_end(epoch, epoch_logs)
         epoch_seconds.append(seconds)
         logs = epoch_logs
-        epoch += 1
-        run.state.epoch.assign(epoch)
-        run.state.epoch_start.assign(step)
+        if not cut_short:
+            epoch += 1
+            run.state.epoch.assign(epoch)
+            run.state.epoch_start.assign(step)
         for writer in writers:
             writer.flush()
         if workdir and run.is_chief:
@@ -723,11 +776,12 @@ def _train(run, saved_history, callbacks, verbose):
         run.save()
         if run._signal is not None:  # pylint: disable=protected-access
             run.stop_for_signal(writers)
-        if model.stop_training:
+        if model.stop_training or cut_short:
             break
     for writer in writers:
         writer.flush()
     callback_list.on_train_end(logs)
+    history_cb.epoch_seconds = epoch_seconds
     return history_cb
 
 

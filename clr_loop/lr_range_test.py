@@ -31,7 +31,7 @@ with process.gc_paused(), process.deferred_imports():
     from clr_loop import data as data_lib
     from clr_loop import lr_finder
     from clr_loop import model as model_lib
-    from clr_loop import trainer as trainer_lib
+    from clr_loop import runtime
 
 # One-cycle's momentum is lowest (base_momentum, default 0.85) at the peak rate.
 ONE_CYCLE_PEAK_MOMENTUM = config_lib.Config().base_momentum
@@ -135,24 +135,34 @@ def validate(config):
 def run_range_test(config, data=None):
     """Runs the range test of the tutorial's CNN on Fashion-MNIST per `config`; returns (result, paths written).
 
-    Loads the data unless given (a `data.FashionMnist`), trains on `config.batch_size`-example
-    batches of the shuffled training split with Keras SGD at `config.momentum`, and writes
-    `lr_range.json` (the RangeTestResult, the data source and the trainer flags) and, when
-    matplotlib is installed, `lr_range.png` into `config.workdir`.
+    Loads the data unless given (a `data.FashionMnist`), compiles the CNN as the trainer does
+    (`trainer.compile_model`'s loss and metric) with Keras SGD at `config.momentum`, runs
+    `lr_finder.find_lr` on `config.batch_size`-example batches of the training arrays shuffled by
+    `config.seed`, and writes `lr_range.json` (the RangeTestResult, the data source and the
+    trainer flags) and, when matplotlib is installed, `lr_range.png` into `config.workdir`.
     """
     if data is None:
         data = data_lib.load(tfds_data_dir=config.tfds_data_dir, dataset_dir=config.dataset_dir)
     keras.utils.set_random_seed(config.seed)
     model = model_lib.create_model(seed=config.seed)
+    # The trainer's loss and metric (trainer.compile_model) with a constant momentum: the range
+    # test replaces the rate, and cycled momentum would move during the ramp.
+    model.compile(
+        optimizer=keras.optimizers.SGD(momentum=config.momentum),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     result = lr_finder.find_lr(
         model,
-        data_lib.train_dataset(data.train, config.batch_size, config.seed),
-        optimizer=keras.optimizers.SGD(momentum=config.momentum),
+        data.train.images,
+        data.train.labels,
+        batch_size=config.batch_size,
+        seed=config.seed,
         start_lr=config.start_lr,
         end_lr=config.end_lr,
         num_steps=config.num_steps,
         ramp=config.ramp,
-        jit_compile=trainer_lib.resolve_jit_compile(config.jit_compile),
+        jit_compile=runtime.resolve_jit_compile(config.jit_compile),
     )
     os.makedirs(config.workdir, exist_ok=True)
     value = result.to_json_dict()

@@ -49,6 +49,12 @@ def check_compiled(model):
         )
     if model._compile_loss is None and not model.losses:  # pylint: disable=protected-access
         raise ValueError("the model was compiled without a loss: pass loss=... to model.compile")
+    for method in ("train_step", "test_step"):
+        if getattr(type(model), method) is not getattr(keras.Model, method):
+            raise ValueError(
+                f"{type(model).__name__} overrides {method}, which clr_loop does not run: its compiled step "
+                "is built from what compile() was given (override compute_loss instead, which it uses)"
+            )
 
 
 def can_split(model):
@@ -118,13 +124,14 @@ class Steps:
     `fuse_update=False`: the update all-reduces, which cannot happen inside a nested compiled
     function, so only the forward and backward pass are compiled. With `splits` > 1 each batch is
     computed as that many parts (see `can_split`), each part's loss weighted by its share of the
-    batch, so the gradients add up to the whole batch's.
+    batch, so the gradients add up to the whole batch's. `optimizer` (default `model.optimizer`)
+    is the one the steps update with: a built optimizer of the model's trainable variables.
     """
 
-    def __init__(self, model, *, jit_compile=False, splits=1, fuse_update=True):
+    def __init__(self, model, *, jit_compile=False, splits=1, fuse_update=True, optimizer=None):
         check_compiled(model)
         self.model = model
-        self.optimizer = model.optimizer
+        self.optimizer = model.optimizer if optimizer is None else optimizer
         self.splits = int(splits)
         self.jit_compile = bool(jit_compile)
         self.metrics = model._compile_metrics  # pylint: disable=protected-access

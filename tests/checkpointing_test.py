@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from clr_loop import checkpointing
+from clr_loop import loop
 from clr_loop import trainer as trainer_lib
 from trainer_test import fake_data, make_config, weights
 
@@ -98,13 +99,13 @@ def test_checkpoint_restores_dropout_rng_and_epoch_sums(tmp_path):
     config = make_config(tmp_path, epochs=1, max_steps=3)
     first = trainer_lib.Trainer(config, fake_data())
     first.train()
-    rng_state = [v.numpy().copy() for v in trainer_lib.seed_generator_states(first.model)]
+    rng_state = [v.numpy().copy() for v in loop.seed_generator_states(first.model)]
     assert rng_state and any(s[1] != 0 for s in rng_state)  # dropout drew masks
     second = trainer_lib.Trainer(make_config(tmp_path, epochs=1, max_steps=5), fake_data())
-    assert second._prepare_workdir() is False
-    assert second.step == 3
-    assert [v.numpy().tolist() for v in trainer_lib.seed_generator_states(second.model)] == [s.tolist() for s in rng_state]
-    assert float(second.sums.count.numpy()) == 3 * 32
+    second.run.restore()
+    assert second.run.step == 3
+    assert [v.numpy().tolist() for v in loop.seed_generator_states(second.model)] == [s.tolist() for s in rng_state]
+    assert float(second.run.state.count.numpy()) == 3 * 32
     for a, b in zip(weights(first.model), weights(second.model)):
         assert np.array_equal(a, b)
 
@@ -112,15 +113,15 @@ def test_checkpoint_restores_dropout_rng_and_epoch_sums(tmp_path):
 def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path):
     trainer_lib.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()  # ckpt-8
     resumed = trainer_lib.Trainer(make_config(tmp_path, epochs=2), fake_data())
-    real_run_steps = resumed.run_steps
+    real_run_steps = resumed.run.run_steps
 
     def poison_then_run(n):
         bias = resumed.model.trainable_variables[-1]  # the logits' bias: NaN reaches the loss
         bias.assign(tf.fill(bias.shape, float("nan")))
         return real_run_steps(n)
 
-    resumed.run_steps = poison_then_run
-    with pytest.raises(trainer_lib.TrainingDiverged, match=r"at step 8 \(learning rate .*last good checkpoint .*ckpt-8"):
+    resumed.run.run_steps = poison_then_run
+    with pytest.raises(loop.TrainingDiverged, match=r"at step 8 \(learning rate .*last good checkpoint .*ckpt-8"):
         resumed.train()
     path = tf.train.latest_checkpoint(str(tmp_path / "run" / "ckpt"))
     assert path.endswith("ckpt-8")

@@ -301,9 +301,9 @@ def test_load_auto_all_failing_lists_attempts_and_remedies(offline_tfds, tmp_pat
     assert f"{debian_dir}: directory does not exist" in message
     assert "simulated download failure" in message
     assert "apt-get install dataset-fashion-mnist" in message
-    assert "--dataset_dir=/usr/share/datasets/fashion-mnist" in message
-    assert "--dataset_dir=DIR" in message
-    assert "--tfds_data_dir=DIR" in message
+    assert "dataset_dir=/usr/share/datasets/fashion-mnist" in message
+    assert "dataset_dir=DIR" in message
+    assert "tfds_data_dir=DIR" in message
     for filename in data.IDX_FILES.values():
         assert filename in message
 

@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,11 +33,33 @@ def test_ci_runs_the_readme_install_and_test_commands():
 
 
 def test_readme_schedule_example_runs_and_prints_the_documented_values():
-    (example,) = code_blocks(read("README.md"), "python")
+    (example,) = [b for b in code_blocks(read("README.md"), "python") if "steps_per_epoch = 60000 // 64" in b]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "step 0: 0.000100, peak of cycle 1: 0.010000, peak of cycle 2: 0.005050"
+
+
+def test_readme_fit_example_runs_as_written(tmp_path):
+    """The "Use it with your own model" example, unchanged, on small random data in place of the
+    user's arrays: clr_loop.fit returns model.fit's history keys plus lr, and writes its workdir."""
+    (example,) = [b for b in code_blocks(read("README.md"), "python") if "clr_loop.fit(model" in b]
+    prelude = textwrap.dedent(
+        """
+        import json, numpy as np
+        rng = np.random.default_rng(0)
+        x_train = rng.integers(0, 256, (192, 28, 28, 1), dtype=np.uint8); y_train = rng.integers(0, 10, 192)
+        x_test = rng.integers(0, 256, (50, 28, 28, 1), dtype=np.uint8); y_test = rng.integers(0, 10, 50)
+        """
+    )
+    check = 'print(json.dumps(sorted(history.history)), len(history.history["loss"]))'
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", prelude + example + "\n" + check], capture_output=True, text=True,
+                            env=env, timeout=240, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = '["accuracy", "loss", "lr", "val_accuracy", "val_loss"] 10'
+    assert result.stdout.strip().splitlines()[-1] == keys
+    assert (tmp_path / "runs" / "mine" / "history.json").is_file()
 
 
 def test_every_flagfile_opens_with_the_command_that_runs_it():

@@ -11,6 +11,10 @@ import tensorflow as tf
 
 from clr_loop import config as config_lib
 from clr_loop import data as data_lib
+from clr_loop import inputs
+from clr_loop import loop
+from clr_loop import runtime
+from clr_loop import steps as steps_lib
 from clr_loop import trainer as trainer_lib
 
 
@@ -44,7 +48,7 @@ def test_one_step_changes_weights_and_reports_the_rate_it_used(tmp_path):
     trainer.optimizer.iterations.assign(3)
     schedule = trainer.optimizer._learning_rate
     before = weights(trainer.model)
-    window = trainer.run_steps(1)
+    window = trainer.run.run_steps(1)
     assert int(trainer.optimizer.iterations) == 4
     assert float(window["lr"]) == pytest.approx(float(schedule(3)), rel=1e-6)
     assert float(window["lr"]) != pytest.approx(float(schedule(4)), rel=1e-3)
@@ -57,13 +61,13 @@ def test_sgd_update_matches_an_independent_gradient_step(tmp_path):
     data = fake_data()
     trainer = trainer_lib.Trainer(make_config(tmp_path, mode="none", lr=0.05), data)
     trainer.model.layers[5].rate = 0.0  # no dropout, so a second forward pass sees the same net
-    images, labels = next(iter(data_lib.train_dataset(data.train, 32, 42)))
+    images, labels = next(iter(inputs.array_train_dataset(data.train.arrays, 32, 42)))
     before = weights(trainer.model)
     with tf.GradientTape() as tape:
         probs = trainer.model(images, training=True)
         loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, probs))
     grads = [g.numpy() for g in tape.gradient(loss, trainer.model.trainable_variables)]
-    trainer.train_step(images, labels)
+    trainer.run.steps.train_step(images, labels)
     for w0, g, w1 in zip(before, grads, weights(trainer.model)):
         np.testing.assert_allclose(w1, w0 - 0.05 * g, rtol=1e-5, atol=1e-7)
 
@@ -71,14 +75,14 @@ def test_sgd_update_matches_an_independent_gradient_step(tmp_path):
 def test_steps_per_loop_gives_the_same_weights_as_single_steps(tmp_path):
     data = fake_data()
     looped = trainer_lib.Trainer(make_config(tmp_path), data)
-    looped.run_steps(6)
+    looped.run.run_steps(6)
     single = trainer_lib.Trainer(make_config(tmp_path), data)
     for _ in range(6):
-        single.run_steps(1)
+        single.run.run_steps(1)
     assert int(looped.optimizer.iterations) == int(single.optimizer.iterations) == 6
     for a, b in zip(weights(looped.model), weights(single.model)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    assert float(looped.sums.count.numpy()) == float(single.sums.count.numpy()) == 6 * 32
+    assert float(looped.run.state.count.numpy()) == float(single.run.state.count.numpy()) == 6 * 32
 
 
 def test_xla_step_agrees_with_plain_step(tmp_path):
@@ -89,8 +93,8 @@ def test_xla_step_agrees_with_plain_step(tmp_path):
     # XLA and TF kernels draw different stateless dropout masks; compare the arithmetic alone.
     for trainer in (plain, xla):
         trainer.model.layers[5].rate = 0.0
-    a = plain.run_steps(5)
-    b = xla.run_steps(5)
+    a = plain.run.run_steps(5)
+    b = xla.run.run_steps(5)
     assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-6)
     assert float(a["loss_sum"]) == pytest.approx(float(b["loss_sum"]), rel=1e-4)
     for x, y in zip(weights(plain.model), weights(xla.model)):
@@ -100,20 +104,22 @@ def test_xla_step_agrees_with_plain_step(tmp_path):
 def test_eval_counts_every_example_once_and_matches_numpy(tmp_path):
     data = fake_data(num_test=103)
     trainer = trainer_lib.Trainer(make_config(tmp_path, eval_batch_size=10), data)
-    result = trainer.evaluate(data_lib.eval_dataset(data.test, 10))
-    assert result["count"] == 103
+    result, count = trainer.run.validate()
+    assert count == 103
     probs = trainer.model.predict(data.test.images, batch_size=103, verbose=0).astype(np.float64)
     eps = 1e-7  # Keras clips probabilities to [eps, 1 - eps] before the log
     expected_loss = np.mean(-np.log(np.clip(probs[np.arange(103), data.test.labels], eps, 1 - eps)))
     expected_acc = np.mean(np.argmax(probs, axis=1) == data.test.labels)
-    assert result["val_loss"] == pytest.approx(expected_loss, rel=1e-5)
-    assert result["val_accuracy"] == pytest.approx(expected_acc)
+    assert result["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert result["accuracy"] == pytest.approx(expected_acc)
 
 
 def test_resolve_jit_compile():
-    assert trainer_lib.resolve_jit_compile("true") is True
-    assert trainer_lib.resolve_jit_compile("false") is False
-    assert trainer_lib.resolve_jit_compile("auto") == bool(tf.config.list_logical_devices("GPU"))
+    assert runtime.resolve_jit_compile("true") is True and runtime.resolve_jit_compile(True) is True
+    assert runtime.resolve_jit_compile("false") is False and runtime.resolve_jit_compile(False) is False
+    assert runtime.resolve_jit_compile("auto") == bool(tf.config.list_logical_devices("GPU"))
+    with pytest.raises(ValueError, match="jit_compile"):
+        runtime.resolve_jit_compile("sometimes")
 
 
 def test_train_writes_history_config_and_events(tmp_path):
@@ -150,7 +156,7 @@ def _summary_values(logdir):
 
 
 def test_write_scalar_writes_what_tf_summary_scalar_writes(tmp_path):
-    for name, write in (("ours", trainer_lib.write_scalar), ("tensorboard", tf.summary.scalar)):
+    for name, write in (("ours", loop.write_scalar), ("tensorboard", tf.summary.scalar)):
         writer = tf.summary.create_file_writer(str(tmp_path / name))
         with writer.as_default(step=7):
             assert write("loss", 0.25)
@@ -176,7 +182,7 @@ def test_profiler_window_writes_a_trace(tmp_path):
 
 def test_non_finite_loss_raises_with_step_and_rate(tmp_path):
     trainer = trainer_lib.Trainer(make_config(tmp_path, mode="none", lr=1e4, epochs=1), fake_data())
-    with pytest.raises(trainer_lib.TrainingDiverged, match=r"step \d+ \(learning rate 10000\)"):
+    with pytest.raises(loop.TrainingDiverged, match=r"step \d+ \(learning rate 10000\)"):
         trainer.train()
 
 
@@ -213,11 +219,12 @@ def test_split_step_trains_like_the_whole_batch_without_dropout(tmp_path, splits
         trainer = trainer_lib.Trainer(make_config(tmp_path, batch_splits=batch_splits), data)
         assert trainer.splits == batch_splits
         trainer.model.layers[5].rate = 0.0
-        window = trainer.run_steps(7)
-        runs.append((weights(trainer.model), {k: float(window[k]) for k in ("loss_sum", "correct", "count", "lr")}))
+        window = trainer.run.run_steps(7)
+        sums = {k: float(window[k]) for k in ("loss_sum", "count", "lr")}
+        runs.append((weights(trainer.model), {**sums, "accuracy": loop.metric_results(trainer.run.metrics)["accuracy"]}))
     (whole_weights, whole), (split_weights, split) = runs
     assert split["count"] == whole["count"] == 7 * 32
-    assert split["correct"] == whole["correct"] and split["lr"] == whole["lr"]
+    assert split["accuracy"] == whole["accuracy"] and split["lr"] == whole["lr"]
     assert split["loss_sum"] == pytest.approx(whole["loss_sum"], rel=1e-5)
     for a, b in zip(whole_weights, split_weights):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
@@ -230,33 +237,30 @@ def test_split_step_with_dropout_is_reproducible_and_finite(tmp_path):
     results = []
     for _ in range(2):
         trainer = trainer_lib.Trainer(make_config(tmp_path, batch_splits=2, deterministic=True), data)
-        window = trainer.run_steps(6)
+        window = trainer.run.run_steps(6)
         results.append((weights(trainer.model), float(window["loss_sum"])))
     assert np.isfinite(results[0][1]) and results[0][1] == results[1][1]
     for a, b in zip(*(r[0] for r in results)):
         np.testing.assert_array_equal(a, b)
 
 
-def test_split_eval_step_sums_like_the_whole_batch(tmp_path):
-    data = fake_data(num_test=23)
-    model = trainer_lib.Trainer(make_config(tmp_path), data).model
-    dataset = data_lib.eval_dataset(data.test, 10)  # batches of 10, 10 and 3: uneven parts
-    whole = trainer_lib.make_evaluate(trainer_lib.make_eval_step(model, False))(dataset)
-    split = trainer_lib.make_evaluate(trainer_lib.make_eval_step(model, False, splits=3))(dataset)
-    assert split["count"] == whole["count"] == 23
-    assert split["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-6)
-    assert split["val_accuracy"] == whole["val_accuracy"]
+def _evaluate(model, split, batch_size, splits):
+    """Evaluates `model` on `split` in batches of `batch_size`, each computed in `splits` parts."""
+    steps = steps_lib.Steps(model, splits=splits)
+    evaluate = loop.make_evaluate(steps.eval_step, steps.metrics, tf.distribute.get_strategy())
+    return evaluate(inputs.array_eval_dataset(split.arrays, batch_size))
 
 
-def test_split_eval_step_computes_a_batch_smaller_than_its_parts_whole(tmp_path):
-    data = fake_data(num_test=9)
+@pytest.mark.parametrize("num_test, batch_size, splits", [(23, 10, 3), (9, 4, 2)])
+def test_split_eval_step_sums_like_the_whole_batch(tmp_path, num_test, batch_size, splits):
+    """Batches of 10, 10 and 3 in 3 parts (uneven parts), and of 4, 4 and 1 in 2 parts (the last
+    batch cannot be split, so it is computed whole): the same sums as unsplit batches."""
+    data = fake_data(num_test=num_test)
     model = trainer_lib.Trainer(make_config(tmp_path), data).model
-    dataset = data_lib.eval_dataset(data.test, 4)  # batches of 4, 4 and 1: the last cannot be split in 2
-    whole = trainer_lib.make_evaluate(trainer_lib.make_eval_step(model, False))(dataset)
-    split = trainer_lib.make_evaluate(trainer_lib.make_eval_step(model, False, splits=2))(dataset)
-    assert split["count"] == whole["count"] == 9
-    assert split["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-6)
-    assert split["val_accuracy"] == whole["val_accuracy"]
+    (whole, whole_count), (split, split_count) = (_evaluate(model, data.test, batch_size, s) for s in (1, splits))
+    assert split_count == whole_count == num_test
+    assert split["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+    assert split["accuracy"] == whole["accuracy"]
 
 
 @pytest.mark.parametrize(
@@ -274,23 +278,23 @@ def test_resolve_batch_splits(tmp_path, overrides, expected):
 
 def test_automatic_batch_splits_follow_the_cores_on_a_cpu(tmp_path):
     config = make_config(tmp_path, batch_size=64)
-    expected = 1 if tf.config.list_physical_devices("GPU") else config_lib.auto_batch_splits(64, config_lib.cpu_cores())
+    expected = 1 if tf.config.list_physical_devices("GPU") else runtime.auto_batch_splits(64, runtime.cpu_cores())
     assert trainer_lib.resolve_batch_splits(config) == expected
     assert trainer_lib.resolve_batch_splits(config, replicas=2) == 1
 
 
 def test_thread_pool_sizes():
-    assert trainer_lib.thread_pool_sizes(1) == (0, 0)  # TensorFlow's defaults
-    assert trainer_lib.thread_pool_sizes(2, cores=8) == (2, 4)
-    assert trainer_lib.thread_pool_sizes(2, cores=2) == (2, 1)
-    assert trainer_lib.thread_pool_sizes(4, cores=2) == (4, 1)  # at least one thread per op
+    assert runtime.thread_pool_sizes(1) == (0, 0)  # TensorFlow's defaults
+    assert runtime.thread_pool_sizes(2, cores=8) == (2, 4)
+    assert runtime.thread_pool_sizes(2, cores=2) == (2, 1)
+    assert runtime.thread_pool_sizes(4, cores=2) == (4, 1)  # at least one thread per op
 
 
 def test_configure_threads_after_tensorflow_started_changes_nothing(caplog):
     tf.constant(1.0) + 1.0  # the runtime runs (already true in a test session)
     before = (tf.config.threading.get_inter_op_parallelism_threads(), tf.config.threading.get_intra_op_parallelism_threads())
-    assert trainer_lib.configure_threads(1) is False
-    assert trainer_lib.configure_threads(2) is False
+    assert runtime.configure_threads(1) is False
+    assert runtime.configure_threads(2) is False
     assert "thread pools stay as they are" in caplog.text
     after = (tf.config.threading.get_inter_op_parallelism_threads(), tf.config.threading.get_intra_op_parallelism_threads())
     assert after == before

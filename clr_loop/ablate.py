@@ -42,6 +42,8 @@ with process.gc_paused(), process.deferred_imports():
     from clr_loop import config as config_lib
     from clr_loop import data as data_lib
     from clr_loop import figures
+    from clr_loop import inputs
+    from clr_loop import loop
     from clr_loop import model as model_lib
     from clr_loop import runtime
     from clr_loop import trainer as trainer_lib
@@ -306,16 +308,17 @@ def _train_run(run, data):
     try:
         history = trainer_lib.Trainer(run.config, data).train()
         status = "ok"
-    except trainer_lib.Interrupted as e:
+    except loop.Interrupted as e:
         interrupted, status = e, "interrupted"
     except (
-        trainer_lib.TrainingDiverged,
+        loop.TrainingDiverged,
+        inputs.InputError,
         trainer_lib.WeightsError,
         checkpointing.WorkdirError,
         checkpointing.CheckpointError,
     ) as e:
-        print(f"error: {run.name}: {e}", file=sys.stderr)
-        status = "diverged" if isinstance(e, trainer_lib.TrainingDiverged) else "failed"
+        print(f"error: {run.name}: {cli.error_message(e)}", file=sys.stderr)
+        status = "diverged" if isinstance(e, loop.TrainingDiverged) else "failed"
     if status != "ok":
         history = _history_or_empty(run.config.workdir)
     row = {
@@ -398,7 +401,7 @@ def main(argv):
             trainer_lib.load_initial_weights(model_lib.create_model(), shared_init)
         data = data_lib.load(tfds_data_dir=runs[0].config.tfds_data_dir, dataset_dir=runs[0].config.dataset_dir)
     except (figures.PlotError, trainer_lib.WeightsError, data_lib.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {cli.error_message(e)}", file=sys.stderr)
         return 1
 
     os.makedirs(workdir, exist_ok=True)

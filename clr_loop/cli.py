@@ -104,3 +104,21 @@ def config_from_flags(flag_values):
     if problems:
         raise app.UsageError("\n".join(problems))
     return config
+
+
+def error_message(error):
+    """Returns the app's one-line message for a library error, naming the flags that fix it.
+
+    Library errors name arguments; here a workdir problem points to `--workdir`/`--overwrite`
+    and an initial-weights problem to `--init_weights`.
+    """
+    # Imported here: cli is imported by the apps before their tuned TensorFlow import.
+    from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
+    from clr_loop import trainer  # pylint: disable=import-outside-toplevel
+
+    text = str(error)
+    if isinstance(error, (checkpointing.WorkdirError, checkpointing.CheckpointError)):
+        return f"{text} (--overwrite starts the run over in the same --workdir; another --workdir keeps it)"
+    if isinstance(error, trainer.WeightsError):
+        return f"--init_weights: {text}"
+    return text

@@ -20,6 +20,8 @@ with process.gc_paused(), process.deferred_imports():
     from clr_loop import cli
     from clr_loop import data as data_lib
     from clr_loop import distribute
+    from clr_loop import inputs
+    from clr_loop import loop
     from clr_loop import trainer as trainer_lib
 
 cli.define_training_flags(flags.FLAGS)
@@ -36,18 +38,19 @@ def main(argv):
     config = cli.config_from_flags(FLAGS)
     try:
         trainer_lib.train_and_evaluate(config)
-    except trainer_lib.Interrupted as e:
+    except loop.Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 128 + e.signum
     except (
         distribute.ClusterError,
         data_lib.DataError,
-        trainer_lib.TrainingDiverged,
+        inputs.InputError,
+        loop.TrainingDiverged,
         trainer_lib.WeightsError,
         checkpointing.WorkdirError,
         checkpointing.CheckpointError,
     ) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {cli.error_message(e)}", file=sys.stderr)
         return 1
     return 0
 

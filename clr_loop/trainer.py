@@ -19,7 +19,6 @@ from clr_loop import data as data_lib
 from clr_loop import distribute
 from clr_loop import inputs
 from clr_loop import loop
-from clr_loop.loop import Interrupted, TrainingDiverged  # noqa: F401  (the apps catch them from here)
 from clr_loop import model as model_lib
 from clr_loop import optimizers as optimizers_lib
 from clr_loop import runtime

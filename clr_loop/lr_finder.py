@@ -1,13 +1,14 @@
 """The learning-rate range test (Smith, "Cyclical Learning Rates", 2017) as a library function.
 
-`find_lr(model, batches, ...)` ramps the rate of a fresh copy of an optimizer up from `start_lr`
-to `end_lr`, one batch per step, records the loss and fastai's bias-corrected EMA of it, and
-stops when the smoothed loss exceeds `diverge_factor` times its best value or a step is not
-finite. It returns a `RangeTestResult` whose `Suggestions` are read off the smoothed curve
-(fastai's "valley" point as the maximal rate, the steepest descent, a base rate of max / 4);
-the model and the optimizer passed in end as they began. `plot` draws a result. No flags: bad
-arguments raise ValueError naming the argument. `python -m clr_loop.lr_range_test` is the app
-that runs it on the tutorial's CNN.
+`find_lr(model, x, y, ...)` takes a compiled Keras model and `fit`'s inputs (arrays or a
+`tf.data.Dataset`), and runs `clr_loop.steps`' train step with a fresh copy of the model's
+optimizer whose rate ramps up from `start_lr` to `end_lr`, one batch per step. It records the
+loss and fastai's bias-corrected EMA of it, and stops when the smoothed loss exceeds
+`diverge_factor` times its best value or a step is not finite. It returns a `RangeTestResult`
+whose `Suggestions` are read off the smoothed curve (fastai's "valley" point as the maximal rate,
+the steepest descent, a base rate of max / 4); the model and its optimizer end as they began.
+`plot` draws a result. No flags: bad arguments raise ValueError naming the argument.
+`python -m clr_loop.lr_range_test` is the app that runs it on the tutorial's CNN.
 """
 
 import dataclasses
@@ -16,6 +17,11 @@ import math
 import keras
 import numpy as np
 import tensorflow as tf
+
+from clr_loop import inputs
+from clr_loop import loop
+from clr_loop import runtime
+from clr_loop import steps as steps_lib
 
 RAMPS = ("exp", "linear")
 STOP_REASONS = ("completed", "diverged", "non_finite", "out_of_data")
@@ -124,41 +130,81 @@ class RangeTestResult:
         return value
 
 
-def _make_range_step(model, optimizer, loss_fn, jit_compile):
-    """Returns the compiled step `(inputs, targets) -> {"loss", "lr", "finite"}`.
-
-    Shaped like `trainer.make_train_step` (the rate is the optimizer's schedule at `iterations`
-    before the update), but with the loss as an argument, so any model can be tested.
-    """
-
-    @tf.function(jit_compile=jit_compile)
-    def step(inputs, targets):
-        lr = optimizer.learning_rate
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(loss_fn(targets, model(inputs, training=True)))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        finite = tf.math.is_finite(loss)
-        for grad in grads:
-            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(grad)))
-        return {"loss": loss, "lr": tf.cast(lr, tf.float32), "finite": finite}
-
-    return step
-
-
 def _fresh_copy(optimizer, learning_rate):
-    """Returns a new, unbuilt optimizer of `optimizer`'s class and settings, with `learning_rate` as its rate."""
+    """Returns a new, unbuilt optimizer of `optimizer`'s class and settings, with `learning_rate` as its rate.
+
+    A `LossScaleOptimizer` is copied around a fresh copy of its inner optimizer.
+    """
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        config = optimizer.get_config()
+        config.pop("inner_optimizer")
+        return type(optimizer)(_fresh_copy(optimizer.inner_optimizer, learning_rate), **config)
     config = optimizer.get_config()
     config["learning_rate"] = learning_rate
     return type(optimizer).from_config(config)
 
 
+def _build(model, spec):
+    """Builds `model`, its compiled loss and its compiled metrics from a batch spec, as `fit` does
+    before its first step, without building `model.optimizer` (which the range test never uses)."""
+    optimizer = model.optimizer
+    was_built = optimizer.built
+    optimizer.built = True  # Keras's symbolic build would create the optimizer's slots otherwise
+    try:
+        with model.distribute_strategy.scope():
+            model._symbolic_build(data_batch=spec)  # pylint: disable=protected-access
+    finally:
+        optimizer.built = was_built
+
+
+def _state_variables(model):
+    """Returns every variable the range test may change: the model's, the compiled metrics' and
+    loss's, and the dropout seed states, each once."""
+    metrics = model._compile_metrics  # pylint: disable=protected-access
+    candidates = (
+        list(model.variables)
+        + list(model.metrics_variables)
+        + (list(metrics.variables) if metrics is not None else [])
+        + loop.seed_generator_states(model)
+    )
+    unique = {}
+    for variable in candidates:
+        unique.setdefault(id(variable), variable)
+    return list(unique.values())
+
+
+def _batches(model, x, y, batch_size, shuffle, seed, num_steps):
+    """Returns the tf.data.Dataset of at most `num_steps` `(x, y)` training batches for `find_lr`.
+
+    The input is checked as `fit` checks it (`inputs.make_train_input`, `inputs.check_fits_model`),
+    so bad input raises the same InputError.
+    """
+    if isinstance(x, tf.data.Dataset):
+        # Only the first `num_steps` batches are used, so an endless dataset is fine here.
+        x = x.take(num_steps)
+    elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise inputs.InputError(f"seed must be an integer, got {seed!r}")
+    train_input = inputs.make_train_input(x, y, batch_size, shuffle=shuffle, drop_remainder=True)
+    if train_input.dataset is not None:
+        spec = train_input.dataset.element_spec
+        dataset = train_input.dataset
+    else:
+        spec = inputs.element_spec_of(train_input.arrays)
+        dataset = inputs.array_train_dataset(
+            train_input.arrays, train_input.batch_size, int(seed), shuffle=shuffle, drop_remainder=True
+        ).take(num_steps)
+    inputs.check_fits_model(model, spec, "x")
+    return dataset, spec
+
+
 def find_lr(
     model,
-    batches,
+    x=None,
+    y=None,
     *,
-    optimizer=None,
-    loss_fn=keras.losses.sparse_categorical_crossentropy,
+    batch_size=None,
+    shuffle=True,
+    seed=0,
     start_lr=1e-7,
     end_lr=10.0,
     num_steps=100,
@@ -167,21 +213,26 @@ def find_lr(
     diverge_factor=4.0,
     jit_compile=False,
 ):
-    """Runs the range test on a built `model` and returns a RangeTestResult; the model ends as it began.
+    """Runs the range test on a compiled `model` and returns a RangeTestResult; the model ends as it began.
 
-    Step k (0-based) trains on the next `(inputs, targets)` of `batches` (an iterable such as a
-    tf.data.Dataset, or an iterator, of which at most `num_steps` elements are used) at
-    `RangeRamp(start_lr, end_lr, num_steps, ramp)(k)`, in a compiled step (XLA when
-    `jit_compile`). `loss_fn(targets, outputs)` returns per-example losses (default: the trainer's
-    sparse categorical cross-entropy on probabilities). The update rule is `optimizer`'s: a fresh
-    copy of its class and settings (`get_config`/`from_config`, so it must be serializable; default
-    Keras SGD without momentum) with the ramp as its rate, so the optimizer passed in, its
-    iterations and its velocity are never touched. The model's variables (weights, and
-    non-trainable state such as dropout seeds) are restored when the test ends, also when it
-    raises. The smoothed loss is fastai's
-    bias-corrected EMA: `avg = smoothing * avg + (1 - smoothing) * loss`,
-    `smoothed = avg / (1 - smoothing ** (k + 1))`; the test stops after a step whose smoothed loss
-    exceeds `diverge_factor` times the best so far, or at a non-finite step.
+    `model` must be compiled (`model.compile(optimizer, loss, ...)`): the test trains with that
+    loss plus `model.losses`, in `clr_loop.steps`' compiled train step (XLA when `jit_compile`,
+    which is True, False or "auto"), with a fresh copy of `model.optimizer`'s class and settings
+    (`get_config`/`from_config`) whose rate is `RangeRamp(start_lr, end_lr, num_steps, ramp)`:
+    step k (0-based) trains one batch at the ramp's rate k. `model.optimizer` (its iterations,
+    slots and rate) is never touched. The inputs are `fit`'s: arrays `x`, `y` in batches of
+    `batch_size` (default 32) in the order of `seed` (a stateless shuffle per epoch unless
+    `shuffle=False`; each epoch's last partial batch is dropped, and a test longer than an epoch
+    goes on into the next), or a `tf.data.Dataset` `x` of `(x, y)` batches (`y` and `batch_size`
+    None), of which at most `num_steps` are used. The model's variables, its compiled metrics'
+    state and its dropout seed states are restored when the test ends, also when it raises.
+
+    The recorded loss of a step is its batch's mean loss before the update; the smoothed loss is
+    fastai's bias-corrected EMA: `avg = smoothing * avg + (1 - smoothing) * loss`,
+    `smoothed = avg / (1 - smoothing ** (k + 1))`. The test stops after a step whose smoothed
+    loss exceeds `diverge_factor` times the best so far, at a non-finite step, or when a Dataset
+    ends. Raises ValueError naming the argument for bad arguments or an uncompiled model, and
+    `inputs.InputError` (a ValueError) for bad input, as `fit` does.
     """
     problems = check_ramp(start_lr, end_lr, num_steps, ramp)
     if problems:
@@ -190,27 +241,39 @@ def find_lr(
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
     if not diverge_factor > 1:
         raise ValueError(f"diverge_factor must be > 1, got {diverge_factor!r}")
-    if not model.built or not model.trainable_variables:
-        raise ValueError("find_lr needs a built model with trainable variables (call it on a batch first)")
+    steps_lib.check_compiled(model)
+    jit_compile = runtime.resolve_jit_compile(jit_compile)
+    strategy = model.distribute_strategy
+    if strategy.num_replicas_in_sync > 1:
+        raise ValueError(
+            f"find_lr runs on one device, but the model was built under a strategy of "
+            f"{strategy.num_replicas_in_sync} replicas"
+        )
+    dataset, spec = _batches(model, x, y, batch_size, shuffle, seed, num_steps)
+    _build(model, spec)
+    if not model.trainable_variables:
+        raise ValueError("the model has no trainable variables: there is nothing for the range test to train")
     schedule = RangeRamp(start_lr, end_lr, num_steps, ramp)
-    test_optimizer = _fresh_copy(optimizer if optimizer is not None else keras.optimizers.SGD(), schedule)
-    test_optimizer.build(model.trainable_variables)
-    step = _make_range_step(model, test_optimizer, loss_fn, jit_compile)
+    with strategy.scope():
+        optimizer = _fresh_copy(model.optimizer, schedule)
+        optimizer.build(model.trainable_variables)
+    steps = steps_lib.Steps(model, jit_compile=jit_compile, splits=1, optimizer=optimizer)
 
-    saved = [v.numpy() for v in model.variables]
+    variables = _state_variables(model)
+    saved = [v.numpy() for v in variables]
     lrs, losses, smoothed = [], [], []
     avg, best = 0.0, math.inf
     stop_reason, stop_lr = "completed", float(schedule(num_steps - 1))
-    iterator = iter(batches)
+    iterator = iter(dataset)
     try:
         for k in range(num_steps):
-            try:
-                inputs, targets = next(iterator)
-            except StopIteration:
+            batch = next(iterator, None)
+            if batch is None:
                 stop_reason, stop_lr = "out_of_data", float(schedule(k))
                 break
-            metrics = step(inputs, targets)
-            lr, loss = float(metrics["lr"]), float(metrics["loss"])
+            metrics = steps.train_step(*batch)
+            lr = float(metrics["lr"])
+            loss = float(metrics["loss_sum"]) / float(metrics["count"])
             if not bool(metrics["finite"]):
                 stop_reason, stop_lr = "non_finite", lr
                 break
@@ -224,7 +287,7 @@ def find_lr(
                 stop_reason, stop_lr = "diverged", lr
                 break
     finally:
-        for variable, value in zip(model.variables, saved):
+        for variable, value in zip(variables, saved):
             variable.assign(value)
     settings = {
         "start_lr": float(start_lr), "end_lr": float(end_lr), "num_steps": int(num_steps), "ramp": ramp,

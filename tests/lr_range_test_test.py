@@ -1,4 +1,4 @@
-"""Tests for the clr_loop.lr_range_test app: its trainer flags, its outputs, flag-named errors."""
+"""Tests for the clr_loop.lr_range_test app: its trainer flags, its curve, its outputs, flag-named errors."""
 
 import gzip
 import json
@@ -82,6 +82,39 @@ def test_app_writes_json_and_png_and_prints_the_flags(tmp_path, capsys):
     assert f"python -m clr_loop.train {saved['flags']['triangular2']}" in out
     assert saved["flags"]["triangular2"].endswith("--momentum=0.9")
     assert (workdir / lrt.PNG_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_apps_curve_is_keras_own_train_on_batch_losses(tmp_path):
+    # Oracle: Keras's own training of the same CNN (same seed, hence the same weights and dropout
+    # masks), compiled as the app documents (SGD at the momentum, with the ramp as its rate, the
+    # trainer's loss), fed the batches of the documented order: epoch k's examples in
+    # `epoch_permutation(N, seed, k)` order, each epoch's last partial batch dropped. 96 examples
+    # in batches of 32 are 3 per epoch, so the 5 steps run on into the second epoch.
+    import keras
+
+    from clr_loop import inputs
+    from clr_loop import model as model_lib
+
+    data = data_lib.load(dataset_dir=write_tiny_idx_dir(str(tmp_path / "idx")))
+    config = lrt.RangeTestConfig(start_lr=1e-3, end_lr=0.3, num_steps=5, batch_size=32, seed=7, momentum=0.9,
+                                 jit_compile="false", workdir=str(tmp_path / "lr"))
+    result, _ = lrt.run_range_test(config, data)
+
+    keras.utils.set_random_seed(config.seed)
+    model = model_lib.create_model(seed=config.seed)
+    ramp = lr_finder.RangeRamp(config.start_lr, config.end_lr, config.num_steps)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=ramp, momentum=0.9),
+                  loss="sparse_categorical_crossentropy")
+    n = data.train.num_examples
+    order = np.concatenate([np.asarray(inputs.epoch_permutation(n, config.seed, epoch)) for epoch in (0, 1)])
+    expected = []
+    for step in range(config.num_steps):
+        epoch, index = divmod(step, n // 32)
+        batch = order[epoch * n + index * 32 : epoch * n + (index + 1) * 32]
+        expected.append(model.train_on_batch(data.train.images[batch], data.train.labels[batch]))
+    assert result.stop_reason == "completed"
+    np.testing.assert_allclose(result.loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(result.lr, [float(ramp(k)) for k in range(5)], rtol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -287,92 +287,33 @@ def load(
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Returns the number of full batches (steps) in one epoch: `num_examples // batch_size`.
-
-    The train pipeline drops the last partial batch, so this is exact. Raises ValueError
-    for a non-positive batch size and DataError when the split holds fewer examples than
-    one batch (an epoch of zero steps).
-    """
+    """Returns `num_examples // batch_size`, the steps of an epoch whose last partial batch is
+    dropped (`inputs.steps_per_epoch`); raises DataError when that is zero, ValueError for a
+    non-positive batch size."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    steps = num_examples // batch_size
-    if steps == 0:
-        raise DataError(f"{num_examples} examples are fewer than one batch of {batch_size}")
-    return steps
+    try:
+        return inputs.steps_per_epoch(num_examples, batch_size)
+    except inputs.InputError as e:
+        raise DataError(str(e)) from e
 
 
-def epoch_permutation(num_examples, seed, epoch):
-    """Returns the int32 permutation of `range(num_examples)` that orders training epoch `epoch`.
-
-    It is a stateless function of (seed, epoch), so the data order at any step can be rebuilt
-    from the step alone, in tf.data or inside a compiled graph.
-    """
-    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
-    return tf.random.experimental.stateless_shuffle(tf.range(num_examples, dtype=tf.int32), seed=key)
-
-
-def train_dataset(
-    split: Split, batch_size: int, seed: int, start_step: int = 0, replicas: tuple[int, int, int] | None = None
-) -> tf.data.Dataset:
-    """Returns an endless, shuffled tf.data.Dataset of (images, labels) training batches from `start_step`.
-
-    Each element is uint8 images [batch_size, 28, 28, 1] and int32 labels [batch_size].
-    Epoch k is exactly `steps_per_epoch(split.num_examples, batch_size)` batches drawn from
-    `epoch_permutation(N, seed, k)` (a full shuffle), its last partial batch dropped. The
-    order is a pure function of (seed, step): `train_dataset(..., start_step=s)` yields
-    exactly what the stream from step 0 yields from its s-th batch on. That is how a
-    resumed run continues with the same data order without checkpointing a 60,000-example
-    shuffle buffer (44 MB and about a second per save).
-
-    For data parallelism, `replicas=(first, count, total)` cuts every global batch of
-    `batch_size` into `total` equal per-replica slices and yields, one element each, the
-    slices of replicas `first .. first+count-1` in order: what one input pipeline (worker)
-    of a `tf.distribute` strategy hands its local replicas. All pipelines together see
-    exactly the single-device global batches.
-    """
-    steps = steps_per_epoch(split.num_examples, batch_size)
-    n = split.num_examples
-    first_epoch, skip = divmod(int(start_step), steps)
-
-    first, count, total = replicas or (0, 1, 1)
-    if batch_size % total or not 0 <= first < first + count <= total:
-        raise ValueError(f"cannot cut batches of {batch_size} into replicas {replicas}")
-
-    # tf.data would run autograph's source transformation on these functions (0.1 s of start-up);
-    # they have no Python control flow to convert.
-    @tf.autograph.experimental.do_not_convert
-    def epoch_batches(epoch):
-        perm = epoch_permutation(n, seed, epoch)[: steps * batch_size]
-        # [step, replica, example]: this pipeline keeps its replicas' slices of every batch.
-        slices = tf.reshape(perm, [steps, total, batch_size // total])[:, first : first + count]
-        return tf.data.Dataset.from_tensor_slices(tf.reshape(slices, [steps * count, batch_size // total]))
-
-    # The arrays are the cache: they are already in memory, and gathering batches from them by
-    # index keeps the order computable from the step.
-    images = tf.constant(split.images)
-    labels = tf.constant(split.labels)
-    ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches).skip(skip * count)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
-    gather = tf.autograph.experimental.do_not_convert(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)))
-    ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+def train_dataset(split: Split, batch_size: int, seed: int, start_step: int = 0, replicas=None) -> tf.data.Dataset:
+    """Returns the endless training stream of `split`'s (images, labels) batches from `start_step`,
+    as the trainer consumes it: `inputs.array_train_dataset` with the last partial batch of every
+    epoch dropped (see there for the order and `replicas`)."""
+    return inputs.array_train_dataset(
+        split.arrays, batch_size, seed, drop_remainder=True, start_step=start_step, replicas=replicas
+    )
 
 
 def eval_dataset(split: Split, batch_size: int, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
-    """Returns a finite, unshuffled tf.data.Dataset of (images, labels) evaluation batches.
+    """Returns `split`'s (images, labels) in order, in batches of `batch_size` (the last holds the
+    remainder): `inputs.array_eval_dataset`."""
+    return inputs.array_eval_dataset(split.arrays, batch_size, shard=shard)
 
-    Each element is uint8 images [B, 28, 28, 1] and int32 labels [B] with B = batch_size,
-    except the last batch, which holds the remainder, so every example is seen exactly
-    once in split order (ceil(N / batch_size) batches). With `shard=(index, count)` only
-    examples `index, index + count, ...` are kept, so `count` input pipelines together
-    see every example exactly once.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-    if shard is not None:
-        ds = ds.shard(shard[1], shard[0])
-    return ds.cache().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+epoch_permutation = inputs.epoch_permutation
 
 
 def _read_gzip(path: str) -> bytes:

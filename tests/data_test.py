@@ -16,6 +16,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from clr_loop import data
+from clr_loop import inputs
 
 IMAGES_MAGIC = 0x00000803
 
@@ -425,7 +426,7 @@ def test_train_dataset_order_is_fixed_by_seed():
 
 
 def test_train_dataset_rejects_split_smaller_than_a_batch():
-    with pytest.raises(data.DataError, match="fewer than one batch"):
+    with pytest.raises(inputs.InputError, match="fewer than one batch"):
         data.train_dataset(indexed_split(3), batch_size=4, seed=0)
 
 

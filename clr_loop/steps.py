@@ -45,7 +45,7 @@ def check_compiled(model):
         raise ValueError(f"model must be a keras.Model, got {type(model).__name__}")
     if not getattr(model, "compiled", False) or model.optimizer is None:
         raise ValueError(
-            "the model is not compiled: call model.compile(optimizer=..., loss=..., metrics=[...]) before fit"
+            "the model is not compiled: call model.compile(optimizer=..., loss=..., metrics=[...]) before training it"
         )
     if model._compile_loss is None and not model.losses:  # pylint: disable=protected-access
         raise ValueError("the model was compiled without a loss: pass loss=... to model.compile")

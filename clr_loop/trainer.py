@@ -8,6 +8,7 @@ is refused, naming each setting), and the strategy set-up from the Config.
 """
 
 import os
+import sys
 
 import keras
 import tensorflow as tf
@@ -161,14 +162,19 @@ class Trainer:
                 )
         checkpointing.write_json_atomic(path, {**current, "resolved": _plan_dict(self.plan, self.jit_compile, self.splits)})
 
-    def train(self, callbacks=None, verbose=2):
+    def train(self, callbacks=None, verbose=None):
         """Trains to the plan's total steps, resuming from the workdir; returns the history dict.
+
+        `callbacks` and `verbose` are `fit`'s (default verbose: a progress bar on a terminal, one
+        line per epoch otherwise).
 
         Raises loop.TrainingDiverged when a step is non-finite (the last good checkpoint is kept),
         loop.Interrupted after SIGTERM/SIGINT (once the state is saved), and WorkdirError or
         CheckpointError for an unusable workdir.
         """
         self._check_workdir()
+        if verbose is None:
+            verbose = 1 if sys.stdout.isatty() else 2  # a bar on a terminal, epoch lines in a log
         history = self.run.fit(callbacks=callbacks, verbose=verbose)
         return {**{key: history.history.get(key, []) for key in HISTORY_KEYS if key != "epoch_seconds"},
                 "epoch_seconds": history.epoch_seconds}

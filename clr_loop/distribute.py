@@ -148,6 +148,14 @@ def worker_id(strategy):
     return int(resolver.task_id or 0)
 
 
+def worker_count(strategy):
+    """Returns the number of worker processes of `strategy`'s cluster (1 when not multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return 1
+    return len(resolver.cluster_spec().as_dict().get("worker", [])) or 1
+
+
 def xla_allowed(strategy):
     """True unless the strategy mirrors over several CPU replicas, which XLA cannot compile across."""
     if strategy.num_replicas_in_sync == 1:

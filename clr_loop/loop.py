@@ -291,6 +291,11 @@ class Run:
         self.replicas = self.strategy.num_replicas_in_sync
         self.is_chief = distribute.is_chief(self.strategy)
         self.seed = _resolve_seed(seed, workdir)
+        if self.replicas > 1 and not train_input.drop_remainder and distribute.worker_count(self.strategy) > 1:
+            raise inputs.InputError(
+                "a multi-worker run needs drop_remainder=True: each worker reads its own slices of every "
+                "global batch, which an epoch's last partial batch does not divide into"
+            )
         if train_input.batch_size is not None and train_input.batch_size % self.replicas:
             raise ValueError(
                 f"batch_size={train_input.batch_size} (the global batch) must be divisible by the "
@@ -372,6 +377,13 @@ class Run:
             return iterator
         total = self.replicas
         arrays, batch, seed = self.input.arrays, self.input.batch_size, self.seed
+        if total > 1 and not self.input.drop_remainder:
+            # An epoch's last partial batch cannot be cut into equal slices: on one worker, TF's
+            # distribution splits each global batch across the replicas (the last one unevenly).
+            global_batches = inputs.array_train_dataset(
+                arrays, batch, seed, shuffle=self.input.shuffle, drop_remainder=False, start_step=step
+            )
+            return iter(self.strategy.experimental_distribute_dataset(global_batches))
 
         def dataset_fn(context):
             local = total // context.num_input_pipelines

@@ -84,6 +84,47 @@ def test_mirrored_over_two_virtual_cpus_matches_single_device(tmp_path):
     assert mirrored["val"]["accuracy"] == single["val"]["accuracy"]
 
 
+FIT_UNDER_STRATEGY = textwrap.dedent(
+    """
+    import json
+    import numpy as np, keras, tensorflow as tf
+    from clr_loop import distribute, loop
+
+    distribute.configure_virtual_cpus(2)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(250, 8)).astype(np.float32); y = (x[:, 0] > 0).astype(np.int32)  # last batch: 26
+    results = {}
+    for name in ("default", "mirrored"):
+        strategy = distribute.make_strategy(name)
+        with strategy.scope():
+            keras.utils.set_random_seed(3)
+            model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)])
+            model.compile(optimizer=keras.optimizers.SGD(0.1),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        history = loop.fit(model, x, y, batch_size=32, epochs=2, shuffle=False, verbose=0,
+                           validation_data=(x[:37], y[:37]), jit_compile=False)
+        results[name] = {"replicas": strategy.num_replicas_in_sync, "history": history.history,
+                         "weights": [w.tolist() for w in model.get_weights()],
+                         "evaluate": model.evaluate(x[:37], y[:37], verbose=0, return_dict=True)}
+    print("RESULT" + json.dumps(results))
+    """
+)
+
+
+def test_fit_trains_a_model_compiled_under_a_strategy_on_its_replicas(tmp_path):
+    """clr_loop.fit on a model built and compiled in MirroredStrategy.scope() over two virtual CPUs:
+    two replicas, and the weights and metrics of the one-device run (each global batch is split across
+    the replicas, the last partial one of 26 examples too)."""
+    results = run_script(FIT_UNDER_STRATEGY)
+    single, mirrored = results["default"], results["mirrored"]
+    assert (single["replicas"], mirrored["replicas"]) == (1, 2)
+    for a, b in zip(single["weights"], mirrored["weights"]):
+        np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-5, atol=1e-6)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        assert mirrored["history"][key] == pytest.approx(single["history"][key], rel=1e-5), key
+    assert mirrored["history"]["val_accuracy"][-1] == pytest.approx(mirrored["evaluate"]["accuracy"], abs=1e-4)
+
+
 def free_ports(n):
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:

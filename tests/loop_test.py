@@ -309,6 +309,38 @@ def test_early_stopping_ends_the_run_and_csv_logger_writes_the_history(tmp_path)
         assert [float(r[key]) for r in rows] == pytest.approx(values, rel=1e-7), key
 
 
+def test_reduce_lr_on_plateau_lowers_the_rate_the_compiled_step_uses(tmp_path):
+    """The callback assigns the optimizer's rate variable; the next epoch's steps use the new rate
+    (the history's lr) and ModelCheckpoint writes a loadable file each epoch."""
+    x, y = toy_data()
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=10.0)
+    path = str(tmp_path / "epoch{epoch}.keras")
+    model = compiled()
+    history = loop.fit(model, x, y, batch_size=BATCH, epochs=3, verbose=0,
+                       callbacks=[plateau, keras.callbacks.ModelCheckpoint(path)])
+    # Epoch 1 sets the best loss; epochs 2 and 3 do not beat it by min_delta=10, so with patience 0
+    # the rate halves after each of them: epoch 3 trains at 0.05, and 0.025 is left for the next.
+    assert history.history["lr"] == pytest.approx([0.1, 0.1, 0.05], rel=1e-6)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.025, rel=1e-6)
+    restored = keras.models.load_model(str(tmp_path / "epoch3.keras"))
+    for a, b in zip(restored.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batch_hooks_run_once_per_compiled_loop():
+    x, y = toy_data()
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((batch, sorted(logs)))
+
+    loop.fit(compiled(), x, y, batch_size=BATCH, epochs=1, verbose=0, steps_per_loop=3, callbacks=[Record()])
+    # 7 steps in loops of 3, 3 and 1 (the epoch's end): Keras's batch index of each loop's last step.
+    assert [b for b, _ in seen] == [2, 5, 6]
+    assert seen[0][1] == ["accuracy", "loss", "lr"]
+
+
 # 8. SIGKILL and resume ------------------------------------------------------------------------
 
 KILL_SCRIPT = '''

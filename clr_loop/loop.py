@@ -208,6 +208,59 @@ def metric_results(metrics):
     return out
 
 
+class _Summaries:
+    """TensorBoard scalars of a run in `<workdir>/train` and `<workdir>/eval` (no-op writers without
+    a workdir, or on a worker that is not the chief).
+
+    Train points average over the steps since the previous point: the loss from the loop windows'
+    sums, each mean-type metric from the change of its Keras sums; `lr`, `momentum` and other
+    metrics are their current values.
+    """
+
+    def __init__(self, workdir):
+        if workdir:
+            self.train = tf.summary.create_file_writer(os.path.join(workdir, "train"))
+            self.eval = tf.summary.create_file_writer(os.path.join(workdir, "eval"))
+        else:
+            self.train = self.eval = tf.summary.create_noop_writer()
+        self.loss_sum = self.count = 0.0
+        self.metric_base = {}
+
+    def start_window(self, metrics):
+        """Starts the metric windows from the metrics' current sums (at an epoch's start)."""
+        self.metric_base = _metric_sums(metrics)
+
+    def add(self, window):
+        """Adds a loop window's loss sum and example count to the current point."""
+        self.loss_sum += float(window["loss_sum"])
+        self.count += float(window["count"])
+
+    def write_train(self, step, logs, metrics):
+        """Writes the train point at `step` and starts the next one."""
+        now = _metric_sums(metrics)
+        with self.train.as_default(step=step):
+            write_scalar("loss", self.loss_sum / max(self.count, 1.0))
+            for name, (total, n) in now.items():
+                base_total, base_n = self.metric_base.get(name, (0.0, 0.0))
+                if n > base_n:
+                    write_scalar(name, (total - base_total) / (n - base_n))
+            for name, value in logs.items():
+                if name not in now and name != "loss":
+                    write_scalar(name, value)
+        self.loss_sum = self.count = 0.0
+        self.metric_base = now
+
+    def write_eval(self, step, val_logs):
+        """Writes the validation metrics (without their `val_` prefix) at `step`."""
+        with self.eval.as_default(step=step):
+            for name, value in val_logs.items():
+                write_scalar(name, value)
+
+    def flush(self):
+        self.train.flush()
+        self.eval.flush()
+
+
 def _metric_sums(metrics):
     """Returns {name: (total, count)} of the mean-type compiled metrics, for windowed summaries."""
     if metrics is None or not metrics.built:
@@ -261,8 +314,9 @@ def _identity_differences(saved, current):
 
 class Run:
     """One training run of a compiled model on its input: the compiled steps and loops, the input
-    iterator, and (with a workdir) its checkpoints. `fit` builds one and calls `train`; code that
-    drives the loop itself calls `run_steps` and `evaluate`."""
+    iterator, and (with a workdir) its checkpoints. `fit` builds one and calls its `fit`; code that
+    drives the loop itself calls `run_steps` and `validate` (the Fashion-MNIST trainer and the
+    tests do)."""
 
     def __init__(self, model, train_input, val, *, seed, epochs, steps_per_loop, jit_compile, batch_splits,
                  workdir, checkpoint_every_steps, keep_checkpoints, log_every_steps, profile_steps, max_steps,
@@ -349,7 +403,7 @@ class Run:
         """Runs up to `num_steps` training steps in one compiled call from the current position;
         returns the loop's window (see `make_train_loop`)."""
         if self.iterator is None:
-            self.iterator = self.iterator_at(self.step, int(self.state.epoch.numpy()))
+            self.iterator = self.iterator_at(self.step)
         return self.train_loop(self.iterator, tf.constant(num_steps, tf.int32))
 
     def validate(self):
@@ -368,8 +422,9 @@ class Run:
 
     # Input -------------------------------------------------------------------------------------
 
-    def iterator_at(self, step, epoch):
-        """Returns the train iterator positioned at `step` (arrays), or a fresh one for `epoch` (a Dataset)."""
+    def iterator_at(self, step):
+        """Returns the train iterator positioned at `step` (arrays), or a fresh one (a Dataset: a
+        checkpoint restore then positions it)."""
         if self.input.dataset is not None:
             iterator = iter(self.strategy.experimental_distribute_dataset(self.input.dataset)
                             if self.replicas > 1 else self.input.dataset)
@@ -455,7 +510,7 @@ class Run:
         )
         # The iterator must exist before a restore can fill in its state.
         if self.input.dataset is not None:
-            self.iterator = self.iterator_at(0, 0)
+            self.iterator = self.iterator_at(0)
         restored = self.checkpoints.restore_latest()
         if restored is None and os.path.exists(history_path):
             raise checkpointing.WorkdirError(
@@ -466,9 +521,7 @@ class Run:
         if restored is None:
             return {}
         history = checkpointing.read_json(history_path, "history") if os.path.exists(history_path) else {}
-        done = int(self.state.epoch.numpy())
-        if self.state.epoch_start.numpy() == self.step and self.step > 0 and done > 0:
-            pass  # saved at an epoch's end: `epoch` already counts it
+        done = int(self.state.epoch.numpy())  # epochs completed (an epoch end counts its own)
         history = {k: list(v)[:done] for k, v in history.items()}
         for sub in ("train", "eval"):
             checkpointing.truncate_events(os.path.join(workdir, sub), self.step)
@@ -483,9 +536,9 @@ class Run:
         del frame
         self._signal = signum
 
-    def stop_for_signal(self, writers):
-        for writer in writers:
-            writer.flush()
+    def stop_for_signal(self, summaries):
+        """Flushes the summaries, saves a checkpoint and raises Interrupted naming the signal."""
+        summaries.flush()
         path = self.save()
         name = signal.Signals(self._signal).name
         raise Interrupted(
@@ -638,12 +691,7 @@ def _train(run, saved_history, callbacks, verbose):
     )
     model.stop_training = False
     workdir = run.workdir
-    if workdir and run.is_chief:
-        train_writer = tf.summary.create_file_writer(os.path.join(workdir, "train"))
-        eval_writer = tf.summary.create_file_writer(os.path.join(workdir, "eval"))
-    else:
-        train_writer = eval_writer = tf.summary.create_noop_writer()
-    writers = (train_writer, eval_writer)
+    summaries = _Summaries(workdir if run.is_chief else None)
     steps_per_epoch = run.input.steps_per_epoch
     step = run.step
     epoch = int(run.state.epoch.numpy())
@@ -664,8 +712,6 @@ def _train(run, saved_history, callbacks, verbose):
         history_cb.epoch_seconds = epoch_seconds
         return history_cb
     profiling = False
-    log_sums = {"loss_sum": 0.0, "count": 0.0}
-    log_metric_base = None
     logs = {}
     # Mid-epoch resume of an array run: the iterator is rebuilt at the restored step.
     resuming_mid_epoch = step > 0 and (
@@ -673,9 +719,9 @@ def _train(run, saved_history, callbacks, verbose):
         or (run.input.dataset is not None and step != int(run.state.epoch_start.numpy()))
     )
     if run.input.dataset is None:
-        run.iterator = run.iterator_at(step, epoch)
+        run.iterator = run.iterator_at(step)
     elif run.iterator is None or not resuming_mid_epoch:
-        run.iterator = run.iterator_at(step, epoch)
+        run.iterator = run.iterator_at(step)
     while epoch < run.epochs:
         if run.total_steps is not None and step >= run.total_steps:
             break
@@ -696,12 +742,12 @@ def _train(run, saved_history, callbacks, verbose):
             if run.metrics is not None:
                 run.metrics.reset_state()
             if run.input.dataset is not None and step > 0:
-                run.iterator = run.iterator_at(step, epoch)
+                run.iterator = run.iterator_at(step)
         resumed_at = step
         resuming_mid_epoch = False
         started = time.perf_counter()
         callback_list.on_epoch_begin(epoch)
-        log_metric_base = _metric_sums(run.metrics)
+        summaries.start_window(run.metrics)
         exhausted = False
         while not exhausted and (epoch_end is None or step < epoch_end):
             end = run.chunk_end(step, epoch_end)
@@ -729,29 +775,16 @@ def _train(run, saved_history, callbacks, verbose):
                 logging.info("profiler trace of steps %s written under %s/plugins/profile", run.profile_steps, workdir)
             if ran == 0:
                 break
-            log_sums["loss_sum"] += float(window["loss_sum"])
-            log_sums["count"] += float(window["count"])
+            summaries.add(window)
             logs = _train_logs(run)
             if step % run.log_every_steps == 0 or step == epoch_end or exhausted:
-                count = max(log_sums["count"], 1.0)
-                now = _metric_sums(run.metrics)
-                with train_writer.as_default(step=step):
-                    write_scalar("loss", log_sums["loss_sum"] / count)
-                    for name, (total, n) in now.items():
-                        base_total, base_n = log_metric_base.get(name, (0.0, 0.0))
-                        if n > base_n:
-                            write_scalar(name, (total - base_total) / (n - base_n))
-                    for name, value in logs.items():
-                        if name not in now and name not in ("loss",):
-                            write_scalar(name, value)
-                log_sums = dict.fromkeys(log_sums, 0.0)
-                log_metric_base = now
+                summaries.write_train(step, logs, run.metrics)
             callback_list.on_train_batch_end(step - epoch_start - 1, logs)
             if run.checkpoint_every_steps > 0 and step % run.checkpoint_every_steps == 0 and step != epoch_end:
-                train_writer.flush()
+                summaries.flush()
                 run.save()
             if run._signal is not None:  # pylint: disable=protected-access
-                run.stop_for_signal(writers)
+                run.stop_for_signal(summaries)
             if model.stop_training:
                 break
         # Stopped by max_steps inside the epoch: the epoch still ends here (validation, callbacks,
@@ -763,14 +796,12 @@ def _train(run, saved_history, callbacks, verbose):
             break  # a Dataset with nothing left for this epoch
         if steps_per_epoch is None and not model.stop_training and not cut_short:
             steps_per_epoch = step - epoch_start  # a Dataset of unknown length: now it is known
-            callback_list.set_params({**callback_list.params, "steps": steps_per_epoch}) if hasattr(callback_list, "set_params") else None
+            callback_list.set_params({**callback_list.params, "steps": steps_per_epoch})
         epoch_logs = _train_logs(run)
         if run.val_arrays is not None or run.val_dataset is not None:
             val_logs, _ = run.validate()
             epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            with eval_writer.as_default(step=step):
-                for name, value in val_logs.items():
-                    write_scalar(name, value)
+            summaries.write_eval(step, val_logs)
         seconds = time.perf_counter() - started
         callback_list.on_epoch_end(epoch, epoch_logs)
         epoch_seconds.append(seconds)
@@ -779,19 +810,17 @@ def _train(run, saved_history, callbacks, verbose):
             epoch += 1
             run.state.epoch.assign(epoch)
             run.state.epoch_start.assign(step)
-        for writer in writers:
-            writer.flush()
+        summaries.flush()
         if workdir and run.is_chief:
             checkpointing.write_json_atomic(
                 os.path.join(workdir, "history.json"), {**history_cb.history, "epoch_seconds": epoch_seconds}
             )
         run.save()
         if run._signal is not None:  # pylint: disable=protected-access
-            run.stop_for_signal(writers)
+            run.stop_for_signal(summaries)
         if model.stop_training or cut_short:
             break
-    for writer in writers:
-        writer.flush()
+    summaries.flush()
     callback_list.on_train_end(logs)
     history_cb.epoch_seconds = epoch_seconds
     return history_cb

@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import math
-import os
 from typing import Optional, Tuple
 
 from clr_loop import data as data_lib
@@ -120,28 +119,6 @@ def plan_steps(config, num_train_examples):
         step_size=to_steps(config.step_size_epochs),
         step_size_down=to_steps(config.step_size_down_epochs),
     )
-
-
-def cpu_cores():
-    """Returns the number of CPU cores this process may run on (its affinity mask, else all)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def auto_batch_splits(batch_size, cores=None):
-    """Returns how many parts a batch is best computed in on a CPU with `cores` cores (no XLA).
-
-    One part per core, but at least 32 examples per part (smaller parts leave the convolutions
-    too little work per call) and a number that divides the batch: 2 for the tutorial's batch of
-    64 on 2 or more cores, 1 for a batch under 64 or one core. docs/performance.md has the
-    measurements behind this choice.
-    """
-    splits = max(1, min(cores or cpu_cores(), batch_size // 32))
-    while batch_size % splits:
-        splits -= 1
-    return splits
 
 
 def make_schedule(config, plan):

@@ -68,27 +68,3 @@ def test_validate_names_the_flag(changes, flag):
 
 def test_default_config_is_valid():
     assert config_lib.validate(config_lib.Config()) == []
-
-
-@pytest.mark.parametrize(
-    "batch, cores, expected",
-    [
-        (64, 2, 2),
-        (64, 16, 2),  # parts of at least 32 examples
-        (128, 4, 4),
-        (96, 4, 3),  # 4 parts would be 24 examples; 3 divides 96
-        (100, 2, 2),
-        (160, 4, 4),  # 5 would divide, but there are 4 cores
-        (32, 2, 1),
-        (63, 2, 1),  # 63 // 32 = 1
-        (64, 1, 1),
-    ],
-)
-def test_auto_batch_splits(batch, cores, expected):
-    splits = config_lib.auto_batch_splits(batch, cores)
-    assert splits == expected
-    assert batch % splits == 0 and (splits == 1 or batch // splits >= 32)
-
-
-def test_cpu_cores_is_positive():
-    assert config_lib.cpu_cores() >= 1

@@ -114,14 +114,6 @@ def test_eval_counts_every_example_once_and_matches_numpy(tmp_path):
     assert result["accuracy"] == pytest.approx(expected_acc)
 
 
-def test_resolve_jit_compile():
-    assert runtime.resolve_jit_compile("true") is True and runtime.resolve_jit_compile(True) is True
-    assert runtime.resolve_jit_compile("false") is False and runtime.resolve_jit_compile(False) is False
-    assert runtime.resolve_jit_compile("auto") == bool(tf.config.list_logical_devices("GPU"))
-    with pytest.raises(ValueError, match="jit_compile"):
-        runtime.resolve_jit_compile("sometimes")
-
-
 def test_train_writes_history_config_and_events(tmp_path):
     config = make_config(tmp_path, epochs=2)
     history = trainer_lib.Trainer(config, fake_data()).train()
@@ -281,20 +273,3 @@ def test_automatic_batch_splits_follow_the_cores_on_a_cpu(tmp_path):
     expected = 1 if tf.config.list_physical_devices("GPU") else runtime.auto_batch_splits(64, runtime.cpu_cores())
     assert trainer_lib.resolve_batch_splits(config) == expected
     assert trainer_lib.resolve_batch_splits(config, replicas=2) == 1
-
-
-def test_thread_pool_sizes():
-    assert runtime.thread_pool_sizes(1) == (0, 0)  # TensorFlow's defaults
-    assert runtime.thread_pool_sizes(2, cores=8) == (2, 4)
-    assert runtime.thread_pool_sizes(2, cores=2) == (2, 1)
-    assert runtime.thread_pool_sizes(4, cores=2) == (4, 1)  # at least one thread per op
-
-
-def test_configure_threads_after_tensorflow_started_changes_nothing(caplog):
-    tf.constant(1.0) + 1.0  # the runtime runs (already true in a test session)
-    before = (tf.config.threading.get_inter_op_parallelism_threads(), tf.config.threading.get_intra_op_parallelism_threads())
-    assert runtime.configure_threads(1) is False
-    assert runtime.configure_threads(2) is False
-    assert "thread pools stay as they are" in caplog.text
-    after = (tf.config.threading.get_inter_op_parallelism_threads(), tf.config.threading.get_intra_op_parallelism_threads())
-    assert after == before

@@ -341,6 +341,24 @@ def test_batch_hooks_run_once_per_compiled_loop():
     assert seen[0][1] == ["accuracy", "loss", "lr"]
 
 
+def test_a_metric_that_is_not_a_mean_keeps_its_keras_state_and_validates_like_evaluate():
+    """AUC cannot be summed per example: it is accumulated in its own Keras state (thresholded
+    counts) over the whole validation set, including the last partial batch, as evaluate does."""
+    x, y = toy_data()
+    y = (y == 0).astype(np.float32)[:, None]
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy",
+                  metrics=["accuracy", keras.metrics.AUC(name="auc")])
+    history = loop.fit(model, x, y, batch_size=BATCH, epochs=2, verbose=0, validation_data=(x[:90], y[:90]))
+    assert {"auc", "val_auc", "accuracy", "val_accuracy"} <= set(history.history)
+    expected = model.evaluate(x[:90], y[:90], batch_size=BATCH, verbose=0, return_dict=True)
+    assert history.history["val_auc"][-1] == pytest.approx(expected["auc"], abs=1e-6)
+    assert history.history["val_accuracy"][-1] == pytest.approx(expected["accuracy"], abs=1e-6)
+    assert history.history["val_loss"][-1] == pytest.approx(expected["loss"], rel=1e-5)
+
+
 # 8. SIGKILL and resume ------------------------------------------------------------------------
 
 KILL_SCRIPT = '''

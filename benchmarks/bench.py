@@ -63,7 +63,7 @@ class Spec:
     "tfdata" (clr_loop.data.train_dataset) or "in_graph" (`InGraphBatches`). `splits` is the
     trainer's `--batch_splits` (each batch computed as that many parts side by side; 0: the
     trainer's automatic choice, 1: no splitting). `inter_op` and `intra_op` are TensorFlow
-    thread-pool sizes; 0 and 0 mean what the trainer sets (`trainer.configure_threads`: one
+    thread-pool sizes; 0 and 0 mean what the trainer's app sets (`runtime.configure_threads`: one
     inter-op thread per part and the cores shared among them when it splits, else TensorFlow's
     default of one per core); "fit" always runs on TensorFlow's defaults, as the tutorial
     does. `virtual_cpus` > 0 runs the trainer's
@@ -162,7 +162,7 @@ def step_flops(model, batch_size, training=True):
 
 
 class InGraphBatches:
-    """An iterator for `trainer.make_train_loop` that draws training batches inside the graph.
+    """An iterator for `clr_loop.loop.make_train_loop` that draws training batches inside the graph.
 
     The whole training split stays on the device as two tensors (uint8 images, int32 labels);
     `next()` (called while the loop traces) adds ops that gather the batch for the optimizer's
@@ -320,9 +320,9 @@ def make_trainer(spec, data):
     """Returns a `clr_loop.trainer.Trainer` for `spec`, with the spec's variant swapped in.
 
     The trainer is built exactly as `python -m clr_loop.train` builds it (strategy, model,
-    optimizer, compiled step, loop and eval); a spec with `input="in_graph"` replaces its iterator
-    with an `InGraphBatches`. The trainer is not trained (nothing is written): callers run
-    `trainer.train_loop`.
+    optimizer, and its `loop.Run`: compiled steps, train loop and eval); a spec with
+    `input="in_graph"` puts an `InGraphBatches` in place of the run's tf.data iterator. The
+    trainer is not trained (nothing is written): callers run `trainer.run.run_steps(n)`.
     """
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
@@ -333,7 +333,7 @@ def make_trainer(spec, data):
     strategy = distribute.make_strategy(config.strategy, config.devices, config.cluster_timeout)
     trainer = trainer_lib.Trainer(config, data, strategy=strategy)
     if spec.input == "in_graph":
-        trainer.iterator = InGraphBatches(data.train, spec.batch_size, SEED, trainer.optimizer.iterations)
+        trainer.run.iterator = InGraphBatches(data.train, spec.batch_size, SEED, trainer.optimizer.iterations)
     return trainer
 
 
@@ -388,25 +388,24 @@ def time_fit(spec, data):
     return result
 
 
-def _run_loop(train_loop, iterator, steps, steps_per_loop):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
+def _run_loop(run_steps, steps, steps_per_loop):
     done, out = 0, None
     while done < steps:
         n = min(steps_per_loop, steps - done)
-        out = train_loop(iterator, tf.constant(n, tf.int32))
+        out = run_steps(n)
         done += n
     float(out["loss_sum"])  # a device-to-host read: the steps have finished, also on a GPU
     return out
 
 
 def make_loop(spec, data):
-    """Returns (train_loop, iterator, model, optimizer) of `make_trainer(spec, data)`.
+    """Returns (run_steps, model, optimizer) of `make_trainer(spec, data)`.
 
-    `train_loop(iterator, num_steps)` is the trainer's own compiled loop (`Trainer.run_steps`).
+    `run_steps(num_steps)` is the trainer's own compiled loop (`loop.Run.run_steps`: up to that
+    many steps in one call of `loop.make_train_loop`'s function, on the run's iterator).
     """
     trainer = make_trainer(spec, data)
-    return trainer.train_loop, trainer.iterator, trainer.model, trainer.optimizer
+    return trainer.run.run_steps, trainer.model, trainer.optimizer
 
 
 def time_loop(spec, data):
@@ -418,16 +417,16 @@ def time_loop(spec, data):
     """
     steps = _steps(spec, data.train.num_examples)
     trainer = make_trainer(spec, data)
-    train_loop, iterator, model = trainer.train_loop, trainer.iterator, trainer.model
+    run_steps, model = trainer.run.run_steps, trainer.model
     first_steps = min(spec.steps_per_loop, steps)
     start = time.perf_counter()
-    _run_loop(train_loop, iterator, first_steps, spec.steps_per_loop)
+    _run_loop(run_steps, first_steps, spec.steps_per_loop)
     first_call_s = time.perf_counter() - start
-    _run_loop(train_loop, iterator, min(steps, max(spec.steps_per_loop, 20)), spec.steps_per_loop)
+    _run_loop(run_steps, min(steps, max(spec.steps_per_loop, 20)), spec.steps_per_loop)
     wall, cpu = [], []
     for _ in range(spec.repeats):
         start, cpu_start = time.perf_counter(), _cpu_seconds()
-        _run_loop(train_loop, iterator, steps, spec.steps_per_loop)
+        _run_loop(run_steps, steps, spec.steps_per_loop)
         wall.append(time.perf_counter() - start)
         cpu.append(_cpu_seconds() - cpu_start)
     result = _summary(spec, wall, cpu, steps, first_call_s, first_steps, step_flops(model, spec.batch_size))
@@ -446,6 +445,7 @@ def is_trainer_default(spec, splits, threads):
     `Config()`, as are the input pipeline, steps_per_loop, batch size and XLA choice.
     """
     from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop import runtime  # pylint: disable=import-outside-toplevel
     from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
 
     default = config_lib.Config()
@@ -455,10 +455,10 @@ def is_trainer_default(spec, splits, threads):
         and spec.input == "tfdata"
         and spec.steps_per_loop == default.steps_per_loop
         and spec.batch_size == default.batch_size
-        and trainer_lib.resolve_jit_compile(spec.jit) == trainer_lib.resolve_jit_compile(default.jit_compile)
+        and runtime.resolve_jit_compile(spec.jit) == runtime.resolve_jit_compile(default.jit_compile)
         and not spec.virtual_cpus
         and splits == default_splits
-        and tuple(threads) == trainer_lib.thread_pool_sizes(default_splits)
+        and tuple(threads) == runtime.thread_pool_sizes(default_splits)
     )
 
 
@@ -474,9 +474,10 @@ def weights_checksum(model):
 def time_eval(spec, data):
     """Times one pass over the whole test split and returns the result dict (per pass, not per step).
 
-    "eval_loop" is the trainer's compiled eval loop (`Trainer.evaluate` over its eval dataset) at
-    `eval_batch_size`; "fit_eval" is Keras `model.evaluate` at the training batch size, which is
-    what the tutorial's `fit(validation_data=...)` runs after every epoch.
+    "eval_loop" is the trainer's compiled eval loop (`trainer.run.validate()`, what `fit` runs
+    after each epoch, which builds the validation dataset each time) at `eval_batch_size`;
+    "fit_eval" is Keras `model.evaluate` at the training batch size, which is what the
+    tutorial's `fit(validation_data=...)` runs after every epoch.
     """
     test = data.test
     if spec.kind == "eval_loop":
@@ -484,7 +485,7 @@ def time_eval(spec, data):
         model, jit = trainer.model, trainer.jit_compile
 
         def one_pass():
-            return trainer.evaluate(trainer.eval_ds)["val_loss"]
+            return trainer.run.validate()[0]["loss"]
 
         batch, splits = spec.eval_batch_size, trainer.splits
     else:
@@ -552,11 +553,12 @@ def _apply_threads(spec):
     """Sets this worker's thread pools for `spec` (before TensorFlow runs an op); returns `_thread_pools()`.
 
     Explicit `inter_op`/`intra_op` win; otherwise a "loop" or "eval_loop" spec gets what the
-    trainer sets for its configuration (`trainer.configure_threads`), and the other kinds keep
+    trainer sets for its configuration (`runtime.configure_threads`), and the other kinds keep
     TensorFlow's defaults.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
+    from clr_loop import runtime  # pylint: disable=import-outside-toplevel
     from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
 
     if spec.inter_op or spec.intra_op:
@@ -565,7 +567,7 @@ def _apply_threads(spec):
         if spec.intra_op:
             tf.config.threading.set_intra_op_parallelism_threads(spec.intra_op)
     elif spec.kind in ("loop", "eval_loop"):
-        trainer_lib.configure_threads(trainer_lib.resolve_batch_splits(_config(spec)))
+        runtime.configure_threads(trainer_lib.resolve_batch_splits(_config(spec)))
     return _thread_pools()
 
 
@@ -768,17 +770,16 @@ def training_specs(batch_size, steps, repeats, steps_per_loop_list, data):
 def split_threads(batch_size, cores=None):
     """Returns {"splits", "inter_op", "intra_op"} as the trainer resolves them on a CPU, or {} for no splitting.
 
-    The trainer's automatic choice (`config.auto_batch_splits`: one part per core, at least 32
-    examples each, dividing the batch) and the pools `trainer.thread_pool_sizes` gives it.
+    The trainer's automatic choice (`runtime.auto_batch_splits`: one part per core, at least 32
+    examples each, dividing the batch) and the pools `runtime.thread_pool_sizes` gives it.
     """
-    from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
-    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop import runtime  # pylint: disable=import-outside-toplevel
 
-    cores = cores or config_lib.cpu_cores()
-    splits = config_lib.auto_batch_splits(batch_size, cores)
+    cores = cores or runtime.cpu_cores()
+    splits = runtime.auto_batch_splits(batch_size, cores)
     if splits < 2:
         return {}
-    inter_op, intra_op = trainer_lib.thread_pool_sizes(splits, cores)
+    inter_op, intra_op = runtime.thread_pool_sizes(splits, cores)
     return {"splits": splits, "inter_op": inter_op, "intra_op": intra_op}
 
 
@@ -1092,18 +1093,18 @@ def profile_spec(spec, logdir, data=None):
     _apply_threads(spec)
     if data is None:
         data, _ = load_data(spec.data)
-    train_loop, iterator, _, _ = make_loop(spec, data)
+    run_steps, _, _ = make_loop(spec, data)
     steps = spec.steps_per_loop
-    _run_loop(train_loop, iterator, 2 * steps, steps)
+    _run_loop(run_steps, 2 * steps, steps)
     options = tf.profiler.experimental.ProfilerOptions(host_tracer_level=3, python_tracer_level=0, device_tracer_level=1)
     tf.profiler.experimental.start(logdir, options=options)
     start = time.perf_counter()
-    _run_loop(train_loop, iterator, steps, steps)
+    _run_loop(run_steps, steps, steps)
     wall_ms = (time.perf_counter() - start) * 1000.0 / steps
     tf.profiler.experimental.stop()
     # Unprofiled rate right after, to show what tracing every op costs.
     start = time.perf_counter()
-    _run_loop(train_loop, iterator, steps, steps)
+    _run_loop(run_steps, steps, steps)
     plain_ms = (time.perf_counter() - start) * 1000.0 / steps
     breakdown = profile_breakdown(trace_events_from_logdir(logdir), steps, wall_ms)
     breakdown.update(name=spec.name, logdir=logdir, unprofiled_ms_per_step=plain_ms)

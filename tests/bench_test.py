@@ -87,11 +87,11 @@ def test_in_graph_loop_gives_the_plain_loops_weights(dropout):
     spec = bench.Spec("loop", batch_size=8, steps_per_loop=3, jit="false")
     runs = {}
     for kind in ("tfdata", "in_graph"):
-        loop, iterator, model, optimizer = bench.make_loop(bench.Spec(**{**spec.__dict__, "input": kind}), data)
+        run_steps, model, optimizer = bench.make_loop(bench.Spec(**{**spec.__dict__, "input": kind}), data)
         if not dropout:
             model.layers[5].rate = 0.0
         for _ in range(4):  # 12 steps: two epoch boundaries
-            out = loop(iterator, tf.constant(3))
+            out = run_steps(3)
         runs[kind] = (weights(model), float(out["loss_sum"]), int(optimizer.iterations))
     assert runs["tfdata"][2] == runs["in_graph"][2] == 12
     assert runs["in_graph"][1] == pytest.approx(runs["tfdata"][1], rel=1e-6)
@@ -109,16 +109,17 @@ def test_spec_splits_reach_the_trainer():
 
 def test_is_trainer_default_matches_what_train_resolves():
     from clr_loop import config as config_lib
+    from clr_loop import runtime
     from clr_loop import trainer as trainer_lib
 
     default_splits = trainer_lib.resolve_batch_splits(config_lib.Config())
-    threads = trainer_lib.thread_pool_sizes(default_splits)
+    threads = runtime.thread_pool_sizes(default_splits)
     spec = bench.Spec("loop", jit="false")
     assert bench.is_trainer_default(spec, default_splits, threads)
     assert not bench.is_trainer_default(bench.Spec("loop", jit="false", steps_per_loop=10), default_splits, threads)
     assert not bench.is_trainer_default(bench.Spec("loop", jit="false", input="in_graph"), default_splits, threads)
     other = 1 if default_splits > 1 else 2
-    assert not bench.is_trainer_default(spec, other, trainer_lib.thread_pool_sizes(other))
+    assert not bench.is_trainer_default(spec, other, runtime.thread_pool_sizes(other))
 
 
 @pytest.mark.parametrize(

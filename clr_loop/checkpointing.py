@@ -6,6 +6,9 @@ good one (never a silent restart from scratch), and TensorBoard logs written aft
 step are cut so a resumed run has no duplicated points.
 """
 
+import contextlib
+import errno
+import fcntl
 import glob
 import json
 import os
@@ -88,6 +91,50 @@ def clear_run_outputs(workdir):
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir):
+    """Holds an exclusive lock on `workdir` inside the block: one writing process per run.
+
+    The lock is `fcntl.flock` on `<workdir>/.lock`, which holds the owner's pid. Another process
+    on the same workdir gets a WorkdirError naming that pid at once. The operating system drops
+    the lock when its process ends in any way (kill -9 included), so a lock file left behind
+    never blocks a resume. Re-entering the lock in the process that holds it is allowed.
+    """
+    path = os.path.join(workdir, LOCK_FILE)
+    key = os.path.realpath(path)
+    if key in _HELD_LOCKS:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise WorkdirError(f"cannot lock workdir {workdir}: {e}") from e
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise WorkdirError(
+                f"workdir {workdir} is in use by another process (pid {owner}); two runs writing one "
+                "workdir would interleave their checkpoints. Wait for it to end, or use another workdir."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD_LOCKS.add(key)
+        try:
+            yield
+        finally:
+            _HELD_LOCKS.discard(key)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+_HELD_LOCKS = set()
 
 
 def config_differences(saved, current):

@@ -393,11 +393,18 @@ class Run:
     def fit(self, callbacks=None, verbose="auto"):
         """Trains to the end (see `fit`), resuming from the workdir when it holds a checkpoint;
         returns the `keras.callbacks.History`."""
-        saved_history = {}
-        if self.workdir:
-            saved_history = self.restore()
-        with _signals_saved(self) if self.workdir else contextlib.nullcontext():
-            return _train(self, saved_history, callbacks, verbose)
+        if not self.workdir:
+            return _train(self, {}, callbacks, verbose)
+        with self.locked(), _signals_saved(self):
+            return _train(self, self.restore(), callbacks, verbose)
+
+    def locked(self):
+        """A context holding the workdir's lock (`checkpointing.workdir_lock`; the chief's only,
+        since all workers of a cluster share the workdir)."""
+        if not self.is_chief:
+            return contextlib.nullcontext()
+        checkpointing.check_writable(self.workdir)
+        return checkpointing.workdir_lock(self.workdir)
 
     def run_steps(self, num_steps):
         """Runs up to `num_steps` training steps in one compiled call from the current position;

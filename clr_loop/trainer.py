@@ -172,10 +172,11 @@ class Trainer:
         loop.Interrupted after SIGTERM/SIGINT (once the state is saved), and WorkdirError or
         CheckpointError for an unusable workdir.
         """
-        self._check_workdir()
         if verbose is None:
             verbose = 1 if sys.stdout.isatty() else 2  # a bar on a terminal, epoch lines in a log
-        history = self.run.fit(callbacks=callbacks, verbose=verbose)
+        with self.run.locked():
+            self._check_workdir()
+            history = self.run.fit(callbacks=callbacks, verbose=verbose)
         return {**{key: history.history.get(key, []) for key in HISTORY_KEYS if key != "epoch_seconds"},
                 "epoch_seconds": history.epoch_seconds}
 

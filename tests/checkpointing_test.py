@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -129,3 +131,56 @@ def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path):
     for name, dtype in reader.get_variable_to_dtype_map().items():
         if dtype.is_floating:
             assert np.all(np.isfinite(reader.get_tensor(name))), name
+
+
+HOLD_LOCK = """
+import sys
+from clr_loop import checkpointing
+with checkpointing.workdir_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()  # holds the lock until the test closes our stdin
+"""
+
+
+def test_a_second_process_on_a_locked_workdir_is_refused_naming_the_owner(tmp_path):
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    owner = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, workdir], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert owner.stdout.readline().strip() == "locked"
+        with pytest.raises(checkpointing.WorkdirError, match=rf"in use by another process \(pid {owner.pid}\)"):
+            with checkpointing.workdir_lock(workdir):
+                pass
+    finally:
+        owner.stdin.close()
+        owner.wait(timeout=60)
+    with checkpointing.workdir_lock(workdir):  # released when its owner ended
+        with checkpointing.workdir_lock(workdir):  # re-entered by the same process
+            pass
+
+
+def test_a_lock_file_left_by_a_killed_process_does_not_block(tmp_path):
+    """kill -9 leaves `.lock` with a dead pid in it, but the kernel dropped the flock with the process."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / checkpointing.LOCK_FILE).write_text("999999\n")
+    with checkpointing.workdir_lock(str(workdir)):
+        assert (workdir / checkpointing.LOCK_FILE).read_text() == f"{os.getpid()}\n"
+
+
+def test_training_on_a_workdir_locked_by_another_process_writes_nothing(tmp_path):
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    owner = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, workdir], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert owner.stdout.readline().strip() == "locked"
+        with pytest.raises(checkpointing.WorkdirError, match=f"pid {owner.pid}"):
+            trainer_lib.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()
+    finally:
+        owner.stdin.close()
+        owner.wait(timeout=60)
+    assert sorted(os.listdir(workdir)) == [checkpointing.LOCK_FILE]

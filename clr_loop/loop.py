@@ -82,11 +82,18 @@ class _EpochState:
         self.momentum = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="last_momentum")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.epoch_start = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_start")
+        # The TensorBoard point in progress (see `_Summaries`): the loss and example count since the
+        # last point, and each mean-type metric's (total, count) when it began. Checkpointed, so a
+        # resumed run writes the points of an uninterrupted one.
+        self.window = tf.Variable([0.0, 0.0], dtype=tf.float64, trainable=False, name="summary_window")
+        self.metric_base = tf.Variable([], dtype=tf.float64, trainable=False, shape=tf.TensorShape(None),
+                                       name="summary_metric_base")
 
     def trackables(self):
         return {
             "loss_sum": self.loss_sum, "count": self.count, "lr": self.lr, "momentum": self.momentum,
-            "epoch": self.epoch, "epoch_start": self.epoch_start,
+            "epoch": self.epoch, "epoch_start": self.epoch_start, "summary_window": self.window,
+            "summary_metric_base": self.metric_base,
         }
 
 
@@ -214,41 +221,41 @@ class _Summaries:
 
     Train points average over the steps since the previous point: the loss from the loop windows'
     sums, each mean-type metric from the change of its Keras sums; `lr`, `momentum` and other
-    metrics are their current values.
+    metrics are their current values. The point in progress lives in `state` (checkpointed), so a
+    run resumed between two points writes the values an uninterrupted run writes.
     """
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, state):
         if workdir:
             self.train = tf.summary.create_file_writer(os.path.join(workdir, "train"))
             self.eval = tf.summary.create_file_writer(os.path.join(workdir, "eval"))
         else:
             self.train = self.eval = tf.summary.create_noop_writer()
-        self.loss_sum = self.count = 0.0
-        self.metric_base = {}
+        self.state = state
 
     def start_window(self, metrics):
         """Starts the metric windows from the metrics' current sums (at an epoch's start)."""
-        self.metric_base = _metric_sums(metrics)
+        self.state.metric_base.assign(np.array([v for pair in _metric_sums(metrics).values() for v in pair], np.float64))
 
     def add(self, window):
         """Adds a loop window's loss sum and example count to the current point."""
-        self.loss_sum += float(window["loss_sum"])
-        self.count += float(window["count"])
+        self.state.window.assign_add(tf.stack([window["loss_sum"], window["count"]]))
 
     def write_train(self, step, logs, metrics):
         """Writes the train point at `step` and starts the next one."""
         now = _metric_sums(metrics)
+        loss_sum, count = (float(v) for v in self.state.window.numpy())
+        base = self.state.metric_base.numpy().reshape(-1, 2)
         with self.train.as_default(step=step):
-            write_scalar("loss", self.loss_sum / max(self.count, 1.0))
-            for name, (total, n) in now.items():
-                base_total, base_n = self.metric_base.get(name, (0.0, 0.0))
+            write_scalar("loss", loss_sum / max(count, 1.0))
+            for (name, (total, n)), (base_total, base_n) in zip(now.items(), base):
                 if n > base_n:
                     write_scalar(name, (total - base_total) / (n - base_n))
             for name, value in logs.items():
                 if name not in now and name != "loss":
                     write_scalar(name, value)
-        self.loss_sum = self.count = 0.0
-        self.metric_base = now
+        self.state.window.assign([0.0, 0.0])
+        self.state.metric_base.assign(np.array([v for pair in now.values() for v in pair], np.float64))
 
     def write_eval(self, step, val_logs):
         """Writes the validation metrics (without their `val_` prefix) at `step`."""
@@ -698,7 +705,7 @@ def _train(run, saved_history, callbacks, verbose):
     )
     model.stop_training = False
     workdir = run.workdir
-    summaries = _Summaries(workdir if run.is_chief else None)
+    summaries = _Summaries(workdir if run.is_chief else None, run.state)
     steps_per_epoch = run.input.steps_per_epoch
     step = run.step
     epoch = int(run.state.epoch.numpy())
@@ -750,11 +757,11 @@ def _train(run, saved_history, callbacks, verbose):
                 run.metrics.reset_state()
             if run.input.dataset is not None and step > 0:
                 run.iterator = run.iterator_at(step)
+            summaries.start_window(run.metrics)
         resumed_at = step
         resuming_mid_epoch = False
         started = time.perf_counter()
         callback_list.on_epoch_begin(epoch)
-        summaries.start_window(run.metrics)
         exhausted = False
         while not exhausted and (epoch_end is None or step < epoch_end):
             end = run.chunk_end(step, epoch_end)

@@ -548,6 +548,37 @@ def test_workdir_holds_tensorboard_scalars_and_the_history(tmp_path):
     assert _history_file(workdir) == history.history
 
 
+def test_tensorboard_values_after_a_sigterm_and_resume_equal_the_uninterrupted_runs(tmp_path):
+    """SIGTERM between two summary points (step 5, points every 3 steps): the point in progress is
+    checkpointed, so the resumed run's point at step 6, and every later train and eval value, equal
+    the uninterrupted run's, read back with TensorBoard's own reader."""
+    x, y = toy_data()
+    kwargs = dict(batch_size=BATCH, epochs=2, seed=7, verbose=0, log_every_steps=3, steps_per_loop=1,
+                  validation_data=(x[:50], y[:50]))
+    whole = str(tmp_path / "whole")
+    loop.fit(compiled(momentum=0.9), x, y, workdir=whole, **kwargs)
+
+    class TermAt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations) == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    parts = str(tmp_path / "parts")
+    with pytest.raises(loop.Interrupted, match="SIGTERM at step 5"):
+        loop.fit(compiled(momentum=0.9), x, y, workdir=parts, callbacks=[TermAt()], **kwargs)
+    loop.fit(compiled(momentum=0.9), x, y, workdir=parts, **kwargs)
+    for sub in ("train", "eval"):
+        expected, got = _event_values(os.path.join(whole, sub)), _event_values(os.path.join(parts, sub))
+        assert set(got) == set(expected)
+        for tag in expected:
+            assert got[tag] == expected[tag], (sub, tag)  # the same steps, bit-identical values
+    assert 6 in expected_steps(whole)
+
+
+def expected_steps(workdir):
+    return set(_event_values(os.path.join(workdir, "train"))["loss"])
+
+
 # 13. Resuming refused -------------------------------------------------------------------------
 
 

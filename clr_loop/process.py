@@ -72,7 +72,8 @@ class _DeferredFinder(importlib.abc.MetaPathFinder):
         if fullname not in self.names:
             return None
         for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
+            # Another deferring finder (a nested block) would ask this one back: skip them all.
+            if isinstance(finder, _DeferredFinder) or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:

@@ -192,3 +192,14 @@ def test_an_apps_import_defers_pyplot_and_plotting_still_works():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True", "True", "Figure"]
+
+
+def test_nested_deferred_imports_defer_once_without_recursing(probe_path):
+    """An app's block around a module that opens its own block (the benchmark does): the inner
+    finder must not ask the outer one back, which asked the inner one, forever."""
+    _write_probe(probe_path, "probe_nested")
+    with process.deferred_imports(["probe_nested"]):
+        with process.deferred_imports(["probe_nested"]):
+            probe_nested = importlib.import_module("probe_nested")
+        assert getattr(sys, "_probe_runs", {}) == {}
+    assert probe_nested.VALUE == 42 and sys._probe_runs == {"probe_nested": 1}

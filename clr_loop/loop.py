@@ -107,7 +107,6 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False):
     the iterator may end (a finite Dataset): the loop then stops early, and `exhausted` says so.
     With a strategy, every step runs on all replicas and the sums are added across them.
     """
-    has_momentum = [False]
 
     def replica_step(x, y):
         # Per replica: the step's sums in float64 and `nonfinite` 0/1, ready to add up.
@@ -124,7 +123,6 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False):
         # Every replica evaluates the schedule at the same step; any copy is the rate.
         lr = strategy.experimental_local_results(per_replica["lr"])[0]
         momentum = strategy.experimental_local_results(per_replica["momentum"])[0] if "momentum" in per_replica else tf.constant(0.0)
-        has_momentum[0] = "momentum" in per_replica
         return loss, count, nonfinite, lr, momentum
 
     def body(iterator, steps, finite, exhausted, loss_sum, count, lr, momentum):
@@ -164,7 +162,6 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False):
         return {"loss_sum": loss_sum, "count": count, "lr": lr, "momentum": momentum, "steps": steps,
                 "finite": finite, "exhausted": exhausted}
 
-    train_loop.has_momentum = has_momentum
     return train_loop
 
 

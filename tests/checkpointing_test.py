@@ -1,5 +1,6 @@
 """Tests for clr_loop.checkpointing: atomic writes, config compatibility, checkpoints, event truncation."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -142,20 +143,28 @@ with checkpointing.workdir_lock(sys.argv[1]):
 """
 
 
-def test_a_second_process_on_a_locked_workdir_is_refused_naming_the_owner(tmp_path):
-    workdir = str(tmp_path / "run")
-    os.makedirs(workdir)
+@contextlib.contextmanager
+def locked_by_another_process(workdir):
+    """Inside the block another process holds `workdir`'s lock; yields its pid. The lock is
+    released (the process ends) on the way out."""
+    os.makedirs(workdir, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     owner = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, workdir], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert owner.stdout.readline().strip() == "locked"
-        with pytest.raises(checkpointing.WorkdirError, match=rf"in use by another process \(pid {owner.pid}\)"):
-            with checkpointing.workdir_lock(workdir):
-                pass
+        yield owner.pid
     finally:
         owner.stdin.close()
         owner.wait(timeout=60)
+
+
+def test_a_second_process_on_a_locked_workdir_is_refused_naming_the_owner(tmp_path):
+    workdir = str(tmp_path / "run")
+    with locked_by_another_process(workdir) as pid:
+        with pytest.raises(checkpointing.WorkdirError, match=rf"in use by another process \(pid {pid}\)"):
+            with checkpointing.workdir_lock(workdir):
+                pass
     with checkpointing.workdir_lock(workdir):  # released when its owner ended
         with checkpointing.workdir_lock(workdir):  # re-entered by the same process
             pass
@@ -172,15 +181,7 @@ def test_a_lock_file_left_by_a_killed_process_does_not_block(tmp_path):
 
 def test_training_on_a_workdir_locked_by_another_process_writes_nothing(tmp_path):
     workdir = str(tmp_path / "run")
-    os.makedirs(workdir)
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    owner = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, workdir], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert owner.stdout.readline().strip() == "locked"
-        with pytest.raises(checkpointing.WorkdirError, match=f"pid {owner.pid}"):
+    with locked_by_another_process(workdir) as pid:
+        with pytest.raises(checkpointing.WorkdirError, match=f"pid {pid}"):
             trainer_lib.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()
-    finally:
-        owner.stdin.close()
-        owner.wait(timeout=60)
     assert sorted(os.listdir(workdir)) == [checkpointing.LOCK_FILE]

@@ -9,10 +9,12 @@ step are cut so a resumed run has no duplicated points.
 import contextlib
 import errno
 import fcntl
+import fnmatch
 import glob
 import json
 import os
 import shutil
+import struct
 
 import tensorflow as tf
 from absl import logging
@@ -62,13 +64,52 @@ def write_json_atomic(path, value):
         raise
 
 
-def read_json(path, what):
-    """Returns the parsed JSON at `path`; raises WorkdirError naming the file (`what` describes it)."""
+def save_json(path, value, what, checkpoint=None):
+    """`write_json_atomic`, with a failed write (a full disk) raised as a WorkdirError that names the
+    file (`what` describes it) and says the previous file is intact and, given the `checkpoint`
+    that holds the same value, that the same command resumes from it once writes succeed."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        write_json_atomic(path, value)
+    except OSError as e:
+        raise WorkdirError(
+            f"could not write {what} {path}: {e}; the previous file is intact"
+            + (f", and the checkpoint {checkpoint} holds the new one: the same command resumes from it once "
+               "the write can succeed" if checkpoint else "")
+        ) from e
+
+
+def read_json(path, what, kind=dict):
+    """Returns the parsed JSON at `path`, which must be a `kind` (a dict by default); raises
+    WorkdirError naming the file (`what` describes it) when it cannot be read, is not valid JSON
+    (a truncated file) or holds another type."""
+    try:
+        with open(path, "rb") as f:
+            value = json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError) as e:
         raise WorkdirError(f"cannot read {what} {path}: {e}") from e
+    if not isinstance(value, kind):
+        raise WorkdirError(
+            f"{what} {path} holds a JSON {type(value).__name__}, not a {kind.__name__}: it was not written by clr_loop"
+        )
+    return value
+
+
+def read_history(path):
+    """Returns a history.json's per-epoch lists ({key: [float, ...]}); raises WorkdirError naming the
+    file when it is unreadable or any entry is not a list of numbers."""
+    history = read_json(path, "history", dict)
+    return check_history(history, path)
+
+
+def check_history(history, where):
+    """Returns `history` when every value is a list of numbers (None for a missing value); raises
+    WorkdirError naming `where` otherwise."""
+    for key, values in history.items():
+        if not isinstance(values, list) or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values
+        ):
+            raise WorkdirError(f"history {where} is not clr_loop's: {key!r} is {values!r:.80}, not a list of numbers")
+    return history
 
 
 def check_writable(workdir):
@@ -83,14 +124,52 @@ def check_writable(workdir):
         raise WorkdirError(f"workdir {workdir} is not a writable folder: {e}") from e
 
 
+# What each output folder of a run holds (fnmatch patterns of paths inside it); --overwrite removes
+# a folder only when everything in it matches, so a user's own `train/` or `eval/` is never deleted.
+_OUTPUT_FOLDER_FILES = {
+    "ckpt": ("checkpoint", "ckpt-*", ".tmp-*"),
+    "train": ("events.out.tfevents.*", ".tmp-events-*"),
+    "eval": ("events.out.tfevents.*", ".tmp-events-*"),
+    "plugins": ("profile/*",),
+}
+
+
+def _foreign_file(folder, patterns):
+    """Returns the first file under `folder` that is not a run output (None when all of them are)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            relative = os.path.relpath(os.path.join(root, name), folder)
+            if not any(fnmatch.fnmatch(relative, p) for p in patterns):
+                return os.path.join(root, name)
+    return None
+
+
 def clear_run_outputs(workdir):
-    """Removes a previous run's outputs (`RUN_OUTPUTS`) from `workdir`, leaving other files alone."""
+    """Removes a previous run's outputs (`RUN_OUTPUTS`) from `workdir`, leaving other files alone.
+
+    Refuses (WorkdirError naming the file, before removing anything) when a folder of that name
+    holds a file a run does not write: it is someone else's folder, not a run's output.
+    """
+    for name, patterns in _OUTPUT_FOLDER_FILES.items():
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+            foreign = _foreign_file(path, patterns)
+            if foreign is not None:
+                raise WorkdirError(
+                    f"refusing to overwrite {workdir}: its {name}/ holds {foreign}, which is not a clr_loop "
+                    "run output. Use another workdir, or move that file away."
+                )
     for name in RUN_OUTPUTS:
         path = os.path.join(workdir, name)
         if os.path.isdir(path):
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
+
+
+def has_checkpoint(workdir):
+    """True when `<workdir>/ckpt` holds at least one checkpoint (an index file)."""
+    return bool(glob.glob(os.path.join(workdir, "ckpt", "ckpt-*.index")))
 
 
 LOCK_FILE = ".lock"
@@ -154,6 +233,30 @@ def describe_differences(saved, current, names):
     return ", ".join(f"{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)" for k in names)
 
 
+class TextRecord(tf.train.experimental.PythonState):
+    """A string saved inside a checkpoint (as `<name>/.ATTRIBUTES/py_state`): a run records its
+    identity and its history there, so a checkpoint carries what resuming it needs."""
+
+    def __init__(self, text=""):
+        self.text = text
+
+    def serialize(self):
+        return self.text
+
+    def deserialize(self, string_value):
+        self.text = string_value.decode("utf-8") if isinstance(string_value, bytes) else str(string_value)
+
+
+def saved_text(reader, name):
+    """Returns the TextRecord saved under the top-level checkpoint key `name` (a str), or None when
+    the checkpoint read by `reader` (a `tf.train.CheckpointReader`) has none."""
+    key = f"{name}/.ATTRIBUTES/py_state"
+    if not reader.has_tensor(key):
+        return None
+    value = reader.get_tensor(key)
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 class RunCheckpoints:
     """Saves and restores a run's trackable state with `tf.train.CheckpointManager` in `<workdir>/ckpt`.
 
@@ -166,17 +269,38 @@ class RunCheckpoints:
         self.directory = os.path.join(workdir, "ckpt")
         self.restore_directory = restore_from or self.directory
         self.checkpoint = tf.train.Checkpoint(**trackables)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self.directory, max_to_keep=max_to_keep, step_counter=step_counter
-        )
+        self.manager = self._manager(max_to_keep, step_counter)
         self.step_counter = step_counter
         self.last_saved_step = None
 
-    def restore_latest(self):
+    def _manager(self, max_to_keep, step_counter):
+        """The CheckpointManager of `directory`. Its state file (`ckpt/checkpoint`) only lists the
+        checkpoints; one that cannot be parsed (a 0-byte file after a crash) is set aside, named,
+        and the checkpoints found on disk are used."""
+        def make():
+            return tf.train.CheckpointManager(
+                self.checkpoint, self.directory, max_to_keep=max_to_keep, step_counter=step_counter
+            )
+
+        try:
+            return make()
+        except (ValueError, tf.errors.OpError) as e:
+            state = os.path.join(self.directory, "checkpoint")
+            aside = f"{state}.unreadable"
+            os.replace(state, aside)
+            message = (f"the checkpoint list {state} is unreadable ({first_line(e)}); moved it to {aside} "
+                       "and using the checkpoint files on disk")
+            logging.warning("%s", message)
+            print(f"warning: {message}", flush=True)
+            return make()
+
+    def restore_latest(self, verify=None):
         """Restores the newest readable checkpoint; returns its path, or None when there is none.
 
         A checkpoint that cannot be read is reported by name and the previous one is tried, saying
         so. If checkpoints exist but none can be restored, raises CheckpointError naming them all.
+        `verify(path, reader)`, given a candidate and its `tf.train.CheckpointReader`, runs before
+        it is restored and raises WorkdirError (passed on) when the checkpoint belongs to another run.
         """
         candidates = list(reversed(self._existing_checkpoints()))
         if not candidates:
@@ -184,11 +308,15 @@ class RunCheckpoints:
         failures = []
         for path in candidates:
             try:
+                if verify is not None:
+                    verify(path, tf.train.load_checkpoint(path))
                 self.checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
+            except WorkdirError:
+                raise  # a readable checkpoint of another run: not a reason to fall back
             # A torn or garbled file fails inside TF's reader in many ways (OpError, IndexError,
             # ValueError, AssertionError from the object-graph match); each means "unusable".
             except Exception as e:  # pylint: disable=broad-except
-                message = f"checkpoint {path} cannot be restored: {type(e).__name__}: {_first_line(e)}"
+                message = f"checkpoint {path} cannot be restored: {type(e).__name__}: {first_line(e)}"
                 logging.error("%s", message)
                 failures.append(message)
                 continue
@@ -203,10 +331,10 @@ class RunCheckpoints:
         )
 
     def _existing_checkpoints(self):
-        """Returns checkpoint prefixes on disk, oldest first (the manager's list plus any it lost)."""
-        listed = list(self.manager.checkpoints) if self.restore_directory == self.directory else []
+        """Returns the checkpoint prefixes on disk (those with an index file), oldest first; the
+        manager's list may name files that a failed save removed, or miss some it lost."""
         on_disk = {p[: -len(".index")] for p in glob.glob(os.path.join(self.restore_directory, "ckpt-*.index"))}
-        return sorted(set(listed) | set(on_disk), key=lambda p: int(p.rsplit("-", 1)[1]))
+        return sorted(on_disk, key=lambda p: int(p.rsplit("-", 1)[1]))
 
     def save(self):
         """Saves the state at the current step (once per step); returns the path written.
@@ -217,20 +345,30 @@ class RunCheckpoints:
         step = int(self.step_counter.numpy())
         if self.last_saved_step == step:
             return self.manager.latest_checkpoint
+        previous = self.manager.latest_checkpoint
         try:
             path = self.manager.save(checkpoint_number=step)
         except (tf.errors.OpError, OSError) as e:
+            # Nothing half-written stays: this step's files (a torn index), its temporary folder and
+            # the checkpoint list's temporary copy.
+            for pattern in (f"ckpt-{step}.*", f"ckpt-{step}_temp*", "checkpoint.tmp*"):
+                for leftover in glob.glob(os.path.join(self.directory, pattern)):
+                    if os.path.isdir(leftover):
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    else:
+                        os.remove(leftover)
             raise CheckpointError(
                 f"could not write a checkpoint at step {step} in {self.directory}: {type(e).__name__}: "
-                f"{_first_line(e)} (disk full?). The previous checkpoint "
-                f"{self.manager.latest_checkpoint} is intact."
+                f"{first_line(e)} (disk full?). "
+                + (f"The previous checkpoint {previous} is intact." if previous else "No earlier checkpoint was written.")
             ) from e
         self.last_saved_step = step
         logging.info("checkpoint saved at step %d: %s", step, path)
         return path
 
 
-def _first_line(error):
+def first_line(error):
+    """The first line of an error's message (its type name when the message is empty)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -239,25 +377,60 @@ def truncate_events(logdir, max_step):
     """Drops TensorBoard events with step > `max_step` from every event file in `logdir`.
 
     A resumed run restarts from its last checkpoint and writes those steps again; cutting the
-    points logged after the checkpoint keeps each step once. Files are rewritten atomically.
+    points logged after the checkpoint keeps each step once. Files are rewritten atomically. A
+    torn last record (a process killed mid-write) is dropped; an unreadable record inside a file
+    (a corrupt byte) is kept with everything after it, unread, and named in a warning: points
+    that cannot be read are never deleted.
     """
     for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
-        kept, dropped = [], 0
+        kept, dropped, offset, tail = [], 0, 0, b""
         try:
             for record in tf.data.TFRecordDataset(path):
-                event = tf.compat.v1.Event.FromString(record.numpy())
+                data = record.numpy()
+                offset += _RECORD_OVERHEAD + len(data)
+                event = tf.compat.v1.Event.FromString(data)
                 if event.step > max_step and event.HasField("summary"):
                     dropped += 1
                 else:
-                    kept.append(record.numpy())
+                    kept.append(data)
         except tf.errors.DataLossError:
-            # A process killed mid-write leaves a torn last record; it is dropped too.
-            dropped += 1
+            tail = _unreadable_tail(path, offset)
+            if tail:
+                message = (f"{path} has an unreadable record at byte {offset}; it and the {len(tail)} bytes after "
+                           "it are kept as they are (TensorBoard stops reading there)")
+                logging.warning("%s", message)
+                print(f"warning: {message}", flush=True)
+            else:
+                dropped += 1  # a torn last record
         if not dropped:
             continue
         tmp = os.path.join(logdir, f".tmp-events-{os.getpid()}")
         with tf.io.TFRecordWriter(tmp) as writer:
             for record in kept:
                 writer.write(record)
+        if tail:
+            with open(tmp, "ab") as f:
+                f.write(tail)
         os.replace(tmp, path)
         logging.info("dropped %d TensorBoard points after step %d from %s", dropped, max_step, path)
+
+
+# A TFRecord is a little-endian uint64 length, its masked CRC32C, the data, and the data's CRC.
+_RECORD_OVERHEAD = 8 + 4 + 4
+
+
+def _unreadable_tail(path, offset):
+    """Returns the bytes of the event file `path` from `offset`, where reading stopped, or b"" when
+    they are only a torn last record (a header or data cut short by a killed writer)."""
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c  # pylint: disable=import-outside-toplevel
+
+    with open(path, "rb") as f:
+        f.seek(offset)
+        tail = f.read()
+    if len(tail) < 12:
+        return b""
+    (length,) = struct.unpack("<Q", tail[:8])
+    (length_crc,) = struct.unpack("<I", tail[8:12])
+    if length_crc == masked_crc32c(tail[:8]) and len(tail) < _RECORD_OVERHEAD + length:
+        return b""  # a whole, valid header whose record runs past the end: torn
+    return tail

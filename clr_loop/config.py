@@ -11,6 +11,9 @@ from clr_loop import schedules
 MODES = ("none",) + schedules.MODES + ("one_cycle",)
 JIT_CHOICES = ("auto", "true", "false")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+# The longest half-cycle accepted, in epochs: longer ones are flat in any real run, and their step
+# counts would not fit the schedule's int64 arithmetic.
+MAX_STEP_SIZE_EPOCHS = 1e6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +172,10 @@ def validate(config):
         positive(name)
     if config.step_size_down_epochs is not None:
         positive("step_size_down_epochs")
+    for name in ("step_size_epochs", "step_size_down_epochs"):
+        value = getattr(config, name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_STEP_SIZE_EPOCHS:
+            problems.append(f"--{name} must be at most {MAX_STEP_SIZE_EPOCHS:g} epochs, got {value!r}")
     if not problems and config.mode in schedules.MODES and config.max_lr <= config.initial_lr:
         problems.append(f"--max_lr ({config.max_lr}) must be greater than --initial_lr ({config.initial_lr})")
     if not 0 < config.pct_start < 1:

@@ -9,6 +9,7 @@ after a crash continues from the last checkpoint, bit-exactly.
 """
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -223,12 +224,26 @@ class _Summaries:
     """
 
     def __init__(self, workdir, state):
-        if workdir:
-            self.train = tf.summary.create_file_writer(os.path.join(workdir, "train"))
-            self.eval = tf.summary.create_file_writer(os.path.join(workdir, "eval"))
-        else:
-            self.train = self.eval = tf.summary.create_noop_writer()
+        self.workdir = workdir
+        with self._writing():
+            if workdir:
+                self.train = tf.summary.create_file_writer(os.path.join(workdir, "train"))
+                self.eval = tf.summary.create_file_writer(os.path.join(workdir, "eval"))
+            else:
+                self.train = self.eval = tf.summary.create_noop_writer()
         self.state = state
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turns a failed event write (a full disk) into a WorkdirError naming the folders."""
+        try:
+            yield
+        except (tf.errors.OpError, OSError) as e:
+            raise checkpointing.WorkdirError(
+                f"could not write TensorBoard events under {self.workdir}/train and /eval: "
+                f"{checkpointing.first_line(e)}. The last checkpoint is intact: the same command resumes from it "
+                "once the write can succeed"
+            ) from e
 
     def start_window(self, metrics):
         """Starts the metric windows from the metrics' current sums (at an epoch's start)."""
@@ -243,7 +258,7 @@ class _Summaries:
         now = _metric_sums(metrics)
         loss_sum, count = (float(v) for v in self.state.window.numpy())
         base = self.state.metric_base.numpy().reshape(-1, 2)
-        with self.train.as_default(step=step):
+        with self._writing(), self.train.as_default(step=step):
             write_scalar("loss", loss_sum / max(count, 1.0))
             for (name, (total, n)), (base_total, base_n) in zip(now.items(), base):
                 if n > base_n:
@@ -256,13 +271,14 @@ class _Summaries:
 
     def write_eval(self, step, val_logs):
         """Writes the validation metrics (without their `val_` prefix) at `step`."""
-        with self.eval.as_default(step=step):
+        with self._writing(), self.eval.as_default(step=step):
             for name, value in val_logs.items():
                 write_scalar(name, value)
 
     def flush(self):
-        self.train.flush()
-        self.eval.flush()
+        with self._writing():
+            self.train.flush()
+            self.eval.flush()
 
 
 def _metric_sums(metrics):
@@ -277,9 +293,11 @@ def _metric_sums(metrics):
     }
 
 
-def _run_identity(model, train_input, seed):
-    """What a workdir's checkpoint must match to be resumed: batch size, data size, seed, variables."""
-    return {
+def _run_identity(model, train_input, seed, run_config=None):
+    """What a workdir's checkpoint must match to be resumed: batch size, data size, seed, variables,
+    and the caller's `run_config` (a JSON-safe dict of settings, compared with
+    `checkpointing.config_differences`) when given."""
+    identity = {
         "batch_size": train_input.batch_size,
         "num_examples": train_input.num_examples,
         "steps_per_epoch": train_input.steps_per_epoch,
@@ -288,6 +306,9 @@ def _run_identity(model, train_input, seed):
         "seed": seed,
         "variables": [[_unnumbered(v.path), list(v.shape), str(v.dtype)] for v in model.variables],
     }
+    if run_config is not None:
+        identity["config"] = run_config
+    return identity
 
 
 def _unnumbered(path):
@@ -313,6 +334,11 @@ def _identity_differences(saved, current):
                 problems.append(f"{label} differ ({len(saved.get(key, []))} saved vs {len(current.get(key, []))} now; e.g. {diff[:2]})")
             else:
                 problems.append(f"{label}: {saved.get(key)!r} (saved) vs {current.get(key)!r} (now)")
+    if "config" in saved or "config" in current:
+        saved_config, config = saved.get("config") or {}, current.get("config") or {}
+        differing = checkpointing.config_differences(saved_config, config)
+        if differing:
+            problems.append("the configuration (" + checkpointing.describe_differences(saved_config, config, differing) + ")")
     return problems
 
 
@@ -324,7 +350,7 @@ class Run:
 
     def __init__(self, model, train_input, val, *, seed, epochs, steps_per_loop, jit_compile, batch_splits,
                  workdir, checkpoint_every_steps, keep_checkpoints, log_every_steps, profile_steps, max_steps,
-                 validation_batch_size):
+                 validation_batch_size, run_config=None, run_files=None):
         steps_lib.check_compiled(model)
         spec = (train_input.dataset.element_spec if train_input.dataset is not None
                 else inputs.element_spec_of(train_input.arrays))
@@ -374,6 +400,17 @@ class Run:
             if max_steps:
                 self.total_steps = min(self.total_steps, max_steps)
         self.max_steps = max_steps
+        if profile_steps is not None and self.total_steps is not None and profile_steps[0] >= self.total_steps:
+            raise inputs.InputError(
+                f"profile_steps={tuple(profile_steps)} starts at or after the run's last step ({self.total_steps}): "
+                "no trace would be written"
+            )
+        self.run_config = run_config
+        self.run_files = dict(run_files or {})
+        # Saved in every checkpoint: what the run is (checked before a checkpoint is restored) and
+        # its history up to the last epoch end (history.json is a copy of it).
+        self.identity_record = checkpointing.TextRecord()
+        self.history_record = checkpointing.TextRecord()
         self.optimizer = model.optimizer
         with self.strategy.scope():
             self.optimizer.build(model.trainable_variables)
@@ -387,6 +424,7 @@ class Run:
         self.data_holder = tf.Module()
         self.iterator = None
         self.checkpoints = None
+        self.profiling = False
         self._signal = None
 
     @property
@@ -397,10 +435,26 @@ class Run:
     def fit(self, callbacks=None, verbose="auto"):
         """Trains to the end (see `fit`), resuming from the workdir when it holds a checkpoint;
         returns the `keras.callbacks.History`."""
-        if not self.workdir:
-            return _train(self, {}, callbacks, verbose)
-        with self.locked(), _signals_saved(self):
-            return _train(self, self.restore(), callbacks, verbose)
+        try:
+            if not self.workdir:
+                return _train(self, {}, callbacks, verbose)
+            with self.locked(), _signals_saved(self):
+                return _train(self, self.restore(), callbacks, verbose)
+        finally:
+            self.stop_profiler()  # a run stopped inside the window (a signal, an error) keeps its trace
+
+    def start_profiler(self):
+        """Starts the TensorFlow profiler (once) for the `profile_steps` window."""
+        if not self.profiling:
+            tf.profiler.experimental.start(self.workdir or ".")
+            self.profiling = True
+
+    def stop_profiler(self):
+        """Stops the profiler when it runs, writing the trace under `<workdir>/plugins/profile`."""
+        if self.profiling:
+            self.profiling = False
+            tf.profiler.experimental.stop()
+            logging.info("profiler trace of steps %s written under %s/plugins/profile", self.profile_steps, self.workdir)
 
     def locked(self):
         """A context holding the workdir's lock (`checkpointing.workdir_lock`; the chief's only,
@@ -481,6 +535,8 @@ class Run:
             "epoch_state": self.state.trackables(),
             "rng": seed_generator_states(self.model),
             "metrics": list(self.metrics.variables) if self.metrics is not None else [],
+            "run_identity": self.identity_record,
+            "run_history": self.history_record,
         }
         if self.input.dataset is not None:
             items["data"] = self.data_holder
@@ -494,7 +550,8 @@ class Run:
         CheckpointError when checkpoints exist but none can be read.
         """
         workdir = self.workdir
-        identity = _run_identity(self.model, self.input, self.seed)
+        identity = _run_identity(self.model, self.input, self.seed, self.run_config)
+        self.identity_record.text = json.dumps(identity, sort_keys=True)
         if not self.is_chief:
             # Every worker takes part in saving (the variables are mirrored), but only the chief's
             # files are kept; the others restore from the chief's and save into a scratch folder.
@@ -508,36 +565,68 @@ class Run:
         checkpointing.check_writable(workdir)
         run_path = os.path.join(workdir, RUN_FILE)
         history_path = os.path.join(workdir, "history.json")
-        if os.path.exists(run_path):
-            saved = checkpointing.read_json(run_path, "run identity")
-            problems = _identity_differences(saved, identity)
-            if problems:
-                raise checkpointing.WorkdirError(
-                    f"{workdir} holds a checkpoint of another run, which cannot be resumed: "
-                    + "; ".join(problems) + ". Use another workdir, or remove that one to start over."
-                )
+        # run.json names the run whose checkpoints the workdir holds; without a checkpoint it is a
+        # left-over of a run that failed before saving anything, and does not bind the next one.
+        if os.path.exists(run_path) and checkpointing.has_checkpoint(workdir):
+            self._refuse_another_run(checkpointing.read_json(run_path, "run identity"), identity, workdir)
         self.checkpoints = checkpointing.RunCheckpoints(
             workdir, self.trackables(), self.optimizer.iterations, self.keep_checkpoints
         )
         # The iterator must exist before a restore can fill in its state.
         if self.input.dataset is not None:
             self.iterator = self.iterator_at(0)
-        restored = self.checkpoints.restore_latest()
+
+        def verify(path, reader):
+            saved = checkpointing.saved_text(reader, "run_identity")
+            if saved is not None:
+                self._refuse_another_run(json.loads(saved), identity, path)
+
+        restored = self.checkpoints.restore_latest(verify=verify)
         if restored is None and os.path.exists(history_path):
             raise checkpointing.WorkdirError(
                 f"{history_path} exists but {self.checkpoints.directory} holds no checkpoint to resume "
                 "from; refusing to restart from scratch over it. Remove the workdir's outputs to start over."
             )
-        checkpointing.write_json_atomic(run_path, identity)
+        checkpointing.save_json(run_path, identity, "the run identity")
+        for name, value in self.run_files.items():
+            checkpointing.save_json(os.path.join(workdir, name), value, name)
         if restored is None:
             return {}
-        history = checkpointing.read_json(history_path, "history") if os.path.exists(history_path) else {}
         done = int(self.state.epoch.numpy())  # epochs completed (an epoch end counts its own)
+        history = self._saved_history(history_path, restored)
         history = {k: list(v)[:done] for k, v in history.items()}
         for sub in ("train", "eval"):
             checkpointing.truncate_events(os.path.join(workdir, sub), self.step)
         logging.info("resuming from %s at step %d (epoch %d)", restored, self.step, done + 1)
         print(f"Resuming from {restored} at step {self.step}", flush=True)
+        return history
+
+    @staticmethod
+    def _refuse_another_run(saved, identity, where):
+        problems = _identity_differences(saved, identity)
+        if problems:
+            raise checkpointing.WorkdirError(
+                f"{where} holds a checkpoint of another run, which cannot be resumed: "
+                + "; ".join(problems) + ". Use another workdir, or remove that one to start over."
+            )
+
+    def _saved_history(self, history_path, restored):
+        """The history of the restored checkpoint: its own record (history.json is a copy, rewritten
+        when missing), or history.json for a checkpoint written before histories were recorded."""
+        on_disk = None
+        if os.path.exists(history_path):
+            try:
+                on_disk = checkpointing.read_history(history_path)
+            except checkpointing.WorkdirError as e:
+                hint = (" The checkpoint holds its own copy of the history: remove the file to resume with it."
+                        if self.history_record.text else "")
+                raise checkpointing.WorkdirError(f"{e}.{hint}") from e
+        if not self.history_record.text:
+            return on_disk or {}
+        history = checkpointing.check_history(json.loads(self.history_record.text), restored)
+        if on_disk is None and history:
+            print(f"warning: {history_path} is missing; rewriting it from the checkpoint {restored}", flush=True)
+            checkpointing.save_json(history_path, history, "the history", restored)
         return history
 
     def save(self):
@@ -722,7 +811,9 @@ def _train(run, saved_history, callbacks, verbose):
         callback_list.on_train_end(_last_logs(history_cb))
         history_cb.epoch_seconds = epoch_seconds
         return history_cb
-    profiling = False
+    if run.profile_steps is not None and step >= run.profile_steps[1]:
+        print(f"warning: profile_steps={tuple(run.profile_steps)} lies before the resumed step {step}: "
+              "no trace is written", flush=True)
     logs = {}
     # Mid-epoch resume of an array run: the iterator is rebuilt at the restored step.
     resuming_mid_epoch = step > 0 and (
@@ -762,16 +853,13 @@ def _train(run, saved_history, callbacks, verbose):
         exhausted = False
         while not exhausted and (epoch_end is None or step < epoch_end):
             end = run.chunk_end(step, epoch_end)
-            if run.profile_steps is not None and step == run.profile_steps[0]:
-                tf.profiler.experimental.start(workdir or ".")
-                profiling = True
+            if run.profile_steps is not None and run.profile_steps[0] <= step < run.profile_steps[1]:
+                run.start_profiler()
             callback_list.on_train_batch_begin(step - epoch_start)
             with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
                 window = run.run_steps(end - step)
             ran = int(window["steps"])
             if not bool(window["finite"]):
-                if profiling:
-                    tf.profiler.experimental.stop()
                 last = run.checkpoints.manager.latest_checkpoint if run.checkpoints is not None else None
                 raise TrainingDiverged(
                     f"non-finite loss or gradient at step {step + ran - 1} (learning rate "
@@ -780,10 +868,8 @@ def _train(run, saved_history, callbacks, verbose):
                 )
             exhausted = bool(window["exhausted"])
             step += ran
-            if profiling and step >= run.profile_steps[1]:
-                tf.profiler.experimental.stop()
-                profiling = False
-                logging.info("profiler trace of steps %s written under %s/plugins/profile", run.profile_steps, workdir)
+            if run.profile_steps is not None and step >= run.profile_steps[1]:
+                run.stop_profiler()
             if ran == 0:
                 break
             summaries.add(window)
@@ -821,12 +907,14 @@ def _train(run, saved_history, callbacks, verbose):
             epoch += 1
             run.state.epoch.assign(epoch)
             run.state.epoch_start.assign(step)
+        # The events first, then the checkpoint (which carries the history), then history.json,
+        # its copy: a write that fails leaves a checkpoint whose resume rewrites all that follows.
         summaries.flush()
+        record = {**history_cb.history, "epoch_seconds": epoch_seconds}
+        run.history_record.text = json.dumps(record)
+        saved = run.save()
         if workdir and run.is_chief:
-            checkpointing.write_json_atomic(
-                os.path.join(workdir, "history.json"), {**history_cb.history, "epoch_seconds": epoch_seconds}
-            )
-        run.save()
+            checkpointing.save_json(os.path.join(workdir, "history.json"), record, "the history", saved)
         if run._signal is not None:  # pylint: disable=protected-access
             run.stop_for_signal(summaries)
         if model.stop_training or cut_short:

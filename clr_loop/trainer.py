@@ -136,13 +136,18 @@ class Trainer:
             profile_steps=config.profile_steps,
             max_steps=config.max_steps or None,
             validation_batch_size=config.eval_batch_size,
+            run_config=config.to_json_dict(),
         )
+        # config.json, with the resolved step plan; written once the workdir's checks pass.
+        self.run.run_files["config.json"] = {
+            **config.to_json_dict(), "resolved": _plan_dict(self.plan, self.run.jit_compile, self.run.splits)
+        }
         self.jit_compile = self.run.jit_compile
         self.splits = self.run.splits
 
     def _check_workdir(self):
-        """Refuses a workdir holding another configuration (naming each differing setting), clears
-        it with `overwrite`, and writes config.json with the resolved step plan (chief only)."""
+        """Refuses a workdir holding another configuration (naming each differing setting) and clears
+        it with `overwrite` (chief only); `loop.Run` writes config.json once its own checks pass."""
         config = self.config
         checkpointing.check_writable(config.workdir)
         if not self.is_chief:
@@ -154,13 +159,16 @@ class Trainer:
         if os.path.exists(path):
             saved = checkpointing.read_json(path, "run configuration")
             differing = checkpointing.config_differences(saved, current)
-            if differing:
+            described = checkpointing.describe_differences(saved, current, differing)
+            if differing and (checkpointing.has_checkpoint(config.workdir)
+                              or os.path.exists(os.path.join(config.workdir, "history.json"))):
                 raise checkpointing.WorkdirError(
-                    f"{config.workdir} holds a run with a different configuration ("
-                    + checkpointing.describe_differences(saved, current, differing)
-                    + "). Use another workdir, or overwrite to start over."
+                    f"{config.workdir} holds a run with a different configuration ({described}). "
+                    "Use another workdir, or overwrite to start over."
                 )
-        checkpointing.write_json_atomic(path, {**current, "resolved": _plan_dict(self.plan, self.jit_compile, self.splits)})
+            if differing:
+                # A run that failed before its first checkpoint saved nothing a new one could lose.
+                print(f"note: {path} is from a run that saved no checkpoint ({described}); replacing it", flush=True)
 
     def train(self, callbacks=None, verbose=None):
         """Trains to the plan's total steps, resuming from the workdir; returns the history dict.

@@ -113,6 +113,7 @@ def make_strategy(name, devices=None, cluster_timeout=60.0):
         if not devices:
             gpus = tf.config.list_logical_devices("GPU")
             devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        check_devices(devices)
         try:
             return tf.distribute.MirroredStrategy(devices=list(devices))
         except (ValueError, RuntimeError) as e:
@@ -130,6 +131,42 @@ def make_strategy(name, devices=None, cluster_timeout=60.0):
         logging.info("multi-worker cluster of %d workers; this is worker %d", len(workers), me)
         return strategy
     raise ClusterError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
+
+
+def _device_key(name):
+    spec = tf.DeviceSpec.from_string(name)
+    return (spec.device_type or "").upper(), spec.device_index or 0
+
+
+def check_devices(devices):
+    """Returns None when every device name in `devices` (like `/gpu:0`) is a logical device of this
+    process; raises ClusterError naming the missing ones and those that exist otherwise.
+
+    TensorFlow's MirroredStrategy over a device that does not exist waits for it for ever.
+    """
+    existing = tf.config.list_logical_devices()
+    known = {_device_key(d.name) for d in existing}
+    missing = []
+    for name in devices:
+        try:
+            key = _device_key(name)
+        except ValueError:
+            missing.append(name)
+            continue
+        if key not in known:
+            missing.append(name)
+    if missing:
+        raise ClusterError(
+            f"device(s) {', '.join(missing)} do not exist here; this process has "
+            + ", ".join(f"/{d.device_type.lower()}:{_device_key(d.name)[1]}" for d in existing)
+        )
+
+
+def is_default(strategy):
+    """True for TensorFlow's default (no-distribution) strategy, under which a whole train step,
+    update included, can be one compiled function."""
+    with strategy.scope():
+        return not tf.distribute.has_strategy()
 
 
 def is_chief(strategy):

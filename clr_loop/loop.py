@@ -378,7 +378,7 @@ class Run:
         with self.strategy.scope():
             self.optimizer.build(model.trainable_variables)
             self.state = _EpochState()
-        self.steps = steps_lib.Steps(model, jit_compile=self.jit_compile, splits=self.splits, fuse_update=self.replicas == 1)
+        self.steps = steps_lib.Steps(model, jit_compile=self.jit_compile, splits=self.splits, fuse_update=distribute.is_default(self.strategy))
         self.metrics = self.steps.metrics
         self.train_loop = make_train_loop(
             self.steps.train_step, self.state, self.strategy, until_exhausted=train_input.dataset is not None
@@ -461,16 +461,24 @@ class Run:
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     def val_dataset_distributed(self):
+        """Returns the validation data as the eval loop consumes it (distributed over the replicas)."""
         if self.val_dataset is not None:
             ds = self.val_dataset
             return self.strategy.experimental_distribute_dataset(ds) if self.replicas > 1 else ds
         per_replica = -(-self.validation_batch_size // self.replicas)
-        arrays = self.val_arrays
-        return self.strategy.distribute_datasets_from_function(
-            lambda context: inputs.array_eval_dataset(
-                arrays, per_replica, shard=(context.input_pipeline_id, context.num_input_pipelines)
+        arrays, total = self.val_arrays, self.replicas
+        if total == 1:
+            return self.strategy.distribute_datasets_from_function(lambda _: inputs.array_eval_dataset(arrays, per_replica))
+
+        def dataset_fn(context):
+            local = total // context.num_input_pipelines
+            return inputs.array_eval_dataset(
+                arrays, per_replica, replicas=(context.input_pipeline_id * local, local, total)
             )
-        )
+
+        # Every replica gets its own examples and the same number of batches, so no worker
+        # waits in a collective for a batch another one does not have.
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     # Workdir -----------------------------------------------------------------------------------
 

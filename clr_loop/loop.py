@@ -388,6 +388,8 @@ class Run:
         self.iterator = None
         self.checkpoints = None
         self._signal = None
+        # Multi-worker: all workers vote at every chunk end on whether any got a signal.
+        self._signal_vote = distribute.make_signal_vote(self.strategy)
 
     @property
     def step(self):
@@ -399,7 +401,7 @@ class Run:
         returns the `keras.callbacks.History`."""
         if not self.workdir:
             return _train(self, {}, callbacks, verbose)
-        with self.locked(), _signals_saved(self):
+        with self.locked(), _signals_saved(self), distribute.lost_workers_named(self.strategy):
             return _train(self, self.restore(), callbacks, verbose)
 
     def locked(self):
@@ -555,14 +557,32 @@ class Run:
         del frame
         self._signal = signum
 
-    def stop_for_signal(self, summaries):
-        """Flushes the summaries, saves a checkpoint and raises Interrupted naming the signal."""
+    def stop_if_signalled(self, summaries):
+        """Returns None unless a stop signal arrived; then flushes the summaries, saves a checkpoint
+        and raises Interrupted naming the signal.
+
+        In a multi-worker run every worker calls this at the same step and all learn whether any of
+        them got a signal (`distribute.make_signal_vote`), so all checkpoint at that step and stop.
+        """
+        if self._signal_vote is None:
+            if self._signal is None:
+                return
+            signum, note = self._signal, ""
+        else:
+            got = self._signal_vote(self._signal)
+            if not got:
+                return
+            signum = next(s for s in distribute.STOP_SIGNALS if s in got.values())
+            by = ", ".join(f"worker {w}" if s == signum else f"worker {w} ({signal.Signals(s).name})"
+                           for w, s in sorted(got.items()))
+            note = f"; it reached {by}, and all {distribute.worker_count(self.strategy)} workers stop at this step"
         summaries.flush()
         path = self.save()
-        name = signal.Signals(self._signal).name
+        name = signal.Signals(signum).name
         raise Interrupted(
-            f"received {name} at step {self.step}: checkpoint saved to {path}; run the same code again to resume",
-            self._signal,
+            f"received {name} at step {self.step}: checkpoint saved to {path}{note}; run the same code again "
+            + ("on every worker " if note else "") + "to resume",
+            signum,
         )
 
     def chunk_end(self, step, epoch_end):
@@ -802,8 +822,7 @@ def _train(run, saved_history, callbacks, verbose):
             if run.checkpoint_every_steps > 0 and step % run.checkpoint_every_steps == 0 and step != epoch_end:
                 summaries.flush()
                 run.save()
-            if run._signal is not None:  # pylint: disable=protected-access
-                run.stop_for_signal(summaries)
+            run.stop_if_signalled(summaries)
             if model.stop_training:
                 break
         # Stopped by max_steps inside the epoch: the epoch still ends here (validation, callbacks,
@@ -835,8 +854,7 @@ def _train(run, saved_history, callbacks, verbose):
                 os.path.join(workdir, "history.json"), {**history_cb.history, "epoch_seconds": epoch_seconds}
             )
         run.save()
-        if run._signal is not None:  # pylint: disable=protected-access
-            run.stop_for_signal(summaries)
+        run.stop_if_signalled(summaries)
         if model.stop_training or cut_short:
             break
     summaries.flush()

@@ -199,10 +199,7 @@ def worker_id(strategy):
 
 def worker_count(strategy):
     """Returns the number of worker processes of `strategy`'s cluster (1 when not multi-worker)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return 1
-    return len(resolver.cluster_spec().as_dict().get("worker", [])) or 1
+    return len(_workers(strategy)) or 1
 
 
 def xla_allowed(strategy):
@@ -214,6 +211,7 @@ def xla_allowed(strategy):
 
 
 def _workers(strategy):
+    """Returns the "host:port" of each worker of `strategy`'s cluster ([] when not multi-worker)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():
         return []
@@ -253,8 +251,10 @@ def make_signal_vote(strategy):
 
 
 # What a collective raises when a peer has gone (its connection closes) or does not answer in time.
+# (A killed peer: UnavailableError at once; a stopped or hung one: DeadlineExceededError after the
+# cluster timeout.)
 _LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
-                     tf.errors.AbortedError, tf.errors.InternalError)
+                     tf.errors.AbortedError)
 
 
 @contextlib.contextmanager
@@ -272,7 +272,8 @@ def lost_workers_named(strategy):
         me = worker_id(strategy)
         down = unreachable([w for i, w in enumerate(workers) if i != me])
         lost = ", ".join(f"worker {workers.index(w)} ({w})" for w in down) or (
-            "none is down (a peer did not answer in time: hung or overloaded)")
+            "none refuses connections (a peer did not answer within the cluster timeout: stopped, hung "
+            "or overloaded)")
         raise ClusterError(
             f"worker {me} lost its cluster: a collective failed ({type(e).__name__}); "
             f"unreachable now: {lost}. Every worker stops; start the same command on every worker again "

@@ -307,53 +307,60 @@ def tf_latest(workdir):
     return tf.train.latest_checkpoint(os.path.join(workdir, "ckpt"))
 
 
-WORKER_FIT = textwrap.dedent(
-    """
-    import json, os, sys
-    import numpy as np, keras
-    from clr_loop import distribute, loop
+def fit_small_model(strategy):
+    """Trains a dropout-free 2-layer classifier with clr_loop.fit under `strategy` (global batch 32, a
+    CLR schedule, momentum, 2 epochs of 256 shuffled examples, validation on 37 in batches of 10);
+    returns its replicas, history and weights, and on one device Keras's own evaluate of the validation data."""
+    import keras
+    from clr_loop import loop
     from clr_loop.schedules import CyclicalLearningRate
 
-    strategy = distribute.make_strategy(sys.argv[1], cluster_timeout=60)
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 8)).astype(np.float32); y = (x[:, 0] + x[:, 1] > 0).astype(np.int32) + (x[:, 2] > 1)
+    x = rng.normal(size=(256, 8)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32) + (x[:, 2] > 1)
     x_val, y_val = x[:37] * 1.5, y[:37]
-
-    def build():
+    with strategy.scope():
         keras.utils.set_random_seed(3)
         model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
         model.compile(optimizer=keras.optimizers.SGD(CyclicalLearningRate(0.01, 0.2, step_size=5), momentum=0.9),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-        return model
-
-    with strategy.scope():
-        model = build()
-    # Global batch 32: each of the two workers trains on its 16 examples of every batch.
     history = loop.fit(model, x, y, batch_size=32, epochs=2, seed=11, drop_remainder=True, verbose=0,
                        validation_data=(x_val, y_val), validation_batch_size=10, jit_compile=False, steps_per_loop=3)
-    print("RESULT" + json.dumps({"replicas": strategy.num_replicas_in_sync, "history": history.history,
-                                 "weights": [w.tolist() for w in model.get_weights()],
-                                 # Keras's own evaluate does not run under MultiWorkerMirroredStrategy.
-                                 "evaluate": model.evaluate(x_val, y_val, verbose=0, return_dict=True)
-                                 if sys.argv[1] == "default" else None}))
+    result = {"replicas": strategy.num_replicas_in_sync, "history": history.history,
+              "weights": [w.tolist() for w in model.get_weights()]}
+    if strategy.num_replicas_in_sync == 1:  # Keras's own evaluate does not run under MultiWorkerMirroredStrategy
+        result["evaluate"] = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
+    return result
+
+
+WORKER_FIT = textwrap.dedent(
+    """
+    import json
+    from clr_loop import distribute
+    from distribute_test import fit_small_model
+
+    print("RESULT" + json.dumps(fit_small_model(distribute.make_strategy("multi_worker", cluster_timeout=60))))
     """
 )
 
 
-def test_two_workers_train_the_weights_of_one_device_with_the_same_global_batch(tmp_path):
+def test_two_workers_train_the_weights_of_one_device_with_the_same_global_batch():
     """clr_loop.fit of a dropout-free model under MultiWorkerMirroredStrategy on two localhost workers
-    (one CPU replica each, the global batch split between them) against the same fit on one device:
-    the same weights to float tolerance (a sharding bug feeding both workers the same slice would
-    train on half the data and fail this), the same history, and a validation over every one of the
-    37 examples (split 19 / 18 between the workers, in 4 batches each) equal to Keras's evaluate."""
+    (one CPU replica each, each global batch of 32 split 16 / 16 between them) against the same fit
+    on one device (in this process): the same weights to float tolerance (a sharding bug feeding
+    both workers the same slice trains on half the data and fails this), the same history, and a
+    validation over every one of the 37 examples (19 / 18 between the workers, in 4 batches each)
+    equal to Keras's evaluate."""
+    import tensorflow as tf
+
     ports = free_ports(2)
     procs = []
     for index in range(2):
         tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER_FIT, "multi_worker"], cwd=REPO, text=True,
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER_FIT], cwd=REPO, text=True,
                                       env=dict(ENV, TF_CONFIG=json.dumps(tf_config)),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    single = run_script(WORKER_FIT, "default")
+    single = fit_small_model(tf.distribute.get_strategy())
     outputs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
     workers = []

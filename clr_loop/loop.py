@@ -388,8 +388,9 @@ class Run:
         self.iterator = None
         self.checkpoints = None
         self._signal = None
-        # Multi-worker: all workers vote at every chunk end on whether any got a signal.
-        self._signal_vote = distribute.make_signal_vote(self.strategy)
+        # Multi-worker runs with a workdir (where signals are caught): at every chunk end all workers
+        # vote on whether any of them got a signal.
+        self._signal_vote = distribute.make_signal_vote(self.strategy) if workdir else None
 
     @property
     def step(self):
@@ -400,7 +401,8 @@ class Run:
         """Trains to the end (see `fit`), resuming from the workdir when it holds a checkpoint;
         returns the `keras.callbacks.History`."""
         if not self.workdir:
-            return _train(self, {}, callbacks, verbose)
+            with distribute.lost_workers_named(self.strategy):
+                return _train(self, {}, callbacks, verbose)
         with self.locked(), _signals_saved(self), distribute.lost_workers_named(self.strategy):
             return _train(self, self.restore(), callbacks, verbose)
 
@@ -665,11 +667,12 @@ def fit(
     True or False; `batch_splits` (0: automatic, see `clr_loop.runtime.resolve_batch_splits`);
     `drop_remainder` drops each epoch's last partial batch of arrays; `max_steps` caps the total
     steps. With `workdir`: checkpoints at each epoch end, every `checkpoint_every_steps`, and on
-    SIGTERM/SIGINT (then `Interrupted` is raised); `history.json`; TensorBoard events in `train/`
+    SIGTERM/SIGINT (then `Interrupted` is raised; under a multi-worker strategy a signal to any worker
+    stops every worker at the same step); `history.json`; TensorBoard events in `train/`
     (every `log_every_steps`) and `eval/`; a profiler trace of `profile_steps=(start, stop)`. Calling
     fit again with the same workdir resumes. Raises ValueError (InputError) for bad input,
-    TrainingDiverged at the first non-finite step, and WorkdirError/CheckpointError for an unusable
-    workdir.
+    TrainingDiverged at the first non-finite step, WorkdirError/CheckpointError for an unusable
+    workdir, and `distribute.ClusterError` naming the lost workers when a multi-worker peer is gone.
     """
     steps_lib.check_compiled(model)
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:

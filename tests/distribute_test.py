@@ -37,7 +37,8 @@ MIRRORED_VS_SINGLE = textwrap.dedent(
     for name, devices in (("default", None), ("mirrored", None), ("mirrored_one", ["/cpu:0"])):
         config = config_lib.Config(
             mode="triangular2", initial_lr=1e-3, max_lr=0.1, step_size_epochs=0.5, epochs=1, batch_size=32,
-            eval_batch_size=12, jit_compile="true", workdir=sys.argv[1] + "/" + name, max_steps=7,
+            eval_batch_size=12, jit_compile="false" if devices else "true", workdir=sys.argv[1] + "/" + name,
+            max_steps=7,
         )
         strategy = distribute.make_strategy(name.split("_")[0], devices)
         trainer = trainer_lib.Trainer(config, data, strategy=strategy)

@@ -307,10 +307,10 @@ def train_dataset(split: Split, batch_size: int, seed: int, start_step: int = 0,
     )
 
 
-def eval_dataset(split: Split, batch_size: int, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+def eval_dataset(split: Split, batch_size: int, replicas=None) -> tf.data.Dataset:
     """Returns `split`'s (images, labels) in order, in batches of `batch_size` (the last holds the
-    remainder): `inputs.array_eval_dataset`."""
-    return inputs.array_eval_dataset(split.arrays, batch_size, shard=shard)
+    remainder): `inputs.array_eval_dataset` (see there for `replicas`)."""
+    return inputs.array_eval_dataset(split.arrays, batch_size, replicas=replicas)
 
 
 epoch_permutation = inputs.epoch_permutation

@@ -6,11 +6,15 @@ clr_loop scales out on TensorFlow's own distribution engine: `MirroredStrategy` 
 slice of every global batch.
 """
 
+import contextlib
+import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -21,18 +25,26 @@ class ClusterError(RuntimeError):
     """Raised when the distribution cannot be set up: bad devices, bad TF_CONFIG."""
 
 
-_WATCHDOG = r"""
-import os, select, signal, socket, sys
+def unreachable(peers):
+    """Returns the addresses among `peers` ("host:port") where nothing accepts a connection now."""
+    import socket  # pylint: disable=import-outside-toplevel  (this function's source also runs in _WATCHDOG)
+
+    down = []
+    for peer in peers:
+        host, port = peer.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=1.0).close()
+        except OSError:
+            down.append(peer)
+    return down
+
+
+_WATCHDOG = inspect.getsource(unreachable) + r"""
+import os, select, signal, sys
 fd, timeout, pid, me, peers = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 if select.select([fd], [], [], timeout)[0]:
     sys.exit(0)  # the worker joined (it closed the pipe) or died
-down = []
-for peer in peers:
-    host, port = peer.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=1.0).close()
-    except OSError:
-        down.append(peer)
+down = unreachable(peers)
 sys.stderr.write(
     "error: worker %s could not join the cluster within %gs; unreachable: %s. Check that every worker of "
     "TF_CONFIG is started, with the same cluster list, and that the ports are right. Stopping it.\n"
@@ -113,6 +125,7 @@ def make_strategy(name, devices=None, cluster_timeout=60.0):
         if not devices:
             gpus = tf.config.list_logical_devices("GPU")
             devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        check_devices(devices)
         try:
             return tf.distribute.MirroredStrategy(devices=list(devices))
         except (ValueError, RuntimeError) as e:
@@ -130,6 +143,42 @@ def make_strategy(name, devices=None, cluster_timeout=60.0):
         logging.info("multi-worker cluster of %d workers; this is worker %d", len(workers), me)
         return strategy
     raise ClusterError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
+
+
+def _device_key(name):
+    spec = tf.DeviceSpec.from_string(name)
+    return (spec.device_type or "").upper(), spec.device_index or 0
+
+
+def check_devices(devices):
+    """Returns None when every device name in `devices` (like `/gpu:0`) is a logical device of this
+    process; raises ClusterError naming the missing ones and those that exist otherwise.
+
+    TensorFlow's MirroredStrategy over a device that does not exist waits for it for ever.
+    """
+    existing = tf.config.list_logical_devices()
+    known = {_device_key(d.name) for d in existing}
+    missing = []
+    for name in devices:
+        try:
+            key = _device_key(name)
+        except ValueError:
+            missing.append(name)
+            continue
+        if key not in known:
+            missing.append(name)
+    if missing:
+        raise ClusterError(
+            f"device(s) {', '.join(missing)} do not exist here; this process has "
+            + ", ".join(f"/{d.device_type.lower()}:{_device_key(d.name)[1]}" for d in existing)
+        )
+
+
+def is_default(strategy):
+    """True for TensorFlow's default (no-distribution) strategy, under which a whole train step,
+    update included, can be one compiled function."""
+    with strategy.scope():
+        return not tf.distribute.has_strategy()
 
 
 def is_chief(strategy):
@@ -150,10 +199,7 @@ def worker_id(strategy):
 
 def worker_count(strategy):
     """Returns the number of worker processes of `strategy`'s cluster (1 when not multi-worker)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return 1
-    return len(resolver.cluster_spec().as_dict().get("worker", [])) or 1
+    return len(_workers(strategy)) or 1
 
 
 def xla_allowed(strategy):
@@ -162,3 +208,74 @@ def xla_allowed(strategy):
         return True
     devices = getattr(strategy.extended, "worker_devices", ())
     return not any("CPU" in d.upper().rsplit("/", 1)[-1] for d in devices)
+
+
+def _workers(strategy):
+    """Returns the "host:port" of each worker of `strategy`'s cluster ([] when not multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return []
+    return list(resolver.cluster_spec().as_dict().get("worker", []))
+
+
+# The signals a run stops for, in the order of precedence when workers got different ones.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def make_signal_vote(strategy):
+    """Returns `vote(signum) -> {worker index: signum}`: every worker of a multi-worker `strategy`
+    calls it at the same point with the signal it received (or None), and all get the same answer,
+    the workers that received one of `STOP_SIGNALS` and which. Returns None for a one-worker strategy
+    (the local signal is the answer; no collective is needed).
+
+    The vote is one all-reduce of 2 floats per worker.
+    """
+    workers, me = worker_count(strategy), worker_id(strategy)
+    if workers == 1:
+        return None
+    size = workers * len(STOP_SIGNALS)
+
+    @tf.function(autograph=False)
+    def total(flags):
+        per_replica = strategy.run(tf.identity, args=(flags,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def vote(signum):
+        flags = np.zeros(size, np.float32)
+        if signum in STOP_SIGNALS:
+            flags[me * len(STOP_SIGNALS) + STOP_SIGNALS.index(signum)] = 1.0
+        sums = total(tf.constant(flags)).numpy().reshape(workers, len(STOP_SIGNALS))
+        return {w: STOP_SIGNALS[int(np.argmax(row > 0))] for w, row in enumerate(sums) if (row > 0).any()}
+
+    return vote
+
+
+# What a collective raises when a peer has gone (its connection closes) or does not answer in time.
+# (A killed peer: UnavailableError at once; a stopped or hung one: DeadlineExceededError after the
+# cluster timeout.)
+_LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+                     tf.errors.AbortedError)
+
+
+@contextlib.contextmanager
+def lost_workers_named(strategy):
+    """Inside the block, a collective that fails because a peer worker of `strategy` is gone (killed,
+    its host down) or does not answer within the cluster timeout raises ClusterError naming the
+    workers that no longer accept connections, instead of TensorFlow's error. One-worker runs are
+    not affected."""
+    try:
+        yield
+    except _LOST_PEER_ERRORS as e:
+        workers = _workers(strategy)
+        if len(workers) < 2:
+            raise
+        me = worker_id(strategy)
+        down = unreachable([w for i, w in enumerate(workers) if i != me])
+        lost = ", ".join(f"worker {workers.index(w)} ({w})" for w in down) or (
+            "none refuses connections (a peer did not answer within the cluster timeout: stopped, hung "
+            "or overloaded)")
+        raise ClusterError(
+            f"worker {me} lost its cluster: a collective failed ({type(e).__name__}); "
+            f"unreachable now: {lost}. Every worker stops; start the same command on every worker again "
+            "to resume from the last checkpoint"
+        ) from e

@@ -178,19 +178,39 @@ def array_train_dataset(arrays, batch_size, seed, *, shuffle=True, drop_remainde
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def array_eval_dataset(arrays, batch_size, shard=None):
+def array_eval_dataset(arrays, batch_size, replicas=None):
     """Returns a finite, unshuffled tf.data.Dataset of `(x, y)` batches holding every example once.
 
-    Batches hold `batch_size` examples in order, the last one the remainder. With
-    `shard=(index, count)` only examples `index, index + count, ...` are kept, so `count` input
-    pipelines together see every example exactly once.
+    Batches hold `batch_size` examples in order, the last one the remainder. For data
+    parallelism, `replicas=(first, count, total)` gives replica r of `total` the examples
+    r, r + total, r + 2 * total, ... in batches of `batch_size`, and every replica the same number
+    of batches, `ceil(ceil(N / total) / batch_size)` (a replica with fewer examples gets shorter
+    or empty last batches), so all replicas run the same number of eval steps and together see
+    every example exactly once. It yields, step by step, one batch for each of replicas
+    `first .. first + count - 1` in order: what one input pipeline of a `tf.distribute` strategy
+    hands its local replicas.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    ds = tf.data.Dataset.from_tensor_slices((arrays.x, arrays.y))
-    if shard is not None:
-        ds = ds.shard(shard[1], shard[0])
-    return ds.cache().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    if replicas is None:
+        ds = tf.data.Dataset.from_tensor_slices((arrays.x, arrays.y))
+        return ds.cache().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    first, count, total = replicas
+    if not 0 <= first < first + count <= total:
+        raise ValueError(f"replicas must be (first, count, total) with 0 <= first < first + count <= total, got {replicas}")
+    n = arrays.num_examples
+    steps = -(-(-(-n // total)) // batch_size)
+    x = tf.nest.map_structure(tf.constant, arrays.x)
+    y = tf.nest.map_structure(tf.constant, arrays.y)
+
+    @tf.autograph.experimental.do_not_convert
+    def batch(k):
+        step, replica = k // count, first + k % count
+        start = replica + step * batch_size * total
+        idx = tf.range(start, tf.minimum(tf.constant(n, tf.int64), start + batch_size * total), total)
+        return (tf.nest.map_structure(lambda a: tf.gather(a, idx), x), tf.nest.map_structure(lambda a: tf.gather(a, idx), y))
+
+    return tf.data.Dataset.range(steps * count).map(batch).prefetch(tf.data.AUTOTUNE)
 
 
 def check_dataset(dataset, what="x"):

@@ -415,7 +415,7 @@ class Run:
         with self.strategy.scope():
             self.optimizer.build(model.trainable_variables)
             self.state = _EpochState()
-        self.steps = steps_lib.Steps(model, jit_compile=self.jit_compile, splits=self.splits, fuse_update=self.replicas == 1)
+        self.steps = steps_lib.Steps(model, jit_compile=self.jit_compile, splits=self.splits, fuse_update=distribute.is_default(self.strategy))
         self.metrics = self.steps.metrics
         self.train_loop = make_train_loop(
             self.steps.train_step, self.state, self.strategy, until_exhausted=train_input.dataset is not None
@@ -426,6 +426,9 @@ class Run:
         self.checkpoints = None
         self.profiling = False
         self._signal = None
+        # Multi-worker runs with a workdir (where signals are caught): at every chunk end all workers
+        # vote on whether any of them got a signal.
+        self._signal_vote = distribute.make_signal_vote(self.strategy) if workdir else None
 
     @property
     def step(self):
@@ -437,8 +440,9 @@ class Run:
         returns the `keras.callbacks.History`."""
         try:
             if not self.workdir:
-                return _train(self, {}, callbacks, verbose)
-            with self.locked(), _signals_saved(self):
+                with distribute.lost_workers_named(self.strategy):
+                    return _train(self, {}, callbacks, verbose)
+            with self.locked(), _signals_saved(self), distribute.lost_workers_named(self.strategy):
                 return _train(self, self.restore(), callbacks, verbose)
         finally:
             self.stop_profiler()  # a run stopped inside the window (a signal, an error) keeps its trace
@@ -515,16 +519,24 @@ class Run:
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     def val_dataset_distributed(self):
+        """Returns the validation data as the eval loop consumes it (distributed over the replicas)."""
         if self.val_dataset is not None:
             ds = self.val_dataset
             return self.strategy.experimental_distribute_dataset(ds) if self.replicas > 1 else ds
         per_replica = -(-self.validation_batch_size // self.replicas)
-        arrays = self.val_arrays
-        return self.strategy.distribute_datasets_from_function(
-            lambda context: inputs.array_eval_dataset(
-                arrays, per_replica, shard=(context.input_pipeline_id, context.num_input_pipelines)
+        arrays, total = self.val_arrays, self.replicas
+        if total == 1:
+            return self.strategy.distribute_datasets_from_function(lambda _: inputs.array_eval_dataset(arrays, per_replica))
+
+        def dataset_fn(context):
+            local = total // context.num_input_pipelines
+            return inputs.array_eval_dataset(
+                arrays, per_replica, replicas=(context.input_pipeline_id * local, local, total)
             )
-        )
+
+        # Every replica gets its own examples and the same number of batches, so no worker
+        # waits in a collective for a batch another one does not have.
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     # Workdir -----------------------------------------------------------------------------------
 
@@ -636,14 +648,32 @@ class Run:
         del frame
         self._signal = signum
 
-    def stop_for_signal(self, summaries):
-        """Flushes the summaries, saves a checkpoint and raises Interrupted naming the signal."""
+    def stop_if_signalled(self, summaries):
+        """Returns None unless a stop signal arrived; then flushes the summaries, saves a checkpoint
+        and raises Interrupted naming the signal.
+
+        In a multi-worker run every worker calls this at the same step and all learn whether any of
+        them got a signal (`distribute.make_signal_vote`), so all checkpoint at that step and stop.
+        """
+        if self._signal_vote is None:
+            if self._signal is None:
+                return
+            signum, note = self._signal, ""
+        else:
+            got = self._signal_vote(self._signal)
+            if not got:
+                return
+            signum = next(s for s in distribute.STOP_SIGNALS if s in got.values())
+            by = ", ".join(f"worker {w}" if s == signum else f"worker {w} ({signal.Signals(s).name})"
+                           for w, s in sorted(got.items()))
+            note = f"; it reached {by}, and all {distribute.worker_count(self.strategy)} workers stop at this step"
         summaries.flush()
         path = self.save()
-        name = signal.Signals(self._signal).name
+        name = signal.Signals(signum).name
         raise Interrupted(
-            f"received {name} at step {self.step}: checkpoint saved to {path}; run the same code again to resume",
-            self._signal,
+            f"received {name} at step {self.step}: checkpoint saved to {path}{note}; run the same code again "
+            + ("on every worker " if note else "") + "to resume",
+            signum,
         )
 
     def chunk_end(self, step, epoch_end):
@@ -726,11 +756,12 @@ def fit(
     True or False; `batch_splits` (0: automatic, see `clr_loop.runtime.resolve_batch_splits`);
     `drop_remainder` drops each epoch's last partial batch of arrays; `max_steps` caps the total
     steps. With `workdir`: checkpoints at each epoch end, every `checkpoint_every_steps`, and on
-    SIGTERM/SIGINT (then `Interrupted` is raised); `history.json`; TensorBoard events in `train/`
+    SIGTERM/SIGINT (then `Interrupted` is raised; under a multi-worker strategy a signal to any worker
+    stops every worker at the same step); `history.json`; TensorBoard events in `train/`
     (every `log_every_steps`) and `eval/`; a profiler trace of `profile_steps=(start, stop)`. Calling
     fit again with the same workdir resumes. Raises ValueError (InputError) for bad input,
-    TrainingDiverged at the first non-finite step, and WorkdirError/CheckpointError for an unusable
-    workdir.
+    TrainingDiverged at the first non-finite step, WorkdirError/CheckpointError for an unusable
+    workdir, and `distribute.ClusterError` naming the lost workers when a multi-worker peer is gone.
     """
     steps_lib.check_compiled(model)
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
@@ -880,8 +911,7 @@ def _train(run, saved_history, callbacks, verbose):
             if run.checkpoint_every_steps > 0 and step % run.checkpoint_every_steps == 0 and step != epoch_end:
                 summaries.flush()
                 run.save()
-            if run._signal is not None:  # pylint: disable=protected-access
-                run.stop_for_signal(summaries)
+            run.stop_if_signalled(summaries)
             if model.stop_training:
                 break
         # Stopped by max_steps inside the epoch: the epoch still ends here (validation, callbacks,
@@ -915,8 +945,7 @@ def _train(run, saved_history, callbacks, verbose):
         saved = run.save()
         if workdir and run.is_chief:
             checkpointing.save_json(os.path.join(workdir, "history.json"), record, "the history", saved)
-        if run._signal is not None:  # pylint: disable=protected-access
-            run.stop_for_signal(summaries)
+        run.stop_if_signalled(summaries)
         if model.stop_training or cut_short:
             break
     summaries.flush()

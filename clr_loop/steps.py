@@ -120,8 +120,8 @@ class Steps:
     count, plus `model.losses` per example; it updates the metrics too.
 
     With `fuse_update` the whole train step (schedule, forward, gradients, update) is one
-    `tf.function` compiled with `jit_compile`. Under a multi-replica strategy pass
-    `fuse_update=False`: the update all-reduces, which cannot happen inside a nested compiled
+    `tf.function` compiled with `jit_compile`. Under any `tf.distribute` strategy (one replica
+    too) pass `fuse_update=False`: the update all-reduces, which cannot happen inside a nested compiled
     function, so only the forward and backward pass are compiled. With `splits` > 1 each batch is
     computed as that many parts (see `can_split`), each part's loss weighted by its share of the
     batch, so the gradients add up to the whole batch's. `optimizer` (default `model.optimizer`)
@@ -247,7 +247,8 @@ class Steps:
         else:
             loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=None, training=False)  # pylint: disable=protected-access
             loss = tf.cast(keras.src.losses.loss.unscale_loss_for_distribution(loss), tf.float32)
-            loss_sum = loss * count
+            # An empty batch (a replica with no examples left) has a NaN mean loss and adds nothing.
+            loss_sum = tf.where(count > 0, loss * count, 0.0)
         return loss_sum, count
 
 

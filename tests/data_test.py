@@ -465,3 +465,17 @@ def test_train_dataset_from_start_step_continues_the_same_stream():
     for start in (0, 3, 5, 12):
         resumed = take_ids(data.train_dataset(split, batch_size=4, seed=3, start_step=start), 17 - start)
         assert [ids.tolist() for ids in resumed] == [ids.tolist() for ids in unbroken[start:]]
+
+
+def test_train_and_eval_datasets_per_replica():
+    """The trainer's streams for 2 replicas: train slices are the halves of the one-replica batches;
+    eval gives replica r the examples r, r + 2, ... in the same number of batches each."""
+    split = indexed_split(23)
+    whole = take_ids(data.train_dataset(split, 4, seed=2), 10)
+    halves = [take_ids(data.train_dataset(split, 4, seed=2, replicas=(r, 1, 2)), 10) for r in range(2)]
+    for step in range(10):
+        np.testing.assert_array_equal(np.concatenate([halves[0][step], halves[1][step]]), whole[step])
+    evals = [take_ids(data.eval_dataset(split, 5, replicas=(r, 1, 2)), 100) for r in range(2)]
+    assert [len(b) for b in evals[0]] == [5, 5, 2] and [len(b) for b in evals[1]] == [5, 5, 1]
+    for r in range(2):
+        np.testing.assert_array_equal(np.concatenate(evals[r]), np.arange(r, 23, 2))

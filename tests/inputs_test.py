@@ -67,3 +67,63 @@ def test_an_infinite_dataset_is_refused():
     ds = tf.data.Dataset.from_tensor_slices((np.zeros((4, 2)), np.zeros(4))).batch(2).repeat()
     with pytest.raises(inputs.InputError, match="infinite"):
         inputs.check_dataset(ds)
+
+
+@pytest.mark.parametrize("first, local, total", [(0, 1, 2), (1, 1, 2), (0, 2, 4), (2, 2, 4), (0, 4, 4)])
+def test_each_replica_trains_on_its_own_slice_of_the_global_batch(first, local, total):
+    """replicas=(first, local, total): element k of the stream is replica first + k % local's slice of
+    global batch k // local, i.e. numpy's slice [r * b/total : (r + 1) * b/total] of that batch of the
+    same permutation; across a full epoch and into the next, from any start step."""
+    data, batch, seed, n = arrays(20), 8, 5, 20
+    steps = n // batch  # 2 per epoch, the remainder of 4 dropped
+    per = batch // total
+    for start in (0, 1, 3):
+        got = batches(inputs.array_train_dataset(data, batch, seed, start_step=start, replicas=(first, local, total)),
+                      (5 - start) * local)
+        for k, (bx, by) in enumerate(got):
+            step, replica = start + k // local, first + k % local
+            perm = inputs.epoch_permutation(n, seed, step // steps).numpy()
+            global_batch = perm[(step % steps) * batch:(step % steps + 1) * batch]
+            np.testing.assert_array_equal(by, global_batch[replica * per:(replica + 1) * per])
+            np.testing.assert_array_equal(bx, data.x[by])
+
+
+def test_the_replicas_slices_are_disjoint_and_make_up_the_global_batch():
+    data, batch, seed = arrays(20), 8, 7
+    whole = batches(inputs.array_train_dataset(data, batch, seed), 4)
+    pipelines = [batches(inputs.array_train_dataset(data, batch, seed, replicas=(w, 1, 2)), 4) for w in range(2)]
+    for step in range(4):
+        slices = [pipelines[w][step][1] for w in range(2)]
+        assert not set(slices[0]) & set(slices[1])
+        np.testing.assert_array_equal(np.concatenate(slices), whole[step][1])
+
+
+@pytest.mark.parametrize("n, batch, total", [(10, 4, 2), (10, 3, 4), (3, 4, 4), (37, 5, 2), (37, 128, 2)])
+def test_eval_replicas_cover_every_example_once_in_equal_numbers_of_batches(n, batch, total):
+    """Every example in exactly one replica's batches; every replica the same number of batches
+    (ceil(ceil(n / total) / batch), hand-computed from the sizes); the per-pipeline counts sum to n."""
+    data = arrays(n)
+    expected_steps = -(-(-(-n // total)) // batch)
+    seen, per_replica = [], []
+    for r in range(total):
+        got = [(bx.numpy(), by.numpy()) for bx, by in inputs.array_eval_dataset(data, batch, replicas=(r, 1, total))]
+        assert len(got) == expected_steps and all(len(by) <= batch for _, by in got)
+        for bx, by in got:
+            np.testing.assert_array_equal(bx, data.x[by])
+        labels = np.concatenate([by for _, by in got])
+        np.testing.assert_array_equal(labels, np.arange(r, n, total))  # the oracle: numpy's strided slice
+        per_replica.append(len(labels))
+        seen.extend(labels)
+    assert sorted(seen) == list(range(n)) and sum(per_replica) == n
+    # One pipeline holding all replicas interleaves them step by step, the same batches.
+    together = [by.numpy() for _, by in inputs.array_eval_dataset(data, batch, replicas=(0, total, total))]
+    assert len(together) == expected_steps * total
+    for k, by in enumerate(together):
+        np.testing.assert_array_equal(by, np.arange(k % total, n, total)[(k // total) * batch:(k // total + 1) * batch])
+
+
+def test_eval_counts_per_worker_sum_to_the_total():
+    """Two workers of two replicas each (pipelines (0, 2, 4) and (2, 2, 4)): 10,001 examples split 5,001 / 5,000."""
+    data = arrays(10001)
+    counts = [sum(len(by) for _, by in inputs.array_eval_dataset(data, 256, replicas=(w * 2, 2, 4))) for w in range(2)]
+    assert counts == [5001, 5000]

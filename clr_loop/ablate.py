@@ -55,7 +55,6 @@ FINAL_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 SPREAD = "mean ± sample standard deviation (n-1) over seeds, and min–max"
 # The ablation sets these per run; given on the command line they are not passed on as overrides.
 _OWN_FLAGS = ("seeds", "figures", "workdir", "seed", "init_weights", "save_init")
-_MAX_SEED = 2**32 - 1
 
 
 def parse_seeds(values):
@@ -66,7 +65,7 @@ def parse_seeds(values):
             seed = int(str(value).strip())
         except ValueError:
             raise ValueError(f"--seeds must be comma-separated integers, got {','.join(values)!r}") from None
-        if not 0 <= seed <= _MAX_SEED:
+        if not 0 <= seed <= config_lib.MAX_SEED:
             raise ValueError(f"--seeds must be integers in [0, 2**32 - 1], got {seed}")
         if seed in seeds:
             raise ValueError(f"--seeds lists seed {seed} twice")
@@ -371,6 +370,8 @@ def main(argv):
         raise app.UsageError("--save_init is set by the ablation itself: each run writes <run>/init.weights.h5")
     if FLAGS["seed"].present and FLAGS.seeds is not None:
         raise app.UsageError("give --seed (one seed) or --seeds (several), not both")
+    if FLAGS.workdir is not None and not FLAGS.workdir.strip():
+        raise app.UsageError(f"--workdir must not be empty (leave it out for the default, {DEFAULT_WORKDIR})")
     workdir = FLAGS.workdir or DEFAULT_WORKDIR
     per_seed = FLAGS.seeds is not None
     seeds = parse_seeds(FLAGS.seeds) if per_seed else [FLAGS.seed]
@@ -447,7 +448,7 @@ def main(argv):
 
 def run():
     """Console-script entry point: parses flags and runs `main`."""
-    app.run(process.app_main(main))
+    app.run(process.app_main(main), flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

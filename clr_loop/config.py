@@ -11,6 +11,8 @@ from clr_loop import schedules
 MODES = ("none",) + schedules.MODES + ("one_cycle",)
 JIT_CHOICES = ("auto", "true", "false")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+# numpy's legacy seeding (behind keras.utils.set_random_seed) takes seeds in [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +183,8 @@ def validate(config):
         problems.append(
             f"need 0 <= --base_momentum ({config.base_momentum}) <= --max_momentum ({config.max_momentum}) < 1"
         )
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= MAX_SEED:
+        problems.append(f"--seed must be an integer in [0, 2**32 - 1], got {config.seed!r}")
     if config.max_steps < 0:
         problems.append(f"--max_steps must be >= 0 (0 means no cap), got {config.max_steps}")
     if config.checkpoint_every_steps < 0:

@@ -125,6 +125,8 @@ def validate(config):
         problems.append(f"--batch_size must be a positive integer, got {config.batch_size!r}")
     if not 0 <= config.momentum < 1:
         problems.append(f"--momentum must be in [0, 1), got {config.momentum}")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= config_lib.MAX_SEED:
+        problems.append(f"--seed must be an integer in [0, 2**32 - 1], got {config.seed!r}")
     if config.jit_compile not in config_lib.JIT_CHOICES:
         problems.append(f"--jit_compile must be one of {', '.join(config_lib.JIT_CHOICES)}, got {config.jit_compile!r}")
     if not config.workdir:
@@ -231,7 +233,7 @@ def main(argv):
 
 def run():
     """Console-script entry point: parses flags and runs `main`."""
-    app.run(process.app_main(main))
+    app.run(process.app_main(main), flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ def test_cycle_momentum_defaults():
         (dict(virtual_cpus=-2), "--virtual_cpus"),
         (dict(save_init="init.h5"), "--save_init"),
         (dict(workdir=""), "--workdir"),
+        (dict(seed=-1), "--seed"),
+        (dict(seed=2**32), "--seed"),
         (dict(batch_splits=-1), "--batch_splits"),
         (dict(batch_splits=3), "--batch_splits"),  # does not divide 64
         (dict(batch_splits=2, strategy="mirrored"), "--batch_splits"),

@@ -171,7 +171,7 @@ def error_message(error):
     """Returns the app's one-line message for a library error, naming the flags that fix it.
 
     Library errors name arguments; here a workdir problem points to `--workdir`/`--overwrite`
-    and an initial-weights problem to `--init_weights`.
+    and an initial-weights problem to `--init_weights` or `--save_init` (the file it reads or writes).
     """
     # Imported here: cli is imported by the apps before their tuned TensorFlow import.
     from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
@@ -181,5 +181,5 @@ def error_message(error):
     if isinstance(error, (checkpointing.WorkdirError, checkpointing.CheckpointError)):
         return f"{text} (--overwrite starts the run over in the same --workdir; another --workdir keeps it)"
     if isinstance(error, trainer.WeightsError):
-        return f"--init_weights: {text}"
+        return f"--{error.argument}: {text}"
     return text

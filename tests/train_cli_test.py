@@ -177,6 +177,18 @@ def test_empty_workdir_is_refused_not_defaulted(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_unwritable_save_init_is_named_as_the_flag(tmp_path, capsys):
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    (tmp_path / "a_file").write_text("in the way")
+    target = tmp_path / "a_file" / "init.weights.h5"
+    status = run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}", f"--save_init={target}",
+                                  "--epochs=1", "--max_steps=2", "--batch_size=16", "--jit_compile=false"])
+    assert status == 1
+    (line,) = app_message_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: --save_init: cannot write initial weights to {target}: ")
+    assert not os.path.exists(tmp_path / "run" / "history.json")
+
+
 def test_missing_flagfile_is_named(tmp_path):
     result = run_cli("--flagfile=flags/does_not_exist.flags", f"--workdir={tmp_path / 'never'}")
     assert result.returncode != 0

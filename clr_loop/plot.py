@@ -47,6 +47,8 @@ def main(argv):
             if FLAGS.num_train_examples < 1:
                 raise app.UsageError(f"--num_train_examples must be positive, got {FLAGS.num_train_examples}")
             config = cli.config_from_flags(FLAGS)
+            if FLAGS.out is not None and (not FLAGS.out.lower().endswith(".png") or os.path.isdir(FLAGS.out)):
+                raise app.UsageError(f"--out must name a .png file (not a folder), got {FLAGS.out!r}")
             out = FLAGS.out or os.path.join("runs", "figures", f"schedule_{config.mode}_{config.epochs}ep.png")
             figures.require_matplotlib()
             print(figures.plot_schedule(config, out, FLAGS.num_train_examples))

@@ -103,7 +103,7 @@ def config_from_flags(flag_values):
     values["devices"] = tuple(devices) if devices else None
     workdir = flag_values["workdir"].value
     if workdir is not None and not workdir.strip():
-        raise app.UsageError("--workdir must not be empty (leave it out for the default, runs/<mode>)")
+        raise app.UsageError("--workdir must not be empty (leave it out for the default folder)")
     values["workdir"] = workdir or f"runs/{flag_values['mode'].value}"
     config = config_lib.Config(**values)
     problems = config_lib.validate(config)

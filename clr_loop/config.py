@@ -13,6 +13,11 @@ JIT_CHOICES = ("auto", "true", "false")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # numpy's legacy seeding (behind keras.utils.set_random_seed) takes seeds in [0, 2**32 - 1].
 MAX_SEED = 2**32 - 1
+# Bounds that keep every step count within TensorFlow's int64 (a run this long never ends anyway).
+MAX_EPOCHS = 10**9
+MAX_COUNT = 2**62
+_COUNTS = ("batch_size", "eval_batch_size", "steps_per_loop", "log_every_steps", "keep_checkpoints",
+           "max_steps", "checkpoint_every_steps", "virtual_cpus", "batch_splits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +176,14 @@ def validate(config):
         positive(name)
     if config.step_size_down_epochs is not None:
         positive("step_size_down_epochs")
+    for name in ("epochs", "step_size_epochs", "step_size_down_epochs"):
+        value = getattr(config, name)
+        if isinstance(value, (int, float)) and value > MAX_EPOCHS:
+            problems.append(f"--{name} must be at most {MAX_EPOCHS:.0e} epochs, got {value!r}")
+    for name in _COUNTS:
+        value = getattr(config, name)
+        if isinstance(value, int) and value > MAX_COUNT:
+            problems.append(f"--{name} must be at most 2**62, got {value!r}")
     if not problems and config.mode in schedules.MODES and config.max_lr <= config.initial_lr:
         problems.append(f"--max_lr ({config.max_lr}) must be greater than --initial_lr ({config.initial_lr})")
     if not 0 < config.pct_start < 1:
@@ -215,4 +228,7 @@ def validate(config):
         problems.append("--devices needs --strategy=mirrored")
     if not config.workdir:
         problems.append("--workdir must not be empty")
+    for name in ("tfds_data_dir", "dataset_dir"):
+        if getattr(config, name) is not None and not getattr(config, name).strip():
+            problems.append(f"--{name} must not be empty (leave it out to find the data automatically)")
     return problems

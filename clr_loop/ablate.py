@@ -372,6 +372,7 @@ def _train_run(run, data):
         interrupted, status = e, "interrupted"
     except (
         loop.TrainingDiverged,
+        data_lib.DataError,
         inputs.InputError,
         trainer_lib.WeightsError,
         checkpointing.WorkdirError,
@@ -474,7 +475,13 @@ def main(argv):
     except (figures.PlotError, trainer_lib.WeightsError, data_lib.DataError) as e:
         print(f"error: {cli.error_message(e)}", file=sys.stderr)
         return 1
-    problems = _output_problems(workdir, runs, make_figures)
+    problems = []
+    for run in runs:
+        try:
+            data_lib.steps_per_epoch(data.train.num_examples, run.config.batch_size)
+        except data_lib.DataError as e:
+            problems.append(f"{run.name}: {e}")
+    problems = problems or _output_problems(workdir, runs, make_figures)
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)

@@ -57,6 +57,8 @@ def main(argv):
                 raise app.UsageError("history needs at least one run folder (a --workdir holding history.json)")
             if FLAGS.out:
                 raise app.UsageError(f"--out={FLAGS.out} is for `schedule`; history writes its PNGs into --out_dir")
+            if FLAGS.out_dir is not None and not FLAGS.out_dir.strip():
+                raise app.UsageError("--out_dir must not be empty (leave it out for the default, figures/ by the runs)")
             for path in figures.plot_histories(rest, FLAGS.out_dir or figures.default_out_dir(rest)):
                 print(path)
     except (figures.PlotError, data_lib.DataError) as e:

@@ -291,6 +291,15 @@ def test_an_unwritable_workdir_is_refused_before_any_run(setup, tmp_path, capsys
     assert f"error: workdir {work} is not a writable folder" in capsys.readouterr().err
 
 
+def test_a_batch_larger_than_the_data_is_refused_before_any_run(setup, capsys, no_training):
+    status = run_ablate([*setup["flagfiles"], f"--workdir={setup['workdir']}", f"--dataset_dir={setup['data']}",
+                         *COMMON, "--batch_size=100"])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "error: sgd: 96 examples are fewer than one batch of 100" in err and "error: clr: " in err
+    assert not os.path.exists(setup["workdir"])
+
+
 def test_output_paths_in_the_way_are_refused_before_any_run(setup, capsys, no_training):
     work = setup["workdir"]
     os.makedirs(os.path.join(work, "comparison.md"))

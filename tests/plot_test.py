@@ -278,6 +278,16 @@ def test_history_out_dir_that_cannot_be_written_exits_1_naming_it(tmp_path, caps
     assert f"error: {tmp_path / 'a_file' / 'figs' / 'loss.png'}: cannot write the figure" in capsys.readouterr().err
 
 
+def test_history_empty_out_dir_is_refused(tmp_path):
+    run = write_history(tmp_path / "run", [1.0], [1.0], [0.5], [0.5])
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        rest = flags.FLAGS(["clr_loop.plot", "history", run, "--out_dir="])
+        with pytest.raises(app.UsageError, match="--out_dir must not be empty"):
+            plot.main(rest)
+    assert not (tmp_path / "run" / "figures").exists()
+
+
 def test_cli_usage_error_is_one_line(tmp_path):
     result = run_plot_cli("schedule", f"--out={tmp_path}")
     assert_one_line_usage_error(result, "--out must name a .png file")

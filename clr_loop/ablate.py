@@ -22,7 +22,6 @@ run), and `figures/` (loss, accuracy, val_accuracy overlay, and each flagfile's 
 """
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -55,7 +54,6 @@ FINAL_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 SPREAD = "mean ± sample standard deviation (n-1) over seeds, and min–max"
 # The ablation sets these per run; given on the command line they are not passed on as overrides.
 _OWN_FLAGS = ("seeds", "figures", "workdir", "seed", "init_weights", "save_init")
-_MAX_SEED = 2**32 - 1
 
 
 def parse_seeds(values):
@@ -66,7 +64,7 @@ def parse_seeds(values):
             seed = int(str(value).strip())
         except ValueError:
             raise ValueError(f"--seeds must be comma-separated integers, got {','.join(values)!r}") from None
-        if not 0 <= seed <= _MAX_SEED:
+        if not 0 <= seed <= config_lib.MAX_SEED:
             raise ValueError(f"--seeds must be integers in [0, 2**32 - 1], got {seed}")
         if seed in seeds:
             raise ValueError(f"--seeds lists seed {seed} twice")
@@ -233,19 +231,32 @@ def comparison_markdown(result):
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path, text):
+def _write_text_atomic(path, text):
+    """Writes `text` to `path` atomically (a temporary file renamed over it, removed on failure)."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def comparison_paths(workdir):
+    """Returns the paths of the comparison files in `workdir`: (`comparison.json`, `comparison.md`)."""
+    return os.path.join(workdir, "comparison.json"), os.path.join(workdir, "comparison.md")
 
 
 def write_comparison(workdir, result):
-    """Writes `comparison.json` and `comparison.md` into `workdir`, each atomically; returns both paths."""
-    json_path = os.path.join(workdir, "comparison.json")
-    md_path = os.path.join(workdir, "comparison.md")
-    _write_atomic(json_path, json.dumps(result, indent=1) + "\n")
-    _write_atomic(md_path, comparison_markdown(result))
+    """Writes `comparison.json` and `comparison.md` into `workdir`, each atomically; returns both paths.
+
+    An OSError propagates with any earlier file left as it was.
+    """
+    json_path, md_path = comparison_paths(workdir)
+    checkpointing.write_json_atomic(json_path, result)
+    _write_text_atomic(md_path, comparison_markdown(result))
     return json_path, md_path
 
 
@@ -267,6 +278,13 @@ def _config_for_run(flagfile, overrides, forced):
         rest = flags.FLAGS(argv)
     except flags.Error as e:
         raise app.UsageError(f"{flagfile}: {e}") from e
+    except UnicodeDecodeError as e:
+        raise app.UsageError(cli.undecodable_flagfile(argv[1:], e)) from None
+    finally:
+        # A failed parse leaves FLAGS unparsed, and absl's app.run reads its own flags (--pdb_post_mortem)
+        # on a non-zero exit: reading an unparsed flag there raised a second error.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
     if len(rest) > 1:
         raise app.UsageError(f"{flagfile}: not a flag: {' '.join(rest[1:])}")
     try:
@@ -301,6 +319,48 @@ def _plan_runs(flagfiles, seeds, per_seed, workdir, init_paths, overrides):
     return runs
 
 
+def _refused_runs(runs):
+    """Returns one message per run whose folder holds a run of another configuration (as
+    `trainer.Trainer` would refuse it, unless the run overwrites), naming the run and the settings."""
+    problems = []
+    for run in runs:
+        path = os.path.join(run.config.workdir, "config.json")
+        if run.config.overwrite or not os.path.exists(path):
+            continue
+        try:
+            saved = checkpointing.read_json(path, "run configuration")
+        except checkpointing.WorkdirError as e:
+            problems.append(f"{run.name}: {e}")
+            continue
+        current = run.config.to_json_dict()
+        differing = checkpointing.config_differences(saved, current)
+        if differing:
+            problems.append(
+                f"{run.name}: {run.config.workdir} holds a run with a different configuration ("
+                + checkpointing.describe_differences(saved, current, differing) + ")"
+            )
+    return problems
+
+
+def _output_problems(workdir, runs, make_figures):
+    """Returns what keeps the ablation from writing its outputs (one message per path; empty when
+    none): `workdir` not a writable folder (it is created), a run folder or the figures folder that is
+    not a folder, a comparison file that is not a file."""
+    try:
+        checkpointing.check_writable(workdir)
+    except checkpointing.WorkdirError as e:
+        return [str(e)]
+    problems = []
+    folders = [run.config.workdir for run in runs] + ([os.path.join(workdir, "figures")] if make_figures else [])
+    for folder in folders:
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            problems.append(f"{folder} is in the way: it is not a folder")
+    for path in comparison_paths(workdir):
+        if os.path.exists(path) and not os.path.isfile(path):
+            problems.append(f"{path} is in the way: it is not a file")
+    return problems
+
+
 def _train_run(run, data):
     """Trains one run; returns (comparison row, the Interrupted exception or None)."""
     start = time.perf_counter()
@@ -312,6 +372,7 @@ def _train_run(run, data):
         interrupted, status = e, "interrupted"
     except (
         loop.TrainingDiverged,
+        data_lib.DataError,
         inputs.InputError,
         trainer_lib.WeightsError,
         checkpointing.WorkdirError,
@@ -371,6 +432,8 @@ def main(argv):
         raise app.UsageError("--save_init is set by the ablation itself: each run writes <run>/init.weights.h5")
     if FLAGS["seed"].present and FLAGS.seeds is not None:
         raise app.UsageError("give --seed (one seed) or --seeds (several), not both")
+    if FLAGS.workdir is not None and not FLAGS.workdir.strip():
+        raise app.UsageError(f"--workdir must not be empty (leave it out for the default, {DEFAULT_WORKDIR})")
     workdir = FLAGS.workdir or DEFAULT_WORKDIR
     per_seed = FLAGS.seeds is not None
     seeds = parse_seeds(FLAGS.seeds) if per_seed else [FLAGS.seed]
@@ -387,6 +450,15 @@ def main(argv):
     init_paths = {seed: shared_init or init_weights_path(workdir, seed, per_seed) for seed in seeds}
     # Re-parsing the flags per run resets them, so everything read from FLAGS is read above.
     runs = _plan_runs(flagfiles, seeds, per_seed, workdir, init_paths, overrides)
+    # A run its folder would refuse is found before anything is written: the last good
+    # comparison and its figures stay as they are.
+    refused = _refused_runs(runs)
+    if refused:
+        for problem in refused:
+            print(f"error: {problem}", file=sys.stderr)
+        print("error: nothing was run or written; --overwrite starts those runs over, another --workdir keeps them",
+              file=sys.stderr)
+        return 1
     # Thread pools are per process and fixed once TensorFlow runs an op, so they are set here,
     # before the first one, for the runs' batch splitting when all runs split alike.
     splits = {trainer_lib.resolve_batch_splits(run.config) for run in runs}
@@ -403,13 +475,27 @@ def main(argv):
     except (figures.PlotError, trainer_lib.WeightsError, data_lib.DataError) as e:
         print(f"error: {cli.error_message(e)}", file=sys.stderr)
         return 1
+    problems = []
+    for run in runs:
+        try:
+            data_lib.steps_per_epoch(data.train.num_examples, run.config.batch_size)
+        except data_lib.DataError as e:
+            problems.append(f"{run.name}: {e}")
+    problems = problems or _output_problems(workdir, runs, make_figures)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
 
-    os.makedirs(workdir, exist_ok=True)
     if shared_init:
         init_note = f"every run starts from `{shared_init}`."
     else:
-        for seed in seeds:
-            build_initial_weights(seed, init_paths[seed])
+        try:
+            for seed in seeds:
+                build_initial_weights(seed, init_paths[seed])
+        except trainer_lib.WeightsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         names = ", ".join(f"`{os.path.basename(init_paths[s])}` (seed {s})" for s in seeds)
         init_note = f"all runs of a seed start from the same weights: {names}."
     result = {
@@ -427,7 +513,11 @@ def main(argv):
         row, interrupted = _train_run(run, data)
         result["runs"].append(row)
         result["by_flagfile"] = aggregate_by_flagfile(result["runs"])
-        json_path, md_path = write_comparison(workdir, result)
+        try:
+            json_path, md_path = write_comparison(workdir, result)
+        except OSError as e:
+            print(f"error: cannot write the comparison in {workdir}: {e}", file=sys.stderr)
+            return 1
         if interrupted is not None:
             print(f"stopped: {interrupted}; the comparison so far is in {md_path}", file=sys.stderr)
             return 128 + interrupted.signum
@@ -435,8 +525,12 @@ def main(argv):
     print(md_path)
     print(json_path)
     if make_figures:
-        for path in _write_figures(runs, result["runs"], workdir, data.train.num_examples):
-            print(path)
+        try:
+            for path in _write_figures(runs, result["runs"], workdir, data.train.num_examples):
+                print(path)
+        except figures.PlotError as e:
+            print(f"error: the figures: {e}", file=sys.stderr)
+            return 1
     failed = [row["name"] for row in result["runs"] if row["status"] != "ok"]
     if failed:
         print(f"error: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)}", file=sys.stderr)
@@ -447,7 +541,7 @@ def main(argv):
 
 def run():
     """Console-script entry point: parses flags and runs `main`."""
-    app.run(process.app_main(main))
+    app.run(process.app_main(main), flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

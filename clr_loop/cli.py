@@ -6,11 +6,14 @@ so a program that imports clr_loop's library modules keeps its own flag names (`
 """
 
 import dataclasses
+import os
+import sys
 
 from absl import app
 from absl import flags
 
 from clr_loop import config as config_lib
+from clr_loop import process
 
 
 def _definitions():
@@ -38,7 +41,7 @@ def _definitions():
         (integer, "epochs", d.epochs, "Number of epochs.", {}),
         (integer, "batch_size", d.batch_size, "Training batch size.", {}),
         (integer, "eval_batch_size", d.eval_batch_size, "Evaluation batch size (does not change the metrics).", {}),
-        (integer, "seed", d.seed, "Seed for weights, data order and dropout.", {}),
+        (integer, "seed", d.seed, "Seed for weights, data order and dropout, in [0, 2**32 - 1].", {"lower_bound": 0, "upper_bound": config_lib.MAX_SEED}),
         (integer, "steps_per_loop", d.steps_per_loop, "Training steps per compiled loop call (Python runs once per loop).", {}),
         (integer, "log_every_steps", d.log_every_steps, "Write train summaries about this often (in steps).", {}),
         (integer, "max_steps", d.max_steps, "Stop after this many steps in all (0: no cap); the eval still runs.", {}),
@@ -98,7 +101,10 @@ def config_from_flags(flag_values):
     values["profile_steps"] = _profile_steps(flag_values["profile_steps"].value)
     devices = flag_values["devices"].value
     values["devices"] = tuple(devices) if devices else None
-    values["workdir"] = flag_values["workdir"].value or f"runs/{flag_values['mode'].value}"
+    workdir = flag_values["workdir"].value
+    if workdir is not None and not workdir.strip():
+        raise app.UsageError("--workdir must not be empty (leave it out for the default folder)")
+    values["workdir"] = workdir or f"runs/{flag_values['mode'].value}"
     config = config_lib.Config(**values)
     problems = config_lib.validate(config)
     if problems:
@@ -106,11 +112,66 @@ def config_from_flags(flag_values):
     return config
 
 
+def _named_flagfiles(args):
+    """Yields the flagfile paths that `--flagfile=PATH` / `--flagfile PATH` arguments in `args` name, as absl reads them."""
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg in ("--flagfile", "-flagfile"):
+            if i + 1 < len(args):
+                yield os.path.expanduser(args[i + 1])
+        elif arg.startswith(("--flagfile=", "-flagfile=")):
+            yield os.path.expanduser(arg.split("=", 1)[1].strip())
+
+
+def _first_undecodable(args, seen):
+    """Returns the message naming the first flagfile of `args` (depth-first, as absl reads them) that is not text, or None."""
+    for path in _named_flagfiles(args):
+        if not path or path in seen:
+            continue
+        seen.add(path)
+        try:
+            with open(path) as f:  # absl's encoding: the locale's
+                lines = f.readlines()
+        except UnicodeDecodeError as e:
+            return f"flagfile {path} is not {e.encoding} text ({e.reason}: byte 0x{e.object[e.start]:02x} at offset {e.start})"
+        except OSError:
+            continue
+        found = _first_undecodable([line.strip() for line in lines], seen)
+        if found is not None:
+            return found
+    return None
+
+
+def undecodable_flagfile(args, error):
+    """Returns the one-line message for a UnicodeDecodeError absl raised while reading a flagfile of `args`.
+
+    absl's own error names no file: this reads the flagfiles the arguments name (and the ones
+    they name in turn) as absl does and names the first one that is not text, with the byte at
+    fault; a message naming no file when every flagfile reads.
+    """
+    found = _first_undecodable(args, set())
+    return found or f"a flagfile is not {error.encoding} text ({error.reason} at offset {error.start})"
+
+
+def parse_flags(argv):
+    """The apps' flags parser for `app.run`: absl's `parse_flags_with_usage`, plus an undecodable flagfile.
+
+    Returns the arguments left after the flags (program name first). A flagfile that is not text
+    is reported as absl reports a bad flag, naming the file (`undecodable_flagfile`), and exits 1.
+    """
+    try:
+        return app.parse_flags_with_usage(argv)
+    except UnicodeDecodeError as e:
+        sys.stderr.write(f"FATAL Flags parsing error: {undecodable_flagfile(argv[1:], e)}\n")
+        sys.stderr.write(process.HELP_HINT + "\n")
+        sys.exit(1)
+
+
 def error_message(error):
     """Returns the app's one-line message for a library error, naming the flags that fix it.
 
     Library errors name arguments; here a workdir problem points to `--workdir`/`--overwrite`
-    and an initial-weights problem to `--init_weights`.
+    and an initial-weights problem to `--init_weights` or `--save_init` (the file it reads or writes).
     """
     # Imported here: cli is imported by the apps before their tuned TensorFlow import.
     from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
@@ -120,5 +181,5 @@ def error_message(error):
     if isinstance(error, (checkpointing.WorkdirError, checkpointing.CheckpointError)):
         return f"{text} (--overwrite starts the run over in the same --workdir; another --workdir keeps it)"
     if isinstance(error, trainer.WeightsError):
-        return f"--init_weights: {text}"
+        return f"--{error.argument}: {text}"
     return text

@@ -11,9 +11,13 @@ from clr_loop import schedules
 MODES = ("none",) + schedules.MODES + ("one_cycle",)
 JIT_CHOICES = ("auto", "true", "false")
 STRATEGIES = ("default", "mirrored", "multi_worker")
-# The longest half-cycle accepted, in epochs: longer ones are flat in any real run, and their step
-# counts would not fit the schedule's int64 arithmetic.
-MAX_STEP_SIZE_EPOCHS = 1e6
+# numpy's legacy seeding (behind keras.utils.set_random_seed) takes seeds in [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
+# Bounds that keep every step count within TensorFlow's int64 (a run this long never ends anyway).
+MAX_EPOCHS = 10**9
+MAX_COUNT = 2**62
+_COUNTS = ("batch_size", "eval_batch_size", "steps_per_loop", "log_every_steps", "keep_checkpoints",
+           "max_steps", "checkpoint_every_steps", "virtual_cpus", "batch_splits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,10 +176,14 @@ def validate(config):
         positive(name)
     if config.step_size_down_epochs is not None:
         positive("step_size_down_epochs")
-    for name in ("step_size_epochs", "step_size_down_epochs"):
+    for name in ("epochs", "step_size_epochs", "step_size_down_epochs"):
         value = getattr(config, name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_STEP_SIZE_EPOCHS:
-            problems.append(f"--{name} must be at most {MAX_STEP_SIZE_EPOCHS:g} epochs, got {value!r}")
+        if isinstance(value, (int, float)) and value > MAX_EPOCHS:
+            problems.append(f"--{name} must be at most {MAX_EPOCHS:.0e} epochs, got {value!r}")
+    for name in _COUNTS:
+        value = getattr(config, name)
+        if isinstance(value, int) and value > MAX_COUNT:
+            problems.append(f"--{name} must be at most 2**62, got {value!r}")
     if not problems and config.mode in schedules.MODES and config.max_lr <= config.initial_lr:
         problems.append(f"--max_lr ({config.max_lr}) must be greater than --initial_lr ({config.initial_lr})")
     if not 0 < config.pct_start < 1:
@@ -188,6 +196,8 @@ def validate(config):
         problems.append(
             f"need 0 <= --base_momentum ({config.base_momentum}) <= --max_momentum ({config.max_momentum}) < 1"
         )
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= MAX_SEED:
+        problems.append(f"--seed must be an integer in [0, 2**32 - 1], got {config.seed!r}")
     if config.max_steps < 0:
         problems.append(f"--max_steps must be >= 0 (0 means no cap), got {config.max_steps}")
     if config.checkpoint_every_steps < 0:
@@ -218,4 +228,7 @@ def validate(config):
         problems.append("--devices needs --strategy=mirrored")
     if not config.workdir:
         problems.append("--workdir must not be empty")
+    for name in ("tfds_data_dir", "dataset_dir"):
+        if getattr(config, name) is not None and not getattr(config, name).strip():
+            problems.append(f"--{name} must not be empty (leave it out to find the data automatically)")
     return problems

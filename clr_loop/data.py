@@ -8,8 +8,10 @@ pipelines (`train_dataset`, `eval_dataset`) keep images as uint8; the model resc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -110,63 +112,35 @@ def read_idx(
     with magic 0x00000803 (images: count, 28, 28) or 0x00000801 (labels: count), hold at
     least one example, and, when `expected_count` is given, exactly that many. Any problem
     (missing file, bad gzip, wrong magic, wrong shape, payload size not matching the
-    header, labels out of range) raises DataError naming `path`.
+    header, labels out of range) raises DataError naming `path`. At most the header's
+    payload size plus one byte is decompressed, so a file that inflates to more (a gzip
+    bomb) is refused without holding it in memory.
     """
     if expected_kind not in _IDX_NDIM:
         raise ValueError(f"expected_kind must be 'images' or 'labels', got {expected_kind!r}")
     path = os.fspath(path)
-    data = _read_gzip(path)
-
-    ndim = _IDX_NDIM[expected_kind]
-    expected_magic = (_IDX_UBYTE << 8) | ndim
-    if len(data) < 4:
-        raise DataError(f"{path}: too short for an IDX header ({len(data)} bytes after gunzip)")
-    (magic,) = struct.unpack(">I", data[:4])
-    found_code, found_ndim = (magic >> 8) & 0xFF, magic & 0xFF
-    if magic >> 16 != 0:
-        problem = "not an IDX file"
-    elif found_code != _IDX_UBYTE:
-        problem = f"element type code 0x{found_code:02x} is not 0x08 (unsigned byte)"
-    elif found_ndim != ndim:
-        problem = f"{found_ndim} dimension(s), but {expected_kind} files have {ndim}"
-    else:
-        problem = None
-    if problem:
-        raise DataError(
-            f"{path}: wrong magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
-            f"for {expected_kind} ({problem})"
-        )
-
-    header_len = 4 + 4 * ndim
-    if len(data) < header_len:
-        raise DataError(f"{path}: IDX header truncated ({len(data)} bytes, need {header_len})")
-    dims = struct.unpack(f">{ndim}I", data[4:header_len])
-    count = dims[0]
-    if expected_kind == "images" and dims[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise DataError(
-            f"{path}: images are {dims[1]}x{dims[2]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}"
-        )
-    if count == 0:
-        raise DataError(f"{path}: header says the file holds 0 {expected_kind}")
-    if expected_count is not None and count != expected_count:
-        raise DataError(f"{path}: holds {count} {expected_kind}, expected {expected_count}")
-
-    payload_len = len(data) - header_len
-    expected_len = int(np.prod(dims))
-    if payload_len < expected_len:
+    with _gzip_errors(path):
+        with gzip.open(path, "rb") as f:
+            dims = _read_idx_header(f, path, expected_kind, expected_count)
+            # The header gives the payload's exact size: read at most one byte more, so a file
+            # that decompresses to far more (a gzip bomb) costs no more memory than a good one.
+            # Fewer bytes than asked means the stream's end was read, and with it the gzip trailer
+            # (its CRC and length checked).
+            expected_len = math.prod(dims)
+            data = _read_at_most(f, expected_len + 1)
+    if len(data) < expected_len:
         raise DataError(
             f"{path}: payload truncated: header {list(dims)} needs {expected_len} bytes, "
-            f"file has {payload_len}"
+            f"file has {len(data)}"
         )
-    if payload_len > expected_len:
+    if len(data) > expected_len:
         raise DataError(
-            f"{path}: {payload_len - expected_len} trailing bytes after the "
-            f"{expected_len}-byte payload for header {list(dims)}"
+            f"{path}: trailing bytes after the {expected_len}-byte payload for header {list(dims)}"
         )
 
-    values = np.frombuffer(data, dtype=np.uint8, offset=header_len)
+    values = np.frombuffer(data, dtype=np.uint8)
     if expected_kind == "images":
-        return values.reshape(count, IMAGE_SIZE, IMAGE_SIZE, 1)
+        return values.reshape(dims[0], IMAGE_SIZE, IMAGE_SIZE, 1)
     _check_label_range(values, path)
     return values.astype(np.int32)
 
@@ -316,11 +290,66 @@ def eval_dataset(split: Split, batch_size: int, replicas=None) -> tf.data.Datase
 epoch_permutation = inputs.epoch_permutation
 
 
-def _read_gzip(path: str) -> bytes:
-    """Returns the decompressed bytes of `path`, or raises DataError saying why not."""
+# Decompressed bytes read per call while reading a payload (bounds the temporary buffers).
+_READ_CHUNK = 1 << 24
+
+
+def _read_idx_header(f, path: str, expected_kind: str, expected_count: int | None) -> tuple[int, ...]:
+    """Reads and checks the IDX header at the start of the open file `f`; returns its dims (count first).
+
+    Raises DataError naming `path` for a wrong magic number, a truncated header, images that are
+    not 28x28, a count of 0, or a count other than `expected_count` (when given).
+    """
+    ndim = _IDX_NDIM[expected_kind]
+    expected_magic = (_IDX_UBYTE << 8) | ndim
+    head = f.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path}: too short for an IDX header ({len(head)} bytes after gunzip)")
+    (magic,) = struct.unpack(">I", head)
+    found_code, found_ndim = (magic >> 8) & 0xFF, magic & 0xFF
+    if magic >> 16 != 0:
+        problem = "not an IDX file"
+    elif found_code != _IDX_UBYTE:
+        problem = f"element type code 0x{found_code:02x} is not 0x08 (unsigned byte)"
+    elif found_ndim != ndim:
+        problem = f"{found_ndim} dimension(s), but {expected_kind} files have {ndim}"
+    else:
+        problem = None
+    if problem:
+        raise DataError(
+            f"{path}: wrong magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
+            f"for {expected_kind} ({problem})"
+        )
+    header_len = 4 + 4 * ndim
+    rest = f.read(header_len - 4)
+    if len(rest) < header_len - 4:
+        raise DataError(f"{path}: IDX header truncated ({4 + len(rest)} bytes, need {header_len})")
+    dims = struct.unpack(f">{ndim}I", rest)
+    if expected_kind == "images" and dims[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+    if dims[0] == 0:
+        raise DataError(f"{path}: header says the file holds 0 {expected_kind}")
+    if expected_count is not None and dims[0] != expected_count:
+        raise DataError(f"{path}: holds {dims[0]} {expected_kind}, expected {expected_count}")
+    return dims
+
+
+def _read_at_most(f, limit: int) -> bytearray:
+    """Returns the next bytes of the open file `f`, up to `limit` of them (fewer at its end), read in chunks."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = f.read(min(_READ_CHUNK, limit - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@contextlib.contextmanager
+def _gzip_errors(path: str):
+    """Turns the errors of reading the gzip file `path` inside the block into DataErrors saying why."""
     try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
+        yield
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except gzip.BadGzipFile as e:

@@ -23,6 +23,11 @@ REQUIRED_HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 TUTORIAL_LOSS_YLIM = (0.0, 2.5)
 ACCURACY_YLIM = (0.0, 1.0)
 HISTORY_FIGURES = ("loss.png", "accuracy.png", "val_accuracy.png")
+# A schedule figure shows at most this many steps (evenly spaced, first and last included): more
+# than a figure's pixels, and a bounded cost for any run length.
+MAX_SCHEDULE_POINTS = 100_000
+# Steps beyond this are not exact in float64, which the sampling uses.
+_MAX_SCHEDULE_STEPS = 2**53
 
 
 class PlotError(Exception):
@@ -48,16 +53,23 @@ class Panel:
     lines: tuple
 
 
-def schedule_series(config, num_train_examples=data_lib.FULL_SIZE["train"]):
-    """Returns (steps, lr): int64 steps 0..total_steps-1 and the float64 rate the optimizer uses at each.
+def schedule_series(config, num_train_examples=data_lib.FULL_SIZE["train"], max_points=MAX_SCHEDULE_POINTS):
+    """Returns (steps, lr): int64 steps from 0 to total_steps-1 and the float64 rate the optimizer uses at each.
 
-    `total_steps` and the step size come from `config_lib.plan_steps` for a training set of
-    `num_train_examples` (60000, Fashion-MNIST's, by default; the last partial batch is dropped),
-    and the rates from `config_lib.make_schedule`, exactly as the trainer builds them. Mode "none"
-    gives the constant `config.lr`. Rates are per step.
+    Every step when there are at most `max_points`, else `max_points` evenly spaced steps
+    including the first and the last. `total_steps` and the step size come from
+    `config_lib.plan_steps` for a training set of `num_train_examples` (60000, Fashion-MNIST's, by
+    default; the last partial batch is dropped), and the rates from `config_lib.make_schedule`,
+    exactly as the trainer builds them. Mode "none" gives the constant `config.lr`. Rates are per
+    step. Raises PlotError for a schedule longer than 2**53 steps.
     """
     plan = config_lib.plan_steps(config, num_train_examples)
-    steps = np.arange(plan.total_steps, dtype=np.int64)
+    if plan.total_steps > _MAX_SCHEDULE_STEPS:
+        raise PlotError(f"a schedule of {plan.total_steps} steps is too long to plot (at most 2**53)")
+    if plan.total_steps <= max_points:
+        steps = np.arange(plan.total_steps, dtype=np.int64)
+    else:
+        steps = np.unique(np.round(np.linspace(0, plan.total_steps - 1, max_points)).astype(np.int64))
     schedule = config_lib.make_schedule(config, plan)
     if callable(schedule):
         lr = np.asarray(schedule(steps), dtype=np.float64)
@@ -188,10 +200,19 @@ def require_matplotlib():
 
 
 def _save(fig, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # Figure.savefig picks the Agg canvas for .png by itself: no pyplot, no display, no backend switch.
-    fig.savefig(path, dpi=100)
+    """Writes `fig` as a PNG to exactly `path`, atomically; returns `path`. Raises PlotError naming
+    `path` when it cannot be written (the temporary file removed, an earlier file left as it was)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # The Agg canvas for PNG: no pyplot, no display, no backend switch; format= keeps the
+        # name as given (savefig would add ".png" to a name without an extension).
+        fig.savefig(tmp, dpi=100, format="png")
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+        raise PlotError(f"{path}: cannot write the figure ({e})") from e
     return path
 
 

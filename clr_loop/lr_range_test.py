@@ -125,6 +125,8 @@ def validate(config):
         problems.append(f"--batch_size must be a positive integer, got {config.batch_size!r}")
     if not 0 <= config.momentum < 1:
         problems.append(f"--momentum must be in [0, 1), got {config.momentum}")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= config_lib.MAX_SEED:
+        problems.append(f"--seed must be an integer in [0, 2**32 - 1], got {config.seed!r}")
     if config.jit_compile not in config_lib.JIT_CHOICES:
         problems.append(f"--jit_compile must be one of {', '.join(config_lib.JIT_CHOICES)}, got {config.jit_compile!r}")
     if not config.workdir:
@@ -140,9 +142,15 @@ def run_range_test(config, data=None):
     `lr_finder.find_lr` on `config.batch_size`-example batches of the training arrays shuffled by
     `config.seed`, and writes `lr_range.json` (the RangeTestResult, the data source and the
     trainer flags) and, when matplotlib is installed, `lr_range.png` into `config.workdir`.
+    Raises checkpointing.WorkdirError naming the folder or file when the workdir cannot be
+    written (checked before the test runs) and data.DataError for unusable data (also a training
+    split smaller than one batch).
     """
     if data is None:
         data = data_lib.load(tfds_data_dir=config.tfds_data_dir, dataset_dir=config.dataset_dir)
+    data_lib.steps_per_epoch(data.train.num_examples, config.batch_size)  # a DataError when no batch fits
+    # Before the test runs, so an unusable workdir costs no training.
+    checkpointing.check_writable(config.workdir)
     keras.utils.set_random_seed(config.seed)
     model = model_lib.create_model(seed=config.seed)
     # The trainer's loss and metric (trainer.compile_model) with a constant momentum: the range
@@ -164,16 +172,21 @@ def run_range_test(config, data=None):
         ramp=config.ramp,
         jit_compile=runtime.resolve_jit_compile(config.jit_compile),
     )
-    os.makedirs(config.workdir, exist_ok=True)
     value = result.to_json_dict()
     value["settings"].update(batch_size=config.batch_size, seed=config.seed, momentum=config.momentum, data=data.source)
     value["flags"] = trainer_flags(result.suggestions, config.momentum) if result.suggestions else None
     paths = [os.path.join(config.workdir, JSON_NAME)]
-    checkpointing.write_json_atomic(paths[0], value)
     try:
-        paths.append(lr_finder.plot(result, os.path.join(config.workdir, PNG_NAME)))
+        checkpointing.write_json_atomic(paths[0], value)
+    except OSError as e:
+        raise checkpointing.WorkdirError(f"cannot write {paths[0]}: {e}") from e
+    png = os.path.join(config.workdir, PNG_NAME)
+    try:
+        paths.append(lr_finder.plot(result, png))
     except ImportError:
         logging.warning('matplotlib is not installed (pip install -e ".[plot]"), so %s was not drawn', PNG_NAME)
+    except OSError as e:
+        raise checkpointing.WorkdirError(f"cannot write {png}: {e}") from e
     return result, paths
 
 
@@ -221,7 +234,7 @@ def main(argv):
     config = config_from_flags()
     try:
         result, paths = run_range_test(config)
-    except data_lib.DataError as e:
+    except (data_lib.DataError, checkpointing.WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(report(result, config.momentum))
@@ -231,7 +244,7 @@ def main(argv):
 
 def run():
     """Console-script entry point: parses flags and runs `main`."""
-    app.run(process.app_main(main))
+    app.run(process.app_main(main), flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ def main(argv):
             if FLAGS.num_train_examples < 1:
                 raise app.UsageError(f"--num_train_examples must be positive, got {FLAGS.num_train_examples}")
             config = cli.config_from_flags(FLAGS)
+            if FLAGS.out is not None and (not FLAGS.out.lower().endswith(".png") or os.path.isdir(FLAGS.out)):
+                raise app.UsageError(f"--out must name a .png file (not a folder), got {FLAGS.out!r}")
             out = FLAGS.out or os.path.join("runs", "figures", f"schedule_{config.mode}_{config.epochs}ep.png")
             figures.require_matplotlib()
             print(figures.plot_schedule(config, out, FLAGS.num_train_examples))
@@ -55,6 +57,8 @@ def main(argv):
                 raise app.UsageError("history needs at least one run folder (a --workdir holding history.json)")
             if FLAGS.out:
                 raise app.UsageError(f"--out={FLAGS.out} is for `schedule`; history writes its PNGs into --out_dir")
+            if FLAGS.out_dir is not None and not FLAGS.out_dir.strip():
+                raise app.UsageError("--out_dir must not be empty (leave it out for the default, figures/ by the runs)")
             for path in figures.plot_histories(rest, FLAGS.out_dir or figures.default_out_dir(rest)):
                 print(path)
     except (figures.PlotError, data_lib.DataError) as e:
@@ -65,7 +69,7 @@ def main(argv):
 
 def run():
     """Console-script entry point: parses flags and runs `main`."""
-    app.run(process.app_main(main))
+    app.run(process.app_main(main), flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ a plain `import tensorflow`, 0.15 s of an app's imports with the collector pause
 imports it inside the block gets the module object at once, and its code runs on first use, so
 `clr_loop.plot` and Keras's own plotting work unchanged.
 
+`app_main` also gives an app's usage errors absl's one-line form (the message and a pointer to
+`--helpshort`) instead of the whole help text before the message.
+
 All of this is start-up tuning for a process that clr_loop runs: the apps (`clr_loop.train`,
 `ablate`, `plot`, `lr_range_test`) and the benchmark use it, the library never does, and
 `import clr_loop` touches neither the collector nor the import system.
@@ -111,15 +114,27 @@ def freeze_heap():
     return gc.get_freeze_count()
 
 
+HELP_HINT = "Pass --helpshort or --helpfull to see help on flags."
+
+
 def app_main(main):
     """Wraps an absl app's `main(argv)`: `freeze_heap()` before it runs (everything is imported by
-    then) and again when it returns or raises (so the exit's collection skips the run's objects)."""
+    then) and again when it returns or raises (so the exit's collection skips the run's objects).
+
+    The wrapped main returns `main`'s exit status; for an `app.UsageError` it prints `error: <the
+    message>` and a pointer to `--helpshort` to stderr and returns the error's exit code (absl's 1)
+    instead of letting `app.run` print the whole help before the message.
+    """
+    from absl import app  # pylint: disable=import-outside-toplevel  (imported by every app already)
 
     @functools.wraps(main)
     def wrapped(argv):
         freeze_heap()
         try:
             return main(argv)
+        except app.UsageError as e:
+            print(f"error: {e}\n{HELP_HINT}", file=sys.stderr)
+            return e.exitcode
         finally:
             freeze_heap()
 

@@ -57,7 +57,7 @@ def main(argv):
 
 def run():
     """Console-script entry point: parses flags and runs `main`."""
-    app.run(process.app_main(main))
+    app.run(process.app_main(main), flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -28,15 +28,31 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_sec
 
 
 class WeightsError(ValueError):
-    """Raised when an initial-weights file cannot be read or does not fit the model; names the file."""
+    """Raised when an initial-weights file cannot be read, written or does not fit the model; names the file.
+
+    `argument` is the Config field the file comes from: "init_weights" (read) or "save_init" (written).
+    """
+
+    def __init__(self, message, argument="init_weights"):
+        super().__init__(message)
+        self.argument = argument
 
 
 def save_initial_weights(model, path):
-    """Writes `model`'s weights to `path` (a Keras `.weights.h5` file) atomically; returns `path`."""
+    """Writes `model`'s weights to `path` (a Keras `.weights.h5` file) atomically; returns `path`.
+
+    A file that cannot be written raises WeightsError naming `path` (argument "save_init"); the
+    temporary file is removed and an earlier file at `path` is left as it was.
+    """
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    except Exception as e:  # OS errors, and h5py's own for a file it cannot create
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+        raise WeightsError(f"cannot write initial weights to {path}: {type(e).__name__}: {e}", "save_init") from e
     logging.info("initial weights written to %s", path)
     return path
 
@@ -97,8 +113,8 @@ class Trainer:
     `clr_loop.loop` on the Fashion-MNIST arrays, with `config.workdir` as the run directory.
 
     Build it with a Config and loaded data (`clr_loop.data.FashionMnist`), then call `train()`,
-    which checks the workdir's configuration, resumes from its last checkpoint when there is one
-    and returns the history dict (per-epoch lists under `HISTORY_KEYS`). `run` is the
+    which checks the workdir's configuration, writes `config.save_init` (once the checks pass),
+    resumes from its last checkpoint when there is one and returns the history dict (per-epoch lists under `HISTORY_KEYS`). `run` is the
     `loop.Run` that does the work.
     """
 
@@ -116,8 +132,6 @@ class Trainer:
             self.model = model if model is not None else model_lib.create_model(seed=config.seed)
             if config.init_weights:
                 load_initial_weights(self.model, config.init_weights)
-            if config.save_init and self.is_chief:
-                save_initial_weights(self.model, config.save_init)
             compile_model(self.model, config, self.plan)
         self.optimizer = self.model.optimizer
         self.run = loop.Run(
@@ -177,13 +191,17 @@ class Trainer:
         line per epoch otherwise).
 
         Raises loop.TrainingDiverged when a step is non-finite (the last good checkpoint is kept),
-        loop.Interrupted after SIGTERM/SIGINT (once the state is saved), and WorkdirError or
-        CheckpointError for an unusable workdir.
+        loop.Interrupted after SIGTERM/SIGINT (once the state is saved), WorkdirError or
+        CheckpointError for an unusable workdir, and WeightsError when `save_init` cannot be written.
         """
         if verbose is None:
             verbose = 1 if sys.stdout.isatty() else 2  # a bar on a terminal, epoch lines in a log
         with self.run.locked():
             self._check_workdir()
+            if self.config.save_init and self.is_chief:
+                # After the workdir's checks, so a refused run writes nothing; still the initial
+                # weights: fit restores a checkpoint and trains only after this.
+                save_initial_weights(self.model, self.config.save_init)
             history = self.run.fit(callbacks=callbacks, verbose=verbose)
         return {**{key: history.history.get(key, []) for key in HISTORY_KEYS if key != "epoch_seconds"},
                 "epoch_seconds": history.epoch_seconds}

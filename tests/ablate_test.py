@@ -18,6 +18,7 @@ from clr_loop import model as model_lib
 from clr_loop import figures
 from clr_loop import train
 from clr_loop import trainer as trainer_lib
+from train_cli_test import assert_one_line_usage_error
 from train_cli_test import write_tiny_idx_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,6 +133,28 @@ def test_ablation_with_seeds_starts_each_seeds_runs_from_identical_weights(setup
     for path in pngs:
         assert os.path.getsize(path) > 1000
 
+    # The same ablation with a setting its run folders were not trained with is refused before
+    # anything is written: the comparison, its figures and the runs stay exactly as they are.
+    before = files_under(work)
+    status = run_ablate([*setup["flagfiles"], f"--workdir={work}", "--seeds=3,4", f"--dataset_dir={setup['data']}",
+                         *COMMON, "--momentum=0.5"])
+    assert status == 1
+    err = capsys.readouterr().err
+    for name in names:
+        assert f"error: {name}: {os.path.join(work, name)} holds a run with a different configuration" in err
+    assert "momentum: 0.0 (saved) vs 0.5 (now)" in err and "--overwrite" in err
+    assert files_under(work) == before
+
+
+def files_under(folder):
+    """Returns {path: (bytes, modification time in ns)} of every file under `folder`."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            found[path] = (open(path, "rb").read(), os.stat(path).st_mtime_ns)
+    return found
+
 
 def test_given_init_weights_start_every_run_and_match_a_plain_train_run(setup, starting_weights, tmp_path):
     custom = str(tmp_path / "custom.weights.h5")
@@ -226,13 +249,71 @@ def test_bad_inputs_stop_before_anything_is_written(setup, tmp_path):
     assert not os.path.exists(work)
 
 
-def test_cli_nonexistent_flagfile_exits_nonzero_naming_it(tmp_path):
+def run_ablate_cli(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "clr_loop.ablate", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_bad_flagfiles_exit_1_with_one_line_naming_them(tmp_path):
     work = tmp_path / "abl"
-    result = subprocess.run(
-        [sys.executable, "-m", "clr_loop.ablate", "flags/no_clr.flags", "flags/missing.flags", f"--workdir={work}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode != 0
-    assert "flagfile not found: flags/missing.flags" in result.stderr
+    result = run_ablate_cli("flags/no_clr.flags", "flags/missing.flags", f"--workdir={work}")
+    assert_one_line_usage_error(result, "flagfile not found: flags/missing.flags")
+    # A flagfile to compare that is not UTF-8 text: one message naming it, the byte at fault.
+    latin1 = tmp_path / "latin1.flags"
+    latin1.write_bytes("--mode=none\n# caf\u00e9\n".encode("latin-1"))
+    result = run_ablate_cli("flags/no_clr.flags", str(latin1), f"--workdir={work}")
+    assert_one_line_usage_error(result, f"flagfile {latin1} is not utf-8 text", "0xe9 at offset 17")
     assert not work.exists()
+
+
+def test_a_non_utf8_flagfile_nested_in_a_compared_one_is_named(setup, tmp_path):
+    latin1 = tmp_path / "latin1.flags"
+    latin1.write_bytes(b"--lr=0.1\n# \xff\n")
+    outer = tmp_path / "outer.flags"
+    outer.write_text(f"--mode=none\n--flagfile={latin1}\n")
+    with pytest.raises(app.UsageError, match=f"^flagfile {latin1} is not utf-8 text .*0xff at offset 11"):
+        run_ablate([setup["flagfiles"][0], str(outer), f"--workdir={setup['workdir']}"])
+    assert not os.path.exists(setup["workdir"])
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Makes `Trainer.train` fail the test if the ablation gets as far as training."""
+    monkeypatch.setattr(trainer_lib.Trainer, "train", lambda self, **kw: pytest.fail("a run was trained"))
+
+
+def test_an_unwritable_workdir_is_refused_before_any_run(setup, tmp_path, capsys, no_training):
+    (tmp_path / "a_file").write_text("in the way")
+    work = tmp_path / "a_file" / "abl"
+    status = run_ablate([*setup["flagfiles"], f"--workdir={work}", f"--dataset_dir={setup['data']}", *COMMON])
+    assert status == 1
+    assert f"error: workdir {work} is not a writable folder" in capsys.readouterr().err
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_any_run(setup, capsys, no_training):
+    status = run_ablate([*setup["flagfiles"], f"--workdir={setup['workdir']}", f"--dataset_dir={setup['data']}",
+                         *COMMON, "--batch_size=100"])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "error: sgd: 96 examples are fewer than one batch of 100" in err and "error: clr: " in err
+    assert not os.path.exists(setup["workdir"])
+
+
+def test_output_paths_in_the_way_are_refused_before_any_run(setup, capsys, no_training):
+    work = setup["workdir"]
+    os.makedirs(os.path.join(work, "comparison.md"))
+    open(os.path.join(work, "figures"), "w").close()
+    status = run_ablate([*setup["flagfiles"], f"--workdir={work}", f"--dataset_dir={setup['data']}", *COMMON])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert f"error: {os.path.join(work, 'comparison.md')} is in the way: it is not a file" in err
+    assert f"error: {os.path.join(work, 'figures')} is in the way: it is not a folder" in err
+    assert sorted(os.listdir(work)) == ["comparison.md", "figures"]
+
+
+def test_empty_workdir_is_refused(setup, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(app.UsageError, match="--workdir must not be empty"):
+        run_ablate([*setup["flagfiles"], "--workdir="])
+    assert not os.path.exists(tmp_path / "runs")

@@ -61,3 +61,15 @@ def test_a_flag_another_module_defined_is_a_duplicate():
     with pytest.raises(flags.DuplicateFlagError, match="batch_size"):
         cli.define_training_flags(flag_values)
 
+
+
+def test_undecodable_flagfile_is_found_through_nested_flagfiles(tmp_path):
+    good, bad = tmp_path / "good.flags", tmp_path / "bad.flags"
+    bad.write_bytes(b"--epochs=2\n--lr=\xff\n")
+    good.write_text(f"# includes the bad one\n--flagfile={bad}\n")
+    flag_values = flags.FlagValues()
+    cli.define_training_flags(flag_values)
+    with pytest.raises(UnicodeDecodeError) as e:  # absl's own error names no file
+        flag_values(["prog", "--mode=none", "--flagfile", str(good)])
+    message = cli.undecodable_flagfile(["--mode=none", "--flagfile", str(good)], e.value)
+    assert message == f"flagfile {bad} is not utf-8 text (invalid start byte: byte 0xff at offset 16)"

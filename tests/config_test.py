@@ -56,6 +56,14 @@ def test_cycle_momentum_defaults():
         (dict(virtual_cpus=-2), "--virtual_cpus"),
         (dict(save_init="init.h5"), "--save_init"),
         (dict(workdir=""), "--workdir"),
+        (dict(seed=-1), "--seed"),
+        (dict(seed=2**32), "--seed"),
+        (dict(epochs=10**9 + 1), "--epochs"),
+        (dict(step_size_epochs=1e300), "--step_size_epochs"),  # its steps would overflow int64
+        (dict(eval_batch_size=2**63), "--eval_batch_size"),
+        (dict(max_steps=10**20), "--max_steps"),
+        (dict(dataset_dir=""), "--dataset_dir"),
+        (dict(tfds_data_dir=" "), "--tfds_data_dir"),
         (dict(batch_splits=-1), "--batch_splits"),
         (dict(batch_splits=3), "--batch_splits"),  # does not divide 64
         (dict(batch_splits=2, strategy="mirrored"), "--batch_splits"),

@@ -9,6 +9,7 @@ import gzip
 import logging
 import os
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -152,7 +153,7 @@ BAD_FILES = [
     pytest.param(  # 7 * 28 * 28 = 5488 payload bytes promised, 10 cut off.
         "train_images", _gz(idx_bytes(_images())[:-10]), ["payload truncated", "5488", "5478"], id="payload_short"
     ),
-    pytest.param("train_labels", _gz(idx_bytes(np.arange(7)) + b"\0\0\0"), ["3 trailing bytes"], id="trailing_bytes"),
+    pytest.param("train_labels", _gz(idx_bytes(np.arange(7)) + b"\0\0\0"), ["trailing bytes after the 7-byte payload"], id="trailing_bytes"),
     pytest.param(
         "train_labels", _gz(idx_bytes([0, 1, 10, 3, 4, 5, 6])), ["outside 0..9", "10 at index 2"], id="label_out_of_range"
     ),
@@ -179,6 +180,26 @@ def test_bad_files_raise_data_error_naming_file_and_problem(tmp_path, replaced, 
     assert str(path) in message
     for part in parts:
         assert part in message
+
+
+def test_gzip_bomb_is_refused_without_inflating_it(tmp_path):
+    # A valid header for 10 images (7840 payload bytes), then 50 MB of zeros: 50 KB compressed.
+    path = tmp_path / data.IDX_FILES["train_images"]
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(struct.pack(">IIII", IMAGES_MAGIC, 10, 28, 28))
+        zeros = bytes(1 << 20)
+        for _ in range(50):
+            f.write(zeros)
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(data.DataError, match="trailing bytes after the 7840-byte payload") as e:
+            data.read_idx(path, expected_kind="images")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(e.value)
+    assert peak < 2 << 20  # the payload and gzip's buffers, not the 50 MB
 
 
 def test_count_mismatch_names_both_files(tmp_path):

@@ -16,6 +16,7 @@ from absl.testing import flagsaver
 from clr_loop import data as data_lib
 from clr_loop import lr_finder
 from clr_loop import lr_range_test as lrt
+from train_cli_test import assert_one_line_usage_error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,9 +135,56 @@ def test_bad_flags_are_named_and_write_nothing(tmp_path, argv, message):
     assert not workdir.exists()
 
 
-def test_bad_flag_exits_non_zero_before_writing(tmp_path):
+def test_bad_flag_exits_1_with_one_line_before_writing(tmp_path):
     workdir = tmp_path / "never"
     result = run_cli(f"--workdir={workdir}", "--end_lr=1e-9")
-    assert result.returncode != 0
-    assert "--end_lr (1e-09) must be greater than --start_lr (1e-07)" in result.stderr
+    assert_one_line_usage_error(result, "--end_lr (1e-09) must be greater than --start_lr (1e-07)")
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("argv", [["--seed=-1"], [f"--seed={2**32}"]])
+def test_seed_outside_numpys_range_is_a_flag_error(argv):
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        with pytest.raises(flags.IllegalFlagValueError, match=r"--seed=.*not an integer in the range \[0, 4294967295\]"):
+            flags.FLAGS(["clr_loop.lr_range_test", *argv])
+
+
+def test_empty_workdir_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(app.UsageError, match="--workdir must not be empty"):
+        run_main_in_process(["--workdir="])
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture
+def no_range_test(monkeypatch):
+    """Makes `lr_finder.find_lr` fail the test if the app gets as far as running it."""
+    monkeypatch.setattr(lr_finder, "find_lr", lambda *a, **k: pytest.fail("the range test ran"))
+
+
+def test_unwritable_workdir_is_refused_before_the_test_runs(tmp_path, capsys, no_range_test):
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    (tmp_path / "a_file").write_text("in the way")
+    workdir = tmp_path / "a_file" / "lr"
+    assert run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--jit_compile=false"]) == 1
+    assert f"error: workdir {workdir} is not a writable folder" in capsys.readouterr().err
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_writing(tmp_path, capsys, no_range_test):
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    workdir = tmp_path / "lr"
+    assert run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--batch_size=100"]) == 1
+    assert "error: 96 examples are fewer than one batch of 100" in capsys.readouterr().err
+    assert not workdir.exists()
+
+
+def test_an_output_file_that_cannot_be_written_is_named(tmp_path, capsys):
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    workdir = tmp_path / "lr"
+    (workdir / lrt.JSON_NAME).mkdir(parents=True)  # a folder where the JSON goes
+    status = run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--num_steps=3",
+                                  "--batch_size=32", "--jit_compile=false"])
+    assert status == 1
+    assert f"error: cannot write {workdir / lrt.JSON_NAME}: " in capsys.readouterr().err
+    assert sorted(os.listdir(workdir)) == [lrt.JSON_NAME]  # no temporary file left

@@ -14,6 +14,7 @@ from absl.testing import flagsaver
 from clr_loop import config as config_lib
 from clr_loop import figures
 from clr_loop import plot
+from train_cli_test import assert_one_line_usage_error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -93,6 +94,22 @@ def test_series_follows_batch_size_train_size_and_constant_mode():
     assert lr[20] == pytest.approx(HI, rel=1e-6) and lr[39] == pytest.approx(LO + (HI - LO) / 20, rel=1e-6)
     steps, lr = figures.schedule_series(tutorial_config(mode="none", lr=0.01, epochs=2), 640)
     np.testing.assert_array_equal(lr, np.full(20, 0.01))
+
+
+def test_a_long_schedule_is_sampled_at_bounded_evenly_spaced_steps():
+    # 10**8 epochs of 937 steps: 9.37e10 steps, far more than memory holds as a float64 array.
+    steps, lr = figures.schedule_series(tutorial_config(epochs=10**8))
+    total = 10**8 * STEPS_PER_EPOCH
+    assert len(steps) == figures.MAX_SCHEDULE_POINTS and steps.dtype == np.int64
+    assert steps[0] == 0 and steps[-1] == total - 1 and np.all(np.diff(steps) > 0)
+    assert np.abs(np.diff(steps) - (total - 1) / (len(steps) - 1)).max() <= 1  # evenly spaced
+    # triangular2 by hand at the sampled steps (float64): cycle c = 1 + step // 2S, height from pos.
+    cycle = 1 + steps // (2 * STEP_SIZE)
+    pos = steps % (2 * STEP_SIZE)
+    height = np.where(pos <= STEP_SIZE, pos / STEP_SIZE, (2 * STEP_SIZE - pos) / STEP_SIZE)
+    np.testing.assert_allclose(lr, LO + (HI - LO) * height * np.exp2(1.0 - cycle), rtol=1e-6, atol=1e-12)
+    # A short schedule keeps every step.
+    assert len(figures.schedule_series(tutorial_config(epochs=3), max_points=3 * STEPS_PER_EPOCH)[0]) == 3 * 937
 
 
 def test_shared_ylim_keeps_the_tutorial_range_and_grows_only_to_fit():
@@ -178,6 +195,22 @@ def test_bad_history_folder_is_named(tmp_path, content, message):
     assert not (tmp_path / "figs").exists()
 
 
+def test_an_unwritable_figure_path_is_named_and_leaves_nothing(tmp_path):
+    (tmp_path / "a_file").write_text("in the way")
+    blocked = str(tmp_path / "a_file" / "s.png")
+    with pytest.raises(figures.PlotError, match=f"{blocked}: cannot write the figure"):
+        figures.plot_schedule(tutorial_config(epochs=1), blocked)
+    # The PNG is drawn to a temporary file that cannot replace a folder: it is removed.
+    folder = tmp_path / "out" / "s.png"
+    folder.mkdir(parents=True)
+    with pytest.raises(figures.PlotError, match="s.png: cannot write the figure"):
+        figures.plot_schedule(tutorial_config(epochs=1), str(folder))
+    assert os.listdir(tmp_path / "out") == ["s.png"] and folder.is_dir()
+    # A name without the .png extension is written as given (savefig alone would add one).
+    assert_png(figures.plot_schedule(tutorial_config(epochs=1), str(tmp_path / "plain")))
+    assert not (tmp_path / "plain.png").exists()
+
+
 def test_missing_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(figures.PlotError, match=r"clr_loop\[plot\]"):
@@ -221,3 +254,40 @@ def test_history_command_refuses_schedules_out_flag(tmp_path):
         with pytest.raises(app.UsageError, match="--out=.* is for `schedule`; history writes its PNGs into --out_dir"):
             plot.main(rest)
     assert not (tmp_path / "figures").exists() and not (tmp_path / "run" / "figures").exists()
+
+
+@pytest.mark.parametrize("out", ["figs", "figs/schedule", "existing_folder.png"])
+def test_schedule_out_must_name_a_png_file(tmp_path, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "existing_folder.png").mkdir()
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        rest = flags.FLAGS(["clr_loop.plot", "schedule", f"--out={out}"])
+        with pytest.raises(app.UsageError, match=f"--out must name a .png file .*{out}"):
+            plot.main(rest)
+    assert sorted(os.listdir(tmp_path)) == ["existing_folder.png"]
+
+
+def test_history_out_dir_that_cannot_be_written_exits_1_naming_it(tmp_path, capsys):
+    run = write_history(tmp_path / "run", [1.0], [1.0], [0.5], [0.5])
+    (tmp_path / "a_file").write_text("in the way")
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        rest = flags.FLAGS(["clr_loop.plot", "history", run, f"--out_dir={tmp_path / 'a_file' / 'figs'}"])
+        assert plot.main(rest) == 1
+    assert f"error: {tmp_path / 'a_file' / 'figs' / 'loss.png'}: cannot write the figure" in capsys.readouterr().err
+
+
+def test_history_empty_out_dir_is_refused(tmp_path):
+    run = write_history(tmp_path / "run", [1.0], [1.0], [0.5], [0.5])
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        rest = flags.FLAGS(["clr_loop.plot", "history", run, "--out_dir="])
+        with pytest.raises(app.UsageError, match="--out_dir must not be empty"):
+            plot.main(rest)
+    assert not (tmp_path / "run" / "figures").exists()
+
+
+def test_cli_usage_error_is_one_line(tmp_path):
+    result = run_plot_cli("schedule", f"--out={tmp_path}")
+    assert_one_line_usage_error(result, "--out must name a .png file")

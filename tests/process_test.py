@@ -102,6 +102,19 @@ def test_app_main_freezes_after_an_exception_too(unfreeze):
     assert gc.get_freeze_count() > 0
 
 
+def test_app_main_prints_a_usage_error_in_one_line_and_returns_its_exit_code(unfreeze, capsys):
+    from absl import app
+
+    def main(argv):
+        del argv
+        raise app.UsageError("--thing must be positive, got 0")
+
+    assert process.app_main(main)(["prog"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "error: --thing must be positive, got 0\nPass --helpshort or --helpfull to see help on flags.\n"
+
+
 @pytest.mark.parametrize("app", ["train", "ablate", "plot", "lr_range_test"])
 def test_an_apps_imports_run_with_the_collector_paused_and_leave_it_as_it_was(app):
     """An app imports TensorFlow inside `gc_paused()` and `deferred_imports()` (`import clr_loop`

@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -34,6 +35,25 @@ def write_tiny_idx_dir(directory, n_train=96, n_test=40, seed=0):
         with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_labels"]), "wb") as f:
             f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
     return directory
+
+
+# Lines TensorFlow's and absl's loggers write to stderr on their own (not an app's message).
+_LOG_LINE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IWEF]\d{4} \d\d:\d\d:\d\d)")
+
+
+def app_message_lines(stderr):
+    """Returns the lines of an app's stderr that are not log lines of TensorFlow or absl."""
+    return [line for line in stderr.splitlines() if line.strip() and not _LOG_LINE.match(line)]
+
+
+def assert_one_line_usage_error(result, *parts):
+    """Asserts an app exited 1 with `error: ...` or absl's flag error and the --helpshort hint only, naming `parts`."""
+    lines = app_message_lines(result.stderr)
+    assert result.returncode == 1, result.stderr
+    assert len(lines) == 2 and lines[1] == "Pass --helpshort or --helpfull to see help on flags.", result.stderr
+    assert lines[0].startswith(("error: ", "FATAL Flags parsing error: ")), result.stderr
+    for part in parts:
+        assert part in lines[0]
 
 
 def run_cli(*args, cwd=REPO):
@@ -125,15 +145,48 @@ def test_bad_flag_values_are_named_and_write_nothing(tmp_path, argv, message):
     assert not workdir.exists()
 
 
-def test_bad_flags_exit_non_zero_before_writing(tmp_path):
+def test_bad_flags_exit_1_with_one_line_before_writing(tmp_path):
     workdir = tmp_path / "never"
+    # A Config problem (a UsageError from main) prints the message, not the app's whole help.
     result = run_cli(f"--workdir={workdir}", "--max_lr=1e-5")
-    assert result.returncode != 0
-    assert "--max_lr (1e-05) must be greater than --initial_lr" in result.stderr
+    assert_one_line_usage_error(result, "--max_lr (1e-05) must be greater than --initial_lr")
     assert not workdir.exists()
     result = run_cli(f"--workdir={workdir}", "--mode=cosine")
-    assert result.returncode != 0 and "--mode" in result.stderr and "triangular2" in result.stderr
+    assert_one_line_usage_error(result, "--mode", "triangular2")
     assert not workdir.exists()
+    # A flagfile that is not UTF-8 text is named, with the byte at fault.
+    flagfile = tmp_path / "latin1.flags"
+    flagfile.write_bytes("--mode=none\n# caf\u00e9\n".encode("latin-1"))
+    result = run_cli(f"--workdir={workdir}", f"--flagfile={flagfile}")
+    assert_one_line_usage_error(result, f"flagfile {flagfile} is not utf-8 text", "0xe9 at offset 17")
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_seed_outside_numpys_range_is_a_flag_error(tmp_path, seed):
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        with pytest.raises(flags.IllegalFlagValueError, match=r"--seed=.*not an integer in the range \[0, 4294967295\]"):
+            flags.FLAGS(["clr_loop.train", f"--seed={seed}", f"--workdir={tmp_path / 'never'}"])
+
+
+def test_empty_workdir_is_refused_not_defaulted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(app.UsageError, match="--workdir must not be empty"):
+        run_main_in_process(["--workdir=", "--max_steps=1"])
+    assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_save_init_is_named_as_the_flag(tmp_path, capsys):
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    (tmp_path / "a_file").write_text("in the way")
+    target = tmp_path / "a_file" / "init.weights.h5"
+    status = run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}", f"--save_init={target}",
+                                  "--epochs=1", "--max_steps=2", "--batch_size=16", "--jit_compile=false"])
+    assert status == 1
+    (line,) = app_message_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: --save_init: cannot write initial weights to {target}: ")
+    assert not os.path.exists(tmp_path / "run" / "history.json")
 
 
 def test_missing_flagfile_is_named(tmp_path):

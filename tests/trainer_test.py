@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from clr_loop import checkpointing
 from clr_loop import config as config_lib
 from clr_loop import data as data_lib
 from clr_loop import inputs
@@ -180,12 +181,39 @@ def test_non_finite_loss_raises_with_step_and_rate(tmp_path):
 
 def test_save_init_then_init_weights_starts_from_identical_weights(tmp_path):
     path = str(tmp_path / "init.weights.h5")
-    first = trainer_lib.Trainer(make_config(tmp_path, seed=1, save_init=path), fake_data())
-    second = trainer_lib.Trainer(make_config(tmp_path, seed=2, init_weights=path), fake_data())
+    first = trainer_lib.Trainer(make_config(tmp_path, seed=1, save_init=path, max_steps=2), fake_data())
+    initial = weights(first.model)
+    assert not os.path.exists(path)  # written by train(), once the workdir is checked
+    first.train()
+    second = trainer_lib.Trainer(make_config(tmp_path, seed=2, init_weights=path, workdir=str(tmp_path / "b")), fake_data())
     other = trainer_lib.Trainer(make_config(tmp_path, seed=2), fake_data())
-    for a, b, c in zip(weights(first.model), weights(second.model), weights(other.model)):
+    for a, b, c in zip(initial, weights(second.model), weights(other.model)):
         assert np.array_equal(a, b)
-    assert any(not np.array_equal(a, c) for a, c in zip(weights(first.model), weights(other.model)))
+    assert any(not np.array_equal(a, c) for a, c in zip(initial, weights(other.model)))
+
+
+def test_a_refused_run_writes_no_save_init_file(tmp_path):
+    trainer_lib.Trainer(make_config(tmp_path, max_steps=1), fake_data()).train()
+    path = tmp_path / "init.weights.h5"
+    refused = trainer_lib.Trainer(make_config(tmp_path, max_steps=1, max_lr=0.2, save_init=str(path)), fake_data())
+    with pytest.raises(checkpointing.WorkdirError, match="max_lr"):
+        refused.train()
+    assert not path.exists()
+
+
+def test_unwritable_save_init_is_named_and_leaves_no_temporary_file(tmp_path):
+    (tmp_path / "a_file").write_text("in the way")
+    in_the_way = str(tmp_path / "a_file" / "init.weights.h5")
+    with pytest.raises(trainer_lib.WeightsError, match=f"cannot write initial weights to {in_the_way}") as e:
+        trainer_lib.Trainer(make_config(tmp_path, save_init=in_the_way, max_steps=1), fake_data()).train()
+    assert e.value.argument == "save_init"
+    # The temporary file is written, but the rename onto a folder fails: it is removed.
+    folder = tmp_path / "out" / "x.weights.h5"
+    folder.mkdir(parents=True)
+    model = trainer_lib.Trainer(make_config(tmp_path, workdir=str(tmp_path / "run2")), fake_data()).model
+    with pytest.raises(trainer_lib.WeightsError, match="x.weights.h5"):
+        trainer_lib.save_initial_weights(model, str(folder))
+    assert os.listdir(tmp_path / "out") == ["x.weights.h5"] and folder.is_dir()
 
 
 def test_bad_init_weights_file_is_named(tmp_path):

@@ -506,6 +506,7 @@ class Run:
             self.checkpoints.restore_latest()
             return {}
         checkpointing.check_writable(workdir)
+        checkpointing.remove_stale_temporaries(workdir)
         run_path = os.path.join(workdir, RUN_FILE)
         history_path = os.path.join(workdir, "history.json")
         if os.path.exists(run_path):

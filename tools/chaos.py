@@ -114,20 +114,33 @@ def _listed_checkpoint(workdir):
     return int(match.group(1)) if match else -1
 
 
-def write_in_progress(workdir, known_checkpoints):
+def _fresh(pattern, since):
+    """Returns whether a path matching `pattern` was created or changed at or after `since` (epoch
+    seconds): a temporary file a killed process left behind is older than the process now running."""
+    for path in glob.glob(pattern):
+        try:
+            if os.stat(path).st_mtime >= since:
+                return True
+        except FileNotFoundError:
+            pass  # renamed or removed since the glob: that write is over
+    return False
+
+
+def write_in_progress(workdir, known_checkpoints, since):
     """Returns what the workdir shows being written ("checkpoint write", "history.json write",
-    "TensorBoard cut"), or None. `known_checkpoints` are the checkpoint steps present when the
-    process started: an unlisted index among them is an old leftover, not a write."""
+    "TensorBoard cut"), or None. Only files of the process started at `since` count:
+    `known_checkpoints` are the checkpoint steps present when it started (an unlisted index among
+    them is an old leftover, not a write), and older temporary files are a killed process's."""
     ckpt = os.path.join(workdir, "ckpt")
-    if glob.glob(os.path.join(ckpt, "*_temp*")) or glob.glob(os.path.join(ckpt, "checkpoint.tmp*")):
+    if _fresh(os.path.join(ckpt, "*_temp*"), since) or _fresh(os.path.join(ckpt, "checkpoint.tmp*"), since):
         return "checkpoint write"
     new = _checkpoint_steps(workdir) - known_checkpoints
     if new and max(new) > _listed_checkpoint(workdir):
         return "checkpoint write"
-    if glob.glob(os.path.join(workdir, "history.json.tmp-*")):
+    if _fresh(os.path.join(workdir, "history.json.tmp-*"), since):
         return "history.json write"
-    if glob.glob(os.path.join(workdir, "train", ".tmp-events-*")) or glob.glob(
-            os.path.join(workdir, "eval", ".tmp-events-*")):
+    if _fresh(os.path.join(workdir, "train", ".tmp-events-*"), since) or _fresh(
+            os.path.join(workdir, "eval", ".tmp-events-*"), since):
         return "TensorBoard cut"
     return None
 
@@ -214,6 +227,8 @@ class Life:
         self.workdir = workdir
         self.interval = interval  # wall seconds between two checkpoints, as last seen
         self.known = _checkpoint_steps(workdir)
+        # A leftover of the killed process is older than this; the new one writes seconds later.
+        self.started = time.time()
         if kill is not None and kill["kind"] == "restore" and not self.known:
             kill = dict(kill, kind="step")  # nothing to restore yet: a mid-training kill instead
         self.kill_plan = kill
@@ -271,7 +286,7 @@ class Life:
                     and time.monotonic() >= self.deadline_at:
                 trigger = "training"
             if trigger is None and kind in ("checkpoint", "history", "restore") and (self.armed() or kind == "restore"):
-                seen = write_in_progress(self.workdir, self.known)
+                seen = write_in_progress(self.workdir, self.known, self.started)
                 wanted = {"checkpoint": "checkpoint write", "history": "history.json write",
                           "restore": "TensorBoard cut"}[kind]
                 if seen == wanted:
@@ -284,7 +299,7 @@ class Life:
         returns whether it was killed."""
         if not self.process.freeze():
             return False
-        state = write_in_progress(self.workdir, self.known)
+        state = write_in_progress(self.workdir, self.known, self.started)
         if trigger in ("checkpoint write", "history.json write", "TensorBoard cut"):
             if state != trigger:
                 self.process.thaw()  # the write ended before the process stopped: wait for the next

@@ -40,7 +40,8 @@ lands at the first such event after the run is seen past S (the step is seen in 
 - `restore`: while the next process resumes: while it cuts TensorBoard points written after its
   checkpoint (`train/.tmp-events-*`) or at its "Resuming from" line.
 
-Every process is frozen before it is killed and the state it was frozen in decides how the kill is
+Temporary files that a killed process left behind are older than the process that runs next, and
+only newer ones count as a write in progress. Every process is frozen before it is killed and the state it was frozen in decides how the kill is
 counted, so the summary reports where the kills landed, not where they were aimed. Where exactly
 in a window a kill lands depends on timing; which window it aims at depends only on the seed.
 """
@@ -250,7 +251,7 @@ class Life:
             self.resumed_from = match.group(1)
             self.progress = int(match.group(2))
             if kind == "restore":
-                return "resume (just after the restore)"
+                return "resume"
         elif match := SAVED.search(line):
             step, now = int(match.group(1)), time.monotonic()
             if self.last_saved is not None and step > self.last_saved[0]:
@@ -278,7 +279,9 @@ class Life:
             if time.monotonic() > deadline:
                 self.process.kill()
                 raise ChaosError(f"a process of the chaos run ran past {timeout} s")
-            line = self.process.next_line(POLL_SECONDS)
+            watching = (kind in ("checkpoint", "history") and self.armed()) or kind == "restore" \
+                or self.deadline_at is not None
+            line = self.process.next_line(POLL_SECONDS if watching else 0.05)
             if line is None:
                 return self.process.finish()
             trigger = self.observe(line) if line else None

@@ -127,6 +127,23 @@ def _fresh(pattern, since):
     return False
 
 
+def _history_write_shows(workdir, since):
+    """Returns whether a history.json.tmp-* file newer than `since` exists: write_in_progress's
+    history check, in one directory scan."""
+    try:
+        with os.scandir(workdir) as entries:
+            for entry in entries:
+                if entry.name.startswith("history.json.tmp-"):
+                    try:
+                        if entry.stat().st_mtime >= since:
+                            return True
+                    except FileNotFoundError:
+                        pass
+    except FileNotFoundError:
+        pass
+    return False
+
+
 def write_in_progress(workdir, known_checkpoints, since):
     """Returns what the workdir shows being written ("checkpoint write", "history.json write",
     "TensorBoard cut"), or None. Only files of the process started at `since` count:
@@ -294,8 +311,20 @@ class Life:
                           "restore": "TensorBoard cut"}[kind]
                 if seen == wanted:
                     trigger = seen
+            if trigger is None and kind == "history" and self.armed() and line and EPOCH_LINE in line:
+                # The epoch's line is printed just before history.json is written, a write too short
+                # to catch polling every millisecond: watch without pausing for a while.
+                trigger = self._watch_closely("history.json write", seconds=3.0)
             if trigger is not None and self._kill(trigger):
                 return self.process.proc.returncode
+
+    def _watch_closely(self, wanted, seconds):
+        """Polls the workdir without pausing for up to `seconds`; returns `wanted` once it shows."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until and not self.process.exited():
+            if _history_write_shows(self.workdir, self.started):
+                return wanted
+        return None
 
     def _kill(self, trigger):
         """Freezes the process, decides where it is, and kills it if it is where the plan wants it;

@@ -31,7 +31,9 @@ lands at the first such event after the run is seen past S (the step is seen in 
   yet) it freezes the process with SIGSTOP, looks again, and sends SIGKILL only if the write is
   still in progress while the process is frozen; otherwise it lets it go on (SIGCONT) and waits for
   the next write. So a kill counted "during a checkpoint write" provably landed in one.
-- `history`: the same, during the atomic write of history.json (its `history.json.tmp-*` file).
+- `history`: the same, during the atomic write of history.json (its `history.json.tmp-*` file). That
+  write lasts well under a millisecond, so from the epoch's summary line on (printed just before
+  it) the tool scans the workdir without pausing, for up to 3 s.
 - `eval`: at the "evaluating at step N" log line that the loop writes before each validation; the
   process is frozen at once and killed. It counts as "during eval" when the epoch's summary line
   (printed after the evaluation) had not appeared.

@@ -64,6 +64,38 @@ def write_json_atomic(path, value):
         raise
 
 
+def remove_stale_temporaries(workdir):
+    """Removes the temporary files that writers killed mid-write left in `workdir`; returns their paths.
+
+    Those are `write_json_atomic`'s `<name>.json.tmp-<pid>` and `truncate_events`' `.tmp-events-<pid>`
+    in `train/` and `eval/` whose process no longer runs (a live one may still be writing).
+    """
+    removed = []
+    patterns = [os.path.join(workdir, "*.json.tmp-*")] + [
+        os.path.join(workdir, sub, ".tmp-events-*") for sub in ("train", "eval")]
+    for path in sorted(p for pattern in patterns for p in glob.glob(pattern)):
+        pid = path.rsplit("-", 1)[1]
+        if not pid.isdigit() or _process_exists(int(pid)):
+            continue
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+        logging.info("removed %s, left by a process that was stopped while writing it", path)
+    return removed
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def save_json(path, value, what, checkpoint=None):
     """`write_json_atomic`, with a failed write (a full disk) raised as a WorkdirError that names the
     file (`what` describes it) and says the previous file is intact and, given the `checkpoint`

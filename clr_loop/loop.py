@@ -575,6 +575,7 @@ class Run:
             self.checkpoints.restore_latest()
             return {}
         checkpointing.check_writable(workdir)
+        checkpointing.remove_stale_temporaries(workdir)
         run_path = os.path.join(workdir, RUN_FILE)
         history_path = os.path.join(workdir, "history.json")
         # run.json names the run whose checkpoints the workdir holds; without a checkpoint it is a
@@ -926,6 +927,7 @@ def _train(run, saved_history, callbacks, verbose):
             callback_list.set_params({**callback_list.params, "steps": steps_per_epoch})
         epoch_logs = _train_logs(run)
         if run.val_arrays is not None or run.val_dataset is not None:
+            logging.info("evaluating at step %d (epoch %d)", step, epoch + 1)
             val_logs, _ = run.validate()
             epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
             summaries.write_eval(step, val_logs)

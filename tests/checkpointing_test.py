@@ -113,6 +113,25 @@ def test_checkpoint_restores_dropout_rng_and_epoch_sums(tmp_path):
         assert np.array_equal(a, b)
 
 
+def test_resume_removes_temporaries_of_killed_writers_only(tmp_path):
+    """A writer killed mid-write leaves history.json.tmp-<pid> (or train/.tmp-events-<pid>) behind;
+    the next run's restore removes those of dead processes and keeps a live process's."""
+    config = make_config(tmp_path, epochs=1, max_steps=2)
+    trainer_lib.Trainer(config, fake_data()).train()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [os.path.join(config.workdir, f"history.json.tmp-{dead.pid}"),
+             os.path.join(config.workdir, "train", f".tmp-events-{dead.pid}")]
+    live = os.path.join(config.workdir, f"config.json.tmp-{os.getpid()}")
+    for path in stale + [live]:
+        open(path, "w").write("half")
+    second = trainer_lib.Trainer(make_config(tmp_path, epochs=1, max_steps=3), fake_data())
+    second.run.restore()
+    assert second.run.step == 2
+    assert [os.path.exists(p) for p in stale + [live]] == [False, False, True]
+    assert checkpointing.remove_stale_temporaries(config.workdir) == []
+
+
 def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path):
     trainer_lib.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()  # ckpt-8
     resumed = trainer_lib.Trainer(make_config(tmp_path, epochs=2), fake_data())

@@ -29,18 +29,33 @@ def cos_anneal(start, end, pct):
     return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
 
 
-def torch_one_cycle(step, max_lr, total, pct_start, div=25.0, final_div=1e4):
-    """(lr, momentum) of PyTorch OneCycleLR (two phases, cos) at `step` <= total - 1."""
+def linear_anneal(start, end, pct):
+    return (end - start) * pct + start
+
+
+def torch_one_cycle(step, max_lr, total, pct_start, div=25.0, final_div=1e4, three_phase=False, strategy="cos"):
+    """(lr, momentum) of PyTorch OneCycleLR at `step` <= total - 1, transcribed from its
+    lr_scheduler.py: `_schedule_phases` (end_step, start/end lr, start/end momentum) and `get_lr`.
+    Three phases: max_m -> base_m up to pct*T - 1, base_m -> max_m up to 2*pct*T - 2, then max_m held
+    while the rate falls to its minimum."""
     initial = max_lr / div
-    phases = [
-        (float(pct_start * total) - 1, (initial, max_lr), (MAX_M, BASE_M)),
-        (float(total - 1), (max_lr, initial / final_div), (BASE_M, MAX_M)),
-    ]
+    if three_phase:
+        phases = [
+            (float(pct_start * total) - 1, (initial, max_lr), (MAX_M, BASE_M)),
+            (float(2 * pct_start * total) - 2, (max_lr, initial), (BASE_M, MAX_M)),
+            (float(total - 1), (initial, initial / final_div), (MAX_M, MAX_M)),
+        ]
+    else:
+        phases = [
+            (float(pct_start * total) - 1, (initial, max_lr), (MAX_M, BASE_M)),
+            (float(total - 1), (max_lr, initial / final_div), (BASE_M, MAX_M)),
+        ]
+    anneal = cos_anneal if strategy == "cos" else linear_anneal
     start = 0.0
     for i, (end, lrs, moms) in enumerate(phases):
         if step <= end or i == len(phases) - 1:
             pct = (step - start) / (end - start)
-            return cos_anneal(*lrs, pct), cos_anneal(*moms, pct)
+            return anneal(*lrs, pct), anneal(*moms, pct)
         start = end
 
 
@@ -58,6 +73,12 @@ def torch_cyclic_triangular2(step, lo, hi, up, down):
 CASES = {
     # total 20 steps: warm-up ends at step 5, so the momentum falls then rises within the run.
     "one_cycle": (lambda: schedules.OneCycle(0.4, 20, pct_start=0.3), lambda k: torch_one_cycle(k, 0.4, 20, 0.3), 20),
+    # Three phases over 20 steps: the momentum falls to step 5, rises to step 10, then holds at max.
+    "one_cycle_three_phase": (
+        lambda: schedules.OneCycle(0.4, 20, pct_start=0.3, three_phase=True),
+        lambda k: torch_one_cycle(k, 0.4, 20, 0.3, three_phase=True),
+        20,
+    ),
     # Asymmetric triangular2 (up 3, down 5): two and a half cycles with halving amplitude.
     "triangular2": (
         lambda: schedules.CyclicalLearningRate(0.01, 0.3, 3, mode="triangular2", step_size_down=5),
@@ -145,6 +166,30 @@ def test_momentum_read_inside_the_xla_step_matches_pytorch(case):
     np.testing.assert_allclose(got[:, 1], want[:, 0], rtol=1e-5)  # learning rate
     assert got[:, 0].min() < MAX_M - 0.05  # the momentum really moved during the run
     assert int(opt.iterations.numpy()) == steps
+
+
+@pytest.mark.parametrize("strategy", ["cos", "linear"])
+def test_three_phase_one_cycle_momentum_matches_pytorch_at_every_step_including_the_end(strategy):
+    total, pct = 100, 0.25  # PyTorch's phase ends: steps 24, 48 and 99
+    # The oracle's own shape, by hand: max at 0, base at 24, max again at 48 and from there to the end.
+    oracle = np.array([torch_one_cycle(k, 0.1, total, pct, three_phase=True, strategy=strategy)[1] for k in range(total)])
+    assert oracle[0] == MAX_M and oracle[24] == pytest.approx(BASE_M) and np.all(oracle[48:] == pytest.approx(MAX_M))
+    schedule = schedules.OneCycle(0.1, total, pct_start=pct, anneal_strategy=strategy, three_phase=True)
+    steps = np.arange(total + 5)
+    direct = np.asarray(schedule.momentum(steps, BASE_M, MAX_M), np.float64)
+    through = np.asarray(optimizers.CyclicalMomentum(schedule, BASE_M, MAX_M)(steps), np.float64)
+    for got in (direct, through):
+        np.testing.assert_allclose(got[:total], oracle, rtol=1e-6, atol=0)
+        # Past the last step the momentum holds its final value, max_momentum (never base_momentum).
+        np.testing.assert_allclose(got[total:], MAX_M, rtol=1e-6, atol=0)
+    # And the optimizer's own momentum, step by step through `iterations`, to the last step.
+    opt = optimizers.CyclicalMomentumSGD(schedule, optimizers.CyclicalMomentum(schedule, BASE_M, MAX_M))
+    opt.build([keras.Variable(np.zeros(2, np.float32))])
+    read = []
+    for k in range(total):
+        opt.iterations.assign(k)
+        read.append(float(opt.current_momentum()))
+    np.testing.assert_allclose(read, oracle, rtol=1e-6, atol=0)
 
 
 def test_momentum_moves_opposite_to_the_rate_and_holds_after_one_cycle():

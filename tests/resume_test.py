@@ -22,6 +22,8 @@ BASE_FLAGS = [
     "--steps_per_loop=1", "--log_every_steps=5", "--checkpoint_every_steps=4", "--keep_checkpoints=50",
     "--deterministic",
 ]
+# The seed of the kill points below: a failure names it and the points, so it can be rerun as it was.
+KILL_SEED = 20240914
 
 
 @pytest.fixture(scope="module")
@@ -89,26 +91,27 @@ def reference(tmp_path_factory, idx_dir):
 
 def test_sigkill_twice_then_resume_is_bit_identical_to_uninterrupted(tmp_path, idx_dir, reference):
     workdir = str(tmp_path / "run")
-    rng = random.Random()
+    rng = random.Random(KILL_SEED)
     first, second = rng.randrange(4, 40, 4), rng.randrange(52, 100, 4)
+    where = f"(kill seed {KILL_SEED}: SIGKILL at the first checkpoints >= steps {first} and {second})"
     code, out = run_until_checkpoint_then(workdir, idx_dir, first, signal.SIGKILL)
-    assert code == -signal.SIGKILL, out
+    assert code == -signal.SIGKILL, f"{where}\n{out}"
     code, out = run_until_checkpoint_then(workdir, idx_dir, second, signal.SIGKILL)
-    assert code == -signal.SIGKILL, out
-    assert "Resuming from" in out
+    assert code == -signal.SIGKILL, f"{where}\n{out}"
+    assert "Resuming from" in out, f"{where}\n{out}"
     code, out = run(workdir, idx_dir)
-    assert code == 0, out
-    assert "Resuming from" in out
+    assert code == 0, f"{where}\n{out}"
+    assert "Resuming from" in out, f"{where}\n{out}"
     ref_path, ref_values = checkpoint_values(reference)
     path, values = checkpoint_values(workdir)
-    assert os.path.basename(path) == os.path.basename(ref_path) == "ckpt-120"
-    assert set(values) == set(ref_values)
+    assert os.path.basename(path) == os.path.basename(ref_path) == "ckpt-120", where
+    assert set(values) == set(ref_values), where
     for name in ref_values:
-        assert np.array_equal(values[name], ref_values[name]), name
-    assert history_without_timing(workdir) == history_without_timing(reference)
+        assert np.array_equal(values[name], ref_values[name]), f"{name} {where}"
+    assert history_without_timing(workdir) == history_without_timing(reference), where
     # TensorBoard: every point once, the same steps as the uninterrupted run.
     for sub in ("train", "eval"):
-        assert event_steps(os.path.join(workdir, sub)) == event_steps(os.path.join(reference, sub))
+        assert event_steps(os.path.join(workdir, sub)) == event_steps(os.path.join(reference, sub)), f"{sub} {where}"
 
 
 def test_split_batches_resume_bit_identically(tmp_path, idx_dir):
@@ -128,6 +131,24 @@ def test_split_batches_resume_bit_identically(tmp_path, idx_dir):
     assert all(np.array_equal(values[k], ref_values[k]) for k in ref_values)
     assert history_without_timing(workdir) == history_without_timing(reference_dir)
     assert json.load(open(os.path.join(workdir, "config.json")))["resolved"]["batch_splits"] == 2
+
+
+def test_max_steps_stops_at_exactly_that_step(tmp_path, idx_dir):
+    """--max_steps=47 (mid epoch 2; no multiple of the loop, log or checkpoint interval) ends at step 47."""
+    workdir = str(tmp_path / "run")
+    code, out = run(workdir, idx_dir, "--max_steps=47", "--steps_per_loop=3", "--checkpoint_every_steps=0")
+    assert code == 0, out
+    path, values = checkpoint_values(workdir)
+    assert os.path.basename(path) == "ckpt-47"
+    assert values["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == 47
+    # TensorBoard's last point is step 47 too: train every 5 steps and at the (capped) end, the eval
+    # at each epoch end and of the cut-short epoch.
+    assert event_steps(os.path.join(workdir, "eval")) == {"loss": [40, 47], "accuracy": [40, 47]}
+    assert event_steps(os.path.join(workdir, "train"))["loss"] == [5, 10, 15, 20, 25, 30, 35, 40, 45, 47]
+    history = history_without_timing(workdir)
+    assert len(history["loss"]) == 2
+    # The last rate logged is the one step 46 used: triangular2, step size 20, cycle 2, 6 steps up.
+    assert history["lr"][-1] == pytest.approx(1e-4 + (1e-2 - 1e-4) * (6 / 20) * 0.5, rel=1e-6)
 
 
 def test_deterministic_repeat_is_bit_identical(tmp_path, idx_dir, reference):

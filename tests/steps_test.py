@@ -55,3 +55,45 @@ def test_can_split_names_the_batch_dependent_layer():
 def test_an_uncompiled_model_is_refused():
     with pytest.raises(ValueError, match="compile"):
         steps.check_compiled(keras.Sequential([keras.Input((4,)), keras.layers.Dense(4)]))
+
+
+
+def dropout_probe(splits, seed=3, batch=8, width=64):
+    """One train step of Dropout(0.5) -> Dense(1, no bias, zero kernel) with SGD(1) and a loss whose
+    gradient is the batch mean of the dropout output; example i is the constant 2**i, so the
+    kernel's change encodes every example's mask in binary. Returns the masks the step drew
+    ([batch, width] of 0/1) and `keras_masks(*sizes)`: the masks Keras's own Dropout layer draws
+    for consecutive batches of those sizes, starting from the generator state the step started from."""
+    keras.utils.set_random_seed(seed)
+    dropout = keras.layers.Dropout(0.5, seed=seed)
+    model = keras.Sequential([keras.Input((width,)), dropout, keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
+    model.compile(keras.optimizers.SGD(1.0), keras.losses.MeanAbsoluteError())  # |p + 1| = p + 1 while p = 0
+    x = np.repeat(2.0 ** np.arange(batch, dtype=np.float32)[:, None], width, axis=1)
+    y = -np.ones((batch, 1), np.float32)
+    state = dropout.seed_generator.state.numpy()
+    steps.Steps(model, splits=splits).train_step(tf.constant(x), tf.constant(y))
+    # g_j = mean_i(2 * m_ij * 2**i) = sum_i m_ij 2**i / 4, exact in float32.
+    codes = np.rint(-model.layers[-1].kernel.numpy()[:, 0] * batch / 2).astype(np.int64)
+    masks = (codes[None, :] >> np.arange(batch)[:, None]) & 1
+
+    def keras_masks(*sizes):
+        dropout.seed_generator.state.assign(state)
+        return np.concatenate([(dropout(tf.ones((n, width)), training=True).numpy() != 0).astype(np.int64)
+                               for n in sizes])
+
+    return masks, keras_masks
+
+
+def test_split_step_draws_one_dropout_mask_per_part():
+    masks, keras_masks = dropout_probe(splits=2)
+    first, second = masks[:4], masks[4:]
+    assert not np.array_equal(first, second), "both halves of the batch got the same dropout mask"
+    for part in (first, second):
+        assert 0.35 < part.mean() < 0.65  # each keeps about 1 - rate of its units (256 draws each)
+    # Each part draws what Keras's Dropout draws for a batch of its size, from the generator in turn.
+    np.testing.assert_array_equal(masks, keras_masks(4, 4))
+    # The whole-batch step (batch_splits=1) draws what Keras's Dropout draws for the whole batch.
+    whole, keras_masks = dropout_probe(splits=1)
+    assert 0.4 < whole.mean() < 0.6
+    np.testing.assert_array_equal(whole, keras_masks(8))
+    assert not np.array_equal(whole, masks)

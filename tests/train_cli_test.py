@@ -23,13 +23,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds"}
 
 
-def write_tiny_idx_dir(directory, n_train=96, n_test=40, seed=0):
-    """Writes the four Fashion-MNIST IDX .gz files (real format, tiny sizes) into `directory`."""
+def write_tiny_idx_dir(directory, n_train=96, n_test=40, seed=0, source=None):
+    """Writes the four Fashion-MNIST IDX .gz files (real format, tiny sizes) into `directory`.
+
+    The examples are seeded random pixels and labels, or with `source` (a folder of the real IDX
+    files) the first `n_train` and `n_test` examples of the real splits.
+    """
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
+    real = data_lib.load_idx_dir(source) if source else None
     for split, n in (("train", n_train), ("test", n_test)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        if real is not None:
+            images = getattr(real, split).images[:n, :, :, 0]
+            labels = getattr(real, split).labels[:n].astype(np.uint8)
+        else:
+            images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+            labels = rng.integers(0, 10, n, dtype=np.uint8)
         with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_images"]), "wb") as f:
             f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
         with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_labels"]), "wb") as f:

@@ -41,7 +41,6 @@ with process.gc_paused(), process.deferred_imports():
     from clr_loop import config as config_lib
     from clr_loop import data as data_lib
     from clr_loop import figures
-    from clr_loop import inputs
     from clr_loop import loop
     from clr_loop import model as model_lib
     from clr_loop import runtime
@@ -370,14 +369,7 @@ def _train_run(run, data):
         status = "ok"
     except loop.Interrupted as e:
         interrupted, status = e, "interrupted"
-    except (
-        loop.TrainingDiverged,
-        data_lib.DataError,
-        inputs.InputError,
-        trainer_lib.WeightsError,
-        checkpointing.WorkdirError,
-        checkpointing.CheckpointError,
-    ) as e:
+    except cli.training_errors() as e:
         print(f"error: {run.name}: {cli.error_message(e)}", file=sys.stderr)
         status = "diverged" if isinstance(e, loop.TrainingDiverged) else "failed"
     if status != "ok":

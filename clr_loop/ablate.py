@@ -323,21 +323,13 @@ def _refused_runs(runs):
     `trainer.Trainer` would refuse it, unless the run overwrites), naming the run and the settings."""
     problems = []
     for run in runs:
-        path = os.path.join(run.config.workdir, "config.json")
-        if run.config.overwrite or not os.path.exists(path):
-            continue
         try:
-            saved = checkpointing.read_json(path, "run configuration")
+            conflict = trainer_lib.config_conflict(run.config)
         except checkpointing.WorkdirError as e:
             problems.append(f"{run.name}: {e}")
             continue
-        current = run.config.to_json_dict()
-        differing = checkpointing.config_differences(saved, current)
-        if differing:
-            problems.append(
-                f"{run.name}: {run.config.workdir} holds a run with a different configuration ("
-                + checkpointing.describe_differences(saved, current, differing) + ")"
-            )
+        if conflict is not None and conflict[1]:
+            problems.append(f"{run.name}: {run.config.workdir} holds a run with a different configuration ({conflict[0]})")
     return problems
 
 

@@ -41,7 +41,6 @@ with process.gc_paused(), process.deferred_imports():
     from clr_loop import config as config_lib
     from clr_loop import data as data_lib
     from clr_loop import figures
-    from clr_loop import inputs
     from clr_loop import loop
     from clr_loop import model as model_lib
     from clr_loop import runtime
@@ -324,21 +323,13 @@ def _refused_runs(runs):
     `trainer.Trainer` would refuse it, unless the run overwrites), naming the run and the settings."""
     problems = []
     for run in runs:
-        path = os.path.join(run.config.workdir, "config.json")
-        if run.config.overwrite or not os.path.exists(path):
-            continue
         try:
-            saved = checkpointing.read_json(path, "run configuration")
+            conflict = trainer_lib.config_conflict(run.config)
         except checkpointing.WorkdirError as e:
             problems.append(f"{run.name}: {e}")
             continue
-        current = run.config.to_json_dict()
-        differing = checkpointing.config_differences(saved, current)
-        if differing:
-            problems.append(
-                f"{run.name}: {run.config.workdir} holds a run with a different configuration ("
-                + checkpointing.describe_differences(saved, current, differing) + ")"
-            )
+        if conflict is not None and conflict[1]:
+            problems.append(f"{run.name}: {run.config.workdir} holds a run with a different configuration ({conflict[0]})")
     return problems
 
 
@@ -370,14 +361,7 @@ def _train_run(run, data):
         status = "ok"
     except loop.Interrupted as e:
         interrupted, status = e, "interrupted"
-    except (
-        loop.TrainingDiverged,
-        data_lib.DataError,
-        inputs.InputError,
-        trainer_lib.WeightsError,
-        checkpointing.WorkdirError,
-        checkpointing.CheckpointError,
-    ) as e:
+    except cli.training_errors() as e:
         print(f"error: {run.name}: {cli.error_message(e)}", file=sys.stderr)
         status = "diverged" if isinstance(e, loop.TrainingDiverged) else "failed"
     if status != "ok":

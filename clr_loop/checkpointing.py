@@ -37,11 +37,20 @@ RESUMABLE_CHANGES = frozenset(
 RUN_OUTPUTS = ("ckpt", "train", "eval", "plugins", "history.json", "config.json", "run.json")
 
 
-class WorkdirError(RuntimeError):
+class _RunStateError(RuntimeError):
+    """A workdir problem. `starting_over_helps` says whether clearing the run's outputs fixes it
+    (another run's or unreadable state: yes; an unwritable folder, a full disk, a lock: no)."""
+
+    def __init__(self, message, *, starting_over_helps=True):
+        super().__init__(message)
+        self.starting_over_helps = starting_over_helps
+
+
+class WorkdirError(_RunStateError):
     """Raised when the workdir cannot be used: unwritable, another run's configuration, or unreadable state."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(_RunStateError):
     """Raised when no checkpoint can be restored or a checkpoint cannot be written; names the files."""
 
 
@@ -106,7 +115,8 @@ def save_json(path, value, what, checkpoint=None):
         raise WorkdirError(
             f"could not write {what} {path}: {e}; the previous file is intact"
             + (f", and the checkpoint {checkpoint} holds the new one: the same command resumes from it once "
-               "the write can succeed" if checkpoint else "")
+               "the write can succeed" if checkpoint else ""),
+            starting_over_helps=False,
         ) from e
 
 
@@ -153,7 +163,7 @@ def check_writable(workdir):
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise WorkdirError(f"workdir {workdir} is not a writable folder: {e}") from e
+        raise WorkdirError(f"workdir {workdir} is not a writable folder: {e}", starting_over_helps=False) from e
 
 
 # What each output folder of a run holds (fnmatch patterns of paths inside it); --overwrite removes
@@ -189,7 +199,8 @@ def clear_run_outputs(workdir):
             if foreign is not None:
                 raise WorkdirError(
                     f"refusing to overwrite {workdir}: its {name}/ holds {foreign}, which is not a clr_loop "
-                    "run output. Use another workdir, or move that file away."
+                    "run output. Use another workdir, or move that file away.",
+                    starting_over_helps=False,
                 )
     for name in RUN_OUTPUTS:
         path = os.path.join(workdir, name)
@@ -227,11 +238,12 @@ def workdir_lock(workdir):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise WorkdirError(f"cannot lock workdir {workdir}: {e}") from e
+                raise WorkdirError(f"cannot lock workdir {workdir}: {e}", starting_over_helps=False) from e
             owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             raise WorkdirError(
                 f"workdir {workdir} is in use by another process (pid {owner}); two runs writing one "
-                "workdir would interleave their checkpoints. Wait for it to end, or use another workdir."
+                "workdir would interleave their checkpoints. Wait for it to end, or use another workdir.",
+                starting_over_helps=False,
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -392,7 +404,8 @@ class RunCheckpoints:
             raise CheckpointError(
                 f"could not write a checkpoint at step {step} in {self.directory}: {type(e).__name__}: "
                 f"{first_line(e)} (disk full?). "
-                + (f"The previous checkpoint {previous} is intact." if previous else "No earlier checkpoint was written.")
+                + (f"The previous checkpoint {previous} is intact." if previous else "No earlier checkpoint was written."),
+                starting_over_helps=False,
             ) from e
         self.last_saved_step = step
         logging.info("checkpoint saved at step %d: %s", step, path)

@@ -167,6 +167,23 @@ def parse_flags(argv):
         sys.exit(1)
 
 
+def training_errors():
+    """Returns the library errors a training run raises for a user's mistake, bad data or a failed
+    write (not for a bug): the apps print them with `error_message` and exit 1."""
+    # Imported here: cli is imported by the apps before their tuned TensorFlow import.
+    from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
+    from clr_loop import data  # pylint: disable=import-outside-toplevel
+    from clr_loop import distribute  # pylint: disable=import-outside-toplevel
+    from clr_loop import inputs  # pylint: disable=import-outside-toplevel
+    from clr_loop import loop  # pylint: disable=import-outside-toplevel
+    from clr_loop import trainer  # pylint: disable=import-outside-toplevel
+
+    return (
+        distribute.ClusterError, data.DataError, inputs.InputError, loop.TrainingDiverged, trainer.WeightsError,
+        checkpointing.WorkdirError, checkpointing.CheckpointError,
+    )
+
+
 def error_message(error):
     """Returns the app's one-line message for a library error, naming the flags that fix it.
 
@@ -178,7 +195,7 @@ def error_message(error):
     from clr_loop import trainer  # pylint: disable=import-outside-toplevel
 
     text = str(error)
-    if isinstance(error, (checkpointing.WorkdirError, checkpointing.CheckpointError)):
+    if isinstance(error, (checkpointing.WorkdirError, checkpointing.CheckpointError)) and error.starting_over_helps:
         return f"{text} (--overwrite starts the run over in the same --workdir; another --workdir keeps it)"
     if isinstance(error, trainer.WeightsError):
         return f"--{error.argument}: {text}"

@@ -16,6 +16,9 @@ MAX_SEED = 2**32 - 1
 # Bounds that keep every step count within TensorFlow's int64 (a run this long never ends anyway).
 MAX_EPOCHS = 10**9
 MAX_COUNT = 2**62
+# Virtual CPU devices are for trying distribution out on one machine; TensorFlow takes minutes to
+# set up tens of thousands of them.
+MAX_VIRTUAL_CPUS = 64
 _COUNTS = ("batch_size", "eval_batch_size", "steps_per_loop", "log_every_steps", "keep_checkpoints",
            "max_steps", "checkpoint_every_steps", "virtual_cpus", "batch_splits")
 
@@ -220,8 +223,8 @@ def validate(config):
         problems.append(f"--batch_splits={config.batch_splits} must divide --batch_size={config.batch_size}")
     elif config.batch_splits > 1 and config.strategy != "default":
         problems.append("--batch_splits > 1 needs --strategy=default (one replica)")
-    if config.virtual_cpus < 0:
-        problems.append(f"--virtual_cpus must be >= 0 (0: no split), got {config.virtual_cpus}")
+    if not 0 <= config.virtual_cpus <= MAX_VIRTUAL_CPUS:
+        problems.append(f"--virtual_cpus must be in [0, {MAX_VIRTUAL_CPUS}] (0: no split), got {config.virtual_cpus}")
     if not config.cluster_timeout > 0:
         problems.append(f"--cluster_timeout must be a positive number of seconds, got {config.cluster_timeout}")
     if config.strategy == "default" and config.devices:

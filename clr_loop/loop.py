@@ -242,7 +242,8 @@ class _Summaries:
             raise checkpointing.WorkdirError(
                 f"could not write TensorBoard events under {self.workdir}/train and /eval: "
                 f"{checkpointing.first_line(e)}. The last checkpoint is intact: the same command resumes from it "
-                "once the write can succeed"
+                "once the write can succeed",
+                starting_over_helps=False,
             ) from e
 
     def start_window(self, metrics):

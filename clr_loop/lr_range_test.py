@@ -179,14 +179,14 @@ def run_range_test(config, data=None):
     try:
         checkpointing.write_json_atomic(paths[0], value)
     except OSError as e:
-        raise checkpointing.WorkdirError(f"cannot write {paths[0]}: {e}") from e
+        raise checkpointing.WorkdirError(f"cannot write {paths[0]}: {e}", starting_over_helps=False) from e
     png = os.path.join(config.workdir, PNG_NAME)
     try:
         paths.append(lr_finder.plot(result, png))
     except ImportError:
         logging.warning('matplotlib is not installed (pip install -e ".[plot]"), so %s was not drawn', PNG_NAME)
     except OSError as e:
-        raise checkpointing.WorkdirError(f"cannot write {png}: {e}") from e
+        raise checkpointing.WorkdirError(f"cannot write {png}: {e}", starting_over_helps=False) from e
     return result, paths
 
 

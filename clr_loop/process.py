@@ -25,7 +25,8 @@ imports it inside the block gets the module object at once, and its code runs on
 `clr_loop.plot` and Keras's own plotting work unchanged.
 
 `app_main` also gives an app's usage errors absl's one-line form (the message and a pointer to
-`--helpshort`) instead of the whole help text before the message.
+`--helpshort`) instead of the whole help text before the message, and keeps an app running when
+its standard output cannot be written (`GuardedOutput`).
 
 All of this is start-up tuning for a process that clr_loop runs: the apps (`clr_loop.train`,
 `ablate`, `plot`, `lr_range_test`) and the benchmark use it, the library never does, and
@@ -37,6 +38,7 @@ import functools
 import gc
 import importlib.abc
 import importlib.util
+import os
 import sys
 
 # Imported by Keras at import time, used only for plotting (see the module docstring).
@@ -117,25 +119,72 @@ def freeze_heap():
 HELP_HINT = "Pass --helpshort or --helpfull to see help on flags."
 
 
+class GuardedOutput:
+    """A stand-in for `sys.stdout` whose failed writes (stdout on a full disk, `> /dev/full`) do not
+    stop the program: the first OSError is kept in `error`, the stream's file descriptor is pointed
+    at /dev/null (so later writes, and the interpreter's final flush, succeed), and everything else
+    is the wrapped stream's."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.error = None
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except OSError as e:
+            self._lost(e)
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except OSError as e:
+            self._lost(e)
+
+    def _lost(self, error):
+        if self.error is None:
+            self.error = error
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+            self.stream.flush()  # what was buffered goes to /dev/null
+        except (OSError, ValueError, AttributeError):
+            pass  # not a real file (a test's capture): the later writes just fail again, quietly
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def app_main(main):
     """Wraps an absl app's `main(argv)`: `freeze_heap()` before it runs (everything is imported by
     then) and again when it returns or raises (so the exit's collection skips the run's objects).
 
     The wrapped main returns `main`'s exit status; for an `app.UsageError` it prints `error: <the
     message>` and a pointer to `--helpshort` to stderr and returns the error's exit code (absl's 1)
-    instead of letting `app.run` print the whole help before the message.
+    instead of letting `app.run` print the whole help before the message. Standard output is a
+    `GuardedOutput` while `main` runs: if it cannot be written, the app still runs to its end (a
+    training run keeps its epochs) and then exits 1 saying so on stderr.
     """
     from absl import app  # pylint: disable=import-outside-toplevel  (imported by every app already)
 
     @functools.wraps(main)
     def wrapped(argv):
         freeze_heap()
+        output = sys.stdout = GuardedOutput(sys.stdout)
         try:
-            return main(argv)
+            status = main(argv)
         except app.UsageError as e:
             print(f"error: {e}\n{HELP_HINT}", file=sys.stderr)
             return e.exitcode
         finally:
+            sys.stdout = output.stream
             freeze_heap()
+        if output.error is not None:
+            print(f"error: could not write the output to stdout ({output.error}); the run went on to its end "
+                  "without it", file=sys.stderr)
+            return status or 1
+        return status
 
     return wrapped

@@ -16,11 +16,7 @@ with process.gc_paused(), process.deferred_imports():
     from absl import app
     from absl import flags
 
-    from clr_loop import checkpointing
     from clr_loop import cli
-    from clr_loop import data as data_lib
-    from clr_loop import distribute
-    from clr_loop import inputs
     from clr_loop import loop
     from clr_loop import trainer as trainer_lib
 
@@ -41,15 +37,7 @@ def main(argv):
     except loop.Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 128 + e.signum
-    except (
-        distribute.ClusterError,
-        data_lib.DataError,
-        inputs.InputError,
-        loop.TrainingDiverged,
-        trainer_lib.WeightsError,
-        checkpointing.WorkdirError,
-        checkpointing.CheckpointError,
-    ) as e:
+    except cli.training_errors() as e:
         print(f"error: {cli.error_message(e)}", file=sys.stderr)
         return 1
     return 0

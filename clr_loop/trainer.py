@@ -168,21 +168,17 @@ class Trainer:
             return
         if config.overwrite:
             checkpointing.clear_run_outputs(config.workdir)
-        path = os.path.join(config.workdir, "config.json")
-        current = config.to_json_dict()
-        if os.path.exists(path):
-            saved = checkpointing.read_json(path, "run configuration")
-            differing = checkpointing.config_differences(saved, current)
-            described = checkpointing.describe_differences(saved, current, differing)
-            if differing and (checkpointing.has_checkpoint(config.workdir)
-                              or os.path.exists(os.path.join(config.workdir, "history.json"))):
+        conflict = config_conflict(config)
+        if conflict is not None:
+            described, binding = conflict
+            if binding:
                 raise checkpointing.WorkdirError(
                     f"{config.workdir} holds a run with a different configuration ({described}). "
                     "Use another workdir, or overwrite to start over."
                 )
-            if differing:
-                # A run that failed before its first checkpoint saved nothing a new one could lose.
-                print(f"note: {path} is from a run that saved no checkpoint ({described}); replacing it", flush=True)
+            # A run that failed before its first checkpoint saved nothing a new one could lose.
+            print(f"note: {config.workdir}/config.json is from a run that saved no checkpoint ({described}); "
+                  "replacing it", flush=True)
 
     def train(self, callbacks=None, verbose=None):
         """Trains to the plan's total steps, resuming from the workdir; returns the history dict.
@@ -205,6 +201,26 @@ class Trainer:
             history = self.run.fit(callbacks=callbacks, verbose=verbose)
         return {**{key: history.history.get(key, []) for key in HISTORY_KEYS if key != "epoch_seconds"},
                 "epoch_seconds": history.epoch_seconds}
+
+
+def config_conflict(config):
+    """Compares `config` with the configuration in its workdir's config.json.
+
+    Returns None when they agree, when there is no config.json, or with `overwrite`; else
+    (description, binding): each differing setting as `name: saved (saved) vs now (now)`, and
+    whether the workdir holds saved state (a checkpoint or a history) that the difference forbids
+    resuming. Raises WorkdirError naming a config.json that cannot be read.
+    """
+    path = os.path.join(config.workdir, "config.json")
+    if config.overwrite or not os.path.exists(path):
+        return None
+    saved = checkpointing.read_json(path, "run configuration")
+    current = config.to_json_dict()
+    differing = checkpointing.config_differences(saved, current)
+    if not differing:
+        return None
+    binding = checkpointing.has_checkpoint(config.workdir) or os.path.exists(os.path.join(config.workdir, "history.json"))
+    return checkpointing.describe_differences(saved, current, differing), binding
 
 
 def _plan_dict(plan, jit_compile, batch_splits):

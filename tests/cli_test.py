@@ -73,3 +73,16 @@ def test_undecodable_flagfile_is_found_through_nested_flagfiles(tmp_path):
         flag_values(["prog", "--mode=none", "--flagfile", str(good)])
     message = cli.undecodable_flagfile(["--mode=none", "--flagfile", str(good)], e.value)
     assert message == f"flagfile {bad} is not utf-8 text (invalid start byte: byte 0xff at offset 16)"
+
+
+def test_error_message_points_to_overwrite_only_where_starting_over_helps(tmp_path):
+    from clr_loop import checkpointing
+
+    other_run = checkpointing.WorkdirError("runs/x holds a run with a different configuration (lr: 0.1 vs 0.2)")
+    assert cli.error_message(other_run).endswith("(--overwrite starts the run over in the same --workdir; another --workdir keeps it)")
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(checkpointing.WorkdirError) as unwritable:
+        checkpointing.check_writable(str(blocked / "run"))
+    assert "--overwrite" not in cli.error_message(unwritable.value)
+    assert checkpointing.WorkdirError in cli.training_errors() and checkpointing.CheckpointError in cli.training_errors()

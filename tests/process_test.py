@@ -115,6 +115,28 @@ def test_app_main_prints_a_usage_error_in_one_line_and_returns_its_exit_code(unf
     assert captured.err == "error: --thing must be positive, got 0\nPass --helpshort or --helpfull to see help on flags.\n"
 
 
+def test_app_main_runs_to_the_end_when_stdout_cannot_be_written_then_exits_1(unfreeze, tmp_path, monkeypatch, capsys):
+    """stdout on /dev/full: every write fails with ENOSPC (the kernel's own), yet main runs to its end."""
+    full = open("/dev/full", "w")
+    monkeypatch.setattr(sys, "stdout", full)
+    done = []
+
+    def main(argv):
+        del argv
+        for k in range(3):
+            print(f"epoch {k}", flush=True)
+            done.append(k)
+        sys.stdout.write("x" * 100_000)  # more than the buffer holds
+        return 0
+
+    assert process.app_main(main)(["prog"]) == 1
+    assert done == [0, 1, 2] and sys.stdout is full
+    full.write("after")  # the descriptor now discards: the interpreter's last flush cannot fail
+    full.flush()
+    assert capsys.readouterr().err == ("error: could not write the output to stdout ([Errno 28] No space left on "
+                                       "device); the run went on to its end without it\n")
+
+
 @pytest.mark.parametrize("app", ["train", "ablate", "plot", "lr_range_test"])
 def test_an_apps_imports_run_with_the_collector_paused_and_leave_it_as_it_was(app):
     """An app imports TensorFlow inside `gc_paused()` and `deferred_imports()` (`import clr_loop`

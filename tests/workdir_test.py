@@ -24,6 +24,7 @@ from clr_loop import inputs
 from clr_loop import loop
 from clr_loop import trainer as trainer_lib
 from loop_test import BATCH, STEPS_PER_EPOCH, _event_values, _history_file, compiled, toy_data
+from train_cli_test import write_tiny_idx_dir
 from trainer_test import fake_data, make_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,6 +102,22 @@ def test_a_full_disk_at_any_write_stops_cleanly_and_the_same_call_then_resumes(s
     os.remove(filler)
     model, _ = fit(workdir)
     assert_same_run(workdir, reference, model)
+
+
+def test_the_app_with_stdout_on_a_full_device_trains_every_epoch_then_exits_1(tmp_path):
+    workdir = str(tmp_path / "run")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "clr_loop.train", "--epochs=3", f"--workdir={workdir}",
+             f"--dataset_dir={write_tiny_idx_dir(str(tmp_path / 'idx'))}"],
+            cwd=REPO, env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+        )
+    assert result.returncode == 1, result.stderr
+    assert "error: could not write the output to stdout ([Errno 28] No space left on device)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(_history_file(workdir)["loss"]) == 3
+    assert os.path.exists(os.path.join(workdir, "ckpt", "ckpt-3.index"))
 
 
 # 2. Failures injected at one write ------------------------------------------------------------

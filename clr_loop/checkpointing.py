@@ -260,6 +260,14 @@ def workdir_lock(workdir):
 _HELD_LOCKS = set()
 
 
+def defining_settings(config):
+    """Returns the settings of a config dict that define the numbers a run computes: all but the
+    plumbing ones of `RESUMABLE_CHANGES` (where files go, logging, devices), keeping `epochs`,
+    which a one_cycle schedule depends on. A checkpoint records these as its run's identity, so the
+    same run in another workdir records the same bytes."""
+    return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES or k == "epochs"}
+
+
 def config_differences(saved, current):
     """Returns the names of settings that differ between two config dicts and forbid resuming.
 

@@ -150,7 +150,7 @@ class Trainer:
             profile_steps=config.profile_steps,
             max_steps=config.max_steps or None,
             validation_batch_size=config.eval_batch_size,
-            run_config=config.to_json_dict(),
+            run_config=checkpointing.defining_settings(config.to_json_dict()),
         )
         # config.json, with the resolved step plan; written once the workdir's checks pass.
         self.run.run_files["config.json"] = {

@@ -122,7 +122,7 @@ def test_resume_removes_temporaries_of_killed_writers_only(tmp_path):
     dead.wait()
     stale = [os.path.join(config.workdir, f"history.json.tmp-{dead.pid}"),
              os.path.join(config.workdir, "train", f".tmp-events-{dead.pid}")]
-    live = os.path.join(config.workdir, f"config.json.tmp-{os.getpid()}")
+    live = os.path.join(config.workdir, f"notes.json.tmp-{os.getppid()}")  # a live process's (pytest's parent)
     for path in stale + [live]:
         open(path, "w").write("half")
     second = trainer_lib.Trainer(make_config(tmp_path, epochs=1, max_steps=3), fake_data())

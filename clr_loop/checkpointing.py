@@ -320,6 +320,7 @@ class RunCheckpoints:
     def __init__(self, workdir, trackables, step_counter, max_to_keep, restore_from=None):
         self.directory = os.path.join(workdir, "ckpt")
         self.restore_directory = restore_from or self.directory
+        self.trackables = dict(trackables)
         self.checkpoint = tf.train.Checkpoint(**trackables)
         self.manager = self._manager(max_to_keep, step_counter)
         self.step_counter = step_counter
@@ -360,9 +361,10 @@ class RunCheckpoints:
         failures = []
         for path in candidates:
             try:
+                reader = tf.train.load_checkpoint(path)
                 if verify is not None:
-                    verify(path, tf.train.load_checkpoint(path))
-                self.checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
+                    verify(path, reader)
+                self._restorer(reader).restore(path).assert_existing_objects_matched().expect_partial()
             except WorkdirError:
                 raise  # a readable checkpoint of another run: not a reason to fall back
             # A torn or garbled file fails inside TF's reader in many ways (OpError, IndexError,
@@ -381,6 +383,15 @@ class RunCheckpoints:
             "no checkpoint in " + self.restore_directory + " can be restored:\n  " + "\n  ".join(failures)
             + "\nRemove the broken files, or start the run over."
         )
+
+    def _restorer(self, reader):
+        """The Checkpoint that restores the checkpoint `reader` reads: all the trackables, less the
+        TextRecords it has no value for (a checkpoint written before they were recorded)."""
+        missing = [name for name, value in self.trackables.items()
+                   if isinstance(value, TextRecord) and saved_text(reader, name) is None]
+        if not missing:
+            return self.checkpoint
+        return tf.train.Checkpoint(**{k: v for k, v in self.trackables.items() if k not in missing})
 
     def _existing_checkpoints(self):
         """Returns the checkpoint prefixes on disk (those with an index file), oldest first; the

@@ -204,3 +204,15 @@ def test_training_on_a_workdir_locked_by_another_process_writes_nothing(tmp_path
         with pytest.raises(checkpointing.WorkdirError, match=f"pid {pid}"):
             trainer_lib.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()
     assert sorted(os.listdir(workdir)) == [checkpointing.LOCK_FILE]
+
+
+def test_a_checkpoint_without_text_records_restores_the_rest(tmp_path):
+    """A checkpoint written before runs recorded their identity and history restores its variables;
+    the records keep their defaults."""
+    step = tf.Variable(5, dtype=tf.int64)
+    checkpointing.RunCheckpoints(str(tmp_path), {"value": tf.Variable([1.0, 2.0])}, step, 1).save()
+    value, record = tf.Variable([0.0, 0.0]), checkpointing.TextRecord("unset")
+    restored = checkpointing.RunCheckpoints(str(tmp_path), {"value": value, "run_history": record}, tf.Variable(0, dtype=tf.int64), 1)
+    assert restored.restore_latest().endswith("ckpt-5")
+    np.testing.assert_array_equal(value.numpy(), [1.0, 2.0])
+    assert record.text == "unset"

@@ -1,7 +1,8 @@
-r"""Trains the tutorial's CNN on Fashion-MNIST with a cyclical learning rate.
+r"""Trains a model (the tutorial's CNN on Fashion-MNIST by default) with a cyclical learning rate.
 
   python -m clr_loop.train --mode=triangular2
   python -m clr_loop.train --flagfile=flags/triangular2.flags --epochs=3
+  python -m clr_loop.train --dataset=npz:fm.npz --model=resnet20 --optimizer=adamw --mode=one_cycle --augment=flip_crop
 
 An absl app: the flags (`clr_loop.cli`) become a checked `Config`, which `clr_loop.trainer` trains.
 """
@@ -22,6 +23,7 @@ with process.gc_paused(), process.deferred_imports():
     from clr_loop import distribute
     from clr_loop import inputs
     from clr_loop import loop
+    from clr_loop import models
     from clr_loop import trainer as trainer_lib
 
 cli.define_training_flags(flags.FLAGS)
@@ -46,6 +48,7 @@ def main(argv):
         data_lib.DataError,
         inputs.InputError,
         loop.TrainingDiverged,
+        models.ModelError,
         trainer_lib.WeightsError,
         checkpointing.WorkdirError,
         checkpointing.CheckpointError,

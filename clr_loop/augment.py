@@ -22,11 +22,15 @@ def step_key(seed, step):
 def flip_crop_params(batch_size, key, pad=PAD):
     """Returns `(offsets, flips)` for a batch: int32 [B, 2] crop offsets (row, column) in [0, 2*pad]
     into the padded image, and bool [B] horizontal flips; a pure function of the [2] `key`."""
+    # Philox named, not "auto_select": XLA's choice differs from the kernels', and a run must draw
+    # the same whether or not its step is compiled.
     offsets = tf.random.stateless_uniform(
-        tf.stack([batch_size, 2]), seed=key, minval=0, maxval=2 * pad + 1, dtype=tf.int32
+        tf.stack([batch_size, 2]), seed=key, minval=0, maxval=2 * pad + 1, dtype=tf.int32, alg="philox"
     )
-    flip_key = tf.random.experimental.stateless_fold_in(key, 1)
-    flips = tf.random.stateless_uniform(tf.reshape(batch_size, [1]), seed=flip_key, minval=0, maxval=2, dtype=tf.int32)
+    flip_key = tf.random.experimental.stateless_fold_in(key, 1, alg="philox")
+    flips = tf.random.stateless_uniform(
+        tf.reshape(batch_size, [1]), seed=flip_key, minval=0, maxval=2, dtype=tf.int32, alg="philox"
+    )
     return offsets, tf.equal(flips, 1)
 
 
@@ -64,7 +68,7 @@ def make(augment, seed):
         key = step_key(seed, step)
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
-            key = tf.random.experimental.stateless_fold_in(key, context.replica_id_in_sync_group)
+            key = tf.random.experimental.stateless_fold_in(key, context.replica_id_in_sync_group, alg="philox")
         return flip_crop(x, key)
 
     return augment_fn

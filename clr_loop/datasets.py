@@ -112,13 +112,8 @@ def load_tfds(name, *, data_dir=None, train_split="train", eval_split="test"):
             builder.download_and_prepare()
         except Exception as e:  # pylint: disable=broad-except  (network, checksum and file-system errors alike)
             raise DataError(f"{where}: not prepared, and download_and_prepare failed: {type(e).__name__}: {e}") from e
-    known = dict(builder.info.splits)
-    for split in (train_split, eval_split):
-        base = split.split("[")[0]
-        if known and base not in known:
-            raise DataError(f"{where}: has no split {split!r} (its splits: {', '.join(sorted(known))})")
-    _check_fits_memory(where, shape, sum(
-        known[s.split("[")[0]].num_examples for s in (train_split, eval_split) if s.split("[")[0] in known))
+    sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
+    _check_splits(where, sizes, (train_split, eval_split), shape)
     splits = {split: _read_tfds_split(builder, split, where, shape, num_classes) for split in (train_split, eval_split)}
     return ImageData(train=splits[train_split], test=splits[eval_split], num_classes=num_classes, name=name,
                      source=where)
@@ -142,9 +137,14 @@ def _image_features(features, tfds, where):
     return shape, int(label.num_classes)
 
 
-def _check_fits_memory(where, shape, num_examples, itemsize=1):
-    """Raises DataError when `num_examples` images of `shape` would take more than MEMORY_SHARE of memory."""
-    needed = num_examples * int(np.prod(shape)) * itemsize
+def _check_splits(where, sizes, splits, shape):
+    """Raises DataError when one of `splits` is not among the builder's (`sizes`: split name -> examples;
+    empty when the builder has no metadata, as under mock_data), or when they would not fit in memory
+    (more than MEMORY_SHARE of it, as uint8 images of `shape`)."""
+    for split in splits:
+        if sizes and split.split("[")[0] not in sizes:
+            raise DataError(f"{where}: has no split {split!r} (its splits: {', '.join(sorted(sizes))})")
+    needed = sum(sizes.get(split.split("[")[0], 0) for split in splits) * int(np.prod(shape))
     try:
         available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):

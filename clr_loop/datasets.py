@@ -14,13 +14,11 @@ problem raises `data.DataError` naming the dataset, file or array.
 
 import dataclasses
 import os
-from typing import Optional, Tuple
 
 from absl import logging
 import numpy as np
 
 from clr_loop import data as data_lib
-from clr_loop import inputs
 
 DataError = data_lib.DataError
 DEFAULT = "fashion_mnist"

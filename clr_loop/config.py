@@ -100,8 +100,8 @@ class Config:
 
     @property
     def uses_cycle_momentum(self):
-        """True when SGD's momentum follows the schedule (default: only for one_cycle with SGD)."""
-        if self.mode == "none" or self.optimizer != "sgd":
+        """True when the momentum (SGD's, Adam's beta_1) follows the schedule (default: only for one_cycle)."""
+        if self.mode == "none":
             return False
         if self.cycle_momentum is None:
             return self.mode == "one_cycle"
@@ -271,10 +271,9 @@ def _experiment_problems(config):
     if config.optimizer not in OPTIMIZERS:
         problems.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
     elif config.optimizer != "sgd":
-        if config.cycle_momentum:
-            problems.append(f"--cycle_momentum needs --optimizer=sgd: {config.optimizer}'s beta_1 is not cycled")
         if config.momentum:
-            problems.append(f"--momentum is SGD's; --optimizer={config.optimizer} uses Keras's beta_1=0.9")
+            problems.append(f"--momentum is SGD's; --optimizer={config.optimizer} uses Keras's beta_1=0.9 "
+                            "(or --base_momentum/--max_momentum when cycled)")
     decay = config.weight_decay
     if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float))
                               or not math.isfinite(decay) or decay < 0):

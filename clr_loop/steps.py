@@ -260,7 +260,11 @@ class Steps:
 
 
 def _momentum_schedule(optimizer):
-    """Returns the optimizer's momentum schedule (a callable of the step), or None for a constant."""
+    """Returns the optimizer's momentum schedule (a callable of the step: SGD's momentum or Adam's
+    beta_1), or None for a constant."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
-    momentum = getattr(inner, "momentum", None)
-    return momentum if callable(momentum) else None
+    for name in ("momentum", "beta_1"):
+        momentum = getattr(inner, name, None)
+        if callable(momentum):
+            return momentum
+    return None

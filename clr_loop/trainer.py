@@ -74,18 +74,22 @@ def make_optimizer(config, plan):
 
     SGD: with `config.uses_cycle_momentum` a `CyclicalMomentumSGD` whose momentum follows the same
     schedule, from `max_momentum` at the low rate to `base_momentum` at the peak; otherwise Keras
-    SGD with the constant `config.momentum`. Adam and AdamW: Keras's, with their default betas.
+    SGD with the constant `config.momentum`. Adam and AdamW: Keras's, with their default betas, or
+    with `uses_cycle_momentum` a `CyclicalMomentumAdam` whose beta_1 follows the schedule likewise.
     `config.weight_decay` is Keras's decoupled weight decay for each (`w -= lr * weight_decay * w`
     per step, on every trainable variable); unset, there is none, except AdamW's own default.
     """
     schedule = config_lib.make_schedule(config, plan)
     decay = config.weight_decay
-    if config.optimizer == "adam":
+    if config.optimizer in ("adam", "adamw"):
+        if config.optimizer == "adamw" and decay is None:
+            decay = config_lib.ADAMW_WEIGHT_DECAY
+        if config.uses_cycle_momentum:
+            beta_1 = optimizers_lib.CyclicalMomentum(schedule, config.base_momentum, config.max_momentum)
+            return optimizers_lib.CyclicalMomentumAdam(learning_rate=schedule, beta_1=beta_1, weight_decay=decay)
+        if config.optimizer == "adamw":
+            return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=decay)
         return keras.optimizers.Adam(learning_rate=schedule, weight_decay=decay)
-    if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(
-            learning_rate=schedule, weight_decay=config_lib.ADAMW_WEIGHT_DECAY if decay is None else decay
-        )
     if config.uses_cycle_momentum:
         momentum = optimizers_lib.CyclicalMomentum(schedule, config.base_momentum, config.max_momentum)
         return optimizers_lib.CyclicalMomentumSGD(learning_rate=schedule, momentum=momentum, weight_decay=decay)

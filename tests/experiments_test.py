@@ -118,7 +118,7 @@ def test_a_user_model_through_module_function(tmp_path, monkeypatch):
         dict(optimizer="sgd", momentum=0.9),
         dict(optimizer="sgd", mode="one_cycle"),  # cyclical momentum
         dict(optimizer="adam", weight_decay=1e-3),
-        dict(optimizer="adamw", mode="one_cycle"),
+        dict(optimizer="adamw", mode="one_cycle"),  # cyclical beta_1
     ],
     ids=["sgd", "sgd_cyclical_momentum", "adam", "adamw_one_cycle"],
 )
@@ -174,7 +174,6 @@ def test_a_run_from_before_the_experiment_settings_resumes_under_their_defaults(
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--optimizer=adam", "--cycle_momentum"], "--cycle_momentum needs --optimizer=sgd"),
         (["--optimizer=adamw", "--momentum=0.9"], "--momentum is SGD's"),
         (["--weight_decay=-1"], "--weight_decay must be a number >= 0"),
         (["--model=vgg16"], "--model must be one of tutorial_cnn, resnet20 or module.path:function"),

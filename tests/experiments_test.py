@@ -36,7 +36,9 @@ def test_cifar10_resnet20_adam_flip_crop_under_mock_data(tmp_path):
              "--augment=flip_crop", "--mode=one_cycle", "--weight_decay=1e-4", f"--workdir={workdir}", *SMALL]
         )
     assert status == 0
-    assert_run_outputs(workdir, epochs=1)
+    history = json.load(open(os.path.join(workdir, "history.json")))
+    assert len(history["momentum"]) == 1  # Adam's beta_1, cycled for one-cycle
+    assert_run_outputs(workdir, epochs=1, extra_keys={"momentum"})
     config = saved_config(workdir)
     assert (config["dataset"], config["model"], config["optimizer"], config["augment"]) == ("cifar10", "resnet20", "adam", "flip_crop")
     assert config["resolved"]["steps_per_epoch"] == 10

@@ -315,6 +315,12 @@ def _plan_runs(flagfiles, seeds, per_seed, workdir, init_paths, overrides):
             runs.append(Run(name, flagfile, seed, _config_for_run(flagfile, overrides, forced)))
     if len({(r.config.dataset_dir, r.config.tfds_data_dir) for r in runs}) > 1:
         raise app.UsageError("the flagfiles name different data sources (--dataset_dir/--tfds_data_dir); a comparison needs one")
+    others = sorted({f"--dataset={r.config.dataset} --model={r.config.model}" for r in runs
+                     if (r.config.dataset, r.config.model, r.config.train_split, r.config.eval_split)
+                     != ("fashion_mnist", "tutorial_cnn", "train", "test")})
+    if others:
+        # The ablation loads Fashion-MNIST once and shares the tutorial CNN's initial weights.
+        raise app.UsageError(f"the ablation compares tutorial runs (Fashion-MNIST, tutorial_cnn) only, not {'; '.join(others)}")
     return runs
 
 

@@ -33,6 +33,12 @@ RESUMABLE_CHANGES = frozenset(
         "batch_splits",
     }
 )
+# Settings added after runs were first written, with the value a run written before them had: a
+# config.json without the key compares as that value, so such a run resumes under the defaults.
+ADDED_SETTINGS = {
+    "dataset": "fashion_mnist", "train_split": "train", "eval_split": "test", "model": "tutorial_cnn",
+    "optimizer": "sgd", "weight_decay": None, "augment": "none",
+}
 # Files and folders a run writes into its workdir; --overwrite removes these and nothing else.
 RUN_OUTPUTS = ("ckpt", "train", "eval", "plugins", "history.json", "config.json", "run.json")
 
@@ -271,18 +277,24 @@ def defining_settings(config):
 def config_differences(saved, current):
     """Returns the names of settings that differ between two config dicts and forbid resuming.
 
-    `epochs` may only change when the schedule does not depend on it (not one_cycle).
+    `epochs` may only change when the schedule does not depend on it (not one_cycle). A key of
+    `ADDED_SETTINGS` missing from either dict compares as the value runs had before it existed.
     """
     free = set(RESUMABLE_CHANGES)
     if current.get("mode") == "one_cycle" or saved.get("mode") == "one_cycle":
         free.discard("epochs")
     keys = (set(saved) | set(current)) - free - {"resolved"}
-    return sorted(k for k in keys if saved.get(k) != current.get(k))
+    return sorted(k for k in keys if _setting(saved, k) != _setting(current, k))
 
 
 def describe_differences(saved, current, names):
     """Returns a one-line description `name: saved -> current` of each differing setting."""
-    return ", ".join(f"{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)" for k in names)
+    return ", ".join(f"{k}: {_setting(saved, k)!r} (saved) vs {_setting(current, k)!r} (now)" for k in names)
+
+
+def _setting(values, key):
+    """Returns setting `key` of a config dict, or for a missing key of ADDED_SETTINGS its old value."""
+    return values.get(key, ADDED_SETTINGS.get(key))
 
 
 class TextRecord(tf.train.experimental.PythonState):

@@ -22,6 +22,13 @@ def _definitions():
     enum, boolean, floating, integer = flags.DEFINE_enum, flags.DEFINE_bool, flags.DEFINE_float, flags.DEFINE_integer
     string, listing = flags.DEFINE_string, flags.DEFINE_list
     return [
+        (string, "dataset", d.dataset, "fashion_mnist (the tutorial's), any TFDS image-classification dataset (mnist, cifar10, ...), or npz:PATH (a .npz of x_train, y_train, x_test, y_test).", {}),
+        (string, "train_split", d.train_split, "TFDS split to train on (e.g. train[:90%]).", {}),
+        (string, "eval_split", d.eval_split, "TFDS split to evaluate on.", {}),
+        (string, "model", d.model, "tutorial_cnn (the tutorial's), resnet20 (He et al. 2016), or module.path:function (your (input_shape, num_classes) -> keras.Model).", {}),
+        (enum, "optimizer", d.optimizer, "Optimizer the schedule drives.", {"enum_values": list(config_lib.OPTIMIZERS)}),
+        (floating, "weight_decay", None, f"Keras's decoupled weight decay (w -= lr * weight_decay * w each step; default: none, adamw {config_lib.ADAMW_WEIGHT_DECAY}).", {}),
+        (enum, "augment", d.augment, "flip_crop: pad 4, random crop, random horizontal flip, in the compiled step.", {"enum_values": ["none", "flip_crop"]}),
         (enum, "mode", d.mode, "Learning-rate schedule; `none` is plain SGD at --lr.", {"enum_values": config_lib.MODES}),
         (floating, "lr", d.lr, "Constant learning rate for --mode=none (Keras SGD's default).", {}),
         (floating, "initial_lr", d.initial_lr, "Lower bound of the cyclical rate.", {}),
@@ -48,7 +55,7 @@ def _definitions():
         (enum, "jit_compile", d.jit_compile, "XLA for the steps: auto = on where a GPU/TPU is present.", {"enum_values": config_lib.JIT_CHOICES}),
         (string, "workdir", None, "Output folder (default: runs/<mode>).", {}),
         (listing, "profile_steps", None, "START,STOP: capture a TF profiler trace of these steps.", {}),
-        (string, "tfds_data_dir", None, "Use TFDS fashion_mnist from this data_dir (downloads when online).", {}),
+        (string, "tfds_data_dir", None, "Use TFDS data from this data_dir (downloads when online).", {}),
         (string, "dataset_dir", None, "Use the raw Fashion-MNIST IDX .gz files in this folder.", {}),
         (integer, "checkpoint_every_steps", d.checkpoint_every_steps, "Also checkpoint every this many steps (0: only at each epoch end and on SIGTERM/SIGINT).", {}),
         (integer, "keep_checkpoints", d.keep_checkpoints, "How many recent checkpoints to keep.", {}),
@@ -176,11 +183,12 @@ def training_errors():
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop import inputs  # pylint: disable=import-outside-toplevel
     from clr_loop import loop  # pylint: disable=import-outside-toplevel
+    from clr_loop import models  # pylint: disable=import-outside-toplevel
     from clr_loop import trainer  # pylint: disable=import-outside-toplevel
 
     return (
-        distribute.ClusterError, data.DataError, inputs.InputError, loop.TrainingDiverged, trainer.WeightsError,
-        checkpointing.WorkdirError, checkpointing.CheckpointError,
+        distribute.ClusterError, data.DataError, inputs.InputError, loop.TrainingDiverged, models.ModelError,
+        trainer.WeightsError, checkpointing.WorkdirError, checkpointing.CheckpointError,
     )
 
 
@@ -188,10 +196,12 @@ def error_message(error):
     """Returns the app's one-line message for a library error, naming the flags that fix it.
 
     Library errors name arguments; here a workdir problem points to `--workdir`/`--overwrite`
-    and an initial-weights problem to `--init_weights` or `--save_init` (the file it reads or writes).
+    and an initial-weights problem to `--init_weights` or `--save_init` (the file it reads or writes);
+    a model that cannot be built is `--model`'s.
     """
     # Imported here: cli is imported by the apps before their tuned TensorFlow import.
     from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
+    from clr_loop import models  # pylint: disable=import-outside-toplevel
     from clr_loop import trainer  # pylint: disable=import-outside-toplevel
 
     text = str(error)
@@ -199,4 +209,6 @@ def error_message(error):
         return f"{text} (--overwrite starts the run over in the same --workdir; another --workdir keeps it)"
     if isinstance(error, trainer.WeightsError):
         return f"--{error.argument}: {text}"
+    if isinstance(error, models.ModelError):
+        return f"--model: {text}"
     return text

@@ -5,12 +5,18 @@ import json
 import math
 from typing import Optional, Tuple
 
+from clr_loop import augment as augment_lib
 from clr_loop import data as data_lib
+from clr_loop import datasets
+from clr_loop import models
 from clr_loop import schedules
 
 MODES = ("none",) + schedules.MODES + ("one_cycle",)
 JIT_CHOICES = ("auto", "true", "false")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+# Keras AdamW's own default decoupled weight decay, used when weight_decay is not set.
+ADAMW_WEIGHT_DECAY = 0.004
 # numpy's legacy seeding (behind keras.utils.set_random_seed) takes seeds in [0, 2**32 - 1].
 MAX_SEED = 2**32 - 1
 # Bounds that keep every step count within TensorFlow's int64 (a run this long never ends anyway).
@@ -70,6 +76,13 @@ class Config:
     virtual_cpus: int = 0
     batch_splits: int = 0
     cluster_timeout: float = 60.0
+    dataset: str = datasets.DEFAULT
+    train_split: str = "train"
+    eval_split: str = "test"
+    model: str = "tutorial_cnn"
+    optimizer: str = "sgd"
+    weight_decay: Optional[float] = None
+    augment: str = "none"
 
     def to_json_dict(self):
         """Returns the configuration as a JSON-safe dict (tuples become lists)."""
@@ -90,7 +103,7 @@ class Config:
 
     @property
     def uses_cycle_momentum(self):
-        """True when SGD's momentum follows the schedule (default: only for one_cycle)."""
+        """True when the momentum (SGD's, Adam's beta_1) follows the schedule (default: only for one_cycle)."""
         if self.mode == "none":
             return False
         if self.cycle_momentum is None:
@@ -234,4 +247,40 @@ def validate(config):
     for name in ("tfds_data_dir", "dataset_dir"):
         if getattr(config, name) is not None and not getattr(config, name).strip():
             problems.append(f"--{name} must not be empty (leave it out to find the data automatically)")
+    problems.extend(_experiment_problems(config))
+    return problems
+
+
+def _experiment_problems(config):
+    """Returns the problems with the dataset, model, optimizer and augmentation settings."""
+    problems = []
+    dataset = config.dataset
+    if not isinstance(dataset, str) or not dataset.strip():
+        problems.append("--dataset must name a dataset (fashion_mnist, a TFDS name, or npz:PATH)")
+    elif datasets.is_npz(dataset):
+        if not dataset[len(datasets.NPZ_PREFIX):].strip():
+            problems.append("--dataset=npz:PATH needs the path of a .npz file after npz:")
+        if config.tfds_data_dir is not None:
+            problems.append("--tfds_data_dir is for TFDS datasets, not --dataset=npz:PATH")
+    if config.dataset_dir is not None and dataset != datasets.DEFAULT:
+        problems.append(f"--dataset_dir (the raw Fashion-MNIST IDX files) needs --dataset={datasets.DEFAULT}, got {dataset!r}")
+    for name in ("train_split", "eval_split"):
+        if not str(getattr(config, name)).strip():
+            problems.append(f"--{name} must name a split")
+    if (config.train_split, config.eval_split) != ("train", "test") and isinstance(dataset, str) and datasets.is_npz(dataset):
+        problems.append("--train_split/--eval_split are for TFDS datasets; a .npz file has x_train/x_test")
+    if config.model not in models.MODELS and not models.is_user_function(config.model):
+        problems.append(f"--model must be one of {', '.join(models.MODELS)} or module.path:function, got {config.model!r}")
+    if config.optimizer not in OPTIMIZERS:
+        problems.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
+    elif config.optimizer != "sgd":
+        if config.momentum:
+            problems.append(f"--momentum is SGD's; --optimizer={config.optimizer} uses Keras's beta_1=0.9 "
+                            "(or --base_momentum/--max_momentum when cycled)")
+    decay = config.weight_decay
+    if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float))
+                              or not math.isfinite(decay) or decay < 0):
+        problems.append(f"--weight_decay must be a number >= 0, got {decay!r}")
+    if config.augment not in augment_lib.AUGMENTS:
+        problems.append(f"--augment must be one of {', '.join(augment_lib.AUGMENTS)}, got {config.augment!r}")
     return problems

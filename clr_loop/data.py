@@ -92,11 +92,19 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class FashionMnist:
-    """The train and test splits plus `source`, a human-readable note of where they came from."""
+    """The train and test splits plus `source`, a human-readable note of where they came from.
+
+    `num_classes`, `image_shape` and `name` are those of `clr_loop.datasets.ImageData`, so the
+    trainer takes either.
+    """
 
     train: Split
     test: Split
     source: str
+
+    num_classes = NUM_CLASSES
+    image_shape = (IMAGE_SIZE, IMAGE_SIZE, 1)
+    name = _TFDS_NAME
 
 
 def read_idx(

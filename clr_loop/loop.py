@@ -21,6 +21,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
+from clr_loop import augment as augment_lib
 from clr_loop import checkpointing
 from clr_loop import distribute
 from clr_loop import inputs
@@ -351,11 +352,15 @@ class Run:
 
     def __init__(self, model, train_input, val, *, seed, epochs, steps_per_loop, jit_compile, batch_splits,
                  workdir, checkpoint_every_steps, keep_checkpoints, log_every_steps, profile_steps, max_steps,
-                 validation_batch_size, run_config=None, run_files=None):
+                 validation_batch_size, run_config=None, run_files=None, augment=None):
         steps_lib.check_compiled(model)
         spec = (train_input.dataset.element_spec if train_input.dataset is not None
                 else inputs.element_spec_of(train_input.arrays))
         inputs.check_fits_model(model, spec, "x")
+        if isinstance(augment, str) and augment not in augment_lib.AUGMENTS:
+            raise inputs.InputError(f"augment must be one of {', '.join(augment_lib.AUGMENTS)} or a function (x, step) -> x, got {augment!r}")
+        if isinstance(augment, str) and augment != "none":
+            _check_images(spec[0], augment)
         if val[0] is not None:
             inputs.check_fits_model(model, inputs.element_spec_of(val[0]), "validation_data")
         elif val[1] is not None:
@@ -416,7 +421,10 @@ class Run:
         with self.strategy.scope():
             self.optimizer.build(model.trainable_variables)
             self.state = _EpochState()
-        self.steps = steps_lib.Steps(model, jit_compile=self.jit_compile, splits=self.splits, fuse_update=distribute.is_default(self.strategy))
+        self.steps = steps_lib.Steps(
+            model, jit_compile=self.jit_compile, splits=self.splits, fuse_update=distribute.is_default(self.strategy),
+            augment=augment_lib.make(augment, self.seed),
+        )
         self.metrics = self.steps.metrics
         self.train_loop = make_train_loop(
             self.steps.train_step, self.state, self.strategy, until_exhausted=train_input.dataset is not None
@@ -737,6 +745,7 @@ def fit(
     log_every_steps=100,
     profile_steps=None,
     max_steps=None,
+    augment=None,
 ):
     """Trains a compiled Keras model as `model.fit` would, in clr_loop's compiled loop; returns its History.
 
@@ -757,7 +766,10 @@ def fit(
     per call, as Keras does with `steps_per_execution`); `jit_compile` "auto" (XLA only on GPU/TPU),
     True or False; `batch_splits` (0: automatic, see `clr_loop.runtime.resolve_batch_splits`);
     `drop_remainder` drops each epoch's last partial batch of arrays; `max_steps` caps the total
-    steps. With `workdir`: checkpoints at each epoch end, every `checkpoint_every_steps`, and on
+    steps; `augment` augments each training batch inside the compiled step: "flip_crop" (pad by 4,
+    random crop, random horizontal flip of [B, H, W, C] images, a pure function of (seed, step)) or
+    your function `(x, step) -> x` (see `clr_loop.augment`). With `workdir`: checkpoints at each
+    epoch end, every `checkpoint_every_steps`, and on
     SIGTERM/SIGINT (then `Interrupted` is raised; under a multi-worker strategy a signal to any worker
     stops every worker at the same step); `history.json`; TensorBoard events in `train/`
     (every `log_every_steps`) and `eval/`; a profiler trace of `profile_steps=(start, stop)`. Calling
@@ -788,9 +800,15 @@ def fit(
         model, train_input, val, seed=seed, epochs=epochs, steps_per_loop=steps_per_loop, jit_compile=jit_compile,
         batch_splits=batch_splits, workdir=workdir, checkpoint_every_steps=checkpoint_every_steps,
         keep_checkpoints=keep_checkpoints, log_every_steps=log_every_steps, profile_steps=profile_steps,
-        max_steps=max_steps, validation_batch_size=val_batch,
+        max_steps=max_steps, validation_batch_size=val_batch, augment=augment,
     )
     return run.fit(callbacks=callbacks, verbose=verbose)
+
+
+def _check_images(spec, augment):
+    """Raises InputError unless `spec` (the training inputs' element spec) is one batch of [B, H, W, C] images."""
+    if not isinstance(spec, tf.TensorSpec) or spec.shape.rank != 4:
+        raise inputs.InputError(f"augment={augment!r} needs x to be one array of images [N, H, W, C], got {spec}")
 
 
 def _resolve_seed(seed, workdir):

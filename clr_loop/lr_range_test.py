@@ -208,6 +208,12 @@ def config_from_flags():
     """
     FLAGS = flags.FLAGS
     shared = cli.config_from_flags(FLAGS)
+    unused = [f"--{name}={getattr(shared, name)}" for name in ("dataset", "model", "optimizer", "augment", "train_split", "eval_split")
+              if getattr(shared, name) != getattr(config_lib.Config, name)]
+    if unused:
+        # Not silently ignored: this app runs the tutorial's CNN on Fashion-MNIST with SGD.
+        raise app.UsageError(f"the range test runs the tutorial's CNN on Fashion-MNIST with SGD; {' '.join(unused)} "
+                             "is not used here")
     config = RangeTestConfig(
         start_lr=FLAGS.start_lr,
         end_lr=FLAGS.end_lr,

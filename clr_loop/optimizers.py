@@ -1,4 +1,4 @@
-"""SGD whose momentum follows a schedule evaluated inside the compiled step (cyclical momentum).
+"""SGD whose momentum, and Adam whose beta_1, follows a schedule evaluated inside the compiled step (cyclical momentum).
 
 Keras 3's `SGD` takes only a float momentum. Smith's one-cycle policy, and PyTorch's
 `CyclicLR(cycle_momentum=True)` / `OneCycleLR`, move the momentum opposite to the learning rate:
@@ -6,7 +6,8 @@ high (`max_momentum`) where the rate is low, low (`base_momentum`) at the rate's
 `CyclicalMomentumSGD` keeps SGD's update rule exactly and reads its momentum from a
 `CyclicalMomentum` schedule at `optimizer.iterations` on every step, the way Keras reads a
 `LearningRateSchedule`, so it works inside `tf.function(jit_compile=True)` with no Python per step.
-Both classes are registered with Keras and their `get_config` holds only JSON values.
+`CyclicalMomentumAdam` does the same for Adam's (and AdamW's) `beta_1`, with the bias correction
+of a time-varying beta. The classes are registered with Keras and their `get_config` holds only JSON values.
 """
 
 import numbers
@@ -133,4 +134,78 @@ class CyclicalMomentumSGD(keras.optimizers.SGD):
             config["momentum"] = keras.saving.deserialize_keras_object(
                 config["momentum"], custom_objects=custom_objects
             )
+        return super().from_config(config, custom_objects=custom_objects)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CyclicalMomentumAdam(keras.optimizers.Adam):
+    """Keras Adam (AdamW with `weight_decay`) whose `beta_1` may be a schedule of the step (`CyclicalMomentum`).
+
+    fastai's one-cycle cycles Adam's `beta_1` as SGD's momentum is cycled. With
+    `beta_1_t = beta_1(iterations)` read on every step (for `iterations` before the update), the
+    first moment is `m = beta_1_t * m + (1 - beta_1_t) * g` and its bias correction uses the product
+    of the betas so far, `1 - prod(beta_1_1 .. beta_1_t)` (which is `1 - beta_1**t` for a constant
+    beta_1: then this is Keras Adam): `w -= lr_t * sqrt(1 - beta_2**t) / (1 - prod) * m / (sqrt(v) + eps)`.
+    The product is kept per model variable (a scalar optimizer variable, checkpointed with the rest).
+    """
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, name=None, **kwargs):
+        super().__init__(learning_rate=learning_rate, beta_1=0.9, name=name, **kwargs)
+        if callable(beta_1):
+            self.beta_1 = beta_1
+        elif isinstance(beta_1, numbers.Real) and not isinstance(beta_1, bool) and 0 <= beta_1 < 1:
+            self.beta_1 = float(beta_1)
+        else:
+            raise ValueError(f"beta_1 must be a float in [0, 1) or a schedule of the step, got {beta_1!r}")
+
+    def build(self, var_list):
+        """Creates Adam's variables and, per model variable, the running product of beta_1 (ones)."""
+        if self.built:
+            return
+        super().build(var_list)
+        self._beta_1_products = [
+            self.add_variable((), initializer="ones", dtype=variable.dtype, name="beta_1_product")
+            for variable in var_list
+        ]
+
+    def current_beta_1(self):
+        """Returns the beta_1 (float32 scalar tensor) that the next update uses: its value at `iterations`."""
+        if callable(self.beta_1):
+            return ops.cast(self.beta_1(self._iterations), "float32")
+        return ops.convert_to_tensor(self.beta_1, "float32")
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Applies one Adam update to `variable` with beta_1 at the current step and its bias correction."""
+        index = self._get_variable_index(variable)
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        beta_1 = ops.cast(self.current_beta_1(), variable.dtype)
+        local_step = ops.cast(self.iterations + 1, variable.dtype)
+        beta_2_power = ops.power(ops.cast(self.beta_2, variable.dtype), local_step)
+        product = ops.multiply(self._beta_1_products[index], beta_1)
+        self.assign(self._beta_1_products[index], product)
+        m = self._momentums[index]
+        v = self._velocities[index]
+        alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - product)
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+        if self.amsgrad:
+            v_hat = self._velocity_hats[index]
+            self.assign(v_hat, ops.maximum(v_hat, v))
+            v = v_hat
+        self.assign_sub(variable, ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon)))
+
+    def get_config(self):
+        """Returns a JSON-safe dict: Keras Adam's config, with a scheduled beta_1 as a nested Keras config."""
+        config = super().get_config()
+        if callable(self.beta_1):
+            config["beta_1"] = keras.saving.serialize_keras_object(self.beta_1)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """Returns an optimizer (without state) from `get_config` output."""
+        config = dict(config)
+        if isinstance(config.get("beta_1"), dict):
+            config["beta_1"] = keras.saving.deserialize_keras_object(config["beta_1"], custom_objects=custom_objects)
         return super().from_config(config, custom_objects=custom_objects)

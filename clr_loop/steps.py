@@ -19,7 +19,8 @@ import tensorflow as tf
 
 # Layers that compute each example independently of the others in its batch (and add no
 # activity loss), so that a batch computed in parts equals the whole batch to float rounding.
-# Dropout-type layers qualify but draw one mask per part. BatchNormalization does not qualify.
+# Dropout-type layers qualify but draw one mask per part. BatchNormalization does not qualify;
+# Normalization does (its mean and variance are constants while training).
 _PER_EXAMPLE_LAYERS = tuple(
     getattr(keras.layers, name)
     for name in (
@@ -33,7 +34,7 @@ _PER_EXAMPLE_LAYERS = tuple(
         "Permute", "RepeatVector", "Rescaling", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
         "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D", "Add",
         "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot", "LayerNormalization",
-        "UnitNormalization", "GroupNormalization", "Identity",
+        "UnitNormalization", "GroupNormalization", "Identity", "Normalization",
     )
     if hasattr(keras.layers, name)
 ) + (keras.Sequential, keras.Model)
@@ -126,14 +127,18 @@ class Steps:
     computed as that many parts (see `can_split`), each part's loss weighted by its share of the
     batch, so the gradients add up to the whole batch's. `optimizer` (default `model.optimizer`)
     is the one the steps update with: a built optimizer of the model's trainable variables.
+    `augment` (default None) is a function `(x, step) -> x` applied to each training batch inside
+    the step, before it is split, with `step` the optimizer's iterations before the update (see
+    `clr_loop.augment`); evaluation batches are not augmented.
     """
 
-    def __init__(self, model, *, jit_compile=False, splits=1, fuse_update=True, optimizer=None):
+    def __init__(self, model, *, jit_compile=False, splits=1, fuse_update=True, optimizer=None, augment=None):
         check_compiled(model)
         self.model = model
         self.optimizer = model.optimizer if optimizer is None else optimizer
         self.splits = int(splits)
         self.jit_compile = bool(jit_compile)
+        self.augment = augment
         self.metrics = model._compile_metrics  # pylint: disable=protected-access
         self._per_example = _unreduced_loss(model)
         self._loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -213,6 +218,8 @@ class Steps:
         momentum = None
         if self.momentum_schedule is not None:
             momentum = tf.cast(self.momentum_schedule(optimizer.iterations), tf.float32)
+        if self.augment is not None:
+            x = self.augment(x, optimizer.iterations)
         grads, metrics = compute(x, y)
         variables = self.model.trainable_variables
         optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
@@ -253,7 +260,11 @@ class Steps:
 
 
 def _momentum_schedule(optimizer):
-    """Returns the optimizer's momentum schedule (a callable of the step), or None for a constant."""
+    """Returns the optimizer's momentum schedule (a callable of the step: SGD's momentum or Adam's
+    beta_1), or None for a constant."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
-    momentum = getattr(inner, "momentum", None)
-    return momentum if callable(momentum) else None
+    for name in ("momentum", "beta_1"):
+        momentum = getattr(inner, name, None)
+        if callable(momentum):
+            return momentum
+    return None

@@ -1,7 +1,8 @@
-r"""Trains the tutorial's CNN on Fashion-MNIST with a cyclical learning rate.
+r"""Trains a model (the tutorial's CNN on Fashion-MNIST by default) with a cyclical learning rate.
 
   python -m clr_loop.train --mode=triangular2
   python -m clr_loop.train --flagfile=flags/triangular2.flags --epochs=3
+  python -m clr_loop.train --dataset=npz:fm.npz --model=resnet20 --optimizer=adamw --mode=one_cycle --augment=flip_crop
 
 An absl app: the flags (`clr_loop.cli`) become a checked `Config`, which `clr_loop.trainer` trains.
 """

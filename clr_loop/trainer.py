@@ -1,8 +1,9 @@
-"""The tutorial's Fashion-MNIST experiment as a client of the general loop (`clr_loop.loop`).
+"""The CLI's experiment (by default the tutorial's Fashion-MNIST one) as a client of the general loop (`clr_loop.loop`).
 
-It builds the tutorial's CNN (`clr_loop.model`), compiles it with the Config's SGD and schedule,
-the tutorial's loss and accuracy, and trains it on the in-memory Fashion-MNIST arrays with
-`loop.Run`, with the Config's workdir, step counts and device settings. What is particular to the
+It builds the Config's model (`clr_loop.models`: by default the tutorial's CNN), compiles it with
+the Config's optimizer (SGD by default) and schedule, the cross-entropy its outputs call for and
+accuracy, and trains it on the dataset's in-memory arrays (`clr_loop.datasets`) with `loop.Run`,
+with the Config's augmentation, workdir, step counts and device settings. What is particular to the
 experiment stays here: the initial-weights files, the workdir's config.json (another configuration
 is refused, naming each setting), and the strategy set-up from the Config.
 """
@@ -16,11 +17,11 @@ from absl import logging
 
 from clr_loop import checkpointing
 from clr_loop import config as config_lib
-from clr_loop import data as data_lib
+from clr_loop import datasets
 from clr_loop import distribute
 from clr_loop import inputs
 from clr_loop import loop
-from clr_loop import model as model_lib
+from clr_loop import models
 from clr_loop import optimizers as optimizers_lib
 from clr_loop import runtime
 
@@ -69,25 +70,37 @@ def load_initial_weights(model, path):
 
 
 def make_optimizer(config, plan):
-    """Returns the SGD optimizer whose learning rate is `config`'s schedule (in steps).
+    """Returns the `config.optimizer` whose learning rate is `config`'s schedule (in steps).
 
-    With `config.uses_cycle_momentum` it is a `CyclicalMomentumSGD` whose momentum follows the same
+    SGD: with `config.uses_cycle_momentum` a `CyclicalMomentumSGD` whose momentum follows the same
     schedule, from `max_momentum` at the low rate to `base_momentum` at the peak; otherwise Keras
-    SGD with the constant `config.momentum`.
+    SGD with the constant `config.momentum`. Adam and AdamW: Keras's, with their default betas, or
+    with `uses_cycle_momentum` a `CyclicalMomentumAdam` whose beta_1 follows the schedule likewise.
+    `config.weight_decay` is Keras's decoupled weight decay for each (`w -= lr * weight_decay * w`
+    per step, on every trainable variable); unset, there is none, except AdamW's own default.
     """
     schedule = config_lib.make_schedule(config, plan)
+    decay = config.weight_decay
+    if config.optimizer in ("adam", "adamw"):
+        if config.optimizer == "adamw" and decay is None:
+            decay = config_lib.ADAMW_WEIGHT_DECAY
+        if config.uses_cycle_momentum:
+            beta_1 = optimizers_lib.CyclicalMomentum(schedule, config.base_momentum, config.max_momentum)
+            return optimizers_lib.CyclicalMomentumAdam(learning_rate=schedule, beta_1=beta_1, weight_decay=decay)
+        if config.optimizer == "adamw":
+            return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=decay)
+        return keras.optimizers.Adam(learning_rate=schedule, weight_decay=decay)
     if config.uses_cycle_momentum:
         momentum = optimizers_lib.CyclicalMomentum(schedule, config.base_momentum, config.max_momentum)
-        return optimizers_lib.CyclicalMomentumSGD(learning_rate=schedule, momentum=momentum)
-    return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
+        return optimizers_lib.CyclicalMomentumSGD(learning_rate=schedule, momentum=momentum, weight_decay=decay)
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum, weight_decay=decay)
 
 
-def compile_model(model, config, plan):
-    """Compiles the tutorial's model as the tutorial does: `make_optimizer`, sparse categorical
-    cross-entropy on its probabilities, and accuracy. Returns the model."""
-    model.compile(
-        optimizer=make_optimizer(config, plan), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
+def compile_model(model, config, plan, from_logits=False):
+    """Compiles `model` as the tutorial does: `make_optimizer`, sparse categorical cross-entropy on
+    its probabilities (on its logits with `from_logits`), and accuracy. Returns the model."""
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True) if from_logits else "sparse_categorical_crossentropy"
+    model.compile(optimizer=make_optimizer(config, plan), loss=loss, metrics=["accuracy"])
     return model
 
 
@@ -101,6 +114,8 @@ def resolve_batch_splits(config, replicas=1):
     """
     if config.batch_splits:
         return config.batch_splits
+    if config.model != "tutorial_cnn":
+        return 1  # ResNet-20's batch norm depends on the whole batch; a user's model is unknown here
     if replicas > 1 or config.strategy != "default" or config.virtual_cpus:
         return 1
     if config.jit_compile == "true" or runtime.accelerator_present():
@@ -109,10 +124,11 @@ def resolve_batch_splits(config, replicas=1):
 
 
 class Trainer:
-    """The tutorial's experiment for one Config: builds and compiles the CNN, then trains it with
-    `clr_loop.loop` on the Fashion-MNIST arrays, with `config.workdir` as the run directory.
+    """The experiment for one Config: builds and compiles its model, then trains it with
+    `clr_loop.loop` on the dataset's arrays, with `config.workdir` as the run directory.
 
-    Build it with a Config and loaded data (`clr_loop.data.FashionMnist`), then call `train()`,
+    Build it with a Config and loaded data (`clr_loop.datasets.load`'s: an ImageData or a
+    `clr_loop.data.FashionMnist`) and optionally a `model` (then compiled for probabilities), then call `train()`,
     which checks the workdir's configuration, writes `config.save_init` (once the checks pass),
     resumes from its last checkpoint when there is one and returns the history dict (per-epoch lists under `HISTORY_KEYS`). `run` is the
     `loop.Run` that does the work.
@@ -129,10 +145,16 @@ class Trainer:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
-            self.model = model if model is not None else model_lib.create_model(seed=config.seed)
+            if model is None:
+                built = models.create(config.model, data.image_shape, data.num_classes,
+                                      train_images=data.train.images, seed=config.seed)
+                model, from_logits = built.model, built.from_logits
+            else:
+                from_logits = False
+            self.model = model
             if config.init_weights:
                 load_initial_weights(self.model, config.init_weights)
-            compile_model(self.model, config, self.plan)
+            compile_model(self.model, config, self.plan, from_logits=from_logits)
         self.optimizer = self.model.optimizer
         self.run = loop.Run(
             self.model,
@@ -151,6 +173,7 @@ class Trainer:
             max_steps=config.max_steps or None,
             validation_batch_size=config.eval_batch_size,
             run_config=checkpointing.defining_settings(config.to_json_dict()),
+            augment=config.augment,
         )
         # config.json, with the resolved step plan; written once the workdir's checks pass.
         self.run.run_files["config.json"] = {
@@ -246,5 +269,6 @@ def train_and_evaluate(config, data=None, strategy=None):
             distribute.configure_virtual_cpus(config.virtual_cpus)
         strategy = distribute.make_strategy(config.strategy, config.devices, config.cluster_timeout)
     if data is None:
-        data = data_lib.load(tfds_data_dir=config.tfds_data_dir, dataset_dir=config.dataset_dir)
+        data = datasets.load(config.dataset, tfds_data_dir=config.tfds_data_dir, dataset_dir=config.dataset_dir,
+                             train_split=config.train_split, eval_split=config.eval_split)
     return Trainer(config, data, strategy=strategy).train()

@@ -126,6 +126,8 @@ def test_the_apps_curve_is_keras_own_train_on_batch_losses(tmp_path):
         (["--num_steps=1"], "--num_steps"),
         (["--batch_size=0"], "--batch_size"),
         (["--momentum=1.5"], "--momentum"),
+        (["--dataset=cifar10", "--model=resnet20"], r"runs the tutorial's CNN on Fashion-MNIST with SGD; --dataset=cifar10 --model=resnet20 is not used"),
+        (["--optimizer=adam"], r"--optimizer=adam is not used here"),
     ],
 )
 def test_bad_flags_are_named_and_write_nothing(tmp_path, argv, message):

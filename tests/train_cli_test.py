@@ -80,9 +80,9 @@ def run_main_in_process(argv):
         return train.main(rest)
 
 
-def assert_run_outputs(workdir, epochs):
+def assert_run_outputs(workdir, epochs, extra_keys=()):
     history = json.load(open(os.path.join(workdir, "history.json")))
-    assert set(history) == HISTORY_KEYS
+    assert set(history) == HISTORY_KEYS | set(extra_keys)
     assert all(len(v) == epochs for v in history.values())
     assert json.load(open(os.path.join(workdir, "config.json")))["resolved"]["total_steps"] > 0
     for sub in ("train", "eval"):

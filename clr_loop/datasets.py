@@ -1,0 +1,276 @@
+"""The datasets a training run can name, loaded as in-memory image arrays with their shape and class count.
+
+- `fashion_mnist` (the default): the tutorial's sources, in `clr_loop.data.load`'s order (prepared
+  TFDS data, the raw IDX files, a download).
+- any TFDS image-classification dataset with `image` and `label` features (`mnist`, `cifar10`,
+  `svhn_cropped`, ...): shapes and the class count come from the builder's info.
+- `npz:PATH`: a `.npz` file holding `x_train`, `y_train`, `x_test`, `y_test` (and optionally a
+  scalar `num_classes`).
+
+Every source gives arrays held in memory (so the data order is a stateless function of the step and a
+resume is exact); a dataset whose splits would not fit in memory is refused, naming its size. Every
+problem raises `data.DataError` naming the dataset, file or array.
+"""
+
+import dataclasses
+import os
+
+from absl import logging
+import numpy as np
+
+from clr_loop import data as data_lib
+
+DataError = data_lib.DataError
+DEFAULT = "fashion_mnist"
+NPZ_PREFIX = "npz:"
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+# The in-memory splits may take at most this share of the machine's physical memory.
+MEMORY_SHARE = 0.5
+_READ_CHUNK = 10000
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSplit:
+    """One split in memory: `images` uint8 or float32 [N, H, W, C], `labels` int32 [N] in 0..K-1."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def num_examples(self):
+        """The number of examples N (an int)."""
+        return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageData:
+    """A dataset's train and test splits, its class count K, its `name` and `source` (where it came from)."""
+
+    train: ImageSplit
+    test: ImageSplit
+    num_classes: int
+    name: str
+    source: str
+
+    @property
+    def image_shape(self):
+        """The shape of one image, (H, W, C)."""
+        return tuple(self.train.images.shape[1:])
+
+
+def is_npz(dataset):
+    """True when the dataset name is `npz:PATH`."""
+    return dataset.startswith(NPZ_PREFIX)
+
+
+def load(dataset=DEFAULT, *, tfds_data_dir=None, dataset_dir=None, train_split="train", eval_split="test"):
+    """Loads the dataset that `dataset` names (see the module docstring); returns an ImageData
+    (a `data.FashionMnist`, which has the same fields, for Fashion-MNIST's own sources).
+
+    `dataset_dir` (raw Fashion-MNIST IDX files) is for `fashion_mnist` only; `tfds_data_dir` is the
+    TFDS data dir (downloading there when the data is not prepared). `train_split`/`eval_split`
+    are TFDS split names (`train[:90%]` too); Fashion-MNIST with other splits than train/test is
+    read through TFDS. Raises DataError naming the culprit.
+    """
+    if is_npz(dataset):
+        return load_npz(dataset[len(NPZ_PREFIX):])
+    if dataset == DEFAULT and (train_split, eval_split) == ("train", "test"):
+        return data_lib.load(tfds_data_dir=tfds_data_dir, dataset_dir=dataset_dir)
+    if dataset_dir is not None:
+        raise DataError(
+            f"dataset {dataset!r} with splits {train_split!r}/{eval_split!r}: the raw IDX files of dataset_dir "
+            "hold only Fashion-MNIST's train and test splits"
+        )
+    return load_tfds(dataset, data_dir=tfds_data_dir, train_split=train_split, eval_split=eval_split)
+
+
+def load_tfds(name, *, data_dir=None, train_split="train", eval_split="test"):
+    """Loads the TFDS image-classification dataset `name` into memory; returns an ImageData.
+
+    The builder's info must have an `image` feature of fixed shape and a `label` class feature;
+    the splits must exist. Data not prepared in `data_dir` is downloaded there when `data_dir` is
+    given; with TFDS's default data dir a dataset that is not prepared is an error (no download).
+    Raises DataError naming the dataset and what is missing.
+    """
+    tfds = data_lib._tfds()  # pylint: disable=protected-access
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
+    except Exception as e:  # pylint: disable=broad-except  (TFDS raises its own kinds for unknown names)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"tfds dataset {name!r}: not a TFDS dataset ({type(e).__name__}: {first_line})") from e
+    where = f"tfds {name} (data_dir={builder.data_dir})"
+    shape, num_classes = _image_features(builder.info.features, tfds, where)
+    if not (builder.data_path.exists() and builder.is_prepared()):
+        if data_dir is None:
+            raise DataError(
+                f"{where}: not prepared (no download into the default data dir): prepare it with "
+                f"`tfds build {name}`, or name a TFDS data dir to prepare it in"
+            )
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # pylint: disable=broad-except  (network, checksum and file-system errors alike)
+            raise DataError(f"{where}: not prepared, and download_and_prepare failed: {type(e).__name__}: {e}") from e
+    sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
+    _check_splits(where, sizes, (train_split, eval_split), shape)
+    splits = {split: _read_tfds_split(builder, split, where, shape, num_classes) for split in (train_split, eval_split)}
+    return ImageData(train=splits[train_split], test=splits[eval_split], num_classes=num_classes, name=name,
+                     source=where)
+
+
+def _image_features(features, tfds, where):
+    """Returns ((H, W, C), K) from a builder's features; raises DataError naming what is missing."""
+    names = sorted(features.keys()) if hasattr(features, "keys") else []
+    for key in ("image", "label"):
+        if key not in names:
+            raise DataError(f"{where}: has no {key!r} feature (its features: {', '.join(names) or 'none'}); "
+                            "an image-classification dataset needs 'image' and 'label'")
+    image, label = features["image"], features["label"]
+    if not isinstance(image, tfds.features.Image):
+        raise DataError(f"{where}: feature 'image' is a {type(image).__name__}, not an Image")
+    if not isinstance(label, tfds.features.ClassLabel):
+        raise DataError(f"{where}: feature 'label' is a {type(label).__name__}, not a ClassLabel")
+    shape = tuple(image.shape)
+    if len(shape) != 3 or any(d is None for d in shape):
+        raise DataError(f"{where}: images have no fixed shape ({list(shape)}); every image must be H x W x C")
+    return shape, int(label.num_classes)
+
+
+def _check_splits(where, sizes, splits, shape):
+    """Raises DataError when one of `splits` is not among the builder's (`sizes`: split name -> examples;
+    empty when the builder has no metadata, as under mock_data), or when they would not fit in memory
+    (more than MEMORY_SHARE of it, as uint8 images of `shape`)."""
+    for split in splits:
+        if sizes and split.split("[")[0] not in sizes:
+            raise DataError(f"{where}: has no split {split!r} (its splits: {', '.join(sorted(sizes))})")
+    needed = sum(sizes.get(split.split("[")[0], 0) for split in splits) * int(np.prod(shape))
+    try:
+        available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return
+    if needed > MEMORY_SHARE * available:
+        raise DataError(
+            f"{where}: its splits take {needed / 2**30:.1f} GiB, more than {MEMORY_SHARE:.0%} of this machine's "
+            f"{available / 2**30:.1f} GiB of memory; clr_loop trains TFDS datasets from memory (pass a smaller "
+            "split such as train[:50%])"
+        )
+
+
+def _read_tfds_split(builder, split, where, shape, num_classes):
+    """Reads one TFDS split into an ImageSplit, checking the image shape and the label range."""
+    # Chunks, not batch_size=-1: see `data._read_tfds_split`.
+    ds = builder.as_dataset(split=split).map(lambda ex: (ex["image"], ex["label"])).batch(_READ_CHUNK)
+    chunks = list(ds.as_numpy_iterator())
+    if not chunks:
+        raise DataError(f"{where}: split {split!r} is empty")
+    images = np.concatenate([x for x, _ in chunks])
+    labels = np.concatenate([y for _, y in chunks])
+    if images.dtype != np.uint8 or images.shape[1:] != shape:
+        raise DataError(f"{where}: split {split!r} images are {images.dtype} {list(images.shape)}, "
+                        f"expected uint8 [N, {', '.join(map(str, shape))}]")
+    _check_labels(labels, f"{where} split {split!r}", num_classes)
+    return ImageSplit(images=images, labels=labels.astype(np.int32))
+
+
+def load_npz(path):
+    """Loads a `.npz` file holding `x_train`, `y_train`, `x_test`, `y_test`; returns an ImageData.
+
+    Images may be uint8 (kept) or float (as float32, which must be finite), or integers in 0..255
+    (as uint8), of shape [N, H, W, C] or [N, H, W] (one channel added); both splits' images must have
+    the same shape. Labels are integers of shape [N] or [N, 1]. K is the file's scalar `num_classes`
+    when it holds one, else the largest training label plus one; every label must be in 0..K-1.
+    Raises DataError naming the file and the array for any problem.
+    """
+    path = os.fspath(path)
+    if not path:
+        raise DataError("npz: no file named (npz:PATH)")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as e:  # pylint: disable=broad-except  (zipfile, pickle and OS errors alike)
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: holds one array, not a .npz archive of {', '.join(NPZ_ARRAYS)}")
+    with archive:
+        missing = [name for name in NPZ_ARRAYS if name not in archive.files]
+        if missing:
+            raise DataError(f"{path}: missing array(s) {', '.join(missing)} (it holds: "
+                            f"{', '.join(archive.files) or 'nothing'}; needs {', '.join(NPZ_ARRAYS)})")
+        arrays = {name: _npz_array(archive, name, path) for name in NPZ_ARRAYS}
+        declared = _npz_array(archive, "num_classes", path) if "num_classes" in archive.files else None
+    images = {split: _npz_images(arrays[f"x_{split}"], f"{path}: x_{split}") for split in ("train", "test")}
+    if images["train"].shape[1:] != images["test"].shape[1:]:
+        raise DataError(f"{path}: x_train images are {list(images['train'].shape[1:])} but x_test images are "
+                        f"{list(images['test'].shape[1:])}")
+    labels = {split: _npz_labels(arrays[f"y_{split}"], f"{path}: y_{split}") for split in ("train", "test")}
+    for split in ("train", "test"):
+        if len(images[split]) != len(labels[split]):
+            raise DataError(f"{path}: x_{split} holds {len(images[split])} images but y_{split} "
+                            f"{len(labels[split])} labels")
+    if declared is not None:
+        if declared.ndim != 0 or declared.dtype.kind not in "iu" or int(declared) < 1:
+            raise DataError(f"{path}: num_classes must be a positive integer scalar, got {declared.dtype} "
+                            f"{declared.tolist()!r}")
+        num_classes, why = int(declared), "the file's num_classes"
+    else:
+        num_classes, why = int(labels["train"].max()) + 1, "the largest y_train label + 1"
+    for split in ("train", "test"):
+        _check_labels(labels[split], f"{path}: y_{split}", num_classes, why)
+    logging.info("dataset from %s: %d train / %d test images %s, %d classes", path, len(labels["train"]),
+                 len(labels["test"]), list(images["train"].shape[1:]), num_classes)
+    return ImageData(
+        train=ImageSplit(images["train"], labels["train"].astype(np.int32)),
+        test=ImageSplit(images["test"], labels["test"].astype(np.int32)),
+        num_classes=num_classes, name=NPZ_PREFIX + path, source=f"npz file {path}",
+    )
+
+
+def _npz_array(archive, name, path):
+    try:
+        return archive[name]
+    except Exception as e:  # pylint: disable=broad-except  (object arrays, corrupt members)
+        raise DataError(f"{path}: array {name} cannot be read ({type(e).__name__}: {e})") from e
+
+
+def _npz_images(x, where):
+    """Returns images as uint8 or float32 [N, H, W, C]; raises DataError naming `where`."""
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise DataError(f"{where}: shape {list(x.shape)}, expected images [N, H, W, C] or [N, H, W]")
+    if len(x) == 0:
+        raise DataError(f"{where}: holds no images")
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x)
+        if bad.any():
+            first = np.unravel_index(np.flatnonzero(bad)[0], x.shape)
+            raise DataError(f"{where}: {int(bad.sum())} NaN or infinite pixel(s), the first in image {first[0]} "
+                            f"at {list(first[1:])}")
+        return x.astype(np.float32)
+    if x.dtype.kind in "iu":
+        if x.min() < 0 or x.max() > 255:
+            raise DataError(f"{where}: integer pixels must be in 0..255 (uint8), found {x.min()}..{x.max()}")
+        return x.astype(np.uint8)
+    raise DataError(f"{where}: dtype {x.dtype}; images must be uint8 or float")
+
+
+def _npz_labels(y, where):
+    """Returns labels as int64 [N]; raises DataError naming `where`."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{where}: shape {list(y.shape)}, expected labels [N] (or [N, 1])")
+    if y.dtype.kind not in "iu":
+        raise DataError(f"{where}: dtype {y.dtype}; labels must be integers 0..K-1 (class ids, not one-hot or floats)")
+    if len(y) == 0:
+        raise DataError(f"{where}: holds no labels")
+    return y.astype(np.int64)
+
+
+def _check_labels(labels, where, num_classes, why="the dataset's class count"):
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise DataError(f"{where}: {bad.size} label(s) outside 0..{num_classes - 1} (K={num_classes} from {why}), "
+                        f"the first {labels[bad[0]]} at index {bad[0]}")

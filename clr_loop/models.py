@@ -1,0 +1,184 @@
+"""The models a training run can name: the tutorial's CNN, ResNet-20, or your own `module.path:function`.
+
+Each model declares what it outputs, logits or probabilities, and the trainer's loss follows
+(`Built.from_logits`). Normalisation is a layer of the model: the tutorial's CNN rescales uint8
+pixels by 1/255 as the tutorial does; ResNet-20 (and the CNN on float pixels) subtracts the
+training images' per-channel mean and divides by their standard deviation.
+
+A function of your own, `module.path:function`, is called as `function(input_shape, num_classes)`
+with `input_shape` (H, W, C) and must return a `keras.Model` taking the dataset's raw pixels (uint8
+0..255 or the float values of a .npz file) and returning [batch, num_classes]. It states its outputs
+with an attribute: `function.outputs = "logits"` or `"probabilities"`.
+"""
+
+import dataclasses
+import importlib
+
+import keras
+import numpy as np
+from keras import ops
+
+from clr_loop import model as model_lib
+
+MODELS = ("tutorial_cnn", "resnet20")
+OUTPUTS = ("logits", "probabilities")
+_STATS_CHUNK = 10000
+
+
+class ModelError(ValueError):
+    """Raised when a named model cannot be built: an unknown name, or a user function that cannot be
+    imported, fails, or returns something other than a fitting keras.Model; names the model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """A built model and whether it outputs logits (True) or probabilities (False)."""
+
+    model: keras.Model
+    from_logits: bool
+
+
+def is_user_function(name):
+    """True when `name` has the `module.path:function` form of a user's model function."""
+    return ":" in name
+
+
+def channel_stats(images):
+    """Returns float64 (mean, std), each [C], of `images` [N, H, W, C] per channel (std at least 1e-3 of the scale)."""
+    total = np.zeros(images.shape[-1])
+    squares = np.zeros(images.shape[-1])
+    for start in range(0, len(images), _STATS_CHUNK):
+        chunk = images[start:start + _STATS_CHUNK].astype(np.float64)
+        total += chunk.sum(axis=(0, 1, 2))
+        squares += np.square(chunk).sum(axis=(0, 1, 2))
+    count = images.size // images.shape[-1]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    return mean, np.maximum(std, 1e-3 * max(1.0, float(np.abs(mean).max())))
+
+
+def create(name, input_shape, num_classes, *, train_images=None, seed=None):
+    """Returns the `Built` model `name` for images of `input_shape` (H, W, C) and `num_classes` classes.
+
+    `train_images` ([N, H, W, C], uint8 or float) give the normalisation layer's per-channel mean
+    and standard deviation where the model has one (ResNet-20; the CNN on float pixels). `seed`
+    fixes the tutorial CNN's dropout seed; weights follow Keras's global seed. Raises ModelError
+    naming the model for an unknown name or a user function that fails (see the module docstring).
+    """
+    input_shape = tuple(int(d) for d in input_shape)
+    uint8 = train_images is None or train_images.dtype == np.uint8
+    if name == "tutorial_cnn":
+        if uint8:
+            model = _build(name, input_shape, lambda: model_lib.create_model(
+                seed=seed, input_shape=input_shape, num_classes=num_classes))
+        else:
+            model = _build(name, input_shape, lambda: _normalized(
+                model_lib.create_model(seed=seed, input_shape=input_shape, num_classes=num_classes, rescale=False),
+                train_images))
+        return Built(model, from_logits=False)
+    if name == "resnet20":
+        mean, std = channel_stats(train_images) if train_images is not None else (None, None)
+        return Built(_build(name, input_shape, lambda: resnet20(input_shape, num_classes, mean=mean, std=std)),
+                     from_logits=True)
+    if is_user_function(name):
+        return _user_model(name, input_shape, num_classes)
+    raise ModelError(f"model {name!r}: unknown; one of {', '.join(MODELS)}, or module.path:function")
+
+
+def _build(name, input_shape, make):
+    try:
+        return make()
+    except ValueError as e:  # Keras's shape errors: images too small for the layers
+        raise ModelError(f"model {name!r} cannot take images of shape {list(input_shape)}: {e}") from e
+
+
+def _normalized(model, train_images):
+    """Returns `model` with a per-channel mean/std Normalization layer of `train_images` before it."""
+    mean, std = channel_stats(train_images)
+    inputs = keras.Input(model.input_shape[1:])
+    x = keras.layers.Normalization(mean=mean, variance=np.square(std), name="normalize")(inputs)
+    return keras.Model(inputs, model(x), name=f"{model.name}_normalized")
+
+
+class ZeroPadShortcut(keras.layers.Layer):
+    """He et al.'s option-A shortcut: subsample by `strides`, then zero-pad the channels to `filters`."""
+
+    def __init__(self, filters, strides, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.strides = int(strides)
+
+    def call(self, x):
+        x = x[:, :: self.strides, :: self.strides, :]
+        extra = self.filters - x.shape[-1]
+        return ops.pad(x, [[0, 0], [0, 0], [0, 0], [extra // 2, extra - extra // 2]])
+
+    def compute_output_shape(self, input_shape):
+        size = lambda d: None if d is None else -(-d // self.strides)  # noqa: E731
+        return (input_shape[0], size(input_shape[1]), size(input_shape[2]), self.filters)
+
+    def get_config(self):
+        """Returns the layer's config: Keras's plus `filters` and `strides`."""
+        return {**super().get_config(), "filters": self.filters, "strides": self.strides}
+
+
+def resnet20(input_shape, num_classes, *, mean=None, std=None, depth=20):
+    """Returns He et al. 2016's CIFAR ResNet (`depth` = 6n + 2; 20: 3 stages of 3 basic blocks with
+    16/32/64 filters, batch norm, option-A zero-padding shortcuts, ~0.27 M parameters) outputting logits.
+
+    `mean` and `std` ([C]) make its first layer a per-channel normalisation (else it rescales by 1/255).
+    """
+    blocks = (depth - 2) // 6
+    if depth != 6 * blocks + 2 or blocks < 1:
+        raise ValueError(f"depth must be 6n + 2, got {depth}")
+    inputs = keras.Input(input_shape)
+    if mean is not None:
+        x = keras.layers.Normalization(mean=mean, variance=np.square(std), name="normalize")(inputs)
+    else:
+        x = keras.layers.Rescaling(1.0 / 255)(inputs)
+
+    def conv(filters, strides=1):
+        return keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
+                                   kernel_initializer="he_normal")
+
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(conv(16)(x)))
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(blocks):
+            strides = 2 if stage > 0 and block == 0 else 1
+            y = keras.layers.ReLU()(keras.layers.BatchNormalization()(conv(filters, strides)(x)))
+            y = keras.layers.BatchNormalization()(conv(filters)(y))
+            shortcut = x if strides == 1 and x.shape[-1] == filters else ZeroPadShortcut(filters, strides)(x)
+            x = keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, kernel_initializer="he_normal")(x)
+    return keras.Model(inputs, outputs, name=f"resnet{depth}")
+
+
+def _user_model(name, input_shape, num_classes):
+    """Imports and calls the user's `module.path:function`; returns its Built model."""
+    module_name, _, function_name = name.rpartition(":")
+    if not module_name or not function_name:
+        raise ModelError(f"model {name!r}: expected module.path:function")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # pylint: disable=broad-except  (ImportError, and whatever the module raises)
+        raise ModelError(f"model {name}: cannot import {module_name}: {type(e).__name__}: {e}") from e
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ModelError(f"model {name}: {module_name} has no function {function_name}")
+    outputs = getattr(function, "outputs", None)
+    if outputs not in OUTPUTS:
+        raise ModelError(f"model {name}: say what it returns: set {function_name}.outputs = \"logits\" or "
+                         f"\"probabilities\" (got {outputs!r})")
+    try:
+        model = function(input_shape, num_classes)
+    except Exception as e:  # pylint: disable=broad-except  (the user's code)
+        raise ModelError(f"model {name}: {function_name}{(input_shape, num_classes)} raised "
+                         f"{type(e).__name__}: {e}") from e
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"model {name}: {function_name} returned a {type(model).__name__}, not a keras.Model")
+    shape = tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else None
+    if shape is not None and (len(model.outputs) != 1 or shape[-1] != num_classes):
+        raise ModelError(f"model {name}: {function_name} returns outputs of shape "
+                         f"{[list(o.shape) for o in model.outputs]}, expected one [batch, {num_classes}]")
+    return Built(model, from_logits=outputs == "logits")

@@ -1,0 +1,135 @@
+"""Tests for clr_loop.datasets: npz files, TFDS datasets under mock_data, and every bad one named."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from clr_loop import data as data_lib
+from clr_loop import datasets
+
+
+def npz_arrays(n_train=30, n_test=10, shape=(6, 5), classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = lambda n: np.arange(n) % classes  # noqa: E731  (every class occurs)
+    return {
+        "x_train": rng.integers(0, 256, (n_train, *shape), dtype=np.uint8), "y_train": labels(n_train),
+        "x_test": rng.integers(0, 256, (n_test, *shape), dtype=np.uint8), "y_test": labels(n_test),
+    }
+
+
+def write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_npz_of_uint8_hw_images_gets_a_channel_and_its_class_count(tmp_path):
+    arrays = npz_arrays()
+    loaded = datasets.load("npz:" + write_npz(tmp_path / "d.npz", **arrays))
+    assert loaded.image_shape == (6, 5, 1) and loaded.num_classes == 4
+    assert loaded.train.images.dtype == np.uint8 and loaded.train.labels.dtype == np.int32
+    np.testing.assert_array_equal(loaded.train.images[..., 0], arrays["x_train"])
+    np.testing.assert_array_equal(loaded.test.labels, arrays["y_test"])
+    assert loaded.train.num_examples == 30 and loaded.test.num_examples == 10
+
+
+def test_npz_of_float_nhwc_images_and_n1_labels_and_declared_classes(tmp_path):
+    arrays = npz_arrays(shape=(4, 4, 3))
+    arrays = dict(arrays, x_train=arrays["x_train"] / 255.0, x_test=arrays["x_test"] / 255.0,
+                  y_train=arrays["y_train"][:, None], num_classes=np.int64(7))
+    loaded = datasets.load_npz(write_npz(tmp_path / "f.npz", **arrays))
+    assert loaded.train.images.dtype == np.float32 and loaded.image_shape == (4, 4, 3)
+    assert loaded.num_classes == 7 and loaded.train.labels.shape == (30,)
+
+
+def _bad(arrays, **changes):
+    arrays = dict(arrays, **changes)
+    return {k: v for k, v in arrays.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(y_test=None), r"missing array\(s\) y_test"),
+        (dict(y_train=np.arange(29) % 4), r"x_train holds 30 images but y_train 29 labels"),
+        (dict(y_train=np.arange(30) * 0.5), r"y_train: dtype float64; labels must be integers"),
+        (dict(y_test=np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 0])), r"y_test: 1 label\(s\) outside 0..3 \(K=4 from the largest y_train label \+ 1\), the first 4 at index 4"),
+        (dict(y_train=np.arange(30) % 4 - 1), r"y_train: 8 label\(s\) outside"),
+        (dict(x_train=np.full((30, 6, 5), np.nan)), r"x_train: 900 NaN or infinite pixel\(s\), the first in image 0"),
+        (dict(x_test=np.zeros((10, 6)), ), r"x_test: shape \[10, 6\], expected images"),
+        (dict(x_test=np.zeros((10, 6, 4), np.uint8)), r"x_train images are \[6, 5, 1\] but x_test images are \[6, 4, 1\]"),
+        (dict(x_train=np.full((30, 6, 5), 300)), r"x_train: integer pixels must be in 0..255"),
+        (dict(y_train=np.zeros((30, 4), np.int64)), r"y_train: shape \[30, 4\], expected labels \[N\]"),
+        (dict(num_classes=np.float32(3.5)), r"num_classes must be a positive integer scalar"),
+    ],
+)
+def test_every_npz_problem_names_the_file_and_the_array(tmp_path, change, message):
+    path = write_npz(tmp_path / "bad.npz", **_bad(npz_arrays(), **change))
+    with pytest.raises(data_lib.DataError, match=message) as e:
+        datasets.load("npz:" + path)
+    assert path in str(e.value)
+
+
+def test_unreadable_npz_files_are_named(tmp_path):
+    missing = str(tmp_path / "nope.npz")
+    with pytest.raises(data_lib.DataError, match="nope.npz: file not found"):
+        datasets.load_npz(missing)
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip at all")
+    with pytest.raises(data_lib.DataError, match="garbage.npz: not a readable .npz file"):
+        datasets.load_npz(str(garbage))
+    single = tmp_path / "single.npy"
+    np.save(single, np.zeros(3))
+    with pytest.raises(data_lib.DataError, match="single.npy: holds one array, not a .npz archive"):
+        datasets.load_npz(str(single))
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, **dict(npz_arrays(), x_train=np.array([None] * 30, dtype=object)))
+    with pytest.raises(data_lib.DataError, match="objects.npz: array x_train cannot be read"):
+        datasets.load_npz(str(objects))
+
+
+@pytest.mark.parametrize("name,shape,classes", [("cifar10", (32, 32, 3), 10), ("mnist", (28, 28, 1), 10),
+                                                ("cifar100", (32, 32, 3), 100)])
+def test_tfds_datasets_take_shape_and_classes_from_the_builder(tmp_path, name, shape, classes):
+    with tfds.testing.mock_data(num_examples=12):
+        loaded = datasets.load(name, tfds_data_dir=str(tmp_path))
+    assert loaded.image_shape == shape and loaded.num_classes == classes
+    assert loaded.train.images.dtype == np.uint8 and loaded.train.num_examples == 12
+    assert loaded.train.labels.dtype == np.int32 and loaded.train.labels.max() < classes
+
+
+def test_a_tfds_dataset_without_image_and_label_is_named(tmp_path):
+    with tfds.testing.mock_data(num_examples=2):
+        with pytest.raises(data_lib.DataError, match=r"tfds imdb_reviews .*has no 'image' feature \(its features: label, text\)"):
+            datasets.load("imdb_reviews", tfds_data_dir=str(tmp_path))
+
+
+def test_an_unknown_tfds_name_is_named():
+    with pytest.raises(data_lib.DataError, match=r"tfds dataset 'no_such_dataset_xyz': not a TFDS dataset"):
+        datasets.load("no_such_dataset_xyz")
+
+
+def test_a_dataset_not_prepared_offline_is_named_without_a_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(data_lib.DataError, match=r"tfds cifar10 .*not prepared \(no download into the default data dir\)"):
+        datasets.load("cifar10")
+    assert not os.listdir(tmp_path) or not any(os.scandir(tmp_path / "cifar10"))
+
+
+def test_unknown_split_is_named():
+    with pytest.raises(data_lib.DataError, match=r"tfds x: has no split 'validation' \(its splits: test, train\)"):
+        datasets._check_splits("tfds x", {"train": 10, "test": 5}, ("train", "validation"), (2, 2, 1))
+    datasets._check_splits("tfds x", {"train": 10, "test": 5}, ("train[:50%]", "test"), (2, 2, 1))
+    datasets._check_splits("tfds x", {}, ("anything", "test"), (2, 2, 1))  # no metadata (mock_data)
+
+
+def test_idx_files_have_no_other_splits(tmp_path):
+    with pytest.raises(data_lib.DataError, match="hold only Fashion-MNIST's train and test splits"):
+        datasets.load("fashion_mnist", dataset_dir=str(tmp_path), train_split="train[:50%]")
+
+
+def test_a_dataset_too_big_for_memory_is_refused(monkeypatch):
+    monkeypatch.setattr(datasets, "MEMORY_SHARE", 1e-6)  # whatever this machine's memory
+    with pytest.raises(data_lib.DataError, match=r"tfds big: its splits take 150.0 GiB, more than 0% of"):
+        datasets._check_splits("tfds big", {"train": 50 * 2**20, "test": 0}, ("train", "test"), (32, 32, 3))

@@ -1,0 +1,213 @@
+"""End-to-end tests of the CLI's experiments beyond the tutorial: --dataset, --model, --optimizer, --augment.
+
+Through `clr_loop.train`'s `main` in-process (TFDS datasets under `tfds.testing.mock_data`, npz files,
+a user's model), bit-exact resume with each optimizer and augmentation, and every bad input named.
+"""
+
+import json
+import os
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import app
+
+from clr_loop import checkpointing
+from clr_loop import config as config_lib
+from clr_loop import data as data_lib
+from clr_loop import trainer as trainer_lib
+from train_cli_test import assert_run_outputs, run_main_in_process, write_tiny_idx_dir
+from trainer_test import fake_data, make_config, weights
+
+SMALL = ["--epochs=1", "--batch_size=8", "--steps_per_loop=3", "--eval_batch_size=16"]
+
+
+def saved_config(workdir):
+    return json.load(open(os.path.join(workdir, "config.json")))
+
+
+def test_cifar10_resnet20_adam_flip_crop_under_mock_data(tmp_path):
+    workdir = str(tmp_path / "run")
+    with tfds.testing.mock_data(num_examples=80):
+        status = run_main_in_process(
+            ["--dataset=cifar10", f"--tfds_data_dir={tmp_path / 'tfds'}", "--model=resnet20", "--optimizer=adam",
+             "--augment=flip_crop", "--mode=one_cycle", "--weight_decay=1e-4", f"--workdir={workdir}", *SMALL]
+        )
+    assert status == 0
+    history = json.load(open(os.path.join(workdir, "history.json")))
+    assert len(history["momentum"]) == 1  # Adam's beta_1, cycled for one-cycle
+    assert_run_outputs(workdir, epochs=1, extra_keys={"momentum"})
+    config = saved_config(workdir)
+    assert (config["dataset"], config["model"], config["optimizer"], config["augment"]) == ("cifar10", "resnet20", "adam", "flip_crop")
+    assert config["resolved"]["steps_per_epoch"] == 10
+
+
+def test_mnist_with_the_tutorial_cnn_under_mock_data(tmp_path):
+    workdir = str(tmp_path / "run")
+    with tfds.testing.mock_data(num_examples=40):
+        status = run_main_in_process(
+            ["--dataset=mnist", f"--tfds_data_dir={tmp_path / 'tfds'}", "--mode=triangular", f"--workdir={workdir}", *SMALL]
+        )
+    assert status == 0
+    assert_run_outputs(workdir, epochs=1)
+    assert saved_config(workdir)["resolved"]["steps_per_epoch"] == 5
+
+
+def test_npz_of_float_rgb_images_through_the_cli(tmp_path):
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "mine.npz")
+    np.savez(path, x_train=rng.random((32, 16, 16, 3)), y_train=np.arange(32) % 3,
+             x_test=rng.random((12, 16, 16, 3)), y_test=np.arange(12) % 3)
+    workdir = str(tmp_path / "run")
+    status = run_main_in_process([f"--dataset=npz:{path}", "--optimizer=adamw", "--augment=flip_crop",
+                                  f"--workdir={workdir}", *SMALL])
+    assert status == 0
+    assert_run_outputs(workdir, epochs=1)
+
+
+def checkpoint_tensors(workdir):
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "ckpt"))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if not key.startswith(("run_identity", "run_history", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
+
+
+def history_without_timing(workdir):
+    history = json.load(open(os.path.join(workdir, "history.json")))
+    history.pop("epoch_seconds")
+    return history
+
+
+def test_fashion_mnist_as_npz_trains_bit_identically(tmp_path):
+    idx_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    fm = data_lib.load_idx_dir(idx_dir, expect_full_size=False)
+    assert fm.train.labels.max() == 9  # K inferred from the file is the tutorial's 10
+    path = str(tmp_path / "fm.npz")
+    np.savez(path, x_train=fm.train.images[..., 0], y_train=fm.train.labels, x_test=fm.test.images[..., 0],
+             y_test=fm.test.labels)
+    common = ["--mode=one_cycle", "--epochs=2", "--batch_size=16", "--steps_per_loop=4", "--eval_batch_size=20"]
+    assert run_main_in_process([f"--dataset_dir={idx_dir}", f"--workdir={tmp_path / 'idx_run'}", *common]) == 0
+    assert run_main_in_process([f"--dataset=npz:{path}", f"--workdir={tmp_path / 'npz_run'}", *common]) == 0
+    reference, got = checkpoint_tensors(str(tmp_path / "idx_run")), checkpoint_tensors(str(tmp_path / "npz_run"))
+    assert sorted(reference) == sorted(got)
+    for key in reference:
+        assert np.array_equal(reference[key], got[key]), key
+    assert history_without_timing(str(tmp_path / "idx_run")) == history_without_timing(str(tmp_path / "npz_run"))
+
+
+def test_a_user_model_through_module_function(tmp_path, monkeypatch):
+    (tmp_path / "cli_models.py").write_text(textwrap.dedent("""
+        import keras
+
+        def tiny(input_shape, num_classes):
+            return keras.Sequential([keras.Input(input_shape), keras.layers.Rescaling(1 / 255),
+                                     keras.layers.Flatten(), keras.layers.Dense(num_classes)])
+        tiny.outputs = "logits"
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    idx_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    workdir = str(tmp_path / "run")
+    assert run_main_in_process([f"--dataset_dir={idx_dir}", "--model=cli_models:tiny", f"--workdir={workdir}", *SMALL]) == 0
+    assert_run_outputs(workdir, epochs=1)
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "ckpt"))
+    assert any(list(shape) == [784, 10] for shape in reader.get_variable_to_shape_map().values())
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(optimizer="sgd", momentum=0.9),
+        dict(optimizer="sgd", mode="one_cycle"),  # cyclical momentum
+        dict(optimizer="adam", weight_decay=1e-3),
+        dict(optimizer="adamw", mode="one_cycle"),  # cyclical beta_1
+    ],
+    ids=["sgd", "sgd_cyclical_momentum", "adam", "adamw_one_cycle"],
+)
+def test_resume_with_augmentation_is_bit_exact_with_each_optimizer(tmp_path, overrides):
+    overrides = dict(overrides, augment="flip_crop")
+    data = fake_data(num_train=96, num_test=20)
+    straight = trainer_lib.Trainer(make_config(tmp_path / "straight", max_steps=5, **overrides), data)
+    straight.train()
+    trainer_lib.Trainer(make_config(tmp_path / "resumed", max_steps=2, **overrides), data).train()
+    resumed = trainer_lib.Trainer(make_config(tmp_path / "resumed", max_steps=5, **overrides), data)
+    resumed.train()
+    assert resumed.run.step == straight.run.step == 5
+    for a, b in zip(weights(straight.model), weights(resumed.model)):
+        assert np.array_equal(a, b)
+    for a, b in zip(straight.optimizer.variables, resumed.optimizer.variables):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert history_without_timing(str(tmp_path / "straight" / "run")) == history_without_timing(str(tmp_path / "resumed" / "run"))
+
+
+def test_augmentation_changes_training_and_the_default_adds_nothing(tmp_path):
+    data = fake_data(num_train=64, num_test=20)
+    plain = trainer_lib.Trainer(make_config(tmp_path / "a", max_steps=2), data)
+    assert plain.run.steps.augment is None
+    plain.train()
+    augmented = trainer_lib.Trainer(make_config(tmp_path / "b", max_steps=2, augment="flip_crop"), data)
+    augmented.train()
+    assert any(not np.array_equal(a, b) for a, b in zip(weights(plain.model), weights(augmented.model)))
+
+
+def test_optimizers_and_weight_decay_are_keras_own():
+    plan = config_lib.plan_steps(config_lib.Config(), 640)
+    adamw = trainer_lib.make_optimizer(config_lib.Config(optimizer="adamw"), plan)
+    assert type(adamw).__name__ == "AdamW" and adamw.weight_decay == config_lib.ADAMW_WEIGHT_DECAY
+    adam = trainer_lib.make_optimizer(config_lib.Config(optimizer="adam", weight_decay=0.01), plan)
+    assert type(adam).__name__ == "Adam" and adam.weight_decay == 0.01
+    sgd = trainer_lib.make_optimizer(config_lib.Config(), plan)
+    assert type(sgd).__name__ == "SGD" and sgd.weight_decay is None
+    # mode none keeps --lr, whatever the optimizer.
+    assert float(trainer_lib.make_optimizer(config_lib.Config(mode="none", optimizer="adam", lr=0.003), plan).learning_rate) == pytest.approx(0.003)
+
+
+def test_a_run_from_before_the_experiment_settings_resumes_under_their_defaults():
+    old = {key: value for key, value in config_lib.Config().to_json_dict().items()
+           if key not in checkpointing.ADDED_SETTINGS}
+    assert checkpointing.config_differences(old, config_lib.Config().to_json_dict()) == []
+    differing = checkpointing.config_differences(old, config_lib.Config(model="resnet20", augment="flip_crop").to_json_dict())
+    assert differing == ["augment", "model"]
+    assert set(checkpointing.ADDED_SETTINGS) <= set(config_lib.Config().to_json_dict())
+    for key, value in checkpointing.ADDED_SETTINGS.items():
+        assert getattr(config_lib.Config(), key) == value
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--optimizer=adamw", "--momentum=0.9"], "--momentum is SGD's"),
+        (["--weight_decay=-1"], "--weight_decay must be a number >= 0"),
+        (["--model=vgg16"], "--model must be one of tutorial_cnn, resnet20 or module.path:function"),
+        (["--dataset="], "--dataset must name a dataset"),
+        (["--dataset=npz:"], "--dataset=npz:PATH needs the path"),
+        (["--dataset=cifar10", "--dataset_dir=/tmp"], "--dataset_dir (the raw Fashion-MNIST IDX files) needs --dataset=fashion_mnist"),
+        (["--dataset=npz:a.npz", "--tfds_data_dir=/tmp"], "--tfds_data_dir is for TFDS datasets"),
+        (["--dataset=npz:a.npz", "--eval_split=validation"], "--train_split/--eval_split are for TFDS datasets"),
+    ],
+)
+def test_bad_experiment_flags_are_named(tmp_path, argv, message):
+    with pytest.raises(app.UsageError) as e:
+        run_main_in_process([*argv, f"--workdir={tmp_path / 'run'}"])
+    assert message in str(e.value)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_bad_datasets_and_models_exit_1_naming_them_before_writing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    npz = str(tmp_path / "bad.npz")
+    np.savez(npz, x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.zeros(4, np.int64))
+    idx_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    cases = [
+        (["--dataset=no_such_dataset_xyz"], "tfds dataset 'no_such_dataset_xyz': not a TFDS dataset"),
+        (["--dataset=cifar10"], "not prepared (no download into the default data dir)"),
+        ([f"--dataset=npz:{npz}"], f"{npz}: missing array(s) x_test, y_test"),
+        ([f"--dataset=npz:{tmp_path / 'absent.npz'}"], "absent.npz: file not found"),
+        ([f"--dataset_dir={idx_dir}", "--model=no_such_module_xyz:build"], "--model: model no_such_module_xyz:build: cannot import"),
+    ]
+    for argv, message in cases:
+        workdir = tmp_path / "run"
+        assert run_main_in_process([*argv, f"--workdir={workdir}", *SMALL]) == 1, argv
+        err = capsys.readouterr().err
+        assert f"error: " in err and message in err, (argv, err)
+        assert not os.path.exists(workdir), argv

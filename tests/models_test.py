@@ -1,0 +1,129 @@
+"""Tests for clr_loop.models: the registry, ResNet-20's size and shortcuts, normalisation, user functions."""
+
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from clr_loop import model as model_lib
+from clr_loop import models
+
+
+def uint8_images(n=20, shape=(32, 32, 3), seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def test_resnet20_has_he_et_als_0_27_million_parameters():
+    # Counted by hand: 3x3 convolutions without bias (first 3->16; stage 1: 6 of 16->16; stage 2:
+    # 16->32 then 5 of 32->32; stage 3: 32->64 then 5 of 64->64), 19 batch norms (gamma and beta),
+    # and the 64->10 dense layer with bias. Option-A shortcuts have no parameters.
+    convs = 9 * (3 * 16 + 6 * 16 * 16 + 16 * 32 + 5 * 32 * 32 + 32 * 64 + 5 * 64 * 64)
+    batch_norms = 2 * (7 * 16 + 6 * 32 + 6 * 64)
+    dense = 64 * 10 + 10
+    built = models.create("resnet20", (32, 32, 3), 10, train_images=uint8_images())
+    count = sum(int(np.prod(v.shape)) for v in built.model.trainable_variables)
+    assert count == convs + batch_norms + dense == 269_722
+    assert built.from_logits
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in built.model.layers) == 19
+    assert sum(isinstance(layer, keras.layers.Add) for layer in built.model.layers) == 9
+
+
+def test_resnet20_fits_fashion_mnist_sized_images():
+    built = models.create("resnet20", (28, 28, 1), 7, train_images=uint8_images(shape=(28, 28, 1)))
+    assert built.model(uint8_images(n=2, shape=(28, 28, 1))).shape == (2, 7)
+
+
+def test_option_a_shortcut_subsamples_and_zero_pads_channels():
+    x = np.random.default_rng(1).normal(size=(2, 6, 6, 16)).astype(np.float32)
+    got = np.asarray(models.ZeroPadShortcut(32, 2)(x))
+    expected = np.zeros((2, 3, 3, 32), np.float32)
+    expected[..., 8:24] = x[:, ::2, ::2, :]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_normalisation_layer_uses_the_training_images_channel_mean_and_std():
+    images = uint8_images(n=50, shape=(4, 4, 3))
+    mean, std = models.channel_stats(images)
+    flat = images.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(mean, flat.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, flat.std(axis=0), rtol=1e-10)
+    floats = images.astype(np.float32) / 255
+    built = models.create("tutorial_cnn", (16, 16, 3), 4, train_images=uint8_images(n=8, shape=(16, 16, 3)).astype(np.float32))
+    assert isinstance(built.model.layers[1], keras.layers.Normalization) and not built.from_logits
+    layer = keras.layers.Normalization(mean=models.channel_stats(floats)[0], variance=models.channel_stats(floats)[1] ** 2)
+    np.testing.assert_allclose(np.asarray(layer(floats)), (floats - flat.mean(0) / 255) / (flat.std(0) / 255), atol=1e-4)
+
+
+def test_tutorial_cnn_on_fashion_mnist_is_the_tutorials_model():
+    keras.utils.set_random_seed(5)
+    built = models.create("tutorial_cnn", (28, 28, 1), 10, train_images=uint8_images(shape=(28, 28, 1)), seed=5)
+    keras.utils.set_random_seed(5)
+    tutorial = model_lib.create_model(seed=5)
+    assert [type(layer) for layer in built.model.layers] == [type(layer) for layer in tutorial.layers]
+    for a, b in zip(built.model.weights, tutorial.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not built.from_logits
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(textwrap.dedent("""
+        import keras
+
+        def small(input_shape, num_classes):
+            return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(num_classes)])
+        small.outputs = "logits"
+
+        def probabilities(input_shape, num_classes):
+            return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                                     keras.layers.Dense(num_classes, activation="softmax")])
+        probabilities.outputs = "probabilities"
+
+        def undeclared(input_shape, num_classes):
+            return small(input_shape, num_classes)
+
+        def not_a_model(input_shape, num_classes):
+            return "a string"
+        not_a_model.outputs = "logits"
+
+        def wrong_classes(input_shape, num_classes):
+            return small(input_shape, num_classes + 1)
+        wrong_classes.outputs = "logits"
+
+        def fails(input_shape, num_classes):
+            raise RuntimeError("out of ideas")
+        fails.outputs = "logits"
+    """))
+    (tmp_path / "broken_models.py").write_text("import no_such_package_here\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_models"
+
+
+def test_user_function_is_called_with_shape_and_classes(user_module):
+    built = models.create(f"{user_module}:small", (8, 8, 1), 3)
+    assert built.from_logits and built.model.output_shape == (None, 3) and built.model.input_shape == (None, 8, 8, 1)
+    assert not models.create(f"{user_module}:probabilities", (8, 8, 1), 3).from_logits
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("broken_models:small", r"model broken_models:small: cannot import broken_models: ModuleNotFoundError"),
+        ("my_models:missing", r"my_models has no function missing"),
+        ("my_models:undeclared", r"set undeclared.outputs = \"logits\" or \"probabilities\""),
+        ("my_models:not_a_model", r"not_a_model returned a str, not a keras.Model"),
+        ("my_models:wrong_classes", r"wrong_classes returns outputs of shape \[\[None, 4\]\], expected one \[batch, 3\]"),
+        ("my_models:fails", r"fails\(\(8, 8, 1\), 3\) raised RuntimeError: out of ideas"),
+        (":small", r"expected module.path:function"),
+        ("resnet56", r"model 'resnet56': unknown; one of tutorial_cnn, resnet20"),
+    ],
+)
+def test_bad_models_are_named(user_module, name, message):
+    with pytest.raises(models.ModelError, match=message):
+        models.create(name, (8, 8, 1), 3)
+
+
+def test_images_too_small_for_the_cnn_are_named():
+    with pytest.raises(models.ModelError, match=r"model 'tutorial_cnn' cannot take images of shape \[8, 8, 1\]"):
+        models.create("tutorial_cnn", (8, 8, 1), 3)

@@ -179,6 +179,7 @@ def training_errors():
     write (not for a bug): the apps print them with `error_message` and exit 1."""
     # Imported here: cli is imported by the apps before their tuned TensorFlow import.
     from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
+    from clr_loop import config  # pylint: disable=import-outside-toplevel
     from clr_loop import data  # pylint: disable=import-outside-toplevel
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop import inputs  # pylint: disable=import-outside-toplevel
@@ -188,7 +189,7 @@ def training_errors():
 
     return (
         distribute.ClusterError, data.DataError, inputs.InputError, loop.TrainingDiverged, models.ModelError,
-        trainer.WeightsError, checkpointing.WorkdirError, checkpointing.CheckpointError,
+        trainer.WeightsError, checkpointing.WorkdirError, checkpointing.CheckpointError, config.ScheduleError,
     )
 
 

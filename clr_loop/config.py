@@ -144,24 +144,37 @@ def plan_steps(config, num_train_examples):
     )
 
 
+class ScheduleError(ValueError):
+    """Raised when a valid Config's schedule cannot be built for the data's size (a one-cycle too
+    short to have all its phases); names the settings."""
+
+
 def make_schedule(config, plan):
     """Returns the learning rate for `config`: a float for mode "none", else a Keras schedule in steps.
 
     For one_cycle, the schedule spans `epochs * steps_per_epoch` steps (not `max_steps`), so a
-    capped smoke run sees the start of the real schedule.
+    capped smoke run sees the start of the real schedule. Raises ScheduleError when those steps are
+    too few for its phases.
     """
     if config.mode == "none":
         return config.lr
     if config.mode == "one_cycle":
-        return schedules.OneCycle(
-            config.max_lr,
-            config.epochs * plan.steps_per_epoch,
-            pct_start=config.pct_start,
-            anneal_strategy=config.anneal_strategy,
-            div_factor=config.div_factor,
-            final_div_factor=config.final_div_factor,
-            three_phase=config.three_phase,
-        )
+        total = config.epochs * plan.steps_per_epoch
+        try:
+            return schedules.OneCycle(
+                config.max_lr,
+                total,
+                pct_start=config.pct_start,
+                anneal_strategy=config.anneal_strategy,
+                div_factor=config.div_factor,
+                final_div_factor=config.final_div_factor,
+                three_phase=config.three_phase,
+            )
+        except ValueError as e:
+            raise ScheduleError(
+                f"--mode=one_cycle spans --epochs={config.epochs} x {plan.steps_per_epoch} batches per epoch = "
+                f"{total} steps, too few: {e}"
+            ) from None
     return schedules.CyclicalLearningRate(
         config.initial_lr,
         config.max_lr,

@@ -77,3 +77,9 @@ def test_validate_names_the_flag(changes, flag):
 
 def test_default_config_is_valid():
     assert config_lib.validate(config_lib.Config()) == []
+
+
+def test_a_one_cycle_too_short_for_its_phases_names_the_settings():
+    config = config_lib.Config(mode="one_cycle", epochs=1, batch_size=64)
+    with pytest.raises(config_lib.ScheduleError, match=r"--mode=one_cycle spans --epochs=1 x 1 batches per epoch = 1 steps, too few"):
+        config_lib.make_schedule(config, config_lib.plan_steps(config, 96))

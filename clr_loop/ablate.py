@@ -230,19 +230,6 @@ def comparison_markdown(result):
     return "\n".join(lines) + "\n"
 
 
-def _write_text_atomic(path, text):
-    """Writes `text` to `path` atomically (a temporary file renamed over it, removed on failure)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def comparison_paths(workdir):
     """Returns the paths of the comparison files in `workdir`: (`comparison.json`, `comparison.md`)."""
     return os.path.join(workdir, "comparison.json"), os.path.join(workdir, "comparison.md")
@@ -255,7 +242,7 @@ def write_comparison(workdir, result):
     """
     json_path, md_path = comparison_paths(workdir)
     checkpointing.write_json_atomic(json_path, result)
-    _write_text_atomic(md_path, comparison_markdown(result))
+    checkpointing.write_text_atomic(md_path, comparison_markdown(result))
     return json_path, md_path
 
 

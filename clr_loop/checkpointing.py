@@ -60,16 +60,14 @@ class CheckpointError(_RunStateError):
     """Raised when no checkpoint can be restored or a checkpoint cannot be written; names the files."""
 
 
-def write_json_atomic(path, value):
-    """Writes `value` as JSON to `path` atomically: readers see the old file or the new one, never half.
-
-    On failure (for example a full disk) the temporary file is removed, the previous file is left
-    as it was, and the OSError propagates.
-    """
+def write_text_atomic(path, text):
+    """Writes the string `text` to `path` atomically: readers see the old file or the new one, never
+    half. On failure (for example a full disk) the temporary file is removed, the previous file is
+    left as it was, and the OSError propagates."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "w") as f:
-            json.dump(value, f, indent=1)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -77,6 +75,12 @@ def write_json_atomic(path, value):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_json_atomic(path, value):
+    """Writes `value` as JSON to `path` atomically (`write_text_atomic`); a value that is not JSON
+    raises before any file is touched."""
+    write_text_atomic(path, json.dumps(value, indent=1))
 
 
 def remove_stale_temporaries(workdir):

@@ -31,19 +31,20 @@ def test_atomic_json_write_failure_keeps_the_previous_file(tmp_path, monkeypatch
 
 
 def test_atomic_json_write_is_never_half_written(tmp_path, monkeypatch):
+    """Killed (here: interrupted) after the new text is written but before it is on disk: the old
+    file stays whole and the temporary one goes."""
     path = str(tmp_path / "config.json")
     checkpointing.write_json_atomic(path, {"a": 1})
-    real_dump = json.dump
 
-    def dump_half_then_die(value, f, **kwargs):
-        f.write('{"a": ')
+    def interrupted(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(json, "dump", dump_half_then_die)
+    monkeypatch.setattr(os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        checkpointing.write_json_atomic(path, {"a": 2})
-    monkeypatch.setattr(json, "dump", real_dump)
+        checkpointing.write_json_atomic(path, {"a": 2, "b": "x" * 10_000})
+    monkeypatch.undo()
     assert json.load(open(path)) == {"a": 1}
+    assert os.listdir(tmp_path) == ["config.json"]
 
 
 def test_config_differences():

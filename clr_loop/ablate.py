@@ -134,11 +134,9 @@ def data_key(config):
 
 
 def model_key(config, data):
-    """Returns what makes two runs' initial models alike: (model name, image shape, class count, pixel dtype).
-
-    Runs of one seed with the same key start from the same weights (the model's weights depend on
-    nothing else: the per-dataset normalisation statistics are constants, not weights).
-    """
+    """Returns what makes two runs' initial models alike, (model name, image shape, class count, pixel
+    dtype): runs of one seed with the same key start from the same weights (nothing else changes a
+    seeded model's weights; the per-dataset normalisation statistics are constants, not weights)."""
     return (config.model, tuple(int(d) for d in data.image_shape), int(data.num_classes), data.train.images.dtype.name)
 
 
@@ -353,11 +351,9 @@ def _history_or_empty(run_dir):
 
 
 def _plan_runs(flagfiles, seeds, per_seed, workdir, shared_init, overrides):
-    """Returns a Run per (seed, flagfile), seed-major, each Config built as `clr_loop.train` builds it.
-
-    `init_weights` is `shared_init`, or a placeholder `<workdir>/init[_seed<N>].weights.h5` that
-    `_assign_initial_weights` replaces once the data (and so each run's model) is known.
-    """
+    """Returns a Run per (seed, flagfile), seed-major, each Config built as `clr_loop.train` builds it,
+    with `init_weights` set to `shared_init` or to a placeholder `<workdir>/init[_seed<N>].weights.h5`
+    that `_assign_initial_weights` replaces once the data (and so each run's model) is known."""
     runs = []
     for seed in seeds:
         for flagfile in flagfiles:
@@ -374,11 +370,9 @@ def _plan_runs(flagfiles, seeds, per_seed, workdir, shared_init, overrides):
 
 
 def _assign_initial_weights(runs, data_by_key, workdir, per_seed):
-    """Returns (runs with their initial-weights file, {path: the Config whose model it holds}).
-
-    Runs of one seed whose `model_key` agrees share a file; when one seed's runs hold more than
-    one model, every file of the ablation is named by its model (`init_weights_path` with a key).
-    """
+    """Returns (the runs with their initial-weights file, {path: the Config whose model it holds}):
+    runs of one seed whose `model_key` agrees share a file; when the runs hold more than one model,
+    every file is named by its model (`init_weights_path` with a key)."""
     keys = [model_key(run.config, data_by_key[data_key(run.config)]) for run in runs]
     named = len(set(keys)) > 1
     assigned, builds = [], {}
@@ -473,7 +467,7 @@ def _write_figures(runs, rows, workdir, data_by_key):
 
 
 def main(argv):
-    """The app: checks every input, loads the data once, trains each run, writes the comparison and figures.
+    """The app: checks every input, loads each data source once, trains each run, writes the comparison and figures.
 
     Returns the exit status: 0, 1 when an input is unusable or a run failed, 128 + signal when
     interrupted (re-running the same command continues).

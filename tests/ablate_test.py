@@ -384,3 +384,21 @@ def test_an_ablation_across_datasets_and_models_matches_each_run_trained_alone(t
         assert sorted(ablated) == sorted(single)
         for key in sorted(set(single) - {"epoch_seconds"}):
             np.testing.assert_allclose(ablated[key], single[key], rtol=1e-5, err_msg=f"{stem}: {key}")
+
+
+def test_given_init_weights_that_do_not_fit_one_runs_model_are_refused_before_anything_is_written(
+        setup, tmp_path, capsys, no_training):
+    custom = str(tmp_path / "cnn.weights.h5")
+    keras.utils.set_random_seed(1)
+    trainer_lib.save_initial_weights(model_lib.create_model(seed=1), custom)  # the tutorial CNN's, 28x28x1
+    rgb = write_npz(tmp_path / "rgb.npz", **npz_arrays(n_train=32, n_test=8, shape=(8, 8, 3), classes=3))
+    resnet = tmp_path / "resnet.flags"
+    resnet.write_text(f"--dataset=npz:{rgb}\n--model=resnet20\n")
+    cnn = tmp_path / "cnn.flags"
+    cnn.write_text(f"--mode=none\n--dataset_dir={setup['data']}\n")
+    work = tmp_path / "abl"
+    status = run_ablate([str(cnn), str(resnet), f"--workdir={work}", f"--init_weights={custom}", *COMMON])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert f"error: --init_weights: initial weights file {custom} cannot be loaded into the model" in err
+    assert not work.exists()

@@ -5,16 +5,23 @@ r"""Same-initialisation ablations: train several flagfiles (and seeds) one after
 
 Each run's Config is built exactly as `clr_loop.train` builds it (`cli.config_from_flags` after
 parsing `--flagfile=<flagfile>` followed by every other flag given here), and trained by the same
-`trainer.Trainer` on data loaded once. The ablation sets four flags of every run itself: `--workdir`
-(`<workdir>/<flagfile stem>[_seed<N>]`), `--seed`, `--init_weights` and `--save_init`.
+`trainer.Trainer`. The flagfiles may name different datasets and models (`--dataset`, `--model`):
+each distinct data source (the dataset flags `--dataset`, `--tfds_data_dir`, `--dataset_dir`,
+`--train_split`, `--eval_split`) is loaded once and shared by the runs that name it. The ablation
+sets four flags of every run itself: `--workdir` (`<workdir>/<flagfile stem>[_seed<N>]`), `--seed`,
+`--init_weights` and `--save_init`.
 
 Initial weights. Without --seeds, one model is built from the base seed (`--seed`, default 42) and
 saved to `<workdir>/init.weights.h5`; every flagfile trains from it with that seed. With
 --seeds=1,2,3, each seed N gets its own `<workdir>/init_seed<N>.weights.h5`, shared by all
 flagfiles of that seed, and the seed also drives that run's data order and dropout; so within a seed
 the runs differ only by their flagfiles, and across seeds everything random varies. A seed's file
-holds the weights that `python -m clr_loop.train --seed=N` would start from. `--init_weights=PATH`
-instead starts every run (all seeds) from that file. Each run also saves the weights it actually
+holds the weights that `python -m clr_loop.train --seed=N` would start from. Weights are shared only
+among runs of one seed whose model is the same (the same `--model`, image shape, class count and
+pixel type): when the flagfiles name several, each such group gets its own file,
+`init[_seed<N>]_<model>_<H>x<W>x<C>_<K>classes_<pixel type>.weights.h5`, so two different models each
+start from their own seeded weights. `--init_weights=PATH` instead starts every run (all seeds) from
+that file, which must then fit every run's model. Each run also saves the weights it actually
 started from to `<run>/init.weights.h5` (through the trainer's `--save_init`).
 
 Outputs in --workdir: the run folders, `comparison.md` and `comparison.json` (rewritten after every
@@ -40,9 +47,10 @@ with process.gc_paused(), process.deferred_imports():
     from clr_loop import cli
     from clr_loop import config as config_lib
     from clr_loop import data as data_lib
+    from clr_loop import datasets
     from clr_loop import figures
     from clr_loop import loop
-    from clr_loop import model as model_lib
+    from clr_loop import models
     from clr_loop import runtime
     from clr_loop import trainer as trainer_lib
 
@@ -113,18 +121,53 @@ def run_name(flagfile, seed, per_seed):
     return f"{flagfile_stem(flagfile)}_seed{seed}" if per_seed else flagfile_stem(flagfile)
 
 
-def init_weights_path(workdir, seed, per_seed):
-    """Returns where a seed's initial weights go: `<workdir>/init.weights.h5` or `init_seed<N>.weights.h5`."""
-    return os.path.join(workdir, f"init_seed{seed}.weights.h5" if per_seed else "init.weights.h5")
+def init_weights_path(workdir, seed, per_seed, model_key=None):
+    """Returns where a seed's initial weights go: `<workdir>/init.weights.h5` or `init_seed<N>.weights.h5`,
+    with `_<model key>` before `.weights.h5` when a `model_key` (from `model_key_name`) is given."""
+    stem = f"init_seed{seed}" if per_seed else "init"
+    return os.path.join(workdir, f"{stem}_{model_key}.weights.h5" if model_key else f"{stem}.weights.h5")
 
 
-def build_initial_weights(seed, path):
-    """Builds the model for `seed` as `trainer.Trainer` does and saves its weights to `path`; returns `path`.
+def data_key(config):
+    """Returns the dataset settings of `config` that name its data source (the runs sharing them share one load)."""
+    return (config.dataset, config.tfds_data_dir, config.dataset_dir, config.train_split, config.eval_split)
 
-    So the file holds the weights a `clr_loop.train --seed=<seed>` run starts from.
+
+def model_key(config, data):
+    """Returns what makes two runs' initial models alike, (model name, image shape, class count, pixel
+    dtype): runs of one seed with the same key start from the same weights (nothing else changes a
+    seeded model's weights; the per-dataset normalisation statistics are constants, not weights)."""
+    return (config.model, tuple(int(d) for d in data.image_shape), int(data.num_classes), data.train.images.dtype.name)
+
+
+def model_key_name(key):
+    """Returns a file-name-safe name of a `model_key`: `<model>_<H>x<W>x<C>_<K>classes_<dtype>`."""
+    name, shape, num_classes, dtype = key
+    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+    return f"{slug}_{'x'.join(map(str, shape))}_{num_classes}classes_{dtype}"
+
+
+def build_model(config, data):
+    """Returns the keras.Model `trainer.Trainer` builds for `config` on `data`, after seeding Keras with `config.seed`."""
+    keras.utils.set_random_seed(config.seed)
+    return models.create(config.model, data.image_shape, data.num_classes, train_images=data.train.images,
+                         seed=config.seed).model
+
+
+def build_initial_weights(config, data, path):
+    """Builds the model for `config` (its seed and model) on `data` as `trainer.Trainer` does and saves its
+    weights to `path`; returns `path`.
+
+    So the file holds the weights a `clr_loop.train --seed=<seed> --model=... --dataset=...` run starts from.
     """
-    keras.utils.set_random_seed(seed)
-    return trainer_lib.save_initial_weights(model_lib.create_model(seed=seed), path)
+    return trainer_lib.save_initial_weights(build_model(config, data), path)
+
+
+def dataset_label(config):
+    """Returns the dataset a run names, as the comparison shows it: `--dataset`'s value, with
+    `[train_split/eval_split]` after it when those are not train/test."""
+    splits = (config.train_split, config.eval_split)
+    return config.dataset if splits == ("train", "test") else f"{config.dataset}[{'/'.join(splits)}]"
 
 
 def summarize_history(history):
@@ -151,8 +194,8 @@ def summarize_history(history):
 def aggregate_by_flagfile(rows):
     """Returns, per flagfile (in first-appearance order), the spread of the final metrics over its runs.
 
-    Only runs with status "ok" count. Each entry holds `flagfile`, `name` (its stem), `seeds`, `n`
-    and `final`: for each of FINAL_KEYS the `mean`, `std` (sample standard deviation, n-1; None for
+    Only runs with status "ok" count. Each entry holds `flagfile`, `name` (its stem), its
+    `dataset` and `model` (the first run's; a flagfile names one each), `seeds`, `n` and `final`: for each of FINAL_KEYS the `mean`, `std` (sample standard deviation, n-1; None for
     one run), `min` and `max`.
     """
     groups = {}
@@ -173,6 +216,8 @@ def aggregate_by_flagfile(rows):
         out.append({
             "flagfile": flagfile,
             "name": flagfile_stem(flagfile),
+            "dataset": members[0].get("dataset", datasets.DEFAULT),
+            "model": members[0].get("model", "tutorial_cnn"),
             "seeds": [m["seed"] for m in members],
             "n": len(members),
             "final": final,
@@ -182,6 +227,11 @@ def aggregate_by_flagfile(rows):
 
 def _fmt(value, digits=4):
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _cell(text):
+    """Returns `text` for a markdown table cell (`|` escaped; – for None)."""
+    return "–" if text is None else str(text).replace("|", "\\|")
 
 
 def _best(entry):
@@ -201,8 +251,8 @@ def comparison_markdown(result):
         "run's per-epoch train + eval times in its history.json.",
         "",
         "| run | seed | status | epochs | final loss | final accuracy | final val_loss | final val_accuracy "
-        "| best val_loss (epoch) | best val_accuracy (epoch) | wall time | epoch time (sum) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| best val_loss (epoch) | best val_accuracy (epoch) | wall time | epoch time (sum) | dataset | model |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["runs"]:
         final = row["final"] or dict.fromkeys(FINAL_KEYS)
@@ -210,15 +260,15 @@ def comparison_markdown(result):
             f"| {row['name']} | {row['seed']} | {row['status']} | {row['epochs']} | "
             + " | ".join(_fmt(final[key]) for key in FINAL_KEYS)
             + f" | {_best(row['best_val_loss'])} | {_best(row['best_val_accuracy'])} | {row['wall_seconds']:.0f} s"
-            + f" | {row['epoch_seconds_sum']:.0f} s |"
+            + f" | {row['epoch_seconds_sum']:.0f} s | {_cell(row.get('dataset'))} | {_cell(row.get('model'))} |"
         )
     if result["by_flagfile"] and any(group["n"] > 1 for group in result["by_flagfile"]):
         lines += [
             "",
             f"## Final epoch over seeds: {SPREAD}",
             "",
-            "| flagfile | runs | loss | accuracy | val_loss | val_accuracy |",
-            "|---|---|---|---|---|---|",
+            "| flagfile | runs | loss | accuracy | val_loss | val_accuracy | dataset | model |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for group in result["by_flagfile"]:
             cells = []
@@ -226,7 +276,8 @@ def comparison_markdown(result):
                 s = group["final"][key]
                 std = "" if s["std"] is None else f" ± {s['std']:.4f}"
                 cells.append(f"{s['mean']:.4f}{std} ({s['min']:.4f}–{s['max']:.4f})")
-            lines.append(f"| {group['flagfile']} | {group['n']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {group['flagfile']} | {group['n']} | " + " | ".join(cells)
+                         + f" | {_cell(group.get('dataset'))} | {_cell(group.get('model'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -286,8 +337,10 @@ def _history_or_empty(run_dir):
         return {}
 
 
-def _plan_runs(flagfiles, seeds, per_seed, workdir, init_paths, overrides):
-    """Returns a Run per (seed, flagfile), seed-major, each Config built as `clr_loop.train` builds it."""
+def _plan_runs(flagfiles, seeds, per_seed, workdir, shared_init, overrides):
+    """Returns a Run per (seed, flagfile), seed-major, each Config built as `clr_loop.train` builds it,
+    with `init_weights` set to `shared_init` or to a placeholder `<workdir>/init[_seed<N>].weights.h5`
+    that `_assign_initial_weights` replaces once the data (and so each run's model) is known."""
     runs = []
     for seed in seeds:
         for flagfile in flagfiles:
@@ -296,19 +349,25 @@ def _plan_runs(flagfiles, seeds, per_seed, workdir, init_paths, overrides):
             forced = {
                 "workdir": run_dir,
                 "seed": seed,
-                "init_weights": init_paths[seed],
+                "init_weights": shared_init or init_weights_path(workdir, seed, per_seed),
                 "save_init": os.path.join(run_dir, "init.weights.h5"),
             }
             runs.append(Run(name, flagfile, seed, _config_for_run(flagfile, overrides, forced)))
-    if len({(r.config.dataset_dir, r.config.tfds_data_dir) for r in runs}) > 1:
-        raise app.UsageError("the flagfiles name different data sources (--dataset_dir/--tfds_data_dir); a comparison needs one")
-    others = sorted({f"--dataset={r.config.dataset} --model={r.config.model}" for r in runs
-                     if (r.config.dataset, r.config.model, r.config.train_split, r.config.eval_split)
-                     != ("fashion_mnist", "tutorial_cnn", "train", "test")})
-    if others:
-        # The ablation loads Fashion-MNIST once and shares the tutorial CNN's initial weights.
-        raise app.UsageError(f"the ablation compares tutorial runs (Fashion-MNIST, tutorial_cnn) only, not {'; '.join(others)}")
     return runs
+
+
+def _assign_initial_weights(runs, data_by_key, workdir, per_seed):
+    """Returns (the runs with their initial-weights file, {path: the Config whose model it holds}):
+    runs of one seed whose `model_key` agrees share a file; when the runs hold more than one model,
+    every file is named by its model (`init_weights_path` with a key)."""
+    keys = [model_key(run.config, data_by_key[data_key(run.config)]) for run in runs]
+    named = len(set(keys)) > 1
+    assigned, builds = [], {}
+    for run, key in zip(runs, keys):
+        path = init_weights_path(workdir, run.seed, per_seed, model_key_name(key) if named else None)
+        builds.setdefault(path, run.config)
+        assigned.append(dataclasses.replace(run, config=dataclasses.replace(run.config, init_weights=path)))
+    return assigned, builds
 
 
 def _refused_runs(runs):
@@ -363,6 +422,9 @@ def _train_run(run, data):
         "name": run.name,
         "flagfile": run.flagfile,
         "seed": run.seed,
+        "dataset": dataset_label(run.config),
+        "model": run.config.model,
+        "data_source": data.source,
         "workdir": run.config.workdir,
         "init_weights": run.config.init_weights,
         "status": status,
@@ -373,8 +435,9 @@ def _train_run(run, data):
     return row, interrupted
 
 
-def _write_figures(runs, rows, workdir, num_train_examples):
-    """Writes the history figures of the runs that finished an epoch and each flagfile's schedule; returns the paths."""
+def _write_figures(runs, rows, workdir, data_by_key):
+    """Writes the history figures of the runs that finished an epoch and each flagfile's schedule (on
+    the training-set size of its own dataset); returns the paths."""
     figure_dir = os.path.join(workdir, "figures")
     done = [run for run, row in zip(runs, rows) if row["epochs"] > 0]
     paths = []
@@ -386,12 +449,12 @@ def _write_figures(runs, rows, workdir, num_train_examples):
     for flagfile in dict.fromkeys(r.flagfile for r in runs):
         config = next(r.config for r in runs if r.flagfile == flagfile)
         path = os.path.join(figure_dir, f"schedule_{flagfile_stem(flagfile)}.png")
-        paths.append(figures.plot_schedule(config, path, num_train_examples))
+        paths.append(figures.plot_schedule(config, path, data_by_key[data_key(config)].train.num_examples))
     return paths
 
 
 def main(argv):
-    """The app: checks every input, loads the data once, trains each run, writes the comparison and figures.
+    """The app: checks every input, loads each data source once, trains each run, writes the comparison and figures.
 
     Returns the exit status: 0, 1 when an input is unusable or a run failed, 128 + signal when
     interrupted (re-running the same command continues).
@@ -424,9 +487,8 @@ def main(argv):
         + ([] if make_figures else ["--nofigures"])
         + overrides
     )
-    init_paths = {seed: shared_init or init_weights_path(workdir, seed, per_seed) for seed in seeds}
     # Re-parsing the flags per run resets them, so everything read from FLAGS is read above.
-    runs = _plan_runs(flagfiles, seeds, per_seed, workdir, init_paths, overrides)
+    runs = _plan_runs(flagfiles, seeds, per_seed, workdir, shared_init, overrides)
     # A run its folder would refuse is found before anything is written: the last good
     # comparison and its figures stay as they are.
     refused = _refused_runs(runs)
@@ -443,19 +505,32 @@ def main(argv):
         runtime.configure_threads(splits.pop())
     else:
         logging.info("the runs split their batches differently (%s): TensorFlow's default thread pools", sorted(splits))
+    data_by_key = {}
     try:
         if make_figures:
             figures.require_matplotlib()
+        for run in runs:
+            key = data_key(run.config)
+            if key not in data_by_key:
+                config = run.config
+                data_by_key[key] = datasets.load(config.dataset, tfds_data_dir=config.tfds_data_dir,
+                                                 dataset_dir=config.dataset_dir, train_split=config.train_split,
+                                                 eval_split=config.eval_split)
         if shared_init:
-            trainer_lib.load_initial_weights(model_lib.create_model(), shared_init)
-        data = data_lib.load(tfds_data_dir=runs[0].config.tfds_data_dir, dataset_dir=runs[0].config.dataset_dir)
-    except (figures.PlotError, trainer_lib.WeightsError, data_lib.DataError) as e:
+            checked = set()
+            for run in runs:
+                data = data_by_key[data_key(run.config)]
+                key = model_key(run.config, data)
+                if key not in checked:
+                    checked.add(key)
+                    trainer_lib.load_initial_weights(build_model(run.config, data), shared_init)
+    except (figures.PlotError, trainer_lib.WeightsError, data_lib.DataError, models.ModelError) as e:
         print(f"error: {cli.error_message(e)}", file=sys.stderr)
         return 1
     problems = []
     for run in runs:
         try:
-            data_lib.steps_per_epoch(data.train.num_examples, run.config.batch_size)
+            data_lib.steps_per_epoch(data_by_key[data_key(run.config)].train.num_examples, run.config.batch_size)
         except data_lib.DataError as e:
             problems.append(f"{run.name}: {e}")
     problems = problems or _output_problems(workdir, runs, make_figures)
@@ -467,27 +542,33 @@ def main(argv):
     if shared_init:
         init_note = f"every run starts from `{shared_init}`."
     else:
+        runs, builds = _assign_initial_weights(runs, data_by_key, workdir, per_seed)
         try:
-            for seed in seeds:
-                build_initial_weights(seed, init_paths[seed])
-        except trainer_lib.WeightsError as e:
-            print(f"error: {e}", file=sys.stderr)
+            for path, config in builds.items():
+                build_initial_weights(config, data_by_key[data_key(config)], path)
+        except (trainer_lib.WeightsError, models.ModelError) as e:
+            print(f"error: {cli.error_message(e)}", file=sys.stderr)
             return 1
-        names = ", ".join(f"`{os.path.basename(init_paths[s])}` (seed {s})" for s in seeds)
-        init_note = f"all runs of a seed start from the same weights: {names}."
+        names = ", ".join(f"`{os.path.basename(path)}` (seed {config.seed})" for path, config in builds.items())
+        if len(builds) == len(seeds):
+            init_note = f"all runs of a seed start from the same weights: {names}."
+        else:
+            init_note = ("runs of a seed with the same model (model, image shape, class count, pixel type) start "
+                         "from the same weights; runs of different models each start from their own seeded "
+                         f"weights, as `clr_loop.train --seed=N` builds them: {names}.")
     result = {
         "command": command,
         "workdir": workdir,
         "seeds": seeds if per_seed else None,
         "init_note": init_note,
         "spread": SPREAD,
-        "data": data.source,
+        "data": [data.source for data in data_by_key.values()],
         "runs": [],
         "by_flagfile": [],
     }
     for i, run in enumerate(runs):
         print(f"== run {i + 1}/{len(runs)}: {run.name} ({run.flagfile}, seed {run.seed}) in {run.config.workdir}", flush=True)
-        row, interrupted = _train_run(run, data)
+        row, interrupted = _train_run(run, data_by_key[data_key(run.config)])
         result["runs"].append(row)
         result["by_flagfile"] = aggregate_by_flagfile(result["runs"])
         try:
@@ -503,7 +584,7 @@ def main(argv):
     print(json_path)
     if make_figures:
         try:
-            for path in _write_figures(runs, result["runs"], workdir, data.train.num_examples):
+            for path in _write_figures(runs, result["runs"], workdir, data_by_key):
                 print(path)
         except figures.PlotError as e:
             print(f"error: the figures: {e}", file=sys.stderr)

@@ -37,7 +37,7 @@ RESUMABLE_CHANGES = frozenset(
 # config.json without the key compares as that value, so such a run resumes under the defaults.
 ADDED_SETTINGS = {
     "dataset": "fashion_mnist", "train_split": "train", "eval_split": "test", "model": "tutorial_cnn",
-    "optimizer": "sgd", "weight_decay": None, "augment": "none",
+    "optimizer": "sgd", "weight_decay": None, "augment": "none", "boundaries_epochs": None, "values": None,
 }
 # Files and folders a run writes into its workdir; --overwrite removes these and nothing else.
 RUN_OUTPUTS = ("ckpt", "train", "eval", "plugins", "history.json", "config.json", "run.json")

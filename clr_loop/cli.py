@@ -30,6 +30,8 @@ def _definitions():
         (floating, "weight_decay", None, f"Keras's decoupled weight decay (w -= lr * weight_decay * w each step; default: none, adamw {config_lib.ADAMW_WEIGHT_DECAY}).", {}),
         (enum, "augment", d.augment, "flip_crop: pad 4, random crop, random horizontal flip, in the compiled step.", {"enum_values": ["none", "flip_crop"]}),
         (enum, "mode", d.mode, "Learning-rate schedule; `none` is plain SGD at --lr.", {"enum_values": config_lib.MODES}),
+        (listing, "boundaries_epochs", None, "piecewise: comma-separated epochs where the rate changes, e.g. 82,123 (fractions allowed; round(epochs * steps per epoch) steps).", {}),
+        (listing, "values", None, "piecewise: comma-separated rates, one more than --boundaries_epochs: the rate before the first boundary, then after each, e.g. 0.1,0.01,0.001.", {}),
         (floating, "lr", d.lr, "Constant learning rate for --mode=none (Keras SGD's default).", {}),
         (floating, "initial_lr", d.initial_lr, "Lower bound of the cyclical rate.", {}),
         (floating, "max_lr", d.max_lr, "Upper bound of the cyclical rate; one_cycle's peak rate.", {}),
@@ -98,6 +100,16 @@ def _profile_steps(values):
     return (start, stop)
 
 
+def _numbers(name, values):
+    """Returns a list flag's values as a tuple of floats (None when unset); raises app.UsageError naming the flag."""
+    if values is None:
+        return None
+    try:
+        return tuple(float(v) for v in values)
+    except ValueError:
+        raise app.UsageError(f"--{name} must be comma-separated numbers, got {','.join(values)!r}") from None
+
+
 def config_from_flags(flag_values):
     """Returns the `config.Config` that the parsed training flags of `flag_values` describe.
 
@@ -106,6 +118,8 @@ def config_from_flags(flag_values):
     """
     values = {f.name: flag_values[f.name].value for f in dataclasses.fields(config_lib.Config) if f.name in flag_values}
     values["profile_steps"] = _profile_steps(flag_values["profile_steps"].value)
+    for name in ("boundaries_epochs", "values"):
+        values[name] = _numbers(name, flag_values[name].value)
     devices = flag_values["devices"].value
     values["devices"] = tuple(devices) if devices else None
     workdir = flag_values["workdir"].value

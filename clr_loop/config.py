@@ -5,13 +5,15 @@ import json
 import math
 from typing import Optional, Tuple
 
+import keras
+
 from clr_loop import augment as augment_lib
 from clr_loop import data as data_lib
 from clr_loop import datasets
 from clr_loop import models
 from clr_loop import schedules
 
-MODES = ("none",) + schedules.MODES + ("one_cycle",)
+MODES = ("none",) + schedules.MODES + ("one_cycle", "piecewise")
 JIT_CHOICES = ("auto", "true", "false")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -83,6 +85,8 @@ class Config:
     optimizer: str = "sgd"
     weight_decay: Optional[float] = None
     augment: str = "none"
+    boundaries_epochs: Optional[Tuple[float, ...]] = None
+    values: Optional[Tuple[float, ...]] = None
 
     def to_json_dict(self):
         """Returns the configuration as a JSON-safe dict (tuples become lists)."""
@@ -96,7 +100,7 @@ class Config:
         if unknown:
             raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
         values = dict(values)
-        for key in ("profile_steps", "devices"):
+        for key in ("profile_steps", "devices", "boundaries_epochs", "values"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -119,6 +123,7 @@ class StepPlan:
     total_steps: int
     step_size: int
     step_size_down: Optional[int]
+    boundaries: Optional[Tuple[int, ...]] = None
 
 
 def plan_steps(config, num_train_examples):
@@ -126,7 +131,8 @@ def plan_steps(config, num_train_examples):
 
     Steps per epoch are `num_train_examples // batch_size` (the last partial batch is dropped);
     `step_size = round(step_size_epochs * steps_per_epoch)`, at least 1; `total_steps` is
-    `epochs * steps_per_epoch`, capped by `max_steps` when that is positive.
+    `epochs * steps_per_epoch`, capped by `max_steps` when that is positive; `boundaries` (mode
+    piecewise) are `round(e * steps_per_epoch)` for each of `boundaries_epochs`, else None.
     """
     steps_per_epoch = data_lib.steps_per_epoch(num_train_examples, config.batch_size)
     total = config.epochs * steps_per_epoch
@@ -141,6 +147,8 @@ def plan_steps(config, num_train_examples):
         total_steps=total,
         step_size=to_steps(config.step_size_epochs),
         step_size_down=to_steps(config.step_size_down_epochs),
+        boundaries=None if config.boundaries_epochs is None else tuple(
+            int(round(e * steps_per_epoch)) for e in config.boundaries_epochs),
     )
 
 
@@ -152,12 +160,17 @@ class ScheduleError(ValueError):
 def make_schedule(config, plan):
     """Returns the learning rate for `config`: a float for mode "none", else a Keras schedule in steps.
 
-    For one_cycle, the schedule spans `epochs * steps_per_epoch` steps (not `max_steps`), so a
-    capped smoke run sees the start of the real schedule. Raises ScheduleError when those steps are
-    too few for its phases.
+    For piecewise, Keras's `PiecewiseConstantDecay` with the plan's step boundaries: `values[0]`
+    for steps up to and including `boundaries[0]`, `values[i]` for steps in (boundaries[i-1],
+    boundaries[i]], the last value after the last boundary (steps count from 0, as
+    `optimizer.iterations` before the update). For one_cycle, the schedule spans
+    `epochs * steps_per_epoch` steps (not `max_steps`), so a capped smoke run sees the start of the
+    real schedule. Raises ScheduleError when those steps are too few for its phases.
     """
     if config.mode == "none":
         return config.lr
+    if config.mode == "piecewise":
+        return keras.optimizers.schedules.PiecewiseConstantDecay(list(plan.boundaries), [float(v) for v in config.values])
     if config.mode == "one_cycle":
         total = config.epochs * plan.steps_per_epoch
         try:
@@ -261,6 +274,40 @@ def validate(config):
         if getattr(config, name) is not None and not getattr(config, name).strip():
             problems.append(f"--{name} must not be empty (leave it out to find the data automatically)")
     problems.extend(_experiment_problems(config))
+    problems.extend(_piecewise_problems(config))
+    return problems
+
+
+def _finite_numbers(values):
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def _piecewise_problems(config):
+    """Returns the problems with the piecewise-constant schedule's settings (boundaries_epochs, values)."""
+    boundaries, values = config.boundaries_epochs, config.values
+    if config.mode != "piecewise":
+        given = [f"--{name}" for name in ("boundaries_epochs", "values") if getattr(config, name) is not None]
+        return [f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for --mode=piecewise, "
+                f"not --mode={config.mode}"] if given else []
+    problems = []
+    if not boundaries:
+        problems.append("--mode=piecewise needs --boundaries_epochs=E1,E2,... (the epochs where the rate changes)")
+    elif not _finite_numbers(boundaries) or min(boundaries) <= 0:
+        problems.append(f"--boundaries_epochs must be positive numbers of epochs, got {','.join(map(str, boundaries))}")
+    elif any(b >= a for a, b in zip(boundaries[1:], boundaries)):
+        problems.append(f"--boundaries_epochs must increase, got {','.join(map(str, boundaries))}")
+    elif max(boundaries) > MAX_EPOCHS:
+        problems.append(f"--boundaries_epochs must be at most {MAX_EPOCHS:.0e} epochs, got {max(boundaries)!r}")
+    if not values:
+        problems.append("--mode=piecewise needs --values=V0,V1,... (the rate before the first boundary, then after each)")
+    elif not _finite_numbers(values) or min(values) <= 0:
+        problems.append(f"--values must be positive learning rates, got {','.join(map(str, values))}")
+    elif boundaries and len(values) != len(boundaries) + 1:
+        problems.append(f"--values needs one rate more than --boundaries_epochs (before the first boundary, then "
+                        f"after each): {len(boundaries)} boundaries, {len(values)} values")
+    if config.cycle_momentum:
+        problems.append("--cycle_momentum needs a cyclical --mode (triangular, triangular2, exp_range, one_cycle), "
+                        "not piecewise; use --momentum")
     return problems
 
 

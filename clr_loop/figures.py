@@ -276,7 +276,9 @@ def plot_schedule(config, path, num_train_examples=data_lib.FULL_SIZE["train"]):
     steps, lr = schedule_series(config, num_train_examples)
     plan = config_lib.plan_steps(config, num_train_examples)
     title = f"{config.mode}: {config.epochs} epochs of {plan.steps_per_epoch} steps"
-    if config.mode not in ("none", "one_cycle"):
+    if config.mode == "piecewise":
+        title += f", boundaries at steps {', '.join(map(str, plan.boundaries))}"
+    elif config.mode not in ("none", "one_cycle"):
         title += f", step_size {plan.step_size}"
     draw_schedule(steps, lr, path, title)
     return path

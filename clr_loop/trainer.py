@@ -247,7 +247,9 @@ def config_conflict(config):
 
 
 def _plan_dict(plan, jit_compile, batch_splits):
+    boundaries = {} if plan.boundaries is None else {"boundaries": list(plan.boundaries)}
     return {
+        **boundaries,
         "steps_per_epoch": plan.steps_per_epoch,
         "total_steps": plan.total_steps,
         "step_size": plan.step_size,

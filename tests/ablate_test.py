@@ -14,10 +14,13 @@ from absl.testing import flagsaver
 
 from clr_loop import ablate
 from clr_loop import data as data_lib
+from clr_loop import datasets
 from clr_loop import model as model_lib
 from clr_loop import figures
 from clr_loop import train
 from clr_loop import trainer as trainer_lib
+from datasets_test import npz_arrays
+from datasets_test import write_npz
 from train_cli_test import assert_one_line_usage_error
 from train_cli_test import write_tiny_idx_dir
 
@@ -317,3 +320,85 @@ def test_empty_workdir_is_refused(setup, tmp_path, monkeypatch):
     with pytest.raises(app.UsageError, match="--workdir must not be empty"):
         run_ablate([*setup["flagfiles"], "--workdir="])
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_an_ablation_across_datasets_and_models_matches_each_run_trained_alone(tmp_path, starting_weights, monkeypatch,
+                                                                              capsys):
+    # Two runs of the tutorial CNN on one npz dataset (loaded once, one initial model) and a ResNet-20 run
+    # on another (float RGB images, 3 classes, its own seeded weights), with different epoch counts.
+    cnn_data = write_npz(tmp_path / "gray.npz", **npz_arrays(n_train=32, n_test=12, shape=(28, 28), classes=10))
+    rgb = npz_arrays(n_train=32, n_test=12, shape=(8, 8, 3), classes=3, seed=1)
+    rgb_data = write_npz(tmp_path / "rgb.npz", **{**rgb, "x_train": rgb["x_train"] / 255.0, "x_test": rgb["x_test"] / 255.0})
+    small = "--batch_size=8\n--eval_batch_size=8\n--steps_per_loop=2\n--log_every_steps=2\n--jit_compile=false\n"
+    (tmp_path / "cnn_sgd.flags").write_text(f"--dataset=npz:{cnn_data}\n--mode=none\n--lr=0.05\n--epochs=2\n{small}")
+    (tmp_path / "cnn_1cycle.flags").write_text(f"--dataset=npz:{cnn_data}\n--mode=one_cycle\n--max_lr=0.1\n--epochs=2\n{small}")
+    (tmp_path / "resnet.flags").write_text(f"--dataset=npz:{rgb_data}\n--model=resnet20\n--optimizer=adam\n"
+                                           f"--mode=triangular\n--max_lr=0.01\n--step_size_epochs=1\n--epochs=3\n{small}")
+    flagfiles = [str(tmp_path / f"{stem}.flags") for stem in ("cnn_sgd", "resnet", "cnn_1cycle")]
+    loads = []
+    load_npz = datasets.load_npz
+    monkeypatch.setattr(datasets, "load_npz", lambda path: loads.append(path) or load_npz(path))
+    work = str(tmp_path / "abl")
+    assert run_ablate([*flagfiles, f"--workdir={work}", "--seed=5"]) == 0
+    assert sorted(loads) == sorted([cnn_data, rgb_data])  # each data source loaded once
+
+    comparison = json.load(open(os.path.join(work, "comparison.json")))
+    rows = {row["name"]: row for row in comparison["runs"]}
+    assert [(r["name"], r["dataset"], r["model"], r["epochs"]) for r in comparison["runs"]] == [
+        ("cnn_sgd", f"npz:{cnn_data}", "tutorial_cnn", 2), ("resnet", f"npz:{rgb_data}", "resnet20", 3),
+        ("cnn_1cycle", f"npz:{cnn_data}", "tutorial_cnn", 2)]
+    assert [(g["name"], g["dataset"], g["model"]) for g in comparison["by_flagfile"]] == [
+        ("cnn_sgd", f"npz:{cnn_data}", "tutorial_cnn"), ("resnet", f"npz:{rgb_data}", "resnet20"),
+        ("cnn_1cycle", f"npz:{cnn_data}", "tutorial_cnn")]
+    markdown = open(os.path.join(work, "comparison.md")).read()
+    assert "| dataset | model |" in markdown and "own seeded weights" in markdown
+    for name, row in rows.items():
+        assert f"| {name} | 5 | ok | {row['epochs']} |" in markdown
+        assert f" s | npz:{cnn_data if name != 'resnet' else rgb_data} | {row['model']} |" in markdown
+
+    # The CNN runs share one initial model; ResNet-20 has its own file.
+    cnn_init = os.path.join(work, "init_tutorial_cnn_28x28x1_10classes_uint8.weights.h5")
+    resnet_init = os.path.join(work, "init_resnet20_8x8x3_3classes_float32.weights.h5")
+    assert rows["cnn_sgd"]["init_weights"] == rows["cnn_1cycle"]["init_weights"] == cnn_init
+    assert rows["resnet"]["init_weights"] == resnet_init and os.path.isfile(resnet_init)
+    assert_same(starting_weights[os.path.join(work, "cnn_sgd")], starting_weights[os.path.join(work, "cnn_1cycle")])
+    assert_same(starting_weights[os.path.join(work, "cnn_sgd")], file_weights(cnn_init))
+
+    # Figures of runs with different datasets and epoch counts, and each flagfile's schedule.
+    pngs = [line for line in capsys.readouterr().out.splitlines() if line.endswith(".png")]
+    assert [os.path.basename(p) for p in pngs] == [*figures.HISTORY_FIGURES, "schedule_cnn_sgd.png",
+                                                   "schedule_resnet.png", "schedule_cnn_1cycle.png"]
+    assert all(os.path.getsize(p) > 1000 for p in pngs)
+
+    # The oracle: each run trained alone by `clr_loop.train --flagfile=F --seed=5` (its own fresh
+    # seeded model, no initial-weights file) gives the same history.
+    for flagfile in flagfiles:
+        stem = ablate.flagfile_stem(flagfile)
+        alone = str(tmp_path / "alone" / stem)
+        with flagsaver.flagsaver():
+            flags.FLAGS.unparse_flags()
+            rest = flags.FLAGS(["clr_loop.train", f"--flagfile={flagfile}", f"--workdir={alone}", "--seed=5"])
+            assert train.main(rest) == 0
+        ablated = json.load(open(os.path.join(work, stem, "history.json")))
+        single = json.load(open(os.path.join(alone, "history.json")))
+        assert sorted(ablated) == sorted(single)
+        for key in sorted(set(single) - {"epoch_seconds"}):
+            np.testing.assert_allclose(ablated[key], single[key], rtol=1e-5, err_msg=f"{stem}: {key}")
+
+
+def test_given_init_weights_that_do_not_fit_one_runs_model_are_refused_before_anything_is_written(
+        setup, tmp_path, capsys, no_training):
+    custom = str(tmp_path / "cnn.weights.h5")
+    keras.utils.set_random_seed(1)
+    trainer_lib.save_initial_weights(model_lib.create_model(seed=1), custom)  # the tutorial CNN's, 28x28x1
+    rgb = write_npz(tmp_path / "rgb.npz", **npz_arrays(n_train=32, n_test=8, shape=(8, 8, 3), classes=3))
+    resnet = tmp_path / "resnet.flags"
+    resnet.write_text(f"--dataset=npz:{rgb}\n--model=resnet20\n")
+    cnn = tmp_path / "cnn.flags"
+    cnn.write_text(f"--mode=none\n--dataset_dir={setup['data']}\n")
+    work = tmp_path / "abl"
+    status = run_ablate([str(cnn), str(resnet), f"--workdir={work}", f"--init_weights={custom}", *COMMON])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert f"error: --init_weights: initial weights file {custom} cannot be loaded into the model" in err
+    assert not work.exists()

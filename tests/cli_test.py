@@ -33,6 +33,8 @@ def test_flags_become_config_values():
     assert (config.mode, config.gamma, config.batch_size) == ("exp_range", 0.999, 32)
     assert config.profile_steps == (5, 8) and config.devices == ("/cpu:0", "/cpu:1")
     assert config.workdir == "runs/exp_range" and config.cycle_momentum is True and config.three_phase is False
+    config = cli.config_from_flags(parsed("--mode=piecewise", "--boundaries_epochs=82,123", "--values=0.1,0.01,1e-3"))
+    assert config.boundaries_epochs == (82.0, 123.0) and config.values == (0.1, 0.01, 0.001)
 
 
 @pytest.mark.parametrize(
@@ -41,6 +43,8 @@ def test_flags_become_config_values():
         (["--max_lr=1e-5"], r"--max_lr \(1e-05\) must be greater than --initial_lr \(0.0001\)"),
         (["--batch_size=0"], "--batch_size"),
         (["--profile_steps=1,x"], "--profile_steps must be START,STOP"),
+        (["--mode=piecewise", "--boundaries_epochs=1,x", "--values=1,2,3"], "--boundaries_epochs must be comma-separated numbers"),
+        (["--mode=piecewise", "--boundaries_epochs=1,2", "--values=1,2"], "--values needs one rate more"),
     ],
 )
 def test_bad_values_raise_usage_errors_naming_the_flag(argv, message):

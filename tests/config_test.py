@@ -1,7 +1,10 @@
 """Tests for clr_loop.config: epochs-to-steps conversion, schedules from a Config, validation."""
 
 import dataclasses
+import json
 
+import keras
+import numpy as np
 import pytest
 
 from clr_loop import config as config_lib
@@ -83,3 +86,39 @@ def test_a_one_cycle_too_short_for_its_phases_names_the_settings():
     config = config_lib.Config(mode="one_cycle", epochs=1, batch_size=64)
     with pytest.raises(config_lib.ScheduleError, match=r"--mode=one_cycle spans --epochs=1 x 1 batches per epoch = 1 steps, too few"):
         config_lib.make_schedule(config, config_lib.plan_steps(config, 96))
+
+
+def test_piecewise_schedule_against_a_numpy_oracle():
+    config = config_lib.Config(mode="piecewise", boundaries_epochs=(1, 2.55), values=(0.1, 0.01, 0.001), batch_size=10,
+                               epochs=4)
+    plan = config_lib.plan_steps(config, 105)  # 10 steps per epoch: boundaries at steps 10 and round(25.5) = 26
+    assert plan.boundaries == (10, 26)
+    schedule = config_lib.make_schedule(config, plan)
+    steps = np.arange(plan.total_steps)
+    # The rate for step s (optimizer.iterations before the update): values[i] for s in (b[i-1], b[i]].
+    expected = np.array([0.1, 0.01, 0.001])[np.searchsorted([10, 26], steps, side="left")]
+    np.testing.assert_allclose(np.asarray(schedule(steps), dtype=np.float64), expected, rtol=1e-6)
+    assert np.asarray(schedule(10)) == pytest.approx(0.1) and np.asarray(schedule(11)) == pytest.approx(0.01)
+    assert json.loads(json.dumps(keras.saving.serialize_keras_object(schedule)))  # JSON-safe
+    assert not config.uses_cycle_momentum
+    # Other modes plan no boundaries; the settings round-trip through config.json.
+    assert config_lib.plan_steps(config_lib.Config(), 105).boundaries is None
+    assert config_lib.Config.from_json_dict(json.loads(json.dumps(config.to_json_dict()))) == config
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({}, "--mode=piecewise needs --boundaries_epochs"),
+        ({"boundaries_epochs": (3.0, 2.0), "values": (1.0, 0.1, 0.01)}, "--boundaries_epochs must increase"),
+        ({"boundaries_epochs": (0.0,), "values": (1.0, 0.1)}, "--boundaries_epochs must be positive"),
+        ({"boundaries_epochs": (1.0,)}, "--mode=piecewise needs --values"),
+        ({"boundaries_epochs": (1.0, 2.0), "values": (1.0, 0.1)}, "--values needs one rate more than --boundaries_epochs"),
+        ({"boundaries_epochs": (1.0,), "values": (1.0, -0.1)}, "--values must be positive"),
+        ({"boundaries_epochs": (1.0,), "values": (1.0, 0.1), "cycle_momentum": True}, "--cycle_momentum needs a cyclical --mode"),
+        ({"mode": "one_cycle", "values": (1.0, 0.1)}, "--values is for --mode=piecewise, not --mode=one_cycle"),
+    ],
+)
+def test_piecewise_settings_are_validated_naming_the_flags(changes, message):
+    config = config_lib.Config(**{"mode": "piecewise", **changes})
+    assert any(message in problem for problem in config_lib.validate(config)), config_lib.validate(config)

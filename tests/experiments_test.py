@@ -211,3 +211,36 @@ def test_bad_datasets_and_models_exit_1_naming_them_before_writing(tmp_path, cap
         err = capsys.readouterr().err
         assert f"error: " in err and message in err, (argv, err)
         assert not os.path.exists(workdir), argv
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize(
+    "name,dataset,model,mode",
+    [
+        ("cifar10_resnet20_baseline.flags", "cifar10", "resnet20", "piecewise"),
+        ("cifar10_resnet20_one_cycle.flags", "cifar10", "resnet20", "one_cycle"),
+        ("mnist_one_cycle.flags", "mnist", "tutorial_cnn", "one_cycle"),
+    ],
+)
+def test_each_new_flagfile_parses_and_trains_under_mock_data(tmp_path, name, dataset, model, mode):
+    # Real CIFAR-10 and MNIST cannot be downloaded here: the flagfile's own settings, on 40 mock
+    # examples per split, for 3 steps (the epochs, boundaries and schedule stay the flagfile's).
+    workdir = str(tmp_path / "run")
+    with tfds.testing.mock_data(num_examples=40):
+        status = run_main_in_process(
+            [f"--flagfile={os.path.join(REPO, 'flags', name)}", f"--tfds_data_dir={tmp_path / 'tfds'}",
+             f"--workdir={workdir}", "--max_steps=3", "--batch_size=8", "--eval_batch_size=16", "--steps_per_loop=3",
+             "--jit_compile=false"]
+        )
+    assert status == 0
+    config = saved_config(workdir)
+    assert (config["dataset"], config["model"], config["mode"]) == (dataset, model, mode)
+    assert config["resolved"]["total_steps"] == 3 and config["resolved"]["steps_per_epoch"] == 5
+    history = json.load(open(os.path.join(workdir, "history.json")))
+    assert len(history["val_accuracy"]) == 1 and np.isfinite(history["val_loss"]).all()
+    if mode == "piecewise":
+        assert config["resolved"]["boundaries"] == [82 * 5, 123 * 5]
+        assert history["lr"] == pytest.approx([0.1])  # before the first boundary
+        assert (config["momentum"], config["weight_decay"]) == (0.9, 1e-3)

@@ -123,6 +123,26 @@ def resolve_batch_splits(config, replicas=1):
     return runtime.auto_batch_splits(config.batch_size)
 
 
+def normalization_images(data):
+    """Returns the training images a model's normalisation layer is computed from: all of them for data in
+    memory; for streamed data (`datasets.StreamedSplit`) the first `datasets.NORMALIZATION_SAMPLE` in file
+    order, one bounded read (TFDS shuffles a split's examples when it prepares it, so they are a sample)."""
+    return data.train.sample() if getattr(data, "streamed", False) else data.train.images
+
+
+def make_inputs(config, data):
+    """Returns `(train_input, validation)` for `loop.Run`: batches of the in-memory arrays (the last
+    partial training batch dropped), or for streamed data the TFDS train split as a tf.data.Dataset
+    (seeded shuffle buffer, `config.batch_size` batches, remainder dropped; the loop checkpoints its
+    iterator) and the eval split as batches of `config.eval_batch_size`."""
+    if getattr(data, "streamed", False):
+        return (inputs.make_train_input(data.train.train_dataset(config.batch_size, config.seed), None, None,
+                                        drop_remainder=True),
+                inputs.make_validation(data.test.eval_dataset(config.eval_batch_size), config.eval_batch_size))
+    return (inputs.make_train_input(data.train.images, data.train.labels, config.batch_size, drop_remainder=True),
+            inputs.make_validation((data.test.images, data.test.labels), config.eval_batch_size))
+
+
 class Trainer:
     """The experiment for one Config: builds and compiles its model, then trains it with
     `clr_loop.loop` on the dataset's arrays, with `config.workdir` as the run directory.
@@ -147,7 +167,7 @@ class Trainer:
         with self.strategy.scope():
             if model is None:
                 built = models.create(config.model, data.image_shape, data.num_classes,
-                                      train_images=data.train.images, seed=config.seed)
+                                      train_images=normalization_images(data), seed=config.seed)
                 model, from_logits = built.model, built.from_logits
             else:
                 from_logits = False
@@ -158,8 +178,7 @@ class Trainer:
         self.optimizer = self.model.optimizer
         self.run = loop.Run(
             self.model,
-            inputs.make_train_input(data.train.images, data.train.labels, config.batch_size, drop_remainder=True),
-            inputs.make_validation((data.test.images, data.test.labels), config.eval_batch_size),
+            *make_inputs(config, data),
             seed=config.seed,
             epochs=config.epochs,
             steps_per_loop=config.steps_per_loop,

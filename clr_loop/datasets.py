@@ -33,9 +33,9 @@ NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 # The in-memory splits may take at most this share of the machine's physical memory.
 MEMORY_SHARE = 0.5
 # A streamed train split is shuffled through a buffer of this many examples. Its contents are part of
-# every checkpoint (tf.data saves the iterator's buffer): 10,000 examples are 7.8 MB for 28x28x1 images
-# and 31 MB for 32x32x3 ones (a 60,000-example buffer of Fashion-MNIST measured 44 MB and 1.2 s a save),
-# while still mixing examples from many records of a file-shuffled split.
+# every checkpoint (tf.data saves the iterator's buffer): 10,000 x H x W x C bytes, 7.8 MB for 28x28x1
+# images and 31 MB for 32x32x3 ones (README: "Your own experiment"), while still mixing examples from
+# many records of a split TFDS shuffled when it prepared it.
 STREAM_SHUFFLE_BUFFER = 10_000
 # A streamed split's normalisation statistics (mean/std layers) come from its first this many examples.
 NORMALIZATION_SAMPLE = 10_000

@@ -2,7 +2,8 @@
 
 It builds the Config's model (`clr_loop.models`: by default the tutorial's CNN), compiles it with
 the Config's optimizer (SGD by default) and schedule, the cross-entropy its outputs call for and
-accuracy, and trains it on the dataset's in-memory arrays (`clr_loop.datasets`) with `loop.Run`,
+accuracy, and trains it on the dataset's in-memory arrays (`clr_loop.datasets`), or on the
+tf.data stream of a TFDS dataset too big for memory (whose iterator the loop checkpoints), with `loop.Run`,
 with the Config's augmentation, workdir, step counts and device settings. What is particular to the
 experiment stays here: the initial-weights files, the workdir's config.json (another configuration
 is refused, naming each setting), and the strategy set-up from the Config.
@@ -145,7 +146,8 @@ def make_inputs(config, data):
 
 class Trainer:
     """The experiment for one Config: builds and compiles its model, then trains it with
-    `clr_loop.loop` on the dataset's arrays, with `config.workdir` as the run directory.
+    `clr_loop.loop` on the dataset's arrays (or its stream: `make_inputs`), with `config.workdir` as the
+    run directory.
 
     Build it with a Config and loaded data (`clr_loop.datasets.load`'s: an ImageData or a
     `clr_loop.data.FashionMnist`) and optionally a `model` (then compiled for probabilities), then call `train()`,

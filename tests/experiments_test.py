@@ -359,3 +359,39 @@ def test_a_streamed_run_stopped_by_sigterm_then_resumed_is_bit_identical(tmp_pat
     monkeypatch.setattr(loop.Run, "run_steps", run_steps)
     assert run_streamed(tmp_path, monkeypatch, workdir)[0] == 0
     assert_same_run(workdir, streamed_reference)
+
+
+class ClrLoopTinyImages(tfds.core.GeneratorBasedBuilder):
+    """A tiny image-classification dataset prepared offline into real TFDS files (TFRecords)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+            {"image": tfds.features.Image(shape=(28, 28, 1)), "label": tfds.features.ClassLabel(num_classes=10)}))
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(split) for split in STREAM_N}
+
+    def _generate_examples(self, split):
+        images, labels = fake_tfds_split(split, (28, 28, 1))
+        for i, (image, label) in enumerate(zip(images, labels)):
+            yield i, {"image": image, "label": int(label)}
+
+
+def test_a_streamed_run_from_prepared_tfds_files_resumes_bit_identically(tmp_path, monkeypatch):
+    """The real TFDS reader (TFRecord files, not mock_data's source): streamed, stopped, resumed exactly."""
+    data_dir = str(tmp_path / "tfds")
+    ClrLoopTinyImages(data_dir=data_dir).download_and_prepare()
+    monkeypatch.setattr(datasets, "MEMORY_SHARE", 0.0)
+    half = datasets.load("clr_loop_tiny_images", tfds_data_dir=data_dir, train_split="train[:50%]")
+    assert half.streamed and half.train.num_examples == 22 and half.test.num_examples == 12
+    flags = [f"--tfds_data_dir={data_dir}", *STREAM_FLAGS, "--dataset=clr_loop_tiny_images"]
+    reference, workdir = str(tmp_path / "reference"), str(tmp_path / "run")
+    assert run_main_in_process([*flags, f"--workdir={reference}"]) == 0
+    assert run_main_in_process([*flags, f"--workdir={workdir}", "--max_steps=7"]) == 0
+    assert run_main_in_process([*flags, f"--workdir={workdir}"]) == 0
+    assert saved_config(workdir)["resolved"]["steps_per_epoch"] == 5
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "ckpt"))
+    assert any(key.startswith("data/") for key in reader.get_variable_to_shape_map())
+    assert_same_run(workdir, reference)

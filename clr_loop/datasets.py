@@ -92,10 +92,11 @@ class StreamedSplit:
         once (the last batch the remainder), prefetched."""
         return self.examples().batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-    def sample(self, n=NORMALIZATION_SAMPLE):
-        """Returns the uint8 images [min(n, N), H, W, C] of the split's first n examples (file order)."""
-        chunks = [x for x, _ in self.examples().take(n).batch(_READ_CHUNK).as_numpy_iterator()]
-        return np.concatenate(chunks)
+    def sample_chunks(self, n=None, chunk=256):
+        """Yields the uint8 images of the split's first min(n, N) examples (file order; n defaults to
+        NORMALIZATION_SAMPLE) as numpy arrays [<= chunk, H, W, C], so a sample is never held at once."""
+        n = NORMALIZATION_SAMPLE if n is None else n
+        yield from (x for x, _ in self.examples().take(n).batch(chunk).as_numpy_iterator())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -124,11 +124,15 @@ def resolve_batch_splits(config, replicas=1):
     return runtime.auto_batch_splits(config.batch_size)
 
 
-def normalization_images(data):
-    """Returns the training images a model's normalisation layer is computed from: all of them for data in
-    memory; for streamed data (`datasets.StreamedSplit`) the first `datasets.NORMALIZATION_SAMPLE` in file
-    order, one bounded read (TFDS shuffles a split's examples when it prepares it, so they are a sample)."""
-    return data.train.sample() if getattr(data, "streamed", False) else data.train.images
+def normalization(data):
+    """Returns `models.create`'s normalisation keyword for `data`: `train_images`, all of them, for data in
+    memory; for streamed data (`datasets.StreamedSplit`) `stats`, the (mean, std) of its first
+    `datasets.NORMALIZATION_SAMPLE` examples in file order, read only if the model normalises: one
+    bounded pass instead of one over the whole split (TFDS shuffles a split's examples when it
+    prepares it, so they are a fair sample)."""
+    if getattr(data, "streamed", False):
+        return {"stats": lambda: models.channel_stats(data.train.sample_chunks())}
+    return {"train_images": data.train.images}
 
 
 def make_inputs(config, data):
@@ -168,8 +172,8 @@ class Trainer:
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
             if model is None:
-                built = models.create(config.model, data.image_shape, data.num_classes,
-                                      train_images=normalization_images(data), seed=config.seed)
+                built = models.create(config.model, data.image_shape, data.num_classes, seed=config.seed,
+                                      **normalization(data))
                 model, from_logits = built.model, built.from_logits
             else:
                 from_logits = False

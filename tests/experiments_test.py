@@ -1,7 +1,9 @@
 """End-to-end tests of the CLI's experiments beyond the tutorial: --dataset, --model, --optimizer, --augment.
 
 Through `clr_loop.train`'s `main` in-process (TFDS datasets under `tfds.testing.mock_data`, npz files,
-a user's model), bit-exact resume with each optimizer and augmentation, and every bad input named.
+a user's model), bit-exact resume with each optimizer and augmentation, every bad input named, and TFDS
+data over the memory limit streamed (mock_data with a checkpointable source, and real prepared TFDS
+files), stopped and resumed bit-identically.
 """
 
 import contextlib
@@ -22,6 +24,7 @@ from clr_loop import config as config_lib
 from clr_loop import data as data_lib
 from clr_loop import datasets
 from clr_loop import loop
+from clr_loop import models
 from clr_loop import trainer as trainer_lib
 from train_cli_test import assert_run_outputs, run_main_in_process, write_tiny_idx_dir
 from trainer_test import fake_data, make_config, weights
@@ -276,7 +279,9 @@ def test_a_tfds_dataset_over_the_memory_limit_is_streamed(tmp_path, monkeypatch)
             np.testing.assert_array_equal(np.concatenate([y for _, y in epoch]), labels[index])
             orders.append(index)
         assert orders[0] != orders[1] and orders[0] != sorted(orders[0])
-        np.testing.assert_array_equal(streamed.train.sample(7), images[:7])
+        chunks = list(streamed.train.sample_chunks(7, chunk=3))
+        assert [len(c) for c in chunks] == [3, 3, 1]
+        np.testing.assert_array_equal(np.concatenate(chunks), images[:7])
 
 
 STREAM_FLAGS = ["--dataset=cifar10", "--epochs=3", "--batch_size=8", "--steps_per_loop=2", "--eval_batch_size=5",
@@ -309,12 +314,19 @@ def numeric_checkpoint_tensors(workdir):
 
 def test_a_streamed_tfds_run_trains_through_main_with_its_iterator_checkpointed(tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")
+    built, create = [], models.create
+    monkeypatch.setattr(models, "create", lambda *args, **kwargs: built.append(create(*args, **kwargs)) or built[-1])
+    monkeypatch.setattr(datasets, "NORMALIZATION_SAMPLE", 20)
     status, streamed = run_streamed(tmp_path, monkeypatch, workdir, "--model=resnet20", "--epochs=1")
     assert status == 0 and streamed
     assert_run_outputs(workdir, epochs=1)
     assert saved_config(workdir)["resolved"]["steps_per_epoch"] == 5
     reader = tf.train.load_checkpoint(os.path.join(workdir, "ckpt"))
     assert any(key.startswith("data/") for key in reader.get_variable_to_shape_map())
+    # The normalisation layer holds the mean of the first NORMALIZATION_SAMPLE training images.
+    images, _ = fake_tfds_split("train", (32, 32, 3))
+    layer = built[0].model.get_layer("normalize")
+    np.testing.assert_allclose(np.asarray(layer.mean).ravel(), images[:20].astype(np.float64).mean(axis=(0, 1, 2)), rtol=1e-6)
 
 
 @pytest.fixture

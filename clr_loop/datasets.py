@@ -234,7 +234,7 @@ def _check_splits(where, sizes, splits):
 
 def _split_size(builder, split):
     """Returns the number of examples in `split` (slices such as `train[:50%]` too): from the builder's
-    metadata when it has them, else the dataset's cardinality, else by counting (without decoding)."""
+    metadata when it has them, else the dataset's cardinality, else by counting its examples."""
     try:
         return int(builder.info.splits[split].num_examples)
     except Exception:  # pylint: disable=broad-except  (no metadata, as under mock_data)

@@ -7,16 +7,22 @@
 - `npz:PATH`: a `.npz` file holding `x_train`, `y_train`, `x_test`, `y_test` (and optionally a
   scalar `num_classes`).
 
-Every source gives arrays held in memory (so the data order is a stateless function of the step and a
-resume is exact); a dataset whose splits would not fit in memory is refused, naming its size. Every
-problem raises `data.DataError` naming the dataset, file or array.
+Every source that fits gives arrays held in memory (so the data order is a stateless function of the
+step and a resume is exact). A TFDS dataset whose splits would take more than `max_in_memory_bytes`
+(default: MEMORY_SHARE of the machine's memory) is streamed instead (`StreamedSplit`): its train split
+is read through a seeded shuffle buffer of STREAM_SHUFFLE_BUFFER examples, and the loop checkpoints the
+tf.data iterator (the buffer's images included, so a checkpoint grows by about
+STREAM_SHUFFLE_BUFFER x H x W x C bytes), so a resume is still exact. Every problem raises
+`data.DataError` naming the dataset, file or array.
 """
 
 import dataclasses
 import os
+from typing import Any
 
 from absl import logging
 import numpy as np
+import tensorflow as tf
 
 from clr_loop import data as data_lib
 
@@ -26,6 +32,13 @@ NPZ_PREFIX = "npz:"
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 # The in-memory splits may take at most this share of the machine's physical memory.
 MEMORY_SHARE = 0.5
+# A streamed train split is shuffled through a buffer of this many examples. Its contents are part of
+# every checkpoint (tf.data saves the iterator's buffer): 10,000 x H x W x C bytes, 7.8 MB for 28x28x1
+# images and 31 MB for 32x32x3 ones (README: "Your own experiment"), while still mixing examples from
+# many records of a split TFDS shuffled when it prepared it.
+STREAM_SHUFFLE_BUFFER = 10_000
+# A streamed split's normalisation statistics (mean/std layers) come from its first this many examples.
+NORMALIZATION_SAMPLE = 10_000
 _READ_CHUNK = 10000
 
 
@@ -41,6 +54,50 @@ class ImageSplit:
         """The number of examples N (an int)."""
         return len(self.labels)
 
+    @property
+    def image_shape(self):
+        """The shape of one image, (H, W, C)."""
+        return tuple(self.images.shape[1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedSplit:
+    """One TFDS split too big for memory, read as it is consumed: `num_examples` of uint8 images of
+    `image_shape` (H, W, C) with int32 labels, from `builder`'s split `split` (`where` names it)."""
+
+    builder: Any
+    split: str
+    num_examples: int
+    image_shape: tuple
+    where: str
+
+    def examples(self):
+        """Returns the split's `(image uint8 [H, W, C], label int32)` examples in file order (a tf.data.Dataset
+        of known cardinality); the files are read unshuffled, so the order is the same on every call."""
+        ds = self.builder.as_dataset(split=self.split, shuffle_files=False)
+        ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.apply(tf.data.experimental.assert_cardinality(self.num_examples))
+
+    def train_dataset(self, batch_size, seed, shuffle_buffer=STREAM_SHUFFLE_BUFFER):
+        """Returns one epoch of `(images, labels)` training batches of `batch_size` (the last partial one
+        dropped): the examples through a shuffle buffer of `shuffle_buffer` seeded by `seed` (a new order
+        each epoch, i.e. each iterator), batched and prefetched. Checkpointing its iterator saves the
+        buffer, so a resumed run continues the same stream."""
+        ds = self.examples().shuffle(min(int(shuffle_buffer), self.num_examples), seed=seed,
+                                     reshuffle_each_iteration=True)
+        return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    def eval_dataset(self, batch_size):
+        """Returns the split's `(images, labels)` batches of `batch_size` in file order, every example
+        once (the last batch the remainder), prefetched."""
+        return self.examples().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def sample_chunks(self, n=None, chunk=256):
+        """Yields the uint8 images of the split's first min(n, N) examples (file order; n defaults to
+        NORMALIZATION_SAMPLE) as numpy arrays [<= chunk, H, W, C], so a sample is never held at once."""
+        n = NORMALIZATION_SAMPLE if n is None else n
+        yield from (x for x, _ in self.examples().take(n).batch(chunk).as_numpy_iterator())
+
 
 @dataclasses.dataclass(frozen=True)
 class ImageData:
@@ -55,7 +112,12 @@ class ImageData:
     @property
     def image_shape(self):
         """The shape of one image, (H, W, C)."""
-        return tuple(self.train.images.shape[1:])
+        return tuple(self.train.image_shape)
+
+    @property
+    def streamed(self):
+        """True when the splits are streamed from TFDS (`StreamedSplit`s), False when they are in memory."""
+        return isinstance(self.train, StreamedSplit)
 
 
 def is_npz(dataset):
@@ -63,14 +125,16 @@ def is_npz(dataset):
     return dataset.startswith(NPZ_PREFIX)
 
 
-def load(dataset=DEFAULT, *, tfds_data_dir=None, dataset_dir=None, train_split="train", eval_split="test"):
+def load(dataset=DEFAULT, *, tfds_data_dir=None, dataset_dir=None, train_split="train", eval_split="test",
+         max_in_memory_bytes=None):
     """Loads the dataset that `dataset` names (see the module docstring); returns an ImageData
     (a `data.FashionMnist`, which has the same fields, for Fashion-MNIST's own sources).
 
     `dataset_dir` (raw Fashion-MNIST IDX files) is for `fashion_mnist` only; `tfds_data_dir` is the
     TFDS data dir (downloading there when the data is not prepared). `train_split`/`eval_split`
     are TFDS split names (`train[:90%]` too); Fashion-MNIST with other splits than train/test is
-    read through TFDS. Raises DataError naming the culprit.
+    read through TFDS. A TFDS dataset whose splits take more than `max_in_memory_bytes` is streamed
+    (see `load_tfds`). Raises DataError naming the culprit.
     """
     if is_npz(dataset):
         return load_npz(dataset[len(NPZ_PREFIX):])
@@ -81,11 +145,25 @@ def load(dataset=DEFAULT, *, tfds_data_dir=None, dataset_dir=None, train_split="
             f"dataset {dataset!r} with splits {train_split!r}/{eval_split!r}: the raw IDX files of dataset_dir "
             "hold only Fashion-MNIST's train and test splits"
         )
-    return load_tfds(dataset, data_dir=tfds_data_dir, train_split=train_split, eval_split=eval_split)
+    return load_tfds(dataset, data_dir=tfds_data_dir, train_split=train_split, eval_split=eval_split,
+                     max_in_memory_bytes=max_in_memory_bytes)
 
 
-def load_tfds(name, *, data_dir=None, train_split="train", eval_split="test"):
-    """Loads the TFDS image-classification dataset `name` into memory; returns an ImageData.
+def memory_limit(max_in_memory_bytes=None):
+    """Returns the most bytes of images a dataset may take in memory: `max_in_memory_bytes` when given,
+    else MEMORY_SHARE of the machine's physical memory (None when that cannot be read: no limit)."""
+    if max_in_memory_bytes is not None:
+        return max_in_memory_bytes
+    try:
+        return MEMORY_SHARE * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+def load_tfds(name, *, data_dir=None, train_split="train", eval_split="test", max_in_memory_bytes=None):
+    """Loads the TFDS image-classification dataset `name`; returns an ImageData of in-memory
+    `ImageSplit`s, or of `StreamedSplit`s when the two splits' uint8 images would take more than
+    `memory_limit(max_in_memory_bytes)` bytes.
 
     The builder's info must have an `image` feature of fixed shape and a `label` class feature;
     the splits must exist. Data not prepared in `data_dir` is downloaded there when `data_dir` is
@@ -111,8 +189,19 @@ def load_tfds(name, *, data_dir=None, train_split="train", eval_split="test"):
         except Exception as e:  # pylint: disable=broad-except  (network, checksum and file-system errors alike)
             raise DataError(f"{where}: not prepared, and download_and_prepare failed: {type(e).__name__}: {e}") from e
     sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
-    _check_splits(where, sizes, (train_split, eval_split), shape)
-    splits = {split: _read_tfds_split(builder, split, where, shape, num_classes) for split in (train_split, eval_split)}
+    _check_splits(where, sizes, (train_split, eval_split))
+    counts = {split: _split_size(builder, split) for split in (train_split, eval_split)}
+    needed = sum(counts.values()) * int(np.prod(shape))
+    limit = memory_limit(max_in_memory_bytes)
+    if limit is not None and needed > limit:
+        logging.info("%s: its splits take %.2f GiB, more than the %.2f GiB held in memory: streaming them",
+                     where, needed / 2**30, limit / 2**30)
+        for split, count in counts.items():
+            if not count:
+                raise DataError(f"{where}: split {split!r} is empty")
+        splits = {split: StreamedSplit(builder, split, counts[split], shape, where) for split in counts}
+    else:
+        splits = {split: _read_tfds_split(builder, split, where, shape, num_classes) for split in counts}
     return ImageData(train=splits[train_split], test=splits[eval_split], num_classes=num_classes, name=name,
                      source=where)
 
@@ -135,24 +224,26 @@ def _image_features(features, tfds, where):
     return shape, int(label.num_classes)
 
 
-def _check_splits(where, sizes, splits, shape):
+def _check_splits(where, sizes, splits):
     """Raises DataError when one of `splits` is not among the builder's (`sizes`: split name -> examples;
-    empty when the builder has no metadata, as under mock_data), or when they would not fit in memory
-    (more than MEMORY_SHARE of it, as uint8 images of `shape`)."""
+    empty when the builder has no metadata, as under mock_data)."""
     for split in splits:
         if sizes and split.split("[")[0] not in sizes:
             raise DataError(f"{where}: has no split {split!r} (its splits: {', '.join(sorted(sizes))})")
-    needed = sum(sizes.get(split.split("[")[0], 0) for split in splits) * int(np.prod(shape))
+
+
+def _split_size(builder, split):
+    """Returns the number of examples in `split` (slices such as `train[:50%]` too): from the builder's
+    metadata when it has them, else the dataset's cardinality, else by counting its examples."""
     try:
-        available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return
-    if needed > MEMORY_SHARE * available:
-        raise DataError(
-            f"{where}: its splits take {needed / 2**30:.1f} GiB, more than {MEMORY_SHARE:.0%} of this machine's "
-            f"{available / 2**30:.1f} GiB of memory; clr_loop trains TFDS datasets from memory (pass a smaller "
-            "split such as train[:50%])"
-        )
+        return int(builder.info.splits[split].num_examples)
+    except Exception:  # pylint: disable=broad-except  (no metadata, as under mock_data)
+        pass
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    cardinality = int(ds.cardinality())
+    if cardinality >= 0:
+        return cardinality
+    return int(ds.reduce(np.int64(0), lambda count, _: count + 1))
 
 
 def _read_tfds_split(builder, split, where, shape, num_classes):

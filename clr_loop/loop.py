@@ -871,9 +871,13 @@ def _train(run, saved_history, callbacks, verbose):
         (steps_per_epoch is not None and step % steps_per_epoch != 0 and run.input.dataset is None)
         or (run.input.dataset is not None and step != int(run.state.epoch_start.numpy()))
     )
+    # A Dataset's iterator: the restored one mid-epoch; at an epoch boundary the epoch below makes the
+    # next one. Each iterator made draws the next shuffle seed of a `reshuffle_each_iteration`
+    # dataset (the restore puts that seed generator back), so making one too many here would give
+    # the resumed epoch another order than an uninterrupted run's.
     if run.input.dataset is None:
         run.iterator = run.iterator_at(step)
-    elif run.iterator is None or not resuming_mid_epoch:
+    elif run.iterator is None or step == 0:
         run.iterator = run.iterator_at(step)
     while epoch < run.epochs:
         if run.total_steps is not None and step >= run.total_steps:

@@ -3,7 +3,8 @@
 Each model declares what it outputs, logits or probabilities, and the trainer's loss follows
 (`Built.from_logits`). Normalisation is a layer of the model: the tutorial's CNN rescales uint8
 pixels by 1/255 as the tutorial does; ResNet-20 (and the CNN on float pixels) subtracts the
-training images' per-channel mean and divides by their standard deviation.
+training images' per-channel mean and divides by their standard deviation (for a TFDS dataset too big
+for memory, those of a bounded sample: see `create`'s `stats`).
 
 A function of your own, `module.path:function`, is called as `function(input_shape, num_classes)`
 with `input_shape` (H, W, C) and must return a `keras.Model` taking the dataset's raw pixels (uint8
@@ -44,24 +45,35 @@ def is_user_function(name):
 
 
 def channel_stats(images):
-    """Returns float64 (mean, std), each [C], of `images` [N, H, W, C] per channel (std at least 1e-3 of the scale)."""
-    total = np.zeros(images.shape[-1])
-    squares = np.zeros(images.shape[-1])
-    for start in range(0, len(images), _STATS_CHUNK):
-        chunk = images[start:start + _STATS_CHUNK].astype(np.float64)
+    """Returns float64 (mean, std), each [C], per channel of `images` [N, H, W, C], or of an iterable of
+    such arrays (chunks) taken together (std at least 1e-3 of the scale)."""
+    if isinstance(images, np.ndarray):
+        chunks = [images[start:start + _STATS_CHUNK] for start in range(0, len(images), _STATS_CHUNK)]
+    else:
+        chunks = images
+    total = squares = None
+    count = 0
+    for chunk in chunks:
+        chunk = np.asarray(chunk).astype(np.float64)
+        if total is None:
+            total, squares = np.zeros(chunk.shape[-1]), np.zeros(chunk.shape[-1])
         total += chunk.sum(axis=(0, 1, 2))
         squares += np.square(chunk).sum(axis=(0, 1, 2))
-    count = images.size // images.shape[-1]
+        count += chunk.size // chunk.shape[-1]
+    if not count:
+        raise ValueError("no images to compute the channel statistics of")
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
     return mean, np.maximum(std, 1e-3 * max(1.0, float(np.abs(mean).max())))
 
 
-def create(name, input_shape, num_classes, *, train_images=None, seed=None):
+def create(name, input_shape, num_classes, *, train_images=None, stats=None, seed=None):
     """Returns the `Built` model `name` for images of `input_shape` (H, W, C) and `num_classes` classes.
 
     `train_images` ([N, H, W, C], uint8 or float) give the normalisation layer's per-channel mean
-    and standard deviation where the model has one (ResNet-20; the CNN on float pixels). `seed`
+    and standard deviation where the model has one (ResNet-20; the CNN on float pixels). Without
+    them, `stats` (for data that is not in memory, uint8 pixels) is a function returning that
+    (mean, std), called only by a model that normalises. `seed`
     fixes the tutorial CNN's dropout seed; weights follow Keras's global seed. Raises ModelError
     naming the model for an unknown name or a user function that fails (see the module docstring).
     """
@@ -77,7 +89,10 @@ def create(name, input_shape, num_classes, *, train_images=None, seed=None):
                 train_images))
         return Built(model, from_logits=False)
     if name == "resnet20":
-        mean, std = channel_stats(train_images) if train_images is not None else (None, None)
+        if train_images is not None:
+            mean, std = channel_stats(train_images)
+        else:
+            mean, std = stats() if stats is not None else (None, None)
         return Built(_build(name, input_shape, lambda: resnet20(input_shape, num_classes, mean=mean, std=std)),
                      from_logits=True)
     if is_user_function(name):

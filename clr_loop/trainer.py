@@ -2,7 +2,8 @@
 
 It builds the Config's model (`clr_loop.models`: by default the tutorial's CNN), compiles it with
 the Config's optimizer (SGD by default) and schedule, the cross-entropy its outputs call for and
-accuracy, and trains it on the dataset's in-memory arrays (`clr_loop.datasets`) with `loop.Run`,
+accuracy, and trains it on the dataset's in-memory arrays (`clr_loop.datasets`), or on the
+tf.data stream of a TFDS dataset too big for memory (whose iterator the loop checkpoints), with `loop.Run`,
 with the Config's augmentation, workdir, step counts and device settings. What is particular to the
 experiment stays here: the initial-weights files, the workdir's config.json (another configuration
 is refused, naming each setting), and the strategy set-up from the Config.
@@ -123,9 +124,34 @@ def resolve_batch_splits(config, replicas=1):
     return runtime.auto_batch_splits(config.batch_size)
 
 
+def normalization(data):
+    """Returns `models.create`'s normalisation keyword for `data`: `train_images`, all of them, for data in
+    memory; for streamed data (`datasets.StreamedSplit`) `stats`, the (mean, std) of its first
+    `datasets.NORMALIZATION_SAMPLE` examples in file order, read only if the model normalises: one
+    bounded pass instead of one over the whole split (TFDS shuffles a split's examples when it
+    prepares it, so they are a fair sample)."""
+    if getattr(data, "streamed", False):
+        return {"stats": lambda: models.channel_stats(data.train.sample_chunks())}
+    return {"train_images": data.train.images}
+
+
+def make_inputs(config, data):
+    """Returns `(train_input, validation)` for `loop.Run`: batches of the in-memory arrays (the last
+    partial training batch dropped), or for streamed data the TFDS train split as a tf.data.Dataset
+    (seeded shuffle buffer, `config.batch_size` batches, remainder dropped; the loop checkpoints its
+    iterator) and the eval split as batches of `config.eval_batch_size`."""
+    if getattr(data, "streamed", False):
+        return (inputs.make_train_input(data.train.train_dataset(config.batch_size, config.seed), None, None,
+                                        drop_remainder=True),
+                inputs.make_validation(data.test.eval_dataset(config.eval_batch_size), config.eval_batch_size))
+    return (inputs.make_train_input(data.train.images, data.train.labels, config.batch_size, drop_remainder=True),
+            inputs.make_validation((data.test.images, data.test.labels), config.eval_batch_size))
+
+
 class Trainer:
     """The experiment for one Config: builds and compiles its model, then trains it with
-    `clr_loop.loop` on the dataset's arrays, with `config.workdir` as the run directory.
+    `clr_loop.loop` on the dataset's arrays (or its stream: `make_inputs`), with `config.workdir` as the
+    run directory.
 
     Build it with a Config and loaded data (`clr_loop.datasets.load`'s: an ImageData or a
     `clr_loop.data.FashionMnist`) and optionally a `model` (then compiled for probabilities), then call `train()`,
@@ -146,8 +172,8 @@ class Trainer:
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
             if model is None:
-                built = models.create(config.model, data.image_shape, data.num_classes,
-                                      train_images=data.train.images, seed=config.seed)
+                built = models.create(config.model, data.image_shape, data.num_classes, seed=config.seed,
+                                      **normalization(data))
                 model, from_logits = built.model, built.from_logits
             else:
                 from_logits = False
@@ -158,8 +184,7 @@ class Trainer:
         self.optimizer = self.model.optimizer
         self.run = loop.Run(
             self.model,
-            inputs.make_train_input(data.train.images, data.train.labels, config.batch_size, drop_remainder=True),
-            inputs.make_validation((data.test.images, data.test.labels), config.eval_batch_size),
+            *make_inputs(config, data),
             seed=config.seed,
             epochs=config.epochs,
             steps_per_loop=config.steps_per_loop,

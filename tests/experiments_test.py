@@ -1,12 +1,17 @@
 """End-to-end tests of the CLI's experiments beyond the tutorial: --dataset, --model, --optimizer, --augment.
 
 Through `clr_loop.train`'s `main` in-process (TFDS datasets under `tfds.testing.mock_data`, npz files,
-a user's model), bit-exact resume with each optimizer and augmentation, and every bad input named.
+a user's model), bit-exact resume with each optimizer and augmentation, every bad input named, and TFDS
+data over the memory limit streamed (mock_data with a checkpointable source, and real prepared TFDS
+files), stopped and resumed bit-identically.
 """
 
+import contextlib
 import json
 import os
+import signal
 import textwrap
+import zlib
 
 import numpy as np
 import pytest
@@ -17,6 +22,9 @@ from absl import app
 from clr_loop import checkpointing
 from clr_loop import config as config_lib
 from clr_loop import data as data_lib
+from clr_loop import datasets
+from clr_loop import loop
+from clr_loop import models
 from clr_loop import trainer as trainer_lib
 from train_cli_test import assert_run_outputs, run_main_in_process, write_tiny_idx_dir
 from trainer_test import fake_data, make_config, weights
@@ -244,3 +252,191 @@ def test_each_new_flagfile_parses_and_trains_under_mock_data(tmp_path, name, dat
         assert config["resolved"]["boundaries"] == [82 * 5, 123 * 5]
         assert history["lr"] == pytest.approx([0.1])  # before the first boundary
         assert (config["momentum"], config["weight_decay"]) == (0.9, 1e-3)
+
+
+# Streaming: a TFDS dataset over the memory limit --------------------------------------------------
+
+STREAM_N = {"train": 44, "test": 12}  # 44 // 8 = 5 steps an epoch (4 examples dropped), eval 12 + 0
+
+
+def fake_tfds_split(split, shape):
+    """The mock source of one split: seeded uint8 images and int64 labels, the same in every process."""
+    rng = np.random.default_rng(zlib.crc32(split.encode()))
+    n = STREAM_N[split]
+    return rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int64)
+
+
+def _fake_as_dataset(builder, split, **kwargs):
+    # A checkpointable source, as TFDS's TFRecord reader is (mock_data's own generator is not).
+    images, labels = fake_tfds_split(split, builder.info.features["image"].shape)
+    return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+
+
+@contextlib.contextmanager
+def streamed_tfds(monkeypatch):
+    """TFDS under mock_data with `fake_tfds_split`'s examples, and a memory limit of 0 bytes, so every
+    TFDS dataset is streamed."""
+    monkeypatch.setattr(datasets, "MEMORY_SHARE", 0.0)
+    with tfds.testing.mock_data(num_examples=STREAM_N["train"], as_dataset_fn=_fake_as_dataset):
+        yield
+
+
+def test_a_tfds_dataset_over_the_memory_limit_is_streamed(tmp_path, monkeypatch):
+    with streamed_tfds(monkeypatch):
+        in_memory = datasets.load("cifar10", tfds_data_dir=str(tmp_path), max_in_memory_bytes=10**9)
+        streamed = datasets.load("cifar10", tfds_data_dir=str(tmp_path))
+        assert not in_memory.streamed and streamed.streamed
+        assert (streamed.image_shape, streamed.num_classes) == ((32, 32, 3), 10)
+        assert (streamed.train.num_examples, streamed.test.num_examples) == (44, 12)
+        images, labels = fake_tfds_split("train", (32, 32, 3))
+        np.testing.assert_array_equal(in_memory.train.images, images)
+        # Eval: every example once, in order, the last batch the remainder.
+        batches = list(streamed.test.eval_dataset(5).as_numpy_iterator())
+        assert [len(y) for _, y in batches] == [5, 5, 2]
+        test_images, test_labels = fake_tfds_split("test", (32, 32, 3))
+        np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]), test_images)
+        np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), test_labels)
+        # Train: 5 full batches of distinct examples an epoch, a new order each epoch, the same stream
+        # for the same seed.
+        ds = streamed.train.train_dataset(8, seed=3)
+        epochs = [list(ds.as_numpy_iterator()) for _ in range(2)]
+        again = list(streamed.train.train_dataset(8, seed=3).as_numpy_iterator())
+        np.testing.assert_array_equal(np.concatenate([x for x, _ in again]), np.concatenate([x for x, _ in epochs[0]]))
+        orders = []
+        for epoch in epochs:
+            assert [x.shape for x, _ in epoch] == [(8, 32, 32, 3)] * 5 and epoch[0][1].dtype == np.int32
+            x = np.concatenate([x for x, _ in epoch])
+            # Which source example each one is (the random images are distinct).
+            index = [int(np.flatnonzero((images == image).all(axis=(1, 2, 3)))[0]) for image in x]
+            assert len(set(index)) == 40
+            np.testing.assert_array_equal(np.concatenate([y for _, y in epoch]), labels[index])
+            orders.append(index)
+        assert orders[0] != orders[1] and orders[0] != sorted(orders[0])
+        chunks = list(streamed.train.sample_chunks(7, chunk=3))
+        assert [len(c) for c in chunks] == [3, 3, 1]
+        np.testing.assert_array_equal(np.concatenate(chunks), images[:7])
+
+
+STREAM_FLAGS = ["--dataset=cifar10", "--epochs=3", "--batch_size=8", "--steps_per_loop=2", "--eval_batch_size=5",
+                "--mode=triangular", "--step_size_epochs=1", "--deterministic"]
+
+
+def run_streamed(tmp_path, monkeypatch, workdir, *extra):
+    """Runs the app's `main` on mock cifar10, streamed; returns (status, whether it trained on a Dataset)."""
+    paths = []
+    make_inputs = trainer_lib.make_inputs
+
+    def spy(config, data):
+        made = make_inputs(config, data)
+        paths.append(made[0].dataset is not None and made[1][1] is not None)
+        return made
+
+    monkeypatch.setattr(trainer_lib, "make_inputs", spy)
+    with streamed_tfds(monkeypatch):
+        status = run_main_in_process([f"--tfds_data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}", *STREAM_FLAGS, *extra])
+    return status, paths == [True]
+
+
+def numeric_checkpoint_tensors(workdir):
+    """The checkpoint's numeric tensors but its save counter (the iterator's state is a variant, which the
+    reader cannot return; a stopped run saves more often)."""
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "ckpt"))
+    return {key: reader.get_tensor(key) for key, dtype in reader.get_variable_to_dtype_map().items()
+            if (dtype.is_floating or dtype.is_integer) and not key.startswith(("run_identity", "run_history", "save_counter"))}
+
+
+def test_a_streamed_tfds_run_trains_through_main_with_its_iterator_checkpointed(tmp_path, monkeypatch):
+    workdir = str(tmp_path / "run")
+    built, create = [], models.create
+    monkeypatch.setattr(models, "create", lambda *args, **kwargs: built.append(create(*args, **kwargs)) or built[-1])
+    monkeypatch.setattr(datasets, "NORMALIZATION_SAMPLE", 20)
+    status, streamed = run_streamed(tmp_path, monkeypatch, workdir, "--model=resnet20", "--epochs=1")
+    assert status == 0 and streamed
+    assert_run_outputs(workdir, epochs=1)
+    assert saved_config(workdir)["resolved"]["steps_per_epoch"] == 5
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "ckpt"))
+    assert any(key.startswith("data/") for key in reader.get_variable_to_shape_map())
+    # The normalisation layer holds the mean of the first NORMALIZATION_SAMPLE training images.
+    images, _ = fake_tfds_split("train", (32, 32, 3))
+    layer = built[0].model.get_layer("normalize")
+    np.testing.assert_allclose(np.asarray(layer.mean).ravel(), images[:20].astype(np.float64).mean(axis=(0, 1, 2)), rtol=1e-6)
+
+
+@pytest.fixture
+def streamed_reference(tmp_path, monkeypatch):
+    workdir = str(tmp_path / "reference")
+    status, streamed = run_streamed(tmp_path, monkeypatch, workdir)
+    assert status == 0 and streamed
+    return workdir
+
+
+def assert_same_run(workdir, reference):
+    expected, got = numeric_checkpoint_tensors(reference), numeric_checkpoint_tensors(workdir)
+    assert sorted(expected) == sorted(got)
+    for key in expected:
+        assert np.array_equal(expected[key], got[key]), key
+    assert history_without_timing(workdir) == history_without_timing(reference)
+
+
+@pytest.mark.parametrize("stop", [7, 5], ids=["mid_epoch", "epoch_end"])
+def test_a_streamed_run_stopped_by_max_steps_then_resumed_is_bit_identical(tmp_path, monkeypatch, streamed_reference, stop):
+    workdir = str(tmp_path / "run")
+    assert run_streamed(tmp_path, monkeypatch, workdir, f"--max_steps={stop}")[0] == 0
+    assert run_streamed(tmp_path, monkeypatch, workdir)[0] == 0
+    assert_same_run(workdir, streamed_reference)
+
+
+def test_a_streamed_run_stopped_by_sigterm_then_resumed_is_bit_identical(tmp_path, monkeypatch, streamed_reference):
+    run_steps = loop.Run.run_steps
+    sent = []
+
+    def then_sigterm(run, num_steps):
+        window = run_steps(run, num_steps)
+        if run.step >= 7 and not sent:
+            sent.append(run.step)
+            os.kill(os.getpid(), signal.SIGTERM)  # handled between loops, as from outside
+        return window
+
+    monkeypatch.setattr(loop.Run, "run_steps", then_sigterm)
+    workdir = str(tmp_path / "run")
+    assert run_streamed(tmp_path, monkeypatch, workdir)[0] == 128 + signal.SIGTERM
+    assert sent == [7] and tf.train.latest_checkpoint(os.path.join(workdir, "ckpt")).endswith("ckpt-7")  # mid-epoch
+    monkeypatch.setattr(loop.Run, "run_steps", run_steps)
+    assert run_streamed(tmp_path, monkeypatch, workdir)[0] == 0
+    assert_same_run(workdir, streamed_reference)
+
+
+class ClrLoopTinyImages(tfds.core.GeneratorBasedBuilder):
+    """A tiny image-classification dataset prepared offline into real TFDS files (TFRecords)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+            {"image": tfds.features.Image(shape=(28, 28, 1)), "label": tfds.features.ClassLabel(num_classes=10)}))
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(split) for split in STREAM_N}
+
+    def _generate_examples(self, split):
+        images, labels = fake_tfds_split(split, (28, 28, 1))
+        for i, (image, label) in enumerate(zip(images, labels)):
+            yield i, {"image": image, "label": int(label)}
+
+
+def test_a_streamed_run_from_prepared_tfds_files_resumes_bit_identically(tmp_path, monkeypatch):
+    """The real TFDS reader (TFRecord files, not mock_data's source): streamed, stopped, resumed exactly."""
+    data_dir = str(tmp_path / "tfds")
+    ClrLoopTinyImages(data_dir=data_dir).download_and_prepare()
+    monkeypatch.setattr(datasets, "MEMORY_SHARE", 0.0)
+    half = datasets.load("clr_loop_tiny_images", tfds_data_dir=data_dir, train_split="train[:50%]")
+    assert half.streamed and half.train.num_examples == 22 and half.test.num_examples == 12
+    flags = [f"--tfds_data_dir={data_dir}", *STREAM_FLAGS, "--dataset=clr_loop_tiny_images"]
+    reference, workdir = str(tmp_path / "reference"), str(tmp_path / "run")
+    assert run_main_in_process([*flags, f"--workdir={reference}"]) == 0
+    assert run_main_in_process([*flags, f"--workdir={workdir}", "--max_steps=7"]) == 0
+    assert run_main_in_process([*flags, f"--workdir={workdir}"]) == 0
+    assert saved_config(workdir)["resolved"]["steps_per_epoch"] == 5
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "ckpt"))
+    assert any(key.startswith("data/") for key in reader.get_variable_to_shape_map())
+    assert_same_run(workdir, reference)

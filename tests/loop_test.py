@@ -275,6 +275,23 @@ def test_dataset_run_stopped_by_max_steps_then_resumed_is_bit_identical(tmp_path
         assert np.array_equal(a, b)
 
 
+def test_dataset_run_stopped_at_an_epoch_end_then_resumed_is_bit_identical(tmp_path):
+    """The resumed epoch gets the next shuffle order of a reshuffling dataset, as the uninterrupted run's."""
+    x, y = toy_data()
+    dataset = lambda: tf.data.Dataset.from_tensor_slices((x, y)).shuffle(N, seed=3).batch(BATCH)  # noqa: E731
+    kwargs = dict(epochs=3, verbose=0, validation_data=(x[:50], y[:50]), steps_per_loop=3)
+    whole = compiled(momentum=0.9)
+    expected = loop.fit(whole, dataset(), workdir=str(tmp_path / "whole"), **kwargs)
+    workdir = str(tmp_path / "parts")
+    loop.fit(compiled(momentum=0.9), dataset(), workdir=workdir, max_steps=STEPS_PER_EPOCH, **kwargs)
+    second = compiled(momentum=0.9)
+    resumed = loop.fit(second, dataset(), workdir=workdir, **kwargs)
+    assert int(second.optimizer.iterations) == 3 * STEPS_PER_EPOCH
+    assert resumed.history == expected.history
+    for a, b in zip(whole.get_weights(), second.get_weights()):
+        assert np.array_equal(a, b)
+
+
 def test_arrays_run_stopped_mid_epoch_by_max_steps_resumes_bit_identically(tmp_path):
     x, y = toy_data()
     kwargs = dict(batch_size=BATCH, epochs=2, seed=5, verbose=0, validation_data=(x[:50], y[:50]))

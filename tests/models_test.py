@@ -42,6 +42,22 @@ def test_option_a_shortcut_subsamples_and_zero_pads_channels():
     np.testing.assert_array_equal(got, expected)
 
 
+def test_channel_stats_of_chunks_and_a_streamed_models_stats_function():
+    images = uint8_images(n=50, shape=(4, 4, 3))
+    flat = images.reshape(-1, 3).astype(np.float64)
+    mean, std = models.channel_stats(iter([images[:7], images[7:30], images[30:]]))
+    np.testing.assert_allclose(mean, flat.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, flat.std(axis=0), rtol=1e-10)
+    calls = []
+    stats = lambda: calls.append(1) or (mean, std)  # noqa: E731
+    models.create("tutorial_cnn", (28, 28, 1), 10, stats=stats)
+    assert calls == []  # a model without a normalisation layer reads no sample
+    built = models.create("resnet20", (4, 4, 3), 10, stats=stats)
+    assert calls == [1]
+    layer = next(l for l in built.model.layers if isinstance(l, keras.layers.Normalization))
+    np.testing.assert_allclose(np.asarray(layer.mean).ravel(), mean, rtol=1e-6)
+
+
 def test_normalisation_layer_uses_the_training_images_channel_mean_and_std():
     images = uint8_images(n=50, shape=(4, 4, 3))
     mean, std = models.channel_stats(images)

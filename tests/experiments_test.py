@@ -217,7 +217,7 @@ def test_bad_datasets_and_models_exit_1_naming_them_before_writing(tmp_path, cap
         workdir = tmp_path / "run"
         assert run_main_in_process([*argv, f"--workdir={workdir}", *SMALL]) == 1, argv
         err = capsys.readouterr().err
-        assert f"error: " in err and message in err, (argv, err)
+        assert "error: " in err and message in err, (argv, err)
         assert not os.path.exists(workdir), argv
 
 

@@ -246,6 +246,9 @@ def validate(config):
         problems.append(f"--checkpoint_every_steps must be >= 0 (0 means each epoch end), got {config.checkpoint_every_steps}")
     if config.jit_compile not in JIT_CHOICES:
         problems.append(f"--jit_compile must be one of {', '.join(JIT_CHOICES)}, got {config.jit_compile!r}")
+    if config.deterministic and config.jit_compile == "true":
+        problems.append("--deterministic cannot run with --jit_compile=true: XLA has no deterministic kernel for "
+                        "some gradients (the CNN's MaxPool); --jit_compile=auto leaves XLA off under --deterministic")
     if config.profile_steps is not None:
         start, stop = config.profile_steps
         if not 0 <= start < stop:

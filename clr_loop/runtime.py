@@ -22,7 +22,9 @@ def resolve_jit_compile(choice):
 
     "auto" means XLA only where a GPU or TPU is present: on CPU, XLA's convolutions are slower than
     TensorFlow's oneDNN kernels (docs/performance.md), which is also why Keras's own
-    `jit_compile="auto"` turns XLA off there.
+    `jit_compile="auto"` turns XLA off there. It is off too while TensorFlow's op determinism is on
+    (`enable_op_determinism`): XLA has no deterministic kernel for some gradients (MaxPool's) and
+    fails to compile the step.
     """
     if choice in (True, "true"):
         return True
@@ -30,7 +32,9 @@ def resolve_jit_compile(choice):
         return False
     if choice != "auto":
         raise ValueError(f"jit_compile must be 'auto', True or False, got {choice!r}")
-    return accelerator_present()
+    from tensorflow.python.framework import config as tf_config  # pylint: disable=import-outside-toplevel
+
+    return accelerator_present() and not tf_config.is_op_determinism_enabled()
 
 
 def cpu_cores():

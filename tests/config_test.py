@@ -58,6 +58,7 @@ def test_cycle_momentum_defaults():
         (dict(devices=("/gpu:0",)), "--devices"),
         (dict(virtual_cpus=-2), "--virtual_cpus"),
         (dict(virtual_cpus=100_000), "--virtual_cpus"),
+        (dict(deterministic=True, jit_compile="true"), "--deterministic cannot run with --jit_compile=true"),
         (dict(save_init="init.h5"), "--save_init"),
         (dict(workdir=""), "--workdir"),
         (dict(seed=-1), "--seed"),

@@ -69,3 +69,17 @@ def test_configure_threads_after_tensorflow_started_changes_nothing(caplog):
     assert "thread pools stay as they are" in caplog.text
     after = (tf.config.threading.get_inter_op_parallelism_threads(), tf.config.threading.get_intra_op_parallelism_threads())
     assert after == before
+
+
+def test_auto_leaves_xla_off_under_op_determinism(monkeypatch):
+    """XLA cannot compile a deterministic MaxPool gradient; "auto" must not pick it then, even with a GPU."""
+    from tensorflow.python.framework import config as tf_config
+
+    monkeypatch.setattr(runtime, "accelerator_present", lambda: True)
+    assert runtime.resolve_jit_compile("auto") is True
+    tf.config.experimental.enable_op_determinism()
+    try:
+        assert runtime.resolve_jit_compile("auto") is False
+        assert runtime.resolve_jit_compile("true") is True  # an explicit choice stays the caller's
+    finally:
+        tf_config.disable_op_determinism()

@@ -249,44 +249,30 @@ def test_multi_input_dict_model_trains_like_keras_and_validates_like_evaluate():
 # 6. Dataset input and resuming ----------------------------------------------------------------
 
 
-def test_dataset_run_stopped_by_max_steps_then_resumed_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("stop_at, epochs", [(10, 2), (STEPS_PER_EPOCH, 3)], ids=["mid_epoch", "epoch_end"])
+def test_dataset_run_stopped_by_max_steps_then_resumed_is_bit_identical(tmp_path, stop_at, epochs):
+    """Stopped mid-epoch, or at an epoch end (where the resumed epoch must get the next shuffle order
+    of a reshuffling dataset, as the uninterrupted run's)."""
     x, y = toy_data()
     dataset = lambda: tf.data.Dataset.from_tensor_slices((x, y)).shuffle(N, seed=3).batch(BATCH)  # noqa: E731
-    kwargs = dict(epochs=2, verbose=0, validation_data=(x[:50], y[:50]), steps_per_loop=3)
+    kwargs = dict(epochs=epochs, verbose=0, validation_data=(x[:50], y[:50]), steps_per_loop=3)
 
     whole = compiled(momentum=0.9)
     expected = loop.fit(whole, dataset(), workdir=str(tmp_path / "whole"), **kwargs)
-    assert len(expected.history["loss"]) == 2
+    assert len(expected.history["loss"]) == epochs
 
     workdir = str(tmp_path / "parts")
     first = compiled(momentum=0.9)
-    partial = loop.fit(first, dataset(), workdir=workdir, max_steps=10, **kwargs)
-    assert int(first.optimizer.iterations) == 10
-    # The epoch cut short at step 10 gets its entry (validated, as the CLI's smoke runs expect);
-    # the resumed call recomputes it at the real epoch end.
-    assert len(partial.history["loss"]) == 2
+    partial = loop.fit(first, dataset(), workdir=workdir, max_steps=stop_at, **kwargs)
+    assert int(first.optimizer.iterations) == stop_at
+    # An epoch cut short gets its entry (validated, as the CLI's smoke runs expect); the resumed
+    # call recomputes it at the real epoch end.
+    assert len(partial.history["loss"]) == -(-stop_at // STEPS_PER_EPOCH)
     # A fresh model in the same process, as a notebook re-running its cell would make (its
     # variables get new automatic names).
     second = compiled(momentum=0.9)
     resumed = loop.fit(second, dataset(), workdir=workdir, **kwargs)
-    assert int(second.optimizer.iterations) == 2 * STEPS_PER_EPOCH
-    assert resumed.history == expected.history
-    for a, b in zip(whole.get_weights(), second.get_weights()):
-        assert np.array_equal(a, b)
-
-
-def test_dataset_run_stopped_at_an_epoch_end_then_resumed_is_bit_identical(tmp_path):
-    """The resumed epoch gets the next shuffle order of a reshuffling dataset, as the uninterrupted run's."""
-    x, y = toy_data()
-    dataset = lambda: tf.data.Dataset.from_tensor_slices((x, y)).shuffle(N, seed=3).batch(BATCH)  # noqa: E731
-    kwargs = dict(epochs=3, verbose=0, validation_data=(x[:50], y[:50]), steps_per_loop=3)
-    whole = compiled(momentum=0.9)
-    expected = loop.fit(whole, dataset(), workdir=str(tmp_path / "whole"), **kwargs)
-    workdir = str(tmp_path / "parts")
-    loop.fit(compiled(momentum=0.9), dataset(), workdir=workdir, max_steps=STEPS_PER_EPOCH, **kwargs)
-    second = compiled(momentum=0.9)
-    resumed = loop.fit(second, dataset(), workdir=workdir, **kwargs)
-    assert int(second.optimizer.iterations) == 3 * STEPS_PER_EPOCH
+    assert int(second.optimizer.iterations) == epochs * STEPS_PER_EPOCH
     assert resumed.history == expected.history
     for a, b in zip(whole.get_weights(), second.get_weights()):
         assert np.array_equal(a, b)

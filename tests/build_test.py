@@ -344,6 +344,13 @@ def test_build_evaluates_cleanly(build):
     assert not build.errors, "BUILD problems:\n" + "\n".join(build.errors)
 
 
+def test_no_target_lists_a_dep_twice(build):
+    """Bazel refuses a BUILD whose rule names one label twice (pytest_test adds pytest itself)."""
+    problems = [f"//:{target.name}: {label} is listed more than once in its deps"
+                for target in build.targets.values() for label in sorted(set(target.deps)) if target.deps.count(label) > 1]
+    assert not problems, "\n".join(problems)
+
+
 def test_every_module_has_exactly_one_library(build):
     problems = []
     for path in module_files():

@@ -12,18 +12,8 @@ import pytest
 
 from benchmarks import bench
 from benchmarks import fit_bench
-from clr_loop import data as data_lib
+from bench_test import tiny_data
 from clr_loop import runtime
-
-
-def tiny_data(num_train=40, num_test=20, seed=0):
-    rng = np.random.default_rng(seed)
-
-    def split(n):
-        images = rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
-        return data_lib.Split(images=images, labels=rng.integers(0, 10, n).astype(np.int32))
-
-    return data_lib.FashionMnist(train=split(num_train), test=split(num_test), source="tiny")
 
 
 def test_resnet20_has_he_et_als_layers_and_parameters():
@@ -68,7 +58,7 @@ def test_pad_to_cifar_centres_the_image_on_three_equal_channels():
 
 def test_both_contenders_start_from_the_same_weights_and_report_every_measurement():
     case = fit_bench.Case("cnn", batch_size=8, steady_steps=2, steady_repeats=2, step_size=10)
-    data = tiny_data()
+    data = tiny_data(num_test=20)
     results = {c: fit_bench.time_contender(case, c, data=data) for c in fit_bench.CONTENDERS}
     keras.utils.set_random_seed(fit_bench.SEED)
     from clr_loop import model as model_lib

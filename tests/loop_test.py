@@ -551,6 +551,18 @@ def test_workdir_holds_tensorboard_scalars_and_the_history(tmp_path):
     assert _history_file(workdir) == history.history
 
 
+class SigtermAt(keras.callbacks.Callback):
+    """Sends this process a SIGTERM after the compiled loop that ends at optimizer step `step`."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def test_tensorboard_values_after_a_sigterm_and_resume_equal_the_uninterrupted_runs(tmp_path):
     """SIGTERM between two summary points (step 5, points every 3 steps): the point in progress is
     checkpointed, so the resumed run's point at step 6, and every later train and eval value, equal
@@ -561,14 +573,9 @@ def test_tensorboard_values_after_a_sigterm_and_resume_equal_the_uninterrupted_r
     whole = str(tmp_path / "whole")
     loop.fit(compiled(momentum=0.9), x, y, workdir=whole, **kwargs)
 
-    class TermAt(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if int(self.model.optimizer.iterations) == 5:
-                os.kill(os.getpid(), signal.SIGTERM)
-
     parts = str(tmp_path / "parts")
     with pytest.raises(loop.Interrupted, match="SIGTERM at step 5"):
-        loop.fit(compiled(momentum=0.9), x, y, workdir=parts, callbacks=[TermAt()], **kwargs)
+        loop.fit(compiled(momentum=0.9), x, y, workdir=parts, callbacks=[SigtermAt(5)], **kwargs)
     loop.fit(compiled(momentum=0.9), x, y, workdir=parts, **kwargs)
     for sub in ("train", "eval"):
         expected, got = _event_values(os.path.join(whole, sub)), _event_values(os.path.join(parts, sub))

@@ -10,11 +10,9 @@ import glob
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -23,7 +21,7 @@ from clr_loop import checkpointing
 from clr_loop import inputs
 from clr_loop import loop
 from clr_loop import trainer as trainer_lib
-from loop_test import BATCH, STEPS_PER_EPOCH, _event_values, _history_file, compiled, toy_data
+from loop_test import BATCH, STEPS_PER_EPOCH, SigtermAt, _event_values, _history_file, compiled, toy_data
 from train_cli_test import write_tiny_idx_dir
 from trainer_test import fake_data, make_config
 
@@ -335,12 +333,7 @@ def test_a_profile_window_outside_the_run_is_refused():
 
 
 def test_a_sigterm_inside_the_profile_window_keeps_the_trace(tmp_path):
-    class TermAt(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if int(self.model.optimizer.iterations) == 4:
-                os.kill(os.getpid(), signal.SIGTERM)
-
     workdir = str(tmp_path / "run")
     with pytest.raises(loop.Interrupted, match="SIGTERM at step 4"):
-        fit(workdir, profile_steps=(2, 10), steps_per_loop=1, callbacks=[TermAt()])
+        fit(workdir, profile_steps=(2, 10), steps_per_loop=1, callbacks=[SigtermAt(4)])
     assert glob.glob(os.path.join(workdir, "plugins", "profile", "*", "*.xplane.pb"))

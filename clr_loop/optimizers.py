@@ -67,8 +67,32 @@ class CyclicalMomentum:
         return cls(**config)
 
 
+class _ScheduledSetting:
+    """`get_config`/`from_config` for a Keras optimizer whose setting `_SCHEDULED` (SGD's momentum,
+    Adam's beta_1) may be a schedule: it is saved as a nested Keras config, so the config stays JSON."""
+
+    _SCHEDULED = None
+
+    def get_config(self):
+        """Returns a JSON-safe dict: the Keras optimizer's config, a scheduled setting as a nested Keras config."""
+        config = super().get_config()
+        if callable(getattr(self, self._SCHEDULED)):
+            config[self._SCHEDULED] = keras.saving.serialize_keras_object(getattr(self, self._SCHEDULED))
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """Returns an optimizer (without state) from `get_config` output."""
+        config = dict(config)
+        if isinstance(config.get(cls._SCHEDULED), dict):
+            config[cls._SCHEDULED] = keras.saving.deserialize_keras_object(
+                config[cls._SCHEDULED], custom_objects=custom_objects
+            )
+        return super().from_config(config, custom_objects=custom_objects)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class CyclicalMomentumSGD(keras.optimizers.SGD):
+class CyclicalMomentumSGD(_ScheduledSetting, keras.optimizers.SGD):
     """Keras SGD with momentum, where the momentum may be a schedule of the step (`CyclicalMomentum`).
 
     The update is Keras SGD's, with `momentum_t = momentum(iterations)` read on every step, for
@@ -79,6 +103,8 @@ class CyclicalMomentumSGD(keras.optimizers.SGD):
     Keras-serializable callable of the step such as `CyclicalMomentum`. The velocity variables are
     always created (named as Keras SGD names them), so checkpoints hold them from the first step.
     """
+
+    _SCHEDULED = "momentum"
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, name=None, **kwargs):
         # Keras SGD accepts only a float momentum; the real one is set right after.
@@ -119,26 +145,10 @@ class CyclicalMomentumSGD(keras.optimizers.SGD):
         else:
             self.assign_add(variable, m)
 
-    def get_config(self):
-        """Returns a JSON-safe dict: Keras SGD's config, with a scheduled momentum as a nested Keras config."""
-        config = super().get_config()
-        if callable(self.momentum):
-            config["momentum"] = keras.saving.serialize_keras_object(self.momentum)
-        return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        """Returns an optimizer (without state) from `get_config` output."""
-        config = dict(config)
-        if isinstance(config.get("momentum"), dict):
-            config["momentum"] = keras.saving.deserialize_keras_object(
-                config["momentum"], custom_objects=custom_objects
-            )
-        return super().from_config(config, custom_objects=custom_objects)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class CyclicalMomentumAdam(keras.optimizers.Adam):
+class CyclicalMomentumAdam(_ScheduledSetting, keras.optimizers.Adam):
     """Keras Adam (AdamW with `weight_decay`) whose `beta_1` may be a schedule of the step (`CyclicalMomentum`).
 
     fastai's one-cycle cycles Adam's `beta_1` as SGD's momentum is cycled. With
@@ -148,6 +158,8 @@ class CyclicalMomentumAdam(keras.optimizers.Adam):
     beta_1: then this is Keras Adam): `w -= lr_t * sqrt(1 - beta_2**t) / (1 - prod) * m / (sqrt(v) + eps)`.
     The product is kept per model variable (a scalar optimizer variable, checkpointed with the rest).
     """
+
+    _SCHEDULED = "beta_1"
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, name=None, **kwargs):
         super().__init__(learning_rate=learning_rate, beta_1=0.9, name=name, **kwargs)
@@ -195,17 +207,3 @@ class CyclicalMomentumAdam(keras.optimizers.Adam):
             v = v_hat
         self.assign_sub(variable, ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon)))
 
-    def get_config(self):
-        """Returns a JSON-safe dict: Keras Adam's config, with a scheduled beta_1 as a nested Keras config."""
-        config = super().get_config()
-        if callable(self.beta_1):
-            config["beta_1"] = keras.saving.serialize_keras_object(self.beta_1)
-        return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        """Returns an optimizer (without state) from `get_config` output."""
-        config = dict(config)
-        if isinstance(config.get("beta_1"), dict):
-            config["beta_1"] = keras.saving.deserialize_keras_object(config["beta_1"], custom_objects=custom_objects)
-        return super().from_config(config, custom_objects=custom_objects)

@@ -6,8 +6,8 @@ high (`max_momentum`) where the rate is low, low (`base_momentum`) at the rate's
 `CyclicalMomentumSGD` keeps SGD's update rule exactly and reads its momentum from a
 `CyclicalMomentum` schedule at `optimizer.iterations` on every step, the way Keras reads a
 `LearningRateSchedule`, so it works inside `tf.function(jit_compile=True)` with no Python per step.
-`CyclicalMomentumAdam` does the same for Adam's (and AdamW's) `beta_1`, with the bias correction
-of a time-varying beta. The classes are registered with Keras and their `get_config` holds only JSON values.
+`CyclicalMomentumAdam` and `CyclicalMomentumAdamW` do the same for Adam's and AdamW's `beta_1`,
+with PyTorch's bias correction (or the exact one of a time-varying beta). The classes are registered with Keras and their `get_config` holds only JSON values.
 """
 
 import numbers
@@ -16,6 +16,8 @@ import keras
 from keras import ops
 
 _PACKAGE = "clr_loop"
+# CyclicalMomentumAdam's bias corrections of a scheduled beta_1: PyTorch's, or the exact product.
+BIAS_CORRECTIONS = ("current", "product")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -149,19 +151,26 @@ class CyclicalMomentumSGD(_ScheduledSetting, keras.optimizers.SGD):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class CyclicalMomentumAdam(_ScheduledSetting, keras.optimizers.Adam):
-    """Keras Adam (AdamW with `weight_decay`) whose `beta_1` may be a schedule of the step (`CyclicalMomentum`).
+    """Keras Adam whose `beta_1` may be a schedule of the step (`CyclicalMomentum`), as PyTorch cycles it.
 
-    fastai's one-cycle cycles Adam's `beta_1` as SGD's momentum is cycled. With
-    `beta_1_t = beta_1(iterations)` read on every step (for `iterations` before the update), the
-    first moment is `m = beta_1_t * m + (1 - beta_1_t) * g` and its bias correction uses the product
-    of the betas so far, `1 - prod(beta_1_1 .. beta_1_t)` (which is `1 - beta_1**t` for a constant
-    beta_1: then this is Keras Adam): `w -= lr_t * sqrt(1 - beta_2**t) / (1 - prod) * m / (sqrt(v) + eps)`.
-    The product is kept per model variable (a scalar optimizer variable, checkpointed with the rest).
+    PyTorch's `OneCycleLR`/`CyclicLR(cycle_momentum=True)` and fastai's one-cycle cycle an Adam-family
+    optimizer's `beta_1` as SGD's momentum is cycled. With `beta_1_t = beta_1(iterations)` read on
+    every step (for `iterations` before the update, the step the rate schedule sees), the first
+    moment is `m = beta_1_t * m + (1 - beta_1_t) * g` and the update is Keras Adam's,
+    `w -= lr_t * sqrt(1 - beta_2**t) / c_t * m / (sqrt(v) + epsilon)`. The bias correction `c_t` is
+    `bias_correction="current"` (the default): `1 - beta_1_t**t`, PyTorch's and fastai's, so a
+    PyTorch run's trajectory carries over; or `"product"`: `1 - prod(beta_1_1 .. beta_1_t)`, the
+    exact correction for a time-varying beta (kept per model variable as a checkpointed scalar).
+    For a constant `beta_1` both are Keras Adam. `weight_decay` is Keras's decoupled decay
+    (`w -= lr_t * weight_decay * w` before the update), which is PyTorch's AdamW; see
+    `CyclicalMomentumAdamW`. Note Keras adds `epsilon` to `sqrt(v)` and PyTorch to
+    `sqrt(v / (1 - beta_2**t))`: pass PyTorch's `epsilon=1e-8` and the two differ only where
+    `sqrt(v)` is near epsilon.
     """
 
     _SCHEDULED = "beta_1"
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, name=None, **kwargs):
+    def __init__(self, learning_rate=0.001, beta_1=0.9, bias_correction="current", name=None, **kwargs):
         super().__init__(learning_rate=learning_rate, beta_1=0.9, name=name, **kwargs)
         if callable(beta_1):
             self.beta_1 = beta_1
@@ -169,16 +178,24 @@ class CyclicalMomentumAdam(_ScheduledSetting, keras.optimizers.Adam):
             self.beta_1 = float(beta_1)
         else:
             raise ValueError(f"beta_1 must be a float in [0, 1) or a schedule of the step, got {beta_1!r}")
+        if bias_correction not in BIAS_CORRECTIONS:
+            raise ValueError(f"bias_correction must be one of {', '.join(BIAS_CORRECTIONS)}, got {bias_correction!r}")
+        self.bias_correction = bias_correction
 
     def build(self, var_list):
-        """Creates Adam's variables and, per model variable, the running product of beta_1 (ones)."""
+        """Creates Adam's variables and, with `bias_correction="product"`, per model variable the running product of beta_1 (ones)."""
         if self.built:
             return
         super().build(var_list)
-        self._beta_1_products = [
-            self.add_variable((), initializer="ones", dtype=variable.dtype, name="beta_1_product")
-            for variable in var_list
-        ]
+        if self.bias_correction == "product":
+            self._beta_1_products = [
+                self.add_variable((), initializer="ones", dtype=variable.dtype, name="beta_1_product")
+                for variable in var_list
+            ]
+
+    def get_config(self):
+        """Returns a JSON-safe dict: Keras Adam's config, `beta_1` (a nested config when scheduled) and `bias_correction`."""
+        return {**super().get_config(), "bias_correction": self.bias_correction}
 
     def current_beta_1(self):
         """Returns the beta_1 (float32 scalar tensor) that the next update uses: its value at `iterations`."""
@@ -194,8 +211,11 @@ class CyclicalMomentumAdam(_ScheduledSetting, keras.optimizers.Adam):
         beta_1 = ops.cast(self.current_beta_1(), variable.dtype)
         local_step = ops.cast(self.iterations + 1, variable.dtype)
         beta_2_power = ops.power(ops.cast(self.beta_2, variable.dtype), local_step)
-        product = ops.multiply(self._beta_1_products[index], beta_1)
-        self.assign(self._beta_1_products[index], product)
+        if self.bias_correction == "product":
+            product = ops.multiply(self._beta_1_products[index], beta_1)
+            self.assign(self._beta_1_products[index], product)
+        else:
+            product = ops.power(beta_1, local_step)
         m = self._momentums[index]
         v = self._velocities[index]
         alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - product)
@@ -207,3 +227,12 @@ class CyclicalMomentumAdam(_ScheduledSetting, keras.optimizers.Adam):
             v = v_hat
         self.assign_sub(variable, ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon)))
 
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CyclicalMomentumAdamW(CyclicalMomentumAdam):
+    """`CyclicalMomentumAdam` with Keras AdamW's default decoupled `weight_decay=0.004`: PyTorch's `AdamW`
+    with a cycled `beta_1` (`w -= lr_t * weight_decay * w`, then the Adam update)."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, weight_decay=0.004, name=None, **kwargs):
+        super().__init__(learning_rate=learning_rate, beta_1=beta_1, weight_decay=weight_decay, name=name, **kwargs)

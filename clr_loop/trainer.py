@@ -76,7 +76,8 @@ def make_optimizer(config, plan):
     SGD: with `config.uses_cycle_momentum` a `CyclicalMomentumSGD` whose momentum follows the same
     schedule, from `max_momentum` at the low rate to `base_momentum` at the peak; otherwise Keras
     SGD with the constant `config.momentum`. Adam and AdamW: Keras's, with their default betas, or
-    with `uses_cycle_momentum` a `CyclicalMomentumAdam` whose beta_1 follows the schedule likewise.
+    with `uses_cycle_momentum` a `CyclicalMomentumAdam` (`CyclicalMomentumAdamW`) whose beta_1
+    follows the schedule likewise, as PyTorch cycles it.
     `config.weight_decay` is Keras's decoupled weight decay for each (`w -= lr * weight_decay * w`
     per step, on every trainable variable); unset, there is none, except AdamW's own default.
     """
@@ -87,6 +88,8 @@ def make_optimizer(config, plan):
             decay = config_lib.ADAMW_WEIGHT_DECAY
         if config.uses_cycle_momentum:
             beta_1 = optimizers_lib.CyclicalMomentum(schedule, config.base_momentum, config.max_momentum)
+            if config.optimizer == "adamw":
+                return optimizers_lib.CyclicalMomentumAdamW(learning_rate=schedule, beta_1=beta_1, weight_decay=decay)
             return optimizers_lib.CyclicalMomentumAdam(learning_rate=schedule, beta_1=beta_1, weight_decay=decay)
         if config.optimizer == "adamw":
             return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=decay)

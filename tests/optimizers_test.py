@@ -276,18 +276,26 @@ def test_config_round_trips_through_json_and_keras_serialization(nesterov):
     np.testing.assert_allclose(np.asarray(direct.momentum(steps)), oracle, rtol=1e-6)
 
 
-def test_saved_keras_model_loads_with_the_scheduled_optimizer(tmp_path):
+SAVED_OPTIMIZERS = {
+    "sgd": lambda s: optimizers.CyclicalMomentumSGD(s, optimizers.CyclicalMomentum(s)),
+    "adamw": lambda s: optimizers.CyclicalMomentumAdamW(s, beta_1=optimizers.CyclicalMomentum(s), weight_decay=0.01),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SAVED_OPTIMIZERS))
+def test_saved_keras_model_loads_with_the_scheduled_optimizer(tmp_path, kind):
     model, _, _ = linear_problem()
     schedule = schedules.OneCycle(0.1, 100, three_phase=True)
-    model.compile(optimizer=optimizers.CyclicalMomentumSGD(schedule, optimizers.CyclicalMomentum(schedule)), loss="mse")
+    model.compile(optimizer=SAVED_OPTIMIZERS[kind](schedule), loss="mse")
     model.fit(np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32), epochs=1, verbose=0)
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
-    assert type(loaded.optimizer) is optimizers.CyclicalMomentumSGD
+    assert type(loaded.optimizer) is type(model.optimizer)
     assert loaded.optimizer.get_config() == model.optimizer.get_config()
     assert int(loaded.optimizer.iterations.numpy()) == 1
-    np.testing.assert_array_equal(loaded.optimizer.momentums[0].numpy(), model.optimizer.momentums[0].numpy())
+    for mine, theirs in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(theirs.numpy(), mine.numpy())
 
 
 def test_bad_arguments_are_named():
@@ -397,14 +405,16 @@ def adam_step(model, optimizer, c):
     return step
 
 
+@pytest.mark.parametrize("correction", optimizers.BIAS_CORRECTIONS)
 @pytest.mark.parametrize("decay", [0.0, 0.05])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_adam_with_cycled_beta_1_matches_numpy_adam_with_the_product_bias_correction(case, decay):
+def test_adam_with_cycled_beta_1_matches_numpy_adam_with_each_bias_correction(case, decay, correction):
     make_schedule, oracle, steps = CASES[case]
     model, inputs, c = linear_problem(steps=steps)
     schedule = make_schedule()
     opt = optimizers.CyclicalMomentumAdam(
-        schedule, beta_1=optimizers.CyclicalMomentum(schedule, BASE_M, MAX_M), weight_decay=decay or None
+        schedule, beta_1=optimizers.CyclicalMomentum(schedule, BASE_M, MAX_M), weight_decay=decay or None,
+        bias_correction=correction,
     )
     opt.build(model.trainable_variables)
     step = adam_step(model, opt, c)
@@ -415,12 +425,12 @@ def test_adam_with_cycled_beta_1_matches_numpy_adam_with_the_product_bias_correc
         ws.append(model.trainable_variables[0].numpy())
     lrs, moms = zip(*(oracle(k) for k in range(steps)))
     np.testing.assert_allclose(betas_used, moms, rtol=1e-6)
-    want = numpy_adam(w0, inputs, c, lrs, moms, decay=decay)
+    want = numpy_adam(w0, inputs, c, lrs, moms, decay=decay, corrected=correction == "product")
     # float32 against float64: Keras's own Adam is up to ~2e-5 from this oracle on these problems.
     np.testing.assert_allclose(ws, want, rtol=0, atol=1e-4)
-    # The comparison can tell the bias correction of a constant beta from the product's.
-    naive = numpy_adam(w0, inputs, c, lrs, moms, decay=decay, corrected=False)
-    assert np.max(np.abs(naive - want)) > 100 * 1e-4
+    # The comparison can tell the two bias corrections apart.
+    other = numpy_adam(w0, inputs, c, lrs, moms, decay=decay, corrected=correction != "product")
+    assert np.max(np.abs(other - want)) > 100 * 1e-4
 
 
 def test_adam_with_a_constant_beta_1_is_keras_adam():
@@ -437,20 +447,87 @@ def test_adam_with_a_constant_beta_1_is_keras_adam():
     np.testing.assert_allclose(model.get_weights()[0], other.get_weights()[0], rtol=1e-6)
 
 
-def test_cycled_adam_config_round_trips():
+@pytest.mark.parametrize("cls", [optimizers.CyclicalMomentumAdam, optimizers.CyclicalMomentumAdamW])
+def test_cycled_adam_config_round_trips(cls):
     schedule = schedules.OneCycle(0.01, 100)
-    opt = optimizers.CyclicalMomentumAdam(schedule, beta_1=optimizers.CyclicalMomentum(schedule), weight_decay=0.01)
+    opt = cls(schedule, beta_1=optimizers.CyclicalMomentum(schedule), weight_decay=0.01, bias_correction="product")
     config = json.loads(json.dumps(keras.optimizers.serialize(opt)))
     back = keras.optimizers.deserialize(config)
-    assert isinstance(back, optimizers.CyclicalMomentumAdam) and back.weight_decay == 0.01
+    assert type(back) is cls and back.weight_decay == 0.01 and back.bias_correction == "product"
     assert float(back.beta_1(0)) == pytest.approx(float(opt.beta_1(0))) == pytest.approx(MAX_M)
+    assert optimizers.CyclicalMomentumAdamW(0.01).weight_decay == keras.optimizers.AdamW(0.01).weight_decay
     with pytest.raises(ValueError, match="beta_1 must be a float in"):
-        optimizers.CyclicalMomentumAdam(0.01, beta_1=1.5)
+        cls(0.01, beta_1=1.5)
+    with pytest.raises(ValueError, match="bias_correction must be one of current, product, got 'exact'"):
+        cls(0.01, bias_correction="exact")
 
 
 def test_make_optimizer_cycles_adams_beta_1_for_one_cycle():
     plan = config_lib.plan_steps(config_lib.Config(), 640)
     adamw = trainer_lib.make_optimizer(config_lib.Config(mode="one_cycle", optimizer="adamw"), plan)
-    assert isinstance(adamw, optimizers.CyclicalMomentumAdam) and adamw.weight_decay == config_lib.ADAMW_WEIGHT_DECAY
+    assert type(adamw) is optimizers.CyclicalMomentumAdamW and adamw.weight_decay == config_lib.ADAMW_WEIGHT_DECAY
     adam = trainer_lib.make_optimizer(config_lib.Config(mode="one_cycle", optimizer="adam", cycle_momentum=False), plan)
     assert type(adam) is keras.optimizers.Adam
+
+
+def least_squares(seed=0, n=32, d=5):
+    """A least-squares problem (A, b) in float32 and a starting point w0: loss(w) = mean((A w - b)**2)."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(n, d)).astype(np.float32)
+    b = (a @ rng.normal(size=d) + 0.1 * rng.normal(size=n)).astype(np.float32)
+    return a, b, rng.normal(size=d).astype(np.float32)
+
+
+@pytest.mark.parametrize("three_phase", [False, True])
+@pytest.mark.parametrize("torch_name", ["Adam", "AdamW"])
+def test_cycled_beta_1_adam_follows_pytorchs_trajectory_under_one_cycle_step_for_step(torch_name, three_phase):
+    """PyTorch Adam/AdamW with OneCycleLR(cycle_momentum=True) is the oracle: its parameters after every step."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    a, b, w0 = least_squares()
+    steps, max_lr, decay = 60, 0.05, (0.01 if torch_name == "AdamW" else 0.0)
+
+    w_torch = torch.nn.Parameter(torch.tensor(w0))
+    torch_opt = getattr(torch.optim, torch_name)([w_torch], lr=max_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=decay)
+    torch_schedule = torch.optim.lr_scheduler.OneCycleLR(
+        torch_opt, max_lr=max_lr, total_steps=steps, pct_start=0.3, three_phase=three_phase,
+        cycle_momentum=True, base_momentum=BASE_M, max_momentum=MAX_M)
+    want = []
+    for _ in range(steps):
+        torch_opt.zero_grad()
+        loss = torch.mean((torch.tensor(a) @ w_torch - torch.tensor(b)) ** 2)
+        loss.backward()
+        torch_opt.step()
+        torch_schedule.step()
+        want.append(w_torch.detach().numpy().copy())
+
+    schedule = schedules.OneCycle(max_lr, steps, pct_start=0.3, three_phase=three_phase)
+    cls = optimizers.CyclicalMomentumAdamW if torch_name == "AdamW" else optimizers.CyclicalMomentumAdam
+    opt = cls(schedule, beta_1=optimizers.CyclicalMomentum(schedule, BASE_M, MAX_M), epsilon=1e-8,
+              weight_decay=decay or None)
+    w = keras.Variable(w0, name="w")
+    opt.build([w])
+
+    @tf.function(jit_compile=True)
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean((tf.linalg.matvec(a, w.value) - b) ** 2)
+        opt.apply_gradients([(tape.gradient(loss, w.value), w)])
+
+    got = []
+    for _ in range(steps):
+        step()
+        got.append(w.numpy().copy())
+    # float32 in both: 60 steps of rounding leave the trajectories up to ~7e-6 apart (|w| ~ 0.5).
+    np.testing.assert_allclose(got, want, rtol=0, atol=3e-5)
+    # The comparison can tell a constant beta_1 from the cycled one: Keras Adam drifts away.
+    keras_w = keras.Variable(w0, name="w_const")
+    constant = (keras.optimizers.AdamW if decay else keras.optimizers.Adam)(schedule, beta_1=0.9, epsilon=1e-8, weight_decay=decay or None)
+    constant.build([keras_w])
+    drift = []
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean((tf.linalg.matvec(a, keras_w.value) - b) ** 2)
+        constant.apply_gradients([(tape.gradient(loss, keras_w.value), keras_w)])
+        drift.append(keras_w.numpy().copy())
+    assert np.max(np.abs(np.array(drift) - np.array(want))) > 30 * 3e-5

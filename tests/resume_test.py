@@ -227,3 +227,28 @@ def test_unusable_workdir_is_an_error_before_training(tmp_path, idx_dir):
     blocker.write_text("not a folder")
     code, out = run(str(blocker / "run"), idx_dir)
     assert code == 1 and "is not a writable folder" in out and "Epoch" not in out
+
+
+# Optimizers and schedules beyond the base flags: each resumes bit-identically after kill -9.
+RESUME_CASES = {
+    "adam_one_cycle_cycled_beta_1": ("--optimizer=adam", "--mode=one_cycle", "--max_lr=0.003"),
+    "adamw_one_cycle_cycled_beta_1": ("--optimizer=adamw", "--mode=one_cycle", "--max_lr=0.003"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_CASES))
+def test_sigkill_then_resume_is_bit_identical_for_each_optimizer_and_schedule(tmp_path, idx_dir, case):
+    extra = RESUME_CASES[case]
+    reference_dir = str(tmp_path / "reference")
+    code, out = run(reference_dir, idx_dir, *extra)
+    assert code == 0, out
+    workdir = str(tmp_path / "run")
+    code, out = run_until_checkpoint_then(workdir, idx_dir, 52, signal.SIGKILL, *extra)
+    assert code == -signal.SIGKILL, out
+    code, out = run(workdir, idx_dir, *extra)
+    assert code == 0 and "Resuming from" in out, out
+    _, ref_values = checkpoint_values(reference_dir)
+    _, values = checkpoint_values(workdir)
+    assert set(values) == set(ref_values)
+    assert [k for k in ref_values if not np.array_equal(values[k], ref_values[k])] == []
+    assert history_without_timing(workdir) == history_without_timing(reference_dir)

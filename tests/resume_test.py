@@ -227,3 +227,27 @@ def test_unusable_workdir_is_an_error_before_training(tmp_path, idx_dir):
     blocker.write_text("not a folder")
     code, out = run(str(blocker / "run"), idx_dir)
     assert code == 1 and "is not a writable folder" in out and "Epoch" not in out
+
+
+def test_wsd_with_warmup_killed_then_resumed_is_bit_identical(tmp_path, idx_dir):
+    """The composed schedules are pure functions of optimizer.iterations: a killed WSD run resumes exactly."""
+    wsd = ("--mode=wsd", "--max_lr=0.05", "--warmup_epochs=0.5", "--decay_fraction=0.3", "--decay_shape=sqrt",
+           "--epochs=2")
+    reference_dir = str(tmp_path / "reference")
+    code, out = run(reference_dir, idx_dir, *wsd)
+    assert code == 0, out
+    workdir = str(tmp_path / "run")
+    code, out = run_until_checkpoint_then(workdir, idx_dir, 44, signal.SIGKILL, *wsd)  # in the stable phase
+    assert code == -signal.SIGKILL, out
+    code, out = run(workdir, idx_dir, *wsd)
+    assert code == 0 and "Resuming from" in out, out
+    ref_path, ref_values = checkpoint_values(reference_dir)
+    path, values = checkpoint_values(workdir)
+    assert os.path.basename(path) == os.path.basename(ref_path) == "ckpt-80"
+    assert set(values) == set(ref_values)
+    for name in ref_values:
+        assert np.array_equal(values[name], ref_values[name]), name
+    history = history_without_timing(workdir)
+    assert history == history_without_timing(reference_dir)
+    # The logged rates are WSD's at each epoch's last step (39, 79): stable, then 1 - sqrt(23/24) of the decay.
+    assert history["lr"] == pytest.approx([0.05, 0.05 * (1 - (23 / 24) ** 0.5)], rel=1e-6)

@@ -17,8 +17,11 @@ if TYPE_CHECKING:  # for type checkers and BUILD's deps; at run time `__getattr_
         CyclicalLearningRate,
         ExponentialCyclicalLearningRate,
         OneCycle,
+        Sequence,
         Triangular2CyclicalLearningRate,
         TriangularCyclicalLearningRate,
+        Warmup,
+        WarmupStableDecay,
     )
 
 # Public name -> the module that defines it.
@@ -26,6 +29,9 @@ _EXPORTS = {
     "CyclicalLearningRate": "clr_loop.schedules",
     "ExponentialCyclicalLearningRate": "clr_loop.schedules",
     "OneCycle": "clr_loop.schedules",
+    "Sequence": "clr_loop.schedules",
+    "Warmup": "clr_loop.schedules",
+    "WarmupStableDecay": "clr_loop.schedules",
     "Triangular2CyclicalLearningRate": "clr_loop.schedules",
     "TriangularCyclicalLearningRate": "clr_loop.schedules",
     "fit": "clr_loop.loop",

@@ -38,6 +38,8 @@ RESUMABLE_CHANGES = frozenset(
 ADDED_SETTINGS = {
     "dataset": "fashion_mnist", "train_split": "train", "eval_split": "test", "model": "tutorial_cnn",
     "optimizer": "sgd", "weight_decay": None, "augment": "none", "boundaries_epochs": None, "values": None,
+    "warmup_epochs": 0.0, "final_lr": None, "t_mul": None, "m_mul": None, "decay_epochs": None,
+    "decay_fraction": None, "decay_shape": None,
 }
 # Files and folders a run writes into its workdir; --overwrite removes these and nothing else.
 RUN_OUTPUTS = ("ckpt", "train", "eval", "plugins", "history.json", "config.json", "run.json")
@@ -281,11 +283,11 @@ def defining_settings(config):
 def config_differences(saved, current):
     """Returns the names of settings that differ between two config dicts and forbid resuming.
 
-    `epochs` may only change when the schedule does not depend on it (not one_cycle). A key of
+    `epochs` may only change when the schedule does not depend on it (not one_cycle, cosine, wsd). A key of
     `ADDED_SETTINGS` missing from either dict compares as the value runs had before it existed.
     """
     free = set(RESUMABLE_CHANGES)
-    if current.get("mode") == "one_cycle" or saved.get("mode") == "one_cycle":
+    if {current.get("mode"), saved.get("mode")} & {"one_cycle", "cosine", "wsd"}:  # config.SPANNING_MODES
         free.discard("epochs")
     keys = (set(saved) | set(current)) - free - {"resolved"}
     return sorted(k for k in keys if _setting(saved, k) != _setting(current, k))

@@ -14,6 +14,12 @@ from clr_loop import models
 from clr_loop import schedules
 
 MODES = ("none",) + schedules.MODES + ("one_cycle", "piecewise")
+MODES += ("cosine", "cosine_restarts", "wsd")
+# Modes whose schedule spans the run's `epochs` (after any warmup), so `epochs` is part of it.
+SPANNING_MODES = ("one_cycle", "cosine", "wsd")
+# The share of wsd's steps spent decaying when neither decay_epochs nor decay_fraction is set
+# (Hägele et al. 2024 cool down over the last 20%).
+WSD_DECAY_FRACTION = 0.2
 JIT_CHOICES = ("auto", "true", "false")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -87,6 +93,13 @@ class Config:
     augment: str = "none"
     boundaries_epochs: Optional[Tuple[float, ...]] = None
     values: Optional[Tuple[float, ...]] = None
+    warmup_epochs: float = 0.0
+    final_lr: Optional[float] = None
+    t_mul: Optional[float] = None
+    m_mul: Optional[float] = None
+    decay_epochs: Optional[float] = None
+    decay_fraction: Optional[float] = None
+    decay_shape: Optional[str] = None
 
     def to_json_dict(self):
         """Returns the configuration as a JSON-safe dict (tuples become lists)."""
@@ -124,6 +137,8 @@ class StepPlan:
     step_size: int
     step_size_down: Optional[int]
     boundaries: Optional[Tuple[int, ...]] = None
+    warmup_steps: int = 0
+    decay_steps: Optional[int] = None
 
 
 def plan_steps(config, num_train_examples):
@@ -132,7 +147,10 @@ def plan_steps(config, num_train_examples):
     Steps per epoch are `num_train_examples // batch_size` (the last partial batch is dropped);
     `step_size = round(step_size_epochs * steps_per_epoch)`, at least 1; `total_steps` is
     `epochs * steps_per_epoch`, capped by `max_steps` when that is positive; `boundaries` (mode
-    piecewise) are `round(e * steps_per_epoch)` for each of `boundaries_epochs`, else None.
+    piecewise) are `round(e * steps_per_epoch)` for each of `boundaries_epochs`, else None;
+    `warmup_steps = round(warmup_epochs * steps_per_epoch)` (at least 1 when warmup_epochs > 0, 0
+    without a warmup); `decay_steps` (mode wsd) is `round(decay_epochs * steps_per_epoch)`, or
+    `round(decay_fraction * epochs * steps_per_epoch)` (default fraction 0.2), at least 1, else None.
     """
     steps_per_epoch = data_lib.steps_per_epoch(num_train_examples, config.batch_size)
     total = config.epochs * steps_per_epoch
@@ -149,7 +167,17 @@ def plan_steps(config, num_train_examples):
         step_size_down=to_steps(config.step_size_down_epochs),
         boundaries=None if config.boundaries_epochs is None else tuple(
             int(round(e * steps_per_epoch)) for e in config.boundaries_epochs),
+        warmup_steps=to_steps(config.warmup_epochs) if config.warmup_epochs else 0,
+        decay_steps=_decay_steps(config, steps_per_epoch) if config.mode == "wsd" else None,
     )
+
+
+def _decay_steps(config, steps_per_epoch):
+    """Returns wsd's decay length in steps (at least 1), from decay_epochs or the run's fraction."""
+    if config.decay_epochs is not None:
+        return max(1, int(round(config.decay_epochs * steps_per_epoch)))
+    fraction = WSD_DECAY_FRACTION if config.decay_fraction is None else config.decay_fraction
+    return max(1, int(round(fraction * config.epochs * steps_per_epoch)))
 
 
 class ScheduleError(ValueError):
@@ -160,6 +188,16 @@ class ScheduleError(ValueError):
 def make_schedule(config, plan):
     """Returns the learning rate for `config`: a float for mode "none", else a Keras schedule in steps.
 
+    With `plan.warmup_steps` > 0 the mode's schedule is wrapped in `schedules.Warmup` (linear from 0
+    to its first rate, then the schedule with its steps counted from the end of the warmup); the
+    modes that span the run (one_cycle, cosine) then span the `epochs * steps_per_epoch -
+    warmup_steps` steps left, piecewise's boundaries stay where their epochs are, and wsd takes the
+    warmup as its own (the same rates). cosine is Keras's `CosineDecay` from `max_lr` to `final_lr`
+    (default 0) over those steps; cosine_restarts Keras's `CosineDecayRestarts` with a first period
+    of `plan.step_size` steps, `t_mul` (default 2), `m_mul` (default 1) and the same end rate; wsd
+    `schedules.WarmupStableDecay` at peak `max_lr` with `plan.decay_steps` of `decay_shape`
+    (default linear) decay to `final_lr`.
+
     For piecewise, Keras's `PiecewiseConstantDecay` with the plan's step boundaries: `values[0]`
     for steps up to and including `boundaries[0]`, `values[i]` for steps in (boundaries[i-1],
     boundaries[i]], the last value after the last boundary (steps count from 0, as
@@ -167,12 +205,62 @@ def make_schedule(config, plan):
     `epochs * steps_per_epoch` steps (not `max_steps`), so a capped smoke run sees the start of the
     real schedule. Raises ScheduleError when those steps are too few for its phases.
     """
+    warmup = plan.warmup_steps
+    if config.mode == "wsd":
+        return _wsd(config, plan)
+    schedule = _unwarmed_schedule(config, plan)
+    if not warmup:
+        return schedule
+    return schedules.Warmup(schedule, warmup)
+
+
+def _run_steps(config, plan):
+    """Returns the steps the spanning modes' schedule lasts: `epochs * steps_per_epoch - warmup_steps`;
+    raises ScheduleError when the warmup leaves none."""
+    total = config.epochs * plan.steps_per_epoch
+    if plan.warmup_steps >= total:
+        raise ScheduleError(
+            f"--warmup_epochs={config.warmup_epochs} is {plan.warmup_steps} steps, which leaves none of the "
+            f"--epochs={config.epochs} x {plan.steps_per_epoch} batches per epoch = {total} steps for --mode={config.mode}"
+        )
+    return total - plan.warmup_steps
+
+
+def _wsd(config, plan):
+    """Returns mode wsd's `schedules.WarmupStableDecay`; raises ScheduleError when its phases do not fit."""
+    total = config.epochs * plan.steps_per_epoch
+    try:
+        return schedules.WarmupStableDecay(
+            config.max_lr, total, plan.warmup_steps, plan.decay_steps,
+            final_lr=config.final_lr or 0.0, decay=config.decay_shape or "linear")
+    except ValueError as e:
+        raise ScheduleError(
+            f"--mode=wsd spans --epochs={config.epochs} x {plan.steps_per_epoch} batches per epoch = {total} steps, "
+            f"with {plan.warmup_steps} warmup steps (--warmup_epochs) and {plan.decay_steps} decay steps "
+            f"(--decay_epochs or --decay_fraction): {e}"
+        ) from None
+
+
+def _unwarmed_schedule(config, plan):
+    """Returns the rate of `config.mode` (not wsd) before any warmup wraps it; durations count from its end."""
+    warmup = plan.warmup_steps
     if config.mode == "none":
         return config.lr
     if config.mode == "piecewise":
-        return keras.optimizers.schedules.PiecewiseConstantDecay(list(plan.boundaries), [float(v) for v in config.values])
+        boundaries = [b - warmup for b in plan.boundaries]
+        if warmup and boundaries[0] <= 0:
+            raise ScheduleError(f"--boundaries_epochs must be after the warmup: boundary step {plan.boundaries[0]} "
+                                f"is within the {warmup} steps of --warmup_epochs={config.warmup_epochs}")
+        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, [float(v) for v in config.values])
+    final_lr = config.final_lr or 0.0
+    if config.mode == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.max_lr, _run_steps(config, plan), alpha=final_lr / config.max_lr)
+    if config.mode == "cosine_restarts":
+        return keras.optimizers.schedules.CosineDecayRestarts(
+            config.max_lr, plan.step_size, t_mul=2.0 if config.t_mul is None else config.t_mul,
+            m_mul=1.0 if config.m_mul is None else config.m_mul, alpha=final_lr / config.max_lr)
     if config.mode == "one_cycle":
-        total = config.epochs * plan.steps_per_epoch
+        total = _run_steps(config, plan)
         try:
             return schedules.OneCycle(
                 config.max_lr,
@@ -184,9 +272,10 @@ def make_schedule(config, plan):
                 three_phase=config.three_phase,
             )
         except ValueError as e:
+            less = f" less {warmup} warmup steps = {total}" if warmup else ""
             raise ScheduleError(
                 f"--mode=one_cycle spans --epochs={config.epochs} x {plan.steps_per_epoch} batches per epoch = "
-                f"{total} steps, too few: {e}"
+                f"{config.epochs * plan.steps_per_epoch}{less} steps, too few: {e}"
             ) from None
     return schedules.CyclicalLearningRate(
         config.initial_lr,
@@ -278,6 +367,65 @@ def validate(config):
             problems.append(f"--{name} must not be empty (leave it out to find the data automatically)")
     problems.extend(_experiment_problems(config))
     problems.extend(_piecewise_problems(config))
+    problems.extend(_warmup_and_decay_problems(config))
+    return problems
+
+
+def _warmup_and_decay_problems(config):
+    """Returns the problems with the warmup and the cosine / cosine_restarts / wsd settings."""
+    problems = []
+    mode = config.mode
+    warmup = config.warmup_epochs
+    if not _finite_numbers([warmup]) or warmup < 0:
+        problems.append(f"--warmup_epochs must be a number of epochs >= 0, got {warmup!r}")
+    elif warmup > MAX_EPOCHS:
+        problems.append(f"--warmup_epochs must be at most {MAX_EPOCHS:.0e} epochs, got {warmup!r}")
+    elif mode in SPANNING_MODES and _finite_numbers([config.epochs]) and warmup >= config.epochs:
+        problems.append(f"--warmup_epochs ({warmup:g}) must be less than --epochs ({config.epochs}) for --mode={mode}")
+    elif mode == "piecewise" and warmup and config.boundaries_epochs and _finite_numbers(config.boundaries_epochs) \
+            and min(config.boundaries_epochs) <= warmup:
+        problems.append(f"--boundaries_epochs must be after the warmup (--warmup_epochs={warmup:g}), "
+                        f"got {','.join(map(str, config.boundaries_epochs))}")
+    owners = {"final_lr": ("cosine", "cosine_restarts", "wsd"), "t_mul": ("cosine_restarts",),
+              "m_mul": ("cosine_restarts",), "decay_epochs": ("wsd",), "decay_fraction": ("wsd",),
+              "decay_shape": ("wsd",)}
+    for name, modes in owners.items():
+        if getattr(config, name) is not None and mode not in modes:
+            problems.append(f"--{name} is for --mode={' or --mode='.join(modes)}, not --mode={mode}")
+    if mode not in ("cosine", "cosine_restarts", "wsd"):
+        return problems
+    final_lr = config.final_lr
+    if final_lr is not None:
+        if not _finite_numbers([final_lr]) or final_lr < 0:
+            problems.append(f"--final_lr must be a learning rate >= 0, got {final_lr!r}")
+        elif _finite_numbers([config.max_lr]) and final_lr >= config.max_lr:
+            problems.append(f"--final_lr ({final_lr:g}) must be less than --max_lr ({config.max_lr:g})")
+    for name in ("t_mul", "m_mul"):
+        value = getattr(config, name)
+        if value is not None and (not _finite_numbers([value]) or value <= 0):
+            problems.append(f"--{name} must be a positive number, got {value!r}")
+    if config.cycle_momentum:
+        problems.append(f"--cycle_momentum needs a cyclical --mode (triangular, triangular2, exp_range, one_cycle), "
+                        f"not {mode}; use --momentum")
+    if mode != "wsd":
+        return problems
+    if config.decay_epochs is not None and config.decay_fraction is not None:
+        problems.append("--decay_epochs and --decay_fraction both set the decay's length; give one")
+    elif config.decay_epochs is not None:
+        if not _finite_numbers([config.decay_epochs]) or config.decay_epochs <= 0:
+            problems.append(f"--decay_epochs must be a positive number of epochs, got {config.decay_epochs!r}")
+        elif _finite_numbers([warmup, config.epochs]) and warmup >= 0 and warmup + config.decay_epochs > config.epochs:
+            problems.append(f"--warmup_epochs ({warmup:g}) + --decay_epochs ({config.decay_epochs:g}) must be at most "
+                            f"--epochs ({config.epochs})")
+    else:
+        fraction = WSD_DECAY_FRACTION if config.decay_fraction is None else config.decay_fraction
+        if not _finite_numbers([fraction]) or not 0 < fraction <= 1:
+            problems.append(f"--decay_fraction must be in (0, 1] (the share of the run spent decaying), got {fraction!r}")
+        elif _finite_numbers([warmup, config.epochs]) and warmup >= 0 and warmup + fraction * config.epochs > config.epochs:
+            problems.append(f"--warmup_epochs ({warmup:g}) + --decay_fraction ({fraction:g}) x --epochs ({config.epochs}) "
+                            f"must be at most --epochs")
+    if config.decay_shape is not None and config.decay_shape not in schedules.WSD_DECAYS:
+        problems.append(f"--decay_shape must be one of {', '.join(schedules.WSD_DECAYS)}, got {config.decay_shape!r}")
     return problems
 
 

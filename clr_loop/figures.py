@@ -278,7 +278,7 @@ def plot_schedule(config, path, num_train_examples=data_lib.FULL_SIZE["train"]):
     title = f"{config.mode}: {config.epochs} epochs of {plan.steps_per_epoch} steps"
     if config.mode == "piecewise":
         title += f", boundaries at steps {', '.join(map(str, plan.boundaries))}"
-    elif config.mode not in ("none", "one_cycle"):
+    elif config.mode not in ("none", "one_cycle", "cosine", "wsd"):  # no step size in these
         title += f", step_size {plan.step_size}"
     draw_schedule(steps, lr, path, title)
     return path

@@ -8,7 +8,7 @@ ramp from `start_lr` to `end_lr`; it stops when the smoothed loss exceeds 4x its
 step is not finite) and suggests a maximal rate (fastai's "valley" point), the steepest-descent
 point, and a base rate of max / 4. This app runs it on Fashion-MNIST (`run_range_test`), writes
 `lr_range.json` and `lr_range.png` to the workdir, and prints the trainer flags that use the
-suggestions; the library's argument errors reach the user named as flags.
+suggestions, one line per schedule family (triangular2, one_cycle, cosine, wsd, schedule_free); the library's argument errors reach the user named as flags.
 """
 
 import dataclasses
@@ -42,20 +42,29 @@ PNG_NAME = "lr_range.png"
 
 
 def trainer_flags(suggestions, momentum):
-    """Returns {"triangular2": flags, "one_cycle": flags}: `clr_loop.train` flags (a str) that use the suggestions.
+    """Returns {family: flags}: the `clr_loop.train` flags (a str) that use the suggestions, per schedule family.
 
-    The CLR line trains with the test's `momentum`. One-cycle cycles momentum down to
-    `--base_momentum` (0.85) at its peak rate; a rate found with less momentum than that would be
-    too high with it, so then the line turns cycled momentum off and uses the test's momentum.
+    The families are "triangular2" (the CLR line: `--initial_lr` the base rate, `--max_lr` the
+    maximal one), "one_cycle", "cosine", "wsd" and "schedule_free" (each peaks at `--max_lr`, the
+    maximal rate). The CLR, cosine and WSD lines train with the test's `momentum`. One-cycle cycles
+    momentum down to `--base_momentum` (0.85) at its peak rate; a rate found with less momentum than
+    that would be too high with it, so then the line turns cycled momentum off and uses the test's
+    momentum. The schedule-free line names only its peak rate: that optimizer has its own momentum.
     """
     fmt = lambda x: f"{x:.2g}"  # noqa: E731
-    clr = f"--mode=triangular2 --initial_lr={fmt(suggestions.base_lr)} --max_lr={fmt(suggestions.max_lr)}"
-    one_cycle = f"--mode=one_cycle --max_lr={fmt(suggestions.max_lr)}"
-    if momentum > 0:
-        clr += f" --momentum={momentum:g}"
+    peak = f"--max_lr={fmt(suggestions.max_lr)}"
+    with_momentum = f" --momentum={momentum:g}" if momentum > 0 else ""
+    clr = f"--mode=triangular2 --initial_lr={fmt(suggestions.base_lr)} {peak}" + with_momentum
+    one_cycle = f"--mode=one_cycle {peak}"
     if momentum < ONE_CYCLE_PEAK_MOMENTUM:
-        one_cycle += " --cycle_momentum=false" + (f" --momentum={momentum:g}" if momentum > 0 else "")
-    return {"triangular2": clr, "one_cycle": one_cycle}
+        one_cycle += " --cycle_momentum=false" + with_momentum
+    return {
+        "triangular2": clr,
+        "one_cycle": one_cycle,
+        "cosine": f"--mode=cosine {peak}" + with_momentum,
+        "wsd": f"--mode=wsd {peak}" + with_momentum,
+        "schedule_free": f"--mode=schedule_free {peak}",
+    }
 
 
 def report(result, momentum):

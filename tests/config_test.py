@@ -49,7 +49,7 @@ def test_cycle_momentum_defaults():
 @pytest.mark.parametrize(
     "changes,flag",
     [
-        (dict(mode="cosine"), "--mode"),
+        (dict(mode="cosine_annealing"), "--mode"),
         (dict(max_lr=1e-5), "--max_lr"),
         (dict(batch_size=0), "--batch_size"),
         (dict(epochs=2.5), "--epochs"),
@@ -123,3 +123,134 @@ def test_piecewise_schedule_against_a_numpy_oracle():
 def test_piecewise_settings_are_validated_naming_the_flags(changes, message):
     config = config_lib.Config(**{"mode": "piecewise", **changes})
     assert any(message in problem for problem in config_lib.validate(config)), config_lib.validate(config)
+
+
+def config_rates(config, num_train_examples, steps=None):
+    """Returns (plan, float64 rates at every step of the run) of `config`'s schedule, as the trainer builds it."""
+    plan = config_lib.plan_steps(config, num_train_examples)
+    schedule = config_lib.make_schedule(config, plan)
+    steps = np.arange(plan.total_steps) if steps is None else steps
+    return plan, np.asarray(schedule(steps), dtype=np.float64)
+
+
+def test_cosine_and_wsd_span_the_run_from_max_lr_to_final_lr():
+    # 10 steps per epoch, 4 epochs: 40 steps.
+    cosine = config_lib.Config(mode="cosine", max_lr=0.2, final_lr=0.002, epochs=4, batch_size=10)
+    _, lr = config_rates(cosine, 100)
+    t = np.arange(40)
+    np.testing.assert_allclose(lr, 0.002 + (0.2 - 0.002) * (1 + np.cos(np.pi * t / 40)) / 2, rtol=1e-5)
+    wsd = config_lib.Config(mode="wsd", max_lr=0.2, epochs=4, batch_size=10, decay_shape="sqrt")
+    plan, lr = config_rates(wsd, 100)
+    assert plan.decay_steps == 8  # the default 20% of 40 steps
+    p = (t - 32) / 8
+    np.testing.assert_allclose(lr, np.where(t < 32, 0.2, 0.2 * (1 - np.sqrt(np.clip(p, 0, 1)))), rtol=1e-6, atol=1e-9)
+    by_epochs = config_lib.plan_steps(dataclasses.replace(wsd, decay_epochs=1.55), 100)
+    assert by_epochs.decay_steps == 16  # round(15.5) = 16 (round half to even)
+    assert config_lib.plan_steps(dataclasses.replace(wsd, decay_fraction=0.5), 100).decay_steps == 20
+
+
+def test_cosine_restarts_is_keras_sgdr_with_the_first_period_from_step_size_epochs():
+    config = config_lib.Config(mode="cosine_restarts", max_lr=0.1, step_size_epochs=0.5, t_mul=2.0, m_mul=0.5,
+                               final_lr=0.01, epochs=4, batch_size=10)
+    _, lr = config_rates(config, 100)
+    # SGDR (Loshchilov & Hutter) as Keras documents it: periods of 5, 10, 20, ... steps, the cosine's
+    # height times m_mul**i above the floor final_lr = alpha * max_lr (alpha = 0.1), which stays put.
+    expected = []
+    for i, length in enumerate((5, 10, 20, 40)):
+        t = np.arange(length)
+        expected.append(0.01 + (0.1 - 0.01) * 0.5**i * (1 + np.cos(np.pi * t / length)) / 2)
+    np.testing.assert_allclose(lr, np.concatenate(expected)[:40], rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode,extra", [
+    ("none", {}), ("triangular2", {}), ("one_cycle", {}), ("cosine", {}), ("cosine_restarts", {}), ("wsd", {}),
+    ("piecewise", {"boundaries_epochs": (2.0, 3.0), "values": (0.1, 0.05, 0.01)}),
+])
+def test_warmup_epochs_applies_to_every_mode(mode, extra):
+    # 10 steps per epoch, 4 epochs, 1.25 warmup epochs = round(12.5) = 12 steps.
+    config = config_lib.Config(mode=mode, max_lr=0.1, initial_lr=0.01, epochs=4, batch_size=10, warmup_epochs=1.25,
+                               step_size_epochs=0.5, **extra)
+    plan, lr = config_rates(config, 100)
+    assert plan.warmup_steps == 12 and config_lib.plan_steps(dataclasses.replace(config, warmup_epochs=0), 100).warmup_steps == 0
+    first = lr[12]
+    np.testing.assert_allclose(lr[:12], first * np.arange(12) / 12, rtol=1e-5, atol=1e-9)
+    if mode == "wsd":  # its own warmup, then 20% of the 40 steps of decay
+        np.testing.assert_allclose(lr[12:32], 0.1, rtol=1e-6)
+        return
+    # After the warmup: the mode's schedule with its steps counted from the warmup's end; the spanning
+    # modes span the 28 steps left, piecewise's boundaries stay at epochs 2 and 3.
+    t = np.arange(28)
+    expected = {
+        "none": lambda: np.full(28, 0.01),  # --lr
+        "piecewise": lambda: np.where(t + 12 <= 20, 0.1, np.where(t + 12 <= 30, 0.05, 0.01)),
+        "triangular2": lambda: schedules.CyclicalLearningRate(0.01, 0.1, 5, mode="triangular2")(t),
+        "one_cycle": lambda: schedules.OneCycle(0.1, 28)(t),
+        "cosine": lambda: 0.1 * (1 + np.cos(np.pi * t / 28)) / 2,
+        "cosine_restarts": lambda: keras.optimizers.schedules.CosineDecayRestarts(0.1, 5)(t),
+    }[mode]()
+    np.testing.assert_allclose(lr[12:], expected, rtol=1e-5)
+
+
+def test_warmup_before_a_one_cycle_keeps_its_cycled_momentum():
+    from clr_loop import trainer
+
+    config = config_lib.Config(mode="one_cycle", max_lr=0.1, epochs=2, batch_size=10, warmup_epochs=0.5)
+    plan = config_lib.plan_steps(config, 100)
+    optimizer = trainer.make_optimizer(config, plan)  # a CyclicalMomentumSGD whose momentum is a CyclicalMomentum
+    momentum = np.asarray(optimizer.momentum(np.arange(20)), dtype=np.float64)
+    np.testing.assert_allclose(momentum[:5], 0.95, rtol=1e-6)
+    inner = schedules.OneCycle(0.1, 15)
+    np.testing.assert_allclose(momentum[5:], inner.momentum(np.arange(15), 0.85, 0.95), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"warmup_epochs": -0.5}, "--warmup_epochs must be a number of epochs >= 0"),
+        ({"warmup_epochs": float("inf")}, "--warmup_epochs must be a number of epochs >= 0"),
+        ({"mode": "cosine", "warmup_epochs": 10.0}, "--warmup_epochs (10) must be less than --epochs (10) for --mode=cosine"),
+        ({"mode": "piecewise", "boundaries_epochs": (1.0,), "values": (0.1, 0.01), "warmup_epochs": 1.0},
+         "--boundaries_epochs must be after the warmup"),
+        ({"final_lr": 0.001}, "--final_lr is for --mode=cosine or --mode=cosine_restarts or --mode=wsd, not --mode=triangular2"),
+        ({"mode": "cosine", "t_mul": 2.0}, "--t_mul is for --mode=cosine_restarts, not --mode=cosine"),
+        ({"mode": "one_cycle", "decay_shape": "sqrt"}, "--decay_shape is for --mode=wsd, not --mode=one_cycle"),
+        ({"mode": "cosine", "final_lr": 0.01}, "--final_lr (0.01) must be less than --max_lr (0.01)"),
+        ({"mode": "wsd", "final_lr": -1.0}, "--final_lr must be a learning rate >= 0"),
+        ({"mode": "cosine_restarts", "m_mul": 0.0}, "--m_mul must be a positive number"),
+        ({"mode": "cosine", "cycle_momentum": True}, "--cycle_momentum needs a cyclical --mode"),
+        ({"mode": "wsd", "decay_epochs": 2.0, "decay_fraction": 0.2}, "--decay_epochs and --decay_fraction both"),
+        ({"mode": "wsd", "decay_epochs": 0.0}, "--decay_epochs must be a positive number of epochs"),
+        ({"mode": "wsd", "decay_fraction": 0.0}, "--decay_fraction must be in (0, 1]"),
+        ({"mode": "wsd", "warmup_epochs": 3.0, "decay_epochs": 8.0}, "--warmup_epochs (3) + --decay_epochs (8) must be at most --epochs (10)"),
+        ({"mode": "wsd", "warmup_epochs": 9.0}, "--warmup_epochs (9) + --decay_fraction (0.2) x --epochs (10) must be at most"),
+        ({"mode": "wsd", "decay_shape": "exp"}, "--decay_shape must be one of linear, cos, sqrt"),
+    ],
+)
+def test_warmup_cosine_and_wsd_settings_are_validated_naming_the_flags(changes, message):
+    problems = config_lib.validate(config_lib.Config(**changes))
+    assert len(problems) == 1 and message in problems[0], problems
+
+
+def test_a_warmup_longer_than_the_data_allows_names_the_settings():
+    # 96 examples in batches of 64: one step per epoch; 2 epochs; a 1.5-epoch warmup rounds to 2 steps.
+    config = config_lib.Config(mode="cosine", epochs=2, warmup_epochs=1.5)
+    with pytest.raises(config_lib.ScheduleError, match=r"--warmup_epochs=1.5 is 2 steps, which leaves none of the "
+                                                      r"--epochs=2 x 1 batches per epoch = 2 steps for --mode=cosine"):
+        config_lib.make_schedule(config, config_lib.plan_steps(config, 96))
+    wsd = config_lib.Config(mode="wsd", epochs=2, warmup_epochs=1.5)
+    with pytest.raises(config_lib.ScheduleError, match=r"--mode=wsd spans .* 2 warmup steps .* 1 decay steps"):
+        config_lib.make_schedule(wsd, config_lib.plan_steps(wsd, 96))
+
+
+def test_epochs_are_part_of_the_spanning_schedules_on_resume():
+    from clr_loop import checkpointing
+
+    for mode, resumable in (("cosine", False), ("wsd", False), ("one_cycle", False), ("triangular2", True),
+                            ("cosine_restarts", True)):
+        saved = config_lib.Config(mode=mode).to_json_dict()
+        current = config_lib.Config(mode=mode, epochs=20).to_json_dict()
+        assert (checkpointing.config_differences(saved, current) == []) == resumable, mode
+    # A run saved before the new settings existed resumes with their defaults.
+    old = {k: v for k, v in config_lib.Config().to_json_dict().items()
+           if k not in ("warmup_epochs", "final_lr", "t_mul", "m_mul", "decay_epochs", "decay_fraction", "decay_shape")}
+    assert checkpointing.config_differences(old, config_lib.Config().to_json_dict()) == []

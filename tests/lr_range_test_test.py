@@ -33,6 +33,34 @@ def test_trainer_flags_follow_the_momentum_of_the_test():
     assert some["one_cycle"] == "--mode=one_cycle --max_lr=0.081 --cycle_momentum=false --momentum=0.5"
 
 
+def test_trainer_flags_give_every_schedule_family_its_peak_rate():
+    sug = lr_finder.Suggestions(steepest_lr=0.2, valley_lr=0.0812, max_lr=0.0812, base_lr=0.0203, window=(0, 9))
+    assert lrt.trainer_flags(sug, 0.0) == {
+        "triangular2": "--mode=triangular2 --initial_lr=0.02 --max_lr=0.081",
+        "one_cycle": "--mode=one_cycle --max_lr=0.081 --cycle_momentum=false",
+        "cosine": "--mode=cosine --max_lr=0.081",
+        "wsd": "--mode=wsd --max_lr=0.081",
+        "schedule_free": "--mode=schedule_free --max_lr=0.081",
+    }
+    heavy = lrt.trainer_flags(sug, 0.9)
+    assert heavy["cosine"] == "--mode=cosine --max_lr=0.081 --momentum=0.9"
+    assert heavy["wsd"] == "--mode=wsd --max_lr=0.081 --momentum=0.9"
+    assert heavy["schedule_free"] == "--mode=schedule_free --max_lr=0.081"
+    # The report prints one `python -m clr_loop.train` line per family, in that order.
+    result = lr_finder.RangeTestResult(
+        lr=[1e-3, 1e-2, 1e-1], loss=[2.3, 1.0, 0.5], smoothed_loss=[2.3, 1.5, 0.9], stop_reason="completed",
+        stop_lr=0.1, suggestions=sug, settings={"num_steps": 3, "start_lr": 1e-3, "end_lr": 0.1, "ramp": "exp"})
+    lines = lrt.report(result, 0.9).splitlines()
+    start = lines.index("Trainer flags:")
+    assert lines[start + 1:] == [
+        "  python -m clr_loop.train --mode=triangular2 --initial_lr=0.02 --max_lr=0.081 --momentum=0.9",
+        "  python -m clr_loop.train --mode=one_cycle --max_lr=0.081",
+        "  python -m clr_loop.train --mode=cosine --max_lr=0.081 --momentum=0.9",
+        "  python -m clr_loop.train --mode=wsd --max_lr=0.081 --momentum=0.9",
+        "  python -m clr_loop.train --mode=schedule_free --max_lr=0.081",
+    ]
+
+
 def write_tiny_idx_dir(directory, n_train=96, n_test=40, seed=0):
     """Writes the four Fashion-MNIST IDX .gz files (real format, tiny sizes) into `directory`."""
     os.makedirs(directory, exist_ok=True)

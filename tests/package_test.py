@@ -61,9 +61,11 @@ def test_public_names_load_from_their_modules_on_first_use():
     assert set(clr_loop.__all__) == {
         "CyclicalLearningRate", "ExponentialCyclicalLearningRate", "OneCycle",
         "Triangular2CyclicalLearningRate", "TriangularCyclicalLearningRate", "fit",
+        "Sequence", "Warmup", "WarmupStableDecay",
     }
     assert set(clr_loop.__all__) <= set(dir(clr_loop))
     assert clr_loop.OneCycle is schedules.OneCycle
+    assert clr_loop.WarmupStableDecay is schedules.WarmupStableDecay
     assert clr_loop.CyclicalLearningRate is schedules.CyclicalLearningRate
     with pytest.raises(AttributeError, match="no_such_name"):
         clr_loop.no_such_name  # noqa: B018  (the attribute access is the test)

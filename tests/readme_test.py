@@ -40,6 +40,16 @@ def test_readme_schedule_example_runs_and_prints_the_documented_values():
     assert result.stdout.strip() == "step 0: 0.000100, peak of cycle 1: 0.010000, peak of cycle 2: 0.005050"
 
 
+def test_readme_composition_example_prints_the_documented_values():
+    (example,) = [b for b in code_blocks(read("README.md"), "python") if "WarmupStableDecay(0.1" in b]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, env=env, timeout=120,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    documented = re.search(r"```\n\nprints `([^`]*)`", read("README.md").split("WarmupStableDecay(0.1")[1]).group(1)
+    assert result.stdout.strip() == documented == "0.050 0.100 0.0040 0.100 0.000"
+
+
 def test_readme_fit_example_runs_as_written(tmp_path):
     """The "Use it with your own model" example, unchanged, on small random data in place of the
     user's arrays: clr_loop.fit returns model.fit's history keys plus lr, and writes its workdir."""

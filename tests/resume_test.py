@@ -229,6 +229,26 @@ def test_unusable_workdir_is_an_error_before_training(tmp_path, idx_dir):
     assert code == 1 and "is not a writable folder" in out and "Epoch" not in out
 
 
+def assert_killed_run_resumes_bit_identically(tmp_path, idx_dir, extra, kill_at):
+    """Runs `extra` uninterrupted and killed (SIGKILL at the first checkpoint >= kill_at) then resumed;
+    asserts every checkpoint tensor and history.json equal. Returns (reference workdir, resumed workdir)."""
+    reference_dir = str(tmp_path / "reference")
+    code, out = run(reference_dir, idx_dir, *extra)
+    assert code == 0, out
+    workdir = str(tmp_path / "run")
+    code, out = run_until_checkpoint_then(workdir, idx_dir, kill_at, signal.SIGKILL, *extra)
+    assert code == -signal.SIGKILL, out
+    code, out = run(workdir, idx_dir, *extra)
+    assert code == 0 and "Resuming from" in out, out
+    ref_path, ref_values = checkpoint_values(reference_dir)
+    path, values = checkpoint_values(workdir)
+    assert os.path.basename(path) == os.path.basename(ref_path)
+    assert set(values) == set(ref_values)
+    assert [k for k in ref_values if not np.array_equal(values[k], ref_values[k])] == []
+    assert history_without_timing(workdir) == history_without_timing(reference_dir)
+    return reference_dir, workdir
+
+
 # Optimizers and schedules beyond the base flags: each resumes bit-identically after kill -9.
 RESUME_CASES = {
     "adam_one_cycle_cycled_beta_1": ("--optimizer=adam", "--mode=one_cycle", "--max_lr=0.003"),
@@ -238,17 +258,15 @@ RESUME_CASES = {
 
 @pytest.mark.parametrize("case", sorted(RESUME_CASES))
 def test_sigkill_then_resume_is_bit_identical_for_each_optimizer_and_schedule(tmp_path, idx_dir, case):
-    extra = RESUME_CASES[case]
-    reference_dir = str(tmp_path / "reference")
-    code, out = run(reference_dir, idx_dir, *extra)
-    assert code == 0, out
-    workdir = str(tmp_path / "run")
-    code, out = run_until_checkpoint_then(workdir, idx_dir, 52, signal.SIGKILL, *extra)
-    assert code == -signal.SIGKILL, out
-    code, out = run(workdir, idx_dir, *extra)
-    assert code == 0 and "Resuming from" in out, out
-    _, ref_values = checkpoint_values(reference_dir)
-    _, values = checkpoint_values(workdir)
-    assert set(values) == set(ref_values)
-    assert [k for k in ref_values if not np.array_equal(values[k], ref_values[k])] == []
-    assert history_without_timing(workdir) == history_without_timing(reference_dir)
+    assert_killed_run_resumes_bit_identically(tmp_path, idx_dir, RESUME_CASES[case], kill_at=52)
+
+
+def test_wsd_with_warmup_killed_then_resumed_is_bit_identical(tmp_path, idx_dir):
+    """The composed schedules are pure functions of optimizer.iterations: a killed WSD run resumes exactly."""
+    wsd = ("--mode=wsd", "--max_lr=0.05", "--warmup_epochs=0.5", "--decay_fraction=0.3", "--decay_shape=sqrt",
+           "--epochs=2")
+    _, workdir = assert_killed_run_resumes_bit_identically(tmp_path, idx_dir, wsd, kill_at=44)  # the stable phase
+    history = history_without_timing(workdir)
+    assert len(history["lr"]) == 2
+    # The logged rates are WSD's at each epoch's last step (39, 79): stable, then 1 - sqrt(23/24) of the decay.
+    assert history["lr"] == pytest.approx([0.05, 0.05 * (1 - (23 / 24) ** 0.5)], rel=1e-6)

@@ -116,6 +116,18 @@ def test_cli_under_tfds_mock_data(tmp_path):
     assert json.load(open(os.path.join(workdir, "config.json")))["resolved"]["steps_per_epoch"] == 5
 
 
+@pytest.mark.parametrize("name", ["cosine", "cosine_restarts", "wsd"])
+def test_the_new_modes_flagfiles_run(tmp_path, name):
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    workdir = str(tmp_path / name)
+    flagfile = os.path.join(REPO, "flags", f"{name}.flags")
+    status = run_main_in_process([f"--flagfile={flagfile}", f"--dataset_dir={data_dir}", f"--workdir={workdir}",
+                                  "--batch_size=16", "--max_steps=4", "--eval_batch_size=40", "--jit_compile=false"])
+    assert status == 0
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["mode"] == name and config["epochs"] == 10 and config["resolved"]["total_steps"] == 4
+
+
 def test_flagfile_from_repo_root_and_later_flags_override(tmp_path):
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
     workdir = str(tmp_path / "smoke")
@@ -145,6 +157,12 @@ def test_flagfile_from_repo_root_and_later_flags_override(tmp_path):
         (["--profile_steps=9,3"], "--profile_steps"),
         (["--pct_start=1.5"], "--pct_start"),
         (["--base_momentum=0.99"], "--base_momentum"),
+        (["--warmup_epochs=-1"], "--warmup_epochs"),
+        (["--mode=wsd", "--decay_epochs=2", "--decay_fraction=0.3"], "--decay_epochs and --decay_fraction"),
+        (["--mode=wsd", "--final_lr=0.5", "--max_lr=0.1"], r"--final_lr \(0.5\) must be less than --max_lr"),
+        (["--mode=cosine_restarts", "--t_mul=-2"], "--t_mul"),
+        (["--mode=triangular", "--t_mul=2"], "--t_mul is for --mode=cosine_restarts"),
+        (["--mode=cosine", "--warmup_epochs=10", "--epochs=10"], "--warmup_epochs"),
     ],
 )
 def test_bad_flag_values_are_named_and_write_nothing(tmp_path, argv, message):
@@ -160,8 +178,11 @@ def test_bad_flags_exit_1_with_one_line_before_writing(tmp_path):
     result = run_cli(f"--workdir={workdir}", "--max_lr=1e-5")
     assert_one_line_usage_error(result, "--max_lr (1e-05) must be greater than --initial_lr")
     assert not workdir.exists()
-    result = run_cli(f"--workdir={workdir}", "--mode=cosine")
+    result = run_cli(f"--workdir={workdir}", "--mode=cosine_annealing")
     assert_one_line_usage_error(result, "--mode", "triangular2")
+    assert not workdir.exists()
+    result = run_cli(f"--workdir={workdir}", "--mode=cosine", "--decay_shape=sqrt")
+    assert_one_line_usage_error(result, "--decay_shape is for --mode=wsd, not --mode=cosine")
     assert not workdir.exists()
     # A flagfile that is not UTF-8 text is named, with the byte at fault.
     flagfile = tmp_path / "latin1.flags"

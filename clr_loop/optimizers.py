@@ -347,14 +347,22 @@ class _ScheduleFree(keras.optimizers.Optimizer):
 
     @contextlib.contextmanager
     def at_average(self, variables=None):
-        """A context in which the model variables hold x; they hold what they held before after it."""
-        was_x = self.at_x
+        """A context in which the model variables hold x; after it they hold exactly (bit for bit) what
+        they held before: y is copied to the host and put back, not recomputed from x, so
+        evaluating at x does not change training."""
+        if self.at_x:
+            yield
+            return
+        if variables is None:
+            variables = self._trainable_variables
+        saved = [v.numpy() for v in variables]
         self.swap_to_x(variables)
         try:
             yield
         finally:
-            if not was_x:
-                self.swap_to_y(variables)
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
+            self._at_x.assign(0.0)
 
     def get_config(self):
         """Returns a JSON-safe dict: Keras's optimizer config plus beta, warmup_steps, weight_lr_power."""

@@ -13,7 +13,11 @@ from clr_loop import datasets
 from clr_loop import models
 from clr_loop import schedules
 
-MODES = ("none",) + schedules.MODES + ("one_cycle", "piecewise")
+MODES = ("none",) + schedules.MODES + ("one_cycle", "piecewise", "schedule_free")
+# The optimizers --mode=schedule_free has (clr_loop.optimizers.ScheduleFreeSGD / ScheduleFreeAdamW).
+SCHEDULE_FREE_OPTIMIZERS = ("sgd", "adamw")
+# The schedule-free reference's interpolation beta, used for SGD when --momentum is left at 0.
+SCHEDULE_FREE_MOMENTUM = 0.9
 JIT_CHOICES = ("auto", "true", "false")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -87,6 +91,7 @@ class Config:
     augment: str = "none"
     boundaries_epochs: Optional[Tuple[float, ...]] = None
     values: Optional[Tuple[float, ...]] = None
+    warmup_epochs: float = 0.0
 
     def to_json_dict(self):
         """Returns the configuration as a JSON-safe dict (tuples become lists)."""
@@ -108,7 +113,7 @@ class Config:
     @property
     def uses_cycle_momentum(self):
         """True when the momentum (SGD's, Adam's beta_1) follows the schedule (default: only for one_cycle)."""
-        if self.mode == "none":
+        if self.mode in ("none", "schedule_free"):
             return False
         if self.cycle_momentum is None:
             return self.mode == "one_cycle"
@@ -124,6 +129,7 @@ class StepPlan:
     step_size: int
     step_size_down: Optional[int]
     boundaries: Optional[Tuple[int, ...]] = None
+    warmup_steps: int = 0
 
 
 def plan_steps(config, num_train_examples):
@@ -132,7 +138,8 @@ def plan_steps(config, num_train_examples):
     Steps per epoch are `num_train_examples // batch_size` (the last partial batch is dropped);
     `step_size = round(step_size_epochs * steps_per_epoch)`, at least 1; `total_steps` is
     `epochs * steps_per_epoch`, capped by `max_steps` when that is positive; `boundaries` (mode
-    piecewise) are `round(e * steps_per_epoch)` for each of `boundaries_epochs`, else None.
+    piecewise) are `round(e * steps_per_epoch)` for each of `boundaries_epochs`, else None;
+    `warmup_steps = round(warmup_epochs * steps_per_epoch)` (0 for none).
     """
     steps_per_epoch = data_lib.steps_per_epoch(num_train_examples, config.batch_size)
     total = config.epochs * steps_per_epoch
@@ -149,6 +156,7 @@ def plan_steps(config, num_train_examples):
         step_size_down=to_steps(config.step_size_down_epochs),
         boundaries=None if config.boundaries_epochs is None else tuple(
             int(round(e * steps_per_epoch)) for e in config.boundaries_epochs),
+        warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
     )
 
 
@@ -169,6 +177,8 @@ def make_schedule(config, plan):
     """
     if config.mode == "none":
         return config.lr
+    if config.mode == "schedule_free":
+        return config.max_lr  # constant: the optimizer warms it up and averages (make_optimizer)
     if config.mode == "piecewise":
         return keras.optimizers.schedules.PiecewiseConstantDecay(list(plan.boundaries), [float(v) for v in config.values])
     if config.mode == "one_cycle":
@@ -218,7 +228,10 @@ def validate(config):
         positive(name)
     if config.step_size_down_epochs is not None:
         positive("step_size_down_epochs")
-    for name in ("epochs", "step_size_epochs", "step_size_down_epochs"):
+    warmup = config.warmup_epochs
+    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not math.isfinite(warmup) or warmup < 0:
+        problems.append(f"--warmup_epochs must be a number of epochs >= 0, got {warmup!r}")
+    for name in ("epochs", "step_size_epochs", "step_size_down_epochs", "warmup_epochs"):
         value = getattr(config, name)
         if isinstance(value, (int, float)) and value > MAX_EPOCHS:
             problems.append(f"--{name} must be at most {MAX_EPOCHS:.0e} epochs, got {value!r}")
@@ -278,6 +291,25 @@ def validate(config):
             problems.append(f"--{name} must not be empty (leave it out to find the data automatically)")
     problems.extend(_experiment_problems(config))
     problems.extend(_piecewise_problems(config))
+    problems.extend(_schedule_free_problems(config))
+    return problems
+
+
+def _schedule_free_problems(config):
+    """Returns the problems of --mode=schedule_free (its optimizer and the settings it cannot use).
+
+    Its peak rate is --max_lr, warmed up over --warmup_epochs; --lr, --initial_lr, the cycle and
+    one-cycle settings are ignored (documented), as the rate has no schedule.
+    """
+    if config.mode != "schedule_free":
+        return []
+    problems = []
+    if config.optimizer not in SCHEDULE_FREE_OPTIMIZERS:
+        problems.append(f"--mode=schedule_free needs --optimizer=sgd or --optimizer=adamw "
+                        f"(ScheduleFreeSGD / ScheduleFreeAdamW), got --optimizer={config.optimizer}")
+    if config.cycle_momentum:
+        problems.append("--cycle_momentum cannot run with --mode=schedule_free: its momentum is the constant "
+                        "interpolation beta (--momentum for sgd; 0 means the reference's 0.9)")
     return problems
 
 

@@ -14,10 +14,16 @@ import sys
 import keras
 import numpy as np
 import pytest
+from absl import app
+from absl import flags
 
+from clr_loop import cli
+from clr_loop import config as config_lib
 from clr_loop import loop
 from clr_loop import optimizers
+from clr_loop import trainer as trainer_lib
 from loop_test import BATCH, STEPS_PER_EPOCH, _history_file, _start, toy_data
+from trainer_test import fake_data, make_config
 
 
 def sf_model(bn=False, seed=1):
@@ -195,3 +201,57 @@ def test_sigkill_then_the_same_call_again_is_bit_identical(tmp_path, monkeypatch
     for name in expected.files:
         assert np.array_equal(actual[name], expected[name]), name
     assert _history_file(run_dir) == _history_file(ref_dir)
+
+
+# The CLI's --mode=schedule_free ------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def flagfile_config(name, *extra):
+    flag_values = flags.FlagValues()
+    cli.define_training_flags(flag_values)
+    flag_values(["clr_loop.train", f"--flagfile={os.path.join(REPO, 'flags', name)}", *extra])
+    return cli.config_from_flags(flag_values)
+
+
+@pytest.mark.parametrize("name,cls,beta", [("schedule_free_sgd.flags", optimizers.ScheduleFreeSGD, 0.9),
+                                           ("schedule_free_adamw.flags", optimizers.ScheduleFreeAdamW, 0.9)])
+def test_flagfiles_build_the_schedule_free_optimizers_at_max_lr_with_the_warmup_in_steps(name, cls, beta):
+    with open(os.path.join(REPO, "flags", name)) as f:
+        assert f.readline().strip() == f"# python -m clr_loop.train --flagfile=flags/{name}"
+    config = flagfile_config(name)
+    assert config.mode == "schedule_free" and config.epochs == 10 and not config.uses_cycle_momentum
+    plan = config_lib.plan_steps(config, 60000)
+    assert plan.warmup_steps == round(0.5 * 937) == 468
+    opt = trainer_lib.make_optimizer(config, plan)
+    assert type(opt) is cls
+    assert opt.beta == beta and opt.warmup_steps == 468
+    assert opt.get_config()["learning_rate"] == pytest.approx(config.max_lr)
+    assert opt.weight_decay == (0.004 if cls is optimizers.ScheduleFreeAdamW else 0.0)
+
+
+def test_schedule_free_sgd_takes_its_beta_from_momentum():
+    config = flagfile_config("schedule_free_sgd.flags", "--momentum=0.75", "--weight_decay=0.01")
+    opt = trainer_lib.make_optimizer(config, config_lib.plan_steps(config, 640))
+    assert opt.beta == 0.75 and opt.weight_decay == 0.01 and opt.warmup_steps == 5
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--optimizer=adam"], "--mode=schedule_free needs --optimizer=sgd or --optimizer=adamw"),
+    (["--cycle_momentum"], "--cycle_momentum cannot run with --mode=schedule_free"),
+    (["--warmup_epochs=-1"], "--warmup_epochs must be a number of epochs >= 0"),
+])
+def test_bad_schedule_free_flags_are_named(extra, pattern):
+    with pytest.raises(app.UsageError, match=pattern):
+        flagfile_config("schedule_free_sgd.flags", *extra)
+
+
+def test_trainer_runs_schedule_free_and_leaves_x(tmp_path):
+    config = make_config(tmp_path, mode="schedule_free", optimizer="adamw", max_lr=0.002, warmup_epochs=0.25)
+    trainer = trainer_lib.Trainer(config, fake_data())
+    history = trainer.train()
+    assert type(trainer.optimizer) is optimizers.ScheduleFreeAdamW and trainer.optimizer.warmup_steps == 2
+    assert trainer.optimizer.at_x
+    assert history["lr"] == pytest.approx([0.002, 0.002], rel=1e-6)
+    assert all(np.isfinite(history["val_loss"]))

@@ -211,3 +211,31 @@ def test_config_round_trips_through_keras_serialization(cls, extra):
 def test_bad_arguments_are_named(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         optimizers.ScheduleFreeSGD(**kwargs)
+
+
+def test_a_learning_rate_schedule_follows_the_reference_with_its_rate_set_each_step():
+    """With a Keras schedule as the rate (here decaying after a rise), the weights use lr_max, the
+    largest rate so far, as the reference does when its group's lr changes between steps."""
+    torch = pytest.importorskip("torch")
+    schedulefree = pytest.importorskip("schedulefree")
+    torch.set_num_threads(1)
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([4, 12], [0.1, 0.3, 0.05])
+    a, b, w0 = problem(seed=7)
+    p = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+    at, bt = torch.tensor(a), torch.tensor(b)
+    ref = schedulefree.SGDScheduleFree([p], lr=0.1, momentum=0.9, warmup_steps=3)
+    want_y, want_x = [], []
+    for step in range(STEPS):
+        ref.param_groups[0]["lr"] = float(schedule(step))
+        ref.train()
+        want_y.append(p.detach().numpy().copy())
+        p.grad = at.T @ (at @ p.detach() - bt) / len(b)
+        ref.step()
+        ref.eval()
+        want_x.append(p.detach().numpy().copy())
+    got_y, got_x = keras_trajectory(optimizers.ScheduleFreeSGD(schedule, momentum=0.9, warmup_steps=3), a, b, w0, STEPS)
+    np.testing.assert_allclose(got_y, want_y, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(got_x, want_x, rtol=2e-4, atol=2e-5)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(
+        optimizers.ScheduleFreeSGD(schedule, warmup_steps=3)))
+    assert isinstance(again.get_config()["learning_rate"], dict)  # the schedule, as a nested config

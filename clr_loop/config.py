@@ -20,6 +20,11 @@ SPANNING_MODES = ("one_cycle", "cosine", "wsd")
 # The share of wsd's steps spent decaying when neither decay_epochs nor decay_fraction is set
 # (Hägele et al. 2024 cool down over the last 20%).
 WSD_DECAY_FRACTION = 0.2
+MODES += ("schedule_free",)
+# The optimizers --mode=schedule_free has (clr_loop.optimizers.ScheduleFreeSGD / ScheduleFreeAdamW).
+SCHEDULE_FREE_OPTIMIZERS = ("sgd", "adamw")
+# The schedule-free reference's interpolation beta, used for SGD when --momentum is left at 0.
+SCHEDULE_FREE_MOMENTUM = 0.9
 JIT_CHOICES = ("auto", "true", "false")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -121,7 +126,7 @@ class Config:
     @property
     def uses_cycle_momentum(self):
         """True when the momentum (SGD's, Adam's beta_1) follows the schedule (default: only for one_cycle)."""
-        if self.mode == "none":
+        if self.mode in ("none", "schedule_free"):
             return False
         if self.cycle_momentum is None:
             return self.mode == "one_cycle"
@@ -206,6 +211,8 @@ def make_schedule(config, plan):
     real schedule. Raises ScheduleError when those steps are too few for its phases.
     """
     warmup = plan.warmup_steps
+    if config.mode == "schedule_free":
+        return config.max_lr  # constant: the optimizer warms it up and averages (trainer.make_optimizer)
     if config.mode == "wsd":
         return _wsd(config, plan)
     schedule = _unwarmed_schedule(config, plan)
@@ -307,7 +314,10 @@ def validate(config):
         positive(name)
     if config.step_size_down_epochs is not None:
         positive("step_size_down_epochs")
-    for name in ("epochs", "step_size_epochs", "step_size_down_epochs"):
+    warmup = config.warmup_epochs
+    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not math.isfinite(warmup) or warmup < 0:
+        problems.append(f"--warmup_epochs must be a number of epochs >= 0, got {warmup!r}")
+    for name in ("epochs", "step_size_epochs", "step_size_down_epochs", "warmup_epochs"):
         value = getattr(config, name)
         if isinstance(value, (int, float)) and value > MAX_EPOCHS:
             problems.append(f"--{name} must be at most {MAX_EPOCHS:.0e} epochs, got {value!r}")
@@ -368,6 +378,7 @@ def validate(config):
     problems.extend(_experiment_problems(config))
     problems.extend(_piecewise_problems(config))
     problems.extend(_warmup_and_decay_problems(config))
+    problems.extend(_schedule_free_problems(config))
     return problems
 
 
@@ -426,6 +437,24 @@ def _warmup_and_decay_problems(config):
                             f"must be at most --epochs")
     if config.decay_shape is not None and config.decay_shape not in schedules.WSD_DECAYS:
         problems.append(f"--decay_shape must be one of {', '.join(schedules.WSD_DECAYS)}, got {config.decay_shape!r}")
+    return problems
+
+
+def _schedule_free_problems(config):
+    """Returns the problems of --mode=schedule_free (its optimizer and the settings it cannot use).
+
+    Its peak rate is --max_lr, warmed up over --warmup_epochs; --lr, --initial_lr, the cycle and
+    one-cycle settings are ignored (documented), as the rate has no schedule.
+    """
+    if config.mode != "schedule_free":
+        return []
+    problems = []
+    if config.optimizer not in SCHEDULE_FREE_OPTIMIZERS:
+        problems.append(f"--mode=schedule_free needs --optimizer=sgd or --optimizer=adamw "
+                        f"(ScheduleFreeSGD / ScheduleFreeAdamW), got --optimizer={config.optimizer}")
+    if config.cycle_momentum:
+        problems.append("--cycle_momentum cannot run with --mode=schedule_free: its momentum is the constant "
+                        "interpolation beta (--momentum for sgd; 0 means the reference's 0.9)")
     return problems
 
 

@@ -22,6 +22,7 @@ from absl import logging
 from tensorflow.core.framework import summary_pb2
 
 from clr_loop import augment as augment_lib
+from clr_loop import bn_stats
 from clr_loop import checkpointing
 from clr_loop import distribute
 from clr_loop import inputs
@@ -37,6 +38,10 @@ _SCALAR_METADATA = summary_pb2.SummaryMetadata(
 
 # The file in a workdir that identifies the run a checkpoint belongs to (see `_run_identity`).
 RUN_FILE = "run.json"
+
+# Training batches a schedule-free run's BatchNormalization statistics are recomputed on at x
+# before each evaluation and at the end of fit (see `clr_loop.bn_stats`).
+BN_RECOMPUTE_BATCHES = 50
 
 
 def write_scalar(name, value):
@@ -352,7 +357,8 @@ class Run:
 
     def __init__(self, model, train_input, val, *, seed, epochs, steps_per_loop, jit_compile, batch_splits,
                  workdir, checkpoint_every_steps, keep_checkpoints, log_every_steps, profile_steps, max_steps,
-                 validation_batch_size, run_config=None, run_files=None, augment=None):
+                 validation_batch_size, run_config=None, run_files=None, augment=None,
+                 bn_recompute_batches=BN_RECOMPUTE_BATCHES):
         steps_lib.check_compiled(model)
         spec = (train_input.dataset.element_spec if train_input.dataset is not None
                 else inputs.element_spec_of(train_input.arrays))
@@ -432,6 +438,14 @@ class Run:
         self.evaluate = make_evaluate(self.steps.eval_step, self.metrics, self.strategy)
         self.data_holder = tf.Module()
         self.iterator = None
+        # A schedule-free optimizer (one with swap_to_x/swap_to_y): training at y, eval and the end at x.
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        self.schedule_free = inner if callable(getattr(inner, "swap_to_x", None)) else None
+        if isinstance(bn_recompute_batches, bool) or not isinstance(bn_recompute_batches, (int, np.integer)) \
+                or bn_recompute_batches < 0:
+            raise inputs.InputError(f"bn_recompute_batches must be an integer >= 0, got {bn_recompute_batches!r}")
+        self.bn_recompute_batches = int(bn_recompute_batches)
+        self._recompute_bn = bn_stats.Recompute(model, self.strategy, seed_generator_states(model))
         self.checkpoints = None
         self.profiling = False
         self._signal = None
@@ -493,10 +507,54 @@ class Run:
         variables = list(self.metrics.variables) if self.metrics is not None else []
         saved = [v.numpy() for v in variables]
         try:
-            return self.evaluate(self.val_dataset_distributed())
+            with self.at_average():
+                return self.evaluate(self.val_dataset_distributed())
         finally:
             for variable, value in zip(variables, saved):
                 variable.assign(value)
+
+    # Schedule-free optimizers ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def at_average(self):
+        """A context in which a schedule-free run's model holds x, with BatchNormalization statistics
+        recomputed there (`recompute_bn`); y and y's statistics are back, bit for bit, after it. A
+        no-op for other optimizers."""
+        if self.schedule_free is None:
+            yield
+            return
+        stats = bn_stats.moving_statistics(self.model)
+        saved = [v.numpy() for v in stats]
+        with self.schedule_free.at_average():
+            try:
+                self.recompute_bn()
+                yield
+            finally:
+                for variable, value in zip(stats, saved):
+                    variable.assign(value)
+
+    def finish_at_average(self):
+        """Leaves a schedule-free run's model at x with BatchNormalization statistics for x (what
+        `fit` returns with, so model.save after fit saves x); a no-op for other optimizers."""
+        if self.schedule_free is not None and not self.schedule_free.at_x:
+            self.schedule_free.swap_to_x()
+            self.recompute_bn()
+
+    def recompute_bn(self):
+        """Recomputes the BatchNormalization moving statistics for the weights the model holds now, on
+        up to `bn_recompute_batches` training batches (the last ones trained on, for arrays; the first
+        ones of the Dataset); returns how many it used (0 without BatchNormalization layers)."""
+        if not self._recompute_bn.layers or not self.bn_recompute_batches:
+            return 0
+        n = self.bn_recompute_batches
+        if self.input.dataset is not None:
+            ds = self.input.dataset.take(n)
+            batches = self.strategy.experimental_distribute_dataset(ds) if self.replicas > 1 else ds
+        else:
+            n = min(n, self.step)
+            iterator = self.iterator_at(self.step - n)
+            batches = (next(iterator) for _ in range(n))
+        return self._recompute_bn(batches)
 
     # Input -------------------------------------------------------------------------------------
 
@@ -746,6 +804,7 @@ def fit(
     profile_steps=None,
     max_steps=None,
     augment=None,
+    bn_recompute_batches=BN_RECOMPUTE_BATCHES,
 ):
     """Trains a compiled Keras model as `model.fit` would, in clr_loop's compiled loop; returns its History.
 
@@ -768,7 +827,11 @@ def fit(
     `drop_remainder` drops each epoch's last partial batch of arrays; `max_steps` caps the total
     steps; `augment` augments each training batch inside the compiled step: "flip_crop" (pad by 4,
     random crop, random horizontal flip of [B, H, W, C] images, a pure function of (seed, step)) or
-    your function `(x, step) -> x` (see `clr_loop.augment`). With `workdir`: checkpoints at each
+    your function `(x, step) -> x` (see `clr_loop.augment`). With a schedule-free optimizer
+    (`clr_loop.optimizers.ScheduleFreeSGD`/`ScheduleFreeAdamW`, or any with `swap_to_x`/`swap_to_y`)
+    training runs at y while validation and the weights fit returns with are at x, the average; the
+    BatchNormalization statistics are recomputed at x on `bn_recompute_batches` training batches
+    (forward passes only) before each validation and at the end. With `workdir`: checkpoints at each
     epoch end, every `checkpoint_every_steps`, and on
     SIGTERM/SIGINT (then `Interrupted` is raised; under a multi-worker strategy a signal to any worker
     stops every worker at the same step); `history.json`; TensorBoard events in `train/`
@@ -800,7 +863,7 @@ def fit(
         model, train_input, val, seed=seed, epochs=epochs, steps_per_loop=steps_per_loop, jit_compile=jit_compile,
         batch_splits=batch_splits, workdir=workdir, checkpoint_every_steps=checkpoint_every_steps,
         keep_checkpoints=keep_checkpoints, log_every_steps=log_every_steps, profile_steps=profile_steps,
-        max_steps=max_steps, validation_batch_size=val_batch, augment=augment,
+        max_steps=max_steps, validation_batch_size=val_batch, augment=augment, bn_recompute_batches=bn_recompute_batches,
     )
     return run.fit(callbacks=callbacks, verbose=verbose)
 
@@ -841,6 +904,8 @@ def _train(run, saved_history, callbacks, verbose):
         model=model, verbose=verbose, epochs=run.epochs, steps=run.input.steps_per_epoch,
     )
     model.stop_training = False
+    if run.schedule_free is not None:
+        run.schedule_free.swap_to_y()  # a model left at x by an earlier fit trains on from y
     workdir = run.workdir
     summaries = _Summaries(workdir if run.is_chief else None, run.state)
     steps_per_epoch = run.input.steps_per_epoch
@@ -859,6 +924,7 @@ def _train(run, saved_history, callbacks, verbose):
     )
     if run.total_steps is not None and step >= run.total_steps:
         print(f"{workdir}: the run is already complete at step {step}; nothing to do", flush=True)
+        run.finish_at_average()
         callback_list.on_train_end(_last_logs(history_cb))
         history_cb.epoch_seconds = epoch_seconds
         return history_cb
@@ -974,6 +1040,7 @@ def _train(run, saved_history, callbacks, verbose):
         if model.stop_training or cut_short:
             break
     summaries.flush()
+    run.finish_at_average()
     callback_list.on_train_end(logs)
     history_cb.epoch_seconds = epoch_seconds
     return history_cb

@@ -10,6 +10,7 @@ high (`max_momentum`) where the rate is low, low (`base_momentum`) at the rate's
 with PyTorch's bias correction (or the exact one of a time-varying beta). The classes are registered with Keras and their `get_config` holds only JSON values.
 """
 
+import contextlib
 import numbers
 
 import keras
@@ -236,3 +237,235 @@ class CyclicalMomentumAdamW(CyclicalMomentumAdam):
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, weight_decay=0.004, name=None, **kwargs):
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, weight_decay=weight_decay, name=name, **kwargs)
+class _ScheduleFree(keras.optimizers.Optimizer):
+    """The schedule-free method (Defazio et al. 2024, "The Road Less Scheduled", Algorithm 1) for a
+    base step `_direction` (the gradient for SGD, Adam's normalised gradient for AdamW).
+
+    The model variables hold `y = beta * x + (1 - beta) * z`, where gradients are taken. Per step
+    `t` (0-based `iterations` before the update), with `lr_t = learning_rate(t) * min(1, (t + 1) /
+    warmup_steps)` (the reference's linear warmup; no warmup for 0), `lr_max` the largest `lr_t` so
+    far, `weight = lr_max ** weight_lr_power` (the reference's default 2, with r = 0) and `c` its share
+    of the running `weight_sum`: `x <- (1 - c) x + c z_new` with `z_new = z - lr_t * d` and `d` the
+    direction plus `weight_decay * y` (decoupled decay at y, as the reference). `x` is not stored:
+    `swap_to_x` moves the model variables to it for evaluation and saving, `swap_to_y` back.
+    The state (`z`, `weight_sum`, `lr_max`, whether the variables hold x) is made of optimizer
+    variables, so checkpoints and `.keras` files keep it.
+    """
+
+    _BETA = None  # the constructor argument naming the interpolation beta
+
+    def __init__(self, learning_rate, beta, weight_decay=0.0, warmup_steps=0, weight_lr_power=2.0, name=None,
+                 **kwargs):
+        for key in ("use_ema", "gradient_accumulation_steps"):
+            if kwargs.get(key):
+                raise ValueError(f"{type(self).__name__} does not support {key} (its averaging is its own)")
+        super().__init__(learning_rate=learning_rate, weight_decay=None, name=name, **kwargs)
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 < beta < 1:
+            raise ValueError(f"{self._BETA} must be a float in (0, 1), got {beta!r}")
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        if isinstance(weight_lr_power, bool) or not isinstance(weight_lr_power, numbers.Real) or weight_lr_power < 0:
+            raise ValueError(f"weight_lr_power must be a number >= 0, got {weight_lr_power!r}")
+        self.beta = float(beta)
+        # Kept under Keras's name (so exclude_from_weight_decay applies), but applied at y here,
+        # not by Keras's own decay (see `_apply_weight_decay`).
+        self.weight_decay = float(weight_decay)
+        self.warmup_steps = int(warmup_steps)
+        self.weight_lr_power = float(weight_lr_power)
+
+    def build(self, variables):
+        """Creates `z` per model variable (a copy of it) and the scalar state: weight_sum, lr_max, at_x."""
+        if self.built:
+            return
+        super().build(variables)
+        self._z = self.add_optimizer_variables(variables, "z")
+        for z, variable in zip(self._z, variables):
+            self.assign(z, variable)
+
+        def scalar(name, value):
+            return self.add_variable((), initializer=keras.initializers.Constant(value), dtype="float32",
+                                     aggregation="only_first_replica", name=name)
+
+        self._weight_sum = scalar("weight_sum", 0.0)
+        self._lr_max = scalar("lr_max", -1.0)
+        # 1.0 while the model variables hold x (after swap_to_x), 0.0 while they hold y.
+        self._at_x = scalar("at_x", 0.0)
+
+    def _apply_weight_decay(self, variables):
+        del variables  # applied at y inside the update, as the reference does
+
+    def _get_current_learning_rate(self):
+        # The rate a step uses, warmup included: Keras hands it to `update_step`, and clr_loop
+        # logs it (the value for `iterations` before the update).
+        lr = super()._get_current_learning_rate()
+        if not self.warmup_steps:
+            return lr
+        step = ops.cast(self._iterations, "float32")
+        return ops.cast(lr, "float32") * ops.minimum(1.0, (step + 1.0) / float(self.warmup_steps))
+
+    def _weights(self, learning_rate):
+        """Returns (lr_max, weight_sum, c) for this step from the state before it (not assigned)."""
+        lr = ops.cast(learning_rate, "float32")
+        lr_max = ops.maximum(self._lr_max, lr)
+        weight = ops.power(lr_max, self.weight_lr_power)
+        weight_sum = self._weight_sum + weight
+        c = ops.where(weight_sum > 0, weight / ops.where(weight_sum > 0, weight_sum, 1.0), 0.0)
+        return lr_max, weight_sum, c
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
+        # After every variable's update has read the old values (program order orders them).
+        lr_max, weight_sum, _ = self._weights(learning_rate)
+        self.assign(self._lr_max, lr_max)
+        self.assign(self._weight_sum, weight_sum)
+
+    def _direction(self, gradient, variable, index):
+        raise NotImplementedError
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Applies one schedule-free step to `variable` (holding y) and its `z`."""
+        index = self._get_variable_index(variable)
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        _, _, c = self._weights(learning_rate)
+        c = ops.cast(c, dtype)
+        gradient = ops.cast(gradient, dtype)
+        z = self._z[index]
+        # At the first step z is y (initial weights set after `build` are caught too).
+        z_old = ops.where(self._iterations == 0, variable, z)
+        d = self._direction(gradient, variable, index)
+        if self.weight_decay and self._use_weight_decay(variable):
+            d = d + ops.cast(self.weight_decay, dtype) * variable
+        beta = ops.cast(self.beta, dtype)
+        # y_new = beta x_new + (1 - beta) z_new with x_new = (1 - c) x + c z_new, x = (y - (1 - beta) z) / beta.
+        self.assign(variable, variable + c * (z_old - variable) + lr * (beta * (1 - c) - 1) * d)
+        self.assign(z, z_old - lr * d)
+
+    def _swap(self, variables, to_x):
+        at_x = bool(self._at_x.numpy())
+        if at_x == to_x:
+            return
+        if variables is None:
+            variables = self._trainable_variables
+        if int(self._iterations.numpy()) > 0:
+            beta = self.beta
+            for variable in variables:
+                z = self._z[self._get_variable_index(variable)]
+                # x = (y - (1 - beta) z) / beta ; y = beta x + (1 - beta) z (the reference's lerps).
+                weight = 1 - 1 / beta if to_x else 1 - beta
+                variable.assign(variable + ops.cast(weight, variable.dtype) * (z - variable))
+        self._at_x.assign(1.0 if to_x else 0.0)
+
+    def swap_to_x(self, variables=None):
+        """Moves the model variables (default: those the optimizer was built with) from y to the
+        averaged point x, for evaluation or saving; no-op if they hold x already. Returns None."""
+        self._swap(variables, True)
+
+    def swap_to_y(self, variables=None):
+        """Moves the model variables back from x to y, where training continues; no-op at y. Returns None."""
+        self._swap(variables, False)
+
+    @property
+    def at_x(self):
+        """True while the model variables hold x (after `swap_to_x`), False while they hold y."""
+        return bool(self._at_x.numpy()) if self.built else False
+
+    @contextlib.contextmanager
+    def at_average(self, variables=None):
+        """A context in which the model variables hold x; after it they hold exactly (bit for bit) what
+        they held before: y is copied to the host and put back, not recomputed from x, so
+        evaluating at x does not change training."""
+        if self.at_x:
+            yield
+            return
+        if variables is None:
+            variables = self._trainable_variables
+        saved = [v.numpy() for v in variables]
+        self.swap_to_x(variables)
+        try:
+            yield
+        finally:
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
+            self._at_x.assign(0.0)
+
+    def get_config(self):
+        """Returns a JSON-safe dict: Keras's optimizer config plus beta, warmup_steps, weight_lr_power."""
+        config = super().get_config()
+        config.update({self._BETA: self.beta, "weight_decay": self.weight_decay,
+                       "warmup_steps": self.warmup_steps, "weight_lr_power": self.weight_lr_power})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ScheduleFreeSGD(_ScheduleFree):
+    """Schedule-free SGD (the reference's `SGDScheduleFree`): the direction is the gradient at y.
+
+    `momentum` is the interpolation beta (reference default 0.9); `learning_rate` a float or a
+    Keras schedule of the step; `warmup_steps` linear warmup from lr/warmup_steps; `weight_decay`
+    added as `weight_decay * y` to the gradient. Call `swap_to_x` before evaluating or saving (clr_loop.fit
+    does). Example: `model.compile(optimizer=ScheduleFreeSGD(0.5, warmup_steps=500), loss=...)`.
+    """
+
+    _BETA = "momentum"
+
+    def __init__(self, learning_rate=1.0, momentum=0.9, weight_decay=0.0, warmup_steps=0, weight_lr_power=2.0,
+                 name=None, **kwargs):
+        super().__init__(learning_rate, momentum, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                         weight_lr_power=weight_lr_power, name=name, **kwargs)
+
+    @property
+    def momentum(self):
+        return self.beta
+
+    def _direction(self, gradient, variable, index):
+        return gradient
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ScheduleFreeAdamW(_ScheduleFree):
+    """Schedule-free AdamW (the reference's `AdamWScheduleFree`): the direction is
+    `g / (sqrt(v / (1 - beta_2**t)) + epsilon)` with `v` Adam's second moment (the reference's bias
+    correction; there is no first moment, `beta_1` is the interpolation beta), plus
+    `weight_decay * y`. Other arguments as `ScheduleFreeSGD`. Example:
+    `model.compile(optimizer=ScheduleFreeAdamW(0.0025, warmup_steps=500, weight_decay=0.01), loss=...)`.
+    """
+
+    _BETA = "beta_1"
+
+    def __init__(self, learning_rate=0.0025, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.0,
+                 warmup_steps=0, weight_lr_power=2.0, name=None, **kwargs):
+        super().__init__(learning_rate, beta_1, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                         weight_lr_power=weight_lr_power, name=name, **kwargs)
+        if isinstance(beta_2, bool) or not isinstance(beta_2, numbers.Real) or not 0 <= beta_2 < 1:
+            raise ValueError(f"beta_2 must be a float in [0, 1), got {beta_2!r}")
+        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not epsilon >= 0:
+            raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}")
+        self.beta_2 = float(beta_2)
+        self.epsilon = float(epsilon)
+
+    @property
+    def beta_1(self):
+        return self.beta
+
+    def build(self, variables):
+        """Creates z, the scalar state and Adam's second moment per variable (zeros)."""
+        if self.built:
+            return
+        super().build(variables)
+        self._velocities = self.add_optimizer_variables(variables, "velocity")
+
+    def _direction(self, gradient, variable, index):
+        dtype = variable.dtype
+        v = self._velocities[index]
+        beta_2 = ops.cast(self.beta_2, dtype)
+        self.assign(v, beta_2 * v + (1 - beta_2) * ops.square(gradient))
+        correction = 1 - ops.power(beta_2, ops.cast(self._iterations + 1, dtype))
+        return gradient / (ops.sqrt(v / correction) + ops.cast(self.epsilon, dtype))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"beta_2": self.beta_2, "epsilon": self.epsilon})
+        return config

@@ -81,6 +81,8 @@ def make_optimizer(config, plan):
     `config.weight_decay` is Keras's decoupled weight decay for each (`w -= lr * weight_decay * w`
     per step, on every trainable variable); unset, there is none, except AdamW's own default.
     """
+    if config.mode == "schedule_free":
+        return make_schedule_free_optimizer(config, plan)
     schedule = config_lib.make_schedule(config, plan)
     decay = config.weight_decay
     if config.optimizer in ("adam", "adamw"):
@@ -98,6 +100,24 @@ def make_optimizer(config, plan):
         momentum = optimizers_lib.CyclicalMomentum(schedule, config.base_momentum, config.max_momentum)
         return optimizers_lib.CyclicalMomentumSGD(learning_rate=schedule, momentum=momentum, weight_decay=decay)
     return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum, weight_decay=decay)
+
+
+def make_schedule_free_optimizer(config, plan):
+    """Returns `ScheduleFreeSGD` (--optimizer=sgd) or `ScheduleFreeAdamW` (adamw) at the constant
+    peak rate `config.max_lr`, warmed up over `plan.warmup_steps` steps.
+
+    SGD's interpolation beta is `config.momentum`, or the reference's 0.9 when that is 0; its weight
+    decay `config.weight_decay` or none. AdamW's beta_1 is the reference's 0.9 and its decay
+    `config.weight_decay` or Keras AdamW's default, as for --optimizer=adamw.
+    """
+    decay = config.weight_decay
+    if config.optimizer == "adamw":
+        decay = config_lib.ADAMW_WEIGHT_DECAY if decay is None else decay
+        return optimizers_lib.ScheduleFreeAdamW(learning_rate=config.max_lr, warmup_steps=plan.warmup_steps,
+                                                weight_decay=decay)
+    return optimizers_lib.ScheduleFreeSGD(learning_rate=config.max_lr,
+                                          momentum=config.momentum or config_lib.SCHEDULE_FREE_MOMENTUM,
+                                          warmup_steps=plan.warmup_steps, weight_decay=decay or 0.0)
 
 
 def compile_model(model, config, plan, from_logits=False):

@@ -314,10 +314,7 @@ def validate(config):
         positive(name)
     if config.step_size_down_epochs is not None:
         positive("step_size_down_epochs")
-    warmup = config.warmup_epochs
-    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not math.isfinite(warmup) or warmup < 0:
-        problems.append(f"--warmup_epochs must be a number of epochs >= 0, got {warmup!r}")
-    for name in ("epochs", "step_size_epochs", "step_size_down_epochs", "warmup_epochs"):
+    for name in ("epochs", "step_size_epochs", "step_size_down_epochs"):
         value = getattr(config, name)
         if isinstance(value, (int, float)) and value > MAX_EPOCHS:
             problems.append(f"--{name} must be at most {MAX_EPOCHS:.0e} epochs, got {value!r}")

@@ -1,7 +1,7 @@
 r"""The learning-rate range test app: ramp the rate up on the tutorial's CNN, watch the loss.
 
   python -m clr_loop.lr_range_test --start_lr=1e-7 --end_lr=10 --num_steps=100 [--ramp=exp|linear]
-      [--workdir=runs/lr_range] [--batch_size=64 --seed=42 --momentum=0 --jit_compile=auto ...]
+      [--workdir=runs/lr_range] [--batch_size=64 --seed=42 --momentum=0 | --optimizer=adamw --jit_compile=auto ...]
 
 `clr_loop.lr_finder.find_lr` runs the test (each step trains one batch with the next rate of a
 ramp from `start_lr` to `end_lr`; it stops when the smoothed loss exceeds 4x its best value or a
@@ -41,38 +41,47 @@ JSON_NAME = "lr_range.json"
 PNG_NAME = "lr_range.png"
 
 
-def trainer_flags(suggestions, momentum):
+def trainer_flags(suggestions, momentum, optimizer="sgd"):
     """Returns {family: flags}: the `clr_loop.train` flags (a str) that use the suggestions, per schedule family.
 
     The families are "triangular2" (the CLR line: `--initial_lr` the base rate, `--max_lr` the
     maximal one), "one_cycle", "cosine", "wsd" and "schedule_free" (each peaks at `--max_lr`, the
-    maximal rate). The CLR, cosine and WSD lines train with the test's `momentum`. One-cycle cycles
-    momentum down to `--base_momentum` (0.85) at its peak rate; a rate found with less momentum than
-    that would be too high with it, so then the line turns cycled momentum off and uses the test's
-    momentum. The schedule-free line names only its peak rate: that optimizer has its own momentum.
+    maximal rate). With SGD (`optimizer="sgd"`), the CLR, cosine and WSD lines train with the test's
+    `momentum`. One-cycle cycles momentum down to `--base_momentum` (0.85) at its peak rate; a rate
+    found with less momentum than that would be too high with it, so then the line turns cycled
+    momentum off and uses the test's momentum. With "adam" or "adamw" every line names the
+    optimizer (Keras's default betas, as the test ran; one-cycle cycles beta_1 down to 0.85 at the
+    peak, near the test's 0.9), and the schedule-free line is AdamW's (schedule-free has SGD and
+    AdamW). The schedule-free line names only its peak rate: that optimizer has its own momentum.
     """
     fmt = lambda x: f"{x:.2g}"  # noqa: E731
     peak = f"--max_lr={fmt(suggestions.max_lr)}"
-    with_momentum = f" --momentum={momentum:g}" if momentum > 0 else ""
-    clr = f"--mode=triangular2 --initial_lr={fmt(suggestions.base_lr)} {peak}" + with_momentum
-    one_cycle = f"--mode=one_cycle {peak}"
-    if momentum < ONE_CYCLE_PEAK_MOMENTUM:
-        one_cycle += " --cycle_momentum=false" + with_momentum
+    if optimizer == "sgd":
+        with_settings = f" --momentum={momentum:g}" if momentum > 0 else ""
+        one_cycle = f"--mode=one_cycle {peak}"
+        if momentum < ONE_CYCLE_PEAK_MOMENTUM:
+            one_cycle += " --cycle_momentum=false" + with_settings
+        schedule_free = f"--mode=schedule_free {peak}"
+    else:
+        with_settings = f" --optimizer={optimizer}"
+        one_cycle = f"--mode=one_cycle {peak}" + with_settings
+        schedule_free = f"--mode=schedule_free {peak} --optimizer=adamw"
+    clr = f"--mode=triangular2 --initial_lr={fmt(suggestions.base_lr)} {peak}" + with_settings
     return {
         "triangular2": clr,
         "one_cycle": one_cycle,
-        "cosine": f"--mode=cosine {peak}" + with_momentum,
-        "wsd": f"--mode=wsd {peak}" + with_momentum,
-        "schedule_free": f"--mode=schedule_free {peak}",
+        "cosine": f"--mode=cosine {peak}" + with_settings,
+        "wsd": f"--mode=wsd {peak}" + with_settings,
+        "schedule_free": schedule_free,
     }
 
 
-def report(result, momentum):
+def report(result, momentum, optimizer="sgd"):
     """Returns the human-readable summary of a RangeTestResult (a str of several lines) with the flags to paste."""
     s = result.settings
     lines = [
         f"LR range test: {len(result.lr)} of {s['num_steps']} steps, lr {s['start_lr']:.3g} -> {s['end_lr']:.3g} "
-        f"({s['ramp']} ramp), momentum {momentum:g}; stop: {result.stop_reason} at lr {result.stop_lr:.3g}",
+        f"({s['ramp']} ramp), {_optimizer_words(optimizer, momentum)}; stop: {result.stop_reason} at lr {result.stop_lr:.3g}",
     ]
     if result.lr:
         best = int(np.argmin(result.smoothed_loss))
@@ -96,9 +105,24 @@ def report(result, momentum):
         f"  base rate:        lr {sug.base_lr:.3g} = max_lr / {lr_finder.BASE_LR_DIVISOR:g} (Smith: 1/3 to 1/4 of max_lr)",
         "Trainer flags:",
     ]
-    for line in trainer_flags(sug, momentum).values():
+    for line in trainer_flags(sug, momentum, optimizer).values():
         lines.append(f"  python -m clr_loop.train {line}")
     return "\n".join(lines)
+
+
+def _optimizer_words(optimizer, momentum):
+    """Returns how the report names the test's optimizer: "momentum 0.9" for SGD, else "adamw"."""
+    return f"momentum {momentum:g}" if optimizer == "sgd" else f"{optimizer} (Keras's default betas)"
+
+
+def _optimizer(config):
+    """Returns the Keras optimizer the test compiles with: SGD at `config.momentum`, or Keras's Adam /
+    AdamW with their defaults (AdamW's weight decay 0.004, as `--optimizer=adamw` trains)."""
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam()
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(weight_decay=config_lib.ADAMW_WEIGHT_DECAY)
+    return keras.optimizers.SGD(momentum=config.momentum)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +136,7 @@ class RangeTestConfig:
     batch_size: int = 64
     seed: int = 42
     momentum: float = 0.0
+    optimizer: str = "sgd"
     jit_compile: str = "auto"
     workdir: str = "runs/lr_range"
     tfds_data_dir: str = None
@@ -134,6 +159,10 @@ def validate(config):
         problems.append(f"--batch_size must be a positive integer, got {config.batch_size!r}")
     if not 0 <= config.momentum < 1:
         problems.append(f"--momentum must be in [0, 1), got {config.momentum}")
+    if config.optimizer not in config_lib.OPTIMIZERS:
+        problems.append(f"--optimizer must be one of {', '.join(config_lib.OPTIMIZERS)}, got {config.optimizer!r}")
+    elif config.optimizer != "sgd" and config.momentum:
+        problems.append(f"--momentum is SGD's; --optimizer={config.optimizer} uses Keras's beta_1=0.9")
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= config_lib.MAX_SEED:
         problems.append(f"--seed must be an integer in [0, 2**32 - 1], got {config.seed!r}")
     if config.jit_compile not in config_lib.JIT_CHOICES:
@@ -147,7 +176,7 @@ def run_range_test(config, data=None):
     """Runs the range test of the tutorial's CNN on Fashion-MNIST per `config`; returns (result, paths written).
 
     Loads the data unless given (a `data.FashionMnist`), compiles the CNN as the trainer does
-    (`trainer.compile_model`'s loss and metric) with Keras SGD at `config.momentum`, runs
+    (`trainer.compile_model`'s loss and metric) with Keras SGD at `config.momentum` (or Adam / AdamW), runs
     `lr_finder.find_lr` on `config.batch_size`-example batches of the training arrays shuffled by
     `config.seed`, and writes `lr_range.json` (the RangeTestResult, the data source and the
     trainer flags) and, when matplotlib is installed, `lr_range.png` into `config.workdir`.
@@ -165,7 +194,7 @@ def run_range_test(config, data=None):
     # The trainer's loss and metric (trainer.compile_model) with a constant momentum: the range
     # test replaces the rate, and cycled momentum would move during the ramp.
     model.compile(
-        optimizer=keras.optimizers.SGD(momentum=config.momentum),
+        optimizer=_optimizer(config),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
@@ -182,8 +211,9 @@ def run_range_test(config, data=None):
         jit_compile=runtime.resolve_jit_compile(config.jit_compile),
     )
     value = result.to_json_dict()
-    value["settings"].update(batch_size=config.batch_size, seed=config.seed, momentum=config.momentum, data=data.source)
-    value["flags"] = trainer_flags(result.suggestions, config.momentum) if result.suggestions else None
+    value["settings"].update(batch_size=config.batch_size, seed=config.seed, momentum=config.momentum,
+                             optimizer=config.optimizer, data=data.source)
+    value["flags"] = trainer_flags(result.suggestions, config.momentum, config.optimizer) if result.suggestions else None
     paths = [os.path.join(config.workdir, JSON_NAME)]
     try:
         checkpointing.write_json_atomic(paths[0], value)
@@ -217,11 +247,11 @@ def config_from_flags():
     """
     FLAGS = flags.FLAGS
     shared = cli.config_from_flags(FLAGS)
-    unused = [f"--{name}={getattr(shared, name)}" for name in ("dataset", "model", "optimizer", "augment", "train_split", "eval_split")
+    unused = [f"--{name}={getattr(shared, name)}" for name in ("dataset", "model", "augment", "train_split", "eval_split")
               if getattr(shared, name) != getattr(config_lib.Config, name)]
     if unused:
-        # Not silently ignored: this app runs the tutorial's CNN on Fashion-MNIST with SGD.
-        raise app.UsageError(f"the range test runs the tutorial's CNN on Fashion-MNIST with SGD; {' '.join(unused)} "
+        # Not silently ignored: this app runs the tutorial's CNN on Fashion-MNIST.
+        raise app.UsageError(f"the range test runs the tutorial's CNN on Fashion-MNIST; {' '.join(unused)} "
                              "is not used here")
     config = RangeTestConfig(
         start_lr=FLAGS.start_lr,
@@ -231,6 +261,7 @@ def config_from_flags():
         batch_size=shared.batch_size,
         seed=shared.seed,
         momentum=shared.momentum,
+        optimizer=shared.optimizer,
         jit_compile=shared.jit_compile,
         workdir=FLAGS.workdir or RangeTestConfig.workdir,
         tfds_data_dir=shared.tfds_data_dir,
@@ -252,7 +283,7 @@ def main(argv):
     except (data_lib.DataError, checkpointing.WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(report(result, config.momentum))
+    print(report(result, config.momentum, config.optimizer))
     print("Wrote " + " and ".join(paths))
     return 0
 

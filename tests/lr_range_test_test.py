@@ -7,12 +7,14 @@ import struct
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from absl import app
 from absl import flags
 from absl.testing import flagsaver
 
+from clr_loop import config as config_lib
 from clr_loop import data as data_lib
 from clr_loop import lr_finder
 from clr_loop import lr_range_test as lrt
@@ -31,6 +33,26 @@ def test_trainer_flags_follow_the_momentum_of_the_test():
     assert heavy["one_cycle"] == "--mode=one_cycle --max_lr=0.081"
     some = lrt.trainer_flags(sug, 0.5)
     assert some["one_cycle"] == "--mode=one_cycle --max_lr=0.081 --cycle_momentum=false --momentum=0.5"
+
+
+def test_trainer_flags_of_an_adam_test_name_the_optimizer_in_every_family():
+    sug = lr_finder.Suggestions(steepest_lr=0.002, valley_lr=0.0016, max_lr=0.0016, base_lr=0.0004, window=(0, 9))
+    assert lrt.trainer_flags(sug, 0.0, "adamw") == {
+        "triangular2": "--mode=triangular2 --initial_lr=0.0004 --max_lr=0.0016 --optimizer=adamw",
+        "one_cycle": "--mode=one_cycle --max_lr=0.0016 --optimizer=adamw",
+        "cosine": "--mode=cosine --max_lr=0.0016 --optimizer=adamw",
+        "wsd": "--mode=wsd --max_lr=0.0016 --optimizer=adamw",
+        "schedule_free": "--mode=schedule_free --max_lr=0.0016 --optimizer=adamw",
+    }
+    assert lrt.trainer_flags(sug, 0.0, "adam")["schedule_free"] == "--mode=schedule_free --max_lr=0.0016 --optimizer=adamw"
+
+
+def test_the_app_compiles_the_optimizer_it_is_given():
+    for name, cls in (("sgd", keras.optimizers.SGD), ("adam", keras.optimizers.Adam), ("adamw", keras.optimizers.AdamW)):
+        optimizer = lrt._optimizer(lrt.RangeTestConfig(optimizer=name, momentum=0.5 if name == "sgd" else 0.0))
+        assert type(optimizer) is cls
+    assert lrt._optimizer(lrt.RangeTestConfig(optimizer="adamw")).weight_decay == config_lib.ADAMW_WEIGHT_DECAY
+    assert lrt._optimizer(lrt.RangeTestConfig(momentum=0.5)).momentum == 0.5
 
 
 def test_trainer_flags_give_every_schedule_family_its_peak_rate():
@@ -154,8 +176,8 @@ def test_the_apps_curve_is_keras_own_train_on_batch_losses(tmp_path):
         (["--num_steps=1"], "--num_steps"),
         (["--batch_size=0"], "--batch_size"),
         (["--momentum=1.5"], "--momentum"),
-        (["--dataset=cifar10", "--model=resnet20"], r"runs the tutorial's CNN on Fashion-MNIST with SGD; --dataset=cifar10 --model=resnet20 is not used"),
-        (["--optimizer=adam"], r"--optimizer=adam is not used here"),
+        (["--dataset=cifar10", "--model=resnet20"], r"runs the tutorial's CNN on Fashion-MNIST; --dataset=cifar10 --model=resnet20 is not used"),
+        (["--optimizer=adamw", "--momentum=0.9"], r"--momentum is SGD's; --optimizer=adamw uses Keras's beta_1=0.9"),
     ],
 )
 def test_bad_flags_are_named_and_write_nothing(tmp_path, argv, message):

@@ -72,7 +72,41 @@ def test_readme_fit_example_runs_as_written(tmp_path):
     assert (tmp_path / "runs" / "mine" / "history.json").is_file()
 
 
+STUDY = "which_schedule"  # flags/which_schedule/: the flagfiles of one ablation (docs/results.md)
+STUDY_COMMAND = ("# python -m clr_loop.ablate flags/no_clr.flags flags/triangular2.flags flags/which_schedule/*.flags "
+                 "--seeds=1,2,3 --workdir=runs/which_schedule")
+
+
 def test_every_flagfile_opens_with_the_command_that_runs_it():
-    for name in sorted(os.listdir(os.path.join(REPO, "flags"))):
+    names = sorted(os.listdir(os.path.join(REPO, "flags")))
+    assert STUDY in names
+    for name in names:
+        if name == STUDY:
+            continue
         first = read(os.path.join("flags", name)).splitlines()[0]
         assert first == f"# python -m clr_loop.train --flagfile=flags/{name}", name
+    study = sorted(os.listdir(os.path.join(REPO, "flags", STUDY)))
+    assert len(study) == 9
+    for name in study:
+        assert read(os.path.join("flags", STUDY, name)).splitlines()[0] == STUDY_COMMAND, name
+
+
+def test_the_study_flagfiles_are_valid_runs_with_the_stated_peak_rates():
+    """Each flags/which_schedule/ file parses to a valid Config whose optimizer and schedule build."""
+    from absl import flags
+
+    from clr_loop import cli
+    from clr_loop import config as config_lib
+    from clr_loop import trainer
+
+    for name in sorted(os.listdir(os.path.join(REPO, "flags", STUDY))):
+        flag_values = flags.FlagValues()
+        cli.define_training_flags(flag_values)
+        flag_values(["clr_loop.train", f"--flagfile={os.path.join(REPO, 'flags', STUDY, name)}"])
+        config = cli.config_from_flags(flag_values)
+        assert config.epochs == 10 and config.batch_size == 64, name
+        optimizer = trainer.make_optimizer(config, config_lib.plan_steps(config, 60000))
+        # The peak the range test suggested: max_lr for the schedules, lr for the constant rate.
+        peak = config.lr if config.mode == "none" else config.max_lr
+        assert peak in (0.048, 0.016, 0.015, 0.0016), name
+        assert optimizer is not None

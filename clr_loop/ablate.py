@@ -191,12 +191,26 @@ def summarize_history(history):
     }
 
 
+def _spread(values):
+    """Returns {mean, std (sample, n-1; None for one value), min, max} of a list of numbers (float64)."""
+    values = np.array(values, dtype=np.float64)
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
+
+
 def aggregate_by_flagfile(rows):
-    """Returns, per flagfile (in first-appearance order), the spread of the final metrics over its runs.
+    """Returns, per flagfile (in first-appearance order), the spread of the final and best metrics over its runs.
 
     Only runs with status "ok" count. Each entry holds `flagfile`, `name` (its stem), its
-    `dataset` and `model` (the first run's; a flagfile names one each), `seeds`, `n` and `final`: for each of FINAL_KEYS the `mean`, `std` (sample standard deviation, n-1; None for
-    one run), `min` and `max`.
+    `dataset` and `model` (the first run's; a flagfile names one each), `seeds`, `n`, `final`:
+    for each of FINAL_KEYS the `mean`, `std` (sample standard deviation, n-1; None for one run),
+    `min` and `max`; `best`: the same for `val_loss` (each run's lowest) and `val_accuracy` (each
+    run's highest); and `seconds`: the same for `wall` (the command's time per run) and `epochs`
+    (the sum of each run's per-epoch times), in seconds.
     """
     groups = {}
     for row in rows:
@@ -204,15 +218,6 @@ def aggregate_by_flagfile(rows):
             groups.setdefault(row["flagfile"], []).append(row)
     out = []
     for flagfile, members in groups.items():
-        final = {}
-        for key in FINAL_KEYS:
-            values = np.array([m["final"][key] for m in members], dtype=np.float64)
-            final[key] = {
-                "mean": float(values.mean()),
-                "std": float(values.std(ddof=1)) if len(values) > 1 else None,
-                "min": float(values.min()),
-                "max": float(values.max()),
-            }
         out.append({
             "flagfile": flagfile,
             "name": flagfile_stem(flagfile),
@@ -220,7 +225,10 @@ def aggregate_by_flagfile(rows):
             "model": members[0].get("model", "tutorial_cnn"),
             "seeds": [m["seed"] for m in members],
             "n": len(members),
-            "final": final,
+            "final": {key: _spread([m["final"][key] for m in members]) for key in FINAL_KEYS},
+            "best": {key: _spread([m[f"best_{key}"]["value"] for m in members]) for key in ("val_loss", "val_accuracy")},
+            "seconds": {"wall": _spread([m["wall_seconds"] for m in members]),
+                        "epochs": _spread([m["epoch_seconds_sum"] for m in members])},
         })
     return out
 
@@ -232,6 +240,13 @@ def _fmt(value, digits=4):
 def _cell(text):
     """Returns `text` for a markdown table cell (`|` escaped; – for None)."""
     return "–" if text is None else str(text).replace("|", "\\|")
+
+
+def _spread_cell(spread, digits=4, unit=""):
+    """Returns a markdown cell for a `_spread`: "mean ± std (min–max)<unit>" (no ± for one run)."""
+    f = lambda x: f"{x:.{digits}f}"  # noqa: E731
+    std = "" if spread["std"] is None else f" ± {f(spread['std'])}"
+    return f"{f(spread['mean'])}{std} ({f(spread['min'])}–{f(spread['max'])}){unit}"
 
 
 def _best(entry):
@@ -265,17 +280,18 @@ def comparison_markdown(result):
     if result["by_flagfile"] and any(group["n"] > 1 for group in result["by_flagfile"]):
         lines += [
             "",
-            f"## Final epoch over seeds: {SPREAD}",
+            f"## Over seeds: {SPREAD}",
             "",
-            "| flagfile | runs | loss | accuracy | val_loss | val_accuracy | dataset | model |",
-            "|---|---|---|---|---|---|---|---|",
+            "Final: the last epoch's value; best: each run's lowest val_loss and highest val_accuracy; "
+            "time: the command's wall time per run.",
+            "",
+            "| flagfile | runs | final loss | final accuracy | final val_loss | final val_accuracy "
+            "| best val_loss | best val_accuracy | wall time | dataset | model |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for group in result["by_flagfile"]:
-            cells = []
-            for key in FINAL_KEYS:
-                s = group["final"][key]
-                std = "" if s["std"] is None else f" ± {s['std']:.4f}"
-                cells.append(f"{s['mean']:.4f}{std} ({s['min']:.4f}–{s['max']:.4f})")
+            spreads = [group["final"][key] for key in FINAL_KEYS] + [group["best"][key] for key in ("val_loss", "val_accuracy")]
+            cells = [_spread_cell(s) for s in spreads] + [_spread_cell(group["seconds"]["wall"], digits=0, unit=" s")]
             lines.append(f"| {group['flagfile']} | {group['n']} | " + " | ".join(cells)
                          + f" | {_cell(group.get('dataset'))} | {_cell(group.get('model'))} |")
     return "\n".join(lines) + "\n"

@@ -213,7 +213,9 @@ def test_summaries_against_hand_computed_values():
     assert summary["best_val_accuracy"] == {"value": 0.75, "epoch": 2}  # the first epoch of a tie
     rows = [
         {"flagfile": "a.flags", "seed": s, "status": "ok",
-         "final": {"loss": v, "accuracy": 0.5, "val_loss": v, "val_accuracy": 0.5}}
+         "final": {"loss": v, "accuracy": 0.5, "val_loss": v, "val_accuracy": 0.5},
+         "best_val_loss": {"value": v - 0.1, "epoch": 2}, "best_val_accuracy": {"value": 1 - v, "epoch": 3},
+         "wall_seconds": 10 * s, "epoch_seconds_sum": 9.0}
         for s, v in ((1, 0.5), (2, 0.7), (3, 0.9))
     ] + [{"flagfile": "a.flags", "seed": 4, "status": "diverged", "final": None}]
     (group,) = ablate.aggregate_by_flagfile(rows)
@@ -221,6 +223,15 @@ def test_summaries_against_hand_computed_values():
     # mean 0.7; sample std sqrt((0.04 + 0 + 0.04) / 2) = 0.2.
     assert group["final"]["loss"] == pytest.approx({"mean": 0.7, "std": 0.2, "min": 0.5, "max": 0.9})
     assert group["final"]["accuracy"]["std"] == 0.0
+    assert group["best"]["val_loss"] == pytest.approx({"mean": 0.6, "std": 0.2, "min": 0.4, "max": 0.8})
+    assert group["best"]["val_accuracy"] == pytest.approx({"mean": 0.3, "std": 0.2, "min": 0.1, "max": 0.5})
+    # Wall times 10, 20, 30 s: mean 20, sample std 10.
+    assert group["seconds"]["wall"] == pytest.approx({"mean": 20.0, "std": 10.0, "min": 10.0, "max": 30.0})
+    assert group["seconds"]["epochs"]["std"] == 0.0
+    markdown = ablate.comparison_markdown({"command": "c", "init_note": "n", "runs": [], "by_flagfile": [group]})
+    assert ("| a.flags | 3 | 0.7000 ± 0.2000 (0.5000–0.9000) | 0.5000 ± 0.0000 (0.5000–0.5000) | 0.7000 ± 0.2000 "
+            "(0.5000–0.9000) | 0.5000 ± 0.0000 (0.5000–0.5000) | 0.6000 ± 0.2000 (0.4000–0.8000) | 0.3000 ± 0.2000 "
+            "(0.1000–0.5000) | 20 ± 10 (10–30) s |") in markdown
 
 
 @pytest.mark.parametrize(

@@ -479,8 +479,8 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
 
     Example:
         >>> lr = Warmup(keras.optimizers.schedules.CosineDecay(0.1, 1000), warmup_steps=100)
-        >>> float(lr(50)), float(lr(100)), float(lr(1100))  # doctest: +ELLIPSIS
-        (0.05..., 0.1..., 0.0)
+        >>> [round(float(lr(t)), 6) for t in (50, 100, 1100)]  # halfway up, the peak, the cosine's end
+        [0.05, 0.1, 0.0]
     """
 
     def __init__(self, schedule, warmup_steps, start_lr=0.0, shape="linear", name="Warmup"):
@@ -556,8 +556,8 @@ class Sequence(keras.optimizers.schedules.LearningRateSchedule):
 
     Example:
         >>> lr = Sequence([(0.01, 100), (keras.optimizers.schedules.CosineDecay(0.1, 900), None)])
-        >>> float(lr(99)), float(lr(100))  # doctest: +ELLIPSIS
-        (0.01..., 0.1...)
+        >>> [round(float(lr(t)), 6) for t in (99, 100)]  # the constant's last step, the cosine's step 0
+        [0.01, 0.1]
     """
 
     def __init__(self, segments, name="Sequence"):

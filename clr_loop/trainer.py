@@ -296,8 +296,12 @@ def config_conflict(config):
 
 def _plan_dict(plan, jit_compile, batch_splits):
     boundaries = {} if plan.boundaries is None else {"boundaries": list(plan.boundaries)}
+    warmup = {"warmup_steps": plan.warmup_steps} if plan.warmup_steps else {}
+    decay = {} if plan.decay_steps is None else {"decay_steps": plan.decay_steps}
     return {
         **boundaries,
+        **warmup,
+        **decay,
         "steps_per_epoch": plan.steps_per_epoch,
         "total_steps": plan.total_steps,
         "step_size": plan.step_size,

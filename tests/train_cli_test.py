@@ -126,6 +126,9 @@ def test_the_new_modes_flagfiles_run(tmp_path, name):
     assert status == 0
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["mode"] == name and config["epochs"] == 10 and config["resolved"]["total_steps"] == 4
+    # 96 examples in batches of 16: 6 steps per epoch; the warmup is 0.5 epochs, wsd's decay 20% of 60 steps.
+    assert config["resolved"].get("warmup_steps") == (None if name == "cosine_restarts" else 3)
+    assert config["resolved"].get("decay_steps") == (12 if name == "wsd" else None)
 
 
 def test_flagfile_from_repo_root_and_later_flags_override(tmp_path):

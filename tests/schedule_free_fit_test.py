@@ -130,6 +130,15 @@ def test_a_finished_workdir_called_again_leaves_the_model_at_x(tmp_path):
         assert np.array_equal(a.numpy(), b.numpy()), a.path
 
 
+
+@pytest.mark.parametrize("value", [-1, 2.5, True])
+def test_a_bad_bn_recompute_batches_is_refused_naming_it(value):
+    x, y = toy_data()
+    model = sf_compile(sf_model(bn=True), optimizers.ScheduleFreeSGD(0.3))
+    with pytest.raises(ValueError, match="bn_recompute_batches must be an integer >= 0"):
+        loop.fit(model, x, y, batch_size=BATCH, epochs=1, verbose=0, bn_recompute_batches=value)
+
+
 KILL_SCRIPT = '''
 import os, re, signal, sys
 import keras

@@ -14,6 +14,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import app
 from absl import flags
 
@@ -144,7 +145,6 @@ def test_a_bad_bn_recompute_batches_is_refused_naming_it(value):
 def test_a_reshuffling_dataset_run_stopped_and_resumed_is_bit_identical(tmp_path, stop_at):
     """The BatchNorm recompute reads the Dataset's first batches through an iterator of its own,
     which draws a shuffle too; the resumed run draws the same ones."""
-    import tensorflow as tf
     x, y = toy_data()
     dataset = lambda: tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=3).batch(BATCH)  # noqa: E731
     kwargs = dict(epochs=3, verbose=0, validation_data=(x[:50], y[:50]), steps_per_loop=3, bn_recompute_batches=2)

@@ -49,7 +49,8 @@ class Recompute:
                 model(x)
             return tf.constant(0)
 
-        @tf.function(autograph=False)
+        # One trace for every batch size (an epoch's last partial batch too).
+        @tf.function(autograph=False, reduce_retracing=True)
         def forward(x):
             self.strategy.run(replica_forward, args=(x,))
 

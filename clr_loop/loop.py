@@ -446,6 +446,13 @@ class Run:
             raise inputs.InputError(f"bn_recompute_batches must be an integer >= 0, got {bn_recompute_batches!r}")
         self.bn_recompute_batches = int(bn_recompute_batches)
         self._recompute_bn = bn_stats.Recompute(model, self.strategy, seed_generator_states(model))
+        # A Dataset's batches for the recompute are drawn once, here, before any training iterator: an
+        # iterator made later would draw one more shuffle of a reshuffling Dataset at a point a
+        # resumed run does not repeat, changing the order of the epochs after it.
+        self._bn_batches = None
+        if (self.schedule_free is not None and self._recompute_bn.layers and self.bn_recompute_batches
+                and train_input.dataset is not None):
+            self._bn_batches = list(train_input.dataset.take(self.bn_recompute_batches))
         self.checkpoints = None
         self.profiling = False
         self._signal = None
@@ -542,14 +549,18 @@ class Run:
 
     def recompute_bn(self):
         """Recomputes the BatchNormalization moving statistics for the weights the model holds now, on
-        up to `bn_recompute_batches` training batches (the last ones trained on, for arrays; the first
-        ones of the Dataset); returns how many it used (0 without BatchNormalization layers)."""
+        up to `bn_recompute_batches` training batches (the last ones trained on, for arrays; for a
+        Dataset its first ones, drawn once when the Run was made); returns how many it used (0 without BatchNormalization layers)."""
         if not self._recompute_bn.layers or not self.bn_recompute_batches:
             return 0
         n = self.bn_recompute_batches
         if self.input.dataset is not None:
-            ds = self.input.dataset.take(n)
-            batches = self.strategy.experimental_distribute_dataset(ds) if self.replicas > 1 else ds
+            batches = self._bn_batches
+            if self.replicas > 1 and batches:
+                ds = tf.data.Dataset.from_tensors(batches[0])
+                for batch in batches[1:]:
+                    ds = ds.concatenate(tf.data.Dataset.from_tensors(batch))
+                batches = self.strategy.experimental_distribute_dataset(ds)
         else:
             n = min(n, self.step)
             iterator = self.iterator_at(self.step - n)

@@ -14,6 +14,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import app
 from absl import flags
 
@@ -127,6 +128,36 @@ def test_a_finished_workdir_called_again_leaves_the_model_at_x(tmp_path):
     loop.fit(again, x, y, **kwargs)
     assert again.optimizer.at_x
     for a, b in zip(first.variables, again.variables):
+        assert np.array_equal(a.numpy(), b.numpy()), a.path
+
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, True])
+def test_a_bad_bn_recompute_batches_is_refused_naming_it(value):
+    x, y = toy_data()
+    model = sf_compile(sf_model(bn=True), optimizers.ScheduleFreeSGD(0.3))
+    with pytest.raises(ValueError, match="bn_recompute_batches must be an integer >= 0"):
+        loop.fit(model, x, y, batch_size=BATCH, epochs=1, verbose=0, bn_recompute_batches=value)
+
+
+
+@pytest.mark.parametrize("stop_at", [10, STEPS_PER_EPOCH], ids=["mid_epoch", "epoch_end"])
+def test_a_reshuffling_dataset_run_stopped_and_resumed_is_bit_identical(tmp_path, stop_at):
+    """The BatchNorm recompute reads the Dataset's first batches through an iterator of its own,
+    which draws a shuffle too; the resumed run draws the same ones."""
+    x, y = toy_data()
+    dataset = lambda: tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=3).batch(BATCH)  # noqa: E731
+    kwargs = dict(epochs=3, verbose=0, validation_data=(x[:50], y[:50]), steps_per_loop=3, bn_recompute_batches=2)
+    make = lambda: sf_compile(sf_model(bn=True), optimizers.ScheduleFreeAdamW(0.01, warmup_steps=3))  # noqa: E731
+    whole = make()
+    expected = loop.fit(whole, dataset(), workdir=str(tmp_path / "whole"), **kwargs)
+    workdir = str(tmp_path / "parts")
+    loop.fit(make(), dataset(), workdir=workdir, max_steps=stop_at, **kwargs)
+    second = make()
+    resumed = loop.fit(second, dataset(), workdir=workdir, **kwargs)
+    assert resumed.history == expected.history
+    assert second.optimizer.at_x
+    for a, b in zip(whole.variables + whole.optimizer.variables, second.variables + second.optimizer.variables):
         assert np.array_equal(a.numpy(), b.numpy()), a.path
 
 

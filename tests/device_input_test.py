@@ -3,6 +3,9 @@ the tf.data pipeline (`input_mode="pipeline"`, `inputs.array_train_dataset`): th
 the same order, so the same weights bit for bit on CPU, through resumes and the split-batch path.
 """
 
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,6 +16,7 @@ from clr_loop import inputs
 from clr_loop import loop
 from clr_loop import runtime
 
+import train_cli_test
 from loop_test import BATCH, SigtermAt, compiled, dict_model, sigkill_then_resume, toy_data
 
 
@@ -132,3 +136,18 @@ def test_the_cli_setting_is_validated_and_a_library_refusal_names_the_flag():
     error = inputs.InputError("input_mode='device' needs in-memory arrays on one device: the training input is a "
                               "tf.data.Dataset")
     assert cli.error_message(error).startswith("--input_mode='device' needs")
+
+
+def test_the_app_trains_the_same_history_in_both_modes(tmp_path):
+    data_dir = train_cli_test.write_tiny_idx_dir(str(tmp_path / "idx"))
+    histories = {}
+    for mode in ("device", "pipeline"):
+        workdir = str(tmp_path / mode)
+        status = train_cli_test.run_main_in_process([
+            f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--epochs=2", "--batch_size=16",
+            "--steps_per_loop=2", "--eval_batch_size=16", "--seed=3", f"--input_mode={mode}",
+        ])
+        assert status in (0, None)
+        with open(os.path.join(workdir, "history.json")) as f:
+            histories[mode] = {k: v for k, v in json.load(f).items() if k != "epoch_seconds"}
+    assert histories["device"] == histories["pipeline"]

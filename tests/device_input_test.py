@@ -77,7 +77,10 @@ def test_dict_inputs_in_device_mode_train_the_pipelines_weights():
         assert np.array_equal(a, b)
 
 
-def test_sigterm_mid_epoch_in_device_mode_resumes_to_the_uninterrupted_pipelines_bits(tmp_path):
+@pytest.mark.parametrize("resumed_mode", ["device", "pipeline"])
+def test_sigterm_mid_epoch_in_device_mode_resumes_to_the_uninterrupted_pipelines_bits(tmp_path, resumed_mode):
+    """Stopped at step 9 (mid epoch 2) in device mode; the same call again (or one switching to the
+    pipeline: the mode is not part of a run's identity) ends with the uninterrupted run's bits."""
     x, y = toy_data()
     kwargs = dict(batch_size=BATCH, epochs=2, seed=7, verbose=0, steps_per_loop=2, batch_splits=2,
                   validation_data=(x[:50], y[:50]))
@@ -87,7 +90,7 @@ def test_sigterm_mid_epoch_in_device_mode_resumes_to_the_uninterrupted_pipelines
     with pytest.raises(loop.Interrupted, match="SIGTERM at step 9"):
         loop.fit(compiled(momentum=0.9), x, y, workdir=workdir, input_mode="device", callbacks=[SigtermAt(9)], **kwargs)
     resumed = compiled(momentum=0.9)
-    history = loop.fit(resumed, x, y, workdir=workdir, input_mode="device", **kwargs)
+    history = loop.fit(resumed, x, y, workdir=workdir, input_mode=resumed_mode, **kwargs)
     assert len(history.history["loss"]) == 2
     for a, b in zip(resumed.get_weights(), reference.get_weights()):
         assert np.array_equal(a, b)

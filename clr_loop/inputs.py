@@ -201,7 +201,8 @@ class DeviceBatches:
     without `shuffle`), the last one holding the remainder without `drop_remainder`; their static
     shapes are the pipeline's too (the batch dimension is `batch_size` with `drop_remainder`, else
     None). The epoch's permutation is kept in a variable and recomputed only when the epoch changes;
-    it is a pure function of (seed, epoch), so it needs no checkpoint.
+    it is a pure function of (seed, epoch), so it needs no checkpoint. Raises InputError when the
+    set does not fit in the device's memory.
     """
 
     def __init__(self, arrays, batch_size, seed, step_counter, *, shuffle=True, drop_remainder=True, device=None):
@@ -215,10 +216,17 @@ class DeviceBatches:
         if device is None:
             device = "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
         self.device = device
+        try:
+            with tf.device(device):
+                place = lambda a: tf.identity(tf.constant(a))  # noqa: E731
+                self.x = tf.nest.map_structure(place, arrays.x)
+                self.y = tf.nest.map_structure(place, arrays.y)
+        except tf.errors.ResourceExhaustedError as e:
+            raise InputError(
+                f"input_mode='device': the training set ({array_bytes(arrays) / 2**20:.0f} MiB) does not fit in "
+                f"{device}'s memory; feed it through tf.data (input_mode='pipeline' or 'auto')"
+            ) from e
         with tf.device(device):
-            place = lambda a: tf.identity(tf.constant(a))  # noqa: E731
-            self.x = tf.nest.map_structure(place, arrays.x)
-            self.y = tf.nest.map_structure(place, arrays.y)
             self._perm = tf.Variable(tf.zeros([n], tf.int32), trainable=False, name="device_batches_perm")
             self._perm_epoch = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="device_batches_epoch")
 

@@ -832,7 +832,8 @@ def resolve_input_mode(input_mode, train_input, strategy):
     arrays under the default strategy when the set fits: on a GPU when it takes at most
     `DEVICE_MEMORY_SHARE` of the memory TensorFlow reports for it (`runtime.accelerator_memory_bytes`;
     `FALLBACK_DEVICE_BYTES` when it reports none), on a CPU always (the arrays are in host memory
-    already; docs/performance.md has the measurements). Anything else picks "pipeline"
+    already, and there the in-loop gather measured no slower than tf.data: docs/performance.md).
+    Anything else picks "pipeline"
     (tf.data): a Dataset (a streamed one too) is used as given.
     """
     if input_mode not in inputs.INPUT_MODES:

@@ -31,6 +31,8 @@ RESUMABLE_CHANGES = frozenset(
         # between machines; only the dropout masks' draws change. Runs written before the
         # setting existed have no such key and resume too.
         "batch_splits",
+        # Where the batches are gathered (on the device or through tf.data): the same batches.
+        "input_mode",
     }
 )
 # Settings added after runs were first written, with the value a run written before them had: a

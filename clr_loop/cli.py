@@ -73,6 +73,7 @@ def _definitions():
         (enum, "strategy", d.strategy, "default: one device; mirrored: local GPUs (or --devices); multi_worker: the TF_CONFIG cluster.", {"enum_values": config_lib.STRATEGIES}),
         (listing, "devices", None, "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1 (default: all GPUs, else all CPUs).", {}),
         (integer, "virtual_cpus", d.virtual_cpus, "Split the host CPU into this many logical devices (for trying distribution on a CPU).", {}),
+        (enum, "input_mode", d.input_mode, "How training batches reach the step: device = the whole set on the GPU/CPU once, batches gathered inside the compiled loop; pipeline = tf.data; auto = device where it fits (streamed data and several replicas: pipeline).", {"enum_values": list(config_lib.INPUT_MODES)}),
         (integer, "batch_splits", d.batch_splits, "Compute each batch as this many parts side by side, one thread per op (0: automatic, one per CPU core of at least 32 examples on a CPU-only run, else 1).", {}),
         (floating, "cluster_timeout", d.cluster_timeout, "multi_worker: seconds to wait for peers and for any collective op.", {}),
         (string, "save_init", None, "Write the model's initial weights to this .weights.h5 file, then train.", {}),
@@ -233,4 +234,6 @@ def error_message(error):
         return f"--{error.argument}: {text}"
     if isinstance(error, models.ModelError):
         return f"--model: {text}"
+    if text.startswith("input_mode="):
+        return f"--{text}"
     return text

@@ -10,6 +10,7 @@ import keras
 from clr_loop import augment as augment_lib
 from clr_loop import data as data_lib
 from clr_loop import datasets
+from clr_loop import inputs
 from clr_loop import models
 from clr_loop import schedules
 
@@ -28,6 +29,7 @@ SCHEDULE_FREE_MOMENTUM = 0.9
 JIT_CHOICES = ("auto", "true", "false")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+INPUT_MODES = inputs.INPUT_MODES
 # Keras AdamW's own default decoupled weight decay, used when weight_decay is not set.
 ADAMW_WEIGHT_DECAY = 0.004
 # numpy's legacy seeding (behind keras.utils.set_random_seed) takes seeds in [0, 2**32 - 1].
@@ -96,6 +98,7 @@ class Config:
     optimizer: str = "sgd"
     weight_decay: Optional[float] = None
     augment: str = "none"
+    input_mode: str = "auto"
     boundaries_epochs: Optional[Tuple[float, ...]] = None
     values: Optional[Tuple[float, ...]] = None
     warmup_epochs: float = 0.0
@@ -361,6 +364,11 @@ def validate(config):
         problems.append(f"--batch_splits={config.batch_splits} must divide --batch_size={config.batch_size}")
     elif config.batch_splits > 1 and config.strategy != "default":
         problems.append("--batch_splits > 1 needs --strategy=default (one replica)")
+    if config.input_mode not in inputs.INPUT_MODES:
+        problems.append(f"--input_mode must be one of {', '.join(inputs.INPUT_MODES)}, got {config.input_mode!r}")
+    elif config.input_mode == "device" and config.strategy != "default":
+        problems.append("--input_mode=device needs --strategy=default (one replica); --input_mode=auto feeds "
+                        "the other strategies through tf.data")
     if not 0 <= config.virtual_cpus <= MAX_VIRTUAL_CPUS:
         problems.append(f"--virtual_cpus must be in [0, {MAX_VIRTUAL_CPUS}] (0: no split), got {config.virtual_cpus}")
     if not config.cluster_timeout > 0:

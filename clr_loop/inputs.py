@@ -21,6 +21,12 @@ import numpy as np
 import tensorflow as tf
 
 
+# How array batches reach the train step (`clr_loop.loop.resolve_input_mode`): gathered on the
+# device inside the compiled loop (`DeviceBatches`), through tf.data (`array_train_dataset`), or
+# whichever fits.
+INPUT_MODES = ("auto", "device", "pipeline")
+
+
 class InputError(ValueError):
     """Raised for unusable training or validation input; the message names the culprit."""
 
@@ -176,6 +182,81 @@ def array_train_dataset(arrays, batch_size, seed, *, shuffle=True, drop_remainde
     ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
     ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def array_bytes(arrays):
+    """Returns the bytes the training arrays `arrays` (an Arrays) take: the sum of their leaves' nbytes."""
+    return int(sum(a.nbytes for a in tf.nest.flatten((arrays.x, arrays.y))))
+
+
+class DeviceBatches:
+    """The training batches of `arrays` gathered on the device, inside the compiled loop: device-resident data.
+
+    The whole training set is placed on `device` once ("/GPU:0" when a GPU is present, else
+    "/CPU:0"); `next()`, called while the loop traces, returns the ops that gather the `(x, y)`
+    batch for the current value of `step_counter` (the optimizer's `iterations`, read before the
+    step's update), so no tf.data iterator, thread or host-to-device copy runs per step. The
+    batches are exactly `array_train_dataset`'s (one replica): step s is batch `s % steps_per_epoch`
+    of epoch `s // steps_per_epoch` in `epoch_permutation(N, seed, epoch)` order (`range(N)`
+    without `shuffle`), the last one holding the remainder without `drop_remainder`; their static
+    shapes are the pipeline's too (the batch dimension is `batch_size` with `drop_remainder`, else
+    None). The epoch's permutation is kept in a variable and recomputed only when the epoch changes;
+    it is a pure function of (seed, epoch), so it needs no checkpoint. Raises InputError when the
+    set does not fit in the device's memory.
+    """
+
+    def __init__(self, arrays, batch_size, seed, step_counter, *, shuffle=True, drop_remainder=True, device=None):
+        self.num_examples = n = arrays.num_examples
+        self.batch_size = int(batch_size)
+        self.steps_per_epoch = steps_per_epoch(n, batch_size, drop_remainder)
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_remainder = drop_remainder
+        self.step_counter = step_counter
+        if device is None:
+            device = "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
+        self.device = device
+        try:
+            with tf.device(device):
+                place = lambda a: tf.identity(tf.constant(a))  # noqa: E731
+                self.x = tf.nest.map_structure(place, arrays.x)
+                self.y = tf.nest.map_structure(place, arrays.y)
+        except tf.errors.ResourceExhaustedError as e:
+            raise InputError(
+                f"input_mode='device': the training set ({array_bytes(arrays) / 2**20:.0f} MiB) does not fit in "
+                f"{device}'s memory; feed it through tf.data (input_mode='pipeline' or 'auto')"
+            ) from e
+        with tf.device(device):
+            self._perm = tf.Variable(tf.zeros([n], tf.int32), trainable=False, name="device_batches_perm")
+            self._perm_epoch = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="device_batches_epoch")
+
+    def __iter__(self):
+        return self
+
+    def _order(self, epoch):
+        if not self.shuffle:
+            return tf.range(self.num_examples, dtype=tf.int32)
+
+        def refresh():
+            self._perm.assign(epoch_permutation(self.num_examples, self.seed, epoch))
+            self._perm_epoch.assign(epoch)
+            return tf.constant(True)
+
+        tf.cond(tf.not_equal(self._perm_epoch.read_value(), epoch), refresh, lambda: tf.constant(False))
+        return self._perm.read_value()
+
+    def __next__(self):
+        with tf.name_scope("device_batches"), tf.device(self.device):
+            step = tf.cast(self.step_counter, tf.int64)
+            epoch = step // self.steps_per_epoch
+            start = tf.cast(step % self.steps_per_epoch, tf.int32) * self.batch_size
+            if self.drop_remainder:
+                size = self.batch_size  # static: every batch is whole
+            else:
+                size = tf.minimum(self.batch_size, self.num_examples - start)
+            idx = tf.slice(self._order(epoch), tf.reshape(start, [1]), tf.reshape(size, [1]))
+            gather = lambda a: tf.gather(a, idx)  # noqa: E731
+            return tf.nest.map_structure(gather, self.x), tf.nest.map_structure(gather, self.y)
 
 
 def array_eval_dataset(arrays, batch_size, replicas=None):

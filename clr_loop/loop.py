@@ -36,6 +36,12 @@ _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
 ).SerializeToString()
 
+# "auto" of `fit`'s input modes (see `resolve_input_mode`) places a training set on a GPU when it
+# takes at most this share of the memory TensorFlow reports for the GPU (the rest is the model's,
+# its activations' and the optimizer's), or of FALLBACK_DEVICE_BYTES when it reports none.
+DEVICE_MEMORY_SHARE = 0.25
+FALLBACK_DEVICE_BYTES = 4 * 2**30
+
 # The file in a workdir that identifies the run a checkpoint belongs to (see `_run_identity`).
 RUN_FILE = "run.json"
 
@@ -358,7 +364,7 @@ class Run:
     def __init__(self, model, train_input, val, *, seed, epochs, steps_per_loop, jit_compile, batch_splits,
                  workdir, checkpoint_every_steps, keep_checkpoints, log_every_steps, profile_steps, max_steps,
                  validation_batch_size, run_config=None, run_files=None, augment=None,
-                 bn_recompute_batches=BN_RECOMPUTE_BATCHES):
+                 bn_recompute_batches=BN_RECOMPUTE_BATCHES, input_mode="auto"):
         steps_lib.check_compiled(model)
         spec = (train_input.dataset.element_spec if train_input.dataset is not None
                 else inputs.element_spec_of(train_input.arrays))
@@ -397,6 +403,7 @@ class Run:
                 f"batch_size={train_input.batch_size} (the global batch) must be divisible by the "
                 f"{self.replicas} replicas of the model's strategy"
             )
+        self.input_mode = resolve_input_mode(input_mode, train_input, self.strategy)
         self.jit_compile = runtime.resolve_jit_compile(jit_compile)
         if self.jit_compile and not distribute.xla_allowed(self.strategy):
             logging.warning("XLA is off: TensorFlow's distribution cannot compile across %d CPU replicas", self.replicas)
@@ -453,6 +460,12 @@ class Run:
         if (self.schedule_free is not None and self._recompute_bn.layers and self.bn_recompute_batches
                 and train_input.dataset is not None):
             self._bn_batches = list(train_input.dataset.take(self.bn_recompute_batches))
+        self.device_batches = None
+        if self.input_mode == "device":
+            self.device_batches = inputs.DeviceBatches(
+                train_input.arrays, train_input.batch_size, self.seed, self.optimizer.iterations,
+                shuffle=train_input.shuffle, drop_remainder=train_input.drop_remainder,
+            )
         self.checkpoints = None
         self.profiling = False
         self._signal = None
@@ -572,6 +585,8 @@ class Run:
     def iterator_at(self, step):
         """Returns the train iterator positioned at `step` (arrays), or a fresh one (a Dataset: a
         checkpoint restore then positions it)."""
+        if self.device_batches is not None:
+            return self.device_batches  # positioned by the optimizer's step counter itself
         if self.input.dataset is not None:
             iterator = iter(self.strategy.experimental_distribute_dataset(self.input.dataset)
                             if self.replicas > 1 else self.input.dataset)
@@ -816,6 +831,7 @@ def fit(
     max_steps=None,
     augment=None,
     bn_recompute_batches=BN_RECOMPUTE_BATCHES,
+    input_mode="auto",
 ):
     """Trains a compiled Keras model as `model.fit` would, in clr_loop's compiled loop; returns its History.
 
@@ -838,7 +854,10 @@ def fit(
     `drop_remainder` drops each epoch's last partial batch of arrays; `max_steps` caps the total
     steps; `augment` augments each training batch inside the compiled step: "flip_crop" (pad by 4,
     random crop, random horizontal flip of [B, H, W, C] images, a pure function of (seed, step)) or
-    your function `(x, step) -> x` (see `clr_loop.augment`). With a schedule-free optimizer
+    your function `(x, step) -> x` (see `clr_loop.augment`); `input_mode` is how array batches
+    reach the step: "device" places the whole training set on the device once and gathers each
+    batch inside the compiled loop, "pipeline" feeds them through tf.data, "auto" picks (see
+    `resolve_input_mode`); both give the same batches in the same order. With a schedule-free optimizer
     (`clr_loop.optimizers.ScheduleFreeSGD`/`ScheduleFreeAdamW`, or any with `swap_to_x`/`swap_to_y`)
     training runs at y while validation and the weights fit returns with are at x, the average; the
     BatchNormalization statistics are recomputed at x on `bn_recompute_batches` training batches
@@ -875,8 +894,46 @@ def fit(
         batch_splits=batch_splits, workdir=workdir, checkpoint_every_steps=checkpoint_every_steps,
         keep_checkpoints=keep_checkpoints, log_every_steps=log_every_steps, profile_steps=profile_steps,
         max_steps=max_steps, validation_batch_size=val_batch, augment=augment, bn_recompute_batches=bn_recompute_batches,
+        input_mode=input_mode,
     )
     return run.fit(callbacks=callbacks, verbose=verbose)
+
+
+def resolve_input_mode(input_mode, train_input, strategy):
+    """Returns "device" or "pipeline": how the training batches of `train_input` reach the step.
+
+    "device" (`inputs.DeviceBatches`) needs in-memory arrays and the default strategy (one
+    replica); asked for otherwise it raises InputError naming why. "auto" picks "device" for
+    arrays under the default strategy when the set fits: on a GPU when it takes at most
+    `DEVICE_MEMORY_SHARE` of the memory TensorFlow reports for it (`runtime.accelerator_memory_bytes`;
+    `FALLBACK_DEVICE_BYTES` when it reports none), on a CPU always (the arrays are in host memory
+    already, and there the in-loop gather measured no slower than tf.data: docs/performance.md).
+    Anything else picks "pipeline"
+    (tf.data): a Dataset (a streamed one too) is used as given.
+    """
+    if input_mode not in inputs.INPUT_MODES:
+        raise inputs.InputError(f"input_mode must be one of {', '.join(map(repr, inputs.INPUT_MODES))}, got {input_mode!r}")
+    if input_mode == "pipeline":
+        return "pipeline"
+    why_not = None
+    if train_input.arrays is None:
+        why_not = "the training input is a tf.data.Dataset, which is used as given (pass arrays)"
+    elif not distribute.is_default(strategy):
+        why_not = (f"it runs under the default strategy only (one replica), and the model's is "
+                   f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)")
+    if why_not:
+        if input_mode == "device":
+            raise inputs.InputError(f"input_mode='device' needs in-memory arrays on one device: {why_not}")
+        return "pipeline"
+    if input_mode == "device" or not runtime.accelerator_present():
+        return "device"
+    size = inputs.array_bytes(train_input.arrays)
+    limit = DEVICE_MEMORY_SHARE * (runtime.accelerator_memory_bytes() or FALLBACK_DEVICE_BYTES)
+    if size > limit:
+        logging.info("input_mode auto: the %.0f MiB training set is more than %.0f MiB of the device's memory: "
+                     "feeding it through tf.data", size / 2**20, limit / 2**20)
+        return "pipeline"
+    return "device"
 
 
 def _check_images(spec, augment):
@@ -930,8 +987,8 @@ def _train(run, saved_history, callbacks, verbose):
     model.history = history_cb
     epoch_seconds = list(saved_history.get("epoch_seconds", []))
     logging.info(
-        "fit: %s steps (%s per epoch), jit_compile=%s, batch_splits=%d, workdir %s",
-        run.total_steps, steps_per_epoch, run.jit_compile, run.splits, workdir,
+        "fit: %s steps (%s per epoch), jit_compile=%s, batch_splits=%d, input_mode=%s, workdir %s",
+        run.total_steps, steps_per_epoch, run.jit_compile, run.splits, run.input_mode, workdir,
     )
     if run.total_steps is not None and step >= run.total_steps:
         print(f"{workdir}: the run is already complete at step {step}; nothing to do", flush=True)

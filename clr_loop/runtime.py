@@ -17,6 +17,21 @@ def accelerator_present():
     return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
 
 
+def accelerator_memory_bytes():
+    """Returns the bytes of memory TensorFlow's allocator may use on the first GPU (its
+    `memory_limit`, about the memory free when TensorFlow started), or None without a GPU or when
+    TensorFlow does not say."""
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    try:
+        from tensorflow.python.client import device_lib  # pylint: disable=import-outside-toplevel
+
+        limits = [d.memory_limit for d in device_lib.list_local_devices() if d.device_type == "GPU"]
+    except Exception:  # pylint: disable=broad-except  (a private module: any failure means "unknown")
+        return None
+    return int(limits[0]) if limits and limits[0] else None
+
+
 def resolve_jit_compile(choice):
     """Returns True/False for a `jit_compile` choice: True, False, "auto" (also "true"/"false").
 

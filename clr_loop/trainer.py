@@ -222,6 +222,7 @@ class Trainer:
             validation_batch_size=config.eval_batch_size,
             run_config=checkpointing.defining_settings(config.to_json_dict()),
             augment=config.augment,
+            input_mode=config.input_mode,
         )
         # config.json, with the resolved step plan; written once the workdir's checks pass.
         self.run.run_files["config.json"] = {

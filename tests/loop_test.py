@@ -371,6 +371,7 @@ import numpy as np
 from clr_loop import loop
 
 workdir, out, kill_at, marker = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+input_mode = sys.argv[5] if len(sys.argv) > 5 else "auto"
 rng = np.random.default_rng(0)
 x = rng.normal(size=(200, 8)).astype(np.float32)
 y = np.argmax(x[:, :3] + 0.5 * x[:, 3:6], axis=1).astype(np.int32)
@@ -391,14 +392,15 @@ class KillOnce(keras.callbacks.Callback):
 
 
 loop.fit(model, x, y, batch_size=32, epochs=3, seed=7, verbose=0, workdir=workdir, steps_per_loop=2,
-         checkpoint_every_steps=4, log_every_steps=3, validation_data=(x[:50], y[:50]), callbacks=[KillOnce()])
+         checkpoint_every_steps=4, log_every_steps=3, validation_data=(x[:50], y[:50]), callbacks=[KillOnce()],
+         input_mode=input_mode)
 model.save_weights(out)
 '''
 
 
-def _start(script, workdir, out, kill_at, marker):
+def _start(script, workdir, out, kill_at, marker, input_mode="auto"):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    return subprocess.Popen([sys.executable, script, workdir, out, str(kill_at), marker], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, script, workdir, out, str(kill_at), marker, input_mode], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -417,6 +419,12 @@ def _history_file(workdir):
 
 
 def test_sigkill_mid_epoch_then_the_same_call_again_is_bit_identical(tmp_path, monkeypatch):
+    sigkill_then_resume(tmp_path, monkeypatch)
+
+
+def sigkill_then_resume(tmp_path, monkeypatch, reference_mode="auto", killed_mode="auto"):
+    """Runs KILL_SCRIPT killed at step 10 and again (input mode `killed_mode`) and uninterrupted
+    (`reference_mode`); asserts the two end with the same bits and the same history."""
     script = str(tmp_path / "train.py")
     with open(script, "w") as f:
         f.write(KILL_SCRIPT)
@@ -424,14 +432,14 @@ def test_sigkill_mid_epoch_then_the_same_call_again_is_bit_identical(tmp_path, m
     ref_dir, run_dir = str(tmp_path / "reference"), str(tmp_path / "run")
     ref_out, run_out = str(tmp_path / "ref.weights.h5"), str(tmp_path / "run.weights.h5")
     # Killed at step 10: mid epoch 2, after the checkpoint at step 8, before the one at 12.
-    killed = _start(script, run_dir, run_out, 10, marker)
+    killed = _start(script, run_dir, run_out, 10, marker, killed_mode)
     # Meanwhile the uninterrupted reference, the same script in this process.
-    monkeypatch.setattr(sys, "argv", [script, ref_dir, ref_out, "-1", marker])
+    monkeypatch.setattr(sys, "argv", [script, ref_dir, ref_out, "-1", marker, reference_mode])
     runpy.run_path(script, run_name="__main__")
     out, _ = killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL, out
     assert os.path.exists(marker) and not os.path.exists(run_out)
-    resumed = _start(script, run_dir, run_out, 10, marker)
+    resumed = _start(script, run_dir, run_out, 10, marker, killed_mode)
     out, _ = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, out
     assert "Resuming from" in out and "ckpt-8" in out, out

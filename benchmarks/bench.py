@@ -445,6 +445,7 @@ def is_trainer_default(spec, splits, threads):
     default_splits = trainer_lib.resolve_batch_splits(default)
     return (
         spec.kind == "loop"
+        and spec.precision == "float32"
         and spec.input == "tfdata"
         and spec.steps_per_loop == default.steps_per_loop
         and spec.batch_size == default.batch_size

@@ -119,6 +119,7 @@ def test_is_trainer_default_matches_what_train_resolves():
     assert bench.is_trainer_default(spec, default_splits, threads)
     assert not bench.is_trainer_default(bench.Spec("loop", jit="false", steps_per_loop=10), default_splits, threads)
     assert not bench.is_trainer_default(bench.Spec("loop", jit="false", input="in_graph"), default_splits, threads)
+    assert not bench.is_trainer_default(bench.Spec("loop", jit="false", precision="mixed_bfloat16"), default_splits, threads)
     other = 1 if default_splits > 1 else 2
     assert not bench.is_trainer_default(spec, other, runtime.thread_pool_sizes(other))
 
@@ -363,7 +364,7 @@ def test_cli_keeps_the_measured_stages_when_a_later_stage_fails(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", _IN_PROCESS_BENCH, "--steps=2", "--repeats=1", "--rounds=1", "--batch_size=8",
          "--data=random", "--eval=false", "--steps_per_loop=2", "--configs=tfdata xla=false spl=2", "--profile",
-         f"--out={out}"],
+         "--torch=false", "--precisions=float32", "--kernels=false", f"--out={out}"],
         cwd=bench.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode != 0 and "the profile stage broke" in proc.stderr

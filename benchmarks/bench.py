@@ -1581,6 +1581,7 @@ def main(argv):
               + "".join(f", x{med[f'speedup_wall_vs_{n}']:.2f} against {n}" for n in ("torch", "torch_compile")
                         if f"speedup_wall_vs_{n}" in med))
     report["side_by_side"] = side_by_side(report["training"], report.get("whole_process"))
+    save()
     print("\nside by side: per step (batch 64) and whole process (one epoch with validation); peak RSS of the"
           " whole-process run (ru_maxrss of the child)\n")
     print(format_side_by_side(report["side_by_side"]))

@@ -883,9 +883,12 @@ def run_spec_in_subprocess(spec, env=None):
 
     The worker's own measurements are kept; `name`, `spec`, `process_peak_rss_mb` and
     `process_wall_s` (the OS's view of the whole worker process) are added, and `stdout` when
-    `env` is given (extra environment, for ONEDNN_VERBOSE). A failed worker raises RuntimeError
+    `env` is given (extra environment, for ONEDNN_VERBOSE; a "torch_compile" worker also gets an
+    empty TORCHINDUCTOR_CACHE_DIR). A failed worker raises RuntimeError
     with its stderr's tail; a PyTorch worker whose torch.compile failed returns its "error".
     """
+    if spec.kind == "torch_compile":  # an empty Inductor cache: the compile is timed as on a first run
+        env = {**(env or {}), "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="clr_bench_inductor_")}
     proc = run_process(worker_argv(spec), env=env)
     lines = [line for line in proc["stdout"].splitlines() if line.startswith(RESULT_PREFIX)]
     if proc["rc"] != 0 or not lines:
@@ -895,7 +898,7 @@ def run_spec_in_subprocess(spec, env=None):
     result.setdefault("spec", dataclasses.asdict(spec))
     result["process_peak_rss_mb"] = proc["peak_rss_mb"]
     result["process_wall_s"] = proc["wall_s"]
-    if env:
+    if env and "ONEDNN_VERBOSE" in env:
         result["stdout"] = proc["stdout"]
     return result
 
@@ -1164,7 +1167,9 @@ def whole_process(runs, workdir, epochs=1, log=print, torch=False):
             log(f"[whole process {index + 1}/{runs}] {description}")
             # A fresh workdir per run: the trainer would otherwise resume from the previous run.
             extra = [f"--workdir={os.path.join(workdir, f'{name}{index}')}"] if name == "train" else []
-            proc = run_process(argv + extra)
+            # PyTorch's processes each get an empty Inductor cache: torch.compile compiles as on a first run.
+            env = {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="clr_bench_inductor_")} if name.startswith("torch") else None
+            proc = run_process(argv + extra, env=env)
             if proc["rc"] != 0:
                 why = f"{description} failed (exit {proc['rc']}):\n{proc['stderr'][-3000:]}"
                 if not name.startswith("torch"):

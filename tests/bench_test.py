@@ -516,9 +516,10 @@ def test_whole_process_keeps_going_when_a_pytorch_process_fails(monkeypatch, tmp
     wall = {"train": 4.0, "fit": 8.0, "fit_gc_tuned": 7.0, "torch": 6.0}
     calls = []
 
-    def fake_run_process(argv):
+    def fake_run_process(argv, env=None):
         name = next(n for n, (a, _) in commands.items() if argv == a or (n == "train" and argv[:-1] == a))
         calls.append(name)
+        assert (env is not None and os.path.isdir(env["TORCHINDUCTOR_CACHE_DIR"])) == name.startswith("torch")
         if name == "torch_compile":
             return {"rc": 1, "stderr": "Traceback ...\ntorch._inductor.exc.InductorError: no compiler\n"}
         return {"rc": 0, "wall_s": wall[name], "cpu_s": 1.0, "peak_rss_mb": 100.0 * wall[name]}

@@ -1,6 +1,7 @@
 """Tests for benchmarks.bench at tiny sizes: the cost model, the in-graph input variant, the
 measurement plumbing and the profile breakdown. No timed assertions: speed is the benchmark's job."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -118,6 +119,7 @@ def test_is_trainer_default_matches_what_train_resolves():
     assert bench.is_trainer_default(spec, default_splits, threads)
     assert not bench.is_trainer_default(bench.Spec("loop", jit="false", steps_per_loop=10), default_splits, threads)
     assert not bench.is_trainer_default(bench.Spec("loop", jit="false", input="in_graph"), default_splits, threads)
+    assert not bench.is_trainer_default(bench.Spec("loop", jit="false", precision="mixed_bfloat16"), default_splits, threads)
     other = 1 if default_splits > 1 else 2
     assert not bench.is_trainer_default(spec, other, runtime.thread_pool_sizes(other))
 
@@ -362,7 +364,7 @@ def test_cli_keeps_the_measured_stages_when_a_later_stage_fails(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", _IN_PROCESS_BENCH, "--steps=2", "--repeats=1", "--rounds=1", "--batch_size=8",
          "--data=random", "--eval=false", "--steps_per_loop=2", "--configs=tfdata xla=false spl=2", "--profile",
-         f"--out={out}"],
+         "--torch=false", "--precisions=float32", "--kernels=false", f"--out={out}"],
         cwd=bench.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode != 0 and "the profile stage broke" in proc.stderr
@@ -381,3 +383,170 @@ def test_cli_rejects_configs_that_match_no_loop(tmp_path):
     assert proc.returncode != 0
     assert "--configs=no such config matches no loop configuration" in proc.stderr
     assert "loop tfdata xla=false spl=100" in proc.stderr and "[round" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU features, kernels, precision, the PyTorch peer's plumbing (PyTorch itself: torch_peer_test)
+
+SAPPHIRE_RAPIDS_FLAGS = "fpu sse2 avx fma avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8 avx_vnni"
+
+
+def test_cpu_features_from_a_fake_cpuinfo():
+    text = f"processor\t: 0\nmodel name\t: Fake CPU\nflags\t\t: {SAPPHIRE_RAPIDS_FLAGS}\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+    amx = bench.cpu_features(text)
+    assert amx["bf16_units"] is True
+    assert amx["flags"]["avx512_bf16"] and amx["flags"]["amx_bf16"] and amx["flags"]["avx_vnni"]
+    assert not amx["flags"]["avx512_fp16"]
+    assert "bf16 units: yes" in amx["line"] and "avx512_bf16" in amx["line"]
+    avx2 = bench.cpu_features("flags\t\t: fpu avx avx2 fma\n")
+    assert avx2["bf16_units"] is False and avx2["flags"]["avx2"] and not avx2["flags"]["avx_vnni"]
+    assert "bf16 units: no" in avx2["line"] and "no avx512_bf16, amx_bf16, avx_vnni" in avx2["line"]
+    # avx_vnni alone (int8 dot products) is no bf16 unit.
+    assert bench.cpu_features("flags : avx2 avx_vnni")["bf16_units"] is False
+    assert bench.cpu_features("")["bf16_units"] is False
+
+
+def test_onednn_kernels_counts_primitive_executions():
+    text = "\n".join([
+        "onednn_verbose,v1,info,oneDNN v3.7.3 (commit N/A)",
+        "onednn_verbose,v1,primitive,info,template:operation,engine,primitive,implementation,prop_kind,memory_descriptors",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_amx_bf16,forward_training,"
+        "src_bf16::blocked:acdb::f0 wei_bf16:a:blocked:Acdb16a::f0 dst_bf16::blocked:acdb::f0,,alg:convolution_direct,mb64,0.1",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_amx_bf16,forward_training,"
+        "src_bf16::blocked:acdb::f0 wei_bf16::blocked:Acdb16a::f0,,alg:convolution_direct,mb64,0.1",
+        "onednn_verbose,v1,primitive,exec,cpu,gemm_api,,undef,src_f32::blocked:ab:f0 wei_f32::blocked:ab:f0,,,1248x25:25x16,11.7",
+        "onednn_verbose,v1,graph,exec,cpu,100002,matmul_post_ops,,,,,",
+        "dnnl_verbose,exec,cpu,pooling,jit:avx2,forward_training,src_f32::blocked:abcd:f0 dst_f32::blocked:abcd:f0,,alg:pooling_max,mb64,0.02",
+        "some other line, with exec, in it",
+    ])
+    assert bench.onednn_kernels(text) == {
+        "convolution brg_conv_fwd:avx512_core_amx_bf16 bf16": 2, "gemm_api - f32": 1, "pooling jit:avx2 f32": 1}
+    assert "no oneDNN primitive ran" in bench.format_kernels([{"name": "x", "kernels": {}}])
+
+
+def test_kernels_of_a_bf16_fit_run_with_onednn_verbose_in_a_child():
+    """The precision reaches the worker (its model computes in bfloat16) and oneDNN's lines are read."""
+    spec = bench.Spec("loop", batch_size=8, steps=2, repeats=1, steps_per_loop=2, jit="false", data="random", examples=40,
+                      precision="mixed_bfloat16")
+    result = bench.run_spec_in_subprocess(spec, env={"ONEDNN_VERBOSE": "1"})
+    assert result["precision"] == "mixed_bfloat16" and result["compute_dtype"] == "bfloat16"
+    assert np.isfinite(result["ms_per_step"])
+    kernels = bench.onednn_kernels(result["stdout"])
+    assert kernels and all(n > 0 for n in kernels.values())
+    assert bench.Spec("loop", jit="false", precision="mixed_bfloat16").name == "loop tfdata xla=false spl=100 mixed_bfloat16"
+
+
+def test_precision_rows_pair_each_policy_with_its_float32_twin():
+    def row(precision, ms, label=""):
+        spec = bench.Spec("fit", precision=precision, label=label)
+        return {"name": spec.name, "spec": dataclasses.asdict(spec), "ms_per_step": ms}
+
+    rows = bench.precision_rows([row("float32", 6.0, "(a) fit"), row("mixed_bfloat16", 3.0, "(a) fit mixed_bfloat16"),
+                                 {**row("mixed_float16", 1.0), "spec": {**row("mixed_float16", 1.0)["spec"], "batch_size": 32}}])
+    assert rows == [{"name": "(a) fit mixed_bfloat16", "precision": "mixed_bfloat16", "ms_per_step": 3.0,
+                     "float32_ms_per_step": 6.0, "speedup": 2.0}]  # the batch-32 row has no twin
+    assert "2.00" in bench.format_precision_table(rows)
+
+
+def test_training_specs_add_the_precision_and_pytorch_rows():
+    plain = bench.training_specs(64, 10, 1, [100], "random")
+    more = bench.training_specs(64, 10, 1, [100], "random", precisions=("float32", "mixed_bfloat16"), torch=True)
+    added = [s.name for s in more if s not in plain]
+    assert added == ["(a) fit mixed_bfloat16", "loop tfdata xla=false spl=100 mixed_bfloat16",
+                     "(p) PyTorch eager", "(p) PyTorch torch.compile"]
+    assert {s.kind for s in plain} <= {"fit", "loop"}
+    assert bench.worker_argv(more[-1])[1:3] == ["-m", "benchmarks.torch_peer"]
+    assert bench.worker_argv(more[0])[1:3] == ["-m", "benchmarks.bench"]
+
+
+def _row(name, kind, ms, default=False, error=None):
+    row = {"name": name, "spec": {"kind": kind}, "is_trainer_default": default}
+    if error:
+        row["error"] = error
+    else:
+        row["ms_per_step"] = ms
+    return row
+
+
+def test_side_by_side_puts_the_four_contenders_in_one_table():
+    training = [_row("(a) fit", "fit", 4.0), _row("loop tfdata xla=false spl=100", "loop", 2.0, default=True),
+                _row("(p) PyTorch eager", "torch", 5.0), _row("(p) PyTorch torch.compile", "torch_compile", 0, error="no compiler")]
+    medians = {name: {"wall_s": s, "cpu_s": s, "peak_rss_mb": m} for name, s, m in
+               (("train", 5.0, 800.0), ("fit", 10.0, 700.0), ("fit_gc_tuned", 9.0, 700.0), ("torch", 8.0, 500.0))}
+    rows = bench.side_by_side(training, {"medians": medians, "errors": {"torch_compile": "InductorError"}})
+    by = {r["contender"]: r for r in rows}
+    assert [r["contender"] for r in rows] == ["clr_loop", "Keras fit", "PyTorch eager", "torch.compile"]
+    assert (by["clr_loop"]["x_fit_step"], by["clr_loop"]["x_fit_whole"], by["clr_loop"]["peak_rss_mb"]) == (2.0, 2.0, 800.0)
+    assert (by["PyTorch eager"]["x_fit_step"], by["PyTorch eager"]["x_fit_whole"]) == (0.8, 1.25)
+    assert by["torch.compile"]["ms_per_step"] is None and by["torch.compile"]["note"] == "no compiler; InductorError"
+    table = bench.format_side_by_side(rows)
+    assert "InductorError" in table and "1.25" in table
+    # Without PyTorch and without the whole-process stage: the rows are there, unmeasured.
+    rows = bench.side_by_side(training[:2])
+    assert rows[2]["ms_per_step"] is None and rows[0]["whole_s"] is None
+    assert bench.format_training_table([]).count("\n") == 1  # header and rule only
+    failed = bench.format_training_table([training[3]])
+    assert "(p) PyTorch torch.compile: not measured: no compiler" in failed
+
+
+def test_torch_status_hidden_by_the_env_switch_and_by_sys_modules(monkeypatch):
+    from benchmarks import torch_peer
+
+    monkeypatch.setenv(torch_peer.HIDE_ENV, "1")
+    assert torch_peer.torch_status() == (False, f"PyTorch hidden by {torch_peer.HIDE_ENV}=1")
+    monkeypatch.delenv(torch_peer.HIDE_ENV)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    available, why = torch_peer.torch_status()
+    assert not available and torch_peer.INSTALL in why
+
+
+def test_torch_peer_cli_without_torch_exits_with_the_install_hint():
+    from benchmarks import torch_peer
+
+    env = {**bench._child_env(), torch_peer.HIDE_ENV: "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.torch_peer", "--epoch"], cwd=bench.REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "PyTorch hidden" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_whole_process_keeps_going_when_a_pytorch_process_fails(monkeypatch, tmp_path):
+    commands = bench.whole_process_commands(epochs=1, torch=True)
+    assert commands["torch"][0][1:] == ["-m", "benchmarks.torch_peer", "--epoch", "--epochs=1"]
+    assert commands["torch_compile"][0][-1] == "--compile"
+    wall = {"train": 4.0, "fit": 8.0, "fit_gc_tuned": 7.0, "torch": 6.0}
+    calls = []
+
+    def fake_run_process(argv, env=None):
+        name = next(n for n, (a, _) in commands.items() if argv == a or (n == "train" and argv[:-1] == a))
+        calls.append(name)
+        assert (env is not None and os.path.isdir(env["TORCHINDUCTOR_CACHE_DIR"])) == name.startswith("torch")
+        if name == "torch_compile":
+            return {"rc": 1, "stderr": "Traceback ...\ntorch._inductor.exc.InductorError: no compiler\n"}
+        return {"rc": 0, "wall_s": wall[name], "cpu_s": 1.0, "peak_rss_mb": 100.0 * wall[name]}
+
+    monkeypatch.setattr(bench, "run_process", fake_run_process)
+    result = bench.whole_process(2, str(tmp_path), log=lambda message: None, torch=True)
+    assert calls.count("torch_compile") == 1 and calls.count("torch") == 2  # not retried after it failed
+    assert result["errors"] == {"torch_compile": "torch._inductor.exc.InductorError: no compiler"}
+    med = result["medians"]
+    assert "torch_compile" not in med and med["speedup_wall_vs_torch"] == 1.5 and med["speedup_wall"] == 2.0
+    assert med["torch"]["peak_rss_mb"] == 600.0
+
+
+def test_cli_without_torch_runs_as_before_and_says_the_pytorch_rows_were_skipped(tmp_path):
+    from benchmarks import torch_peer
+
+    out = tmp_path / "bench.json"
+    env = {**bench._child_env(), torch_peer.HIDE_ENV: "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _IN_PROCESS_BENCH.replace("bench._profile_in_subprocess = broken_profile\n", ""),
+         "--steps=2", "--repeats=1", "--batch_size=8", "--data=random", "--eval=false", "--steps_per_loop=2",
+         "--configs=tfdata xla=false spl=2", "--precisions=float32", "--kernels=false", f"--out={out}"],
+        cwd=bench.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "PyTorch rows skipped: PyTorch hidden by" in proc.stdout and "CPU features:" in proc.stdout
+    saved = json.loads(out.read_text())
+    assert saved["torch"] == {"available": False, "skipped_because": f"PyTorch hidden by {torch_peer.HIDE_ENV}=1"}
+    assert [row["name"] for row in saved["training"]] == ["(a) fit", "loop tfdata xla=false spl=2"]
+    assert [r["contender"] for r in saved["side_by_side"]] == ["clr_loop", "Keras fit", "PyTorch eager", "torch.compile"]

@@ -576,7 +576,8 @@ class Run:
                 batches = self.strategy.experimental_distribute_dataset(ds)
         else:
             n = min(n, self.step)
-            iterator = self.iterator_at(self.step - n)
+            # The batches themselves, also in device mode (whose gather follows the step counter).
+            iterator = self._pipeline_iterator_at(self.step - n)
             batches = (next(iterator) for _ in range(n))
         return self._recompute_bn(batches)
 
@@ -587,6 +588,10 @@ class Run:
         checkpoint restore then positions it)."""
         if self.device_batches is not None:
             return self.device_batches  # positioned by the optimizer's step counter itself
+        return self._pipeline_iterator_at(step)
+
+    def _pipeline_iterator_at(self, step):
+        """Returns a tf.data iterator of the training batches from `step` on (arrays), or a fresh one (a Dataset)."""
         if self.input.dataset is not None:
             iterator = iter(self.strategy.experimental_distribute_dataset(self.input.dataset)
                             if self.replicas > 1 else self.input.dataset)

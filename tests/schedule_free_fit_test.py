@@ -66,12 +66,13 @@ def test_the_warmed_up_rate_is_logged():
     assert history.history["lr"] == pytest.approx([0.49, 0.7], rel=1e-6)
 
 
-def test_batch_norm_statistics_after_fit_are_the_average_of_the_last_batches_at_x():
+@pytest.mark.parametrize("input_mode", ["pipeline", "device"])
+def test_batch_norm_statistics_after_fit_are_the_average_of_the_last_batches_at_x(input_mode):
     x, y = toy_data()
     n = 3
     model = sf_compile(sf_model(bn=True), optimizers.ScheduleFreeSGD(0.3))
     loop.fit(model, x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, drop_remainder=True,
-             bn_recompute_batches=n)
+             bn_recompute_batches=n, input_mode=input_mode)
     steps = 2 * 6  # 6 full batches an epoch without the partial one
     kernel, bias = model.layers[0].get_weights()  # x, where fit leaves them
     means, variances = [], []

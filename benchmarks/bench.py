@@ -64,7 +64,8 @@ class Spec:
     "eval_loop" (clr_loop's eval loop over the test split), "fit_eval" (Keras `model.evaluate`
     at the training batch size, what `fit` runs as validation) or "matmul" (the machine's
     float32 matmul rate). `jit` is a `--jit_compile` value ("auto", "true", "false"); `input` is
-    "tfdata" (clr_loop.data.train_dataset) or "in_graph" (`InGraphBatches`). `splits` is the
+    the loop's `input_mode`: "pipeline" (tf.data, clr_loop.data.train_dataset's order) or "device"
+    (the whole training set on the device, each batch gathered inside the compiled loop). `splits` is the
     trainer's `--batch_splits` (each batch computed as that many parts side by side; 0: the
     trainer's automatic choice, 1: no splitting). `inter_op` and `intra_op` are TensorFlow
     thread-pool sizes; 0 and 0 mean what the trainer's app sets (`runtime.configure_threads`: one
@@ -85,7 +86,7 @@ class Spec:
     repeats: int = 3
     steps_per_loop: int = 100
     jit: str = "auto"
-    input: str = "tfdata"
+    input: str = "pipeline"
     inter_op: int = 0
     intra_op: int = 0
     splits: int = 0
@@ -163,62 +164,6 @@ def step_flops(model, batch_size, training=True):
     For the tutorial's CNN at batch 64: 2 * 64 * (3 * 1,054,976 - 230,400) = 375.6 MFLOP.
     """
     return measure.training_flops([macs for _, macs in layer_macs(model)], batch_size, training)
-
-
-# ---------------------------------------------------------------------------------------------
-# The in-graph input variant
-
-
-class InGraphBatches:
-    """An iterator for `clr_loop.loop.make_train_loop` that draws training batches inside the graph.
-
-    The whole training split stays on the device as two tensors (uint8 images, int32 labels);
-    `next()` (called while the loop traces) adds ops that gather the batch for the optimizer's
-    current step, so no tf.data iterator, thread or host-to-device copy runs per step. The order
-    is exactly `clr_loop.data.train_dataset`'s: step `s` is batch `s % steps_per_epoch` of
-    `epoch_permutation(N, seed, s // steps_per_epoch)`. The permutation is cached in a variable
-    and recomputed only when the epoch changes. `step_counter` is the optimizer's `iterations`
-    variable (read before the step's update, like the schedule).
-    """
-
-    def __init__(self, split, batch_size, seed, step_counter):
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-        from clr_loop import data as data_lib  # pylint: disable=import-outside-toplevel
-
-        self._num_examples = split.num_examples
-        self._steps_per_epoch = data_lib.steps_per_epoch(split.num_examples, batch_size)
-        self._batch_size = batch_size
-        self._seed = seed
-        self._step_counter = step_counter
-        device = "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
-        with tf.device(device):
-            self._images = tf.identity(tf.constant(split.images))
-            self._labels = tf.identity(tf.constant(split.labels))
-            self._perm = tf.Variable(tf.zeros([split.num_examples], tf.int32), trainable=False, name="epoch_perm")
-            self._perm_epoch = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="epoch_perm_epoch")
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-        from clr_loop import data as data_lib  # pylint: disable=import-outside-toplevel
-
-        with tf.name_scope("in_graph_batches"):
-            step = tf.cast(self._step_counter, tf.int64)
-            epoch = step // self._steps_per_epoch
-
-            def refresh():
-                self._perm.assign(data_lib.epoch_permutation(self._num_examples, self._seed, epoch))
-                self._perm_epoch.assign(epoch)
-                return tf.constant(True)
-
-            tf.cond(tf.not_equal(self._perm_epoch, epoch), refresh, lambda: tf.constant(False))
-            start = tf.cast(step % self._steps_per_epoch, tf.int32) * self._batch_size
-            idx = tf.gather(self._perm, tf.range(start, start + self._batch_size))
-            return tf.gather(self._images, idx), tf.gather(self._labels, idx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +254,7 @@ def _config(spec):
     return config_lib.Config(
         batch_splits=spec.splits,
         batch_size=spec.batch_size, steps_per_loop=spec.steps_per_loop, jit_compile=spec.jit, seed=SEED,
-        eval_batch_size=spec.eval_batch_size, **extra,
+        eval_batch_size=spec.eval_batch_size, input_mode=spec.input, **extra,
     )
 
 
@@ -323,9 +268,9 @@ def make_trainer(spec, data):
     """Returns a `clr_loop.trainer.Trainer` for `spec`, with the spec's variant swapped in.
 
     The trainer is built exactly as `python -m clr_loop.train` builds it (strategy, model,
-    optimizer, and its `loop.Run`: compiled steps, train loop and eval); a spec with
-    `input="in_graph"` puts an `InGraphBatches` in place of the run's tf.data iterator. The
-    trainer is not trained (nothing is written): callers run `trainer.run.run_steps(n)`.
+    optimizer, and its `loop.Run`: compiled steps, train loop and eval, with the spec's
+    `input_mode`). The trainer is not trained (nothing is written): callers run
+    `trainer.run.run_steps(n)`.
     """
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
@@ -334,10 +279,7 @@ def make_trainer(spec, data):
     if config.virtual_cpus:
         distribute.configure_virtual_cpus(config.virtual_cpus)
     strategy = distribute.make_strategy(config.strategy, config.devices, config.cluster_timeout)
-    trainer = trainer_lib.Trainer(config, data, strategy=strategy)
-    if spec.input == "in_graph":
-        trainer.run.iterator = InGraphBatches(data.train, spec.batch_size, SEED, trainer.optimizer.iterations)
-    return trainer
+    return trainer_lib.Trainer(config, data, strategy=strategy)
 
 
 def _summary(spec, seconds_per_repeat, cpu_per_repeat, steps, first_call_s, first_call_steps, flops):
@@ -426,16 +368,21 @@ def time_loop(spec, data):
     result["weights_checksum"] = weights_checksum(model)
     result["splits_resolved"] = trainer.splits
     result["compute_dtype"] = model.compute_dtype
-    result["is_trainer_default"] = is_trainer_default(spec, trainer.splits, _thread_pools())
+    from clr_loop import loop as loop_lib  # pylint: disable=import-outside-toplevel
+
+    default_input = loop_lib.resolve_input_mode("auto", trainer.run.input, trainer.strategy)
+    result["input_default"] = default_input
+    result["is_trainer_default"] = is_trainer_default(spec, trainer.splits, _thread_pools(), default_input)
     return result
 
 
-def is_trainer_default(spec, splits, threads):
+def is_trainer_default(spec, splits, threads, default_input):
     """Returns whether a "loop" spec ran what `python -m clr_loop.train` runs by default on this device.
 
     `splits` and `threads` ((inter-op, intra-op) pool sizes, 0 for TensorFlow's default) are what
-    the worker resolved and set; they are compared with what the trainer resolves and sets for
-    `Config()`, as are the input pipeline, steps_per_loop, batch size and XLA choice.
+    the worker resolved and set, and `default_input` the input mode that `input_mode="auto"`
+    resolves to here (`loop.resolve_input_mode`); they are compared with what the trainer resolves
+    and sets for `Config()`, as are the input mode, steps_per_loop, batch size and XLA choice.
     """
     from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
@@ -446,7 +393,7 @@ def is_trainer_default(spec, splits, threads):
     return (
         spec.kind == "loop"
         and spec.precision == "float32"
-        and spec.input == "tfdata"
+        and spec.input == default_input
         and spec.steps_per_loop == default.steps_per_loop
         and spec.batch_size == default.batch_size
         and runtime.resolve_jit_compile(spec.jit) == runtime.resolve_jit_compile(default.jit_compile)
@@ -935,12 +882,12 @@ def merge_rounds(results):
 def training_specs(batch_size, steps, repeats, steps_per_loop_list, data, precisions=("float32",), torch=False):
     """Returns the training configurations of one table: (a) fit, (b) the loop, (c) the variants, (p) PyTorch.
 
-    (b) is clr_loop's loop as the trainer builds it by default (tf.data input, automatic batch
-    splitting and the thread pools that go with it) with XLA off and on, for each steps_per_loop.
+    (b) is clr_loop's loop as the trainer builds it by default (automatic batch splitting and the
+    thread pools that go with it) fed by tf.data, with XLA off and on, for each steps_per_loop.
     (c) is the same loop without splitting on TensorFlow's default threads (the plain loop) and
     with one inter-op thread (ops one at a time, each using every core), the trainer's own data
-    parallelism (`--strategy=mirrored --virtual_cpus=N`) on the split threads, and the loop fed
-    by `InGraphBatches` instead of tf.data. Each of `precisions` other than float32 adds fit and the
+    parallelism (`--strategy=mirrored --virtual_cpus=N`) on the split threads, and the loop with
+    its training set on the device (`input_mode="device"`) instead of tf.data. Each of `precisions` other than float32 adds fit and the
     default loop (XLA off) under that Keras dtype policy; `torch` adds the PyTorch peer, eager and
     under torch.compile.
     """
@@ -956,8 +903,8 @@ def training_specs(batch_size, steps, repeats, steps_per_loop_list, data, precis
         mirrored = dict(virtual_cpus=split["splits"], inter_op=split["inter_op"], intra_op=split["intra_op"])
         specs.append(Spec("loop", steps_per_loop=100, jit="false", **mirrored, **common))
     for spl in sorted({100, max(steps_per_loop_list)}):
-        specs.append(Spec("loop", steps_per_loop=spl, jit="false", input="in_graph", **common))
-    specs.append(Spec("loop", steps_per_loop=100, jit="false", input="in_graph", splits=1, **common))
+        specs.append(Spec("loop", steps_per_loop=spl, jit="false", input="device", **common))
+    specs.append(Spec("loop", steps_per_loop=100, jit="false", input="device", splits=1, **common))
     for precision in precisions:
         if precision != "float32":
             specs.append(Spec("fit", label=f"(a) fit {precision}", precision=precision, **common))
@@ -1211,7 +1158,7 @@ def classify_op(long_name, op_type):
         return "conv forward"
     if "/sgd/" in lowered or lowered.startswith("sgd/"):
         return "optimizer"
-    if long_name.startswith("Iterator::") or "IteratorGetNext" in op_type or "in_graph_batches" in long_name:
+    if long_name.startswith("Iterator::") or "IteratorGetNext" in op_type or "device_batches" in long_name:
         return "input"
     if "gradient_tape/" in long_name:
         return "other backward"

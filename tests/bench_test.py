@@ -46,57 +46,23 @@ def test_step_flops_match_the_hand_count():
     assert [macs for _, macs in bench.layer_macs(model)] == [CONV1_MACS, CONV2_MACS, 32 * 128, 128 * 10]
 
 
-def test_in_graph_batches_follow_the_tf_data_order_across_epochs():
-    split = tiny_data(num_train=43).train  # 5 full batches of 8 per epoch, 3 examples dropped
-    step = tf.Variable(0, dtype=tf.int64)
-    batches = bench.InGraphBatches(split, 8, seed=7, step_counter=step)
-
-    @tf.function
-    def draw():
-        images, labels = next(batches)
-        step.assign_add(1)
-        return images, labels
-
-    drawn = [draw() for _ in range(12)]
-    expected = iter(data_lib.train_dataset(split, 8, 7))
-    for images, labels in drawn:
-        want_images, want_labels = next(expected)
-        np.testing.assert_array_equal(images.numpy(), want_images.numpy())
-        np.testing.assert_array_equal(labels.numpy(), want_labels.numpy())
-    # Independently of tf.data: each epoch's 5 batches are 40 distinct examples of the 43.
-    for epoch in range(2):
-        epoch_images = np.concatenate([d[0].numpy() for d in drawn[5 * epoch:5 * epoch + 5]])
-        rows = {row.tobytes() for row in epoch_images.reshape(40, -1)}
-        assert len(rows) == 40 and rows <= {row.tobytes() for row in split.images.reshape(43, -1)}
-
-
-def test_in_graph_batches_start_from_the_optimizer_step():
-    split = tiny_data(num_train=40).train
-    step = tf.Variable(7, dtype=tf.int64)
-    batches = bench.InGraphBatches(split, 8, seed=3, step_counter=step)
-    images, _ = tf.function(lambda: next(batches))()
-    stream = iter(data_lib.train_dataset(split, 8, 3))
-    for _ in range(7):
-        next(stream)
-    np.testing.assert_array_equal(images.numpy(), next(stream)[0].numpy())
-
-
 @pytest.mark.parametrize("dropout", [True, False])
-def test_in_graph_loop_gives_the_plain_loops_weights(dropout):
-    """The fast input path trains exactly as the tf.data path: same batches, same dropout masks."""
+def test_device_input_loop_gives_the_pipeline_loops_weights(dropout):
+    """The bench's two input rows train alike: same batches, same dropout masks (the library's
+    device mode itself is checked against the pipeline in tests/device_input_test.py)."""
     data = tiny_data(num_train=40)
     spec = bench.Spec("loop", batch_size=8, steps_per_loop=3, jit="false")
     runs = {}
-    for kind in ("tfdata", "in_graph"):
+    for kind in ("pipeline", "device"):
         run_steps, model, optimizer = bench.make_loop(bench.Spec(**{**spec.__dict__, "input": kind}), data)
         if not dropout:
             model.layers[5].rate = 0.0
         for _ in range(4):  # 12 steps: two epoch boundaries
             out = run_steps(3)
         runs[kind] = (weights(model), float(out["loss_sum"]), int(optimizer.iterations))
-    assert runs["tfdata"][2] == runs["in_graph"][2] == 12
-    assert runs["in_graph"][1] == pytest.approx(runs["tfdata"][1], rel=1e-6)
-    for a, b in zip(runs["tfdata"][0], runs["in_graph"][0]):
+    assert runs["pipeline"][2] == runs["device"][2] == 12
+    assert runs["device"][1] == pytest.approx(runs["pipeline"][1], rel=1e-6)
+    for a, b in zip(runs["pipeline"][0], runs["device"][0]):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
 
 
@@ -116,12 +82,14 @@ def test_is_trainer_default_matches_what_train_resolves():
     default_splits = trainer_lib.resolve_batch_splits(config_lib.Config())
     threads = runtime.thread_pool_sizes(default_splits)
     spec = bench.Spec("loop", jit="false")
-    assert bench.is_trainer_default(spec, default_splits, threads)
-    assert not bench.is_trainer_default(bench.Spec("loop", jit="false", steps_per_loop=10), default_splits, threads)
-    assert not bench.is_trainer_default(bench.Spec("loop", jit="false", input="in_graph"), default_splits, threads)
-    assert not bench.is_trainer_default(bench.Spec("loop", jit="false", precision="mixed_bfloat16"), default_splits, threads)
+    assert bench.is_trainer_default(spec, default_splits, threads, "pipeline")
+    assert not bench.is_trainer_default(spec, default_splits, threads, "device")
+    assert bench.is_trainer_default(bench.Spec("loop", jit="false", input="device"), default_splits, threads, "device")
+    assert not bench.is_trainer_default(bench.Spec("loop", jit="false", steps_per_loop=10), default_splits, threads, "pipeline")
+    assert not bench.is_trainer_default(bench.Spec("loop", jit="false", precision="mixed_bfloat16"), default_splits, threads,
+                                        "pipeline")
     other = 1 if default_splits > 1 else 2
-    assert not bench.is_trainer_default(spec, other, runtime.thread_pool_sizes(other))
+    assert not bench.is_trainer_default(spec, other, runtime.thread_pool_sizes(other), "pipeline")
 
 
 @pytest.mark.parametrize(
@@ -129,7 +97,7 @@ def test_is_trainer_default_matches_what_train_resolves():
     [
         bench.Spec("fit", batch_size=8, steps=3, repeats=2),
         bench.Spec("loop", batch_size=8, steps=5, repeats=2, steps_per_loop=2),
-        bench.Spec("loop", batch_size=8, steps=5, repeats=1, steps_per_loop=10, input="in_graph", splits=2),
+        bench.Spec("loop", batch_size=8, steps=5, repeats=1, steps_per_loop=10, input="device", splits=2),
         bench.Spec("eval_loop", batch_size=8, repeats=1, eval_batch_size=10),
         bench.Spec("eval_loop", batch_size=8, repeats=1, eval_batch_size=10, splits=2),
         bench.Spec("fit_eval", batch_size=8, repeats=1),
@@ -208,7 +176,7 @@ def test_add_ratios_against_the_baseline():
          "_MklNativeConv2DBackpropFilterWithBias", "conv backward"),
         ("while/body/_1/while/StatefulPartitionedCall/sgd/AssignSubVariableOp_6", "AssignSubVariableOp", "optimizer"),
         ("while/body/_1/while/StatefulPartitionedCall/sgd/CyclicalLearningRate/SelectV2", "SelectV2", "optimizer"),
-        ("while/body/_1/while/in_graph_batches/GatherV2", "GatherV2", "input"),
+        ("while/body/_1/while/device_batches/GatherV2", "GatherV2", "input"),
         ("Iterator::Root::Prefetch", "Iterator::Root::Prefetch", "input"),
         ("while/body/_1/while/StatefulPartitionedCall/gradient_tape/clr_cnn_1/max_pooling2d_1/MaxPool2d/MaxPoolGrad",
          "_MklNativeMaxPoolGrad", "other backward"),
@@ -266,9 +234,9 @@ def test_split_threads(batch, cores, expected):
 
 
 def test_tables_and_spec_round_trip():
-    spec = bench.Spec("loop", steps_per_loop=10, jit="false", input="in_graph", inter_op=1)
+    spec = bench.Spec("loop", steps_per_loop=10, jit="false", input="device", inter_op=1)
     assert bench.Spec.from_json(spec.to_json()) == spec
-    assert spec.name == "loop in_graph xla=false spl=10 threads=1x0"
+    assert spec.name == "loop device xla=false spl=10 threads=1x0"
     row = {
         "name": spec.name, "ms_per_step": 2.0, "ms_per_step_repeats": [1.5, 2.5], "cpu_ms_per_step": 3.0,
         "examples_per_s": 32000.0, "compile_s": 1.25, "process_peak_rss_mb": 800.0, "speedup_vs_fit": 1.6,
@@ -363,14 +331,14 @@ def test_cli_keeps_the_measured_stages_when_a_later_stage_fails(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-c", _IN_PROCESS_BENCH, "--steps=2", "--repeats=1", "--rounds=1", "--batch_size=8",
-         "--data=random", "--eval=false", "--steps_per_loop=2", "--configs=tfdata xla=false spl=2", "--profile",
+         "--data=random", "--eval=false", "--steps_per_loop=2", "--configs=pipeline xla=false spl=2", "--profile",
          "--torch=false", "--precisions=float32", "--kernels=false", f"--out={out}"],
         cwd=bench.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode != 0 and "the profile stage broke" in proc.stderr
     saved = json.loads(out.read_text())
     assert saved["complete"] is False
-    assert [row["name"] for row in saved["training"]] == ["(a) fit", "loop tfdata xla=false spl=2"]
+    assert [row["name"] for row in saved["training"]] == ["(a) fit", "loop pipeline xla=false spl=2"]
     assert all(row["ms_per_step"] > 0 for row in saved["training"])
     assert "profile" not in saved or saved["profile"] == []
 
@@ -382,7 +350,7 @@ def test_cli_rejects_configs_that_match_no_loop(tmp_path):
     )
     assert proc.returncode != 0
     assert "--configs=no such config matches no loop configuration" in proc.stderr
-    assert "loop tfdata xla=false spl=100" in proc.stderr and "[round" not in proc.stderr
+    assert "loop pipeline xla=false spl=100" in proc.stderr and "[round" not in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,7 +401,7 @@ def test_kernels_of_a_bf16_fit_run_with_onednn_verbose_in_a_child():
     assert np.isfinite(result["ms_per_step"])
     kernels = bench.onednn_kernels(result["stdout"])
     assert kernels and all(n > 0 for n in kernels.values())
-    assert bench.Spec("loop", jit="false", precision="mixed_bfloat16").name == "loop tfdata xla=false spl=100 mixed_bfloat16"
+    assert bench.Spec("loop", jit="false", precision="mixed_bfloat16").name == "loop pipeline xla=false spl=100 mixed_bfloat16"
 
 
 def test_precision_rows_pair_each_policy_with_its_float32_twin():
@@ -452,7 +420,7 @@ def test_training_specs_add_the_precision_and_pytorch_rows():
     plain = bench.training_specs(64, 10, 1, [100], "random")
     more = bench.training_specs(64, 10, 1, [100], "random", precisions=("float32", "mixed_bfloat16"), torch=True)
     added = [s.name for s in more if s not in plain]
-    assert added == ["(a) fit mixed_bfloat16", "loop tfdata xla=false spl=100 mixed_bfloat16",
+    assert added == ["(a) fit mixed_bfloat16", "loop pipeline xla=false spl=100 mixed_bfloat16",
                      "(p) PyTorch eager", "(p) PyTorch torch.compile"]
     assert {s.kind for s in plain} <= {"fit", "loop"}
     assert bench.worker_argv(more[-1])[1:3] == ["-m", "benchmarks.torch_peer"]
@@ -469,7 +437,7 @@ def _row(name, kind, ms, default=False, error=None):
 
 
 def test_side_by_side_puts_the_four_contenders_in_one_table():
-    training = [_row("(a) fit", "fit", 4.0), _row("loop tfdata xla=false spl=100", "loop", 2.0, default=True),
+    training = [_row("(a) fit", "fit", 4.0), _row("loop pipeline xla=false spl=100", "loop", 2.0, default=True),
                 _row("(p) PyTorch eager", "torch", 5.0), _row("(p) PyTorch torch.compile", "torch_compile", 0, error="no compiler")]
     medians = {name: {"wall_s": s, "cpu_s": s, "peak_rss_mb": m} for name, s, m in
                (("train", 5.0, 800.0), ("fit", 10.0, 700.0), ("fit_gc_tuned", 9.0, 700.0), ("torch", 8.0, 500.0))}
@@ -541,12 +509,12 @@ def test_cli_without_torch_runs_as_before_and_says_the_pytorch_rows_were_skipped
     proc = subprocess.run(
         [sys.executable, "-c", _IN_PROCESS_BENCH.replace("bench._profile_in_subprocess = broken_profile\n", ""),
          "--steps=2", "--repeats=1", "--batch_size=8", "--data=random", "--eval=false", "--steps_per_loop=2",
-         "--configs=tfdata xla=false spl=2", "--precisions=float32", "--kernels=false", f"--out={out}"],
+         "--configs=pipeline xla=false spl=2", "--precisions=float32", "--kernels=false", f"--out={out}"],
         cwd=bench.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "PyTorch rows skipped: PyTorch hidden by" in proc.stdout and "CPU features:" in proc.stdout
     saved = json.loads(out.read_text())
     assert saved["torch"] == {"available": False, "skipped_because": f"PyTorch hidden by {torch_peer.HIDE_ENV}=1"}
-    assert [row["name"] for row in saved["training"]] == ["(a) fit", "loop tfdata xla=false spl=2"]
+    assert [row["name"] for row in saved["training"]] == ["(a) fit", "loop pipeline xla=false spl=2"]
     assert [r["contender"] for r in saved["side_by_side"]] == ["clr_loop", "Keras fit", "PyTorch eager", "torch.compile"]

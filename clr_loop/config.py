@@ -11,12 +11,14 @@ from clr_loop import augment as augment_lib
 from clr_loop import data as data_lib
 from clr_loop import datasets
 from clr_loop import models
+from clr_loop import runtime
 from clr_loop import schedules
 
 MODES = ("none",) + schedules.MODES + ("one_cycle", "piecewise")
 JIT_CHOICES = ("auto", "true", "false")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+PRECISIONS = runtime.PRECISIONS
 # Keras AdamW's own default decoupled weight decay, used when weight_decay is not set.
 ADAMW_WEIGHT_DECAY = 0.004
 # numpy's legacy seeding (behind keras.utils.set_random_seed) takes seeds in [0, 2**32 - 1].
@@ -87,6 +89,7 @@ class Config:
     augment: str = "none"
     boundaries_epochs: Optional[Tuple[float, ...]] = None
     values: Optional[Tuple[float, ...]] = None
+    precision: str = "float32"
 
     def to_json_dict(self):
         """Returns the configuration as a JSON-safe dict (tuples become lists)."""
@@ -246,6 +249,8 @@ def validate(config):
         problems.append(f"--checkpoint_every_steps must be >= 0 (0 means each epoch end), got {config.checkpoint_every_steps}")
     if config.jit_compile not in JIT_CHOICES:
         problems.append(f"--jit_compile must be one of {', '.join(JIT_CHOICES)}, got {config.jit_compile!r}")
+    if config.precision not in PRECISIONS:
+        problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if config.deterministic and config.jit_compile == "true":
         problems.append("--deterministic cannot run with --jit_compile=true: XLA has no deterministic kernel for "
                         "some gradients (the CNN's MaxPool); --jit_compile=auto leaves XLA off under --deterministic")

@@ -172,8 +172,9 @@ class Trainer:
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
             if model is None:
-                built = models.create(config.model, data.image_shape, data.num_classes, seed=config.seed,
-                                      **normalization(data))
+                with runtime.precision(config.precision):  # the global policy is restored after
+                    built = models.create(config.model, data.image_shape, data.num_classes, seed=config.seed,
+                                          **normalization(data))
                 model, from_logits = built.model, built.from_logits
             else:
                 from_logits = False

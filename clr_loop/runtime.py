@@ -91,7 +91,7 @@ def resolve_batch_splits(batch_splits, model, batch_size, replicas=1, jit_compil
     `batch_splits` > 0 is taken as given, but raises ValueError when the model has a layer that
     depends on the whole batch (`steps.can_split`), since its parts would compute something else.
     For 0 (automatic): `auto_batch_splits(batch_size)` on a one-replica CPU run without XLA with a
-    known batch size and a model that can be split; else 1, with the reason.
+    known batch size and a model that can be split, not under loss scaling; else 1, with the reason.
     """
     ok, why = steps_lib.can_split(model)
     if batch_splits:
@@ -100,6 +100,10 @@ def resolve_batch_splits(batch_splits, model, batch_size, replicas=1, jit_compil
         return int(batch_splits), ""
     if not ok:
         return 1, why
+    if isinstance(getattr(model, "optimizer", None), keras.optimizers.LossScaleOptimizer):
+        # A part's float16 gradients sum fewer examples, so they overflow at another loss scale
+        # than the whole batch's: the steps skipped would not be the ones Keras skips.
+        return 1, "loss scaling (mixed_float16) skips the steps Keras skips only for whole batches"
     if replicas > 1:
         return 1, f"{replicas} replicas"
     if jit_compile:

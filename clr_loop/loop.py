@@ -772,7 +772,9 @@ def fit(
     `x` is arrays (numpy or tensors, or dicts/tuples of them) with targets `y`, or a
     `tf.data.Dataset` of `(x, y)` batches (then `y` and `batch_size` are None). Each epoch of
     arrays is a stateless permutation of (`seed`, epoch); `seed=None` picks one (recorded in the
-    workdir, so a resume keeps it).
+    workdir, so a resume keeps it). The model's own Keras dtype policy holds as in `model.fit`: under
+    mixed_float16, `compile`'s LossScaleOptimizer scales the loss, and a step it skips on overflow is
+    not divergence (it does not advance `optimizer.iterations`, as in Keras, but counts as a step).
 
     Returns the `keras.callbacks.History` (also `model.history`): per epoch `loss`, each compiled
     metric, `val_` of each with validation data, `lr` (the rate of the epoch's last step) and

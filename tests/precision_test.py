@@ -15,6 +15,7 @@ import pytest
 from clr_loop import checkpointing
 from clr_loop import cli
 from clr_loop import config as config_lib
+from clr_loop import inputs
 from clr_loop import loop
 from clr_loop import models
 from clr_loop import runtime
@@ -202,3 +203,13 @@ def test_the_trainer_builds_under_its_precision_leaves_the_global_policy_and_nam
     message = cli.error_message(refused.value)
     assert "precision: 'mixed_float16' (saved) vs 'mixed_bfloat16' (now)" in message
     assert "--precision" in message
+
+
+def test_a_checkpoint_from_before_the_precision_was_recorded_is_float32s():
+    x, y = toy_data()
+    train_input = inputs.make_train_input(x, y, BATCH, shuffle=True, drop_remainder=False)
+    old = loop._run_identity(mixed_model("float32"), train_input, seed=1)
+    del old["precision"]
+    assert loop._identity_differences(old, loop._run_identity(mixed_model("float32"), train_input, seed=1)) == []
+    assert loop._identity_differences(old, loop._run_identity(mixed_model("mixed_bfloat16"), train_input, seed=1)) == [
+        "the precision: 'float32' (saved) vs 'mixed_bfloat16' (now)"]

@@ -100,13 +100,16 @@ def _overflowing_twins(initial_scale):
     return twins(lambda: mixed_model("mixed_float16"), clr_compile(initial_scale=initial_scale))
 
 
-def test_overflow_skips_steps_as_keras_does_and_is_not_divergence():
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_overflow_skips_steps_as_keras_does_and_is_not_divergence(jit_compile):
     # A scale of 2**24 overflows float16's gradients: the first steps are skipped (the scale halves
     # each time) until it is small enough, then training goes on. Keras's iterations (and so the
     # schedule) do not advance on a skipped step; the loop still runs every batch.
     x, y = toy_data()
     ours, theirs = _overflowing_twins(2.0**24)
-    history = loop.fit(ours, x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0, jit_compile=False)
+    # jit_compile=True: the whole step, the LossScaleOptimizer's skip included, is one XLA function.
+    history = loop.fit(ours, x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
+                       jit_compile=jit_compile)
     theirs.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0)
     skipped = EPOCHS * STEPS_PER_EPOCH - int(theirs.optimizer.iterations)
     assert 3 <= skipped < EPOCHS * STEPS_PER_EPOCH  # some skipped, some taken

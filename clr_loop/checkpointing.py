@@ -42,6 +42,7 @@ ADDED_SETTINGS = {
     "optimizer": "sgd", "weight_decay": None, "augment": "none", "boundaries_epochs": None, "values": None,
     "warmup_epochs": 0.0, "final_lr": None, "t_mul": None, "m_mul": None, "decay_epochs": None,
     "decay_fraction": None, "decay_shape": None,
+    "precision": "float32",
 }
 # Files and folders a run writes into its workdir; --overwrite removes these and nothing else.
 RUN_OUTPUTS = ("ckpt", "train", "eval", "plugins", "history.json", "config.json", "run.json")

@@ -61,6 +61,7 @@ def _definitions():
         (integer, "steps_per_loop", d.steps_per_loop, "Training steps per compiled loop call (Python runs once per loop).", {}),
         (integer, "log_every_steps", d.log_every_steps, "Write train summaries about this often (in steps).", {}),
         (integer, "max_steps", d.max_steps, "Stop after this many steps in all (0: no cap); the eval still runs.", {}),
+        (enum, "precision", d.precision, "Keras dtype policy the model is built under: float32, or float32 variables computing in bfloat16 / float16 (with loss scaling). A run resumes only in its own precision.", {"enum_values": list(config_lib.PRECISIONS)}),
         (enum, "jit_compile", d.jit_compile, "XLA for the steps: auto = on where a GPU/TPU is present.", {"enum_values": config_lib.JIT_CHOICES}),
         (string, "workdir", None, "Output folder (default: runs/<mode>).", {}),
         (listing, "profile_steps", None, "START,STOP: capture a TF profiler trace of these steps.", {}),
@@ -228,6 +229,8 @@ def error_message(error):
     from clr_loop import trainer  # pylint: disable=import-outside-toplevel
 
     text = str(error)
+    if isinstance(error, checkpointing.WorkdirError) and "precision: '" in text:
+        text += " (--precision must be the saved run's to resume it)"
     if isinstance(error, (checkpointing.WorkdirError, checkpointing.CheckpointError)) and error.starting_over_helps:
         return f"{text} (--overwrite starts the run over in the same --workdir; another --workdir keeps it)"
     if isinstance(error, trainer.WeightsError):

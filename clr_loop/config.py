@@ -12,6 +12,7 @@ from clr_loop import data as data_lib
 from clr_loop import datasets
 from clr_loop import inputs
 from clr_loop import models
+from clr_loop import runtime
 from clr_loop import schedules
 
 MODES = ("none",) + schedules.MODES + ("one_cycle", "piecewise")
@@ -30,6 +31,7 @@ JIT_CHOICES = ("auto", "true", "false")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 INPUT_MODES = inputs.INPUT_MODES
+PRECISIONS = runtime.PRECISIONS
 # Keras AdamW's own default decoupled weight decay, used when weight_decay is not set.
 ADAMW_WEIGHT_DECAY = 0.004
 # numpy's legacy seeding (behind keras.utils.set_random_seed) takes seeds in [0, 2**32 - 1].
@@ -108,6 +110,7 @@ class Config:
     decay_epochs: Optional[float] = None
     decay_fraction: Optional[float] = None
     decay_shape: Optional[str] = None
+    precision: str = "float32"
 
     def to_json_dict(self):
         """Returns the configuration as a JSON-safe dict (tuples become lists)."""
@@ -345,6 +348,8 @@ def validate(config):
         problems.append(f"--checkpoint_every_steps must be >= 0 (0 means each epoch end), got {config.checkpoint_every_steps}")
     if config.jit_compile not in JIT_CHOICES:
         problems.append(f"--jit_compile must be one of {', '.join(JIT_CHOICES)}, got {config.jit_compile!r}")
+    if config.precision not in PRECISIONS:
+        problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if config.deterministic and config.jit_compile == "true":
         problems.append("--deterministic cannot run with --jit_compile=true: XLA has no deterministic kernel for "
                         "some gradients (the CNN's MaxPool); --jit_compile=auto leaves XLA off under --deterministic")

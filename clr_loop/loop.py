@@ -85,7 +85,9 @@ class _EpochState:
     """tf.Variables holding the epoch's running train sums and position (checkpointed with the model).
 
     `loss_sum` and `count` are float64 sums over examples; `lr` and `momentum` are the latest
-    step's; `epoch` is the epoch in progress and `epoch_start` the step it began at.
+    step's; `epoch` is the epoch in progress and `epoch_start` the step it began at. `steps` counts
+    the steps run (batches trained on): the run's position where a LossScaleOptimizer's skipped
+    steps leave `optimizer.iterations` behind it.
     """
 
     def __init__(self):
@@ -95,6 +97,7 @@ class _EpochState:
         self.momentum = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="last_momentum")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.epoch_start = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_start")
+        self.steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_run")
         # The TensorBoard point in progress (see `_Summaries`): the loss and example count since the
         # last point, and each mean-type metric's (total, count) when it began. Checkpointed, so a
         # resumed run writes the points of an uninterrupted one.
@@ -172,6 +175,7 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False):
         ran = steps > 0
         state.lr.assign(tf.where(ran, lr, state.lr))
         state.momentum.assign(tf.where(ran, momentum, state.momentum))
+        state.steps.assign_add(tf.cast(steps, tf.int64))
         return {"loss_sum": loss_sum, "count": count, "lr": lr, "momentum": momentum, "steps": steps,
                 "finite": finite, "exhausted": exhausted}
 
@@ -308,8 +312,9 @@ def _metric_sums(metrics):
 
 def _run_identity(model, train_input, seed, run_config=None):
     """What a workdir's checkpoint must match to be resumed: batch size, data size, seed, variables,
-    and the caller's `run_config` (a JSON-safe dict of settings, compared with
-    `checkpointing.config_differences`) when given."""
+    the precision (the model's Keras dtype policy: it defines the numbers a run computes, and
+    mixed_float16 adds the loss-scale state), and the caller's `run_config` (a JSON-safe dict of
+    settings, compared with `checkpointing.config_differences`) when given."""
     identity = {
         "batch_size": train_input.batch_size,
         "num_examples": train_input.num_examples,
@@ -318,6 +323,7 @@ def _run_identity(model, train_input, seed, run_config=None):
         "drop_remainder": train_input.drop_remainder,
         "seed": seed,
         "variables": [[_unnumbered(v.path), list(v.shape), str(v.dtype)] for v in model.variables],
+        "precision": runtime.model_precision(model),
     }
     if run_config is not None:
         identity["config"] = run_config
@@ -334,7 +340,9 @@ def _unnumbered(path):
 def _identity_differences(saved, current):
     names = {"batch_size": "the batch size", "num_examples": "the number of training examples",
              "steps_per_epoch": "the batches per epoch", "shuffle": "shuffle", "drop_remainder": "drop_remainder",
-             "seed": "the seed", "variables": "the model's variables"}
+             "seed": "the seed", "variables": "the model's variables", "precision": "the precision"}
+    # A run recorded before the precision was: float32.
+    saved = {"precision": "float32", **saved}
     problems = []
     for key, label in names.items():
         if key == "seed" and current.get("seed") is None:
@@ -432,8 +440,13 @@ class Run:
         self.history_record = checkpointing.TextRecord()
         self.optimizer = model.optimizer
         with self.strategy.scope():
-            self.optimizer.build(model.trainable_variables)
+            if not self.optimizer.built:  # a second build adds a second set of its variables
+                self.optimizer.build(model.trainable_variables)
             self.state = _EpochState()
+        # The run's position, in steps: the optimizer's iterations, except under loss scaling
+        # (mixed_float16), whose skipped steps do not advance them but do consume a batch.
+        self.loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        self.step_counter = self.state.steps if self.loss_scaled else self.optimizer.iterations
         self.steps = steps_lib.Steps(
             model, jit_compile=self.jit_compile, splits=self.splits, fuse_update=distribute.is_default(self.strategy),
             augment=augment_lib.make(augment, self.seed),
@@ -475,8 +488,9 @@ class Run:
 
     @property
     def step(self):
-        """The number of optimizer steps taken so far (int)."""
-        return int(self.optimizer.iterations.numpy())
+        """The number of steps run so far (int): the optimizer's iterations plus, under loss
+        scaling, the steps it skipped."""
+        return int(self.step_counter.numpy())
 
     def fit(self, callbacks=None, verbose="auto"):
         """Trains to the end (see `fit`), resuming from the workdir when it holds a checkpoint;
@@ -650,6 +664,8 @@ class Run:
         }
         if self.input.dataset is not None:
             items["data"] = self.data_holder
+        if self.loss_scaled:
+            items["steps_run"] = self.state.steps
         return items
 
     def restore(self):
@@ -668,7 +684,7 @@ class Run:
             scratch = os.path.join(workdir, f".worker-{distribute.worker_id(self.strategy)}")
             checkpointing.check_writable(scratch)
             self.checkpoints = checkpointing.RunCheckpoints(
-                scratch, self.trackables(), self.optimizer.iterations, 1, restore_from=os.path.join(workdir, "ckpt")
+                scratch, self.trackables(), self.step_counter, 1, restore_from=os.path.join(workdir, "ckpt")
             )
             self.checkpoints.restore_latest()
             return {}
@@ -681,7 +697,7 @@ class Run:
         if os.path.exists(run_path) and checkpointing.has_checkpoint(workdir):
             self._refuse_another_run(checkpointing.read_json(run_path, "run identity"), identity, workdir)
         self.checkpoints = checkpointing.RunCheckpoints(
-            workdir, self.trackables(), self.optimizer.iterations, self.keep_checkpoints
+            workdir, self.trackables(), self.step_counter, self.keep_checkpoints
         )
         # The iterator must exist before a restore can fill in its state.
         if self.input.dataset is not None:
@@ -847,7 +863,9 @@ def fit(
     `x` is arrays (numpy or tensors, or dicts/tuples of them) with targets `y`, or a
     `tf.data.Dataset` of `(x, y)` batches (then `y` and `batch_size` are None). Each epoch of
     arrays is a stateless permutation of (`seed`, epoch); `seed=None` picks one (recorded in the
-    workdir, so a resume keeps it).
+    workdir, so a resume keeps it). The model's own Keras dtype policy holds as in `model.fit`: under
+    mixed_float16, `compile`'s LossScaleOptimizer scales the loss, and a step it skips on overflow is
+    not divergence (it does not advance `optimizer.iterations`, as in Keras, but counts as a step).
 
     Returns the `keras.callbacks.History` (also `model.history`): per epoch `loss`, each compiled
     metric, `val_` of each with validation data, `lr` (the rate of the epoch's last step) and

@@ -15,7 +15,9 @@ def create_model(seed=None, input_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES, re
 
     Layers as in the tutorial: Rescaling(1/255) (so the input pipeline keeps uint8 pixels),
     Conv2D(16, 5x5, relu), MaxPool(2), Conv2D(32, 5x5, relu), MaxPool(2), SpatialDropout2D(0.2),
-    GlobalAveragePooling2D, Dense(128, relu), Dense(10, softmax). `seed` fixes the dropout layer's
+    GlobalAveragePooling2D, Dense(128, relu), Dense(10, softmax). Built under a mixed dtype policy
+    (`clr_loop.runtime.precision`) its layers compute in bfloat16/float16, except the last one, whose
+    probabilities stay float32. `seed` fixes the dropout layer's
     seed generator; the weight initialisers follow Keras's global seed
     (`keras.utils.set_random_seed`).
     """
@@ -30,7 +32,8 @@ def create_model(seed=None, input_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES, re
             keras.layers.SpatialDropout2D(0.2, seed=seed),
             keras.layers.GlobalAveragePooling2D(),
             keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(num_classes, activation="softmax"),
+            # float32 whatever the dtype policy, as Keras's mixed-precision guide asks of the output.
+            keras.layers.Dense(num_classes, activation="softmax", dtype="float32"),
         ],
         name="clr_cnn",
     )

@@ -165,7 +165,8 @@ def resnet20(input_shape, num_classes, *, mean=None, std=None, depth=20):
             shortcut = x if strides == 1 and x.shape[-1] == filters else ZeroPadShortcut(filters, strides)(x)
             x = keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
     x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(num_classes, kernel_initializer="he_normal")(x)
+    # float32 logits under any dtype policy (Keras's mixed-precision guide).
+    outputs = keras.layers.Dense(num_classes, kernel_initializer="he_normal", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"resnet{depth}")
 
 

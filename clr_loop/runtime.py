@@ -1,15 +1,41 @@
-"""Where and how the steps run: the XLA policy, batch splitting on CPUs, and TensorFlow's thread pools.
+"""Where and how the steps run: the XLA policy, batch splitting on CPUs, TensorFlow's thread pools,
+and the Keras dtype policy (precision) a model is built under.
 
 Nothing here runs at import. `configure_threads` must run before TensorFlow executes its first op
 (an app's entry point does it; library code never does).
 """
 
+import contextlib
 import os
 
+import keras
 import tensorflow as tf
 from absl import logging
 
 from clr_loop import steps as steps_lib
+
+# The Keras dtype policies a run can be built under: float32 everywhere, or float32 variables with
+# bfloat16 / float16 computation (float16 with loss scaling, see `clr_loop.steps`).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@contextlib.contextmanager
+def precision(name):
+    """A context in which Keras layers are built under the dtype policy `name` (one of PRECISIONS);
+    on leaving it the global policy is the one before it again. Yields the policy's name."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield name
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def model_precision(model):
+    """Returns the name of `model`'s Keras dtype policy ("float32", "mixed_bfloat16", ...)."""
+    return model.dtype_policy.name
 
 
 def accelerator_present():
@@ -80,7 +106,7 @@ def resolve_batch_splits(batch_splits, model, batch_size, replicas=1, jit_compil
     `batch_splits` > 0 is taken as given, but raises ValueError when the model has a layer that
     depends on the whole batch (`steps.can_split`), since its parts would compute something else.
     For 0 (automatic): `auto_batch_splits(batch_size)` on a one-replica CPU run without XLA with a
-    known batch size and a model that can be split; else 1, with the reason.
+    known batch size and a model that can be split, not under loss scaling; else 1, with the reason.
     """
     ok, why = steps_lib.can_split(model)
     if batch_splits:
@@ -89,6 +115,10 @@ def resolve_batch_splits(batch_splits, model, batch_size, replicas=1, jit_compil
         return int(batch_splits), ""
     if not ok:
         return 1, why
+    if isinstance(getattr(model, "optimizer", None), keras.optimizers.LossScaleOptimizer):
+        # A part's float16 gradients sum fewer examples, so they overflow at another loss scale
+        # than the whole batch's: the steps skipped would not be the ones Keras skips.
+        return 1, "loss scaling (mixed_float16) skips the steps Keras skips only for whole batches"
     if replicas > 1:
         return 1, f"{replicas} replicas"
     if jit_compile:

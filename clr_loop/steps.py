@@ -115,7 +115,9 @@ class Steps:
     `model.losses`, times its example count; float32), `count`, `lr` (the rate this step used:
     the schedule at `optimizer.iterations` before the update), `momentum` when the optimizer's
     momentum is a schedule, and `finite` (False when the loss or a gradient is NaN or Inf; with a
-    `LossScaleOptimizer`, whose overflowing steps are skipped, only the loss counts). The compiled
+    `LossScaleOptimizer`, whose overflowing steps are skipped, only the loss counts: its
+    `apply_gradients` skips the update, halves the scale and leaves `iterations`, so the schedule,
+    where they were, as in Keras's own `train_step`). The compiled
     metrics are updated in their Keras state. `eval_step` returns `(loss_sum, count)` in float32:
     per-example losses summed where the model has one compiled loss, else the batch loss times its
     count, plus `model.losses` per example; it updates the metrics too.

@@ -132,14 +132,16 @@ def resolve_batch_splits(config, replicas=1):
     """Returns how many parts each batch of the tutorial's CNN is computed in (see `steps.Steps`).
 
     `config.batch_splits` when positive. For 0 (automatic): `runtime.auto_batch_splits` for the
-    CPU's cores on a one-replica run without a GPU or TPU and without XLA (an XLA cluster runs the
-    parts one after the other, so splitting only shrinks its ops); else 1. Reads only the
+    CPU's cores on a one-replica run without a GPU or TPU, without XLA (an XLA cluster runs the
+    parts one after the other, so splitting only shrinks its ops) and without loss scaling; else 1. Reads only the
     physical devices, so the app can call it before TensorFlow starts and size the thread pools.
     """
     if config.batch_splits:
         return config.batch_splits
     if config.model != "tutorial_cnn":
         return 1  # ResNet-20's batch norm depends on the whole batch; a user's model is unknown here
+    if config.precision == "mixed_float16":
+        return 1  # loss scaling: see runtime.resolve_batch_splits
     if replicas > 1 or config.strategy != "default" or config.virtual_cpus:
         return 1
     if config.jit_compile == "true" or runtime.accelerator_present():
@@ -195,8 +197,9 @@ class Trainer:
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
             if model is None:
-                built = models.create(config.model, data.image_shape, data.num_classes, seed=config.seed,
-                                      **normalization(data))
+                with runtime.precision(config.precision):  # the global policy is restored after
+                    built = models.create(config.model, data.image_shape, data.num_classes, seed=config.seed,
+                                          **normalization(data))
                 model, from_logits = built.model, built.from_logits
             else:
                 from_logits = False

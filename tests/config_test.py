@@ -72,6 +72,7 @@ def test_cycle_momentum_defaults():
         (dict(batch_splits=-1), "--batch_splits"),
         (dict(batch_splits=3), "--batch_splits"),  # does not divide 64
         (dict(batch_splits=2, strategy="mirrored"), "--batch_splits"),
+        (dict(precision="bfloat16"), "--precision must be one of float32, mixed_bfloat16, mixed_float16"),
     ],
 )
 def test_validate_names_the_flag(changes, flag):

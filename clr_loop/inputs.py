@@ -194,8 +194,10 @@ class DeviceBatches:
 
     The whole training set is placed on `device` once ("/GPU:0" when a GPU is present, else
     "/CPU:0"); `next()`, called while the loop traces, returns the ops that gather the `(x, y)`
-    batch for the current value of `step_counter` (the optimizer's `iterations`, read before the
-    step's update), so no tf.data iterator, thread or host-to-device copy runs per step. The
+    batch at the current `position` (a step number, int64 variable) and advance it by one, so no
+    tf.data iterator, thread or host-to-device copy runs per step. `at(step)` positions it (a
+    resume; the position counts batches trained on, which is also right where a LossScaleOptimizer's
+    skipped steps leave `optimizer.iterations` behind) and returns it. The
     batches are exactly `array_train_dataset`'s (one replica): step s is batch `s % steps_per_epoch`
     of epoch `s // steps_per_epoch` in `epoch_permutation(N, seed, epoch)` order (`range(N)`
     without `shuffle`), the last one holding the remainder without `drop_remainder`; their static
@@ -205,14 +207,13 @@ class DeviceBatches:
     set does not fit in the device's memory.
     """
 
-    def __init__(self, arrays, batch_size, seed, step_counter, *, shuffle=True, drop_remainder=True, device=None):
+    def __init__(self, arrays, batch_size, seed, *, shuffle=True, drop_remainder=True, device=None):
         self.num_examples = n = arrays.num_examples
         self.batch_size = int(batch_size)
         self.steps_per_epoch = steps_per_epoch(n, batch_size, drop_remainder)
         self.seed = seed
         self.shuffle = shuffle
         self.drop_remainder = drop_remainder
-        self.step_counter = step_counter
         if device is None:
             device = "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
         self.device = device
@@ -229,6 +230,12 @@ class DeviceBatches:
         with tf.device(device):
             self._perm = tf.Variable(tf.zeros([n], tf.int32), trainable=False, name="device_batches_perm")
             self._perm_epoch = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="device_batches_epoch")
+        self.position = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="device_batches_position")
+
+    def at(self, step):
+        """Positions the batches at `step` (the next `next()` gathers that step's batch); returns self."""
+        self.position.assign(step)
+        return self
 
     def __iter__(self):
         return self
@@ -247,7 +254,8 @@ class DeviceBatches:
 
     def __next__(self):
         with tf.name_scope("device_batches"), tf.device(self.device):
-            step = tf.cast(self.step_counter, tf.int64)
+            step = self.position.read_value()
+            self.position.assign_add(1)  # after the read: ordered by the function's automatic control dependencies
             epoch = step // self.steps_per_epoch
             start = tf.cast(step % self.steps_per_epoch, tf.int32) * self.batch_size
             if self.drop_remainder:

@@ -476,7 +476,7 @@ class Run:
         self.device_batches = None
         if self.input_mode == "device":
             self.device_batches = inputs.DeviceBatches(
-                train_input.arrays, train_input.batch_size, self.seed, self.optimizer.iterations,
+                train_input.arrays, train_input.batch_size, self.seed,
                 shuffle=train_input.shuffle, drop_remainder=train_input.drop_remainder,
             )
         self.checkpoints = None
@@ -590,7 +590,7 @@ class Run:
                 batches = self.strategy.experimental_distribute_dataset(ds)
         else:
             n = min(n, self.step)
-            # The batches themselves, also in device mode (whose gather follows the step counter).
+            # The batches themselves, also in device mode (whose gather would move the training position).
             iterator = self._pipeline_iterator_at(self.step - n)
             batches = (next(iterator) for _ in range(n))
         return self._recompute_bn(batches)
@@ -601,7 +601,7 @@ class Run:
         """Returns the train iterator positioned at `step` (arrays), or a fresh one (a Dataset: a
         checkpoint restore then positions it)."""
         if self.device_batches is not None:
-            return self.device_batches  # positioned by the optimizer's step counter itself
+            return self.device_batches.at(step)
         return self._pipeline_iterator_at(step)
 
     def _pipeline_iterator_at(self, step):

@@ -31,16 +31,20 @@ def test_device_batches_are_the_pipelines_batches_across_epochs(shuffle, drop_re
     x = {"a": np.arange(10, dtype=np.float32)[:, None] * [1.0, -1.0], "b": np.arange(10, dtype=np.int64)}
     arrays = inputs.Arrays.from_user(x, np.arange(10, dtype=np.int32) * 10, "x")
     expected = _stream(inputs.array_train_dataset(arrays, 4, 5, shuffle=shuffle, drop_remainder=drop_remainder), 8)
-    step = tf.Variable(0, dtype=tf.int64)
-    batches = inputs.DeviceBatches(arrays, 4, 5, step, shuffle=shuffle, drop_remainder=drop_remainder)
+    batches = inputs.DeviceBatches(arrays, 4, 5, shuffle=shuffle, drop_remainder=drop_remainder)
     spec = inputs.array_train_dataset(arrays, 4, 5, drop_remainder=drop_remainder).element_spec
     gather = tf.function(lambda: next(batches), autograph=False)
     got_spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), gather.get_concrete_function().structured_outputs)
     assert got_spec == spec  # the same static shapes as the pipeline's (None for a partial last batch)
-    for i, want in enumerate(expected):
-        step.assign(i)
-        got = tf.nest.map_structure(np.asarray, gather())
-        tf.nest.map_structure(np.testing.assert_array_equal, got, tf.nest.pack_sequence_as(got, tf.nest.flatten(want)))
+    batches.at(0)
+    check = lambda got, want: tf.nest.map_structure(  # noqa: E731
+        np.testing.assert_array_equal, tf.nest.map_structure(np.asarray, got), tf.nest.pack_sequence_as(got, tf.nest.flatten(want)))
+    for want in expected:  # each call gathers the next step's batch
+        check(gather(), want)
+    assert int(batches.position.numpy()) == len(expected)
+    for i in (5, 2, 7):  # positioned at any step, as a resume does
+        batches.at(i)
+        check(gather(), expected[i])
     assert [len(b[1]) for b in expected[:3]] == ([4, 4, 4] if drop_remainder else [4, 4, 2])
 
 

@@ -100,16 +100,17 @@ def _overflowing_twins(initial_scale):
     return twins(lambda: mixed_model("mixed_float16"), clr_compile(initial_scale=initial_scale))
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
-def test_overflow_skips_steps_as_keras_does_and_is_not_divergence(jit_compile):
+@pytest.mark.parametrize("jit_compile, input_mode", [(False, "pipeline"), (False, "device"), (True, "device")])
+def test_overflow_skips_steps_as_keras_does_and_is_not_divergence(jit_compile, input_mode):
     # A scale of 2**24 overflows float16's gradients: the first steps are skipped (the scale halves
     # each time) until it is small enough, then training goes on. Keras's iterations (and so the
     # schedule) do not advance on a skipped step; the loop still runs every batch.
     x, y = toy_data()
     ours, theirs = _overflowing_twins(2.0**24)
     # jit_compile=True: the whole step, the LossScaleOptimizer's skip included, is one XLA function.
+    # Both input modes move on to the next batch after a skipped step, as Keras does.
     history = loop.fit(ours, x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
-                       jit_compile=jit_compile)
+                       jit_compile=jit_compile, input_mode=input_mode)
     theirs.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0)
     skipped = EPOCHS * STEPS_PER_EPOCH - int(theirs.optimizer.iterations)
     assert 3 <= skipped < EPOCHS * STEPS_PER_EPOCH  # some skipped, some taken

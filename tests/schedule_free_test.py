@@ -94,6 +94,23 @@ def test_y_and_x_follow_the_papers_algorithm_1(kind, kwargs, jit_compile):
     assert not np.allclose(want_x[-1], want_y[-1])  # x and y are different points
 
 
+def reference_trajectory(ref, p, at, bt, steps, lr=None):
+    """Runs the reference optimizer `ref` on the least-squares gradient `at.T (at p - bt) / n` of its
+    parameter `p` for `steps` steps; returns (y before each step, x after it) as lists of arrays.
+    `lr(step)`, when given, sets the reference's rate before each step."""
+    want_y, want_x = [], []
+    for step in range(steps):
+        if lr is not None:
+            ref.param_groups[0]["lr"] = lr(step)
+        ref.train()
+        want_y.append(p.detach().numpy().copy())
+        p.grad = at.T @ (at @ p.detach() - bt) / len(bt)
+        ref.step()
+        ref.eval()
+        want_x.append(p.detach().numpy().copy())
+    return want_y, want_x
+
+
 @pytest.mark.parametrize("kind,kwargs", CASES)
 def test_y_and_x_match_the_reference_pytorch_implementation(kind, kwargs):
     torch = pytest.importorskip("torch")
@@ -108,14 +125,7 @@ def test_y_and_x_match_the_reference_pytorch_implementation(kind, kwargs):
     else:
         ref = schedulefree.AdamWScheduleFree([p], lr=kwargs["learning_rate"], betas=(kwargs["beta_1"], 0.999),
                                              warmup_steps=kwargs["warmup_steps"], weight_decay=kwargs["weight_decay"])
-    want_y, want_x = [], []
-    for _ in range(STEPS):
-        ref.train()
-        want_y.append(p.detach().numpy().copy())
-        p.grad = at.T @ (at @ p.detach() - bt) / len(b)
-        ref.step()
-        ref.eval()
-        want_x.append(p.detach().numpy().copy())
+    want_y, want_x = reference_trajectory(ref, p, at, bt, STEPS)
     got_y, got_x = keras_trajectory(make(kind, kwargs), a, b, w0, STEPS)
     np.testing.assert_allclose(got_y, want_y, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(got_x, want_x, rtol=2e-4, atol=2e-5)
@@ -224,15 +234,7 @@ def test_a_learning_rate_schedule_follows_the_reference_with_its_rate_set_each_s
     p = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
     at, bt = torch.tensor(a), torch.tensor(b)
     ref = schedulefree.SGDScheduleFree([p], lr=0.1, momentum=0.9, warmup_steps=3)
-    want_y, want_x = [], []
-    for step in range(STEPS):
-        ref.param_groups[0]["lr"] = float(schedule(step))
-        ref.train()
-        want_y.append(p.detach().numpy().copy())
-        p.grad = at.T @ (at @ p.detach() - bt) / len(b)
-        ref.step()
-        ref.eval()
-        want_x.append(p.detach().numpy().copy())
+    want_y, want_x = reference_trajectory(ref, p, at, bt, STEPS, lr=lambda step: float(schedule(step)))
     got_y, got_x = keras_trajectory(optimizers.ScheduleFreeSGD(schedule, momentum=0.9, warmup_steps=3), a, b, w0, STEPS)
     np.testing.assert_allclose(got_y, want_y, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(got_x, want_x, rtol=2e-4, atol=2e-5)

@@ -73,8 +73,8 @@ def test_readme_fit_example_runs_as_written(tmp_path):
 
 
 STUDY = "which_schedule"  # flags/which_schedule/: the flagfiles of one ablation (docs/results.md)
-STUDY_COMMAND = ("# python -m clr_loop.ablate flags/no_clr.flags flags/triangular2.flags flags/which_schedule/*.flags "
-                 "--seeds=1,2,3 --workdir=runs/which_schedule")
+STUDY_COMMAND = ("# python -m clr_loop.ablate flags/no_clr.flags flags/triangular2.flags flags/schedule_free_sgd.flags "
+                 "flags/which_schedule/*.flags --seeds=1,2,3 --workdir=runs/which_schedule")
 
 
 def test_every_flagfile_opens_with_the_command_that_runs_it():

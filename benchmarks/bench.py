@@ -254,7 +254,7 @@ def _config(spec):
     return config_lib.Config(
         batch_splits=spec.splits,
         batch_size=spec.batch_size, steps_per_loop=spec.steps_per_loop, jit_compile=spec.jit, seed=SEED,
-        eval_batch_size=spec.eval_batch_size, input_mode=spec.input, **extra,
+        eval_batch_size=spec.eval_batch_size, input_mode=spec.input, precision=spec.precision, **extra,
     )
 
 

@@ -189,13 +189,13 @@ def make_evaluate(eval_step, metrics, strategy):
     count, so a last partial batch weighs exactly as much as its examples (as in
     `model.evaluate`). The compiled metrics are reset first and read from their Keras state after.
     With a strategy the dataset is distributed, each replica evaluates its examples and the sums
-    are added across replicas and workers.
+    are added across replicas and workers. A batch may carry a third element, the examples'
+    weights (0 for padding, 1 otherwise: see `inputs.pad_batches`).
     """
 
     @tf.autograph.experimental.do_not_convert
     def add_batch(totals, batch):
-        x, y = batch
-        sums = strategy.run(lambda a, b: tuple(tf.cast(v, tf.float64) for v in eval_step(a, b)), args=(x, y))
+        sums = strategy.run(lambda *args: tuple(tf.cast(v, tf.float64) for v in eval_step(*args)), args=tuple(batch))
         return tuple(t + _sum_replicas(strategy, s) for t, s in zip(totals, sums))
 
     @tf.function(autograph=False)
@@ -411,6 +411,15 @@ class Run:
                 f"batch_size={train_input.batch_size} (the global batch) must be divisible by the "
                 f"{self.replicas} replicas of the model's strategy"
             )
+        if self.replicas > 1 and train_input.arrays is not None and not train_input.drop_remainder:
+            last = train_input.arrays.num_examples % train_input.batch_size
+            if 0 < last < self.replicas:
+                raise inputs.InputError(
+                    f"batch_size={train_input.batch_size} leaves {last} example(s) for each epoch's last batch, "
+                    f"fewer than the {self.replicas} replicas of the model's strategy: a replica would train on "
+                    "an empty batch, which TensorFlow's kernels cannot run; choose a batch_size that divides the "
+                    f"{train_input.arrays.num_examples} examples or leaves at least {self.replicas}"
+                )
         self.input_mode = resolve_input_mode(input_mode, train_input, self.strategy)
         self.jit_compile = runtime.resolve_jit_compile(jit_compile)
         if self.jit_compile and not distribute.xla_allowed(self.strategy):
@@ -634,7 +643,10 @@ class Run:
         """Returns the validation data as the eval loop consumes it (distributed over the replicas)."""
         if self.val_dataset is not None:
             ds = self.val_dataset
-            return self.strategy.experimental_distribute_dataset(ds) if self.replicas > 1 else ds
+            if self.replicas == 1:
+                return ds
+            # Padded so that no replica is handed an empty part of a short last batch.
+            return self.strategy.experimental_distribute_dataset(inputs.pad_batches(ds, self.replicas))
         per_replica = -(-self.validation_batch_size // self.replicas)
         arrays, total = self.val_arrays, self.replicas
         if total == 1:

@@ -79,7 +79,8 @@ def test_sigterm_then_the_same_commands_resume_every_worker_from_its_own_workdir
 def test_workers_whose_newest_checkpoints_differ_resume_from_the_newest_step_all_hold_or_stop_naming_each(tmp_path, idx_dir):
     """Worker 1's newest checkpoint lost: both resume from the newest step both hold (worker 0 from
     an older checkpoint of its own). Worker 1's checkpoints all lost: every worker stops before
-    training, exit 1, with one line naming each worker and the step it would resume from."""
+    training, exit 1, with one line naming each worker and the step it would resume from. With
+    `--overwrite` every worker starts over, worker 1 from its own cleared folder."""
     workdirs = worker_dirs(tmp_path / "run")
     ports = free_ports(2)
     codes, outs = finished(Cluster(ports, workdirs, idx_dir, *FLAGS, "--max_steps=4"))
@@ -105,6 +106,16 @@ def test_workers_whose_newest_checkpoints_differ_resume_from_the_newest_step_all
         assert "the workers would resume from different steps (worker 0 from step 6, worker 1 from step 0 " \
                "(no checkpoint);" in line, line
     assert os.path.basename(tf_latest(own_checkpoints(workdirs)[0])) == "ckpt-6"  # nothing trained, nothing lost
+
+    # Starting over: every worker clears its own checkpoints (worker 1's would otherwise disagree).
+    os.makedirs(worker1)
+    for name in ("ckpt-6.index", "ckpt-6.data-00000-of-00001"):
+        shutil.copy(os.path.join(own_checkpoints(workdirs)[0], name), worker1)
+    codes, outs = finished(Cluster(ports, workdirs, idx_dir, *FLAGS, "--max_steps=2", "--overwrite"))
+    assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert "Resuming" not in outs[0] + outs[1]
+    for folder in own_checkpoints(workdirs):
+        assert sorted(os.listdir(folder)) == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
 
 
 def tf_latest(folder):

@@ -12,6 +12,7 @@ import signal
 import numpy as np
 import pytest
 
+from clr_loop import checkpointing, distribute
 from distribute_test import Cluster, checkpoint_weights, free_ports, saved_step
 from train_cli_test import write_tiny_idx_dir
 
@@ -116,6 +117,35 @@ def test_workers_whose_newest_checkpoints_differ_resume_from_the_newest_step_all
     assert "Resuming" not in outs[0] + outs[1]
     for folder in own_checkpoints(workdirs):
         assert sorted(os.listdir(folder)) == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+
+
+def test_the_steps_workers_compare_are_of_readable_checkpoints_and_restore_nothing(tmp_path):
+    """What each worker puts into the comparison: the newest checkpoint whose index reads (a torn
+    one is skipped), or a given step's; nothing is restored until the step is agreed."""
+    import tensorflow as tf
+
+    step, value = tf.Variable(0, dtype=tf.int64), tf.Variable(0.0)
+    ckpts = checkpointing.RunCheckpoints(str(tmp_path), {"value": value}, step, max_to_keep=5)
+    for n in (2, 4, 6):
+        step.assign(n)
+        value.assign(10.0 * n)
+        ckpts.save()
+    with open(os.path.join(str(tmp_path), "ckpt", "ckpt-6.index"), "wb") as f:
+        f.write(b"torn")
+    value.assign(-1.0)
+    assert ckpts.newest_readable_step() == 4
+    assert [ckpts.newest_readable_step(step=n) for n in (2, 5, 6)] == [2, None, None]
+    assert float(value.numpy()) == -1.0 and int(step.numpy()) == 6
+    assert ckpts.restore_latest(step=2).endswith("ckpt-2")
+    assert float(value.numpy()) == 20.0
+
+    def another_run(path, reader):
+        raise checkpointing.WorkdirError(f"{path} holds another run")
+
+    with pytest.raises(checkpointing.WorkdirError, match="ckpt-4 holds another run"):
+        ckpts.newest_readable_step(verify=another_run)
+    # One worker: its own row back, no collective.
+    assert distribute.gather_from_workers(tf.distribute.get_strategy(), [6, 1]).tolist() == [[6.0, 1.0]]
 
 
 def tf_latest(folder):

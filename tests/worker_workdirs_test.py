@@ -1,8 +1,8 @@
 """Two localhost workers, each with its own workdir (no shared filesystem): preemption and resume.
 
 Every worker keeps its own checkpoints (the chief in `<workdir>/ckpt`, worker N in
-`<workdir>/.worker-N/ckpt`) and resumes from them; before training the workers compare the steps
-they restored. The oracle for an exact resume is an uninterrupted 2-worker run of the same flags.
+`<workdir>/.worker-N/ckpt`) and resumes from them; before any of them restores or trains, the
+workers compare the steps of their newest checkpoints. The oracle for an exact resume is an uninterrupted 2-worker run of the same flags.
 """
 
 import os

@@ -690,15 +690,25 @@ class Run:
         workdir = self.workdir
         identity = _run_identity(self.model, self.input, self.seed, self.run_config)
         self.identity_record.text = json.dumps(identity, sort_keys=True)
+
+        def verify(path, reader):
+            saved = checkpointing.saved_text(reader, "run_identity")
+            if saved is not None:
+                self._refuse_another_run(json.loads(saved), identity, path)
+
         if not self.is_chief:
-            # Every worker takes part in saving (the variables are mirrored), but only the chief's
-            # files are kept; the others restore from the chief's and save into a scratch folder.
-            scratch = os.path.join(workdir, f".worker-{distribute.worker_id(self.strategy)}")
+            # Every worker takes part in saving (the variables are mirrored); the workers other than
+            # the chief save into a folder of their own and resume from it, so no filesystem needs
+            # to be shared. One whose folder holds no checkpoint restores the chief's (a shared
+            # filesystem, after a run with fewer workers).
+            scratch = worker_folder(workdir, self.strategy)
             checkpointing.check_writable(scratch)
+            own = checkpointing.has_checkpoint(scratch)
             self.checkpoints = checkpointing.RunCheckpoints(
-                scratch, self.trackables(), self.step_counter, 1, restore_from=os.path.join(workdir, "ckpt")
+                scratch, self.trackables(), self.step_counter, self.keep_checkpoints,
+                restore_from=None if own else os.path.join(workdir, "ckpt"),
             )
-            self.checkpoints.restore_latest()
+            self._restore_agreed(verify)
             return {}
         checkpointing.check_writable(workdir)
         checkpointing.remove_stale_temporaries(workdir)
@@ -715,12 +725,7 @@ class Run:
         if self.input.dataset is not None:
             self.iterator = self.iterator_at(0)
 
-        def verify(path, reader):
-            saved = checkpointing.saved_text(reader, "run_identity")
-            if saved is not None:
-                self._refuse_another_run(json.loads(saved), identity, path)
-
-        restored = self.checkpoints.restore_latest(verify=verify)
+        restored = self._restore_agreed(verify)
         if restored is None and os.path.exists(history_path):
             raise checkpointing.WorkdirError(
                 f"{history_path} exists but {self.checkpoints.directory} holds no checkpoint to resume "
@@ -739,6 +744,41 @@ class Run:
         logging.info("resuming from %s at step %d (epoch %d)", restored, self.step, done + 1)
         print(f"Resuming from {restored} at step {self.step}", flush=True)
         return history
+
+    def _restore_agreed(self, verify=None):
+        """Restores the newest checkpoint (`RunCheckpoints.restore_latest`); in a multi-worker run, the
+        newest step every worker holds, agreed before any of them restores or trains. Returns the
+        path restored, or None when there is none (on every worker).
+
+        The workers exchange the step of their newest readable checkpoint (one small all-reduce;
+        restoring nothing yet, since a restore runs collectives that every worker must run alike).
+        When those differ, the lowest is taken if every worker holds a readable checkpoint of that
+        step (a worker's newest was lost or torn); otherwise raises ClusterError naming each worker
+        and the step it would resume from (0 without a checkpoint). Every worker gets the same
+        answer, so all stop at once, before any training collective.
+        """
+        if distribute.worker_count(self.strategy) == 1:
+            return self.checkpoints.restore_latest(verify=verify)
+        newest = self.checkpoints.newest_readable_step(verify)
+        steps = distribute.gather_from_workers(self.strategy, [-1 if newest is None else newest])[:, 0].astype(int)
+        target = int(steps.min())
+        if len(set(steps)) > 1:
+            held = target >= 0 and self.checkpoints.newest_readable_step(verify, step=target) is not None
+            if not distribute.gather_from_workers(self.strategy, [float(held)])[:, 0].all():
+                raise distribute.ClusterError(
+                    "the workers would resume from different steps ("
+                    + ", ".join(f"worker {w} from step {s}" if s >= 0 else f"worker {w} from step 0 (no checkpoint)"
+                                for w, s in enumerate(steps))
+                    + f"; this is worker {distribute.worker_id(self.strategy)}, whose checkpoints are in "
+                    f"{self.checkpoints.restore_directory}), and they can only resume together: give each worker "
+                    "its own workdir's checkpoints back, or start all of them over in new workdirs"
+                )
+            if self.is_chief:
+                print(f"note: the workers' newest checkpoints are of steps {', '.join(map(str, steps))}; "
+                      f"all resume from step {target}, the newest they all hold", flush=True)
+        if target < 0:
+            return None
+        return self.checkpoints.restore_latest(verify=verify, step=target)
 
     @staticmethod
     def _refuse_another_run(saved, identity, where):
@@ -821,6 +861,12 @@ class Run:
         if self.checkpoint_every_steps > 0 and self.workdir:
             ends.append((step // self.checkpoint_every_steps + 1) * self.checkpoint_every_steps)
         return min(e for e in ends if e > step)
+
+
+def worker_folder(workdir, strategy):
+    """Returns the folder under `workdir` where a non-chief worker of a multi-worker `strategy` keeps
+    its checkpoints (`<workdir>/.worker-N`, N its worker index)."""
+    return os.path.join(workdir, f".worker-{distribute.worker_id(strategy)}")
 
 
 @contextlib.contextmanager

@@ -220,7 +220,9 @@ class Cluster:
     so a test can wait for a line (with a deadline, no sleeping) while the others keep running."""
 
     def __init__(self, ports, workdir, idx_dir, *extra):
-        self.workers = [start_worker(i, ports, workdir, idx_dir, *extra) for i in range(len(ports))]
+        """`workdir`: the workers' shared workdir, or a list of one per worker."""
+        workdirs = [workdir] * len(ports) if isinstance(workdir, str) else workdir
+        self.workers = [start_worker(i, ports, workdirs[i], idx_dir, *extra) for i in range(len(ports))]
         self.lines = [[] for _ in self.workers]
         self.events = queue.Queue()
         self.threads = [threading.Thread(target=self._read, args=(i,), daemon=True) for i in range(len(ports))]

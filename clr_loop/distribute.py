@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from clr_loop.config import MAX_CLUSTER_TIMEOUT
 from clr_loop.config import STRATEGIES
 
 
@@ -131,6 +132,10 @@ def make_strategy(name, devices=None, cluster_timeout=60.0):
         except (ValueError, RuntimeError) as e:
             raise ClusterError(f"cannot mirror over devices {devices}: {e}") from e
     if name == "multi_worker":
+        if isinstance(cluster_timeout, bool) or not isinstance(cluster_timeout, (int, float)) \
+                or not 0 < cluster_timeout <= MAX_CLUSTER_TIMEOUT:  # also False for NaN
+            raise ClusterError(f"cluster_timeout must be a number of seconds in (0, {MAX_CLUSTER_TIMEOUT}], "
+                               f"got {cluster_timeout!r}")
         tf_config = read_tf_config()
         workers = tf_config["cluster"]["worker"]
         me = int(tf_config["task"]["index"])

@@ -225,10 +225,13 @@ def error_message(error):
     """
     # Imported here: cli is imported by the apps before their tuned TensorFlow import.
     from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
+    from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop import models  # pylint: disable=import-outside-toplevel
     from clr_loop import trainer  # pylint: disable=import-outside-toplevel
 
     text = str(error)
+    if isinstance(error, distribute.ClusterError) and error.argument:
+        return f"--{error.argument}: {text}"
     if isinstance(error, checkpointing.WorkdirError) and "precision: '" in text:
         text += " (--precision must be the saved run's to resume it)"
     if isinstance(error, (checkpointing.WorkdirError, checkpointing.CheckpointError)) and error.starting_over_helps:

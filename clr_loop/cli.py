@@ -213,6 +213,7 @@ def training_errors():
     return (
         distribute.ClusterError, data.DataError, inputs.InputError, loop.TrainingDiverged, models.ModelError,
         trainer.WeightsError, checkpointing.WorkdirError, checkpointing.CheckpointError, config.ScheduleError,
+        config.ConfigError,
     )
 
 

@@ -194,6 +194,11 @@ def _decay_steps(config, steps_per_epoch):
     return max(1, int(round(fraction * config.epochs * steps_per_epoch)))
 
 
+class ConfigError(ValueError):
+    """Raised when a valid Config cannot run with what it meets only at run time: the replicas of its
+    strategy, the model it builds; names the flags."""
+
+
 class ScheduleError(ValueError):
     """Raised when a valid Config's schedule cannot be built for the data's size (a one-cycle too
     short to have all its phases); names the settings."""

@@ -259,3 +259,28 @@ def test_real_data_few_hundred_steps_beat_the_untrained_model(tmp_path):
     assert count == 10000
     assert history["val_loss"][-1] < untrained["loss"] - 0.1
     assert history["val_accuracy"][-1] > 0.3  # chance is 0.1
+
+
+def test_batch_splits_on_a_batch_norm_model_is_one_line_naming_the_flags(tmp_path, capsys):
+    """Issue 22, item 10: was runtime's ValueError traceback."""
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    status = run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}", "--model=resnet20",
+                                  "--batch_splits=2", "--batch_size=16", "--max_steps=1", "--jit_compile=false"])
+    assert status == 1
+    (line,) = app_message_lines(capsys.readouterr().err)
+    assert line == ("error: --batch_splits=2 cannot compute --model=resnet20 in parts: layer 'batch_normalization' "
+                    "(BatchNormalization) may depend on the whole batch; leave --batch_splits at 0 (automatic) or 1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_the_mirrored_replicas_do_not_divide_is_one_line_naming_the_flags(tmp_path):
+    """Issue 22, item 8: was loop's ValueError traceback."""
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    result = run_cli(f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}", "--strategy=mirrored",
+                     "--virtual_cpus=3", "--batch_size=16", "--max_steps=1", "--jit_compile=false")
+    assert result.returncode == 1, result.stderr
+    assert [line for line in app_message_lines(result.stderr) if not line.startswith("INFO:tensorflow:")] == [
+        "error: --batch_size=16 must be a multiple of the 3 replicas of --strategy=mirrored "
+        "(/cpu:0, /cpu:1, /cpu:2), e.g. --batch_size=15 or --batch_size=18"], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -478,9 +478,11 @@ def main(argv):
     flagfiles = argv[1:]
     if not flagfiles:
         raise app.UsageError("give at least one flagfile: python -m clr_loop.ablate A.flags B.flags [--seeds=1,2,3]")
-    missing = [f for f in flagfiles if not os.path.isfile(f)]
-    if missing:
-        raise app.UsageError(f"flagfile not found: {', '.join(missing)}")
+    # Each, and the flagfiles it names, as parse_flags checks the command line's: a regular file of text,
+    # not too big (absl reads /dev/zero without end).
+    problems = [problem for problem in (cli.flagfile_problem([f"--flagfile={f}"]) for f in flagfiles) if problem]
+    if problems:
+        raise app.UsageError("; ".join(problems))
     if len({flagfile_stem(f) for f in flagfiles}) != len(flagfiles):
         raise app.UsageError(f"flagfiles need distinct names (their run folders): {', '.join(flagfiles)}")
     FLAGS = flags.FLAGS

@@ -13,6 +13,7 @@ import dataclasses
 import gzip
 import math
 import os
+import stat
 import struct
 import zlib
 from typing import TYPE_CHECKING, Callable, Literal
@@ -46,6 +47,31 @@ _IDX_UBYTE = 0x08
 _IDX_NDIM = {"images": 3, "labels": 1}
 # Rows per chunk when reading a TFDS split into numpy; bounds the temporary tensors.
 _TFDS_READ_CHUNK = 10000
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+
+
+def not_a_regular_file(path: str | os.PathLike) -> str | None:
+    """Returns None when `path` is a regular file (or a link to one); else what it is instead, as the end of
+    a message that names it: "does not exist", "is a directory, not a regular file", "is a character device,
+    not a regular file" (/dev/zero, whose reading never ends), "is a broken symbolic link", ...
+
+    Reads nothing but the file's metadata.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a broken symbolic link" if os.path.islink(path) else "does not exist"
+    except NotADirectoryError:
+        return "does not exist (a part of its path is a file, not a directory)"
+    except OSError as e:
+        return f"cannot be reached ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+    return f"is {kind}, not a regular file" if kind != "not a regular file" else "is not a regular file"
+
 
 class DataError(Exception):
     """Raised when a data source is missing or malformed.

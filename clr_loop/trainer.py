@@ -18,6 +18,7 @@ from absl import logging
 
 from clr_loop import checkpointing
 from clr_loop import config as config_lib
+from clr_loop import data as data_lib
 from clr_loop import datasets
 from clr_loop import distribute
 from clr_loop import inputs
@@ -62,8 +63,9 @@ def save_initial_weights(model, path):
 
 def load_initial_weights(model, path):
     """Loads `model`'s weights from a `.weights.h5` file; raises WeightsError naming the file on failure."""
-    if not os.path.isfile(path):
-        raise WeightsError(f"initial weights file {path} does not exist")
+    what = data_lib.not_a_regular_file(path)
+    if what is not None:
+        raise WeightsError(f"initial weights file {path} {what}")
     try:
         model.load_weights(path)
     except Exception as e:  # h5py, Keras shape checks and OS errors all mean "unusable file"

@@ -33,10 +33,11 @@ import os
 import sys
 import time
 
+from clr_loop import console
 from clr_loop import process
 
-# An app's start-up tuning (see clr_loop.process).
-with process.gc_paused(), process.deferred_imports():
+# An app's start-up tuning (see clr_loop.process) and console (clr_loop.console).
+with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.deferred_imports():
     import keras
     import numpy as np
     from absl import app
@@ -475,6 +476,7 @@ def main(argv):
     Returns the exit status: 0, 1 when an input is unusable or a run failed, 128 + signal when
     interrupted (re-running the same command continues).
     """
+    console.show_library_logs()
     flagfiles = argv[1:]
     if not flagfiles:
         raise app.UsageError("give at least one flagfile: python -m clr_loop.ablate A.flags B.flags [--seeds=1,2,3]")

@@ -15,10 +15,11 @@ import dataclasses
 import os
 import sys
 
+from clr_loop import console
 from clr_loop import process
 
-# An app's start-up tuning (see clr_loop.process).
-with process.gc_paused(), process.deferred_imports():
+# An app's start-up tuning (see clr_loop.process) and console (clr_loop.console).
+with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.deferred_imports():
     import keras
     import numpy as np
     from absl import app
@@ -275,6 +276,7 @@ def config_from_flags():
 
 def main(argv):
     """The app: runs the range test per the flags, prints the report and the files written; returns the exit status."""
+    console.show_library_logs()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = config_from_flags()

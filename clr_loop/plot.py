@@ -14,10 +14,11 @@ builds its Config through `clr_loop.cli.config_from_flags`, the same way a train
 import os
 import sys
 
+from clr_loop import console
 from clr_loop import process
 
-# An app's start-up tuning (see clr_loop.process).
-with process.gc_paused(), process.deferred_imports():
+# An app's start-up tuning (see clr_loop.process) and console (clr_loop.console).
+with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.deferred_imports():
     from absl import app
     from absl import flags
 

@@ -152,7 +152,8 @@ def start_worker(index, ports, workdir, idx_dir, *extra):
     env = dict(ENV, TF_CONFIG=json.dumps(tf_config))
     args = [
         sys.executable, "-m", "clr_loop.train", "--strategy=multi_worker", f"--dataset_dir={idx_dir}",
-        f"--workdir={workdir}", "--batch_size=16", "--epochs=2", "--steps_per_loop=4", "--eval_batch_size=16", *extra,
+        f"--workdir={workdir}", "--batch_size=16", "--epochs=2", "--steps_per_loop=4", "--eval_batch_size=16",
+        "--verbosity=1", *extra,  # verbosity 1: the "checkpoint saved at step N" lines (saved_step)
     ]
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -284,3 +284,26 @@ def test_a_batch_the_mirrored_replicas_do_not_divide_is_one_line_naming_the_flag
         "(/cpu:0, /cpu:1, /cpu:2), e.g. --batch_size=15 or --batch_size=18"], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_console_shows_the_source_plan_and_epochs_and_the_rest_with_verbosity_1(tmp_path):
+    """Issue 22, item 19: no TensorFlow C++ line and no per-checkpoint INFO line by default."""
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = REPO
+    args = [sys.executable, "-m", "clr_loop.train", f"--dataset_dir={data_dir}", "--epochs=2", "--batch_size=16",
+            "--steps_per_loop=3", "--checkpoint_every_steps=3", "--eval_batch_size=40", "--jit_compile=false"]
+    quiet = subprocess.run([*args, f"--workdir={tmp_path / 'quiet'}"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Epoch 2/2" in quiet.stdout and "val_accuracy:" in quiet.stdout
+    lines = quiet.stderr.splitlines()
+    assert any(f"Fashion-MNIST from idx files in {data_dir}" in line for line in lines), quiet.stderr
+    assert any("] fit: 12 steps (6 per epoch)" in line for line in lines), quiet.stderr
+    noise = [line for line in lines if re.search(r"\.cc:\d+\]|absl::InitializeLog|checkpoint saved|Sharding callback|"
+                                                 r"evaluating at step|tensorflow", line)]
+    assert noise == [], quiet.stderr
+    verbose = subprocess.run([*args, f"--workdir={tmp_path / 'verbose'}", "-v", "1"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert verbose.returncode == 0, verbose.stderr
+    assert "checkpoint saved at step 3" in verbose.stderr and "Sharding callback duration" in verbose.stderr

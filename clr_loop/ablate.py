@@ -36,6 +36,9 @@ import time
 from clr_loop import console
 from clr_loop import process
 
+if __name__ == "__main__":
+    console.report_interrupts()  # a Ctrl-C during the imports: one line, no traceback
+
 # An app's start-up tuning (see clr_loop.process) and console (clr_loop.console).
 with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.deferred_imports():
     import keras
@@ -619,6 +622,7 @@ def main(argv):
 
 def run():
     """Console-script entry point: parses flags and runs `main`."""
+    console.report_interrupts()
     app.run(process.app_main(main), flags_parser=cli.parse_flags)
 
 

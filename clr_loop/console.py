@@ -14,6 +14,10 @@ line (`--verbosity=1`, `-v 1`) or `TF_CPP_MIN_LOG_LEVEL` set by the user:
   Python INFO lines out below verbosity 1. clr_loop's own per-checkpoint and per-evaluation lines are
   absl DEBUG lines, which absl shows from verbosity 1.
 
+`report_interrupts()` makes a Ctrl-C that no handler took (during the imports, the data loading, or
+after the work) end the program with one line, `stopped: interrupted (SIGINT)`, instead of a
+KeyboardInterrupt traceback; the exit status stays the interrupted one.
+
 Only the apps call these (they change the process's environment, file descriptors and loggers);
 importing this module changes nothing, and it imports nothing but the standard library, so an app
 can use it before TensorFlow is imported.
@@ -150,3 +154,25 @@ def show_library_logs(verbosity=None):
         handler.removeFilter(_FILTER)
     if quiet:
         warnings.filterwarnings("ignore", module=_THIRD_PARTY_MODULE)
+
+
+INTERRUPTED = "stopped: interrupted (SIGINT)"
+
+
+def report_interrupts():
+    """Makes an uncaught KeyboardInterrupt print `INTERRUPTED` to stderr instead of its traceback (other
+    exceptions are reported as before). Python then ends the process by SIGINT, as it does for any
+    uncaught KeyboardInterrupt (exit status 130 in a shell). Returns None."""
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            try:
+                sys.stderr.write(INTERRUPTED + "\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            return
+        previous(kind, value, traceback)
+
+    sys.excepthook = hook

@@ -12,6 +12,9 @@ import sys
 from clr_loop import console
 from clr_loop import process
 
+if __name__ == "__main__":
+    console.report_interrupts()  # a Ctrl-C during the imports: one line, no traceback
+
 # An app's start-up tuning (see clr_loop.process): TensorFlow and Keras are imported with the
 # garbage collector paused and Keras's matplotlib.pyplot import deferred to its first use; and its
 # console (see clr_loop.console): TensorFlow's C++ start-up lines only with --verbosity=1.
@@ -49,6 +52,7 @@ def main(argv):
 
 def run():
     """Console-script entry point: parses flags and runs `main`."""
+    console.report_interrupts()
     app.run(process.app_main(main), flags_parser=cli.parse_flags)
 
 

@@ -72,3 +72,16 @@ def test_library_logs_of_tensorflow_are_hidden_below_verbosity_1():
     finally:
         console.show_library_logs(1)
     assert logging.getLogger("tensorflow").getEffectiveLevel() == logging.INFO
+
+
+def test_an_uncaught_ctrl_c_is_one_line_and_the_interrupted_exit_status():
+    """Issue 22 (seen, not counted): Ctrl-C during an app's start-up printed a KeyboardInterrupt traceback."""
+    script = ("from clr_loop import console\nconsole.report_interrupts()\n"
+              "def start_up():\n    raise KeyboardInterrupt\nstart_up()\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                            capture_output=True, text=True, timeout=60)
+    assert result.stderr == "stopped: interrupted (SIGINT)\n"
+    assert result.returncode == -2  # ended by SIGINT, as Python ends on any uncaught KeyboardInterrupt
+    other = subprocess.run([sys.executable, "-c", "from clr_loop import console\nconsole.report_interrupts()\n1 / 0\n"],
+                           cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=60)
+    assert other.returncode == 1 and "Traceback" in other.stderr and "ZeroDivisionError" in other.stderr

@@ -192,6 +192,8 @@ def load_idx_dir(directory: str | os.PathLike, *, expect_full_size: bool = True)
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
+        if os.path.exists(directory):
+            raise DataError(f"{directory}: is a file, not a directory of IDX files")
         raise DataError(f"{directory}: directory does not exist")
     splits = {}
     for split in ("train", "test"):

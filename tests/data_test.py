@@ -215,6 +215,10 @@ def test_missing_directory(tmp_path):
     with pytest.raises(data.DataError, match="directory does not exist") as e:
         data.load_idx_dir(tmp_path / "nope")
     assert str(tmp_path / "nope") in str(e.value)
+    # Issue 22, item 15's kind: a path that exists is named for what it is, not as missing.
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(data.DataError, match=f"^{tmp_path / 'a_file'}: is a file, not a directory of IDX files$"):
+        data.load_idx_dir(tmp_path / "a_file")
 
 
 def test_split_rejects_wrong_dtypes_and_shapes():

@@ -187,10 +187,7 @@ def load_tfds(name, *, data_dir=None, train_split="train", eval_split="test", ma
                 f"{where}: not prepared (no download into the default data dir): prepare it with "
                 f"`tfds build {name}`, or name a TFDS data dir to prepare it in"
             )
-        try:
-            builder.download_and_prepare()
-        except Exception as e:  # pylint: disable=broad-except  (network, checksum and file-system errors alike)
-            raise DataError(f"{where}: not prepared, and download_and_prepare failed: {type(e).__name__}: {e}") from e
+        data_lib.download_and_prepare(builder, where)
     sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
     _check_splits(where, sizes, (train_split, eval_split))
     counts = {split: _split_size(builder, split) for split in (train_split, eval_split)}

@@ -8,6 +8,7 @@ a stub or made no-ops by `tfds.testing.mock_data`.
 import gzip
 import logging
 import os
+import socket
 import struct
 import tracemalloc
 
@@ -365,17 +366,39 @@ def test_load_tfds_without_download_needs_prepared_data(tmp_path):
     assert str(tmp_path) in str(e.value)
 
 
-def test_load_tfds_wraps_download_failure(tmp_path, monkeypatch):
+def test_load_tfds_wraps_download_failure_and_removes_its_leftovers(tmp_path, monkeypatch):
     cause = ConnectionError("no route to host")
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "other.tmp.1").write_text("not this attempt's")
 
     def failing_download(self, *args, **kwargs):
+        # What TFDS leaves when the network goes mid-download (issue 22, seen, not counted).
+        (tmp_path / "fashion_mnist" / "incomplete.1D7JIX_3.0.1").mkdir(parents=True)
+        (tmp_path / "downloads" / "fashion_mnist").mkdir()
+        (tmp_path / "downloads" / "fashion_mnist" / "t10k-images.gz.tmp.64dc7191").write_bytes(b"12")
         raise cause
 
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **k: [(socket.AF_INET, 0, 0, "", ("192.0.2.1", 0))])
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", failing_download)
     with pytest.raises(data.DataError, match="download_and_prepare failed: ConnectionError: no route") as e:
         data.load_tfds(tmp_path, download=True)
     assert e.value.__cause__ is cause
     assert str(tmp_path) in str(e.value)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["downloads", "downloads/other.tmp.1"]
+
+
+def test_load_tfds_offline_fails_at_once_naming_the_host(tmp_path, monkeypatch):
+    """Issue 22 (seen, not counted): offline, TFDS retried every file's name lookup for 207 s."""
+    def no_address(host, port, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_address)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                        lambda self, *a, **k: pytest.fail("the download must not start"))
+    with pytest.raises(data.DataError, match=r"not prepared, and it cannot be downloaded: no address for "
+                                             r"fashion-mnist\.s3-website\.eu-central-1\.amazonaws\.com \(no network\?\)"):
+        data.load(tfds_data_dir=tmp_path)
+    assert not any("incomplete" in p.name for p in tmp_path.rglob("*"))
 
 
 # --------------------------------------------------------------------------- pipelines

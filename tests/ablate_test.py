@@ -251,7 +251,7 @@ def test_bad_inputs_stop_before_anything_is_written(setup, tmp_path):
     with open(bad, "w") as f:
         f.write("--mode=triangular2\n--max_lr=1e-5\n")
     cases = [
-        ([setup["flagfiles"][0], str(tmp_path / "nope.flags")], "flagfile not found: .*nope.flags"),
+        ([setup["flagfiles"][0], str(tmp_path / "nope.flags")], "flagfile .*nope.flags does not exist"),
         ([setup["flagfiles"][0], bad], r"bad.flags: --max_lr \(1e-05\) must be greater than --initial_lr"),
         ([setup["flagfiles"][0], setup["flagfiles"][0]], "distinct names"),
         ([setup["flagfiles"][0], "--save_init=x.weights.h5"], "--save_init is set by the ablation"),

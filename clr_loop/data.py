@@ -416,7 +416,7 @@ def download_and_prepare(builder, where: str) -> None:
     Offline, TFDS retries each file for minutes (urllib3's back-off after each failed name lookup),
     so when none of the hosts of the builder's download URLs (`builder.url_infos`) has an address,
     this fails at once instead, naming them. A failed attempt's leftovers in the builder's data dir
-    (`incomplete.*` folders, `*.tmp.*` downloads, and the folders it created that stay empty) are
+    (`incomplete.*` folders, `*.tmp.*` download folders, and the folders it created that stay empty) are
     removed. Under `tfds.testing.mock_data`, whose download does nothing, no host is looked up.
     """
     tfds = _tfds()
@@ -472,16 +472,18 @@ def _tree(root: str) -> set[str]:
 
 def _remove_leftovers(root: str, before: set[str]) -> None:
     """Removes what a failed TFDS download left under `root` that was not in `before`: `incomplete.*`
-    folders, `*.tmp.*` files, then the new folders left empty (deepest first)."""
+    folders, `*.tmp.*` download folders and files, then the new folders left empty (deepest first)."""
     import shutil  # pylint: disable=import-outside-toplevel
 
     new = sorted(_tree(root) - before, key=len, reverse=True)
     for path in new:
         name = os.path.basename(path)
+        if not (name.startswith("incomplete.") or ".tmp." in name or name.endswith(".incomplete")):
+            continue
         try:
-            if os.path.isdir(path) and name.startswith("incomplete."):
+            if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
-            elif os.path.isfile(path) and (".tmp." in name or name.endswith(".incomplete")):
+            elif os.path.lexists(path):
                 os.remove(path)
         except OSError:
             pass

@@ -375,7 +375,8 @@ def test_load_tfds_wraps_download_failure_and_removes_its_leftovers(tmp_path, mo
         # What TFDS leaves when the network goes mid-download (issue 22, seen, not counted).
         (tmp_path / "fashion_mnist" / "incomplete.1D7JIX_3.0.1").mkdir(parents=True)
         (tmp_path / "downloads" / "fashion_mnist").mkdir()
-        (tmp_path / "downloads" / "fashion_mnist" / "t10k-images.gz.tmp.64dc7191").write_bytes(b"12")
+        (tmp_path / "downloads" / "fashion_mnist" / "t10k-images.gz.tmp.64dc7191").mkdir()  # TFDS's download folder
+        (tmp_path / "downloads" / "fashion_mnist" / "t10k-images.gz.tmp.64dc7191" / "t10k-images.gz").write_bytes(b"12")
         raise cause
 
     monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **k: [(socket.AF_INET, 0, 0, "", ("192.0.2.1", 0))])

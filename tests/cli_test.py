@@ -114,3 +114,12 @@ def test_flagfiles_that_are_not_regular_files_or_too_big_are_named_before_absl_r
         assert exit_info.value.code == 1
         assert capsys.readouterr().err == f"FATAL Flags parsing error: {message}\nPass --helpshort or --helpfull to see help on flags.\n"
     assert cli.flagfile_problem(["--flagfile=flags/smoke.flags", "--mode=none"]) is None
+
+
+def test_a_cluster_error_about_an_argument_names_its_flag():
+    """Issue 22, item 11: `--devices=/cpu:0,/cpu:0` is one line naming --devices."""
+    from clr_loop import distribute
+
+    error = distribute.ClusterError("devices /cpu:0, /cpu:0 name /cpu:0 more than once", "devices")
+    assert cli.error_message(error) == "--devices: devices /cpu:0, /cpu:0 name /cpu:0 more than once"
+    assert cli.error_message(distribute.ClusterError("TF_CONFIG is not valid")) == "TF_CONFIG is not valid"

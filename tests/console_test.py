@@ -58,7 +58,10 @@ def test_the_apps_import_hides_tensorflows_start_up_and_passes_other_output_on()
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "6\n"
-    assert result.stderr == "kept line\n"
+    lines = result.stderr.splitlines()
+    assert "kept line" in lines
+    # Nothing of TensorFlow's C++ logging (a Python warning of the machine's packages would be passed on).
+    assert [line for line in lines if console.dropped(line, 3)] == [], result.stderr
 
 
 def test_library_logs_of_tensorflow_are_hidden_below_verbosity_1():

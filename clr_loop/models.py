@@ -215,12 +215,13 @@ def _user_model(name, input_shape, num_classes):
 
 # A last layer's activation that says what a model outputs.
 _PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
-_LOGIT_ACTIVATIONS = ("linear",)
+# log_softmax's outputs are logits too: their softmax is the model's probabilities.
+_LOGIT_ACTIVATIONS = ("linear", "log_softmax")
 
 
 def told_outputs(model):
     """Returns `(outputs, last)`: what `model` outputs, "probabilities" (its last layer's activation is a
-    softmax or sigmoid), "logits" (linear) or None where its last layer does not tell, and that layer
+    softmax or sigmoid), "logits" (linear, or log_softmax) or None where its last layer does not tell, and that layer
     described for a message (`'name' (Class)`, with its activation when it has one).
 
     The last layer is the one that computes the model's (single) output; a nested model there is

@@ -133,6 +133,10 @@ def user_module(tmp_path, monkeypatch):
             inputs = keras.Input(input_shape)
             return keras.Model(inputs, keras.layers.Dense(num_classes, name="head")(keras.layers.Flatten()(inputs)))
 
+        def log_softmax_head(input_shape, num_classes):
+            return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                                     keras.layers.Dense(num_classes, activation="log_softmax")])
+
         def cannot_tell(input_shape, num_classes):
             inputs = keras.Input(input_shape)
             x = keras.layers.Dense(num_classes)(keras.layers.Flatten()(inputs))
@@ -169,7 +173,7 @@ def test_user_function_is_called_with_shape_and_classes(user_module):
 @pytest.mark.parametrize(
     "name,from_logits",
     [("plain_softmax", False), ("plain_sigmoid", False), ("softmax_layer", False), ("nested_softmax", False),
-     ("unannotated_logits", True), ("undeclared", True), ("declared_wins", True)],
+     ("unannotated_logits", True), ("log_softmax_head", True), ("undeclared", True), ("declared_wins", True)],
 )
 def test_what_a_user_model_outputs_is_told_from_its_last_layer(user_module, name, from_logits):
     """Issue 22, item 18: an ordinary Keras model needs no annotation: a final softmax or sigmoid gives

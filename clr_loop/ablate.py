@@ -33,10 +33,14 @@ import os
 import sys
 import time
 
+from clr_loop import console
 from clr_loop import process
 
-# An app's start-up tuning (see clr_loop.process).
-with process.gc_paused(), process.deferred_imports():
+if __name__ == "__main__":
+    console.report_interrupts()  # a Ctrl-C during the imports: one line, no traceback
+
+# An app's start-up tuning (see clr_loop.process) and console (clr_loop.console).
+with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.deferred_imports():
     import keras
     import numpy as np
     from absl import app
@@ -475,12 +479,15 @@ def main(argv):
     Returns the exit status: 0, 1 when an input is unusable or a run failed, 128 + signal when
     interrupted (re-running the same command continues).
     """
+    console.show_library_logs()
     flagfiles = argv[1:]
     if not flagfiles:
         raise app.UsageError("give at least one flagfile: python -m clr_loop.ablate A.flags B.flags [--seeds=1,2,3]")
-    missing = [f for f in flagfiles if not os.path.isfile(f)]
-    if missing:
-        raise app.UsageError(f"flagfile not found: {', '.join(missing)}")
+    # Each, and the flagfiles it names, as parse_flags checks the command line's: a regular file of text,
+    # not too big (absl reads /dev/zero without end).
+    problems = [problem for problem in (cli.flagfile_problem([f"--flagfile={f}"]) for f in flagfiles) if problem]
+    if problems:
+        raise app.UsageError("; ".join(problems))
     if len({flagfile_stem(f) for f in flagfiles}) != len(flagfiles):
         raise app.UsageError(f"flagfiles need distinct names (their run folders): {', '.join(flagfiles)}")
     FLAGS = flags.FLAGS
@@ -615,6 +622,7 @@ def main(argv):
 
 def run():
     """Console-script entry point: parses flags and runs `main`."""
+    console.report_interrupts()
     app.run(process.app_main(main), flags_parser=cli.parse_flags)
 
 

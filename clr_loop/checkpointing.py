@@ -470,7 +470,7 @@ class RunCheckpoints:
                 starting_over_helps=False,
             ) from e
         self.last_saved_step = step
-        logging.info("checkpoint saved at step %d: %s", step, path)
+        logging.debug("checkpoint saved at step %d: %s", step, path)  # shown from absl verbosity 1 (-v 1)
         return path
 
 

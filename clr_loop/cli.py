@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 
 from clr_loop import config as config_lib
+from clr_loop import data as data_lib
 from clr_loop import process
 
 
@@ -153,23 +154,50 @@ def _named_flagfiles(args):
             yield os.path.expanduser(arg.split("=", 1)[1].strip())
 
 
-def _first_undecodable(args, seen):
-    """Returns the message naming the first flagfile of `args` (depth-first, as absl reads them) that is not text, or None."""
+# The most bytes a flagfile may have: flagfiles are a few lines; absl reads one whole, so without a
+# limit `--flagfile=/dev/zero` (or a multi-gigabyte file named by mistake) grows without bound.
+MAX_FLAGFILE_BYTES = 2**20
+
+
+def _first_problem(args, seen, only_undecodable=False):
+    """Returns the message naming the first flagfile of `args` (depth-first, as absl reads them) that absl
+    cannot or should not read, or None. With `only_undecodable`, only one that is not text is named."""
     for path in _named_flagfiles(args):
         if not path or path in seen:
             continue
         seen.add(path)
+        what = data_lib.not_a_regular_file(path)
+        if what is not None:
+            if only_undecodable:
+                continue
+            return f"flagfile {path} {what}"
         try:
+            size = os.path.getsize(path)
+            if size > MAX_FLAGFILE_BYTES and not only_undecodable:
+                return f"flagfile {path} is {size} bytes, more than a flagfile may have ({MAX_FLAGFILE_BYTES})"
             with open(path) as f:  # absl's encoding: the locale's
-                lines = f.readlines()
+                lines = f.read(MAX_FLAGFILE_BYTES + 1).splitlines()
         except UnicodeDecodeError as e:
             return f"flagfile {path} is not {e.encoding} text ({e.reason}: byte 0x{e.object[e.start]:02x} at offset {e.start})"
-        except OSError:
-            continue
-        found = _first_undecodable([line.strip() for line in lines], seen)
+        except OSError as e:
+            if only_undecodable:
+                continue
+            return f"flagfile {path} cannot be read ({e.strerror or e})"
+        found = _first_problem([line.strip() for line in lines], seen, only_undecodable)
         if found is not None:
             return found
     return None
+
+
+def flagfile_problem(args):
+    """Returns the one-line message naming the first flagfile that `args` (command-line arguments) name,
+    or that those name in turn, which absl should not read; None when every one reads.
+
+    A flagfile must be a regular file (not missing, a directory, or a device such as /dev/zero,
+    whose reading never ends) of at most MAX_FLAGFILE_BYTES bytes of text in the locale's encoding
+    (absl's). Reads at most that much of each.
+    """
+    return _first_problem(args, set())
 
 
 def undecodable_flagfile(args, error):
@@ -179,16 +207,22 @@ def undecodable_flagfile(args, error):
     they name in turn) as absl does and names the first one that is not text, with the byte at
     fault; a message naming no file when every flagfile reads.
     """
-    found = _first_undecodable(args, set())
+    found = _first_problem(args, set(), only_undecodable=True)
     return found or f"a flagfile is not {error.encoding} text ({error.reason} at offset {error.start})"
 
 
 def parse_flags(argv):
-    """The apps' flags parser for `app.run`: absl's `parse_flags_with_usage`, plus an undecodable flagfile.
+    """The apps' flags parser for `app.run`: absl's `parse_flags_with_usage`, after the flagfiles' checks.
 
-    Returns the arguments left after the flags (program name first). A flagfile that is not text
-    is reported as absl reports a bad flag, naming the file (`undecodable_flagfile`), and exits 1.
+    Returns the arguments left after the flags (program name first). A flagfile that absl should
+    not read (`flagfile_problem`: not a regular file, too big, not text) is reported as absl reports a
+    bad flag, naming the file, and exits 1 before absl reads it.
     """
+    problem = flagfile_problem(argv[1:])
+    if problem is not None:
+        sys.stderr.write(f"FATAL Flags parsing error: {problem}\n")
+        sys.stderr.write(process.HELP_HINT + "\n")
+        sys.exit(1)
     try:
         return app.parse_flags_with_usage(argv)
     except UnicodeDecodeError as e:
@@ -213,6 +247,7 @@ def training_errors():
     return (
         distribute.ClusterError, data.DataError, inputs.InputError, loop.TrainingDiverged, models.ModelError,
         trainer.WeightsError, checkpointing.WorkdirError, checkpointing.CheckpointError, config.ScheduleError,
+        config.ConfigError,
     )
 
 
@@ -225,10 +260,13 @@ def error_message(error):
     """
     # Imported here: cli is imported by the apps before their tuned TensorFlow import.
     from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
+    from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop import models  # pylint: disable=import-outside-toplevel
     from clr_loop import trainer  # pylint: disable=import-outside-toplevel
 
     text = str(error)
+    if isinstance(error, distribute.ClusterError) and error.argument:
+        return f"--{error.argument}: {text}"
     if isinstance(error, checkpointing.WorkdirError) and "precision: '" in text:
         text += " (--precision must be the saved run's to resume it)"
     if isinstance(error, (checkpointing.WorkdirError, checkpointing.CheckpointError)) and error.starting_over_helps:

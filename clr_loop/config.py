@@ -42,6 +42,9 @@ MAX_COUNT = 2**62
 # Virtual CPU devices are for trying distribution out on one machine; TensorFlow takes minutes to
 # set up tens of thousands of them.
 MAX_VIRTUAL_CPUS = 64
+# The longest a multi-worker run waits for its peers and for a collective op, in seconds (a week):
+# the join watchdog's wait and TensorFlow's collective timeout need a finite time they can represent.
+MAX_CLUSTER_TIMEOUT = 7 * 24 * 3600
 _COUNTS = ("batch_size", "eval_batch_size", "steps_per_loop", "log_every_steps", "keep_checkpoints",
            "max_steps", "checkpoint_every_steps", "virtual_cpus", "batch_splits")
 
@@ -189,6 +192,11 @@ def _decay_steps(config, steps_per_epoch):
         return max(1, int(round(config.decay_epochs * steps_per_epoch)))
     fraction = WSD_DECAY_FRACTION if config.decay_fraction is None else config.decay_fraction
     return max(1, int(round(fraction * config.epochs * steps_per_epoch)))
+
+
+class ConfigError(ValueError):
+    """Raised when a valid Config cannot run with what it meets only at run time: the replicas of its
+    strategy, the model it builds; names the flags."""
 
 
 class ScheduleError(ValueError):
@@ -376,8 +384,9 @@ def validate(config):
                         "the other strategies through tf.data")
     if not 0 <= config.virtual_cpus <= MAX_VIRTUAL_CPUS:
         problems.append(f"--virtual_cpus must be in [0, {MAX_VIRTUAL_CPUS}] (0: no split), got {config.virtual_cpus}")
-    if not config.cluster_timeout > 0:
-        problems.append(f"--cluster_timeout must be a positive number of seconds, got {config.cluster_timeout}")
+    if not _finite_numbers([config.cluster_timeout]) or not 0 < config.cluster_timeout <= MAX_CLUSTER_TIMEOUT:
+        problems.append(f"--cluster_timeout must be a number of seconds in (0, {MAX_CLUSTER_TIMEOUT}] (a week), "
+                        f"got {config.cluster_timeout}")
     if config.strategy == "default" and config.devices:
         problems.append("--devices needs --strategy=mirrored")
     if not config.workdir:
@@ -477,8 +486,12 @@ def _piecewise_problems(config):
     boundaries, values = config.boundaries_epochs, config.values
     if config.mode != "piecewise":
         given = [f"--{name}" for name in ("boundaries_epochs", "values") if getattr(config, name) is not None]
-        return [f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for --mode=piecewise, "
-                f"not --mode={config.mode}"] if given else []
+        problems = [f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for --mode=piecewise, "
+                    f"not --mode={config.mode}"] if given else []
+        if config.mode == "none" and config.cycle_momentum:
+            problems.append("--cycle_momentum needs a cyclical --mode (triangular, triangular2, exp_range, one_cycle), "
+                            "not none (a constant rate); use --momentum")
+        return problems
     problems = []
     if not boundaries:
         problems.append("--mode=piecewise needs --boundaries_epochs=E1,E2,... (the epochs where the rate changes)")

@@ -13,6 +13,7 @@ import dataclasses
 import gzip
 import math
 import os
+import stat
 import struct
 import zlib
 from typing import TYPE_CHECKING, Callable, Literal
@@ -46,6 +47,31 @@ _IDX_UBYTE = 0x08
 _IDX_NDIM = {"images": 3, "labels": 1}
 # Rows per chunk when reading a TFDS split into numpy; bounds the temporary tensors.
 _TFDS_READ_CHUNK = 10000
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+
+
+def not_a_regular_file(path: str | os.PathLike) -> str | None:
+    """Returns None when `path` is a regular file (or a link to one); else what it is instead, as the end of
+    a message that names it: "does not exist", "is a directory, not a regular file", "is a character device,
+    not a regular file" (/dev/zero, whose reading never ends), "is a broken symbolic link", ...
+
+    Reads nothing but the file's metadata.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a broken symbolic link" if os.path.islink(path) else "does not exist"
+    except NotADirectoryError:
+        return "does not exist (a part of its path is a file, not a directory)"
+    except OSError as e:
+        return f"cannot be reached ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+    return f"is {kind}, not a regular file" if kind != "not a regular file" else "is not a regular file"
+
 
 class DataError(Exception):
     """Raised when a data source is missing or malformed.
@@ -166,6 +192,8 @@ def load_idx_dir(directory: str | os.PathLike, *, expect_full_size: bool = True)
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
+        if os.path.exists(directory):
+            raise DataError(f"{directory}: is a file, not a directory of IDX files")
         raise DataError(f"{directory}: directory does not exist")
     splits = {}
     for split in ("train", "test"):
@@ -189,8 +217,8 @@ def load_tfds(data_dir: str | os.PathLike | None = None, *, download: bool) -> F
     Returns a FashionMnist whose `source` names the TFDS data directory. `data_dir=None`
     means TFDS's default (`~/tensorflow_datasets` or `$TFDS_DATA_DIR`). If the data is not
     prepared there, `download=False` raises DataError, and `download=True` downloads and
-    prepares it (a DataError carrying the cause if that fails, e.g. offline, where TFDS
-    retries for minutes first). Works under `tfds.testing.mock_data`, which fakes the
+    prepares it (a DataError carrying the cause if that fails; offline, at once: see
+    `download_and_prepare`). Works under `tfds.testing.mock_data`, which fakes the
     examples and makes the download a no-op (so call it with `download=True` there).
     """
     if not download:
@@ -206,12 +234,7 @@ def load_tfds(data_dir: str | os.PathLike | None = None, *, download: bool) -> F
     if not (builder.data_path.exists() and builder.is_prepared()):
         if not download:
             raise DataError(f"{where}: not prepared, and download is off")
-        try:
-            builder.download_and_prepare()
-        # Download failures surface from requests, urllib3, TFDS checksum checks and the
-        # file system alike; all mean "no data from this source".
-        except Exception as e:  # pylint: disable=broad-except
-            raise DataError(f"{where}: download_and_prepare failed: {type(e).__name__}: {e}") from e
+        download_and_prepare(builder, where)
     splits = {split: _read_tfds_split(builder, split, where) for split in ("train", "test")}
     return FashionMnist(train=splits["train"], test=splits["test"], source=where)
 
@@ -384,6 +407,92 @@ def _tfds():
     import tensorflow_datasets  # pylint: disable=import-outside-toplevel
 
     return tensorflow_datasets
+
+
+def download_and_prepare(builder, where: str) -> None:
+    """Runs `builder.download_and_prepare()` (a TFDS DatasetBuilder's); raises DataError naming `where`
+    when it fails.
+
+    Offline, TFDS retries each file for minutes (urllib3's back-off after each failed name lookup),
+    so when none of the hosts of the builder's download URLs (`builder.url_infos`) has an address,
+    this fails at once instead, naming them. A failed attempt's leftovers in the builder's data dir
+    (`incomplete.*` folders, `*.tmp.*` download folders, and the folders it created that stay empty) are
+    removed. Under `tfds.testing.mock_data`, whose download does nothing, no host is looked up.
+    """
+    tfds = _tfds()
+    mocked = getattr(tfds.core.DatasetBuilder.download_and_prepare, "__module__", "").startswith(
+        "tensorflow_datasets.testing")
+    if not mocked:
+        hosts = _download_hosts(builder)
+        unresolved = [host for host in hosts if not _resolves(host)]
+        if hosts and len(unresolved) == len(hosts):
+            raise DataError(f"{where}: not prepared, and it cannot be downloaded: no address for "
+                            f"{', '.join(unresolved)} (no network?)")
+    roots = [os.fspath(builder.data_dir_root / builder.name), os.path.join(os.fspath(builder.data_dir_root), "downloads")]
+    before = {root: _tree(root) for root in roots}
+    try:
+        builder.download_and_prepare()
+    # Download failures surface from requests, urllib3, TFDS checksum checks and the
+    # file system alike; all mean "no data from this source".
+    except Exception as e:  # pylint: disable=broad-except
+        for root in roots:
+            _remove_leftovers(root, before[root])
+        raise DataError(f"{where}: download_and_prepare failed: {type(e).__name__}: {e}") from e
+
+
+def _download_hosts(builder) -> list[str]:
+    """Returns the host names of `builder`'s download URLs (sorted; [] when it lists none)."""
+    from urllib.parse import urlsplit  # pylint: disable=import-outside-toplevel
+
+    try:
+        urls = builder.url_infos or {}
+    except Exception:  # pylint: disable=broad-except  (a builder without a checksums file)
+        return []
+    return sorted({urlsplit(url).hostname for url in urls if urlsplit(url).hostname})
+
+
+def _resolves(host: str) -> bool:
+    """True when the name `host` has an address (a name lookup, no connection)."""
+    import socket  # pylint: disable=import-outside-toplevel
+
+    try:
+        return bool(socket.getaddrinfo(host, None))
+    except (OSError, UnicodeError):
+        return False
+
+
+def _tree(root: str) -> set[str]:
+    """Returns the paths under `root` (folders and files; empty when it does not exist)."""
+    paths = set()
+    for folder, dirs, files in os.walk(root):
+        paths.add(folder)
+        paths.update(os.path.join(folder, name) for name in dirs + files)
+    return paths
+
+
+def _remove_leftovers(root: str, before: set[str]) -> None:
+    """Removes what a failed TFDS download left under `root` that was not in `before`: `incomplete.*`
+    folders, `*.tmp.*` download folders and files, then the new folders left empty (deepest first)."""
+    import shutil  # pylint: disable=import-outside-toplevel
+
+    new = sorted(_tree(root) - before, key=len, reverse=True)
+    for path in new:
+        name = os.path.basename(path)
+        if not (name.startswith("incomplete.") or ".tmp." in name or name.endswith(".incomplete")):
+            continue
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+        except OSError:
+            pass
+    for path in new:
+        try:
+            if os.path.isdir(path) and not os.listdir(path):
+                os.rmdir(path)
+        except OSError:
+            pass
 
 
 def _tfds_dataset_folder(data_dir: str | os.PathLike | None) -> str | None:

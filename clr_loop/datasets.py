@@ -5,7 +5,7 @@
 - any TFDS image-classification dataset with `image` and `label` features (`mnist`, `cifar10`,
   `svhn_cropped`, ...): shapes and the class count come from the builder's info.
 - `npz:PATH`: a `.npz` file holding `x_train`, `y_train`, `x_test`, `y_test` (and optionally a
-  scalar `num_classes`).
+  scalar `num_classes`), of at most MAX_CLASSES classes.
 
 Every source that fits gives arrays held in memory (so the data order is a stateless function of the
 step and a resume is exact). A TFDS dataset whose splits would take more than `max_in_memory_bytes`
@@ -37,6 +37,9 @@ MEMORY_SHARE = 0.5
 # images and 31 MB for 32x32x3 ones (README: "Your own experiment"), while still mixing examples from
 # many records of a split TFDS shuffled when it prepared it.
 STREAM_SHUFFLE_BUFFER = 10_000
+# The most classes a dataset may have: a model's last layer holds (features x classes) weights, so a
+# label of 2**40 (a corrupt file) would ask for terabytes; ImageNet-21k has 21,841 classes.
+MAX_CLASSES = 2**20
 # A streamed split's normalisation statistics (mean/std layers) come from its first this many examples.
 NORMALIZATION_SAMPLE = 10_000
 _READ_CHUNK = 10000
@@ -184,10 +187,7 @@ def load_tfds(name, *, data_dir=None, train_split="train", eval_split="test", ma
                 f"{where}: not prepared (no download into the default data dir): prepare it with "
                 f"`tfds build {name}`, or name a TFDS data dir to prepare it in"
             )
-        try:
-            builder.download_and_prepare()
-        except Exception as e:  # pylint: disable=broad-except  (network, checksum and file-system errors alike)
-            raise DataError(f"{where}: not prepared, and download_and_prepare failed: {type(e).__name__}: {e}") from e
+        data_lib.download_and_prepare(builder, where)
     sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
     _check_splits(where, sizes, (train_split, eval_split))
     counts = {split: _split_size(builder, split) for split in (train_split, eval_split)}
@@ -274,8 +274,9 @@ def load_npz(path):
     path = os.fspath(path)
     if not path:
         raise DataError("npz: no file named (npz:PATH)")
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
+    what = data_lib.not_a_regular_file(path)
+    if what is not None:
+        raise DataError(f"{path}: {what}")
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as e:  # pylint: disable=broad-except  (zipfile, pickle and OS errors alike)
@@ -303,8 +304,15 @@ def load_npz(path):
             raise DataError(f"{path}: num_classes must be a positive integer scalar, got {declared.dtype} "
                             f"{declared.tolist()!r}")
         num_classes, why = int(declared), "the file's num_classes"
+        if num_classes > MAX_CLASSES:
+            raise DataError(f"{path}: num_classes is {num_classes}, more than the {MAX_CLASSES} a model here can have")
     else:
         num_classes, why = int(labels["train"].max()) + 1, "the largest y_train label + 1"
+        if num_classes > MAX_CLASSES:
+            at = int(np.argmax(labels["train"]))
+            raise DataError(f"{path}: y_train: the largest label, {num_classes - 1} at index {at}, means {num_classes} "
+                            f"classes ({why}), more than the {MAX_CLASSES} a model here can have (labels are class "
+                            "ids 0..K-1)")
     for split in ("train", "test"):
         _check_labels(labels[split], f"{path}: y_{split}", num_classes, why)
     logging.info("dataset from %s: %d train / %d test images %s, %d classes", path, len(labels["train"]),

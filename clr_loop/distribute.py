@@ -18,11 +18,20 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from clr_loop.config import MAX_CLUSTER_TIMEOUT
 from clr_loop.config import STRATEGIES
 
 
 class ClusterError(RuntimeError):
-    """Raised when the distribution cannot be set up: bad devices, bad TF_CONFIG."""
+    """Raised when the distribution cannot be set up: bad devices, bad TF_CONFIG.
+
+    `argument` names the argument of `make_strategy` at fault ("devices", "cluster_timeout"), or is
+    None when the cluster itself is (TF_CONFIG, a lost peer).
+    """
+
+    def __init__(self, message, argument=None):
+        super().__init__(message)
+        self.argument = argument
 
 
 def unreachable(peers):
@@ -126,11 +135,21 @@ def make_strategy(name, devices=None, cluster_timeout=60.0):
             gpus = tf.config.list_logical_devices("GPU")
             devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         check_devices(devices)
+        keys = [_device_key(d) for d in devices]
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        if twice:
+            raise ClusterError(f"devices {', '.join(devices)} name "
+                               f"{', '.join(f'/{kind.lower()}:{index}' for kind, index in twice)} more than once; "
+                               "each replica needs a device of its own", "devices")
         try:
             return tf.distribute.MirroredStrategy(devices=list(devices))
-        except (ValueError, RuntimeError) as e:
-            raise ClusterError(f"cannot mirror over devices {devices}: {e}") from e
+        except (ValueError, RuntimeError, AssertionError) as e:
+            raise ClusterError(f"cannot mirror over devices {', '.join(devices)}: {e}", "devices") from e
     if name == "multi_worker":
+        if isinstance(cluster_timeout, bool) or not isinstance(cluster_timeout, (int, float)) \
+                or not 0 < cluster_timeout <= MAX_CLUSTER_TIMEOUT:  # also False for NaN
+            raise ClusterError(f"cluster_timeout must be a number of seconds in (0, {MAX_CLUSTER_TIMEOUT}], "
+                               f"got {cluster_timeout!r}", "cluster_timeout")
         tf_config = read_tf_config()
         workers = tf_config["cluster"]["worker"]
         me = int(tf_config["task"]["index"])
@@ -170,7 +189,7 @@ def check_devices(devices):
     if missing:
         raise ClusterError(
             f"device(s) {', '.join(missing)} do not exist here; this process has "
-            + ", ".join(f"/{d.device_type.lower()}:{_device_key(d.name)[1]}" for d in existing)
+            + ", ".join(f"/{d.device_type.lower()}:{_device_key(d.name)[1]}" for d in existing), "devices"
         )
 
 

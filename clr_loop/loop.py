@@ -1165,7 +1165,7 @@ def _train(run, saved_history, callbacks, verbose):
             callback_list.set_params({**callback_list.params, "steps": steps_per_epoch})
         epoch_logs = _train_logs(run)
         if run.val_arrays is not None or run.val_dataset is not None:
-            logging.info("evaluating at step %d (epoch %d)", step, epoch + 1)
+            logging.debug("evaluating at step %d (epoch %d)", step, epoch + 1)  # shown from absl verbosity 1
             val_logs, _ = run.validate()
             epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
             summaries.write_eval(step, val_logs)

@@ -24,7 +24,7 @@ from clr_loop import runtime
 from clr_loop import steps as steps_lib
 
 RAMPS = ("exp", "linear")
-STOP_REASONS = ("completed", "diverged", "non_finite", "out_of_data")
+STOP_REASONS = ("completed", "diverged", "non_finite", "out_of_data", "interrupted")
 # Smith (2017, section 3.3): base_lr is 1/3 or 1/4 of max_lr; 4 is the cautious end of his range.
 BASE_LR_DIVISOR = 4.0
 # fastai's lr_find leaves out the first tenth of the planned steps (the loss has not moved yet)
@@ -231,7 +231,8 @@ def find_lr(
     fastai's bias-corrected EMA: `avg = smoothing * avg + (1 - smoothing) * loss`,
     `smoothed = avg / (1 - smoothing ** (k + 1))`. The test stops after a step whose smoothed
     loss exceeds `diverge_factor` times the best so far, at a non-finite step, or when a Dataset
-    ends. Raises ValueError naming the argument for bad arguments or an uncompiled model, and
+    ends. A KeyboardInterrupt (Ctrl-C) during the steps stops it too (stop_reason "interrupted"): the
+    steps recorded so far are returned. Raises ValueError naming the argument for bad arguments or an uncompiled model, and
     `inputs.InputError` (a ValueError) for bad input, as `fit` does.
     """
     problems = check_ramp(start_lr, end_lr, num_steps, ramp)
@@ -265,6 +266,7 @@ def find_lr(
     avg, best = 0.0, math.inf
     stop_reason, stop_lr = "completed", float(schedule(num_steps - 1))
     iterator = iter(dataset)
+    k = 0
     try:
         for k in range(num_steps):
             batch = next(iterator, None)
@@ -286,6 +288,9 @@ def find_lr(
             if value > diverge_factor * best:
                 stop_reason, stop_lr = "diverged", lr
                 break
+    except KeyboardInterrupt:
+        # Ctrl-C (or a notebook's interrupt) ends the test, not the work: the steps so far are the result.
+        stop_reason, stop_lr = "interrupted", float(schedule(k))
     finally:
         for variable, value in zip(variables, saved):
             variable.assign(value)

@@ -13,12 +13,17 @@ suggestions, one line per schedule family (triangular2, one_cycle, cosine, wsd, 
 
 import dataclasses
 import os
+import signal
 import sys
 
+from clr_loop import console
 from clr_loop import process
 
-# An app's start-up tuning (see clr_loop.process).
-with process.gc_paused(), process.deferred_imports():
+if __name__ == "__main__":
+    console.report_interrupts()  # a Ctrl-C during the imports: one line, no traceback
+
+# An app's start-up tuning (see clr_loop.process) and console (clr_loop.console).
+with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.deferred_imports():
     import keras
     import numpy as np
     from absl import app
@@ -275,6 +280,7 @@ def config_from_flags():
 
 def main(argv):
     """The app: runs the range test per the flags, prints the report and the files written; returns the exit status."""
+    console.show_library_logs()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = config_from_flags()
@@ -285,11 +291,16 @@ def main(argv):
         return 1
     print(report(result, config.momentum, config.optimizer))
     print("Wrote " + " and ".join(paths))
+    if result.stop_reason == "interrupted":
+        print(f"stopped: interrupted (SIGINT) after {len(result.lr)} of {config.num_steps} steps; the curve so far "
+              f"is in {paths[0]}", file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0
 
 
 def run():
     """Console-script entry point: parses flags and runs `main`."""
+    console.report_interrupts()
     app.run(process.app_main(main), flags_parser=cli.parse_flags)
 
 

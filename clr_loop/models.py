@@ -8,8 +8,11 @@ for memory, those of a bounded sample: see `create`'s `stats`).
 
 A function of your own, `module.path:function`, is called as `function(input_shape, num_classes)`
 with `input_shape` (H, W, C) and must return a `keras.Model` taking the dataset's raw pixels (uint8
-0..255 or the float values of a .npz file) and returning [batch, num_classes]. It states its outputs
-with an attribute: `function.outputs = "logits"` or `"probabilities"`.
+0..255 or the float values of a .npz file) and returning [batch, num_classes]. What it outputs is told
+from its last layer (a softmax or sigmoid activation: probabilities; a linear one: logits); where
+that cannot be told, or to say it anyway, the function states it with an attribute:
+`function.outputs = "logits"` or `"probabilities"`. Its model trains through what `compile()` is
+given, so it must not override `train_step` or `test_step` (`compute_loss` is used).
 """
 
 import dataclasses
@@ -183,9 +186,9 @@ def _user_model(name, input_shape, num_classes):
     if not callable(function):
         raise ModelError(f"model {name}: {module_name} has no function {function_name}")
     outputs = getattr(function, "outputs", None)
-    if outputs not in OUTPUTS:
-        raise ModelError(f"model {name}: say what it returns: set {function_name}.outputs = \"logits\" or "
-                         f"\"probabilities\" (got {outputs!r})")
+    if outputs is not None and outputs not in OUTPUTS:
+        raise ModelError(f"model {name}: {function_name}.outputs must be \"logits\" or \"probabilities\", "
+                         f"got {outputs!r}")
     try:
         model = function(input_shape, num_classes)
     except Exception as e:  # pylint: disable=broad-except  (the user's code)
@@ -193,8 +196,65 @@ def _user_model(name, input_shape, num_classes):
                          f"{type(e).__name__}: {e}") from e
     if not isinstance(model, keras.Model):
         raise ModelError(f"model {name}: {function_name} returned a {type(model).__name__}, not a keras.Model")
+    for method in ("train_step", "test_step"):
+        if getattr(type(model), method) is not getattr(keras.Model, method):
+            raise ModelError(f"model {name}: {function_name} returns a {type(model).__name__}, which overrides "
+                             f"{method}; clr_loop does not run it (its compiled step is built from what compile() "
+                             "is given): override compute_loss instead, which it uses")
     shape = tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else None
     if shape is not None and (len(model.outputs) != 1 or shape[-1] != num_classes):
         raise ModelError(f"model {name}: {function_name} returns outputs of shape "
                          f"{[list(o.shape) for o in model.outputs]}, expected one [batch, {num_classes}]")
+    if outputs is None:
+        outputs, last = told_outputs(model)
+        if outputs is None:
+            raise ModelError(f"model {name}: cannot tell whether it outputs logits or probabilities from its last "
+                             f"layer {last}; set {function_name}.outputs = \"logits\" or \"probabilities\"")
     return Built(model, from_logits=outputs == "logits")
+
+
+# A last layer's activation that says what a model outputs.
+_PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
+# log_softmax's outputs are logits too: their softmax is the model's probabilities.
+_LOGIT_ACTIVATIONS = ("linear", "log_softmax")
+
+
+def told_outputs(model):
+    """Returns `(outputs, last)`: what `model` outputs, "probabilities" (its last layer's activation is a
+    softmax or sigmoid), "logits" (linear, or log_softmax) or None where its last layer does not tell, and that layer
+    described for a message (`'name' (Class)`, with its activation when it has one).
+
+    The last layer is the one that computes the model's (single) output; a nested model there is
+    looked into. A model without a graph (a subclassed model) does not tell.
+    """
+    layer = _last_layer(model)
+    if layer is None:
+        return None, f"(none: {type(model).__name__} has no layer graph)"
+    if isinstance(layer, keras.layers.Softmax):
+        return "probabilities", f"{layer.name!r} (Softmax)"
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return None, f"{layer.name!r} ({type(layer).__name__})"
+    activation_name = getattr(activation, "__name__", type(activation).__name__)
+    described = f"{layer.name!r} ({type(layer).__name__}, activation {activation_name})"
+    if activation_name in _PROBABILITY_ACTIVATIONS:
+        return "probabilities", described
+    if activation_name in _LOGIT_ACTIVATIONS:
+        return "logits", described
+    return None, described
+
+
+def _last_layer(model):
+    """Returns the layer that computes `model`'s output (inside nested models), or None when unknown."""
+    for _ in range(100):  # nested models, each one level deeper
+        outputs = getattr(model, "outputs", None)
+        if isinstance(model, keras.Sequential) and model.layers:
+            layer = model.layers[-1]
+        elif outputs and len(outputs) == 1 and getattr(outputs[0], "_keras_history", None) is not None:
+            layer = outputs[0]._keras_history[0]  # pylint: disable=protected-access  (Keras's graph record)
+        else:
+            return None
+        if not isinstance(layer, keras.Model):
+            return layer
+        model = layer
+    return None

@@ -14,10 +14,14 @@ builds its Config through `clr_loop.cli.config_from_flags`, the same way a train
 import os
 import sys
 
+from clr_loop import console
 from clr_loop import process
 
-# An app's start-up tuning (see clr_loop.process).
-with process.gc_paused(), process.deferred_imports():
+if __name__ == "__main__":
+    console.report_interrupts()  # a Ctrl-C during the imports: one line, no traceback
+
+# An app's start-up tuning (see clr_loop.process) and console (clr_loop.console).
+with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.deferred_imports():
     from absl import app
     from absl import flags
 
@@ -69,6 +73,7 @@ def main(argv):
 
 def run():
     """Console-script entry point: parses flags and runs `main`."""
+    console.report_interrupts()
     app.run(process.app_main(main), flags_parser=cli.parse_flags)
 
 

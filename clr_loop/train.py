@@ -9,11 +9,16 @@ An absl app: the flags (`clr_loop.cli`) become a checked `Config`, which `clr_lo
 
 import sys
 
+from clr_loop import console
 from clr_loop import process
 
+if __name__ == "__main__":
+    console.report_interrupts()  # a Ctrl-C during the imports: one line, no traceback
+
 # An app's start-up tuning (see clr_loop.process): TensorFlow and Keras are imported with the
-# garbage collector paused and Keras's matplotlib.pyplot import deferred to its first use.
-with process.gc_paused(), process.deferred_imports():
+# garbage collector paused and Keras's matplotlib.pyplot import deferred to its first use; and its
+# console (see clr_loop.console): TensorFlow's C++ start-up lines only with --verbosity=1.
+with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.deferred_imports():
     from absl import app
     from absl import flags
 
@@ -30,6 +35,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     """The app: builds the Config from the flags and trains; returns the exit status (0, 1, or 128+signal)."""
+    console.show_library_logs()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = cli.config_from_flags(FLAGS)
@@ -46,6 +52,7 @@ def main(argv):
 
 def run():
     """Console-script entry point: parses flags and runs `main`."""
+    console.report_interrupts()
     app.run(process.app_main(main), flags_parser=cli.parse_flags)
 
 

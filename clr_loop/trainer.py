@@ -18,6 +18,7 @@ from absl import logging
 
 from clr_loop import checkpointing
 from clr_loop import config as config_lib
+from clr_loop import data as data_lib
 from clr_loop import datasets
 from clr_loop import distribute
 from clr_loop import inputs
@@ -25,6 +26,7 @@ from clr_loop import loop
 from clr_loop import models
 from clr_loop import optimizers as optimizers_lib
 from clr_loop import runtime
+from clr_loop import steps as steps_lib
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds")
 
@@ -61,8 +63,9 @@ def save_initial_weights(model, path):
 
 def load_initial_weights(model, path):
     """Loads `model`'s weights from a `.weights.h5` file; raises WeightsError naming the file on failure."""
-    if not os.path.isfile(path):
-        raise WeightsError(f"initial weights file {path} does not exist")
+    what = data_lib.not_a_regular_file(path)
+    if what is not None:
+        raise WeightsError(f"initial weights file {path} {what}")
     try:
         model.load_weights(path)
     except Exception as e:  # h5py, Keras shape checks and OS errors all mean "unusable file"
@@ -128,6 +131,37 @@ def compile_model(model, config, plan, from_logits=False):
     return model
 
 
+def check_replicas(config, strategy):
+    """Raises config.ConfigError naming the flags when `config.batch_size` (the global batch) is not a
+    multiple of `strategy`'s replicas, which each take an equal share of it; returns None otherwise."""
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas == 0:
+        return
+    devices = ", ".join(_short_device(d) for d in getattr(strategy.extended, "worker_devices", ()))
+    lower = config.batch_size - config.batch_size % replicas
+    options = " or ".join(f"--batch_size={b}" for b in (lower, lower + replicas) if b > 0)
+    raise config_lib.ConfigError(
+        f"--batch_size={config.batch_size} must be a multiple of the {replicas} replicas of "
+        f"--strategy={config.strategy}{f' ({devices})' if devices else ''}, e.g. {options}")
+
+
+def _short_device(name):
+    """Returns a device name as `/cpu:0` (`/job:localhost/replica:0/task:0/device:CPU:0` too)."""
+    spec = tf.DeviceSpec.from_string(name)
+    return f"/{(spec.device_type or '').lower()}:{spec.device_index or 0}"
+
+
+def check_batch_splits(config, model):
+    """Raises config.ConfigError naming the flags when `config.batch_splits` > 1 asks to compute `model`
+    in parts although a layer of it depends on the whole batch (`steps.can_split`); returns None otherwise."""
+    if config.batch_splits > 1:
+        ok, why = steps_lib.can_split(model)
+        if not ok:
+            raise config_lib.ConfigError(
+                f"--batch_splits={config.batch_splits} cannot compute --model={config.model} in parts: {why}; "
+                "leave --batch_splits at 0 (automatic) or 1")
+
+
 def resolve_batch_splits(config, replicas=1):
     """Returns how many parts each batch of the tutorial's CNN is computed in (see `steps.Steps`).
 
@@ -191,6 +225,7 @@ class Trainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.is_chief = distribute.is_chief(self.strategy)
+        check_replicas(config, self.strategy)
         self.plan = config_lib.plan_steps(config, data.train.num_examples)
         if config.deterministic:
             tf.config.experimental.enable_op_determinism()
@@ -204,6 +239,7 @@ class Trainer:
             else:
                 from_logits = False
             self.model = model
+            check_batch_splits(config, model)
             if config.init_weights:
                 load_initial_weights(self.model, config.init_weights)
             compile_model(self.model, config, self.plan, from_logits=from_logits)

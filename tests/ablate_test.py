@@ -251,7 +251,7 @@ def test_bad_inputs_stop_before_anything_is_written(setup, tmp_path):
     with open(bad, "w") as f:
         f.write("--mode=triangular2\n--max_lr=1e-5\n")
     cases = [
-        ([setup["flagfiles"][0], str(tmp_path / "nope.flags")], "flagfile not found: .*nope.flags"),
+        ([setup["flagfiles"][0], str(tmp_path / "nope.flags")], "flagfile .*nope.flags does not exist"),
         ([setup["flagfiles"][0], bad], r"bad.flags: --max_lr \(1e-05\) must be greater than --initial_lr"),
         ([setup["flagfiles"][0], setup["flagfiles"][0]], "distinct names"),
         ([setup["flagfiles"][0], "--save_init=x.weights.h5"], "--save_init is set by the ablation"),
@@ -272,7 +272,11 @@ def run_ablate_cli(*args):
 def test_cli_bad_flagfiles_exit_1_with_one_line_naming_them(tmp_path):
     work = tmp_path / "abl"
     result = run_ablate_cli("flags/no_clr.flags", "flags/missing.flags", f"--workdir={work}")
-    assert_one_line_usage_error(result, "flagfile not found: flags/missing.flags")
+    assert_one_line_usage_error(result, "flagfile flags/missing.flags does not exist")
+    # Issue 22, items 14, 15: a device is named as one ("flagfile not found" before), and never read.
+    result = run_ablate_cli("flags/no_clr.flags", "/dev/zero", str(tmp_path), f"--workdir={work}")
+    assert_one_line_usage_error(result, "flagfile /dev/zero is a character device, not a regular file; "
+                                        f"flagfile {tmp_path} is a directory, not a regular file")
     # A flagfile to compare that is not UTF-8 text: one message naming it, the byte at fault.
     latin1 = tmp_path / "latin1.flags"
     latin1.write_bytes("--mode=none\n# caf\u00e9\n".encode("latin-1"))

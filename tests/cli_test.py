@@ -90,3 +90,36 @@ def test_error_message_points_to_overwrite_only_where_starting_over_helps(tmp_pa
         checkpointing.check_writable(str(blocked / "run"))
     assert "--overwrite" not in cli.error_message(unwritable.value)
     assert checkpointing.WorkdirError in cli.training_errors() and checkpointing.CheckpointError in cli.training_errors()
+
+
+def test_flagfiles_that_are_not_regular_files_or_too_big_are_named_before_absl_reads_them(tmp_path, capsys):
+    """Issue 22, items 14 and 15: `--flagfile=/dev/zero` grew without bound (3 GB in 16 s); a folder was
+    "not found". Each is one line naming the flagfile, nested ones too, and nothing is read past the limit."""
+    big = tmp_path / "big.flags"
+    big.write_text("--mode=none\n" + "#" * cli.MAX_FLAGFILE_BYTES + "\n")
+    outer = tmp_path / "outer.flags"
+    outer.write_text("--mode=none\n--flagfile=/dev/zero\n")
+    cases = [
+        ("/dev/zero", "flagfile /dev/zero is a character device, not a regular file"),
+        (str(tmp_path), f"flagfile {tmp_path} is a directory, not a regular file"),
+        (str(tmp_path / "missing.flags"), f"flagfile {tmp_path / 'missing.flags'} does not exist"),
+        (str(big), f"flagfile {big} is {cli.MAX_FLAGFILE_BYTES + 13} bytes, more than a flagfile may have "
+                   f"({cli.MAX_FLAGFILE_BYTES})"),
+        (str(outer), "flagfile /dev/zero is a character device, not a regular file"),
+    ]
+    for path, message in cases:
+        assert cli.flagfile_problem([f"--flagfile={path}"]) == message
+        with pytest.raises(SystemExit) as exit_info:
+            cli.parse_flags(["prog", "--flagfile", path])
+        assert exit_info.value.code == 1
+        assert capsys.readouterr().err == f"FATAL Flags parsing error: {message}\nPass --helpshort or --helpfull to see help on flags.\n"
+    assert cli.flagfile_problem(["--flagfile=flags/smoke.flags", "--mode=none"]) is None
+
+
+def test_a_cluster_error_about_an_argument_names_its_flag():
+    """Issue 22, item 11: `--devices=/cpu:0,/cpu:0` is one line naming --devices."""
+    from clr_loop import distribute
+
+    error = distribute.ClusterError("devices /cpu:0, /cpu:0 name /cpu:0 more than once", "devices")
+    assert cli.error_message(error) == "--devices: devices /cpu:0, /cpu:0 name /cpu:0 more than once"
+    assert cli.error_message(distribute.ClusterError("TF_CONFIG is not valid")) == "TF_CONFIG is not valid"

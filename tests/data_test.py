@@ -8,6 +8,7 @@ a stub or made no-ops by `tfds.testing.mock_data`.
 import gzip
 import logging
 import os
+import socket
 import struct
 import tracemalloc
 
@@ -215,6 +216,10 @@ def test_missing_directory(tmp_path):
     with pytest.raises(data.DataError, match="directory does not exist") as e:
         data.load_idx_dir(tmp_path / "nope")
     assert str(tmp_path / "nope") in str(e.value)
+    # Issue 22, item 15's kind: a path that exists is named for what it is, not as missing.
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(data.DataError, match=f"^{tmp_path / 'a_file'}: is a file, not a directory of IDX files$"):
+        data.load_idx_dir(tmp_path / "a_file")
 
 
 def test_split_rejects_wrong_dtypes_and_shapes():
@@ -361,17 +366,40 @@ def test_load_tfds_without_download_needs_prepared_data(tmp_path):
     assert str(tmp_path) in str(e.value)
 
 
-def test_load_tfds_wraps_download_failure(tmp_path, monkeypatch):
+def test_load_tfds_wraps_download_failure_and_removes_its_leftovers(tmp_path, monkeypatch):
     cause = ConnectionError("no route to host")
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "other.tmp.1").write_text("not this attempt's")
 
     def failing_download(self, *args, **kwargs):
+        # What TFDS leaves when the network goes mid-download (issue 22, seen, not counted).
+        (tmp_path / "fashion_mnist" / "incomplete.1D7JIX_3.0.1").mkdir(parents=True)
+        (tmp_path / "downloads" / "fashion_mnist").mkdir()
+        (tmp_path / "downloads" / "fashion_mnist" / "t10k-images.gz.tmp.64dc7191").mkdir()  # TFDS's download folder
+        (tmp_path / "downloads" / "fashion_mnist" / "t10k-images.gz.tmp.64dc7191" / "t10k-images.gz").write_bytes(b"12")
         raise cause
 
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **k: [(socket.AF_INET, 0, 0, "", ("192.0.2.1", 0))])
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", failing_download)
     with pytest.raises(data.DataError, match="download_and_prepare failed: ConnectionError: no route") as e:
         data.load_tfds(tmp_path, download=True)
     assert e.value.__cause__ is cause
     assert str(tmp_path) in str(e.value)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["downloads", "downloads/other.tmp.1"]
+
+
+def test_load_tfds_offline_fails_at_once_naming_the_host(tmp_path, monkeypatch):
+    """Issue 22 (seen, not counted): offline, TFDS retried every file's name lookup for 207 s."""
+    def no_address(host, port, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_address)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                        lambda self, *a, **k: pytest.fail("the download must not start"))
+    with pytest.raises(data.DataError, match=r"not prepared, and it cannot be downloaded: no address for "
+                                             r"fashion-mnist\.s3-website\.eu-central-1\.amazonaws\.com \(no network\?\)"):
+        data.load(tfds_data_dir=tmp_path)
+    assert not any("incomplete" in p.name for p in tmp_path.rglob("*"))
 
 
 # --------------------------------------------------------------------------- pipelines

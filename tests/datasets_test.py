@@ -62,6 +62,11 @@ def _bad(arrays, **changes):
         (dict(x_train=np.full((30, 6, 5), 300)), r"x_train: integer pixels must be in 0..255"),
         (dict(y_train=np.zeros((30, 4), np.int64)), r"y_train: shape \[30, 4\], expected labels \[N\]"),
         (dict(num_classes=np.float32(3.5)), r"num_classes must be a positive integer scalar"),
+        # Issue 22, item 12: a label of 2**40 - 1 meant a [128, 2**40] weight, an OOM traceback.
+        (dict(y_train=np.where(np.arange(30) == 7, 2**40 - 1, np.arange(30) % 4)),
+         r"y_train: the largest label, 1099511627775 at index 7, means 1099511627776 classes \(the largest y_train "
+         r"label \+ 1\), more than the 1048576 a model here can have"),
+        (dict(num_classes=np.int64(2**40)), r"num_classes is 1099511627776, more than the 1048576 a model here can have"),
     ],
 )
 def test_every_npz_problem_names_the_file_and_the_array(tmp_path, change, message):
@@ -73,8 +78,15 @@ def test_every_npz_problem_names_the_file_and_the_array(tmp_path, change, messag
 
 def test_unreadable_npz_files_are_named(tmp_path):
     missing = str(tmp_path / "nope.npz")
-    with pytest.raises(data_lib.DataError, match="nope.npz: file not found"):
+    with pytest.raises(data_lib.DataError, match="nope.npz: does not exist"):
         datasets.load_npz(missing)
+    # Issue 22, item 15: a path that exists but is not a file says what it is ("file not found" before).
+    folder = tmp_path / "folder.npz"
+    folder.mkdir()
+    with pytest.raises(data_lib.DataError, match=f"^{folder}: is a directory, not a regular file$"):
+        datasets.load_npz(str(folder))
+    with pytest.raises(data_lib.DataError, match="^/dev/null: is a character device, not a regular file$"):
+        datasets.load("npz:/dev/null")
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip at all")
     with pytest.raises(data_lib.DataError, match="garbage.npz: not a readable .npz file"):

@@ -203,7 +203,8 @@ def start_worker(index, ports, workdir, idx_dir, *extra):
     env = dict(ENV, TF_CONFIG=json.dumps(tf_config))
     args = [
         sys.executable, "-m", "clr_loop.train", "--strategy=multi_worker", f"--dataset_dir={idx_dir}",
-        f"--workdir={workdir}", "--batch_size=16", "--epochs=2", "--steps_per_loop=4", "--eval_batch_size=16", *extra,
+        f"--workdir={workdir}", "--batch_size=16", "--epochs=2", "--steps_per_loop=4", "--eval_batch_size=16",
+        "--verbosity=1", *extra,  # verbosity 1: the "checkpoint saved at step N" lines (saved_step)
     ]
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -449,6 +450,16 @@ def test_mirrored_over_devices_that_do_not_exist_is_refused_naming_them():
     with pytest.raises(distribute.ClusterError, match="/tpu:x"):
         distribute.check_devices(["/cpu:0", "/tpu:x"])
     distribute.check_devices(["/cpu:0", "/job:localhost/replica:0/task:0/device:CPU:0"])
+
+
+def test_mirrored_over_one_device_named_twice_is_refused_naming_it():
+    """Issue 22, item 11: TensorFlow's own answer is an AssertionError traceback ("No duplicates allowed").
+    (The CLI's message names --devices: cli_test.)"""
+    with pytest.raises(distribute.ClusterError, match=r"devices /cpu:0, /CPU:0 name /cpu:0 more than once") as caught:
+        distribute.make_strategy("mirrored", ["/cpu:0", "/CPU:0"])
+    assert caught.value.argument == "devices"
+    with pytest.raises(distribute.ClusterError, match=r"cluster_timeout must be a number of seconds in \(0, 604800\], got inf"):
+        distribute.make_strategy("multi_worker", cluster_timeout=float("inf"))
 
 
 def test_bad_tf_config_is_named(monkeypatch):

@@ -240,3 +240,33 @@ def test_an_output_file_that_cannot_be_written_is_named(tmp_path, capsys):
     assert status == 1
     assert f"error: cannot write {workdir / lrt.JSON_NAME}: " in capsys.readouterr().err
     assert sorted(os.listdir(workdir)) == [lrt.JSON_NAME]  # no temporary file left
+
+
+def test_ctrl_c_during_the_test_keeps_the_curve_so_far(tmp_path, capsys, monkeypatch):
+    """Issue 22 (seen, not counted): Ctrl-C in the range test was a KeyboardInterrupt traceback and kept nothing."""
+    from clr_loop import steps as steps_lib
+
+    class InterruptedAtStep5(steps_lib.Steps):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            step, calls = self.train_step, []
+
+            def train_step(x, y):
+                calls.append(1)
+                if len(calls) == 5:
+                    raise KeyboardInterrupt
+                return step(x, y)
+
+            self.train_step = train_step
+
+    monkeypatch.setattr(lr_finder.steps_lib, "Steps", InterruptedAtStep5)
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    workdir = tmp_path / "lr"
+    status = run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--start_lr=1e-4", "--end_lr=1",
+                                  "--num_steps=40", "--batch_size=16", "--jit_compile=false"])
+    assert status == 130
+    saved = json.loads((workdir / lrt.JSON_NAME).read_text())
+    assert saved["stop_reason"] == "interrupted" and len(saved["lr"]) == 4
+    assert saved["lr"][0] == pytest.approx(1e-4) and saved["stop_lr"] == pytest.approx(1e-4 * 1e4 ** (4 / 39))
+    err = capsys.readouterr().err
+    assert f"stopped: interrupted (SIGINT) after 4 of 40 steps; the curve so far is in {workdir / lrt.JSON_NAME}" in err

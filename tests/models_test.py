@@ -110,6 +110,54 @@ def user_module(tmp_path, monkeypatch):
         def fails(input_shape, num_classes):
             raise RuntimeError("out of ideas")
         fails.outputs = "logits"
+
+        def plain_softmax(input_shape, num_classes):  # an ordinary Keras model, not annotated
+            return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                                     keras.layers.Dense(num_classes, activation="softmax")])
+
+        def plain_sigmoid(input_shape, num_classes):
+            inputs = keras.Input(input_shape)
+            x = keras.layers.Dense(num_classes)(keras.layers.Flatten()(inputs))
+            return keras.Model(inputs, keras.layers.Activation("sigmoid")(x))
+
+        def softmax_layer(input_shape, num_classes):
+            inputs = keras.Input(input_shape)
+            x = keras.layers.Dense(num_classes)(keras.layers.Flatten()(inputs))
+            return keras.Model(inputs, keras.layers.Softmax()(x))
+
+        def nested_softmax(input_shape, num_classes):  # a model whose last layer is another model
+            inputs = keras.Input(input_shape)
+            return keras.Model(inputs, plain_softmax(input_shape, num_classes)(inputs))
+
+        def unannotated_logits(input_shape, num_classes):
+            inputs = keras.Input(input_shape)
+            return keras.Model(inputs, keras.layers.Dense(num_classes, name="head")(keras.layers.Flatten()(inputs)))
+
+        def log_softmax_head(input_shape, num_classes):
+            return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                                     keras.layers.Dense(num_classes, activation="log_softmax")])
+
+        def cannot_tell(input_shape, num_classes):
+            inputs = keras.Input(input_shape)
+            x = keras.layers.Dense(num_classes)(keras.layers.Flatten()(inputs))
+            return keras.Model(inputs, keras.layers.Lambda(lambda t: 2 * t, name="doubled")(x))
+
+        def relu_head(input_shape, num_classes):
+            return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                                     keras.layers.Dense(num_classes, activation="relu", name="relu_head")])
+
+        def declared_wins(input_shape, num_classes):  # says logits although its layer is a softmax
+            return plain_softmax(input_shape, num_classes)
+        declared_wins.outputs = "logits"
+
+        class OwnStep(keras.Model):
+            def train_step(self, data):
+                return super().train_step(data)
+
+        def own_train_step(input_shape, num_classes):
+            inputs = keras.Input(input_shape)
+            return OwnStep(inputs, keras.layers.Dense(num_classes)(keras.layers.Flatten()(inputs)))
+        own_train_step.outputs = "logits"
     """))
     (tmp_path / "broken_models.py").write_text("import no_such_package_here\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -123,11 +171,30 @@ def test_user_function_is_called_with_shape_and_classes(user_module):
 
 
 @pytest.mark.parametrize(
+    "name,from_logits",
+    [("plain_softmax", False), ("plain_sigmoid", False), ("softmax_layer", False), ("nested_softmax", False),
+     ("unannotated_logits", True), ("log_softmax_head", True), ("undeclared", True), ("declared_wins", True)],
+)
+def test_what_a_user_model_outputs_is_told_from_its_last_layer(user_module, name, from_logits):
+    """Issue 22, item 18: an ordinary Keras model needs no annotation: a final softmax or sigmoid gives
+    probabilities, a linear one logits; a declared `outputs` is taken as given."""
+    assert models.create(f"{user_module}:{name}", (8, 8, 1), 3).from_logits is from_logits
+
+
+
+
+@pytest.mark.parametrize(
     "name,message",
     [
         ("broken_models:small", r"model broken_models:small: cannot import broken_models: ModuleNotFoundError"),
         ("my_models:missing", r"my_models has no function missing"),
-        ("my_models:undeclared", r"set undeclared.outputs = \"logits\" or \"probabilities\""),
+        ("my_models:cannot_tell", r"model my_models:cannot_tell: cannot tell whether it outputs logits or "
+                                  r"probabilities from its last layer 'doubled' \(Lambda\); set cannot_tell.outputs = "
+                                  r"\"logits\" or \"probabilities\""),
+        ("my_models:relu_head", r"last layer 'relu_head' \(Dense, activation relu\); set relu_head.outputs"),
+        # Issue 22, item 9: clr_loop runs compile()'s step, not the model's own train_step: refused in one line.
+        ("my_models:own_train_step", r"model my_models:own_train_step: own_train_step returns a OwnStep, which "
+                                     r"overrides train_step; clr_loop does not run it"),
         ("my_models:not_a_model", r"not_a_model returned a str, not a keras.Model"),
         ("my_models:wrong_classes", r"wrong_classes returns outputs of shape \[\[None, 4\]\], expected one \[batch, 3\]"),
         ("my_models:fails", r"fails\(\(8, 8, 1\), 3\) raised RuntimeError: out of ideas"),

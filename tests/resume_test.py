@@ -20,7 +20,7 @@ from train_cli_test import REPO, write_tiny_idx_dir
 BASE_FLAGS = [
     "--mode=triangular2", "--step_size_epochs=0.5", "--epochs=3", "--batch_size=16", "--eval_batch_size=50",
     "--steps_per_loop=1", "--log_every_steps=5", "--checkpoint_every_steps=4", "--keep_checkpoints=50",
-    "--deterministic",
+    "--deterministic", "--verbosity=1",  # the "checkpoint saved at step N" lines the tests wait for
 ]
 # The seed of the kill points below: a failure names it and the points, so it can be rerun as it was.
 KILL_SEED = 20240914

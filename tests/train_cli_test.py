@@ -259,3 +259,51 @@ def test_real_data_few_hundred_steps_beat_the_untrained_model(tmp_path):
     assert count == 10000
     assert history["val_loss"][-1] < untrained["loss"] - 0.1
     assert history["val_accuracy"][-1] > 0.3  # chance is 0.1
+
+
+def test_batch_splits_on_a_batch_norm_model_is_one_line_naming_the_flags(tmp_path, capsys):
+    """Issue 22, item 10: was runtime's ValueError traceback."""
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    status = run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}", "--model=resnet20",
+                                  "--batch_splits=2", "--batch_size=16", "--max_steps=1", "--jit_compile=false"])
+    assert status == 1
+    (line,) = app_message_lines(capsys.readouterr().err)
+    assert line == ("error: --batch_splits=2 cannot compute --model=resnet20 in parts: layer 'batch_normalization' "
+                    "(BatchNormalization) may depend on the whole batch; leave --batch_splits at 0 (automatic) or 1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_the_mirrored_replicas_do_not_divide_is_one_line_naming_the_flags(tmp_path):
+    """Issue 22, item 8: was loop's ValueError traceback."""
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    result = run_cli(f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}", "--strategy=mirrored",
+                     "--virtual_cpus=3", "--batch_size=16", "--max_steps=1", "--jit_compile=false")
+    assert result.returncode == 1, result.stderr
+    assert [line for line in app_message_lines(result.stderr) if not line.startswith("INFO:tensorflow:")] == [
+        "error: --batch_size=16 must be a multiple of the 3 replicas of --strategy=mirrored "
+        "(/cpu:0, /cpu:1, /cpu:2), e.g. --batch_size=15 or --batch_size=18"], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_console_shows_the_source_plan_and_epochs_and_the_rest_with_verbosity_1(tmp_path):
+    """Issue 22, item 19: no TensorFlow C++ line and no per-checkpoint INFO line by default."""
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = REPO
+    args = [sys.executable, "-m", "clr_loop.train", f"--dataset_dir={data_dir}", "--epochs=2", "--batch_size=16",
+            "--steps_per_loop=3", "--checkpoint_every_steps=3", "--eval_batch_size=40", "--jit_compile=false"]
+    quiet = subprocess.run([*args, f"--workdir={tmp_path / 'quiet'}"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Epoch 2/2" in quiet.stdout and "val_accuracy:" in quiet.stdout
+    lines = quiet.stderr.splitlines()
+    assert any(f"Fashion-MNIST from idx files in {data_dir}" in line for line in lines), quiet.stderr
+    assert any("] fit: 12 steps (6 per epoch)" in line for line in lines), quiet.stderr
+    noise = [line for line in lines if re.search(r"\.cc:\d+\]|absl::InitializeLog|checkpoint saved|Sharding callback|"
+                                                 r"evaluating at step|tensorflow", line)]
+    assert noise == [], quiet.stderr
+    verbose = subprocess.run([*args, f"--workdir={tmp_path / 'verbose'}", "-v", "1"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert verbose.returncode == 0, verbose.stderr
+    assert "checkpoint saved at step 3" in verbose.stderr and "Sharding callback duration" in verbose.stderr

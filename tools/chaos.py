@@ -23,7 +23,8 @@ finished workdirs and does nothing else.
 The kill points are seeded *events*, not times (times are not reproducible on a loaded machine).
 The seed draws, for each kill, a kind and a step S from the reference run's range, and the kill
 lands at the first such event after the run is seen past S (the step is seen in the run's
-"checkpoint saved at step N" log lines):
+"checkpoint saved at step N" log lines, which an app writes from absl verbosity 1: the tool adds
+`--verbosity=1` to a command that sets no verbosity):
 
 - `checkpoint`: during a checkpoint write. The tool polls the workdir every millisecond; when a write
   is visible (TF's `ckpt/ckpt-N_temp/` folder of the data being written, the manager's
@@ -486,6 +487,8 @@ def _count_phrase(where, n):
 
 def soak(command, kills, seed, root, timeout):
     """Runs the reference and the chaos run; returns (exit code, summary line)."""
+    if not any(a.lstrip("-").split("=")[0] in ("verbosity", "v") for a in command if a.startswith("-")):
+        command = command + ["--verbosity=1"]  # the checkpoint and eval lines it watches are absl debug lines
     reference, chaos = os.path.join(root, "reference"), os.path.join(root, "chaos")
     started = time.monotonic()
     print(f"chaos: reference run in {reference}", flush=True)

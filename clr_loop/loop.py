@@ -1092,9 +1092,13 @@ def _train(run, saved_history, callbacks, verbose):
             if run.checkpoint_every_steps > 0 and step % run.checkpoint_every_steps == 0 and step != epoch_end:
                 summaries.flush()
                 run.save()
-            run.stop_if_signalled(summaries)
             if model.stop_training:
                 break
+            # A signal at the epoch's last step is handled after the epoch end below (validation, the
+            # history entry, then the checkpoint): saved here, the checkpoint would sit at the epoch's
+            # end without counting the epoch, and the resume would skip its validation and history.
+            if not (exhausted or step == epoch_end):
+                run.stop_if_signalled(summaries)
         # Stopped by max_steps inside the epoch: the epoch still ends here (validation, callbacks,
         # a history entry, as the tutorial's smoke runs expect), but its counter does not move on,
         # so a later call with a larger cap resumes mid-epoch and recomputes this entry.

@@ -593,6 +593,27 @@ def test_tensorboard_values_after_a_sigterm_and_resume_equal_the_uninterrupted_r
     assert 6 in expected_steps(whole)
 
 
+@pytest.mark.parametrize("signal_step", [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH])
+def test_a_sigterm_at_an_epochs_last_step_resumes_into_its_validation_and_history(tmp_path, signal_step):
+    """A SIGTERM handled at an epoch's last step (7, or 14: the run's last): the resume validates that
+    epoch and writes its history entry, so history.json and TensorBoard equal an uninterrupted run's."""
+    x, y = toy_data()
+    kwargs = dict(batch_size=BATCH, epochs=2, seed=7, verbose=0, log_every_steps=3, steps_per_loop=1,
+                  validation_data=(x[:50], y[:50]))
+    whole = str(tmp_path / "whole")
+    loop.fit(compiled(), x, y, workdir=whole, **kwargs)
+    parts = str(tmp_path / "parts")
+    with pytest.raises(loop.Interrupted, match=f"SIGTERM at step {signal_step}"):
+        loop.fit(compiled(), x, y, workdir=parts, callbacks=[SigtermAt(signal_step)], **kwargs)
+    history = loop.fit(compiled(), x, y, workdir=parts, **kwargs)
+    expected = _history_file(whole)
+    assert len(expected["loss"]) == 2
+    assert _history_file(parts) == expected
+    assert history.history == expected
+    for sub in ("train", "eval"):
+        assert _event_values(os.path.join(parts, sub)) == _event_values(os.path.join(whole, sub)), sub
+
+
 def expected_steps(workdir):
     return set(_event_values(os.path.join(workdir, "train"))["loss"])
 

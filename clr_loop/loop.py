@@ -57,7 +57,8 @@ def write_scalar(name, value):
 
 
 class TrainingDiverged(RuntimeError):
-    """Raised when a step produced a non-finite loss or gradient; the message names the step and rate."""
+    """Raised when a step's learning rate, loss or gradient, or the weights after it, are not finite;
+    the message names the step and rate."""
 
 
 class Interrupted(RuntimeError):
@@ -113,13 +114,15 @@ class _EpochState:
         }
 
 
-def make_train_loop(train_step, state, strategy, until_exhausted=False):
+def make_train_loop(train_step, state, strategy, until_exhausted=False, variables=()):
     """Returns `train_loop(iterator, num_steps) -> window`, running up to that many steps in one tf.function.
 
     Every step's loss sum and count are added to `state` one step at a time, so the totals do not
     depend on how the steps were split into calls (a resumed run gets the same bits). Returns the
-    call's own `loss_sum` and `count`, the last step's `lr` (and `momentum`), the `steps` run, and
-    `finite`: a non-finite step ends the loop early with `finite` False. With `until_exhausted`
+    call's own `loss_sum` and `count`, the last step's `lr` (and `momentum`), the `steps` run,
+    `finite`: a non-finite step ends the loop early with `finite` False, and `weights_finite`:
+    whether every one of `variables` (the model's trainable weights) is finite after the call, which
+    an update that overflows catches where the step's loss and gradients were finite. With `until_exhausted`
     the iterator may end (a finite Dataset): the loop then stops early, and `exhausted` says so.
     With a strategy, every step runs on all replicas and the sums are added across them.
     """
@@ -176,8 +179,11 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False):
         state.lr.assign(tf.where(ran, lr, state.lr))
         state.momentum.assign(tf.where(ran, momentum, state.momentum))
         state.steps.assign_add(tf.cast(steps, tf.int64))
+        weights_finite = tf.constant(True)
+        for variable in variables:
+            weights_finite = tf.logical_and(weights_finite, tf.reduce_all(tf.math.is_finite(variable)))
         return {"loss_sum": loss_sum, "count": count, "lr": lr, "momentum": momentum, "steps": steps,
-                "finite": finite, "exhausted": exhausted}
+                "finite": finite, "exhausted": exhausted, "weights_finite": weights_finite}
 
     return train_loop
 
@@ -452,8 +458,11 @@ class Run:
             augment=augment_lib.make(augment, self.seed),
         )
         self.metrics = self.steps.metrics
+        # The NaN guard's weights: checked after every compiled loop call and before every save.
+        self.guarded_weights = [v for v in model.trainable_variables if tf.as_dtype(v.dtype).is_floating]
         self.train_loop = make_train_loop(
-            self.steps.train_step, self.state, self.strategy, until_exhausted=train_input.dataset is not None
+            self.steps.train_step, self.state, self.strategy, until_exhausted=train_input.dataset is not None,
+            variables=self.guarded_weights,
         )
         self.evaluate = make_evaluate(self.steps.eval_step, self.metrics, self.strategy)
         self.data_holder = tf.Module()
@@ -757,7 +766,20 @@ class Run:
         return history
 
     def save(self):
-        return self.checkpoints.save() if self.checkpoints is not None else None
+        """Checkpoints the state at the current step (`RunCheckpoints.save`); returns the path, or None
+        without a workdir. Raises TrainingDiverged, saving nothing, when a trainable weight is not
+        finite (the loop checks them after every call; a callback may have set them since)."""
+        if self.checkpoints is None:
+            return None
+        bad = [_unnumbered(v.path) for v in self.guarded_weights if not np.all(np.isfinite(np.asarray(v)))]
+        if bad:
+            last = self.checkpoints.manager.latest_checkpoint
+            raise TrainingDiverged(
+                f"non-finite weights at step {self.step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}), "
+                "set outside the training step (by a callback?); stopped without saving them."
+                + (f" The last good checkpoint is {last}" if last else "")
+            )
+        return self.checkpoints.save()
 
     def on_signal(self, signum, frame):
         del frame
@@ -1071,13 +1093,8 @@ def _train(run, saved_history, callbacks, verbose):
             with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
                 window = run.run_steps(end - step)
             ran = int(window["steps"])
-            if not bool(window["finite"]):
-                last = run.checkpoints.manager.latest_checkpoint if run.checkpoints is not None else None
-                raise TrainingDiverged(
-                    f"non-finite loss or gradient at step {step + ran - 1} (learning rate "
-                    f"{float(window['lr']):.6g}); stopped without saving it."
-                    + (f" The last good checkpoint is {last}" if last else "")
-                )
+            if not (bool(window["finite"]) and bool(window["weights_finite"])):
+                _diverged(run, summaries, window, step)
             exhausted = bool(window["exhausted"])
             step += ran
             if run.profile_steps is not None and step >= run.profile_steps[1]:
@@ -1139,6 +1156,23 @@ def _train(run, saved_history, callbacks, verbose):
     callback_list.on_train_end(logs)
     history_cb.epoch_seconds = epoch_seconds
     return history_cb
+
+
+def _diverged(run, summaries, window, step):
+    """Raises TrainingDiverged for the loop window that began at `step` and was not finite, naming its
+    last step, what was non-finite and the last checkpoint (none was saved from the window)."""
+    last_step = step + int(window["steps"]) - 1
+    lr = float(window["lr"])
+    if not bool(window["finite"]) and not np.isfinite(lr):
+        what = f"non-finite learning rate {lr:.6g} at step {last_step}"
+    elif not bool(window["finite"]):
+        what = f"non-finite loss or gradient at step {last_step} (learning rate {lr:.6g})"
+    else:
+        steps = f", from the update of one of steps {step}-{last_step}" if last_step > step else ""
+        what = f"non-finite weights after step {last_step}{steps} (learning rate {lr:.6g})"
+    summaries.flush()  # the points up to the divergence, to see it in TensorBoard
+    last = run.checkpoints.manager.latest_checkpoint if run.checkpoints is not None else None
+    raise TrainingDiverged(f"{what}; stopped without saving it." + (f" The last good checkpoint is {last}" if last else ""))
 
 
 def _train_logs(run):

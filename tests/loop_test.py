@@ -525,6 +525,71 @@ def test_a_huge_learning_rate_raises_training_diverged_naming_step_and_rate():
     assert int(model.optimizer.iterations) == 2
 
 
+class NanFrom(keras.optimizers.schedules.LearningRateSchedule):
+    """0.1, then NaN from step `start` on."""
+
+    def __init__(self, start):
+        self.start = start
+
+    def __call__(self, step):
+        return tf.where(step < self.start, tf.constant(0.1, tf.float32), tf.constant(float("nan"), tf.float32))
+
+
+def _checkpoint_floats(path):
+    reader = tf.train.load_checkpoint(path)
+    return {name: reader.get_tensor(name) for name, dtype in reader.get_variable_to_dtype_map().items()
+            if dtype.is_floating}
+
+
+class NanWeightsAtEpochEnd(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        kernel = self.model.trainable_variables[0]
+        kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+
+@pytest.mark.parametrize("case", ["nan_rate", "overflowing_update", "callback"])
+def test_a_non_finite_rate_or_update_stops_the_run_before_any_non_finite_weight_is_saved(tmp_path, case, capsys):
+    """A NaN rate from step 3 (loss and gradients finite at that step), a finite rate whose update
+    overflows to inf at step 0, or a callback setting NaN weights at the epoch end (step 7): the guard
+    names the step and saves nothing from it; every checkpoint left holds finite values only (read
+    back with TensorFlow's checkpoint reader), and corrected code goes on from the last good one."""
+    x, y = toy_data()
+    workdir = str(tmp_path / "run")
+    callbacks = []
+    if case == "callback":
+        model = compiled()
+        callbacks = [NanWeightsAtEpochEnd()]
+        pattern, last = r"non-finite weights at step 7 \(sequential/dense/kernel\), set outside the training step", "ckpt-6"
+    elif case == "nan_rate":
+        model = compiled()
+        model.compile(keras.optimizers.SGD(NanFrom(3)), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        pattern, last = r"non-finite learning rate nan at step 3", "ckpt-3"
+    else:
+        model = logits_model()
+        model.compile(keras.optimizers.SGD(3e38), "mse")
+        y = np.full((len(x), 3), 1e3, np.float32)  # a gradient of ~1e3 times a rate of 3e38: inf
+        pattern, last = r"non-finite weights after step 0 \(learning rate 3e\+38\)", None
+    with pytest.raises(loop.TrainingDiverged, match=pattern) as raised:
+        loop.fit(model, x, y, batch_size=BATCH, verbose=0, seed=0, workdir=workdir, steps_per_loop=1,
+                 checkpoint_every_steps=1, callbacks=callbacks)
+    ckpt = os.path.join(workdir, "ckpt")
+    saved = sorted(p[: -len(".index")] for p in (os.listdir(ckpt) if os.path.isdir(ckpt) else []) if p.endswith(".index"))
+    assert (saved[-1] if saved else None) == last
+    assert ("The last good checkpoint is" in str(raised.value)) == (last is not None)
+    for name in saved:
+        for key, value in _checkpoint_floats(os.path.join(workdir, "ckpt", name)).items():
+            assert np.all(np.isfinite(value)), (name, key)
+    if last is not None:
+        capsys.readouterr()
+        model = compiled()
+        if case == "nan_rate":  # the schedule corrected
+            model.compile(keras.optimizers.SGD(NanFrom(10**9)), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        loop.fit(model, x, y, batch_size=BATCH, verbose=0, seed=0, workdir=workdir, steps_per_loop=1,
+                 checkpoint_every_steps=1)
+        assert f"{last} at step {last[5:]}" in capsys.readouterr().out
+        assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+
+
 # 12. TensorBoard events and history.json ------------------------------------------------------
 
 

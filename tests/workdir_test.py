@@ -240,6 +240,19 @@ def test_a_run_that_saved_nothing_does_not_bind_the_next_command(tmp_path, capsy
         assert json.load(f)["batch_size"] == 16
 
 
+def test_a_non_finite_one_cycle_rate_saves_nothing_and_the_corrected_command_starts_clean(tmp_path, capsys):
+    """div_factor=1e-300 makes one_cycle's rate inf (float32) from step 0: the guard stops the run before
+    any checkpoint, and the corrected command starts clean, saying so, instead of being refused."""
+    steps = dict(mode="one_cycle", checkpoint_every_steps=1, steps_per_loop=1, max_steps=6)
+    bad = make_config(tmp_path, div_factor=1e-300, final_div_factor=1e-300, **steps)
+    with pytest.raises(loop.TrainingDiverged, match=r"non-finite learning rate (inf|nan) at step 0; stopped without saving it\.$"):
+        trained(bad, fake_data())
+    assert not checkpointing.has_checkpoint(bad.workdir)
+    history = trained(make_config(tmp_path, **steps), fake_data())
+    assert "config.json is from a run that saved no checkpoint (div_factor: 1e-300 (saved) vs 25.0 (now)" in capsys.readouterr().out
+    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+
+
 @pytest.mark.parametrize("content, pattern", [("[]", "holds a JSON list, not a dict"), ('{"mode": ', "cannot read")])
 def test_a_broken_config_json_is_named_and_kept(tmp_path, content, pattern):
     config = make_config(tmp_path, max_steps=4)

@@ -465,8 +465,9 @@ def truncate_events(logdir, max_step):
     points logged after the checkpoint keeps each step once. Files are rewritten atomically. A
     torn last record (a process killed mid-write) is dropped; an unreadable record inside a file
     (a corrupt byte) is kept with everything after it, unread, and named in a warning: points
-    that cannot be read are never deleted.
+    that cannot be read are never deleted. Returns how many points were dropped.
     """
+    total = 0
     for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
         kept, dropped, offset, tail = [], 0, 0, b""
         try:
@@ -497,7 +498,9 @@ def truncate_events(logdir, max_step):
             with open(tmp, "ab") as f:
                 f.write(tail)
         os.replace(tmp, path)
+        total += dropped
         logging.info("dropped %d TensorBoard points after step %d from %s", dropped, max_step, path)
+    return total
 
 
 # A TFRecord is a little-endian uint64 length, its masked CRC32C, the data, and the data's CRC.

@@ -727,6 +727,13 @@ class Run:
         for name, value in self.run_files.items():
             checkpointing.save_json(os.path.join(workdir, name), value, name)
         if restored is None:
+            # Points of a run that saved no checkpoint (killed before its first, or diverged): this
+            # run starts at step 0 and writes its own, so they are cut as a resume cuts those after
+            # its checkpoint.
+            dropped = sum(checkpointing.truncate_events(os.path.join(workdir, sub), 0) for sub in ("train", "eval"))
+            if dropped:
+                print(f"note: dropped {dropped} TensorBoard points of an earlier run in {workdir} that saved no "
+                      "checkpoint; starting at step 0", flush=True)
             return {}
         done = int(self.state.epoch.numpy())  # epochs completed (an epoch end counts its own)
         history = self._saved_history(history_path, restored)

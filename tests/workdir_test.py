@@ -336,6 +336,40 @@ def test_a_torn_last_record_is_dropped(tmp_path):
     assert [o for o, _ in records(path)][-1] + 16 + records(path)[-1][1] == os.path.getsize(path)
 
 
+def raw_points(logdir):
+    """{tag: [(step, value), ...]} in file order, read with TensorFlow's own event iterator (which,
+    unlike TensorBoard's reader, keeps a step written twice)."""
+    points = {}
+    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                points.setdefault(value.tag, []).append((event.step, float(tf.make_ndarray(value.tensor))))
+    return points
+
+
+@pytest.mark.parametrize("how", ["killed", "diverged"])
+def test_tensorboard_points_of_a_run_that_never_checkpointed_are_cut(tmp_path, reference, how):
+    """A run that saved no checkpoint (killed before its first, or diverged) leaves points; the next
+    run starts at step 0 and cuts them, as a resume cuts those after its checkpoint: every point once,
+    the uninterrupted run's."""
+    workdir = str(tmp_path / "run")
+    if how == "killed":  # what a kill -9 before the first checkpoint leaves: points, no checkpoint
+        for sub in ("train", "eval"):
+            write_points(os.path.join(workdir, sub), [2, 4, 6])
+    else:
+        x, y = toy_data()
+        model = compiled()
+        model.compile(tf.keras.optimizers.SGD(1e30), tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        with pytest.raises(loop.TrainingDiverged):
+            loop.fit(model, x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, seed=3, log_every_steps=1,
+                     steps_per_loop=1, workdir=workdir)
+    assert raw_points(os.path.join(workdir, "train"))  # the stale points are on disk
+    assert not checkpointing.has_checkpoint(workdir)
+    fit(workdir)
+    for sub in ("train", "eval"):
+        assert raw_points(os.path.join(workdir, sub)) == raw_points(os.path.join(reference[0], sub)), sub
+
+
 # 6. The profiler window --------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import shutil
+import stat
 import struct
 
 import tensorflow as tf
@@ -247,7 +248,7 @@ def workdir_lock(workdir):
     if key in _HELD_LOCKS:
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock_file(path, workdir)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -273,6 +274,27 @@ def workdir_lock(workdir):
 
 
 _HELD_LOCKS = set()
+
+
+def _open_lock_file(path, workdir):
+    """Opens (creating) the lock file `path` for reading and writing; returns its descriptor. A
+    symbolic link is never followed (its target is neither truncated nor created), and anything but a
+    regular file is refused: WorkdirError naming `path`, with nothing changed."""
+    refusal = (f"the lock file {path} of workdir {workdir} is {{}}, not a file clr_loop wrote; refusing to "
+               "use it. Remove it (clr_loop makes its own), or use another workdir.")
+    try:
+        # O_NONBLOCK: a FIFO opens without waiting for a writer (and is then refused).
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise WorkdirError(refusal.format("a symbolic link"), starting_over_helps=False) from None
+        if e.errno == errno.EISDIR:
+            raise WorkdirError(refusal.format("a folder (not a regular file)"), starting_over_helps=False) from None
+        raise WorkdirError(f"cannot open the lock file {path} of workdir {workdir}: {e}", starting_over_helps=False) from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise WorkdirError(refusal.format("not a regular file"), starting_over_helps=False)
+    return fd
 
 
 def defining_settings(config):

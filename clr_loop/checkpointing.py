@@ -140,16 +140,43 @@ def read_json(path, what, kind=dict):
     """Returns the parsed JSON at `path`, which must be a `kind` (a dict by default); raises
     WorkdirError naming the file (`what` describes it) when it cannot be read, is not valid JSON
     (a truncated file) or holds another type."""
+    # Not `starting_over_helps`: starting over deletes only files that clr_loop wrote (see
+    # `clear_run_outputs`), and it cannot tell that this one is.
     try:
         with open(path, "rb") as f:
             value = json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError) as e:
-        raise WorkdirError(f"cannot read {what} {path}: {e}") from e
+        raise WorkdirError(f"cannot read {what} {path}: {e}", starting_over_helps=False) from e
     if not isinstance(value, kind):
         raise WorkdirError(
-            f"{what} {path} holds a JSON {type(value).__name__}, not a {kind.__name__}: it was not written by clr_loop"
+            f"{what} {path} holds a JSON {type(value).__name__}, not a {kind.__name__}: it was not written by clr_loop",
+            starting_over_helps=False,
         )
     return value
+
+
+# The keys every run identity (`<workdir>/run.json`, see `clr_loop.loop`) has held since the first.
+RUN_IDENTITY_KEYS = ("batch_size", "num_examples", "seed", "variables")
+
+
+def run_identity_problem(value):
+    """Returns None when `value` (parsed JSON) is a run identity as clr_loop writes it, else why not (a str)."""
+    if not isinstance(value, dict):
+        return f"it holds a JSON {type(value).__name__}, not a dict"
+    missing = [key for key in RUN_IDENTITY_KEYS if key not in value]
+    return f"it has no {', '.join(missing)}" if missing else None
+
+
+def history_problem(value):
+    """Returns None when `value` (parsed JSON) is a history as clr_loop writes it (lists of numbers by
+    key), else why not (a str)."""
+    if not isinstance(value, dict):
+        return f"it holds a JSON {type(value).__name__}, not a dict"
+    try:
+        check_history(value, "")
+    except WorkdirError as e:
+        return str(e).split(": ", 1)[-1]
+    return None
 
 
 def read_history(path):
@@ -166,7 +193,8 @@ def check_history(history, where):
         if not isinstance(values, list) or not all(
             v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values
         ):
-            raise WorkdirError(f"history {where} is not clr_loop's: {key!r} is {values!r:.80}, not a list of numbers")
+            raise WorkdirError(f"history {where} is not clr_loop's: {key!r} is {values!r:.80}, not a list of numbers",
+                               starting_over_helps=False)
     return history
 
 
@@ -192,32 +220,66 @@ _OUTPUT_FOLDER_FILES = {
 }
 
 
-def _foreign_file(folder, patterns):
-    """Returns the first file under `folder` that is not a run output (None when all of them are)."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            relative = os.path.relpath(os.path.join(root, name), folder)
+def _foreign_entry(folder, name, patterns):
+    """Returns why the output folder `folder` (a run's `name`/) cannot be deleted as a run's: a file
+    that is not a run output, a symbolic link, or a folder whose entries cannot be removed; None
+    when it can."""
+    for root, dirs, files in os.walk(folder):
+        if not os.access(root, os.W_OK | os.X_OK):
+            return f"{root} is not writable, so not all of its files could be deleted"
+        for entry in dirs + files:
+            path = os.path.join(root, entry)
+            if os.path.islink(path):
+                return f"its {name}/ holds {path}, a symbolic link, which a clr_loop run does not write"
+        for entry in files:
+            relative = os.path.relpath(os.path.join(root, entry), folder)
             if not any(fnmatch.fnmatch(relative, p) for p in patterns):
-                return os.path.join(root, name)
+                return f"its {name}/ holds {os.path.join(root, entry)}, which is not a clr_loop run output"
     return None
 
 
-def clear_run_outputs(workdir):
+def _output_problem(workdir, name, json_checks):
+    """Returns why `<workdir>/<name>` (one of RUN_OUTPUTS) is not a run's output that --overwrite may
+    delete, or None when it is (or is absent)."""
+    path = os.path.join(workdir, name)
+    if os.path.islink(path):
+        return f"{path} is a symbolic link, which a clr_loop run does not write"
+    if not os.path.exists(path):
+        return None
+    if name in _OUTPUT_FOLDER_FILES:
+        if not os.path.isdir(path):
+            return f"{path} is not a folder, as a run's {name}/ is"
+        return _foreign_entry(path, name, _OUTPUT_FOLDER_FILES[name])
+    if not os.path.isfile(path):
+        return f"{path} is not a file, as a run's {name} is"
+    check = json_checks.get(name)
+    if check is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            why = check(json.loads(f.read().decode("utf-8")))
+    except (OSError, ValueError) as e:
+        why = f"it cannot be read as JSON: {first_line(e)}"
+    return f"{path} is not one clr_loop wrote ({why})" if why else None
+
+
+def clear_run_outputs(workdir, json_checks=None):
     """Removes a previous run's outputs (`RUN_OUTPUTS`) from `workdir`, leaving other files alone.
 
-    Refuses (WorkdirError naming the file, before removing anything) when a folder of that name
-    holds a file a run does not write: it is someone else's folder, not a run's output.
+    Everything is checked before anything is removed: it refuses (WorkdirError naming the path)
+    when an output is a symbolic link, a file where a run writes a folder or the other way round,
+    a folder holding a file a run does not write or that cannot be emptied, or a JSON file that is
+    not the run's: history.json and run.json are checked here, other files by `json_checks`
+    ({file name: check(parsed value) -> None, or why it is not the run's}).
     """
-    for name, patterns in _OUTPUT_FOLDER_FILES.items():
-        path = os.path.join(workdir, name)
-        if os.path.isdir(path):
-            foreign = _foreign_file(path, patterns)
-            if foreign is not None:
-                raise WorkdirError(
-                    f"refusing to overwrite {workdir}: its {name}/ holds {foreign}, which is not a clr_loop "
-                    "run output. Use another workdir, or move that file away.",
-                    starting_over_helps=False,
-                )
+    checks = {"history.json": history_problem, "run.json": run_identity_problem, **(json_checks or {})}
+    for name in RUN_OUTPUTS:
+        problem = _output_problem(workdir, name, checks)
+        if problem is not None:
+            raise WorkdirError(
+                f"refusing to overwrite {workdir}: {problem}. Use another workdir, or move it away.",
+                starting_over_helps=False,
+            )
     for name in RUN_OUTPUTS:
         path = os.path.join(workdir, name)
         if os.path.isdir(path):

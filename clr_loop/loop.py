@@ -702,9 +702,19 @@ class Run:
         run_path = os.path.join(workdir, RUN_FILE)
         history_path = os.path.join(workdir, "history.json")
         # run.json names the run whose checkpoints the workdir holds; without a checkpoint it is a
-        # left-over of a run that failed before saving anything, and does not bind the next one.
-        if os.path.exists(run_path) and checkpointing.has_checkpoint(workdir):
-            self._refuse_another_run(checkpointing.read_json(run_path, "run identity"), identity, workdir)
+        # left-over of a run that failed before saving anything, and does not bind the next one. A
+        # file there that clr_loop did not write is named, and never replaced.
+        if os.path.lexists(run_path):
+            saved = checkpointing.read_json(run_path, "run identity")
+            why = checkpointing.run_identity_problem(saved)
+            if why is not None:
+                advice = (f"the checkpoints in {os.path.join(workdir, 'ckpt')} carry their own identity: remove it to "
+                          "resume from them" if checkpointing.has_checkpoint(workdir) else
+                          "refusing to replace it: move it away, or use another workdir")
+                raise checkpointing.WorkdirError(f"run identity {run_path} is not one clr_loop wrote ({why}); {advice}",
+                                                 starting_over_helps=False)
+            if checkpointing.has_checkpoint(workdir):
+                self._refuse_another_run(saved, identity, workdir)
         self.checkpoints = checkpointing.RunCheckpoints(
             workdir, self.trackables(), self.step_counter, self.keep_checkpoints
         )
@@ -1001,9 +1011,11 @@ def _resolve_seed(seed, workdir):
     if workdir:
         path = os.path.join(workdir, RUN_FILE)
         if os.path.exists(path):
-            saved = checkpointing.read_json(path, "run identity").get("seed")
-            if saved is not None:
-                return int(saved)
+            saved = checkpointing.read_json(path, "run identity")
+            # Not a run identity (someone else's file): `Run.restore` names it.
+            if checkpointing.run_identity_problem(saved) is None and isinstance(saved["seed"], int) \
+                    and not isinstance(saved["seed"], bool):
+                return saved["seed"]
     return int(np.random.SeedSequence().generate_state(1)[0] >> 1)
 
 

@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from clr_loop import checkpointing
+from clr_loop import cli
 from clr_loop import inputs
 from clr_loop import loop
 from clr_loop import trainer as trainer_lib
@@ -279,6 +280,98 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_runs_output(tmp_path):
     trained(config, fake_data())  # a run's own outputs are cleared
     trained(config, fake_data())
     assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(config.workdir, "ckpt", "ckpt-*.index"))) == ["ckpt-4.index"]
+
+
+USERS_OWN = '{"learning_rate": 0.3, "notes": "my own experiment"}'
+
+
+def one_line_without_overwrite(error):
+    message = cli.error_message(error)
+    assert "\n" not in message and "--overwrite" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("name", ["config.json", loop.RUN_FILE])
+def test_a_users_own_json_in_a_workdir_that_never_held_a_run_is_refused_and_kept(tmp_path, name):
+    config = make_config(tmp_path, max_steps=4)
+    os.makedirs(config.workdir)
+    path = os.path.join(config.workdir, name)
+    with open(path, "w") as f:
+        f.write(USERS_OWN)
+    with pytest.raises(checkpointing.WorkdirError) as raised:
+        trained(config, fake_data())
+    message = one_line_without_overwrite(raised.value)
+    assert path in message and "not one clr_loop wrote" in message
+    assert open(path).read() == USERS_OWN
+    assert sorted(os.listdir(config.workdir)) == sorted([name, checkpointing.LOCK_FILE])
+
+
+@pytest.mark.parametrize("name", ["config.json", "history.json", loop.RUN_FILE])
+def test_overwrite_refuses_a_foreign_json_before_deleting_anything(tmp_path, name):
+    trained(make_config(tmp_path, max_steps=4), fake_data())
+    path = os.path.join(tmp_path, "run", name)
+    with open(path, "w") as f:
+        f.write(USERS_OWN if name != "history.json" else '{"loss": "mine"}')
+    before = sorted(os.listdir(os.path.join(tmp_path, "run")))
+    with pytest.raises(checkpointing.WorkdirError) as raised:
+        trained(make_config(tmp_path, max_steps=4, overwrite=True), fake_data())
+    message = one_line_without_overwrite(raised.value)
+    assert f"refusing to overwrite {tmp_path / 'run'}" in message and path in message
+    assert sorted(os.listdir(os.path.join(tmp_path, "run"))) == before
+    assert checkpointing.has_checkpoint(str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("case", ["train_symlink", "ckpt_a_file", "history_a_folder", "symlink_in_ckpt"])
+def test_overwrite_checks_every_output_before_deleting_anything(tmp_path, case):
+    """Anything --overwrite would delete that a run does not write (a symlink, a file where a run writes a
+    folder or the other way round) is refused in one line naming it, before anything is deleted."""
+    workdir = str(tmp_path / "run")
+    trained(make_config(tmp_path, max_steps=4), fake_data())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    if case == "train_symlink":
+        logs = tmp_path / "logs"  # another folder of TensorBoard events, all named as a run names them
+        os.rename(os.path.join(workdir, "train"), logs)
+        os.symlink(logs, os.path.join(workdir, "train"))
+        culprit = os.path.join(workdir, "train")
+    elif case == "ckpt_a_file":
+        shutil.rmtree(os.path.join(workdir, "ckpt"))
+        shutil.copy(mine / "notes.txt", os.path.join(workdir, "ckpt"))
+        culprit = os.path.join(workdir, "ckpt")
+    elif case == "history_a_folder":
+        os.remove(os.path.join(workdir, "history.json"))
+        shutil.copytree(mine, os.path.join(workdir, "history.json"))
+        culprit = os.path.join(workdir, "history.json")
+    else:
+        culprit = os.path.join(workdir, "ckpt", "ckpt-99.index")
+        os.symlink(mine / "notes.txt", culprit)
+    before = {root: sorted(dirs + files) for root, dirs, files in os.walk(workdir)}
+    with pytest.raises(checkpointing.WorkdirError) as raised:
+        trained(make_config(tmp_path, max_steps=4, overwrite=True), fake_data())
+    message = one_line_without_overwrite(raised.value)
+    assert f"refusing to overwrite {workdir}" in message and culprit in message
+    assert {root: sorted(dirs + files) for root, dirs, files in os.walk(workdir)} == before
+    assert (mine / "notes.txt").read_text() == "mine"
+    if case == "train_symlink":
+        assert glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
+
+
+def test_an_empty_run_json_is_named_not_blamed_on_the_checkpoint(tmp_path, reference):
+    workdir = str(tmp_path / "run")
+    fit(workdir, max_steps=STEPS_PER_EPOCH)
+    path = os.path.join(workdir, loop.RUN_FILE)
+    with open(path, "w") as f:
+        f.write("{}")
+    with pytest.raises(checkpointing.WorkdirError) as raised:
+        fit(workdir)
+    message = one_line_without_overwrite(raised.value)
+    assert f"run identity {path} is not one clr_loop wrote" in message and "another run" not in message
+    assert "remove it to resume" in message
+    assert open(path).read() == "{}"
+    os.remove(path)
+    model, _ = fit(workdir)  # the checkpoint carries the identity: the run resumes
+    assert_same_run(workdir, reference, model)
 
 
 # 5. TensorBoard event files ----------------------------------------------------------------------

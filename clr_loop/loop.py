@@ -444,6 +444,9 @@ class Run:
         # its history up to the last epoch end (history.json is a copy of it).
         self.identity_record = checkpointing.TextRecord()
         self.history_record = checkpointing.TextRecord()
+        # Set when a callback ended the run (model.stop_training): the run is complete, and calling
+        # the same code again trains no further than the uninterrupted run did.
+        self.stopped_record = checkpointing.TextRecord()
         self.optimizer = model.optimizer
         with self.strategy.scope():
             if not self.optimizer.built:  # a second build adds a second set of its variables
@@ -670,6 +673,7 @@ class Run:
             "metrics": list(self.metrics.variables) if self.metrics is not None else [],
             "run_identity": self.identity_record,
             "run_history": self.history_record,
+            "run_stopped": self.stopped_record,
         }
         if self.input.dataset is not None:
             items["data"] = self.data_holder
@@ -1054,8 +1058,13 @@ def _train(run, saved_history, callbacks, verbose):
         "fit: %s steps (%s per epoch), jit_compile=%s, batch_splits=%d, input_mode=%s, workdir %s",
         run.total_steps, steps_per_epoch, run.jit_compile, run.splits, run.input_mode, workdir,
     )
-    if run.total_steps is not None and step >= run.total_steps:
-        print(f"{workdir}: the run is already complete at step {step}; nothing to do", flush=True)
+    stopped = bool(workdir and run.stopped_record.text)
+    if stopped or (run.total_steps is not None and step >= run.total_steps):
+        if stopped:
+            print(f"{workdir}: the run was stopped by a callback at step {step} (model.stop_training after epoch "
+                  f"{epoch}) and is complete; nothing to do", flush=True)
+        else:
+            print(f"{workdir}: the run is already complete at step {step}; nothing to do", flush=True)
         run.finish_at_average()
         callback_list.on_train_end(_last_logs(history_cb))
         history_cb.epoch_seconds = epoch_seconds
@@ -1164,6 +1173,8 @@ def _train(run, saved_history, callbacks, verbose):
         summaries.flush()
         record = {**history_cb.history, "epoch_seconds": epoch_seconds}
         run.history_record.text = json.dumps(record)
+        if model.stop_training and workdir:
+            run.stopped_record.text = json.dumps({"step": step, "epoch": epoch})
         saved = run.save()
         if workdir and run.is_chief:
             checkpointing.save_json(os.path.join(workdir, "history.json"), record, "the history", saved)

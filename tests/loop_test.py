@@ -312,6 +312,31 @@ def test_early_stopping_ends_the_run_and_csv_logger_writes_the_history(tmp_path)
         assert [float(r[key]) for r in rows] == pytest.approx(values, rel=1e-7), key
 
 
+def test_a_run_early_stopping_ended_is_complete_when_called_again(tmp_path, capsys):
+    """The same code again on a workdir whose run EarlyStopping ended (after epoch 2 of 5) trains
+    nothing more, as the uninterrupted run did not: the same history, weights and step."""
+    x, y = toy_data()
+    workdir = str(tmp_path / "run")
+
+    def run():
+        stop = keras.callbacks.EarlyStopping(monitor="loss", min_delta=10.0, patience=1)
+        model = compiled()
+        history = loop.fit(model, x, y, batch_size=BATCH, epochs=5, verbose=0, seed=0, workdir=workdir,
+                           validation_data=(x[:50], y[:50]), callbacks=[stop])
+        return model, history
+
+    first, history = run()
+    assert history.epoch == [0, 1] and int(first.optimizer.iterations) == 2 * STEPS_PER_EPOCH
+    saved = _history_file(workdir)
+    capsys.readouterr()
+    again, history = run()
+    assert "stopped by a callback at step 14" in capsys.readouterr().out
+    assert int(again.optimizer.iterations) == 2 * STEPS_PER_EPOCH
+    assert history.history == saved and _history_file(workdir) == saved
+    for a, b in zip(first.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_reduce_lr_on_plateau_lowers_the_rate_the_compiled_step_uses(tmp_path):
     """The callback assigns the optimizer's rate variable; the next epoch's steps use the new rate
     (the history's lr) and ModelCheckpoint writes a loadable file each epoch."""

@@ -452,13 +452,15 @@ class RunCheckpoints:
             print(f"warning: {message}", flush=True)
             return make()
 
-    def restore_latest(self, verify=None):
+    def restore_latest(self, verify=None, check_restored=None):
         """Restores the newest readable checkpoint; returns its path, or None when there is none.
 
         A checkpoint that cannot be read is reported by name and the previous one is tried, saying
         so. If checkpoints exist but none can be restored, raises CheckpointError naming them all.
         `verify(path, reader)`, given a candidate and its `tf.train.CheckpointReader`, runs before
         it is restored and raises WorkdirError (passed on) when the checkpoint belongs to another run.
+        `check_restored()`, run after each restore, returns None, or what makes the state just
+        restored unusable (non-finite weights): that checkpoint is then named and passed over too.
         """
         candidates = list(reversed(self._existing_checkpoints()))
         if not candidates:
@@ -470,6 +472,12 @@ class RunCheckpoints:
                 if verify is not None:
                     verify(path, reader)
                 self._restorer(reader).restore(path).assert_existing_objects_matched().expect_partial()
+                problem = check_restored() if check_restored is not None else None
+                if problem:
+                    message = f"checkpoint {path} cannot be resumed: it {problem}"
+                    logging.error("%s", message)
+                    failures.append(message)
+                    continue
             except WorkdirError:
                 raise  # a readable checkpoint of another run: not a reason to fall back
             # A torn or garbled file fails inside TF's reader in many ways (OpError, IndexError,

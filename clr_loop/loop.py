@@ -699,7 +699,7 @@ class Run:
             self.checkpoints = checkpointing.RunCheckpoints(
                 scratch, self.trackables(), self.step_counter, 1, restore_from=os.path.join(workdir, "ckpt")
             )
-            self.checkpoints.restore_latest()
+            self.checkpoints.restore_latest(check_restored=self._restored_weights_problem)  # as the chief
             return {}
         checkpointing.check_writable(workdir)
         checkpointing.remove_stale_temporaries(workdir)
@@ -731,7 +731,7 @@ class Run:
             if saved is not None:
                 self._refuse_another_run(json.loads(saved), identity, path)
 
-        restored = self.checkpoints.restore_latest(verify=verify)
+        restored = self.checkpoints.restore_latest(verify=verify, check_restored=self._restored_weights_problem)
         if restored is None and os.path.exists(history_path):
             raise checkpointing.WorkdirError(
                 f"{history_path} exists but {self.checkpoints.directory} holds no checkpoint to resume "
@@ -792,7 +792,7 @@ class Run:
         finite (the loop checks them after every call; a callback may have set them since)."""
         if self.checkpoints is None:
             return None
-        bad = [_unnumbered(v.path) for v in self.guarded_weights if not np.all(np.isfinite(np.asarray(v)))]
+        bad = self.non_finite_weights()
         if bad:
             last = self.checkpoints.manager.latest_checkpoint
             raise TrainingDiverged(
@@ -801,6 +801,16 @@ class Run:
                 + (f" The last good checkpoint is {last}" if last else "")
             )
         return self.checkpoints.save()
+
+    def non_finite_weights(self):
+        """Returns the paths of the trainable weights that hold a NaN or an Inf (an empty list when none do)."""
+        return [_unnumbered(v.path) for v in self.guarded_weights if not np.all(np.isfinite(np.asarray(v)))]
+
+    def _restored_weights_problem(self):
+        """For `RunCheckpoints.restore_latest`: None, or why the weights just restored cannot be resumed
+        (a checkpoint that an earlier version saved after its rate or update went non-finite)."""
+        bad = self.non_finite_weights()
+        return f"holds non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else None
 
     def on_signal(self, signum, frame):
         del frame

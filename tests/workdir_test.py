@@ -254,6 +254,27 @@ def test_a_non_finite_one_cycle_rate_saves_nothing_and_the_corrected_command_sta
     assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
 
 
+def test_a_checkpoint_with_non_finite_weights_is_passed_over_for_the_previous_good_one(tmp_path, reference, monkeypatch, capsys):
+    """A workdir whose last checkpoint holds NaN weights (as an earlier version's guard saved them) resumes
+    from the one before, naming it, and ends as the uninterrupted run."""
+    workdir = str(tmp_path / "run")
+
+    class NanAtEpochEnd(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            kernel = self.model.trainable_variables[0]
+            kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+    with monkeypatch.context() as patch:  # the save without the guard's check
+        patch.setattr(loop.Run, "save", lambda run: run.checkpoints.save())
+        fit(workdir, max_steps=STEPS_PER_EPOCH, checkpoint_every_steps=3, callbacks=[NanAtEpochEnd()])
+    capsys.readouterr()
+    model, _ = fit(workdir)
+    out = capsys.readouterr().out
+    assert "ckpt-7 cannot be resumed: it holds non-finite weights (sequential/dense/kernel)" in out
+    assert "resuming from the previous good checkpoint" in out and "ckpt-6" in out
+    assert_same_run(workdir, reference, model)
+
+
 @pytest.mark.parametrize("content, pattern", [("[]", "holds a JSON list, not a dict"), ('{"mode": ', "cannot read")])
 def test_a_broken_config_json_is_named_and_kept(tmp_path, content, pattern):
     config = make_config(tmp_path, max_steps=4)

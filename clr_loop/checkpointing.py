@@ -419,7 +419,8 @@ class RunCheckpoints:
 
     `trackables` is a dict for `tf.train.Checkpoint`; `step_counter` (the optimizer's iterations)
     numbers the checkpoints, so `ckpt-937` holds the state after step 937. `restore_from` names
-    another folder to restore from (a multi-worker run's non-chief workers restore the chief's).
+    another folder to restore from (a non-chief worker whose own folder holds no checkpoint restores the
+    chief's, when they share a filesystem).
     """
 
     def __init__(self, workdir, trackables, step_counter, max_to_keep, restore_from=None):
@@ -452,8 +453,9 @@ class RunCheckpoints:
             print(f"warning: {message}", flush=True)
             return make()
 
-    def restore_latest(self, verify=None, check_restored=None):
-        """Restores the newest readable checkpoint; returns its path, or None when there is none.
+    def restore_latest(self, verify=None, step=None, check_restored=None):
+        """Restores the newest readable checkpoint (with `step`, the one of that step only); returns
+        its path, or None when there is none.
 
         A checkpoint that cannot be read is reported by name and the previous one is tried, saying
         so. If checkpoints exist but none can be restored, raises CheckpointError naming them all.
@@ -463,6 +465,8 @@ class RunCheckpoints:
         restored unusable (non-finite weights): that checkpoint is then named and passed over too.
         """
         candidates = list(reversed(self._existing_checkpoints()))
+        if step is not None:
+            candidates = [p for p in candidates if int(p.rsplit("-", 1)[1]) == step]
         if not candidates:
             return None
         failures = []
@@ -496,6 +500,24 @@ class RunCheckpoints:
             "no checkpoint in " + self.restore_directory + " can be restored:\n  " + "\n  ".join(failures)
             + "\nRemove the broken files, or start the run over."
         )
+
+    def newest_readable_step(self, verify=None, step=None):
+        """Returns the step of the newest checkpoint whose index can be read (with `step`, that step
+        if its checkpoint can be), or None when there is none; restores nothing. `verify` is
+        `restore_latest`'s. A multi-worker run's workers compare these before any of them restores,
+        since a restore takes part in collectives that every worker must run alike."""
+        for path in reversed(self._existing_checkpoints()):
+            if step is not None and int(path.rsplit("-", 1)[1]) != step:
+                continue
+            try:
+                reader = tf.train.load_checkpoint(path)
+            except Exception as e:  # pylint: disable=broad-except  (as in restore_latest)
+                logging.error("checkpoint %s cannot be read: %s: %s", path, type(e).__name__, first_line(e))
+                continue
+            if verify is not None:
+                verify(path, reader)
+            return int(path.rsplit("-", 1)[1])
+        return None
 
     def _restorer(self, reader):
         """The Checkpoint that restores the checkpoint `reader` reads: all the trackables, less the

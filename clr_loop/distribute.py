@@ -250,6 +250,30 @@ def make_signal_vote(strategy):
     return vote
 
 
+def gather_from_workers(strategy, row):
+    """Returns every worker's `row` (a sequence of numbers, the same length on each worker): a float64
+    array of shape (workers, len(row)), the same on every worker of a multi-worker `strategy`, row i
+    from worker i. Every worker must call it at the same point; one all-reduce of `workers * len(row)`
+    values. For a one-worker strategy it returns `[row]` and runs no collective.
+    """
+    row = np.asarray(row, np.float64)
+    workers, me = worker_count(strategy), worker_id(strategy)
+    if workers == 1:
+        return row[None, :]
+    rows = np.zeros((workers, row.size), np.float64)
+    rows[me] = row
+
+    @tf.function(autograph=False)
+    def total(values):
+        per_replica = strategy.run(tf.identity, args=(values,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    # Every replica of a worker adds its row: the sum holds each row once per local replica (an
+    # exact multiple of whole numbers, so the division below is exact for them).
+    local_replicas = max(1, strategy.num_replicas_in_sync // workers)
+    return total(tf.constant(rows)).numpy() / local_replicas
+
+
 # What a collective raises when a peer has gone (its connection closes) or does not answer in time.
 # (A killed peer: UnavailableError at once; a stopped or hung one: DeadlineExceededError after the
 # cluster timeout.)

@@ -268,16 +268,18 @@ class DeviceBatches:
 
 
 def array_eval_dataset(arrays, batch_size, replicas=None):
-    """Returns a finite, unshuffled tf.data.Dataset of `(x, y)` batches holding every example once.
+    """Returns a finite, unshuffled tf.data.Dataset of batches holding every example once.
 
-    Batches hold `batch_size` examples in order, the last one the remainder. For data
-    parallelism, `replicas=(first, count, total)` gives replica r of `total` the examples
-    r, r + total, r + 2 * total, ... in batches of `batch_size`, and every replica the same number
-    of batches, `ceil(ceil(N / total) / batch_size)` (a replica with fewer examples gets shorter
-    or empty last batches), so all replicas run the same number of eval steps and together see
-    every example exactly once. It yields, step by step, one batch for each of replicas
-    `first .. first + count - 1` in order: what one input pipeline of a `tf.distribute` strategy
-    hands its local replicas.
+    Without `replicas` it yields `(x, y)` batches of `batch_size` examples in order, the last one
+    the remainder. For data parallelism, `replicas=(first, count, total)` gives replica r of `total`
+    the examples r, r + total, r + 2 * total, ... in batches of `batch_size`, and every replica the
+    same number of batches, `ceil(ceil(N / total) / batch_size)`, so all replicas run the same
+    number of eval steps and together see every example exactly once. It then yields
+    `(x, y, weight)`: a replica left with no example for a step (it has fewer examples than
+    another) gets one copy of example 0 with weight 0 instead of an empty batch, which some
+    kernels cannot run (oneDNN's AVX-512 convolution); `weight` is 1.0 for every real example.
+    It yields, step by step, one batch for each of replicas `first .. first + count - 1` in order:
+    what one input pipeline of a `tf.distribute` strategy hands its local replicas.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -297,9 +299,33 @@ def array_eval_dataset(arrays, batch_size, replicas=None):
         step, replica = k // count, first + k % count
         start = replica + step * batch_size * total
         idx = tf.range(start, tf.minimum(tf.constant(n, tf.int64), start + batch_size * total), total)
-        return (tf.nest.map_structure(lambda a: tf.gather(a, idx), x), tf.nest.map_structure(lambda a: tf.gather(a, idx), y))
+        filler = tf.zeros([tf.maximum(1 - tf.size(idx), 0)], tf.int64)
+        weight = tf.concat([tf.ones(tf.shape(idx), tf.float32), tf.zeros(tf.shape(filler), tf.float32)], 0)
+        idx = tf.concat([idx, filler], 0)
+        gather = lambda a: tf.gather(a, idx)  # noqa: E731
+        return tf.nest.map_structure(gather, x), tf.nest.map_structure(gather, y), weight
 
     return tf.data.Dataset.range(steps * count).map(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def pad_batches(dataset, multiple):
+    """Returns `dataset`'s `(x, y)` batches as `(x, y, weight)`, each padded to a multiple of
+    `multiple` examples (at least `multiple`) with weight-0 copies of its first example.
+
+    A `tf.distribute` strategy splits a global batch over its replicas; padded, no replica gets an
+    empty batch, and the weights keep the padding out of every sum.
+    """
+
+    @tf.autograph.experimental.do_not_convert
+    def pad(x, y):
+        size = tf.shape(tf.nest.flatten(x)[0], out_type=tf.int64)[0]
+        padded = tf.maximum(-(-size // multiple) * multiple, multiple)
+        idx = tf.concat([tf.range(size), tf.zeros([padded - size], tf.int64)], 0)
+        weight = tf.cast(tf.range(padded) < size, tf.float32)
+        gather = lambda a: tf.gather(a, idx)  # noqa: E731
+        return tf.nest.map_structure(gather, x), tf.nest.map_structure(gather, y), weight
+
+    return dataset.map(pad)
 
 
 def check_dataset(dataset, what="x"):

@@ -195,13 +195,13 @@ def make_evaluate(eval_step, metrics, strategy):
     count, so a last partial batch weighs exactly as much as its examples (as in
     `model.evaluate`). The compiled metrics are reset first and read from their Keras state after.
     With a strategy the dataset is distributed, each replica evaluates its examples and the sums
-    are added across replicas and workers.
+    are added across replicas and workers. A batch may carry a third element, the examples'
+    weights (0 for padding, 1 otherwise: see `inputs.pad_batches`).
     """
 
     @tf.autograph.experimental.do_not_convert
     def add_batch(totals, batch):
-        x, y = batch
-        sums = strategy.run(lambda a, b: tuple(tf.cast(v, tf.float64) for v in eval_step(a, b)), args=(x, y))
+        sums = strategy.run(lambda *args: tuple(tf.cast(v, tf.float64) for v in eval_step(*args)), args=tuple(batch))
         return tuple(t + _sum_replicas(strategy, s) for t, s in zip(totals, sums))
 
     @tf.function(autograph=False)
@@ -417,6 +417,15 @@ class Run:
                 f"batch_size={train_input.batch_size} (the global batch) must be divisible by the "
                 f"{self.replicas} replicas of the model's strategy"
             )
+        if self.replicas > 1 and train_input.arrays is not None and not train_input.drop_remainder:
+            last = train_input.arrays.num_examples % train_input.batch_size
+            if 0 < last < self.replicas:
+                raise inputs.InputError(
+                    f"batch_size={train_input.batch_size} leaves {last} example(s) for each epoch's last batch, "
+                    f"fewer than the {self.replicas} replicas of the model's strategy: a replica would train on "
+                    "an empty batch, which TensorFlow's kernels cannot run; choose a batch_size that divides the "
+                    f"{train_input.arrays.num_examples} examples or leaves at least {self.replicas}"
+                )
         self.input_mode = resolve_input_mode(input_mode, train_input, self.strategy)
         self.jit_compile = runtime.resolve_jit_compile(jit_compile)
         if self.jit_compile and not distribute.xla_allowed(self.strategy):
@@ -646,7 +655,10 @@ class Run:
         """Returns the validation data as the eval loop consumes it (distributed over the replicas)."""
         if self.val_dataset is not None:
             ds = self.val_dataset
-            return self.strategy.experimental_distribute_dataset(ds) if self.replicas > 1 else ds
+            if self.replicas == 1:
+                return ds
+            # Padded so that no replica is handed an empty part of a short last batch.
+            return self.strategy.experimental_distribute_dataset(inputs.pad_batches(ds, self.replicas))
         per_replica = -(-self.validation_batch_size // self.replicas)
         arrays, total = self.val_arrays, self.replicas
         if total == 1:
@@ -691,15 +703,25 @@ class Run:
         workdir = self.workdir
         identity = _run_identity(self.model, self.input, self.seed, self.run_config)
         self.identity_record.text = json.dumps(identity, sort_keys=True)
+
+        def verify(path, reader):
+            saved = checkpointing.saved_text(reader, "run_identity")
+            if saved is not None:
+                self._refuse_another_run(json.loads(saved), identity, path)
+
         if not self.is_chief:
-            # Every worker takes part in saving (the variables are mirrored), but only the chief's
-            # files are kept; the others restore from the chief's and save into a scratch folder.
-            scratch = os.path.join(workdir, f".worker-{distribute.worker_id(self.strategy)}")
+            # Every worker takes part in saving (the variables are mirrored); the workers other than
+            # the chief save into a folder of their own and resume from it, so no filesystem needs
+            # to be shared. One whose folder holds no checkpoint restores the chief's (a shared
+            # filesystem, after a run with fewer workers).
+            scratch = worker_folder(workdir, self.strategy)
             checkpointing.check_writable(scratch)
+            own = checkpointing.has_checkpoint(scratch)
             self.checkpoints = checkpointing.RunCheckpoints(
-                scratch, self.trackables(), self.step_counter, 1, restore_from=os.path.join(workdir, "ckpt")
+                scratch, self.trackables(), self.step_counter, self.keep_checkpoints,
+                restore_from=None if own else os.path.join(workdir, "ckpt"),
             )
-            self.checkpoints.restore_latest(check_restored=self._restored_weights_problem)  # as the chief
+            self._restore_agreed(verify)
             return {}
         checkpointing.check_writable(workdir)
         checkpointing.remove_stale_temporaries(workdir)
@@ -726,12 +748,7 @@ class Run:
         if self.input.dataset is not None:
             self.iterator = self.iterator_at(0)
 
-        def verify(path, reader):
-            saved = checkpointing.saved_text(reader, "run_identity")
-            if saved is not None:
-                self._refuse_another_run(json.loads(saved), identity, path)
-
-        restored = self.checkpoints.restore_latest(verify=verify, check_restored=self._restored_weights_problem)
+        restored = self._restore_agreed(verify)
         if restored is None and os.path.exists(history_path):
             raise checkpointing.WorkdirError(
                 f"{history_path} exists but {self.checkpoints.directory} holds no checkpoint to resume "
@@ -757,6 +774,43 @@ class Run:
         logging.info("resuming from %s at step %d (epoch %d)", restored, self.step, done + 1)
         print(f"Resuming from {restored} at step {self.step}", flush=True)
         return history
+
+    def _restore_agreed(self, verify=None):
+        """Restores the newest checkpoint (`RunCheckpoints.restore_latest`); in a multi-worker run, the
+        newest step every worker holds, agreed before any of them restores or trains. Returns the
+        path restored, or None when there is none (on every worker).
+
+        The workers exchange the step of their newest readable checkpoint (one small all-reduce;
+        restoring nothing yet, since a restore runs collectives that every worker must run alike).
+        When those differ, the lowest is taken if every worker holds a readable checkpoint of that
+        step (a worker's newest was lost or torn); otherwise raises ClusterError naming each worker
+        and the step it would resume from (0 without a checkpoint). Every worker gets the same
+        answer, so all stop at once, before any training collective.
+        """
+        # A checkpoint with non-finite weights (an earlier version's guard saved them) is passed over.
+        check = self._restored_weights_problem
+        if distribute.worker_count(self.strategy) == 1:
+            return self.checkpoints.restore_latest(verify=verify, check_restored=check)
+        newest = self.checkpoints.newest_readable_step(verify)
+        steps = distribute.gather_from_workers(self.strategy, [-1 if newest is None else newest])[:, 0].astype(int)
+        target = int(steps.min())
+        if len(set(steps)) > 1:
+            held = target >= 0 and self.checkpoints.newest_readable_step(verify, step=target) is not None
+            if not distribute.gather_from_workers(self.strategy, [float(held)])[:, 0].all():
+                raise distribute.ClusterError(
+                    "the workers would resume from different steps ("
+                    + ", ".join(f"worker {w} from step {s}" if s >= 0 else f"worker {w} from step 0 (no checkpoint)"
+                                for w, s in enumerate(steps))
+                    + f"; this is worker {distribute.worker_id(self.strategy)}, whose checkpoints are in "
+                    f"{self.checkpoints.restore_directory}), and they can only resume together: give each worker "
+                    "its own workdir's checkpoints back, or start all of them over in new workdirs"
+                )
+            if self.is_chief:
+                print(f"note: the workers' newest checkpoints are of steps {', '.join(map(str, steps))}; "
+                      f"all resume from step {target}, the newest they all hold", flush=True)
+        if target < 0:
+            return None
+        return self.checkpoints.restore_latest(verify=verify, step=target, check_restored=check)
 
     @staticmethod
     def _refuse_another_run(saved, identity, where):
@@ -862,6 +916,12 @@ class Run:
         if self.checkpoint_every_steps > 0 and self.workdir:
             ends.append((step // self.checkpoint_every_steps + 1) * self.checkpoint_every_steps)
         return min(e for e in ends if e > step)
+
+
+def worker_folder(workdir, strategy):
+    """Returns the folder under `workdir` where a non-chief worker of a multi-worker `strategy` keeps
+    its checkpoints (`<workdir>/.worker-N`, N its worker index)."""
+    return os.path.join(workdir, f".worker-{distribute.worker_id(strategy)}")
 
 
 @contextlib.contextmanager

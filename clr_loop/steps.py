@@ -236,34 +236,52 @@ class Steps:
         out["finite"] = finite
         return out
 
-    def _eval(self, x, y):
+    def _eval(self, x, y, weight=None):
         count = _batch_size(x)
         if self.splits > 1:
             # A last batch smaller than `splits` would leave a part empty: it is computed whole.
-            return tf.cond(count >= self.splits, lambda: self._split_eval(x, y, count), lambda: self._eval_sums(x, y))
-        return self._eval_sums(x, y)
+            return tf.cond(
+                count >= self.splits,
+                lambda: self._split_eval(x, y, weight, count),
+                lambda: self._eval_sums(x, y, weight),
+            )
+        return self._eval_sums(x, y, weight)
 
-    def _split_eval(self, x, y, count):
+    def _split_eval(self, x, y, weight, count):
         sizes = _part_sizes(count, self.splits)
-        parts = [self._eval_sums(px, py) for px, py in zip(_split(x, sizes), _split(y, sizes))]
+        weights = [None] * self.splits if weight is None else _split(weight, sizes)
+        parts = [self._eval_sums(px, py, pw) for px, py, pw in zip(_split(x, sizes), _split(y, sizes), weights)]
         return tuple(tf.add_n(list(values)) for values in zip(*parts))
 
-    def _eval_sums(self, x, y):
+    def _eval_sums(self, x, y, weight=None):
+        """The batch's (loss sum, example count) in float32. `weight` (default all 1) is 0 for a
+        padding example, which then adds to neither, nor to the metrics."""
         model = self.model
         y_pred = self._forward(x, training=False)
-        count = tf.cast(_batch_size(x), tf.float32)
+        size = tf.cast(_batch_size(x), tf.float32)
+        count = size if weight is None else tf.reduce_sum(weight)
         if self.metrics is not None:
-            self.metrics.update_state(y, y_pred)
+            if weight is None:
+                self.metrics.update_state(y, y_pred)
+            else:
+                # Keras's compiled metrics ignore sample weights: the padding is left out instead.
+                real = lambda t: tf.boolean_mask(t, weight > 0)  # noqa: E731
+                self.metrics.update_state(tf.nest.map_structure(real, y), tf.nest.map_structure(real, y_pred))
         if self._per_example is not None:
-            loss_sum = tf.reduce_sum(tf.cast(self._per_example(y, y_pred), tf.float32))
+            values = tf.cast(self._per_example(y, y_pred), tf.float32)
+            if weight is not None:
+                # A padding example's loss is left out even when it is not finite.
+                values = tf.where(weight > 0, values * weight, 0.0)
+            loss_sum = tf.reduce_sum(values)
             extra = [tf.cast(tf.reduce_sum(loss), tf.float32) for loss in model.losses]
             if extra:
                 loss_sum += count * tf.add_n(extra)
         else:
-            loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=None, training=False)  # pylint: disable=protected-access
+            loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=weight, training=False)  # pylint: disable=protected-access
             loss = tf.cast(keras.src.losses.loss.unscale_loss_for_distribution(loss), tf.float32)
-            # An empty batch (a replica with no examples left) has a NaN mean loss and adds nothing.
-            loss_sum = tf.where(count > 0, loss * count, 0.0)
+            # Keras's mean over the batch counts weight-0 examples in its divisor, so the batch's
+            # sum is that mean times the padded size. An empty batch adds nothing.
+            loss_sum = tf.where(count > 0, loss * size, 0.0)
         return loss_sum, count
 
 

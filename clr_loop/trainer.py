@@ -240,6 +240,8 @@ class Trainer:
         config = self.config
         checkpointing.check_writable(config.workdir)
         if not self.is_chief:
+            if config.overwrite:  # its own checkpoints, which it would otherwise resume from
+                checkpointing.clear_run_outputs(loop.worker_folder(config.workdir, self.strategy))
             return
         if config.overwrite:
             checkpointing.clear_run_outputs(config.workdir, {"config.json": config_json_problem})

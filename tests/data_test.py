@@ -496,7 +496,7 @@ def test_train_and_eval_datasets_per_replica():
     halves = [take_ids(data.train_dataset(split, 4, seed=2, replicas=(r, 1, 2)), 10) for r in range(2)]
     for step in range(10):
         np.testing.assert_array_equal(np.concatenate([halves[0][step], halves[1][step]]), whole[step])
-    evals = [take_ids(data.eval_dataset(split, 5, replicas=(r, 1, 2)), 100) for r in range(2)]
+    evals = [take_ids(data.eval_dataset(split, 5, replicas=(r, 1, 2)).map(lambda x, y, w: (x, y)), 100) for r in range(2)]
     assert [len(b) for b in evals[0]] == [5, 5, 2] and [len(b) for b in evals[1]] == [5, 5, 1]
     for r in range(2):
         np.testing.assert_array_equal(np.concatenate(evals[r]), np.arange(r, 23, 2))

@@ -105,17 +105,37 @@ FIT_UNDER_STRATEGY = textwrap.dedent(
     distribute.configure_virtual_cpus(2)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(250, 8)).astype(np.float32); y = (x[:, 0] > 0).astype(np.int32)  # last batch: 26
+
+
+    class NonEmpty(keras.layers.Layer):
+        # Fails the step on an empty batch, which oneDNN's AVX-512 convolution cannot run.
+        def call(self, inputs):
+            with tf.control_dependencies([tf.debugging.assert_positive(tf.shape(inputs)[0], "an empty batch")]):
+                return tf.identity(inputs)
+
+    def build(strategy):
+        with strategy.scope():
+            keras.utils.set_random_seed(3)
+            model = keras.Sequential([keras.Input((8,)), NonEmpty(), keras.layers.Dense(16, activation="relu"),
+                                      keras.layers.Dense(2)])
+            model.compile(optimizer=keras.optimizers.SGD(0.1),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        return model
+
     results = {}
     for name in ("default", "mirrored"):
         strategy = distribute.make_strategy(name)
-        with strategy.scope():
-            keras.utils.set_random_seed(3)
-            model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)])
-            model.compile(optimizer=keras.optimizers.SGD(0.1),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        # Validation arrays: 37 examples in per-replica batches of 6, 19 / 18 per replica (replica 1's
+        # 4th batch has none); a validation Dataset whose last global batch of 1 splits into 1 / 0.
+        model = build(strategy)
         history = loop.fit(model, x, y, batch_size=32, epochs=2, shuffle=False, verbose=0,
-                           validation_data=(x[:37], y[:37]), jit_compile=False)
+                           validation_data=(x[:37], y[:37]), validation_batch_size=12, jit_compile=False)
+        val_ds = tf.data.Dataset.from_tensor_slices((x[:37], y[:37])).batch(12)
+        ds_model = build(strategy)
+        ds_history = loop.fit(ds_model, x, y, batch_size=32, epochs=2, shuffle=False, verbose=0,
+                              validation_data=val_ds, jit_compile=False)
         results[name] = {"replicas": strategy.num_replicas_in_sync, "history": history.history,
+                         "ds_history": ds_history.history,
                          "weights": [w.tolist() for w in model.get_weights()],
                          "evaluate": model.evaluate(x[:37], y[:37], verbose=0, return_dict=True)}
     print("RESULT" + json.dumps(results))
@@ -126,7 +146,8 @@ FIT_UNDER_STRATEGY = textwrap.dedent(
 def test_fit_trains_a_model_compiled_under_a_strategy_on_its_replicas(tmp_path):
     """clr_loop.fit on a model built and compiled in MirroredStrategy.scope() over two virtual CPUs:
     two replicas, and the weights and metrics of the one-device run (each global batch is split across
-    the replicas, the last partial one of 26 examples too)."""
+    the replicas, the last partial one of 26 examples too). Validation never hands a replica an empty
+    batch (a layer asserts it), from arrays or from a Dataset, and its numbers are the one-device run's."""
     results = run_script(FIT_UNDER_STRATEGY)
     single, mirrored = results["default"], results["mirrored"]
     assert (single["replicas"], mirrored["replicas"]) == (1, 2)
@@ -134,7 +155,37 @@ def test_fit_trains_a_model_compiled_under_a_strategy_on_its_replicas(tmp_path):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-5, atol=1e-6)
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
         assert mirrored["history"][key] == pytest.approx(single["history"][key], rel=1e-5), key
+        assert mirrored["ds_history"][key] == pytest.approx(single["ds_history"][key], rel=1e-5), key
+    assert mirrored["ds_history"]["val_loss"] == pytest.approx(mirrored["history"]["val_loss"], rel=1e-5)
     assert mirrored["history"]["val_accuracy"][-1] == pytest.approx(mirrored["evaluate"]["accuracy"], abs=1e-4)
+
+
+EMPTY_TRAIN_BATCH = textwrap.dedent(
+    """
+    import json
+    import numpy as np, keras
+    from clr_loop import distribute, inputs, loop
+
+    distribute.configure_virtual_cpus(2)
+    x = np.zeros((65, 8, 8, 1), np.float32); y = np.zeros(65, np.int32)  # 65 = 2 * 32 + 1
+    with distribute.make_strategy("mirrored").scope():
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3), keras.layers.Flatten(),
+                                  keras.layers.Dense(2)])
+        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    try:
+        loop.fit(model, x, y, batch_size=32, epochs=1, verbose=0, jit_compile=False)
+    except inputs.InputError as e:
+        print("RESULT" + json.dumps(str(e)))
+    """
+)
+
+
+def test_fit_refuses_a_last_batch_that_leaves_a_replica_without_an_example():
+    """65 examples in batches of 32 over 2 replicas: the last batch of 1 would give replica 1 an empty
+    batch, whose convolution gradient TensorFlow cannot compute ("Missing 1-th output from
+    Conv2DBackpropFilter"): refused before training, naming batch_size."""
+    message = run_script(EMPTY_TRAIN_BATCH)
+    assert message.startswith("batch_size=32 leaves 1 example(s)") and "2 replicas" in message
 
 
 def free_ports(n):
@@ -169,7 +220,9 @@ class Cluster:
     so a test can wait for a line (with a deadline, no sleeping) while the others keep running."""
 
     def __init__(self, ports, workdir, idx_dir, *extra):
-        self.workers = [start_worker(i, ports, workdir, idx_dir, *extra) for i in range(len(ports))]
+        """`workdir`: the workers' shared workdir, or a list of one per worker."""
+        workdirs = [workdir] * len(ports) if isinstance(workdir, str) else workdir
+        self.workers = [start_worker(i, ports, workdirs[i], idx_dir, *extra) for i in range(len(ports))]
         self.lines = [[] for _ in self.workers]
         self.events = queue.Queue()
         self.threads = [threading.Thread(target=self._read, args=(i,), daemon=True) for i in range(len(ports))]

@@ -98,15 +98,30 @@ def test_the_replicas_slices_are_disjoint_and_make_up_the_global_batch():
         np.testing.assert_array_equal(np.concatenate(slices), whole[step][1])
 
 
-@pytest.mark.parametrize("n, batch, total", [(10, 4, 2), (10, 3, 4), (3, 4, 4), (37, 5, 2), (37, 128, 2)])
+def real_batches(dataset):
+    """The `(x, y)` of a weighted eval stream's batches without their padding, checking that no
+    batch is empty and that padding (weight 0) only ever stands in for an empty batch."""
+    out = []
+    for bx, by, w in dataset:
+        w = w.numpy()
+        assert len(by) >= 1 and set(np.unique(w)) <= {0.0, 1.0}
+        if w.min() == 0.0:
+            assert w.tolist() == [0.0]  # one stand-in example for a replica with none left
+        out.append((bx.numpy()[w > 0], by.numpy()[w > 0]))
+    return out
+
+
+@pytest.mark.parametrize("n, batch, total", [(10, 4, 2), (10, 3, 4), (3, 4, 4), (37, 5, 2), (37, 128, 2), (37, 6, 2)])
 def test_eval_replicas_cover_every_example_once_in_equal_numbers_of_batches(n, batch, total):
     """Every example in exactly one replica's batches; every replica the same number of batches
-    (ceil(ceil(n / total) / batch), hand-computed from the sizes); the per-pipeline counts sum to n."""
+    (ceil(ceil(n / total) / batch), hand-computed from the sizes); the per-pipeline counts sum to n.
+    No replica is ever handed an empty batch (oneDNN's AVX-512 convolution cannot run one): a
+    replica with nothing left for a step gets one weight-0 example instead."""
     data = arrays(n)
     expected_steps = -(-(-(-n // total)) // batch)
     seen, per_replica = [], []
     for r in range(total):
-        got = [(bx.numpy(), by.numpy()) for bx, by in inputs.array_eval_dataset(data, batch, replicas=(r, 1, total))]
+        got = real_batches(inputs.array_eval_dataset(data, batch, replicas=(r, 1, total)))
         assert len(got) == expected_steps and all(len(by) <= batch for _, by in got)
         for bx, by in got:
             np.testing.assert_array_equal(bx, data.x[by])
@@ -116,14 +131,32 @@ def test_eval_replicas_cover_every_example_once_in_equal_numbers_of_batches(n, b
         seen.extend(labels)
     assert sorted(seen) == list(range(n)) and sum(per_replica) == n
     # One pipeline holding all replicas interleaves them step by step, the same batches.
-    together = [by.numpy() for _, by in inputs.array_eval_dataset(data, batch, replicas=(0, total, total))]
+    together = [by for _, by in real_batches(inputs.array_eval_dataset(data, batch, replicas=(0, total, total)))]
     assert len(together) == expected_steps * total
     for k, by in enumerate(together):
         np.testing.assert_array_equal(by, np.arange(k % total, n, total)[(k // total) * batch:(k // total + 1) * batch])
 
 
+def test_a_replica_with_no_example_left_gets_one_weight_0_example():
+    """3 examples over 4 replicas: replica 3 has none; it is handed example 0 with weight 0."""
+    ((bx, by, w),) = list(inputs.array_eval_dataset(arrays(3), 4, replicas=(3, 1, 4)))
+    assert by.numpy().tolist() == [0] and w.numpy().tolist() == [0.0]
+
+
+@pytest.mark.parametrize("size, multiple, padded", [(5, 2, 6), (1, 2, 2), (4, 2, 4), (1, 4, 4), (7, 3, 9)])
+def test_pad_batches_pads_to_a_multiple_with_weight_0_copies(size, multiple, padded):
+    """A global batch of `size` becomes `padded` = max(multiple, ceil(size / multiple) * multiple)
+    examples (hand-computed), the real ones first with weight 1, then copies of the first with weight 0."""
+    x = np.arange(size * 2, dtype=np.float32).reshape(size, 2)
+    y = np.arange(size, dtype=np.int32) + 10
+    ((bx, by, w),) = list(inputs.pad_batches(tf.data.Dataset.from_tensors((x, y)), multiple))
+    assert by.numpy().tolist() == list(range(10, 10 + size)) + [10] * (padded - size)
+    assert w.numpy().tolist() == [1.0] * size + [0.0] * (padded - size)
+    np.testing.assert_array_equal(bx.numpy()[:size], x)
+
+
 def test_eval_counts_per_worker_sum_to_the_total():
     """Two workers of two replicas each (pipelines (0, 2, 4) and (2, 2, 4)): 10,001 examples split 5,001 / 5,000."""
     data = arrays(10001)
-    counts = [sum(len(by) for _, by in inputs.array_eval_dataset(data, 256, replicas=(w * 2, 2, 4))) for w in range(2)]
+    counts = [int(sum(w.numpy().sum() for _, _, w in inputs.array_eval_dataset(data, 256, replicas=(k * 2, 2, 4)))) for k in range(2)]
     assert counts == [5001, 5000]

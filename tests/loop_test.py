@@ -717,3 +717,54 @@ def test_the_same_workdir_with_another_batch_size_is_refused(tmp_path):
     loop.fit(compiled(), x, y, batch_size=BATCH, verbose=0, workdir=workdir, max_steps=3)
     with pytest.raises(checkpointing.WorkdirError, match=r"batch size: 32 \(saved\) vs 16 \(now\)"):
         loop.fit(compiled(), x, y, batch_size=16, verbose=0, workdir=workdir)
+
+
+DATASET_KILL_SCRIPT = """
+import json, os, signal, sys
+import keras, numpy as np, tensorflow as tf
+from clr_loop import loop
+
+workdir, out, kill = sys.argv[1], sys.argv[2], sys.argv[3]
+rng = np.random.default_rng(0)
+x = rng.normal(size=(200, 8)).astype(np.float32)
+y = np.argmax(x[:, :3] + 0.5 * x[:, 3:6], axis=1).astype(np.int32)
+keras.utils.set_random_seed(1)
+model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                          keras.layers.Dropout(0.2, seed=2), keras.layers.Dense(3)])
+model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+
+class Kill(keras.callbacks.Callback):
+    # As epoch 1 begins, after epoch 0's checkpoint.
+    def on_epoch_begin(self, epoch, logs=None):
+        if kill == "epoch" and epoch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(200, seed=3).batch(32)
+history = loop.fit(model, ds, epochs=3, verbose=0, workdir=workdir, steps_per_loop=1, checkpoint_every_steps=1,
+                   validation_data=(x[:50], y[:50]), callbacks=[Kill()])
+np.savez(out, *model.get_weights(), history=json.dumps(history.history))
+"""
+
+
+def test_a_reshuffling_dataset_run_killed_at_an_epoch_boundary_resumes_bit_identically(tmp_path):
+    """SIGKILL as epoch 1 begins (the epoch-end checkpoint is the latest): the same command again ends
+    with the uninterrupted run's weights and history, bit for bit (the resumed epoch draws the next
+    shuffle order, as the uninterrupted run does)."""
+    kill = "epoch"
+    script = tmp_path / "train.py"
+    script.write_text(DATASET_KILL_SCRIPT)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join([REPO] + sys.path))
+
+    def run(workdir, out, kill_at):
+        args = [sys.executable, str(script), str(tmp_path / workdir), str(tmp_path / out), kill_at]
+        return subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
+
+    assert run("parts", "parts.npz", kill).returncode == -signal.SIGKILL
+    resumed, whole = run("parts", "parts.npz", "none"), run("whole", "whole.npz", "none")
+    assert resumed.returncode == 0 and whole.returncode == 0, resumed.stderr[-2000:] + whole.stderr[-2000:]
+    expected, actual = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "parts.npz")
+    assert set(actual.files) == set(expected.files)
+    for name in expected.files:
+        assert np.array_equal(actual[name], expected[name]), name

@@ -1178,7 +1178,6 @@ def _train(run, saved_history, callbacks, verbose):
             if run.input.dataset is not None and step > 0:
                 run.iterator = run.iterator_at(step)
             summaries.start_window(run.metrics)
-        resumed_at = step
         resuming_mid_epoch = False
         started = time.perf_counter()
         callback_list.on_epoch_begin(epoch)
@@ -1219,8 +1218,10 @@ def _train(run, saved_history, callbacks, verbose):
         # so a later call with a larger cap resumes mid-epoch and recomputes this entry.
         cut_short = bool(run.max_steps and step >= run.max_steps and not exhausted and not model.stop_training
                          and (steps_per_epoch is None or step < epoch_start + steps_per_epoch))
-        if step == resumed_at:
-            break  # a Dataset with nothing left for this epoch
+        if step == epoch_start:
+            break  # a Dataset with nothing for this epoch
+        # (A resume whose Dataset had nothing left ends the epoch it resumed into: a signal after the
+        # last batch of a Dataset of unknown length came before the loop learnt the epoch was over.)
         if steps_per_epoch is None and not model.stop_training and not cut_short:
             steps_per_epoch = step - epoch_start  # a Dataset of unknown length: now it is known
             callback_list.set_params({**callback_list.params, "steps": steps_per_epoch})

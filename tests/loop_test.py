@@ -704,6 +704,26 @@ def test_a_sigterm_at_an_epochs_last_step_resumes_into_its_validation_and_histor
         assert _event_values(os.path.join(parts, sub)) == _event_values(os.path.join(whole, sub)), sub
 
 
+def test_a_sigterm_after_the_last_batch_of_a_dataset_of_unknown_length_resumes_into_the_epoch_end(tmp_path):
+    """A Dataset whose length is unknown (filtered): the signal after an epoch's last batch comes before
+    the loop learns the epoch is over; the resume ends that epoch (validation, history) and trains on."""
+    x, y = toy_data()
+
+    def data():
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).filter(lambda a, b: True)
+
+    kwargs = dict(epochs=2, seed=7, verbose=0, log_every_steps=3, steps_per_loop=1, validation_data=(x[:50], y[:50]))
+    whole = str(tmp_path / "whole")
+    loop.fit(compiled(), data(), workdir=whole, **kwargs)
+    parts = str(tmp_path / "parts")
+    with pytest.raises(loop.Interrupted, match=f"SIGTERM at step {STEPS_PER_EPOCH}"):
+        loop.fit(compiled(), data(), workdir=parts, callbacks=[SigtermAt(STEPS_PER_EPOCH)], **kwargs)
+    loop.fit(compiled(), data(), workdir=parts, **kwargs)
+    expected = _history_file(whole)
+    assert len(expected["loss"]) == 2
+    assert _history_file(parts) == expected
+
+
 def expected_steps(workdir):
     return set(_event_values(os.path.join(workdir, "train"))["loss"])
 

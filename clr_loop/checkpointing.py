@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import shutil
+import stat
 import struct
 
 import tensorflow as tf
@@ -139,16 +140,43 @@ def read_json(path, what, kind=dict):
     """Returns the parsed JSON at `path`, which must be a `kind` (a dict by default); raises
     WorkdirError naming the file (`what` describes it) when it cannot be read, is not valid JSON
     (a truncated file) or holds another type."""
+    # Not `starting_over_helps`: starting over deletes only files that clr_loop wrote (see
+    # `clear_run_outputs`), and it cannot tell that this one is.
     try:
         with open(path, "rb") as f:
             value = json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError) as e:
-        raise WorkdirError(f"cannot read {what} {path}: {e}") from e
+        raise WorkdirError(f"cannot read {what} {path}: {e}", starting_over_helps=False) from e
     if not isinstance(value, kind):
         raise WorkdirError(
-            f"{what} {path} holds a JSON {type(value).__name__}, not a {kind.__name__}: it was not written by clr_loop"
+            f"{what} {path} holds a JSON {type(value).__name__}, not a {kind.__name__}: it was not written by clr_loop",
+            starting_over_helps=False,
         )
     return value
+
+
+# The keys every run identity (`<workdir>/run.json`, see `clr_loop.loop`) has held since the first.
+RUN_IDENTITY_KEYS = ("batch_size", "num_examples", "seed", "variables")
+
+
+def run_identity_problem(value):
+    """Returns None when `value` (parsed JSON) is a run identity as clr_loop writes it, else why not (a str)."""
+    if not isinstance(value, dict):
+        return f"it holds a JSON {type(value).__name__}, not a dict"
+    missing = [key for key in RUN_IDENTITY_KEYS if key not in value]
+    return f"it has no {', '.join(missing)}" if missing else None
+
+
+def history_problem(value):
+    """Returns None when `value` (parsed JSON) is a history as clr_loop writes it (lists of numbers by
+    key), else why not (a str)."""
+    if not isinstance(value, dict):
+        return f"it holds a JSON {type(value).__name__}, not a dict"
+    try:
+        check_history(value, "")
+    except WorkdirError as e:
+        return str(e).split(": ", 1)[-1]
+    return None
 
 
 def read_history(path):
@@ -165,7 +193,8 @@ def check_history(history, where):
         if not isinstance(values, list) or not all(
             v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values
         ):
-            raise WorkdirError(f"history {where} is not clr_loop's: {key!r} is {values!r:.80}, not a list of numbers")
+            raise WorkdirError(f"history {where} is not clr_loop's: {key!r} is {values!r:.80}, not a list of numbers",
+                               starting_over_helps=False)
     return history
 
 
@@ -191,32 +220,66 @@ _OUTPUT_FOLDER_FILES = {
 }
 
 
-def _foreign_file(folder, patterns):
-    """Returns the first file under `folder` that is not a run output (None when all of them are)."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            relative = os.path.relpath(os.path.join(root, name), folder)
+def _foreign_entry(folder, name, patterns):
+    """Returns why the output folder `folder` (a run's `name`/) cannot be deleted as a run's: a file
+    that is not a run output, a symbolic link, or a folder whose entries cannot be removed; None
+    when it can."""
+    for root, dirs, files in os.walk(folder):
+        if not os.access(root, os.W_OK | os.X_OK):
+            return f"{root} is not writable, so not all of its files could be deleted"
+        for entry in dirs + files:
+            path = os.path.join(root, entry)
+            if os.path.islink(path):
+                return f"its {name}/ holds {path}, a symbolic link, which a clr_loop run does not write"
+        for entry in files:
+            relative = os.path.relpath(os.path.join(root, entry), folder)
             if not any(fnmatch.fnmatch(relative, p) for p in patterns):
-                return os.path.join(root, name)
+                return f"its {name}/ holds {os.path.join(root, entry)}, which is not a clr_loop run output"
     return None
 
 
-def clear_run_outputs(workdir):
+def _output_problem(workdir, name, json_checks):
+    """Returns why `<workdir>/<name>` (one of RUN_OUTPUTS) is not a run's output that --overwrite may
+    delete, or None when it is (or is absent)."""
+    path = os.path.join(workdir, name)
+    if os.path.islink(path):
+        return f"{path} is a symbolic link, which a clr_loop run does not write"
+    if not os.path.exists(path):
+        return None
+    if name in _OUTPUT_FOLDER_FILES:
+        if not os.path.isdir(path):
+            return f"{path} is not a folder, as a run's {name}/ is"
+        return _foreign_entry(path, name, _OUTPUT_FOLDER_FILES[name])
+    if not os.path.isfile(path):
+        return f"{path} is not a file, as a run's {name} is"
+    check = json_checks.get(name)
+    if check is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            why = check(json.loads(f.read().decode("utf-8")))
+    except (OSError, ValueError) as e:
+        why = f"it cannot be read as JSON: {first_line(e)}"
+    return f"{path} is not one clr_loop wrote ({why})" if why else None
+
+
+def clear_run_outputs(workdir, json_checks=None):
     """Removes a previous run's outputs (`RUN_OUTPUTS`) from `workdir`, leaving other files alone.
 
-    Refuses (WorkdirError naming the file, before removing anything) when a folder of that name
-    holds a file a run does not write: it is someone else's folder, not a run's output.
+    Everything is checked before anything is removed: it refuses (WorkdirError naming the path)
+    when an output is a symbolic link, a file where a run writes a folder or the other way round,
+    a folder holding a file a run does not write or that cannot be emptied, or a JSON file that is
+    not the run's: history.json and run.json are checked here, other files by `json_checks`
+    ({file name: check(parsed value) -> None, or why it is not the run's}).
     """
-    for name, patterns in _OUTPUT_FOLDER_FILES.items():
-        path = os.path.join(workdir, name)
-        if os.path.isdir(path):
-            foreign = _foreign_file(path, patterns)
-            if foreign is not None:
-                raise WorkdirError(
-                    f"refusing to overwrite {workdir}: its {name}/ holds {foreign}, which is not a clr_loop "
-                    "run output. Use another workdir, or move that file away.",
-                    starting_over_helps=False,
-                )
+    checks = {"history.json": history_problem, "run.json": run_identity_problem, **(json_checks or {})}
+    for name in RUN_OUTPUTS:
+        problem = _output_problem(workdir, name, checks)
+        if problem is not None:
+            raise WorkdirError(
+                f"refusing to overwrite {workdir}: {problem}. Use another workdir, or move it away.",
+                starting_over_helps=False,
+            )
     for name in RUN_OUTPUTS:
         path = os.path.join(workdir, name)
         if os.path.isdir(path):
@@ -247,7 +310,7 @@ def workdir_lock(workdir):
     if key in _HELD_LOCKS:
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock_file(path, workdir)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -273,6 +336,27 @@ def workdir_lock(workdir):
 
 
 _HELD_LOCKS = set()
+
+
+def _open_lock_file(path, workdir):
+    """Opens (creating) the lock file `path` for reading and writing; returns its descriptor. A
+    symbolic link is never followed (its target is neither truncated nor created), and anything but a
+    regular file is refused: WorkdirError naming `path`, with nothing changed."""
+    refusal = (f"the lock file {path} of workdir {workdir} is {{}}, not a file clr_loop wrote; refusing to "
+               "use it. Remove it (clr_loop makes its own), or use another workdir.")
+    try:
+        # O_NONBLOCK: a FIFO opens without waiting for a writer (and is then refused).
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise WorkdirError(refusal.format("a symbolic link"), starting_over_helps=False) from None
+        if e.errno == errno.EISDIR:
+            raise WorkdirError(refusal.format("a folder (not a regular file)"), starting_over_helps=False) from None
+        raise WorkdirError(f"cannot open the lock file {path} of workdir {workdir}: {e}", starting_over_helps=False) from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise WorkdirError(refusal.format("not a regular file"), starting_over_helps=False)
+    return fd
 
 
 def defining_settings(config):
@@ -369,7 +453,7 @@ class RunCheckpoints:
             print(f"warning: {message}", flush=True)
             return make()
 
-    def restore_latest(self, verify=None, step=None):
+    def restore_latest(self, verify=None, step=None, check_restored=None):
         """Restores the newest readable checkpoint (with `step`, the one of that step only); returns
         its path, or None when there is none.
 
@@ -377,6 +461,8 @@ class RunCheckpoints:
         so. If checkpoints exist but none can be restored, raises CheckpointError naming them all.
         `verify(path, reader)`, given a candidate and its `tf.train.CheckpointReader`, runs before
         it is restored and raises WorkdirError (passed on) when the checkpoint belongs to another run.
+        `check_restored()`, run after each restore, returns None, or what makes the state just
+        restored unusable (non-finite weights): that checkpoint is then named and passed over too.
         """
         candidates = list(reversed(self._existing_checkpoints()))
         if step is not None:
@@ -390,6 +476,12 @@ class RunCheckpoints:
                 if verify is not None:
                     verify(path, reader)
                 self._restorer(reader).restore(path).assert_existing_objects_matched().expect_partial()
+                problem = check_restored() if check_restored is not None else None
+                if problem:
+                    message = f"checkpoint {path} cannot be resumed: it {problem}"
+                    logging.error("%s", message)
+                    failures.append(message)
+                    continue
             except WorkdirError:
                 raise  # a readable checkpoint of another run: not a reason to fall back
             # A torn or garbled file fails inside TF's reader in many ways (OpError, IndexError,
@@ -487,8 +579,9 @@ def truncate_events(logdir, max_step):
     points logged after the checkpoint keeps each step once. Files are rewritten atomically. A
     torn last record (a process killed mid-write) is dropped; an unreadable record inside a file
     (a corrupt byte) is kept with everything after it, unread, and named in a warning: points
-    that cannot be read are never deleted.
+    that cannot be read are never deleted. Returns how many points were dropped.
     """
+    total = 0
     for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
         kept, dropped, offset, tail = [], 0, 0, b""
         try:
@@ -519,7 +612,9 @@ def truncate_events(logdir, max_step):
             with open(tmp, "ab") as f:
                 f.write(tail)
         os.replace(tmp, path)
+        total += dropped
         logging.info("dropped %d TensorBoard points after step %d from %s", dropped, max_step, path)
+    return total
 
 
 # A TFRecord is a little-endian uint64 length, its masked CRC32C, the data, and the data's CRC.

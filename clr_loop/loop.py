@@ -57,7 +57,8 @@ def write_scalar(name, value):
 
 
 class TrainingDiverged(RuntimeError):
-    """Raised when a step produced a non-finite loss or gradient; the message names the step and rate."""
+    """Raised when a step's learning rate, loss or gradient, or the weights after it, are not finite;
+    the message names the step and rate."""
 
 
 class Interrupted(RuntimeError):
@@ -113,13 +114,15 @@ class _EpochState:
         }
 
 
-def make_train_loop(train_step, state, strategy, until_exhausted=False):
+def make_train_loop(train_step, state, strategy, until_exhausted=False, variables=()):
     """Returns `train_loop(iterator, num_steps) -> window`, running up to that many steps in one tf.function.
 
     Every step's loss sum and count are added to `state` one step at a time, so the totals do not
     depend on how the steps were split into calls (a resumed run gets the same bits). Returns the
-    call's own `loss_sum` and `count`, the last step's `lr` (and `momentum`), the `steps` run, and
-    `finite`: a non-finite step ends the loop early with `finite` False. With `until_exhausted`
+    call's own `loss_sum` and `count`, the last step's `lr` (and `momentum`), the `steps` run,
+    `finite`: a non-finite step ends the loop early with `finite` False, and `weights_finite`:
+    whether every one of `variables` (the model's trainable weights) is finite after the call, which
+    an update that overflows catches where the step's loss and gradients were finite. With `until_exhausted`
     the iterator may end (a finite Dataset): the loop then stops early, and `exhausted` says so.
     With a strategy, every step runs on all replicas and the sums are added across them.
     """
@@ -176,8 +179,11 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False):
         state.lr.assign(tf.where(ran, lr, state.lr))
         state.momentum.assign(tf.where(ran, momentum, state.momentum))
         state.steps.assign_add(tf.cast(steps, tf.int64))
+        weights_finite = tf.constant(True)
+        for variable in variables:
+            weights_finite = tf.logical_and(weights_finite, tf.reduce_all(tf.math.is_finite(variable)))
         return {"loss_sum": loss_sum, "count": count, "lr": lr, "momentum": momentum, "steps": steps,
-                "finite": finite, "exhausted": exhausted}
+                "finite": finite, "exhausted": exhausted, "weights_finite": weights_finite}
 
     return train_loop
 
@@ -447,6 +453,9 @@ class Run:
         # its history up to the last epoch end (history.json is a copy of it).
         self.identity_record = checkpointing.TextRecord()
         self.history_record = checkpointing.TextRecord()
+        # Set when a callback ended the run (model.stop_training): the run is complete, and calling
+        # the same code again trains no further than the uninterrupted run did.
+        self.stopped_record = checkpointing.TextRecord()
         self.optimizer = model.optimizer
         with self.strategy.scope():
             if not self.optimizer.built:  # a second build adds a second set of its variables
@@ -461,8 +470,11 @@ class Run:
             augment=augment_lib.make(augment, self.seed),
         )
         self.metrics = self.steps.metrics
+        # The NaN guard's weights: checked after every compiled loop call and before every save.
+        self.guarded_weights = [v for v in model.trainable_variables if tf.as_dtype(v.dtype).is_floating]
         self.train_loop = make_train_loop(
-            self.steps.train_step, self.state, self.strategy, until_exhausted=train_input.dataset is not None
+            self.steps.train_step, self.state, self.strategy, until_exhausted=train_input.dataset is not None,
+            variables=self.guarded_weights,
         )
         self.evaluate = make_evaluate(self.steps.eval_step, self.metrics, self.strategy)
         self.data_holder = tf.Module()
@@ -673,6 +685,7 @@ class Run:
             "metrics": list(self.metrics.variables) if self.metrics is not None else [],
             "run_identity": self.identity_record,
             "run_history": self.history_record,
+            "run_stopped": self.stopped_record,
         }
         if self.input.dataset is not None:
             items["data"] = self.data_holder
@@ -715,9 +728,19 @@ class Run:
         run_path = os.path.join(workdir, RUN_FILE)
         history_path = os.path.join(workdir, "history.json")
         # run.json names the run whose checkpoints the workdir holds; without a checkpoint it is a
-        # left-over of a run that failed before saving anything, and does not bind the next one.
-        if os.path.exists(run_path) and checkpointing.has_checkpoint(workdir):
-            self._refuse_another_run(checkpointing.read_json(run_path, "run identity"), identity, workdir)
+        # left-over of a run that failed before saving anything, and does not bind the next one. A
+        # file there that clr_loop did not write is named, and never replaced.
+        if os.path.lexists(run_path):
+            saved = checkpointing.read_json(run_path, "run identity")
+            why = checkpointing.run_identity_problem(saved)
+            if why is not None:
+                advice = (f"the checkpoints in {os.path.join(workdir, 'ckpt')} carry their own identity: remove it to "
+                          "resume from them" if checkpointing.has_checkpoint(workdir) else
+                          "refusing to replace it: move it away, or use another workdir")
+                raise checkpointing.WorkdirError(f"run identity {run_path} is not one clr_loop wrote ({why}); {advice}",
+                                                 starting_over_helps=False)
+            if checkpointing.has_checkpoint(workdir):
+                self._refuse_another_run(saved, identity, workdir)
         self.checkpoints = checkpointing.RunCheckpoints(
             workdir, self.trackables(), self.step_counter, self.keep_checkpoints
         )
@@ -735,6 +758,13 @@ class Run:
         for name, value in self.run_files.items():
             checkpointing.save_json(os.path.join(workdir, name), value, name)
         if restored is None:
+            # Points of a run that saved no checkpoint (killed before its first, or diverged): this
+            # run starts at step 0 and writes its own, so they are cut as a resume cuts those after
+            # its checkpoint.
+            dropped = sum(checkpointing.truncate_events(os.path.join(workdir, sub), 0) for sub in ("train", "eval"))
+            if dropped:
+                print(f"note: dropped {dropped} TensorBoard points of an earlier run in {workdir} that saved no "
+                      "checkpoint; starting at step 0", flush=True)
             return {}
         done = int(self.state.epoch.numpy())  # epochs completed (an epoch end counts its own)
         history = self._saved_history(history_path, restored)
@@ -757,8 +787,10 @@ class Run:
         and the step it would resume from (0 without a checkpoint). Every worker gets the same
         answer, so all stop at once, before any training collective.
         """
+        # A checkpoint with non-finite weights (an earlier version's guard saved them) is passed over.
+        check = self._restored_weights_problem
         if distribute.worker_count(self.strategy) == 1:
-            return self.checkpoints.restore_latest(verify=verify)
+            return self.checkpoints.restore_latest(verify=verify, check_restored=check)
         newest = self.checkpoints.newest_readable_step(verify)
         steps = distribute.gather_from_workers(self.strategy, [-1 if newest is None else newest])[:, 0].astype(int)
         target = int(steps.min())
@@ -778,7 +810,7 @@ class Run:
                       f"all resume from step {target}, the newest they all hold", flush=True)
         if target < 0:
             return None
-        return self.checkpoints.restore_latest(verify=verify, step=target)
+        return self.checkpoints.restore_latest(verify=verify, step=target, check_restored=check)
 
     @staticmethod
     def _refuse_another_run(saved, identity, where):
@@ -809,7 +841,30 @@ class Run:
         return history
 
     def save(self):
-        return self.checkpoints.save() if self.checkpoints is not None else None
+        """Checkpoints the state at the current step (`RunCheckpoints.save`); returns the path, or None
+        without a workdir. Raises TrainingDiverged, saving nothing, when a trainable weight is not
+        finite (the loop checks them after every call; a callback may have set them since)."""
+        if self.checkpoints is None:
+            return None
+        bad = self.non_finite_weights()
+        if bad:
+            last = self.checkpoints.manager.latest_checkpoint
+            raise TrainingDiverged(
+                f"non-finite weights at step {self.step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}), "
+                "set outside the training step (by a callback?); stopped without saving them."
+                + (f" The last good checkpoint is {last}" if last else "")
+            )
+        return self.checkpoints.save()
+
+    def non_finite_weights(self):
+        """Returns the paths of the trainable weights that hold a NaN or an Inf (an empty list when none do)."""
+        return [_unnumbered(v.path) for v in self.guarded_weights if not np.all(np.isfinite(np.asarray(v)))]
+
+    def _restored_weights_problem(self):
+        """For `RunCheckpoints.restore_latest`: None, or why the weights just restored cannot be resumed
+        (a checkpoint that an earlier version saved after its rate or update went non-finite)."""
+        bad = self.non_finite_weights()
+        return f"holds non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else None
 
     def on_signal(self, signum, frame):
         del frame
@@ -1030,9 +1085,11 @@ def _resolve_seed(seed, workdir):
     if workdir:
         path = os.path.join(workdir, RUN_FILE)
         if os.path.exists(path):
-            saved = checkpointing.read_json(path, "run identity").get("seed")
-            if saved is not None:
-                return int(saved)
+            saved = checkpointing.read_json(path, "run identity")
+            # Not a run identity (someone else's file): `Run.restore` names it.
+            if checkpointing.run_identity_problem(saved) is None and isinstance(saved["seed"], int) \
+                    and not isinstance(saved["seed"], bool):
+                return saved["seed"]
     return int(np.random.SeedSequence().generate_state(1)[0] >> 1)
 
 
@@ -1071,8 +1128,13 @@ def _train(run, saved_history, callbacks, verbose):
         "fit: %s steps (%s per epoch), jit_compile=%s, batch_splits=%d, input_mode=%s, workdir %s",
         run.total_steps, steps_per_epoch, run.jit_compile, run.splits, run.input_mode, workdir,
     )
-    if run.total_steps is not None and step >= run.total_steps:
-        print(f"{workdir}: the run is already complete at step {step}; nothing to do", flush=True)
+    stopped = bool(workdir and run.stopped_record.text)
+    if stopped or (run.total_steps is not None and step >= run.total_steps):
+        if stopped:
+            print(f"{workdir}: the run was stopped by a callback at step {step} (model.stop_training after epoch "
+                  f"{epoch}) and is complete; nothing to do", flush=True)
+        else:
+            print(f"{workdir}: the run is already complete at step {step}; nothing to do", flush=True)
         run.finish_at_average()
         callback_list.on_train_end(_last_logs(history_cb))
         history_cb.epoch_seconds = epoch_seconds
@@ -1116,7 +1178,6 @@ def _train(run, saved_history, callbacks, verbose):
             if run.input.dataset is not None and step > 0:
                 run.iterator = run.iterator_at(step)
             summaries.start_window(run.metrics)
-        resumed_at = step
         resuming_mid_epoch = False
         started = time.perf_counter()
         callback_list.on_epoch_begin(epoch)
@@ -1129,13 +1190,8 @@ def _train(run, saved_history, callbacks, verbose):
             with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
                 window = run.run_steps(end - step)
             ran = int(window["steps"])
-            if not bool(window["finite"]):
-                last = run.checkpoints.manager.latest_checkpoint if run.checkpoints is not None else None
-                raise TrainingDiverged(
-                    f"non-finite loss or gradient at step {step + ran - 1} (learning rate "
-                    f"{float(window['lr']):.6g}); stopped without saving it."
-                    + (f" The last good checkpoint is {last}" if last else "")
-                )
+            if not (bool(window["finite"]) and bool(window["weights_finite"])):
+                _diverged(run, summaries, window, step)
             exhausted = bool(window["exhausted"])
             step += ran
             if run.profile_steps is not None and step >= run.profile_steps[1]:
@@ -1150,16 +1206,22 @@ def _train(run, saved_history, callbacks, verbose):
             if run.checkpoint_every_steps > 0 and step % run.checkpoint_every_steps == 0 and step != epoch_end:
                 summaries.flush()
                 run.save()
-            run.stop_if_signalled(summaries)
             if model.stop_training:
                 break
+            # A signal at the epoch's last step is handled after the epoch end below (validation, the
+            # history entry, then the checkpoint): saved here, the checkpoint would sit at the epoch's
+            # end without counting the epoch, and the resume would skip its validation and history.
+            if not (exhausted or step == epoch_end):
+                run.stop_if_signalled(summaries)
         # Stopped by max_steps inside the epoch: the epoch still ends here (validation, callbacks,
         # a history entry, as the tutorial's smoke runs expect), but its counter does not move on,
         # so a later call with a larger cap resumes mid-epoch and recomputes this entry.
         cut_short = bool(run.max_steps and step >= run.max_steps and not exhausted and not model.stop_training
                          and (steps_per_epoch is None or step < epoch_start + steps_per_epoch))
-        if step == resumed_at:
-            break  # a Dataset with nothing left for this epoch
+        if step == epoch_start:
+            break  # a Dataset with nothing for this epoch
+        # (A resume whose Dataset had nothing left ends the epoch it resumed into: a signal after the
+        # last batch of a Dataset of unknown length came before the loop learnt the epoch was over.)
         if steps_per_epoch is None and not model.stop_training and not cut_short:
             steps_per_epoch = step - epoch_start  # a Dataset of unknown length: now it is known
             callback_list.set_params({**callback_list.params, "steps": steps_per_epoch})
@@ -1182,6 +1244,8 @@ def _train(run, saved_history, callbacks, verbose):
         summaries.flush()
         record = {**history_cb.history, "epoch_seconds": epoch_seconds}
         run.history_record.text = json.dumps(record)
+        if model.stop_training and workdir:
+            run.stopped_record.text = json.dumps({"step": step, "epoch": epoch})
         saved = run.save()
         if workdir and run.is_chief:
             checkpointing.save_json(os.path.join(workdir, "history.json"), record, "the history", saved)
@@ -1193,6 +1257,23 @@ def _train(run, saved_history, callbacks, verbose):
     callback_list.on_train_end(logs)
     history_cb.epoch_seconds = epoch_seconds
     return history_cb
+
+
+def _diverged(run, summaries, window, step):
+    """Raises TrainingDiverged for the loop window that began at `step` and was not finite, naming its
+    last step, what was non-finite and the last checkpoint (none was saved from the window)."""
+    last_step = step + int(window["steps"]) - 1
+    lr = float(window["lr"])
+    if not bool(window["finite"]) and not np.isfinite(lr):
+        what = f"non-finite learning rate {lr:.6g} at step {last_step}"
+    elif not bool(window["finite"]):
+        what = f"non-finite loss or gradient at step {last_step} (learning rate {lr:.6g})"
+    else:
+        steps = f", from the update of one of steps {step}-{last_step}" if last_step > step else ""
+        what = f"non-finite weights after step {last_step}{steps} (learning rate {lr:.6g})"
+    summaries.flush()  # the points up to the divergence, to see it in TensorBoard
+    last = run.checkpoints.manager.latest_checkpoint if run.checkpoints is not None else None
+    raise TrainingDiverged(f"{what}; stopped without saving it." + (f" The last good checkpoint is {last}" if last else ""))
 
 
 def _train_logs(run):

@@ -114,8 +114,9 @@ class Steps:
     `train_step` returns `loss_sum` (the batch's loss, `model.compute_loss` including
     `model.losses`, times its example count; float32), `count`, `lr` (the rate this step used:
     the schedule at `optimizer.iterations` before the update), `momentum` when the optimizer's
-    momentum is a schedule, and `finite` (False when the loss or a gradient is NaN or Inf; with a
-    `LossScaleOptimizer`, whose overflowing steps are skipped, only the loss counts: its
+    momentum is a schedule, and `finite` (False when the rate, the momentum, the loss or a gradient
+    is NaN or Inf; with a
+    `LossScaleOptimizer`, whose overflowing steps are skipped, the gradients do not count: its
     `apply_gradients` skips the update, halves the scale and leaves `iterations`, so the schedule,
     where they were, as in Keras's own `train_step`). The compiled
     metrics are updated in their Keras state. `eval_step` returns `(loss_sum, count)` in float32:
@@ -225,9 +226,14 @@ class Steps:
         grads, metrics = compute(x, y)
         variables = self.model.trainable_variables
         optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+        # A non-finite rate (or momentum) makes the update non-finite while this step's loss and
+        # gradients, computed before it, are finite: the step is not finite either.
+        finite = tf.logical_and(metrics["finite"], tf.math.is_finite(lr))
         out = {**metrics, "lr": lr}
         if momentum is not None:
             out["momentum"] = momentum
+            finite = tf.logical_and(finite, tf.math.is_finite(momentum))
+        out["finite"] = finite
         return out
 
     def _eval(self, x, y, weight=None):

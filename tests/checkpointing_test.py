@@ -199,6 +199,37 @@ def test_a_lock_file_left_by_a_killed_process_does_not_block(tmp_path):
         assert (workdir / checkpointing.LOCK_FILE).read_text() == f"{os.getpid()}\n"
 
 
+@pytest.mark.parametrize("kind", ["symlink", "dangling_symlink", "folder", "fifo"])
+def test_a_lock_that_is_not_a_regular_file_is_refused_in_one_line_and_left_alone(tmp_path, kind):
+    """A `.lock` symlink is never followed (its target neither truncated nor created); a folder or a
+    FIFO gets a WorkdirError naming it, not an OSError traceback."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    lock = workdir / checkpointing.LOCK_FILE
+    target = tmp_path / "precious.txt"
+    if kind == "symlink":
+        target.write_text("keep me")
+        lock.symlink_to(target)
+    elif kind == "dangling_symlink":
+        lock.symlink_to(target)
+    elif kind == "folder":
+        lock.mkdir()
+    else:
+        os.mkfifo(lock)
+    with pytest.raises(checkpointing.WorkdirError) as raised:
+        with checkpointing.workdir_lock(str(workdir)):
+            pass
+    message = str(raised.value)
+    assert str(lock) in message and "\n" not in message
+    assert ("symbolic link" if "symlink" in kind else "not a regular file") in message
+    assert not raised.value.starting_over_helps
+    if kind == "symlink":
+        assert target.read_text() == "keep me"
+    if kind == "dangling_symlink":
+        assert not target.exists()
+    assert sorted(os.listdir(workdir)) == [checkpointing.LOCK_FILE]
+
+
 def test_training_on_a_workdir_locked_by_another_process_writes_nothing(tmp_path):
     workdir = str(tmp_path / "run")
     with locked_by_another_process(workdir) as pid:

@@ -312,6 +312,31 @@ def test_early_stopping_ends_the_run_and_csv_logger_writes_the_history(tmp_path)
         assert [float(r[key]) for r in rows] == pytest.approx(values, rel=1e-7), key
 
 
+def test_a_run_early_stopping_ended_is_complete_when_called_again(tmp_path, capsys):
+    """The same code again on a workdir whose run EarlyStopping ended (after epoch 2 of 5) trains
+    nothing more, as the uninterrupted run did not: the same history, weights and step."""
+    x, y = toy_data()
+    workdir = str(tmp_path / "run")
+
+    def run():
+        stop = keras.callbacks.EarlyStopping(monitor="loss", min_delta=10.0, patience=1)
+        model = compiled()
+        history = loop.fit(model, x, y, batch_size=BATCH, epochs=5, verbose=0, seed=0, workdir=workdir,
+                           validation_data=(x[:50], y[:50]), callbacks=[stop])
+        return model, history
+
+    first, history = run()
+    assert history.epoch == [0, 1] and int(first.optimizer.iterations) == 2 * STEPS_PER_EPOCH
+    saved = _history_file(workdir)
+    capsys.readouterr()
+    again, history = run()
+    assert "stopped by a callback at step 14" in capsys.readouterr().out
+    assert int(again.optimizer.iterations) == 2 * STEPS_PER_EPOCH
+    assert history.history == saved and _history_file(workdir) == saved
+    for a, b in zip(first.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_reduce_lr_on_plateau_lowers_the_rate_the_compiled_step_uses(tmp_path):
     """The callback assigns the optimizer's rate variable; the next epoch's steps use the new rate
     (the history's lr) and ModelCheckpoint writes a loadable file each epoch."""
@@ -525,6 +550,71 @@ def test_a_huge_learning_rate_raises_training_diverged_naming_step_and_rate():
     assert int(model.optimizer.iterations) == 2
 
 
+class NanFrom(keras.optimizers.schedules.LearningRateSchedule):
+    """0.1, then NaN from step `start` on."""
+
+    def __init__(self, start):
+        self.start = start
+
+    def __call__(self, step):
+        return tf.where(step < self.start, tf.constant(0.1, tf.float32), tf.constant(float("nan"), tf.float32))
+
+
+def _checkpoint_floats(path):
+    reader = tf.train.load_checkpoint(path)
+    return {name: reader.get_tensor(name) for name, dtype in reader.get_variable_to_dtype_map().items()
+            if dtype.is_floating}
+
+
+class NanWeightsAtEpochEnd(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        kernel = self.model.trainable_variables[0]
+        kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+
+@pytest.mark.parametrize("case", ["nan_rate", "overflowing_update", "callback"])
+def test_a_non_finite_rate_or_update_stops_the_run_before_any_non_finite_weight_is_saved(tmp_path, case, capsys):
+    """A NaN rate from step 3 (loss and gradients finite at that step), a finite rate whose update
+    overflows to inf at step 0, or a callback setting NaN weights at the epoch end (step 7): the guard
+    names the step and saves nothing from it; every checkpoint left holds finite values only (read
+    back with TensorFlow's checkpoint reader), and corrected code goes on from the last good one."""
+    x, y = toy_data()
+    workdir = str(tmp_path / "run")
+    callbacks = []
+    if case == "callback":
+        model = compiled()
+        callbacks = [NanWeightsAtEpochEnd()]
+        pattern, last = r"non-finite weights at step 7 \(sequential/dense/kernel\), set outside the training step", "ckpt-6"
+    elif case == "nan_rate":
+        model = compiled()
+        model.compile(keras.optimizers.SGD(NanFrom(3)), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        pattern, last = r"non-finite learning rate nan at step 3", "ckpt-3"
+    else:
+        model = logits_model()
+        model.compile(keras.optimizers.SGD(3e38), "mse")
+        y = np.full((len(x), 3), 1e3, np.float32)  # a gradient of ~1e3 times a rate of 3e38: inf
+        pattern, last = r"non-finite weights after step 0 \(learning rate 3e\+38\)", None
+    with pytest.raises(loop.TrainingDiverged, match=pattern) as raised:
+        loop.fit(model, x, y, batch_size=BATCH, verbose=0, seed=0, workdir=workdir, steps_per_loop=1,
+                 checkpoint_every_steps=1, callbacks=callbacks)
+    ckpt = os.path.join(workdir, "ckpt")
+    saved = sorted(p[: -len(".index")] for p in (os.listdir(ckpt) if os.path.isdir(ckpt) else []) if p.endswith(".index"))
+    assert (saved[-1] if saved else None) == last
+    assert ("The last good checkpoint is" in str(raised.value)) == (last is not None)
+    for name in saved:
+        for key, value in _checkpoint_floats(os.path.join(workdir, "ckpt", name)).items():
+            assert np.all(np.isfinite(value)), (name, key)
+    if last is not None:
+        capsys.readouterr()
+        model = compiled()
+        if case == "nan_rate":  # the schedule corrected
+            model.compile(keras.optimizers.SGD(NanFrom(10**9)), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        loop.fit(model, x, y, batch_size=BATCH, verbose=0, seed=0, workdir=workdir, steps_per_loop=1,
+                 checkpoint_every_steps=1)
+        assert f"{last} at step {last[5:]}" in capsys.readouterr().out
+        assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+
+
 # 12. TensorBoard events and history.json ------------------------------------------------------
 
 
@@ -591,6 +681,47 @@ def test_tensorboard_values_after_a_sigterm_and_resume_equal_the_uninterrupted_r
         for tag in expected:
             assert got[tag] == expected[tag], (sub, tag)  # the same steps, bit-identical values
     assert 6 in expected_steps(whole)
+
+
+@pytest.mark.parametrize("signal_step", [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH])
+def test_a_sigterm_at_an_epochs_last_step_resumes_into_its_validation_and_history(tmp_path, signal_step):
+    """A SIGTERM handled at an epoch's last step (7, or 14: the run's last): the resume validates that
+    epoch and writes its history entry, so history.json and TensorBoard equal an uninterrupted run's."""
+    x, y = toy_data()
+    kwargs = dict(batch_size=BATCH, epochs=2, seed=7, verbose=0, log_every_steps=3, steps_per_loop=1,
+                  validation_data=(x[:50], y[:50]))
+    whole = str(tmp_path / "whole")
+    loop.fit(compiled(), x, y, workdir=whole, **kwargs)
+    parts = str(tmp_path / "parts")
+    with pytest.raises(loop.Interrupted, match=f"SIGTERM at step {signal_step}"):
+        loop.fit(compiled(), x, y, workdir=parts, callbacks=[SigtermAt(signal_step)], **kwargs)
+    history = loop.fit(compiled(), x, y, workdir=parts, **kwargs)
+    expected = _history_file(whole)
+    assert len(expected["loss"]) == 2
+    assert _history_file(parts) == expected
+    assert history.history == expected
+    for sub in ("train", "eval"):
+        assert _event_values(os.path.join(parts, sub)) == _event_values(os.path.join(whole, sub)), sub
+
+
+def test_a_sigterm_after_the_last_batch_of_a_dataset_of_unknown_length_resumes_into_the_epoch_end(tmp_path):
+    """A Dataset whose length is unknown (filtered): the signal after an epoch's last batch comes before
+    the loop learns the epoch is over; the resume ends that epoch (validation, history) and trains on."""
+    x, y = toy_data()
+
+    def data():
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).filter(lambda a, b: True)
+
+    kwargs = dict(epochs=2, seed=7, verbose=0, log_every_steps=3, steps_per_loop=1, validation_data=(x[:50], y[:50]))
+    whole = str(tmp_path / "whole")
+    loop.fit(compiled(), data(), workdir=whole, **kwargs)
+    parts = str(tmp_path / "parts")
+    with pytest.raises(loop.Interrupted, match=f"SIGTERM at step {STEPS_PER_EPOCH}"):
+        loop.fit(compiled(), data(), workdir=parts, callbacks=[SigtermAt(STEPS_PER_EPOCH)], **kwargs)
+    loop.fit(compiled(), data(), workdir=parts, **kwargs)
+    expected = _history_file(whole)
+    assert len(expected["loss"]) == 2
+    assert _history_file(parts) == expected
 
 
 def expected_steps(workdir):

@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from clr_loop import checkpointing
+from clr_loop import cli
 from clr_loop import inputs
 from clr_loop import loop
 from clr_loop import trainer as trainer_lib
@@ -240,6 +241,40 @@ def test_a_run_that_saved_nothing_does_not_bind_the_next_command(tmp_path, capsy
         assert json.load(f)["batch_size"] == 16
 
 
+def test_a_non_finite_one_cycle_rate_saves_nothing_and_the_corrected_command_starts_clean(tmp_path, capsys):
+    """div_factor=1e-300 makes one_cycle's rate inf (float32) from step 0: the guard stops the run before
+    any checkpoint, and the corrected command starts clean, saying so, instead of being refused."""
+    steps = dict(mode="one_cycle", checkpoint_every_steps=1, steps_per_loop=1, max_steps=6)
+    bad = make_config(tmp_path, div_factor=1e-300, final_div_factor=1e-300, **steps)
+    with pytest.raises(loop.TrainingDiverged, match=r"non-finite learning rate (inf|nan) at step 0; stopped without saving it\.$"):
+        trained(bad, fake_data())
+    assert not checkpointing.has_checkpoint(bad.workdir)
+    history = trained(make_config(tmp_path, **steps), fake_data())
+    assert "config.json is from a run that saved no checkpoint (div_factor: 1e-300 (saved) vs 25.0 (now)" in capsys.readouterr().out
+    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+
+
+def test_a_checkpoint_with_non_finite_weights_is_passed_over_for_the_previous_good_one(tmp_path, reference, monkeypatch, capsys):
+    """A workdir whose last checkpoint holds NaN weights (as an earlier version's guard saved them) resumes
+    from the one before, naming it, and ends as the uninterrupted run."""
+    workdir = str(tmp_path / "run")
+
+    class NanAtEpochEnd(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            kernel = self.model.trainable_variables[0]
+            kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+    with monkeypatch.context() as patch:  # the save without the guard's check
+        patch.setattr(loop.Run, "save", lambda run: run.checkpoints.save())
+        fit(workdir, max_steps=STEPS_PER_EPOCH, checkpoint_every_steps=3, callbacks=[NanAtEpochEnd()])
+    capsys.readouterr()
+    model, _ = fit(workdir)
+    out = capsys.readouterr().out
+    assert "ckpt-7 cannot be resumed: it holds non-finite weights (sequential/dense/kernel)" in out
+    assert "resuming from the previous good checkpoint" in out and "ckpt-6" in out
+    assert_same_run(workdir, reference, model)
+
+
 @pytest.mark.parametrize("content, pattern", [("[]", "holds a JSON list, not a dict"), ('{"mode": ', "cannot read")])
 def test_a_broken_config_json_is_named_and_kept(tmp_path, content, pattern):
     config = make_config(tmp_path, max_steps=4)
@@ -266,6 +301,98 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_runs_output(tmp_path):
     trained(config, fake_data())  # a run's own outputs are cleared
     trained(config, fake_data())
     assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(config.workdir, "ckpt", "ckpt-*.index"))) == ["ckpt-4.index"]
+
+
+USERS_OWN = '{"learning_rate": 0.3, "notes": "my own experiment"}'
+
+
+def one_line_without_overwrite(error):
+    message = cli.error_message(error)
+    assert "\n" not in message and "--overwrite" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("name", ["config.json", loop.RUN_FILE])
+def test_a_users_own_json_in_a_workdir_that_never_held_a_run_is_refused_and_kept(tmp_path, name):
+    config = make_config(tmp_path, max_steps=4)
+    os.makedirs(config.workdir)
+    path = os.path.join(config.workdir, name)
+    with open(path, "w") as f:
+        f.write(USERS_OWN)
+    with pytest.raises(checkpointing.WorkdirError) as raised:
+        trained(config, fake_data())
+    message = one_line_without_overwrite(raised.value)
+    assert path in message and "not one clr_loop wrote" in message
+    assert open(path).read() == USERS_OWN
+    assert sorted(os.listdir(config.workdir)) == sorted([name, checkpointing.LOCK_FILE])
+
+
+@pytest.mark.parametrize("name", ["config.json", "history.json", loop.RUN_FILE])
+def test_overwrite_refuses_a_foreign_json_before_deleting_anything(tmp_path, name):
+    trained(make_config(tmp_path, max_steps=4), fake_data())
+    path = os.path.join(tmp_path, "run", name)
+    with open(path, "w") as f:
+        f.write(USERS_OWN if name != "history.json" else '{"loss": "mine"}')
+    before = sorted(os.listdir(os.path.join(tmp_path, "run")))
+    with pytest.raises(checkpointing.WorkdirError) as raised:
+        trained(make_config(tmp_path, max_steps=4, overwrite=True), fake_data())
+    message = one_line_without_overwrite(raised.value)
+    assert f"refusing to overwrite {tmp_path / 'run'}" in message and path in message
+    assert sorted(os.listdir(os.path.join(tmp_path, "run"))) == before
+    assert checkpointing.has_checkpoint(str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("case", ["train_symlink", "ckpt_a_file", "history_a_folder", "symlink_in_ckpt"])
+def test_overwrite_checks_every_output_before_deleting_anything(tmp_path, case):
+    """Anything --overwrite would delete that a run does not write (a symlink, a file where a run writes a
+    folder or the other way round) is refused in one line naming it, before anything is deleted."""
+    workdir = str(tmp_path / "run")
+    trained(make_config(tmp_path, max_steps=4), fake_data())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    if case == "train_symlink":
+        logs = tmp_path / "logs"  # another folder of TensorBoard events, all named as a run names them
+        os.rename(os.path.join(workdir, "train"), logs)
+        os.symlink(logs, os.path.join(workdir, "train"))
+        culprit = os.path.join(workdir, "train")
+    elif case == "ckpt_a_file":
+        shutil.rmtree(os.path.join(workdir, "ckpt"))
+        shutil.copy(mine / "notes.txt", os.path.join(workdir, "ckpt"))
+        culprit = os.path.join(workdir, "ckpt")
+    elif case == "history_a_folder":
+        os.remove(os.path.join(workdir, "history.json"))
+        shutil.copytree(mine, os.path.join(workdir, "history.json"))
+        culprit = os.path.join(workdir, "history.json")
+    else:
+        culprit = os.path.join(workdir, "ckpt", "ckpt-99.index")
+        os.symlink(mine / "notes.txt", culprit)
+    before = {root: sorted(dirs + files) for root, dirs, files in os.walk(workdir)}
+    with pytest.raises(checkpointing.WorkdirError) as raised:
+        trained(make_config(tmp_path, max_steps=4, overwrite=True), fake_data())
+    message = one_line_without_overwrite(raised.value)
+    assert f"refusing to overwrite {workdir}" in message and culprit in message
+    assert {root: sorted(dirs + files) for root, dirs, files in os.walk(workdir)} == before
+    assert (mine / "notes.txt").read_text() == "mine"
+    if case == "train_symlink":
+        assert glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
+
+
+def test_an_empty_run_json_is_named_not_blamed_on_the_checkpoint(tmp_path, reference):
+    workdir = str(tmp_path / "run")
+    fit(workdir, max_steps=STEPS_PER_EPOCH)
+    path = os.path.join(workdir, loop.RUN_FILE)
+    with open(path, "w") as f:
+        f.write("{}")
+    with pytest.raises(checkpointing.WorkdirError) as raised:
+        fit(workdir)
+    message = one_line_without_overwrite(raised.value)
+    assert f"run identity {path} is not one clr_loop wrote" in message and "another run" not in message
+    assert "remove it to resume" in message
+    assert open(path).read() == "{}"
+    os.remove(path)
+    model, _ = fit(workdir)  # the checkpoint carries the identity: the run resumes
+    assert_same_run(workdir, reference, model)
 
 
 # 5. TensorBoard event files ----------------------------------------------------------------------
@@ -321,6 +448,40 @@ def test_a_torn_last_record_is_dropped(tmp_path):
     checkpointing.truncate_events(logdir, 10)
     assert _event_values(logdir) == {"loss": {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}}
     assert [o for o, _ in records(path)][-1] + 16 + records(path)[-1][1] == os.path.getsize(path)
+
+
+def raw_points(logdir):
+    """{tag: [(step, value), ...]} in file order, read with TensorFlow's own event iterator (which,
+    unlike TensorBoard's reader, keeps a step written twice)."""
+    points = {}
+    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                points.setdefault(value.tag, []).append((event.step, float(tf.make_ndarray(value.tensor))))
+    return points
+
+
+@pytest.mark.parametrize("how", ["killed", "diverged"])
+def test_tensorboard_points_of_a_run_that_never_checkpointed_are_cut(tmp_path, reference, how):
+    """A run that saved no checkpoint (killed before its first, or diverged) leaves points; the next
+    run starts at step 0 and cuts them, as a resume cuts those after its checkpoint: every point once,
+    the uninterrupted run's."""
+    workdir = str(tmp_path / "run")
+    if how == "killed":  # what a kill -9 before the first checkpoint leaves: points, no checkpoint
+        for sub in ("train", "eval"):
+            write_points(os.path.join(workdir, sub), [2, 4, 6])
+    else:
+        x, y = toy_data()
+        model = compiled()
+        model.compile(tf.keras.optimizers.SGD(1e30), tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        with pytest.raises(loop.TrainingDiverged):
+            loop.fit(model, x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, seed=3, log_every_steps=1,
+                     steps_per_loop=1, workdir=workdir)
+    assert raw_points(os.path.join(workdir, "train"))  # the stale points are on disk
+    assert not checkpointing.has_checkpoint(workdir)
+    fit(workdir)
+    for sub in ("train", "eval"):
+        assert raw_points(os.path.join(workdir, sub)) == raw_points(os.path.join(reference[0], sub)), sub
 
 
 # 6. The profiler window --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ parameter k is its caller's operand k). The check runs on the CPU's optimised mo
 and on the GPU's where TensorFlow sees a GPU; without one, the GPU case is skipped and says so.
 """
 
+import os
 import re
 
 import keras
@@ -214,9 +215,15 @@ DEVICES = [
 ]
 
 
-def _check(run, compiled, x, y, device):
+def _check(run, compiled, x, y, device, keep_as=None):
+    """Returns (Module, fusion_problems) of `compiled`'s optimised module for `device`; with
+    `keep_as` and $GPU_CHECK_HLO_DIR set (benchmarks/gpu_check.sh), the module's text is also
+    written there as `<device>_<keep_as>.txt`, the record of what was read."""
     with tf.device(device):  # the compiler IR is that of the device in scope
         text = compiled.experimental_get_compiler_ir(x, y)(stage="optimized_hlo")
+    if keep_as and os.environ.get("GPU_CHECK_HLO_DIR"):
+        with open(os.path.join(os.environ["GPU_CHECK_HLO_DIR"], f"{device.replace(':', '')}_{keep_as}.txt"), "w") as f:
+            f.write(text)
     module = Module(text)
     handles = [id(h) for h in compiled.get_concrete_function(x, y).captured_inputs]
 
@@ -238,7 +245,7 @@ def scheduled():
 def test_the_devices_compiled_step_is_one_module_with_schedule_gradients_and_updates(scheduled, device):
     run, x, y = scheduled
     assert run.jit_compile and run.splits == 1
-    module, problems = _check(run, run.steps.train_step, x, y, device)
+    module, problems = _check(run, run.steps.train_step, x, y, device, keep_as="train_step_optimized_hlo")
     assert problems == [], "\n".join(problems)
     assert f"[{BATCH},16,16,1]" in module.ops[module.params[0]][4]
     if device.startswith("GPU"):

@@ -23,9 +23,10 @@ from clr_loop import steps as steps_lib
 
 from fusion_test import BATCH, _balanced, _run
 
-# What takes data off the device or hands control to the host: none of these may appear.
+# What takes data off the device or hands control to the host: none of these may appear, nor a
+# host transfer or a buffer in host memory (memory space S(5)).
 LEAVING = ("send", "send-done", "recv", "recv-done", "infeed", "outfeed", "host-compute",
-           "all-reduce", "all-gather", "collective-permute", "async-start", "copy-start")
+           "all-reduce", "all-gather", "collective-permute")
 # Library calls that run on the device itself (cuDNN convolutions, cuBLAS/cuBLASLt GEMMs, Triton
 # and XLA's own GPU kernels); any other custom-call could be a host callback and is refused.
 DEVICE_CALLS = ("__cudnn$", "__cublas", "__triton", "__gpu$", "__onednn$")
@@ -109,14 +110,15 @@ class Module:
             return found
         if opcode == "get-tuple-element":
             source = operands[0]
-            callee = self._callee(source) or self._callee(source, "body")
+            callee = self._callee(source) or self._callee(source, "body") or (
+                self._callee(source, "to_apply") if self.ops[source][0] == "call" else None)
             root = self.roots.get(callee)
             index = int(re.search(r"index=(\d+)", line).group(1))
             if root and self.ops[root][0] == "tuple" and index < len(self.ops[root][1]):
                 return [self.ops[root][1][index]] + ([source] if self.ops[source][0] == "while" else [])
             return operands
-        callee = self._callee(name) or self._callee(name, "body")
-        if callee and opcode in ("fusion", "call", "while"):
+        callee = self._callee(name) or self._callee(name, "body") or (self._callee(name, "to_apply") if opcode == "call" else None)
+        if callee and opcode in ("fusion", "call", "while", "async-start"):
             return [self.roots[callee]] + (operands if opcode == "while" else [])
         if opcode == "conditional":
             branches = re.findall(r"%([\w.\-]+)", (re.search(r"branch_computations=\{([^}]*)\}", line) or [None, ""])[1])
@@ -163,7 +165,8 @@ def fusion_problems(module, param_of, iterations, kernels, variables):
     problems = []
     if module.modules != 1:
         problems.append(f"{module.modules} modules, not one")
-    leaving = sorted({op for op, _, line, _, _ in module.ops.values() if op in LEAVING or "is_host_transfer=true" in line})
+    leaving = sorted({op for op, _, line, _, shape in module.ops.values()
+                      if op in LEAVING or "is_host_transfer=true" in line or "S(5)" in shape})
     calls = sorted({t for op, _, line, _, _ in module.ops.values() if op == "custom-call"
                     for t in re.findall(r'custom_call_target="([^"]*)"', line) if not t.startswith(DEVICE_CALLS)})
     if leaving or calls:
@@ -281,6 +284,7 @@ def test_a_host_callback_or_transfer_in_the_module_is_reported():
             "  %p0 = s64[] parameter(0)\n"
             "  %cb = s64[] custom-call(%p0), custom_call_target=\"xla_ffi_python_gpu_callback\"\n"
             "  %s = (s64[], u32[], token[]) send(%cb, %t), channel_id=1, is_host_transfer=true\n"
+            "  %h = s64[]{:S(5)} copy(%p0)\n"
             "  ROOT %r = (s64[]) tuple(%cb)\n}\n")
     module = Module(text)
 
@@ -288,5 +292,6 @@ def test_a_host_callback_or_transfer_in_the_module_is_reported():
         path = "iterations"
 
     problems = fusion_problems(module, lambda v: 0, Counter(), [], [])
-    assert any("leave the device" in p and "xla_ffi_python_gpu_callback" in p and "send" in p for p in problems), problems
+    assert any("leave the device" in p and "xla_ffi_python_gpu_callback" in p and "send" in p and "copy" in p
+               for p in problems), problems
     assert any("schedule arithmetic" in p for p in problems), problems

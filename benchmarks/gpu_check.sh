@@ -24,7 +24,7 @@
 #
 # Settings (environment):
 #   GPU_CHECK_TINY=1        tiny sizes (random 512/128-example data, batch 8/16/32, a few steps),
-#                           no GPU required, the time limits x4 (a 2-core CPU is slow)
+#                           no GPU required, the time limits x6 (a shared 2-core CPU is slow)
 #   GPU_CHECK_DATA=DIR      the four Fashion-MNIST IDX .gz files (default: /usr/share/datasets/
 #                           fashion-mnist, else ./data/fashion-mnist; else random files of the full
 #                           size are written: timings hold, accuracies mean nothing; env.txt says so)
@@ -59,7 +59,7 @@ if [[ "$TINY" == 1 ]]; then
   BATCH_SIZES="${GPU_CHECK_BATCH_SIZES:-8,16,32}"
   STEPS="${GPU_CHECK_STEPS:-4}"
   REPEATS="${GPU_CHECK_REPEATS:-1}"
-  SCALE=4
+  SCALE=6
 else
   BATCH_SIZES="${GPU_CHECK_BATCH_SIZES:-64,256,1024}"
   STEPS="${GPU_CHECK_STEPS:-100}"

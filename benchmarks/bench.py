@@ -185,25 +185,33 @@ def _rss_mb():
 _peak_rss_mb = measure.peak_rss_mb
 
 
+IDX_PREFIX = "idx:"
+
+
 def load_data(choice="auto", examples=0):
     """Returns (FashionMnist, description): the real data when `choice` is "auto" and it loads, else random.
 
     Random data has the real shapes and sizes (60000/10000 uint8 images, int32 labels 0..9) and is
     used for "random" or when no source works; the description says which one was used.
-    `examples` > 0 keeps only the first that many examples of each split.
+    `choice` "idx:DIR" reads the four Fashion-MNIST IDX files in DIR (any size; their errors
+    propagate), as `--dataset_dir` does for the trainer. `examples` > 0 keeps only the first that
+    many examples of each split.
     """
     import numpy as np  # pylint: disable=import-outside-toplevel
 
     from clr_loop import data as data_lib  # pylint: disable=import-outside-toplevel
 
     data = None
-    if choice == "auto":
+    if choice.startswith(IDX_PREFIX):
+        data = data_lib.load(dataset_dir=choice[len(IDX_PREFIX):])
+        description = f"Fashion-MNIST IDX files in {choice[len(IDX_PREFIX):]} ({data.train.num_examples} train examples)"
+    elif choice == "auto":
         try:
             data = data_lib.load()
             description = f"real Fashion-MNIST ({data.source})"
         except data_lib.DataError:
             data = None
-    if data is None or choice != "auto":
+    if data is None or choice == "random":
         rng = np.random.default_rng(SEED)
 
         def split(n):
@@ -914,6 +922,83 @@ def training_specs(batch_size, steps, repeats, steps_per_loop_list, data, precis
     return specs
 
 
+GRID_CONTENDERS = (("fit", "pipeline", "(a) fit"), ("loop", "pipeline", "loop tf.data"), ("loop", "device", "loop device"))
+
+
+def grid_specs(batch_sizes, precisions, steps, repeats, data, examples=0):
+    """Returns the `--grid` configurations: for each precision, then each batch size, Keras's `fit`
+    (its own `jit_compile="auto"`), and clr_loop's loop as the trainer builds it by default (XLA
+    by `jit_compile="auto"`, 100 steps per loop, automatic batch splitting) fed by tf.data and by
+    device-resident data (`input_mode="device"`). The first precision and batch size come first, so
+    a run cut short keeps the rows that matter most."""
+    specs = []
+    for precision in precisions:
+        for batch in batch_sizes:
+            common = dict(batch_size=batch, steps=steps, repeats=repeats, data=data, examples=examples, precision=precision)
+            for kind, input_mode, label in GRID_CONTENDERS:
+                specs.append(Spec(kind, input=input_mode, label=f"{label} b={batch} {precision}", **common))
+    return specs
+
+
+def run_grid(specs, rounds=1, log=print, save=None):
+    """Runs every spec of `grid_specs` in its own worker, `rounds` times interleaved; returns the
+    merged results in order, each with `speedup_vs_fit` (its group's fit ms over its own) where
+    both were measured. A failed worker becomes {"name", "spec", "error"} instead of stopping the
+    grid; `save(results)` is called after every worker with the results so far."""
+    runs = {spec: [] for spec in specs}
+    errors = {}
+    for round_index in range(rounds):
+        for spec in specs:
+            if spec in errors:
+                continue
+            log(f"[round {round_index + 1}/{rounds}] {spec.name} ...")
+            try:
+                runs[spec].append(run_spec_in_subprocess(spec))
+            except (RuntimeError, TimeoutError) as e:
+                errors[spec] = str(e).strip().splitlines()[-1][:300] if str(e).strip() else repr(e)
+                log(f"  failed: {errors[spec]}")
+            if save:
+                save(_grid_results(specs, runs, errors))
+    return _grid_results(specs, runs, errors)
+
+
+def _grid_results(specs, runs, errors):
+    results = []
+    for spec in specs:
+        if spec in errors or not runs[spec]:
+            results.append({"name": spec.name, "spec": dataclasses.asdict(spec), "error": errors.get(spec, "not run")})
+        else:
+            results.append(merge_rounds(runs[spec]))
+    per_group = len(GRID_CONTENDERS)
+    for index in range(0, len(results), per_group):
+        group = results[index:index + per_group]
+        fit = group[0].get("ms_per_step")
+        for r in group:
+            if fit and r.get("ms_per_step"):
+                r["speedup_vs_fit"] = fit / r["ms_per_step"]
+    return results
+
+
+def format_grid_table(results):
+    """Returns the `--grid` results as a fixed-width text table; failed rows say why."""
+    header = ("config", "batch", "precision", "XLA", "input", "ms/step", "range", "x fit", "ex/s", "compile s", "peak RSS MB")
+    rows, failed = [], []
+    for r in results:
+        spec = r["spec"]
+        if "error" in r:
+            failed.append(f"  {r['name']}: not measured: {r['error']}")
+            continue
+        reps = r["ms_per_step_repeats"]
+        speedup = r.get("speedup_vs_fit")
+        rows.append((
+            r["name"], str(spec["batch_size"]), spec["precision"], "on" if r.get("jit_resolved") else "off",
+            "-" if spec["kind"] == "fit" else spec["input"], f"{r['ms_per_step']:.3f}", f"{min(reps):.3f}-{max(reps):.3f}",
+            "-" if speedup is None else f"{speedup:.2f}", f"{r['examples_per_s']:.0f}", f"{r['compile_s']:.2f}",
+            f"{r['process_peak_rss_mb']:.0f}",
+        ))
+    return "\n".join([_table(header, rows), *failed])
+
+
 def split_threads(batch_size, cores=None):
     """Returns {"splits", "inter_op", "intra_op"} as the trainer resolves them on a CPU, or {} for no splitting.
 
@@ -1060,7 +1145,7 @@ TUTORIAL_SCRIPT = (
 )
 
 
-def whole_process_commands(epochs=1, torch=False):
+def whole_process_commands(epochs=1, torch=False, dataset_dir=None):
     """Returns {name: (argv, description)} of the processes `whole_process` times.
 
     "train" is `python -m clr_loop.train --mode=triangular2 --epochs=N` (a fresh --workdir is
@@ -1069,12 +1154,14 @@ def whole_process_commands(epochs=1, torch=False):
     and exit tuning clr_loop's apps use (`clr_loop.process`), to separate what the training
     loop gains from what the process tuning gains. With `torch`, "torch" and "torch_compile" are
     the PyTorch peer's epoch with validation (`python -m benchmarks.torch_peer --epoch`, eager and
-    with `--compile`), in processes without TensorFlow.
+    with `--compile`), in processes without TensorFlow. With `dataset_dir` (a folder of the four
+    Fashion-MNIST IDX files), the trainer and the tutorial's epoch read their data from there.
     """
-    fit = ["--fit_epoch", f"--fit_epochs={epochs}"]
+    data = [f"--dataset_dir={dataset_dir}"] if dataset_dir else []
+    fit = ["--fit_epoch", f"--fit_epochs={epochs}", *data]
     commands = {
         "train": (
-            [sys.executable, "-m", "clr_loop.train", "--mode=triangular2", f"--epochs={epochs}"],
+            [sys.executable, "-m", "clr_loop.train", "--mode=triangular2", f"--epochs={epochs}", *data],
             f"python -m clr_loop.train --mode=triangular2 --epochs={epochs}",
         ),
         "fit": (
@@ -1093,7 +1180,7 @@ def whole_process_commands(epochs=1, torch=False):
     return commands
 
 
-def whole_process(runs, workdir, epochs=1, log=print, torch=False):
+def whole_process(runs, workdir, epochs=1, log=print, torch=False, dataset_dir=None, names=None):
     """Times the `whole_process_commands` as processes, `runs` times each, alternating.
 
     Each train run gets a fresh folder under `workdir`. Returns {"commands": {name: description},
@@ -1102,9 +1189,13 @@ def whole_process(runs, workdir, epochs=1, log=print, torch=False):
     "speedup_wall_vs_torch" (torch / train) and "speedup_wall_vs_torch_compile"}, "errors": {name:
     why}}} with the OS's wall time, CPU time and peak RSS of every process (`run_process`). A
     PyTorch process that fails is left out of the medians with its reason in "errors" (after its
-    first failure it is not run again); any other failure raises RuntimeError.
+    first failure it is not run again); any other failure raises RuntimeError. `dataset_dir` is
+    `whole_process_commands`'s; `names` keeps only those commands besides "train" and "fit" (and
+    the speed-ups of those measured).
     """
-    commands = whole_process_commands(epochs, torch=torch)
+    commands = whole_process_commands(epochs, torch=torch, dataset_dir=dataset_dir)
+    if names:  # only these (the trainer and the tutorial's script are always among them)
+        commands = {name: command for name, command in commands.items() if name in {"train", "fit", *names}}
     measured = {name: [] for name in commands}
     errors = {}
     for index in range(runs):
@@ -1130,7 +1221,8 @@ def whole_process(runs, workdir, epochs=1, log=print, torch=False):
     }
     train_s = medians["train"]["wall_s"]
     medians["speedup_wall"] = medians["fit"]["wall_s"] / train_s
-    medians["speedup_wall_vs_tuned_fit"] = medians["fit_gc_tuned"]["wall_s"] / train_s
+    if "fit_gc_tuned" in medians:
+        medians["speedup_wall_vs_tuned_fit"] = medians["fit_gc_tuned"]["wall_s"] / train_s
     for name in ("torch", "torch_compile"):
         if name in medians:
             medians[f"speedup_wall_vs_{name}"] = medians[name]["wall_s"] / train_s
@@ -1338,6 +1430,9 @@ def define_flags():
     flags.DEFINE_bool("profile", False, "Also profile the default configuration and the fastest variant.")
     flags.DEFINE_enum("data", "auto", ["auto", "random"], "auto: real Fashion-MNIST when it loads, else random data.")
     flags.DEFINE_string("out", None, "Write all results as JSON to this file.")
+    flags.DEFINE_bool("grid", False, "Instead of the main table: Keras fit, the loop on tf.data and the loop on device-resident data, with the trainer's defaults (XLA by jit_compile=auto), for every --batch_sizes (default 64) x --precisions; with --whole_process, the process times too.")
+    flags.DEFINE_integer("examples", 0, "--grid: keep only this many examples of each split (quick checks).")
+    flags.DEFINE_string("dataset_dir", None, "Read Fashion-MNIST from the four IDX files in this folder (workers, --fit_epoch and the whole-process runs) instead of --data.")
     flags.DEFINE_bool("fit_epoch", False, "Run the tutorial's fit (with validation) for --fit_epochs epochs and exit.")
     flags.DEFINE_integer("fit_epochs", 1, "Epochs for --fit_epoch.")
     flags.DEFINE_bool("fit_gc_tuned", False, "--fit_epoch with clr_loop's start-up and exit tuning (clr_loop.process: the garbage collector, the deferred pyplot).")
@@ -1368,6 +1463,56 @@ def _profile_in_subprocess(spec, logdir):
     return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
+def grid_main(specs, rounds, whole_runs, out, dataset_dir):
+    """The `--grid` app: runs `specs` (`run_grid`), then `whole_runs` whole-process runs of the trainer
+    and the tutorial's script (`whole_process`, one epoch with validation each); prints the tables
+    and writes the JSON to `out` after every worker. The whole-process runs are the trainer's
+    default and the tutorial's script only (not the start-up-tuned script: the grid is for a
+    machine where time is short). Returns 0, or 1 when any worker or process failed
+    (what was measured is kept)."""
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    report = {"command": " ".join(["python -m benchmarks.bench", *sys.argv[1:]]), "versions": _versions(),
+              "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "grid": [], "complete": False}
+
+    def save(results=None, complete=False):
+        if results is not None:
+            report["grid"] = results
+        report["complete"] = complete
+        if out:
+            checkpointing.write_json_atomic(out, report)
+
+    results = run_grid(specs, rounds, log, save=save)
+    measured = [r for r in results if "error" not in r]
+    report["device"] = measured[0]["device"] if measured else device_description()
+    report["data"] = measured[0]["data"] if measured else None
+    save(results)
+    print(f"\n{report['device']}; TensorFlow {report['versions']['tensorflow']}, Keras {report['versions']['keras']}")
+    print(f"data: {report['data']}; {rounds} round(s)\n")
+    print(format_grid_table(results))
+    print("\nx fit: the same batch size and precision's fit ms/step over this row's (above 1: faster); "
+          "XLA: what jit_compile=auto resolved to; compile s: the first call's time beyond its steps")
+    failed = len(results) - len(measured)
+    if whole_runs:
+        try:
+            report["whole_process"] = whole_process(whole_runs, tempfile.mkdtemp(prefix="clr_bench_train_"), log=log,
+                                                    dataset_dir=dataset_dir, names=("train", "fit"))
+        except (RuntimeError, TimeoutError) as e:
+            report["whole_process"] = {"error": str(e)[-3000:]}
+            print(f"\nwhole process: failed: {str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}")
+            failed += 1
+        else:
+            med = report["whole_process"]["medians"]
+            print(f"\nwhole process, 1 epoch incl. start-up, data loading and validation (median of {whole_runs}):")
+            for name, description in report["whole_process"]["commands"].items():
+                print(f"  {description:<62} {med[name]['wall_s']:6.2f} s wall {med[name]['cpu_s']:6.2f} s CPU"
+                      f" {med[name]['peak_rss_mb']:6.0f} MB peak RSS")
+            print(f"  speed-up of clr_loop.train: x{med['speedup_wall']:.2f} against the tutorial script")
+    save(complete=failed == 0)
+    if out:
+        print(f"\nwrote {out}")
+    return 1 if failed else 0
+
+
 def _print_result(value):
     print(RESULT_PREFIX + json.dumps(value), flush=True)
 
@@ -1386,7 +1531,10 @@ def main(argv):
 
         def run_fit(argv):
             del argv
-            result = fit_epoch(epochs)
+            from clr_loop import data as data_lib  # pylint: disable=import-outside-toplevel
+
+            data = data_lib.load(dataset_dir=FLAGS.dataset_dir) if FLAGS.dataset_dir else None
+            result = fit_epoch(epochs, data=data)
             print(f"fit: {result['fit_s']:.1f} s for {epochs} epoch(s) incl. validation; set-up {result['setup_s']:.1f} s")
             return 0
 
@@ -1423,6 +1571,16 @@ def main(argv):
         out_dir = os.path.dirname(os.path.abspath(FLAGS.out))
         if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
             raise app.UsageError(f"--out={FLAGS.out}: {out_dir} is not a writable directory")
+    if FLAGS.examples < 0:
+        raise app.UsageError(f"--examples must be >= 0, got {FLAGS.examples}")
+    if FLAGS.dataset_dir and not os.path.isdir(FLAGS.dataset_dir):
+        raise app.UsageError(f"--dataset_dir={FLAGS.dataset_dir} is not a folder")
+    dataset_dir = os.path.abspath(FLAGS.dataset_dir) if FLAGS.dataset_dir else None
+    data_choice = IDX_PREFIX + dataset_dir if dataset_dir else FLAGS.data
+    if FLAGS.grid:
+        specs = grid_specs(batch_sizes or [FLAGS.batch_size], FLAGS.precisions, FLAGS.steps, FLAGS.repeats, data_choice,
+                           FLAGS.examples)
+        return grid_main(specs, FLAGS.rounds, FLAGS.whole_process, FLAGS.out, dataset_dir)
 
     torch_ok, torch_why = torch_peer.torch_status() if FLAGS.torch else (False, "--torch=false")
     features = cpu_features()
@@ -1443,7 +1601,7 @@ def main(argv):
             checkpointing.write_json_atomic(FLAGS.out, report)
 
     matmul = []
-    specs = training_specs(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, steps_per_loop, FLAGS.data,
+    specs = training_specs(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, steps_per_loop, data_choice,
                            precisions=FLAGS.precisions, torch=torch_ok)
     if FLAGS.configs:
         # fit (every precision) and the PyTorch peer stay: the rows the others are compared with.
@@ -1454,7 +1612,7 @@ def main(argv):
             raise app.UsageError(f"--configs={','.join(FLAGS.configs)} matches no loop configuration; the names are:\n  {names}")
         specs = chosen
     training = run_specs(specs, FLAGS.rounds, log, matmul=matmul)
-    evals = run_specs(eval_specs(FLAGS.batch_size, FLAGS.repeats, FLAGS.data), FLAGS.rounds, log) if FLAGS.eval else []
+    evals = run_specs(eval_specs(FLAGS.batch_size, FLAGS.repeats, data_choice), FLAGS.rounds, log) if FLAGS.eval else []
     matmul.append(run_spec_in_subprocess(Spec("matmul", repeats=3)))
     peak = max(m["gflops_best"] for m in matmul)
     report.update(device=matmul[0]["device"], data=training[0]["data"], matmul=matmul, matmul_peak_gflops=peak)
@@ -1475,7 +1633,7 @@ def main(argv):
         print(format_precision_table(report["precision"]))
     save()
     if FLAGS.kernels:
-        report["kernels"] = run_kernel_specs(kernel_specs(FLAGS.precisions, FLAGS.data), log)
+        report["kernels"] = run_kernel_specs(kernel_specs(FLAGS.precisions, data_choice), log)
         print("\nwhich kernels ran: oneDNN primitive executions (kind, implementation:ISA, source dtype) in a 5-step run, ONEDNN_VERBOSE=1\n")
         print(format_kernels(report["kernels"]))
     if evals:
@@ -1489,7 +1647,7 @@ def main(argv):
         sweep_specs = []
         for batch in batch_sizes:
             steps = max(10, FLAGS.sweep_examples // batch) if FLAGS.sweep_examples else 0
-            common = dict(batch_size=batch, steps=steps, repeats=FLAGS.repeats, data=FLAGS.data)
+            common = dict(batch_size=batch, steps=steps, repeats=FLAGS.repeats, data=data_choice)
             sweep_specs.append(Spec("fit", label=f"(a) fit b={batch}", **common))
             sweep_specs.append(Spec("loop", label=f"default loop b={batch}", **common))
             fast = Spec(**{**fastest["spec"], **common, "label": f"fastest: {fastest['name']} b={batch}"})
@@ -1519,7 +1677,7 @@ def main(argv):
 
     if FLAGS.whole_process:
         workdir = tempfile.mkdtemp(prefix="clr_bench_train_")
-        report["whole_process"] = whole_process(FLAGS.whole_process, workdir, log=log, torch=torch_ok)
+        report["whole_process"] = whole_process(FLAGS.whole_process, workdir, log=log, torch=torch_ok, dataset_dir=dataset_dir)
         med = report["whole_process"]["medians"]
         print(f"\nwhole process, 1 epoch incl. start-up, data loading and validation (median of {FLAGS.whole_process}):")
         for name, description in report["whole_process"]["commands"].items():

@@ -518,3 +518,49 @@ def test_cli_without_torch_runs_as_before_and_says_the_pytorch_rows_were_skipped
     assert saved["torch"] == {"available": False, "skipped_because": f"PyTorch hidden by {torch_peer.HIDE_ENV}=1"}
     assert [row["name"] for row in saved["training"]] == ["(a) fit", "loop pipeline xla=false spl=2"]
     assert [r["contender"] for r in saved["side_by_side"]] == ["clr_loop", "Keras fit", "PyTorch eager", "torch.compile"]
+
+
+# ---------------------------------------------------------------------------------------------
+# --grid (benchmarks/gpu_check.sh's benchmark stage) and --dataset_dir
+
+
+def test_grid_specs_put_fit_and_both_input_modes_side_by_side_first_precision_first():
+    specs = bench.grid_specs([64, 1024], ["float32", "mixed_float16"], steps=100, repeats=2, data="idx:/d", examples=0)
+    assert [s.name for s in specs[:3]] == ["(a) fit b=64 float32", "loop tf.data b=64 float32", "loop device b=64 float32"]
+    assert [(s.batch_size, s.precision) for s in specs[::3]] == [(64, "float32"), (1024, "float32"), (64, "mixed_float16"),
+                                                                 (1024, "mixed_float16")]
+    assert {(s.kind, s.input, s.jit, s.steps_per_loop, s.splits) for s in specs} == {
+        ("fit", "pipeline", "auto", 100, 0), ("loop", "pipeline", "auto", 100, 0), ("loop", "device", "auto", 100, 0)}
+    assert all(s.steps == 100 and s.repeats == 2 and s.data == "idx:/d" for s in specs)
+
+
+def test_grid_results_compare_with_their_groups_fit_and_keep_failed_rows():
+    specs = bench.grid_specs([8], ["float32", "mixed_bfloat16"], steps=2, repeats=1, data="random")
+
+    def measured(spec, ms):
+        return {"name": spec.name, "spec": dataclasses.asdict(spec), "ms_per_step": ms, "ms_per_step_repeats": [ms],
+                "examples_per_s": 8000.0 / ms, "compile_s": 0.5, "process_peak_rss_mb": 700.0, "jit_resolved": False}
+
+    runs = {spec: [measured(spec, ms)] for spec, ms in zip(specs, [4.0, 2.0, 1.0, 8.0, 4.0, 5.0])}
+    runs[specs[3]] = []
+    results = bench._grid_results(specs, runs, {specs[3]: "worker failed: boom"})
+    assert [r.get("speedup_vs_fit") for r in results] == [1.0, 2.0, 4.0, None, None, None]
+    assert results[3]["error"] == "worker failed: boom" and "ms_per_step" not in results[3]
+    table = bench.format_grid_table(results)
+    assert "(a) fit b=8 mixed_bfloat16: not measured: worker failed: boom" in table
+    assert "loop device b=8 float32" in table and "4.00" in table
+
+
+def test_whole_process_commands_read_the_given_idx_folder():
+    commands = bench.whole_process_commands(epochs=1, dataset_dir="/data/fm")
+    assert commands["train"][0][-1] == "--dataset_dir=/data/fm"
+    assert commands["fit"][0][-1] == "--dataset_dir=/data/fm" and commands["fit_gc_tuned"][0][-2] == "--dataset_dir=/data/fm"
+
+
+def test_load_data_reads_an_idx_folder(tmp_path):
+    from benchmarks import gpu_check
+
+    gpu_check.write_idx_dir(str(tmp_path), n_train=20, n_test=6)
+    data, description = bench.load_data(bench.IDX_PREFIX + str(tmp_path), examples=8)
+    assert (data.train.num_examples, data.test.num_examples) == (8, 6)
+    assert str(tmp_path) in description and "first 8 examples" in description

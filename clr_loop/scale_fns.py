@@ -179,6 +179,12 @@ class SavedFunction:
     """
 
     keras_module = None
+    unset_is_safe = True  # whether loading code is refused when no safe-mode scope is set
+
+    @staticmethod
+    def safe_mode_state():
+        """Returns the loader's safe mode: True, False, or None when no scope sets it."""
+        raise NotImplementedError
 
     def __init__(self, fn):
         self.fn = fn
@@ -237,8 +243,7 @@ class SavedFunction:
         if kind == "reference":
             return k.saving.deserialize_keras_object(config["object"])
         if kind == "code":
-            # Keras's own gate on loading code: refused in safe mode, as for a Lambda layer.
-            fn = _keras_load_code(k, [config["code"], None, None])
+            fn = _load_code(cls, config["code"], config.get("name") or "<lambda>")
             defaults = tuple(k.saving.deserialize_keras_object(v) for v in config.get("defaults") or ())
             closure = tuple(
                 types.CellType(k.saving.deserialize_keras_object(v)) for v in config.get("closure") or ()
@@ -269,19 +274,30 @@ def _registered_or_importable(k, fn):
     return k.saving.get_registered_name(fn) != fn.__name__ or _importable(fn)
 
 
-def _keras_load_code(k, value):
-    """Returns the function Keras rebuilds from `func_dump` output, with Keras's safe-mode check."""
-    try:
-        return k.saving.deserialize_keras_object({"class_name": "__lambda__", "config": {"value": value}})
-    except ValueError as e:
-        if "safe_mode" not in str(e):
-            raise
+def _load_code(saved_function_class, code, name="<lambda>"):
+    """Returns a function of the marshalled, base64 `code` (Keras's `func_dump` text), after the safe-mode check.
+
+    Keras 3 refuses to load code unless `safe_mode=False` (or unsafe deserialization is enabled);
+    tf_keras, as its Lambda layer does, refuses only inside a safe-mode scope (its `.keras` loader
+    sets one; its `.h5` loader does not). Raises a ValueError naming `scale_fn` when refused.
+    """
+    state = saved_function_class.safe_mode_state()
+    if state is True or (state is None and saved_function_class.unset_is_safe):
         raise ValueError(
             "scale_fn: this schedule's scale_fn was saved as Python bytecode, and loading it runs that "
             "code, so Keras refuses it in safe mode (as it refuses a Lambda layer's function). If you "
             "trust the file, load it with safe_mode=False (keras.models.load_model(path, "
-            "safe_mode=False)) or call keras.config.enable_unsafe_deserialization(); or save the schedule "
-            "with mode='triangular', 'triangular2' or 'exp_range', which needs no code"
+            "safe_mode=False)) or, for a .h5 file (whose optimizer Keras rebuilds outside safe_mode), call "
+            "keras.config.enable_unsafe_deserialization() first; or save the schedule with "
+            "mode='triangular', 'triangular2' or 'exp_range', which needs no code"
+        )
+    try:
+        raw = codecs.decode(code.encode("ascii"), "base64")
+        return types.FunctionType(marshal.loads(raw), {"__builtins__": builtins}, name)
+    except Exception as e:  # noqa: BLE001 (bad data, another Python's bytecode)
+        raise ValueError(
+            f"scale_fn: the saved Python function could not be rebuilt ({type(e).__name__}: {e}); bytecode "
+            "loads only in the Python version that wrote it. Rebuild the schedule with its scale_fn"
         ) from e
 
 
@@ -302,10 +318,14 @@ def load(value, saved_function_class):
         class_name = str(value.get("class_name", ""))
         if class_name.endswith("ScaleFunction") and isinstance(value.get("config"), dict):
             return saved_function_class.from_config(value["config"])
-        if class_name == "__lambda__":
+        if class_name == "__lambda__":  # Keras's own form: {"value": [code, defaults, closure]}
             inner = value.get("config") or {}
-            return _keras_load_code(k, inner.get("value", [inner.get("code"), inner.get("defaults"),
-                                                           inner.get("closure")]))
+            code, defaults, closure = inner.get("value") or [inner.get("code"), inner.get("defaults"),
+                                                             inner.get("closure")]
+            fn = _load_code(saved_function_class, code)
+            cells = tuple(types.CellType(v) for v in closure or ())
+            return types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, tuple(defaults or ()) or None,
+                                      cells or None)
         return k.saving.deserialize_keras_object(value)
     if isinstance(value, str):
         found = k.saving.get_registered_object(value)

@@ -423,6 +423,12 @@ class ScaleFunction(scale_fns.SavedFunction):
 
     keras_module = keras
 
+    @staticmethod
+    def safe_mode_state():
+        from keras.src.saving import serialization_lib  # noqa: PLC0415 (no public accessor)
+
+        return serialization_lib.in_safe_mode()
+
 
 _CYCLICAL_DOC = """A cyclical learning rate (Smith, 2015), with TensorFlow Addons' arguments and formula.
 

@@ -166,8 +166,9 @@ class SavedFunction:
     """A Python `scale_fn` inside a schedule's config: the callable in memory, a JSON dict when saved.
 
     `get_config` (called by Keras's serializer) returns one of:
-    - `{"kind": "reference", "object": ...}`: a Keras-serializable object, or a function importable by
-      module and name, serialized by Keras itself (loads without `safe_mode=False`);
+    - `{"kind": "reference", "object": ...}`: a Keras-serializable object, serialized by Keras itself;
+    - `{"kind": "import", "module", "name"}`: a function importable by module and name (`math.exp`,
+      a function at the top of your own module); these two load without `safe_mode=False`;
     - `{"kind": "code", "code", "defaults", "closure", "globals", "name"}`: any other Python function,
       as Keras's `Lambda` layer saves one (its marshalled bytecode, base64), plus the globals it reads
       (modules by name, values serialized by Keras). Loading it runs that code, so it needs
@@ -195,9 +196,10 @@ class SavedFunction:
     def get_config(self):
         k = self.keras_module
         fn = self.fn
-        if hasattr(fn, "get_config") or (isinstance(fn, types.FunctionType) and fn.__name__ != "<lambda>"
-                                         and _registered_or_importable(k, fn)):
+        if hasattr(fn, "get_config"):
             return {"kind": "reference", "object": k.saving.serialize_keras_object(fn)}
+        if _importable(fn):
+            return {"kind": "import", "module": fn.__module__, "name": fn.__name__}
         if isinstance(fn, types.FunctionType):
             code = fn.__code__
             defaults = [k.saving.serialize_keras_object(v) for v in fn.__defaults__ or ()]
@@ -242,6 +244,8 @@ class SavedFunction:
         kind = config.get("kind")
         if kind == "reference":
             return k.saving.deserialize_keras_object(config["object"])
+        if kind == "import":
+            return getattr(importlib.import_module(config["module"]), config["name"])
         if kind == "code":
             fn = _load_code(cls, config["code"], config.get("name") or "<lambda>")
             defaults = tuple(k.saving.deserialize_keras_object(v) for v in config.get("defaults") or ())
@@ -268,10 +272,6 @@ class SavedFunction:
 def _dump_code(fn):
     """Returns `fn`'s bytecode as Keras's `func_dump` writes it: marshalled, then base64 text."""
     return codecs.encode(marshal.dumps(fn.__code__), "base64").decode("ascii")
-
-
-def _registered_or_importable(k, fn):
-    return k.saving.get_registered_name(fn) != fn.__name__ or _importable(fn)
 
 
 def _load_code(saved_function_class, code, name="<lambda>"):

@@ -55,7 +55,7 @@ def _warn(message):
 
 
 def _is_variable(value):
-    return isinstance(value, (tf.Variable, keras.Variable)) or type(value).__name__.endswith("Variable")
+    return isinstance(value, (tf.Variable, keras.Variable))
 
 
 def _number(name, value, what):

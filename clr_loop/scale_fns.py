@@ -201,34 +201,16 @@ class SavedFunction:
         if _importable(fn):
             return {"kind": "import", "module": fn.__module__, "name": fn.__name__}
         if isinstance(fn, types.FunctionType):
-            code = fn.__code__
-            defaults = [k.saving.serialize_keras_object(v) for v in fn.__defaults__ or ()]
-            closure = [k.saving.serialize_keras_object(c.cell_contents) for c in fn.__closure__ or ()]
-            saved_globals = {}
-            for name in code.co_names:
-                if name not in fn.__globals__:
-                    continue
-                value = fn.__globals__[name]
-                if isinstance(value, types.ModuleType):
-                    saved_globals[name] = {"module": value.__name__}
-                    continue
-                try:
-                    saved_globals[name] = {"value": k.saving.serialize_keras_object(value)}
-                except Exception:  # noqa: BLE001
-                    warnings.warn(
-                        f"scale_fn {fn.__qualname__} reads the global {name!r} ({type(value).__name__}), which "
-                        "cannot be saved; the loaded function will not find it",
-                        UserWarning,
-                        stacklevel=2,
-                    )
-            return {
-                "kind": "code",
-                "name": fn.__name__,
-                "code": _dump_code(fn),
-                "defaults": defaults,
-                "closure": closure,
-                "globals": saved_globals,
-            }
+            try:
+                return self._code_config(fn)
+            except Exception as e:  # noqa: BLE001 (a closure or default Keras cannot write)
+                warnings.warn(
+                    f"scale_fn {fn.__qualname__}: its closure or defaults cannot be saved ({e}); the saved "
+                    "schedule records only its name and cannot be loaded without rebuilding it",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                return {"kind": "unsaved", "repr": repr(fn)}
         warnings.warn(
             f"scale_fn {fn!r} is neither a Python function nor a Keras-serializable object: the saved "
             "schedule records only its repr and cannot be loaded without rebuilding it",
@@ -236,6 +218,49 @@ class SavedFunction:
             stacklevel=2,
         )
         return {"kind": "unsaved", "repr": repr(fn)}
+
+    def _code_config(self, fn):
+        """Returns the "code" config of a Python function: bytecode, defaults, closure, globals read."""
+        saved_globals = {}
+        for name in fn.__code__.co_names:
+            if name not in fn.__globals__:
+                continue  # an attribute name, or a builtin
+            value = fn.__globals__[name]
+            if value is fn:  # a recursive function
+                saved_globals[name] = {"self": True}
+            elif isinstance(value, types.ModuleType):
+                saved_globals[name] = {"module": value.__name__}
+            else:
+                try:
+                    saved_globals[name] = {"value": self._save_value(value)}
+                except Exception:  # noqa: BLE001
+                    warnings.warn(
+                        f"scale_fn {fn.__qualname__} reads the global {name!r} ({type(value).__name__}), which "
+                        "cannot be saved; the loaded function will not find it",
+                        UserWarning,
+                        stacklevel=3,
+                    )
+        return {
+            "kind": "code",
+            "name": fn.__name__,
+            "code": _dump_code(fn),
+            "defaults": [self._save_value(v) for v in fn.__defaults__ or ()],
+            "closure": [{"self": True} if c.cell_contents is fn else self._save_value(c.cell_contents)
+                        for c in fn.__closure__ or ()],
+            "globals": saved_globals,
+        }
+
+    def _save_value(self, value):
+        """A closure cell, default or global: a function (or other non-Keras callable) as a SavedFunction, else by Keras."""
+        if callable(value) and not hasattr(value, "get_config") and not isinstance(value, type):
+            return {"class_name": "ScaleFunction", "config": type(self)(value).get_config()}
+        return self.keras_module.saving.serialize_keras_object(value)
+
+    @classmethod
+    def _load_value(cls, saved):
+        if isinstance(saved, dict) and saved.get("class_name") == "ScaleFunction":
+            return cls.from_config(saved["config"])
+        return cls.keras_module.saving.deserialize_keras_object(saved)
 
     @classmethod
     def from_config(cls, config):
@@ -247,20 +272,25 @@ class SavedFunction:
         if kind == "import":
             return getattr(importlib.import_module(config["module"]), config["name"])
         if kind == "code":
-            fn = _load_code(cls, config["code"], config.get("name") or "<lambda>")
-            defaults = tuple(k.saving.deserialize_keras_object(v) for v in config.get("defaults") or ())
-            closure = tuple(
-                types.CellType(k.saving.deserialize_keras_object(v)) for v in config.get("closure") or ()
-            )
+            code = _load_code(cls, config["code"])
+            defaults = tuple(cls._load_value(v) for v in config.get("defaults") or ())
+            saved_closure = config.get("closure") or ()
+            closure = tuple(types.CellType() if _is_self(v) else types.CellType(cls._load_value(v))
+                            for v in saved_closure)
             globs = {"__builtins__": builtins}
+            loaded = types.FunctionType(code, globs, config.get("name") or code.co_name, defaults or None,
+                                        closure or None)
+            for cell, saved in zip(closure, saved_closure):
+                if _is_self(saved):  # a recursive nested function refers to itself through its closure
+                    cell.cell_contents = loaded
             for name, saved in (config.get("globals") or {}).items():
-                if "module" in saved:
+                if saved.get("self"):
+                    globs[name] = loaded
+                elif "module" in saved:
                     globs[name] = importlib.import_module(saved["module"])
                 else:
-                    globs[name] = k.saving.deserialize_keras_object(saved["value"])
-            return types.FunctionType(
-                fn.__code__, globs, config.get("name") or fn.__name__, defaults or None, closure or None
-            )
+                    globs[name] = cls._load_value(saved["value"])
+            return loaded
         raise ValueError(
             f"scale_fn: the saved schedule's scale_fn was {config.get('repr', 'a callable')}, which cannot be "
             "saved (only Python functions, named modes and Keras-serializable objects can). Rebuild the "
@@ -269,13 +299,17 @@ class SavedFunction:
         )
 
 
+def _is_self(saved):
+    return isinstance(saved, dict) and saved.get("self") is True and len(saved) == 1
+
+
 def _dump_code(fn):
     """Returns `fn`'s bytecode as Keras's `func_dump` writes it: marshalled, then base64 text."""
     return codecs.encode(marshal.dumps(fn.__code__), "base64").decode("ascii")
 
 
-def _load_code(saved_function_class, code, name="<lambda>"):
-    """Returns a function of the marshalled, base64 `code` (Keras's `func_dump` text), after the safe-mode check.
+def _load_code(saved_function_class, code):
+    """Returns the code object of the marshalled, base64 `code` (Keras's `func_dump` text), after the safe-mode check.
 
     Keras 3 refuses to load code unless `safe_mode=False` (or unsafe deserialization is enabled);
     tf_keras, as its Lambda layer does, refuses only inside a safe-mode scope (its `.keras` loader
@@ -293,7 +327,10 @@ def _load_code(saved_function_class, code, name="<lambda>"):
         )
     try:
         raw = codecs.decode(code.encode("ascii"), "base64")
-        return types.FunctionType(marshal.loads(raw), {"__builtins__": builtins}, name)
+        loaded = marshal.loads(raw)
+        if not isinstance(loaded, types.CodeType):
+            raise TypeError(f"not a code object: {type(loaded).__name__}")
+        return loaded
     except Exception as e:  # noqa: BLE001 (bad data, another Python's bytecode)
         raise ValueError(
             f"scale_fn: the saved Python function could not be rebuilt ({type(e).__name__}: {e}); bytecode "
@@ -322,9 +359,9 @@ def load(value, saved_function_class):
             inner = value.get("config") or {}
             code, defaults, closure = inner.get("value") or [inner.get("code"), inner.get("defaults"),
                                                              inner.get("closure")]
-            fn = _load_code(saved_function_class, code)
+            code = _load_code(saved_function_class, code)
             cells = tuple(types.CellType(v) for v in closure or ())
-            return types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, tuple(defaults or ()) or None,
+            return types.FunctionType(code, {"__builtins__": builtins}, code.co_name, tuple(defaults or ()) or None,
                                       cells or None)
         return k.saving.deserialize_keras_object(value)
     if isinstance(value, str):

@@ -244,6 +244,41 @@ def test_callable_object_saves_with_a_warning_and_loading_says_why_not(tmp_path)
         keras.models.load_model(tmp_path / "m.keras", safe_mode=False)
 
 
+def _halving(c):
+    """A module-level helper that a test's nested functions call through a closure or a global."""
+    return 0.5 ** (c - 1)
+
+
+def test_functions_with_closures_helpers_and_recursion_save_and_load():
+    helper = lambda c: _halving(c) * 0.9  # noqa: E731 (a non-importable function in a closure)
+
+    def recursive(c, depth=3):
+        return 1.0 if depth == 0 else recursive(c, depth - 1) * 1.0
+
+    cases = [
+        (lambda c: helper(c) + 0.0 * c, lambda c: 0.9 * 0.5 ** (c - 1)),
+        (lambda c: recursive(c) * _halving(c), lambda c: 0.5 ** (c - 1)),
+    ]
+    steps = np.arange(0, 60)
+    for fn, scale in cases:
+        schedule = CyclicalLearningRate(1e-4, 1e-2, 5, scale_fn=fn)
+        text = json.dumps(keras.saving.serialize_keras_object(schedule))
+        loaded = keras.saving.deserialize_keras_object(json.loads(text), safe_mode=False)
+        assert loaded.scale_fn is not fn
+        np.testing.assert_allclose(loaded(steps), tfa_formula(steps, 1e-4, 1e-2, 5, scale), rtol=1e-6)
+
+
+def test_a_closure_keras_cannot_write_saves_with_a_warning():
+    import threading
+
+    lock = threading.Lock()
+    schedule = CyclicalLearningRate(1e-4, 1e-2, 5, scale_fn=lambda c: 1.0 if lock else 0.0)
+    with pytest.warns(UserWarning, match="scale_fn"):
+        text = json.dumps(keras.saving.serialize_keras_object(schedule))
+    with pytest.raises(ValueError, match=r"scale_fn.*cannot be saved"):
+        keras.saving.deserialize_keras_object(json.loads(text), safe_mode=False)
+
+
 def test_importable_function_is_saved_by_name_and_loads_in_safe_mode(tmp_path):
     import math
 

@@ -231,16 +231,6 @@ def test_python_int_and_numpy_scalars():
     assert schedule(3).dtype == tf.float32
 
 
-def test_custom_scale_fn_refuses_to_serialize_with_clear_error():
-    schedule = CyclicalLearningRate(1e-4, 1e-2, 4, scale_fn=lambda x: 1.0)
-    with pytest.raises(ValueError, match="custom scale_fn cannot be serialized"):
-        keras.saving.serialize_keras_object(schedule)
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.SGD(schedule), loss="mse")
-    with pytest.raises(ValueError, match="scale_fn"):
-        model.save("/tmp/unused_should_not_exist.keras")
-
-
 def test_get_config_is_json_and_complete():
     config = CyclicalLearningRate(1e-4, 1e-2, 4, mode="exp_range", gamma=0.5, name="lr").get_config()
     assert json.loads(json.dumps(config)) == config
@@ -286,17 +276,16 @@ def test_keras_model_file_round_trip_continues_training(tmp_path):
     [
         (dict(step_size=0), "step_size"),
         (dict(step_size=-3), "step_size"),
-        (dict(step_size=2.5), "step_size"),
         (dict(step_size_down=0), "step_size_down"),
-        (dict(initial_learning_rate=-1e-3), "initial_learning_rate"),
         (dict(maximal_learning_rate=float("inf")), "maximal_learning_rate"),
         (dict(initial_learning_rate=float("nan")), "initial_learning_rate"),
-        (dict(initial_learning_rate=0.1, maximal_learning_rate=0.01), "maximal_learning_rate"),
         (dict(mode="cosine"), "mode"),
-        (dict(mode="exp_range", gamma=0.0), "gamma"),
-        (dict(mode="exp_range", gamma=-1.0), "gamma"),
         (dict(mode="exp_range", gamma=float("nan")), "gamma"),
-        (dict(scale_mode="epoch"), "scale_mode"),
+        (dict(step_size=float("nan")), "step_size"),
+        (dict(initial_learning_rate="0.1"), "initial_learning_rate"),
+        (dict(maximal_learning_rate=lambda: 0.1), "maximal_learning_rate"),
+        (dict(scale_mode=1), "scale_mode"),
+        (dict(scale_fn=0.5), "scale_fn"),
         (dict(mode="triangular", scale_fn=lambda x: 1.0), "scale_fn"),
     ],
 )

@@ -210,7 +210,7 @@ def test_bad_datasets_and_models_exit_1_naming_them_before_writing(tmp_path, cap
         (["--dataset=no_such_dataset_xyz"], "tfds dataset 'no_such_dataset_xyz': not a TFDS dataset"),
         (["--dataset=cifar10"], "not prepared (no download into the default data dir)"),
         ([f"--dataset=npz:{npz}"], f"{npz}: missing array(s) x_test, y_test"),
-        ([f"--dataset=npz:{tmp_path / 'absent.npz'}"], "absent.npz: file not found"),
+        ([f"--dataset=npz:{tmp_path / 'absent.npz'}"], "absent.npz: does not exist"),
         ([f"--dataset_dir={idx_dir}", "--model=no_such_module_xyz:build"], "--model: model no_such_module_xyz:build: cannot import"),
     ]
     for argv, message in cases:

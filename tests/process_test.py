@@ -137,53 +137,48 @@ def test_app_main_runs_to_the_end_when_stdout_cannot_be_written_then_exits_1(unf
                                        "device); the run went on to its end without it\n")
 
 
+# A child process's collector probe: `during` lists the generation of every collection that starts
+# while TensorFlow's module is executing (the import system's own mark, `__spec__._initializing`).
+_IMPORT_PROBE = (
+    "import gc, sys\n"
+    "during = []\n"
+    "def importing(name):\n"
+    "    spec = getattr(sys.modules.get(name), '__spec__', None)\n"
+    "    return bool(getattr(spec, '_initializing', False))\n"
+    "gc.callbacks.append(lambda phase, info: during.append(info['generation'])\n"
+    "                    if phase == 'start' and importing('tensorflow') else None)\n"
+)
+
+
+def _probe(code):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", _IMPORT_PROBE + code], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
 @pytest.mark.parametrize("app", ["train", "ablate", "plot", "lr_range_test"])
 def test_an_apps_imports_run_with_the_collector_paused_and_leave_it_as_it_was(app):
     """An app imports TensorFlow inside `gc_paused()` and `deferred_imports()` (`import clr_loop`
     alone does neither: tests/package_test.py).
 
-    The oracle is the import system's own mark of a module being executed
-    (`module.__spec__._initializing`): no collection starts while TensorFlow's module is executing
-    (a plain import of it runs about 800). How many young collections run after the block, as the
-    app's own code is created, depends on the machine (allocation counts differ with the CPU's
-    kernels) and is not asserted."""
-    code = (
-        "import gc, sys\n"
-        "during = []\n"
-        "def importing(name):\n"
-        "    spec = getattr(sys.modules.get(name), '__spec__', None)\n"
-        "    return bool(getattr(spec, '_initializing', False))\n"
-        "gc.callbacks.append(lambda phase, info: during.append(info['generation'])\n"
-        "                    if phase == 'start' and importing('tensorflow') else None)\n"
+    No collection starts while TensorFlow's module is executing (a plain import of it runs about
+    800). How many young collections run after the block, as the app's own code is created, depends
+    on the machine (allocation counts differ with the CPU's kernels) and is not asserted. Then the
+    collector is on, nothing is frozen, and the import system is as it was."""
+    out = _probe(
         f"import clr_loop.{app}\n"
         "print(len(during), gc.isenabled(), gc.get_freeze_count(), 'tensorflow' in sys.modules,\n"
         "      any(type(f).__name__ == '_DeferredFinder' for f in sys.meta_path))"
     )
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    # No collection during TensorFlow's import; then the collector is on, nothing is frozen, and the
-    # import system is as it was.
-    assert out.stdout.split() == ["0", "True", "0", "True", "False"]
+    assert out == ["0", "True", "0", "True", "False"]
 
 
 def test_the_import_probe_sees_the_collections_of_a_plain_tensorflow_import():
     """The probe above is not vacuous: without the pause, collections do start while TensorFlow's
     module is executing."""
-    code = (
-        "import gc, sys\n"
-        "during = []\n"
-        "def importing(name):\n"
-        "    spec = getattr(sys.modules.get(name), '__spec__', None)\n"
-        "    return bool(getattr(spec, '_initializing', False))\n"
-        "gc.callbacks.append(lambda phase, info: during.append(1) if phase == 'start' and importing('tensorflow') else None)\n"
-        "import tensorflow\n"
-        "print(len(during))"
-    )
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert int(out.stdout.split()[-1]) > 10
+    assert int(_probe("import tensorflow\nprint(len(during))")[-1]) > 10
 
 
 def _write_probe(tmp_path, name):

@@ -273,7 +273,7 @@ def test_cli_bad_flagfiles_exit_1_with_one_line_naming_them(tmp_path):
     work = tmp_path / "abl"
     result = run_ablate_cli("flags/no_clr.flags", "flags/missing.flags", f"--workdir={work}")
     assert_one_line_usage_error(result, "flagfile flags/missing.flags does not exist")
-    # Issue 22, items 14, 15: a device is named as one ("flagfile not found" before), and never read.
+    # A device is named as one ("flagfile not found" before), and never read.
     result = run_ablate_cli("flags/no_clr.flags", "/dev/zero", str(tmp_path), f"--workdir={work}")
     assert_one_line_usage_error(result, "flagfile /dev/zero is a character device, not a regular file; "
                                         f"flagfile {tmp_path} is a directory, not a regular file")

@@ -93,7 +93,7 @@ def test_error_message_points_to_overwrite_only_where_starting_over_helps(tmp_pa
 
 
 def test_flagfiles_that_are_not_regular_files_or_too_big_are_named_before_absl_reads_them(tmp_path, capsys):
-    """Issue 22, items 14 and 15: `--flagfile=/dev/zero` grew without bound (3 GB in 16 s); a folder was
+    """`--flagfile=/dev/zero` grew without bound (3 GB in 16 s); a folder was
     "not found". Each is one line naming the flagfile, nested ones too, and nothing is read past the limit."""
     big = tmp_path / "big.flags"
     big.write_text("--mode=none\n" + "#" * cli.MAX_FLAGFILE_BYTES + "\n")
@@ -117,7 +117,7 @@ def test_flagfiles_that_are_not_regular_files_or_too_big_are_named_before_absl_r
 
 
 def test_a_cluster_error_about_an_argument_names_its_flag():
-    """Issue 22, item 11: `--devices=/cpu:0,/cpu:0` is one line naming --devices."""
+    """`--devices=/cpu:0,/cpu:0` is one line naming --devices."""
     from clr_loop import distribute
 
     error = distribute.ClusterError("devices /cpu:0, /cpu:0 name /cpu:0 more than once", "devices")

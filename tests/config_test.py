@@ -73,11 +73,11 @@ def test_cycle_momentum_defaults():
         (dict(batch_splits=3), "--batch_splits"),  # does not divide 64
         (dict(batch_splits=2, strategy="mirrored"), "--batch_splits"),
         (dict(precision="bfloat16"), "--precision must be one of float32, mixed_bfloat16, mixed_float16"),
-        # Issue 22, item 7: the multi-worker watchdog and TensorFlow's collective timeout need a finite, bounded time.
+        # The multi-worker watchdog and TensorFlow's collective timeout need a finite, bounded time.
         (dict(cluster_timeout=float("inf")), "--cluster_timeout"),
         (dict(cluster_timeout=1e12), "--cluster_timeout"),
         (dict(cluster_timeout=float("nan")), "--cluster_timeout"),
-        # Issue 22, item 17: mode none has no cycle for the momentum to follow (as piecewise, cosine, wsd refuse it).
+        # Mode none has no cycle for the momentum to follow (as piecewise, cosine, wsd refuse it).
         (dict(mode="none", cycle_momentum=True), "--cycle_momentum needs a cyclical --mode"),
     ],
 )

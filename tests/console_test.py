@@ -9,7 +9,7 @@ from clr_loop import console
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# TensorFlow 2.21's start-up lines on a CPU-only machine, as the main job printed them (issue 22, item 19).
+# TensorFlow 2.21's start-up lines on a CPU-only machine, as the main job printed them.
 START_UP = [
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
     "I0000 00:00:1796541955.822807    5653 port.cc:153] oneDNN custom operations are on.\n",
@@ -78,7 +78,7 @@ def test_library_logs_of_tensorflow_are_hidden_below_verbosity_1():
 
 
 def test_an_uncaught_ctrl_c_is_one_line_and_the_interrupted_exit_status():
-    """Issue 22 (seen, not counted): Ctrl-C during an app's start-up printed a KeyboardInterrupt traceback."""
+    """Ctrl-C during an app's start-up printed a KeyboardInterrupt traceback."""
     script = ("from clr_loop import console\nconsole.report_interrupts()\n"
               "def start_up():\n    raise KeyboardInterrupt\nstart_up()\n")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),

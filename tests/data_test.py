@@ -216,7 +216,7 @@ def test_missing_directory(tmp_path):
     with pytest.raises(data.DataError, match="directory does not exist") as e:
         data.load_idx_dir(tmp_path / "nope")
     assert str(tmp_path / "nope") in str(e.value)
-    # Issue 22, item 15's kind: a path that exists is named for what it is, not as missing.
+    # A path that exists is named for what it is, not as missing.
     (tmp_path / "a_file").write_text("not a folder")
     with pytest.raises(data.DataError, match=f"^{tmp_path / 'a_file'}: is a file, not a directory of IDX files$"):
         data.load_idx_dir(tmp_path / "a_file")
@@ -372,7 +372,7 @@ def test_load_tfds_wraps_download_failure_and_removes_its_leftovers(tmp_path, mo
     (tmp_path / "downloads" / "other.tmp.1").write_text("not this attempt's")
 
     def failing_download(self, *args, **kwargs):
-        # What TFDS leaves when the network goes mid-download (issue 22, seen, not counted).
+        # What TFDS leaves when the network goes mid-download.
         (tmp_path / "fashion_mnist" / "incomplete.1D7JIX_3.0.1").mkdir(parents=True)
         (tmp_path / "downloads" / "fashion_mnist").mkdir()
         (tmp_path / "downloads" / "fashion_mnist" / "t10k-images.gz.tmp.64dc7191").mkdir()  # TFDS's download folder
@@ -389,7 +389,7 @@ def test_load_tfds_wraps_download_failure_and_removes_its_leftovers(tmp_path, mo
 
 
 def test_load_tfds_offline_fails_at_once_naming_the_host(tmp_path, monkeypatch):
-    """Issue 22 (seen, not counted): offline, TFDS retried every file's name lookup for 207 s."""
+    """Offline, TFDS retried every file's name lookup for 207 s."""
     def no_address(host, port, *args, **kwargs):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 

@@ -62,7 +62,7 @@ def _bad(arrays, **changes):
         (dict(x_train=np.full((30, 6, 5), 300)), r"x_train: integer pixels must be in 0..255"),
         (dict(y_train=np.zeros((30, 4), np.int64)), r"y_train: shape \[30, 4\], expected labels \[N\]"),
         (dict(num_classes=np.float32(3.5)), r"num_classes must be a positive integer scalar"),
-        # Issue 22, item 12: a label of 2**40 - 1 meant a [128, 2**40] weight, an OOM traceback.
+        # A label of 2**40 - 1 meant a [128, 2**40] weight, an OOM traceback.
         (dict(y_train=np.where(np.arange(30) == 7, 2**40 - 1, np.arange(30) % 4)),
          r"y_train: the largest label, 1099511627775 at index 7, means 1099511627776 classes \(the largest y_train "
          r"label \+ 1\), more than the 1048576 a model here can have"),
@@ -80,7 +80,7 @@ def test_unreadable_npz_files_are_named(tmp_path):
     missing = str(tmp_path / "nope.npz")
     with pytest.raises(data_lib.DataError, match="nope.npz: does not exist"):
         datasets.load_npz(missing)
-    # Issue 22, item 15: a path that exists but is not a file says what it is ("file not found" before).
+    # A path that exists but is not a file says what it is ("file not found" before).
     folder = tmp_path / "folder.npz"
     folder.mkdir()
     with pytest.raises(data_lib.DataError, match=f"^{folder}: is a directory, not a regular file$"):

@@ -453,7 +453,7 @@ def test_mirrored_over_devices_that_do_not_exist_is_refused_naming_them():
 
 
 def test_mirrored_over_one_device_named_twice_is_refused_naming_it():
-    """Issue 22, item 11: TensorFlow's own answer is an AssertionError traceback ("No duplicates allowed").
+    """TensorFlow's own answer is an AssertionError traceback ("No duplicates allowed").
     (The CLI's message names --devices: cli_test.)"""
     with pytest.raises(distribute.ClusterError, match=r"devices /cpu:0, /CPU:0 name /cpu:0 more than once") as caught:
         distribute.make_strategy("mirrored", ["/cpu:0", "/CPU:0"])

@@ -243,7 +243,7 @@ def test_an_output_file_that_cannot_be_written_is_named(tmp_path, capsys):
 
 
 def test_ctrl_c_during_the_test_keeps_the_curve_so_far(tmp_path, capsys, monkeypatch):
-    """Issue 22 (seen, not counted): Ctrl-C in the range test was a KeyboardInterrupt traceback and kept nothing."""
+    """Ctrl-C in the range test was a KeyboardInterrupt traceback and kept nothing."""
     from clr_loop import steps as steps_lib
 
     class InterruptedAtStep5(steps_lib.Steps):

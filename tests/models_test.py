@@ -176,7 +176,7 @@ def test_user_function_is_called_with_shape_and_classes(user_module):
      ("unannotated_logits", True), ("log_softmax_head", True), ("undeclared", True), ("declared_wins", True)],
 )
 def test_what_a_user_model_outputs_is_told_from_its_last_layer(user_module, name, from_logits):
-    """Issue 22, item 18: an ordinary Keras model needs no annotation: a final softmax or sigmoid gives
+    """An ordinary Keras model needs no annotation: a final softmax or sigmoid gives
     probabilities, a linear one logits; a declared `outputs` is taken as given."""
     assert models.create(f"{user_module}:{name}", (8, 8, 1), 3).from_logits is from_logits
 
@@ -192,7 +192,7 @@ def test_what_a_user_model_outputs_is_told_from_its_last_layer(user_module, name
                                   r"probabilities from its last layer 'doubled' \(Lambda\); set cannot_tell.outputs = "
                                   r"\"logits\" or \"probabilities\""),
         ("my_models:relu_head", r"last layer 'relu_head' \(Dense, activation relu\); set relu_head.outputs"),
-        # Issue 22, item 9: clr_loop runs compile()'s step, not the model's own train_step: refused in one line.
+        # clr_loop runs compile()'s step, not the model's own train_step: refused in one line.
         ("my_models:own_train_step", r"model my_models:own_train_step: own_train_step returns a OwnStep, which "
                                      r"overrides train_step; clr_loop does not run it"),
         ("my_models:not_a_model", r"not_a_model returned a str, not a keras.Model"),

@@ -276,7 +276,7 @@ def test_batch_splits_on_a_batch_norm_model_is_one_line_naming_the_flags(tmp_pat
 
 
 def test_a_batch_the_mirrored_replicas_do_not_divide_is_one_line_naming_the_flags(tmp_path):
-    """Issue 22, item 8: was loop's ValueError traceback."""
+    """Was loop's ValueError traceback."""
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
     result = run_cli(f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}", "--strategy=mirrored",
                      "--virtual_cpus=3", "--batch_size=16", "--max_steps=1", "--jit_compile=false")
@@ -289,7 +289,7 @@ def test_a_batch_the_mirrored_replicas_do_not_divide_is_one_line_naming_the_flag
 
 
 def test_the_console_shows_the_source_plan_and_epochs_and_the_rest_with_verbosity_1(tmp_path):
-    """Issue 22, item 19: no TensorFlow C++ line and no per-checkpoint INFO line by default."""
+    """No TensorFlow C++ line and no per-checkpoint INFO line by default."""
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = REPO

@@ -220,7 +220,7 @@ def test_bad_init_weights_file_is_named(tmp_path):
     missing = str(tmp_path / "missing.weights.h5")
     with pytest.raises(trainer_lib.WeightsError, match="missing.weights.h5 does not exist"):
         trainer_lib.Trainer(make_config(tmp_path, init_weights=missing), fake_data())
-    # Issue 22, item 15: a folder is not "missing": it is named as a folder.
+    # A folder is not "missing": it is named as a folder.
     folder = tmp_path / "folder.weights.h5"
     folder.mkdir()
     with pytest.raises(trainer_lib.WeightsError, match=f"initial weights file {folder} is a directory, not a regular file"):

@@ -124,15 +124,15 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False):
     With a strategy, every step runs on all replicas and the sums are added across them.
     """
 
-    def replica_step(x, y):
+    def replica_step(*batch):
         # Per replica: the step's sums in float64 and `nonfinite` 0/1, ready to add up.
-        out = train_step(x, y)
+        out = train_step(*batch)
         sums = {k: tf.cast(out[k], tf.float64) for k in ("loss_sum", "count")}
         sums["nonfinite"] = tf.cast(tf.logical_not(out["finite"]), tf.float64)
         return {**sums, **{k: out[k] for k in ("lr", "momentum") if k in out}}
 
-    def run_step(x, y):
-        per_replica = strategy.run(replica_step, args=(x, y))
+    def run_step(*batch):
+        per_replica = strategy.run(replica_step, args=tuple(batch))
         loss = _sum_replicas(strategy, per_replica["loss_sum"])
         count = _sum_replicas(strategy, per_replica["count"])
         nonfinite = _sum_replicas(strategy, per_replica["nonfinite"])
@@ -182,34 +182,40 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False):
     return train_loop
 
 
-def make_evaluate(eval_step, metrics, strategy):
-    """Returns `evaluate(dataset) -> {"loss", <metric names>...}` over every example of `dataset`.
+def make_evaluate(eval_step, model, strategy):
+    """Returns `evaluate(dataset) -> ({"loss", <metric names>...}, example count)` over every example of `dataset`.
 
-    The loop runs in one `tf.function`; the loss is the per-example sum divided by the example
-    count, so a last partial batch weighs exactly as much as its examples (as in
-    `model.evaluate`). The compiled metrics are reset first and read from their Keras state after.
-    With a strategy the dataset is distributed, each replica evaluates its examples and the sums
-    are added across replicas and workers. A batch may carry a third element, the examples'
-    weights (0 for padding, 1 otherwise: see `inputs.pad_batches`).
+    The loop runs the model's own `test_step` (`eval_step`, see `clr_loop.steps`) on every batch
+    in one `tf.function`, after resetting the model's metrics, and reads the logs from their Keras
+    state after, as `model.evaluate` does: the loss is Keras's loss tracker, a mean weighted by batch
+    size. With a strategy the dataset is distributed, each replica evaluates its examples and the
+    counts are added across replicas and workers. A batch may carry a third element, the examples'
+    sample weights (0 for padding: see `inputs.pad_batches`).
     """
 
     @tf.autograph.experimental.do_not_convert
-    def add_batch(totals, batch):
-        sums = strategy.run(lambda *args: tuple(tf.cast(v, tf.float64) for v in eval_step(*args)), args=tuple(batch))
-        return tuple(t + _sum_replicas(strategy, s) for t, s in zip(totals, sums))
+    def add_batch(total, batch):
+        count = strategy.run(lambda *args: tf.cast(eval_step(*args), tf.float64), args=tuple(batch))
+        return total + _sum_replicas(strategy, count)
 
     @tf.function(autograph=False)
     def run(dataset):
-        zero = tf.constant(0.0, tf.float64)
-        return dataset.reduce((zero, zero), add_batch)
+        return dataset.reduce(tf.constant(0.0, tf.float64), add_batch)
 
     def evaluate(dataset):
-        if metrics is not None:
-            metrics.reset_state()
-        loss_sum, count = (float(v) for v in run(dataset))
-        return {"loss": loss_sum / max(count, 1.0), **metric_results(metrics)}, int(count)
+        model.reset_metrics()
+        count = float(run(dataset))
+        return keras_logs(model), int(count)
 
     return evaluate
+
+
+def keras_logs(model):
+    """Returns {name: float} of the model's metrics as Keras's `fit` and `evaluate` log them
+    (`model.get_metrics_result()`: the loss tracker, the compiled metrics, the per-output losses
+    and the model's own trackers)."""
+    return {name: float(np.asarray(value)) for name, value in model.get_metrics_result().items()
+            if np.ndim(value) == 0}
 
 
 def metric_results(metrics):
@@ -464,7 +470,7 @@ class Run:
         self.train_loop = make_train_loop(
             self.steps.train_step, self.state, self.strategy, until_exhausted=train_input.dataset is not None
         )
-        self.evaluate = make_evaluate(self.steps.eval_step, self.metrics, self.strategy)
+        self.evaluate = make_evaluate(self.steps.eval_step, model, self.strategy)
         self.data_holder = tf.Module()
         self.iterator = None
         # A schedule-free optimizer (one with swap_to_x/swap_to_y): training at y, eval and the end at x.
@@ -547,7 +553,7 @@ class Run:
         The compiled metrics are shared with training (as in Keras); their training state is put
         back afterwards, so an epoch cut short by `max_steps` checkpoints its own train metrics.
         """
-        variables = list(self.metrics.variables) if self.metrics is not None else []
+        variables = list(self.model.metrics_variables)
         saved = [v.numpy() for v in variables]
         try:
             with self.at_average():
@@ -670,7 +676,7 @@ class Run:
             "optimizer": self.optimizer,
             "epoch_state": self.state.trackables(),
             "rng": seed_generator_states(self.model),
-            "metrics": list(self.metrics.variables) if self.metrics is not None else [],
+            "metrics": list(self.model.metrics_variables),
             "run_identity": self.identity_record,
             "run_history": self.history_record,
         }
@@ -1065,8 +1071,7 @@ def _train(run, saved_history, callbacks, verbose):
             run.state.count.assign(0.0)
             run.state.epoch.assign(epoch)
             run.state.epoch_start.assign(step)
-            if run.metrics is not None:
-                run.metrics.reset_state()
+            model.reset_metrics()
             if run.input.dataset is not None and step > 0:
                 run.iterator = run.iterator_at(step)
             summaries.start_window(run.metrics)
@@ -1151,9 +1156,7 @@ def _train(run, saved_history, callbacks, verbose):
 
 def _train_logs(run):
     """The train logs so far in the epoch: `loss`, the compiled metrics, `lr` (and `momentum`)."""
-    count = float(run.state.count.numpy())
-    logs = {"loss": float(run.state.loss_sum.numpy()) / count if count else float("nan")}
-    logs.update(metric_results(run.metrics))
+    logs = keras_logs(run.model)
     logs["lr"] = float(run.state.lr.numpy())
     if run.steps.momentum_schedule is not None:
         logs["momentum"] = float(run.state.momentum.numpy())

@@ -378,7 +378,8 @@ class Run:
     def __init__(self, model, train_input, val, *, seed, epochs, steps_per_loop, jit_compile, batch_splits,
                  workdir, checkpoint_every_steps, keep_checkpoints, log_every_steps, profile_steps, max_steps,
                  validation_batch_size, run_config=None, run_files=None, augment=None,
-                 bn_recompute_batches=BN_RECOMPUTE_BATCHES, input_mode="auto"):
+                 bn_recompute_batches=BN_RECOMPUTE_BATCHES, input_mode="auto", initial_epoch=0,
+                 validation_freq=1):
         steps_lib.check_compiled(model)
         spec = (train_input.dataset.element_spec if train_input.dataset is not None
                 else inputs.element_spec_of(train_input.arrays))
@@ -462,6 +463,14 @@ class Run:
         # (mixed_float16), whose skipped steps do not advance them but do consume a batch.
         self.loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         self.step_counter = self.state.steps if self.loss_scaled else self.optimizer.iterations
+        # Without a workdir a call trains on from where the model is, as model.fit does: its steps
+        # count from `initial_epoch`'s first step, whatever `optimizer.iterations` says.
+        self.step_offset = 0
+        if not workdir:
+            self.step_offset = int(self.step_counter.numpy()) - initial_epoch * (train_input.steps_per_epoch or 0)
+            self.state.epoch.assign(initial_epoch)
+        self.validation_freq = validation_freq
+        self.batch_hook_every = None  # set by fit when a callback has batch hooks
         self.steps = steps_lib.Steps(
             model, jit_compile=self.jit_compile, splits=self.splits, fuse_update=distribute.is_default(self.strategy),
             augment=augment_lib.make(augment, self.seed),
@@ -505,7 +514,7 @@ class Run:
     def step(self):
         """The number of steps run so far (int): the optimizer's iterations plus, under loss
         scaling, the steps it skipped."""
-        return int(self.step_counter.numpy())
+        return int(self.step_counter.numpy()) - self.step_offset
 
     def fit(self, callbacks=None, verbose="auto"):
         """Trains to the end (see `fit`), resuming from the workdir when it holds a checkpoint;
@@ -811,7 +820,7 @@ class Run:
 
     def chunk_end(self, step, epoch_end):
         """Returns the next step at which Python must regain control."""
-        ends = [step + self.steps_per_loop]
+        ends = [step + min(self.steps_per_loop, self.batch_hook_every or self.steps_per_loop)]
         if epoch_end is not None:
             ends.append(epoch_end)
         if self.max_steps:
@@ -849,15 +858,22 @@ def fit(
     model,
     x=None,
     y=None,
-    *,
     batch_size=None,
     epochs=1,
     verbose="auto",
     callbacks=None,
+    validation_split=0.0,
     validation_data=None,
     shuffle=True,
-    seed=None,
+    class_weight=None,
+    sample_weight=None,
+    initial_epoch=0,
+    steps_per_epoch=None,
+    validation_steps=None,
     validation_batch_size=None,
+    validation_freq=1,
+    *,
+    seed=None,
     workdir=None,
     steps_per_loop=100,
     jit_compile="auto",
@@ -912,32 +928,72 @@ def fit(
     workdir, and `distribute.ClusterError` naming the lost workers when a multi-worker peer is gone.
     """
     steps_lib.check_compiled(model)
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise inputs.InputError(f"epochs must be a positive integer, got {epochs!r}")
+    _check_int("epochs", epochs, 1)
+    _check_int("initial_epoch", initial_epoch, 0)
+    if initial_epoch >= epochs:
+        raise inputs.InputError(f"initial_epoch={initial_epoch} must be smaller than epochs={epochs}")
+    if initial_epoch and workdir:
+        raise inputs.InputError("initial_epoch must be 0 with a workdir: the workdir's checkpoint says where the run is")
     for name, value in (("steps_per_loop", steps_per_loop), ("log_every_steps", log_every_steps)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise inputs.InputError(f"{name} must be a positive integer, got {value!r}")
-    if checkpoint_every_steps < 0 or keep_checkpoints < 1:
-        raise inputs.InputError("checkpoint_every_steps must be >= 0 and keep_checkpoints >= 1")
-    if max_steps is not None and max_steps < 1:
-        raise inputs.InputError(f"max_steps must be a positive integer or None, got {max_steps!r}")
+        _check_int(name, value, 1)
+    _check_int("checkpoint_every_steps", checkpoint_every_steps, 0)
+    _check_int("keep_checkpoints", keep_checkpoints, 1)
+    _check_int("batch_splits", batch_splits, 0)
+    _check_int("bn_recompute_batches", bn_recompute_batches, 0)
+    for name, value in (("max_steps", max_steps), ("steps_per_epoch", steps_per_epoch),
+                        ("validation_steps", validation_steps)):
+        if value is not None:
+            _check_int(name, value, 1, "or None")
+    if seed is not None:
+        _check_int("seed", seed, 0)
+        if seed >= 2**63:
+            raise inputs.InputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    if workdir is not None and not isinstance(workdir, (str, os.PathLike)):
+        raise inputs.InputError(f"workdir must be a path (str or os.PathLike) or None, got {type(workdir).__name__} {workdir!r}")
+    if workdir is not None:
+        workdir = os.fspath(workdir)
     if profile_steps is not None:
+        if not isinstance(profile_steps, (tuple, list)) or len(profile_steps) != 2 or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in profile_steps):
+            raise inputs.InputError(f"profile_steps must be (start, stop), two integers, got {profile_steps!r}")
         start, stop = profile_steps
         if not 0 <= start < stop:
             raise inputs.InputError(f"profile_steps must be (start, stop) with 0 <= start < stop, got {profile_steps!r}")
     if jit_compile not in ("auto", True, False):
         raise inputs.InputError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}")
-    train_input = inputs.make_train_input(x, y, batch_size, shuffle=shuffle, drop_remainder=drop_remainder)
+    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float, np.floating)) \
+            or not 0 <= validation_split < 1:
+        raise inputs.InputError(f"validation_split must be a float in [0, 1), got {validation_split!r}")
+    if isinstance(validation_freq, bool) or not (
+            (isinstance(validation_freq, (int, np.integer)) and validation_freq >= 1)
+            or (isinstance(validation_freq, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in validation_freq))):
+        raise inputs.InputError(f"validation_freq must be a positive integer or a list of epochs, got {validation_freq!r}")
+    if steps_per_epoch is not None:
+        raise inputs.InputError(
+            f"steps_per_epoch={steps_per_epoch}: clr_loop's epoch is one pass over the data; pass a Dataset "
+            "of that many batches (dataset.take(n)) or use max_steps"
+        )
+    train_input, val = inputs.make_fit_inputs(
+        model, x, y, batch_size, shuffle=shuffle, drop_remainder=drop_remainder, validation_split=validation_split,
+        validation_data=validation_data, sample_weight=sample_weight, class_weight=class_weight,
+        validation_batch_size=validation_batch_size, validation_steps=validation_steps, workdir=workdir,
+    )
     val_batch = validation_batch_size or train_input.batch_size or 32
-    val = inputs.make_validation(validation_data, val_batch)
     run = Run(
         model, train_input, val, seed=seed, epochs=epochs, steps_per_loop=steps_per_loop, jit_compile=jit_compile,
         batch_splits=batch_splits, workdir=workdir, checkpoint_every_steps=checkpoint_every_steps,
         keep_checkpoints=keep_checkpoints, log_every_steps=log_every_steps, profile_steps=profile_steps,
         max_steps=max_steps, validation_batch_size=val_batch, augment=augment, bn_recompute_batches=bn_recompute_batches,
-        input_mode=input_mode,
+        input_mode=input_mode, initial_epoch=initial_epoch, validation_freq=validation_freq,
     )
     return run.fit(callbacks=callbacks, verbose=verbose)
+
+
+def _check_int(name, value, minimum, extra=""):
+    """Raises InputError naming `name` unless `value` is an integer >= `minimum` (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise inputs.InputError(f"{name} must be {what}{' ' + extra if extra else ''}, got {value!r}")
 
 
 def resolve_input_mode(input_mode, train_input, strategy):
@@ -984,7 +1040,8 @@ def _check_images(spec, augment):
 
 
 def _resolve_seed(seed, workdir):
-    """Returns the data-order seed: `seed`, else the one a workdir's run recorded, else a new random one."""
+    """Returns the data-order seed: `seed`, else the one a workdir's run recorded, else one drawn from numpy's
+    global generator (which `keras.utils.set_random_seed` seeds)."""
     if seed is not None:
         return int(seed)
     if workdir:
@@ -993,7 +1050,8 @@ def _resolve_seed(seed, workdir):
             saved = checkpointing.read_json(path, "run identity").get("seed")
             if saved is not None:
                 return int(saved)
-    return int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+    # numpy's global generator, so keras.utils.set_random_seed makes a shuffled run reproducible.
+    return int(np.random.randint(0, 2**62))
 
 
 def _build(model, spec):
@@ -1012,6 +1070,9 @@ def _train(run, saved_history, callbacks, verbose):
         list(callbacks or []) + [history_cb], add_history=False, add_progbar=bool(verbose) and run.is_chief,
         model=model, verbose=verbose, epochs=run.epochs, steps=run.input.steps_per_epoch,
     )
+    # A callback with batch hooks gets them every model.steps_per_execution steps, as in model.fit.
+    if any(_has_batch_hooks(cb) for cb in callbacks or []):
+        run.batch_hook_every = max(1, int(getattr(model, "steps_per_execution", 1) or 1))
     model.stop_training = False
     if run.schedule_free is not None:
         run.schedule_free.swap_to_y()  # a model left at x by an earlier fit trains on from y
@@ -1123,9 +1184,11 @@ def _train(run, saved_history, callbacks, verbose):
             steps_per_epoch = step - epoch_start  # a Dataset of unknown length: now it is known
             callback_list.set_params({**callback_list.params, "steps": steps_per_epoch})
         epoch_logs = _train_logs(run)
-        if run.val_arrays is not None or run.val_dataset is not None:
+        if (run.val_arrays is not None or run.val_dataset is not None) and model._should_eval(epoch, run.validation_freq):  # pylint: disable=protected-access
             logging.info("evaluating at step %d (epoch %d)", step, epoch + 1)
+            callback_list.on_test_begin()
             val_logs, _ = run.validate()
+            callback_list.on_test_end(val_logs)
             epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
             summaries.write_eval(step, val_logs)
         seconds = time.perf_counter() - started
@@ -1161,6 +1224,15 @@ def _train_logs(run):
     if run.steps.momentum_schedule is not None:
         logs["momentum"] = float(run.state.momentum.numpy())
     return logs
+
+
+def _has_batch_hooks(callback):
+    """True when `callback` implements a train batch hook (Keras's own History and progress bar aside)."""
+    if isinstance(callback, (keras.callbacks.History, keras.callbacks.ProgbarLogger)):
+        return False
+    base = keras.callbacks.Callback
+    return any(getattr(type(callback), name) is not getattr(base, name)
+               for name in ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end"))
 
 
 def _last_logs(history):

@@ -890,23 +890,29 @@ def fit(
 ):
     """Trains a compiled Keras model as `model.fit` would, in clr_loop's compiled loop; returns its History.
 
-    `model` must be compiled (`model.compile(optimizer, loss, metrics)`): fit uses that optimizer
-    (its schedule is evaluated on `optimizer.iterations` inside the compiled step), that loss plus
-    `model.losses`, and those metrics. `x`, `y`, `batch_size` (default 32), `epochs`,
-    `validation_data`, `shuffle`, `callbacks` and `verbose` mean what they mean in `model.fit`.
-    `x` is arrays (numpy or tensors, or dicts/tuples of them) with targets `y`, or a
-    `tf.data.Dataset` of `(x, y)` batches (then `y` and `batch_size` are None). Each epoch of
-    arrays is a stateless permutation of (`seed`, epoch); `seed=None` picks one (recorded in the
-    workdir, so a resume keeps it). The model's own Keras dtype policy holds as in `model.fit`: under
-    mixed_float16, `compile`'s LossScaleOptimizer scales the loss, and a step it skips on overflow is
-    not divergence (it does not advance `optimizer.iterations`, as in Keras, but counts as a step).
+    `model` must be compiled. Inside the compiled loop fit runs the model's own `train_step` (and
+    `test_step` for validation), as `model.fit` does, so the loss, `model.losses`, the metrics, a
+    `compute_loss` or `train_step` override and the optimizer (its schedule evaluated on
+    `optimizer.iterations`) behave as there. The arguments up to `validation_freq` are
+    `model.fit`'s, in its order, and mean what they mean there, except `steps_per_epoch` (not
+    supported: an epoch is one pass over the data). `x` is arrays (numpy or tensors, or
+    dicts/tuples of them) with targets `y` (or without, for a model with no compiled loss), a
+    `tf.data.Dataset` of `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)` batches, a
+    `keras.utils.PyDataset` or a generator (the last two not with a workdir). Each epoch of arrays
+    is a stateless permutation of (`seed`, epoch); `seed=None` draws one from numpy's global
+    generator (recorded in the workdir, so a resume keeps it). Without a workdir a call trains on
+    from where the model is, as `model.fit` does. The model's own Keras dtype policy holds as in
+    `model.fit`: under mixed_float16, `compile`'s LossScaleOptimizer scales the loss, and a step it
+    skips on overflow is not divergence (it does not advance `optimizer.iterations`, as in Keras,
+    but counts as a step).
 
-    Returns the `keras.callbacks.History` (also `model.history`): per epoch `loss`, each compiled
-    metric, `val_` of each with validation data, `lr` (the rate of the epoch's last step) and
-    `momentum` when the optimizer's momentum is a schedule.
+    Returns the `keras.callbacks.History` (also `model.history`): per epoch what `model.fit` logs
+    (the loss, per-output losses, the compiled metrics and the model's trackers, `val_` of each with
+    validation data), `lr` (the rate of the epoch's last step) and `momentum` when the optimizer's
+    momentum is a schedule.
 
-    clr_loop's own arguments: `steps_per_loop` steps run per compiled call (batch callbacks run once
-    per call, as Keras does with `steps_per_execution`); `jit_compile` "auto" (XLA only on GPU/TPU),
+    clr_loop's own arguments (keywords only): `steps_per_loop` steps run per compiled call (a
+    callback with batch hooks gets them every `model.steps_per_execution` steps, as in Keras); `jit_compile` "auto" (XLA only on GPU/TPU),
     True or False; `batch_splits` (0: automatic, see `clr_loop.runtime.resolve_batch_splits`);
     `drop_remainder` drops each epoch's last partial batch of arrays; `max_steps` caps the total
     steps; `augment` augments each training batch inside the compiled step: "flip_crop" (pad by 4,
@@ -1084,6 +1090,13 @@ def _train(run, saved_history, callbacks, verbose):
     if steps_per_epoch is not None and run.input.dataset is None:
         epoch = step // steps_per_epoch
     callback_list.on_train_begin()
+    restored_epoch = getattr(model, "_initial_epoch", None)  # set by BackupAndRestore, read as model.fit reads it
+    if restored_epoch and not workdir and steps_per_epoch is not None and run.input.dataset is None:
+        # The callback restored the weights and optimizer of that epoch's end: train on from there.
+        run.step_offset = int(run.step_counter.numpy()) - restored_epoch * steps_per_epoch
+        step, epoch = run.step, restored_epoch
+        run.state.epoch.assign(epoch)
+        run.state.epoch_start.assign(step)
     history_cb.history = {k: list(v) for k, v in saved_history.items() if k != "epoch_seconds"}
     history_cb.epoch = list(range(len(next(iter(history_cb.history.values()), []))))
     model.history = history_cb

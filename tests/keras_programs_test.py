@@ -415,3 +415,46 @@ def test_test_hooks_are_called():
 
     loop.fit(ours, x, y, epochs=2, verbose=0, validation_split=0.25, callbacks=[Record()])
     assert calls == ["begin", ["loss"], "begin", ["loss"]]
+
+
+def test_backup_and_restore_resumes_at_the_epoch_it_saved(tmp_path):
+    """keras.callbacks.BackupAndRestore after an interruption: the restarted call trains only the
+    epochs left, as model.fit's does, from the weights of the last epoch end."""
+    x, y = data()
+
+    class StopAt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("interrupted")
+
+    results = []
+    for train in (loop.fit, None):
+        ours, theirs, _, _ = dense_twins()
+        model = ours if train else theirs
+        fit = (lambda *a, **k: loop.fit(model, *a, **k, jit_compile=False)) if train else model.fit
+        backup = keras.callbacks.BackupAndRestore(str(tmp_path / ("ours" if train else "keras")))
+        with pytest.raises(RuntimeError, match="interrupted"):
+            fit(x, y, batch_size=BATCH, epochs=4, shuffle=False, verbose=0, callbacks=[backup, StopAt()])
+        history = fit(x, y, batch_size=BATCH, epochs=4, shuffle=False, verbose=0, callbacks=[backup])
+        results.append((history.epoch, model.get_weights(), int(model.optimizer.iterations)))
+    (ours_epochs, ours_weights, ours_steps), (keras_epochs, keras_weights, keras_steps) = results
+    assert ours_epochs == keras_epochs == [2, 3]
+    assert ours_steps == keras_steps == 4 * 3
+    for a, b in zip(ours_weights, keras_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_find_lr_takes_a_plain_function_loss_and_leaves_the_model_as_it_was():
+    from clr_loop import lr_finder  # pylint: disable=import-outside-toplevel
+
+    x, _ = data()
+    y = x[:, :2] * 0.5
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1), plain_loss)
+    before = [w.copy() for w in model.get_weights()]
+    result = lr_finder.find_lr(model, x, y, batch_size=16, num_steps=5)
+    assert len(result.lr) == 5 and all(np.isfinite(result.loss))
+    assert model.optimizer is not None and int(model.optimizer.iterations) == 0
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -104,6 +104,8 @@ def _layers_per_example(model):
             return f"layer {layer.name!r} ({type(layer).__name__}) may depend on the whole batch"
         if getattr(layer, "activity_regularizer", None) is not None:
             return f"layer {layer.name!r} has an activity regularizer (a loss over its batch)"
+        if getattr(layer, "mask_zero", False):
+            return f"layer {layer.name!r} makes a mask, which changes the loss's divisor per batch"
     return ""
 
 
@@ -126,6 +128,8 @@ def _standard_loss(model):
             return f"the loss {getattr(fn.fn, '__name__', fn.fn)!r} is not one of Keras's per-example losses"
     elif type(fn) not in _PER_EXAMPLE_LOSSES:
         return f"the loss {type(fn).__name__} is not one of Keras's per-example losses"
+    if getattr(fn, "_fn_kwargs", {}).get("ignore_class") is not None:
+        return "the loss ignores a class (a mask, which changes its divisor per batch)"
     if fn.reduction != "sum_over_batch_size":
         return f"the loss's reduction is {fn.reduction!r}, not the default 'sum_over_batch_size'"
     return ""

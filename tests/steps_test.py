@@ -90,7 +90,12 @@ def _built(model, loss):
                     keras.losses.SparseCategoricalCrossentropy(reduction="sum")), "reduction"),
     (lambda: _built(keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]),
                     lambda a, b: keras.ops.mean(b) * 0), "per-example"),
-], ids=["subclass", "nested_subclass", "sum_reduction", "custom_function"])
+    (lambda: _built(keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]),
+                    keras.losses.SparseCategoricalCrossentropy(ignore_class=0)), "ignores a class"),
+    (lambda: _built(keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(5, 3, mask_zero=True),
+                                      keras.layers.GlobalAveragePooling1D()]),
+                    "sparse_categorical_crossentropy"), "mask"),
+], ids=["subclass", "nested_subclass", "sum_reduction", "custom_function", "ignore_class", "mask_zero"])
 def test_can_split_refuses_what_train_step_computes_otherwise(make, why):
     ok, reason = steps.can_split(make())
     assert not ok and why in reason

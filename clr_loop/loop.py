@@ -473,7 +473,7 @@ class Run:
         self.batch_hook_every = None  # set by fit when a callback has batch hooks
         self.steps = steps_lib.Steps(
             model, jit_compile=self.jit_compile, splits=self.splits, fuse_update=distribute.is_default(self.strategy),
-            augment=augment_lib.make(augment, self.seed),
+            augment=augment_lib.make(augment, self.seed), padded_eval=self.replicas > 1,
         )
         self.metrics = self.steps.metrics
         self.train_loop = make_train_loop(

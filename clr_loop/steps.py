@@ -187,7 +187,8 @@ class Steps:
     Inf; a `LossScaleOptimizer` skips an overflowing update itself, as in `model.fit`). The model's
     metrics are updated in their Keras state. `eval_step` runs the model's own `test_step` (the
     metrics and the loss tracker are updated as in `model.evaluate`) and returns the batch's
-    example count (float32).
+    example count (float32); with `padded_eval` (a multi-replica run's validation) a batch is
+    `(x, y, weight)` whose weight-0 examples are padding, left out of test_step and the count.
 
     With `fuse_update` the whole train step is one `tf.function` compiled with `jit_compile`. Under
     any `tf.distribute` strategy (one replica too) pass `fuse_update=False`: the update all-reduces,
@@ -201,7 +202,8 @@ class Steps:
     `clr_loop.augment`); evaluation batches are not augmented.
     """
 
-    def __init__(self, model, *, jit_compile=False, splits=1, fuse_update=True, optimizer=None, augment=None):
+    def __init__(self, model, *, jit_compile=False, splits=1, fuse_update=True, optimizer=None, augment=None,
+                 padded_eval=False):
         check_compiled(model)
         self.model = model
         self.optimizer = model.optimizer if optimizer is None else optimizer
@@ -211,26 +213,28 @@ class Steps:
         self.metrics = model._compile_metrics  # pylint: disable=protected-access
         self.tracker = getattr(model, "_loss_tracker", None)
         self.momentum_schedule = _momentum_schedule(self.optimizer)
+        step = lambda *batch: self._step(tuple(batch))  # noqa: E731
         if fuse_update:
-            traced = tf.function(self._step, jit_compile=self.jit_compile, autograph=False)
-            self.train_step = lambda *batch: self._with_optimizer(traced, tuple(batch))
-        else:
-            self.train_step = lambda *batch: self._with_optimizer(self._step, tuple(batch))
-        traced_eval = tf.function(self._eval, jit_compile=self.jit_compile, autograph=False)
-        self.eval_step = lambda *batch: traced_eval(tuple(batch))
+            step = tf.function(step, jit_compile=self.jit_compile, autograph=False)
+        self.train_step = step if self.optimizer is model.optimizer else self._with_optimizer(step)
+        self.padded_eval = padded_eval
+        # A padded batch's real examples are cut out by a mask, a shape XLA cannot compile.
+        self.eval_step = tf.function(lambda *batch: self._eval(tuple(batch)),
+                                     jit_compile=self.jit_compile and not padded_eval, autograph=False)
 
-    def _with_optimizer(self, fn, batch):
+    def _with_optimizer(self, step):
         # The model's train_step updates `model.optimizer`: another optimizer (the range test's)
         # stands in for it while the step is traced (and run).
-        model = self.model
-        if self.optimizer is model.optimizer:
-            return fn(batch)
-        original = model.optimizer
-        model.optimizer = self.optimizer
-        try:
-            return fn(batch)
-        finally:
-            model.optimizer = original
+        def run(*batch):
+            model = self.model
+            original = model.optimizer
+            model.optimizer = self.optimizer
+            try:
+                return step(*batch)
+            finally:
+                model.optimizer = original
+
+        return run
 
     def _tracker_sums(self):
         if self.tracker is None:
@@ -303,8 +307,22 @@ class Steps:
         self.optimizer.apply_gradients(zip(grads, variables))
 
     def _eval(self, batch):
-        self.model.test_step(batch)
-        return tf.cast(_batch_size(batch[0]), tf.float32)
+        if not self.padded_eval:
+            self.model.test_step(batch)
+            return tf.cast(_batch_size(batch[0]), tf.float32)
+        # (x, y, weight) with weight 0 for a padding example (see `inputs.pad_batches`): test_step
+        # sees only the real ones, and a replica whose part is all padding runs nothing.
+        x, y, weight = batch
+        real = weight > 0
+        count = tf.reduce_sum(tf.cast(real, tf.float32))
+
+        def run():
+            cut = lambda t: tf.boolean_mask(t, real)  # noqa: E731
+            self.model.test_step((tf.nest.map_structure(cut, x), tf.nest.map_structure(cut, y), cut(weight)))
+            return tf.constant(0)
+
+        tf.cond(count > 0, run, lambda: tf.constant(0))
+        return count
 
 
 def _momentum_schedule(optimizer):

@@ -26,7 +26,7 @@ def moving_statistics(model):
 
 class Recompute:
     """`Recompute(model, strategy)(batches)` sets the model's BatchNormalization moving statistics to
-    the average of their batch statistics over `batches` (an iterable of `(x, y)` batches, distributed
+    the average of their batch statistics over `batches` (an iterable of `(x, y)` (or `(x,)`, `(x, y, w)`) batches, distributed
     for `strategy` when it has several replicas) and returns how many batches it used (0 leaves them
     as they were). `rng_states` are variables (dropout's seed generators) restored afterwards."""
 
@@ -68,9 +68,9 @@ class Recompute:
             for layer in self.layers:
                 # Bypasses Keras's attribute tracking: a temporary, not part of the layer's state.
                 object.__setattr__(layer, "momentum", self._momentum)
-            for x, _ in batches:
+            for batch in batches:  # (x,), (x, y) or (x, y, sample_weight)
                 self._momentum.assign(used / (used + 1.0))
-                self._forward(x)
+                self._forward(batch[0])
                 used += 1
         finally:
             for layer, momentum in zip(self.layers, momenta):

@@ -15,8 +15,10 @@ partial batch included. Bad input raises `InputError` naming what is wrong.
 """
 
 import dataclasses
+import inspect
 from typing import Any, Optional
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -68,6 +70,8 @@ def _as_array(value, where):
         array = np.asarray(value)
     except Exception as e:  # pylint: disable=broad-except  (numpy raises many kinds here)
         raise InputError(f"{where}: cannot be read as an array ({type(e).__name__}: {e})") from e
+    if array.dtype == object and array.size and all(isinstance(v, (str, bytes)) for v in array.flat):
+        array = array.astype(bytes if isinstance(next(iter(array.flat)), bytes) else str)
     if array.dtype == object:
         raise InputError(f"{where}: holds Python objects (dtype object), not numbers")
     if array.ndim == 0:
@@ -101,18 +105,39 @@ class Arrays:
     x: Any
     y: Any
     num_examples: int
+    sample_weight: Any = None
+
+    @property
+    def parts(self):
+        """The arrays as Keras packs a batch: `(x,)` without targets, `(x, y)`, or `(x, y, sample_weight)`."""
+        if self.y is None:
+            return (self.x,)
+        if self.sample_weight is None:
+            return (self.x, self.y)
+        return (self.x, self.y, self.sample_weight)
+
+    def take(self, index):
+        """Returns the Arrays of the examples at `index` (a slice or index array)."""
+        pick = lambda a: a[index]  # noqa: E731
+        parts = tf.nest.map_structure(pick, self.parts)
+        n = len(tf.nest.flatten(parts)[0])
+        return Arrays(parts[0], parts[1] if len(parts) > 1 else None, n, parts[2] if len(parts) > 2 else None)
 
     @classmethod
-    def from_user(cls, x, y, what="x"):
-        """Returns Arrays for `x` and `y`; raises InputError naming the culprit for bad input."""
+    def from_user(cls, x, y, what="x", sample_weight=None, need_y=True):
+        """Returns Arrays for `x`, `y` (None allowed unless `need_y`) and `sample_weight` (None, or
+        one weight per example); raises InputError naming the culprit for bad input."""
         if x is None:
             raise InputError(f"{what} is None: pass the inputs (arrays or a tf.data.Dataset)")
         y_name = "y" if what == "x" else f"{what} targets"
-        if y is None:
-            raise InputError(f"{y_name} is None: the targets are needed to compute the loss")
+        if y is None and need_y:
+            raise InputError(f"{y_name} is None: the targets are needed to compute the model's compiled loss")
+        if y is None and sample_weight is not None:
+            raise InputError("sample_weight needs targets y")
         lengths = {}
         x_arrays = _convert(x, what, lengths)
-        y_arrays = _convert(y, y_name, lengths)
+        y_arrays = None if y is None else _convert(y, y_name, lengths)
+        weights = None if sample_weight is None else _convert(sample_weight, "sample_weight", lengths)
         first = next(iter(lengths))
         for n, length in lengths.items():
             if length != lengths[first]:
@@ -122,7 +147,7 @@ class Arrays:
                 )
         if lengths[first] == 0:
             raise InputError(f"{what} is empty: there are no examples to train on")
-        return cls(x=x_arrays, y=y_arrays, num_examples=lengths[first])
+        return cls(x=x_arrays, y=y_arrays, num_examples=lengths[first], sample_weight=weights)
 
 
 def _convert(structure, name, lengths):
@@ -171,12 +196,11 @@ def array_train_dataset(arrays, batch_size, seed, *, shuffle=True, drop_remainde
 
     # The arrays are the cache: they are already in memory, and gathering batches from them by
     # index keeps the order computable from the step.
-    x = tf.nest.map_structure(tf.constant, arrays.x)
-    y = tf.nest.map_structure(tf.constant, arrays.y)
+    data = tf.nest.map_structure(tf.constant, arrays.parts)
 
     @tf.autograph.experimental.do_not_convert
     def gather(idx):
-        return (tf.nest.map_structure(lambda a: tf.gather(a, idx), x), tf.nest.map_structure(lambda a: tf.gather(a, idx), y))
+        return tf.nest.map_structure(lambda a: tf.gather(a, idx), data)
 
     ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches).skip(skip * count)
     ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
@@ -186,7 +210,7 @@ def array_train_dataset(arrays, batch_size, seed, *, shuffle=True, drop_remainde
 
 def array_bytes(arrays):
     """Returns the bytes the training arrays `arrays` (an Arrays) take: the sum of their leaves' nbytes."""
-    return int(sum(a.nbytes for a in tf.nest.flatten((arrays.x, arrays.y))))
+    return int(sum(a.nbytes for a in tf.nest.flatten(arrays.parts)))
 
 
 class DeviceBatches:
@@ -220,8 +244,7 @@ class DeviceBatches:
         try:
             with tf.device(device):
                 place = lambda a: tf.identity(tf.constant(a))  # noqa: E731
-                self.x = tf.nest.map_structure(place, arrays.x)
-                self.y = tf.nest.map_structure(place, arrays.y)
+                self.data = tf.nest.map_structure(place, arrays.parts)
         except tf.errors.ResourceExhaustedError as e:
             raise InputError(
                 f"input_mode='device': the training set ({array_bytes(arrays) / 2**20:.0f} MiB) does not fit in "
@@ -264,7 +287,7 @@ class DeviceBatches:
                 size = tf.minimum(self.batch_size, self.num_examples - start)
             idx = tf.slice(self._order(epoch), tf.reshape(start, [1]), tf.reshape(size, [1]))
             gather = lambda a: tf.gather(a, idx)  # noqa: E731
-            return tf.nest.map_structure(gather, self.x), tf.nest.map_structure(gather, self.y)
+            return tf.nest.map_structure(gather, self.data)
 
 
 def array_eval_dataset(arrays, batch_size, replicas=None):
@@ -284,15 +307,14 @@ def array_eval_dataset(arrays, batch_size, replicas=None):
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if replicas is None:
-        ds = tf.data.Dataset.from_tensor_slices((arrays.x, arrays.y))
+        ds = tf.data.Dataset.from_tensor_slices(arrays.parts)
         return ds.cache().batch(batch_size).prefetch(tf.data.AUTOTUNE)
     first, count, total = replicas
     if not 0 <= first < first + count <= total:
         raise ValueError(f"replicas must be (first, count, total) with 0 <= first < first + count <= total, got {replicas}")
     n = arrays.num_examples
     steps = -(-(-(-n // total)) // batch_size)
-    x = tf.nest.map_structure(tf.constant, arrays.x)
-    y = tf.nest.map_structure(tf.constant, arrays.y)
+    data = tf.nest.map_structure(tf.constant, arrays.parts)
 
     @tf.autograph.experimental.do_not_convert
     def batch(k):
@@ -303,7 +325,10 @@ def array_eval_dataset(arrays, batch_size, replicas=None):
         weight = tf.concat([tf.ones(tf.shape(idx), tf.float32), tf.zeros(tf.shape(filler), tf.float32)], 0)
         idx = tf.concat([idx, filler], 0)
         gather = lambda a: tf.gather(a, idx)  # noqa: E731
-        return tf.nest.map_structure(gather, x), tf.nest.map_structure(gather, y), weight
+        parts = tf.nest.map_structure(gather, data)
+        if len(parts) == 3:  # the user's sample weights, with the filler's weight 0
+            return parts[0], parts[1], parts[2] * tf.reshape(weight, [-1] + [1] * (parts[2].shape.rank - 1))
+        return parts[0], parts[1], weight
 
     return tf.data.Dataset.range(steps * count).map(batch).prefetch(tf.data.AUTOTUNE)
 
@@ -336,13 +361,12 @@ def check_dataset(dataset, what="x"):
     (an epoch is one pass over the dataset).
     """
     spec = dataset.element_spec
-    if not isinstance(spec, tuple) or len(spec) != 2:
+    if not isinstance(spec, tuple) or not 1 <= len(spec) <= 3:
         shape = type(spec).__name__ if not isinstance(spec, tuple) else f"a tuple of {len(spec)}"
         raise InputError(
-            f"{what}: a tf.data.Dataset must yield (x, y) batches, but it yields {shape}"
-            + (" (sample weights are not supported)" if isinstance(spec, tuple) and len(spec) == 3 else "")
+            f"{what}: a tf.data.Dataset must yield x, (x,), (x, y) or (x, y, sample_weight) batches, but it yields {shape}"
         )
-    for name, leaf in _flatten_with_names(spec[1], f"{what} targets"):
+    for name, leaf in _flatten_with_names(spec[1] if len(spec) > 1 else (), f"{what} targets"):
         if isinstance(leaf, tf.TensorSpec) and leaf.shape.rank == 0:
             raise InputError(
                 f"{what}: {name} are scalars: the dataset is not batched; call .batch(batch_size) on it"
@@ -372,15 +396,12 @@ def check_fits_model(model, element_spec, what):
     if len(given) != len(model_inputs):
         raise InputError(f"{what}: the model takes {len(model_inputs)} input(s), but the data holds {len(given)}")
     if isinstance(element_spec[0], dict):
-        names = [getattr(t, "name", "").split(":")[0] for t in model_inputs]
-        if set(element_spec[0]) != set(names) and all(names):
-            raise InputError(
-                f"{what}: the data's input keys {sorted(element_spec[0])} are not the model's inputs {sorted(names)}"
-            )
-        return  # dict inputs are matched by name inside Keras
+        return  # dict inputs are matched to the model's inputs inside Keras
     for (name, spec), tensor in zip(_flatten_with_names(element_spec[0], what), model_inputs):
         expected = tuple(tensor.shape)
         shape = tuple(spec.shape)
+        if len(shape) == len(expected) - 1 and expected[-1] == 1:
+            continue  # Keras adds the last dimension of 1 (rank-1 x for Input((1,)))
         if len(shape) != len(expected) or any(e is not None and s is not None and e != s for s, e in zip(shape[1:], expected[1:])):
             raise InputError(
                 f"{name}: batches of shape {list(shape)} do not fit the model's input of shape {list(expected)}"
@@ -390,8 +411,8 @@ def check_fits_model(model, element_spec, what):
 
 def element_spec_of(arrays, batch_size=None):
     """Returns the `(x, y)` TensorSpec structure of batches of `arrays` (batch dimension `batch_size`)."""
-    spec = lambda a: tf.TensorSpec((batch_size,) + a.shape[1:], tf.as_dtype(a.dtype))  # noqa: E731
-    return (tf.nest.map_structure(spec, arrays.x), tf.nest.map_structure(spec, arrays.y))
+    spec = lambda a: tf.TensorSpec((batch_size,) + a.shape[1:], tf.string if a.dtype.kind in "USO" else tf.as_dtype(a.dtype))  # noqa: E731
+    return tf.nest.map_structure(spec, arrays.parts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -447,13 +468,105 @@ def make_validation(validation_data, batch_size):
     if validation_data is None:
         return None, None
     if isinstance(validation_data, tf.data.Dataset):
+        validation_data = _as_tuple_dataset(validation_data)
         check_dataset(validation_data, "validation_data")
         return None, validation_data
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise InputError(
-            "validation_data must be a tuple (x_val, y_val) or a tf.data.Dataset of (x, y) batches"
-            + (" (sample weights are not supported)" if isinstance(validation_data, (tuple, list)) and len(validation_data) == 3 else "")
+            "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, val_sample_weight), or a "
+            "tf.data.Dataset of batches"
         )
     if batch_size < 1:
         raise InputError(f"validation_batch_size must be a positive integer, got {batch_size!r}")
-    return Arrays.from_user(validation_data[0], validation_data[1], "validation_data x"), None
+    weights = validation_data[2] if len(validation_data) == 3 else None
+    return Arrays.from_user(validation_data[0], validation_data[1], "validation_data x", sample_weight=weights), None
+
+
+def _as_tuple_dataset(dataset):
+    """Returns `dataset` with every element a tuple ((x,), (x, y) or (x, y, sample_weight)), as
+    Keras unpacks it: a dataset of bare `x` elements is mapped to `(x,)`."""
+    if isinstance(dataset.element_spec, tuple):
+        return dataset
+    return dataset.map(lambda *element: element if len(element) > 1 else (element[0],))
+
+
+def _to_dataset(x, what, workdir):
+    """Returns a tf.data.Dataset of batches for a `keras.utils.PyDataset` or a Python generator
+    `x` (through Keras's own adapters), or None for any other `x`. With a workdir they are
+    refused: their position cannot be checkpointed."""
+    from keras.src.trainers.data_adapters import generator_data_adapter  # pylint: disable=import-outside-toplevel
+    from keras.src.trainers.data_adapters import py_dataset_adapter  # pylint: disable=import-outside-toplevel
+
+    if isinstance(x, keras.utils.PyDataset):
+        kind, adapter = "a keras.utils.PyDataset", lambda: py_dataset_adapter.PyDatasetAdapter(x, shuffle=False)
+    elif inspect.isgenerator(x):
+        kind, adapter = "a Python generator", lambda: generator_data_adapter.GeneratorDataAdapter(x)
+    else:
+        return None
+    if workdir:
+        raise InputError(f"{what} is {kind}, whose position a checkpoint cannot hold: pass arrays or a "
+                         "tf.data.Dataset to train with a workdir")
+    return _as_tuple_dataset(adapter().get_tf_dataset())
+
+
+def make_fit_inputs(model, x, y, batch_size, *, shuffle=True, drop_remainder=False, validation_split=0.0,
+                    validation_data=None, sample_weight=None, class_weight=None, validation_batch_size=None,
+                    validation_steps=None, workdir=None):
+    """Returns `(TrainInput, (val_arrays, val_dataset))` for `fit`'s arguments, as `model.fit` reads them.
+
+    `x` is arrays (with `y`, or without for a model whose loss needs no targets), a
+    `tf.data.Dataset`, a `keras.utils.PyDataset` or a generator (the last two without a workdir).
+    `sample_weight` (one weight per example) or `class_weight` ({class: weight}, turned into sample
+    weights from `y` as Keras does) weigh the training loss. `validation_split` takes the last
+    fraction of the arrays, before any shuffling, as validation data (with their sample weights);
+    `validation_data` is `(x, y)`, `(x, y, sample_weight)` or a Dataset; `validation_steps` caps
+    the validation batches. Raises InputError naming the argument for bad input.
+    """
+    if class_weight is not None and sample_weight is not None:
+        raise InputError("pass class_weight or sample_weight, not both (as model.fit)")
+    if class_weight is not None and not isinstance(class_weight, dict):
+        raise InputError(f"class_weight must be a dict {{class index: weight}}, got {type(class_weight).__name__}")
+    converted = _to_dataset(x, "x", workdir)
+    if converted is not None:
+        x = converted
+    if isinstance(x, tf.data.Dataset):
+        if validation_split:
+            raise InputError("validation_split needs arrays x (as model.fit): pass validation_data for a Dataset")
+        if sample_weight is not None or class_weight is not None:
+            raise InputError("sample_weight and class_weight need arrays x: a Dataset yields (x, y, sample_weight) itself")
+        train_input = make_train_input(_as_tuple_dataset(x), y, batch_size, shuffle=shuffle, drop_remainder=drop_remainder)
+    else:
+        need_y = getattr(model, "_compile_loss", None) is not None
+        if isinstance(x, (tf.distribute.DistributedDataset, tf.data.Iterator)) or hasattr(x, "__next__"):
+            raise InputError(f"x is a {type(x).__name__}: pass arrays, a tf.data.Dataset, a keras.utils.PyDataset or a generator")
+        batch_size = 32 if batch_size is None else batch_size
+        if class_weight is not None:
+            if y is None or isinstance(y, (dict, list, tuple)):
+                raise InputError("class_weight needs one array of targets y (a model with one output), as in model.fit")
+            from keras.src.trainers.data_adapters import data_adapter_utils  # pylint: disable=import-outside-toplevel
+
+            sample_weight = data_adapter_utils.class_weight_to_sample_weights(_as_array(y, "y"), class_weight)
+        arrays = Arrays.from_user(x, y, "x", sample_weight=sample_weight, need_y=need_y)
+        if validation_split:
+            split_at = int(np.floor(arrays.num_examples * (1.0 - validation_split)))
+            if split_at in (0, arrays.num_examples):
+                raise InputError(f"validation_split={validation_split} leaves no training or no validation example "
+                                 f"of the {arrays.num_examples}")
+            if validation_data is None:
+                validation_data = arrays.take(slice(split_at, None))
+            arrays = arrays.take(slice(0, split_at))
+        steps = steps_per_epoch(arrays.num_examples, batch_size, drop_remainder)
+        train_input = TrainInput(arrays, None, batch_size, steps, shuffle, drop_remainder)
+    val_batch = validation_batch_size or train_input.batch_size or 32
+    if isinstance(validation_data, Arrays):
+        val = (validation_data, None)
+    else:
+        converted = _to_dataset(validation_data, "validation_data", None)
+        val = make_validation(converted if converted is not None else validation_data, val_batch)
+    if validation_steps is not None:
+        arrays, dataset = val
+        if arrays is not None:
+            dataset = array_eval_dataset(arrays, val_batch)
+        if dataset is not None:
+            val = (None, dataset.take(validation_steps))
+    return train_input, val

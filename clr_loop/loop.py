@@ -127,15 +127,15 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False, variable
     With a strategy, every step runs on all replicas and the sums are added across them.
     """
 
-    def replica_step(x, y):
+    def replica_step(*batch):
         # Per replica: the step's sums in float64 and `nonfinite` 0/1, ready to add up.
-        out = train_step(x, y)
+        out = train_step(*batch)
         sums = {k: tf.cast(out[k], tf.float64) for k in ("loss_sum", "count")}
         sums["nonfinite"] = tf.cast(tf.logical_not(out["finite"]), tf.float64)
         return {**sums, **{k: out[k] for k in ("lr", "momentum") if k in out}}
 
-    def run_step(x, y):
-        per_replica = strategy.run(replica_step, args=(x, y))
+    def run_step(*batch):
+        per_replica = strategy.run(replica_step, args=tuple(batch))
         loss = _sum_replicas(strategy, per_replica["loss_sum"])
         count = _sum_replicas(strategy, per_replica["count"])
         nonfinite = _sum_replicas(strategy, per_replica["nonfinite"])
@@ -188,34 +188,40 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False, variable
     return train_loop
 
 
-def make_evaluate(eval_step, metrics, strategy):
-    """Returns `evaluate(dataset) -> {"loss", <metric names>...}` over every example of `dataset`.
+def make_evaluate(eval_step, model, strategy):
+    """Returns `evaluate(dataset) -> ({"loss", <metric names>...}, example count)` over every example of `dataset`.
 
-    The loop runs in one `tf.function`; the loss is the per-example sum divided by the example
-    count, so a last partial batch weighs exactly as much as its examples (as in
-    `model.evaluate`). The compiled metrics are reset first and read from their Keras state after.
-    With a strategy the dataset is distributed, each replica evaluates its examples and the sums
-    are added across replicas and workers. A batch may carry a third element, the examples'
-    weights (0 for padding, 1 otherwise: see `inputs.pad_batches`).
+    The loop runs the model's own `test_step` (`eval_step`, see `clr_loop.steps`) on every batch
+    in one `tf.function`, after resetting the model's metrics, and reads the logs from their Keras
+    state after, as `model.evaluate` does: the loss is Keras's loss tracker, a mean weighted by batch
+    size. With a strategy the dataset is distributed, each replica evaluates its examples and the
+    counts are added across replicas and workers. A batch may carry a third element, the examples'
+    sample weights (0 for padding: see `inputs.pad_batches`).
     """
 
     @tf.autograph.experimental.do_not_convert
-    def add_batch(totals, batch):
-        sums = strategy.run(lambda *args: tuple(tf.cast(v, tf.float64) for v in eval_step(*args)), args=tuple(batch))
-        return tuple(t + _sum_replicas(strategy, s) for t, s in zip(totals, sums))
+    def add_batch(total, batch):
+        count = strategy.run(lambda *args: tf.cast(eval_step(*args), tf.float64), args=tuple(batch))
+        return total + _sum_replicas(strategy, count)
 
     @tf.function(autograph=False)
     def run(dataset):
-        zero = tf.constant(0.0, tf.float64)
-        return dataset.reduce((zero, zero), add_batch)
+        return dataset.reduce(tf.constant(0.0, tf.float64), add_batch)
 
     def evaluate(dataset):
-        if metrics is not None:
-            metrics.reset_state()
-        loss_sum, count = (float(v) for v in run(dataset))
-        return {"loss": loss_sum / max(count, 1.0), **metric_results(metrics)}, int(count)
+        model.reset_metrics()
+        count = float(run(dataset))
+        return keras_logs(model), int(count)
 
     return evaluate
+
+
+def keras_logs(model):
+    """Returns {name: float} of the model's metrics as Keras's `fit` and `evaluate` log them
+    (`model.get_metrics_result()`: the loss tracker, the compiled metrics, the per-output losses
+    and the model's own trackers)."""
+    return {name: float(np.asarray(value)) for name, value in model.get_metrics_result().items()
+            if np.ndim(value) == 0}
 
 
 def metric_results(metrics):
@@ -378,7 +384,8 @@ class Run:
     def __init__(self, model, train_input, val, *, seed, epochs, steps_per_loop, jit_compile, batch_splits,
                  workdir, checkpoint_every_steps, keep_checkpoints, log_every_steps, profile_steps, max_steps,
                  validation_batch_size, run_config=None, run_files=None, augment=None,
-                 bn_recompute_batches=BN_RECOMPUTE_BATCHES, input_mode="auto"):
+                 bn_recompute_batches=BN_RECOMPUTE_BATCHES, input_mode="auto", initial_epoch=0,
+                 validation_freq=1):
         steps_lib.check_compiled(model)
         spec = (train_input.dataset.element_spec if train_input.dataset is not None
                 else inputs.element_spec_of(train_input.arrays))
@@ -465,9 +472,17 @@ class Run:
         # (mixed_float16), whose skipped steps do not advance them but do consume a batch.
         self.loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         self.step_counter = self.state.steps if self.loss_scaled else self.optimizer.iterations
+        # Without a workdir a call trains on from where the model is, as model.fit does: its steps
+        # count from `initial_epoch`'s first step, whatever `optimizer.iterations` says.
+        self.step_offset = 0
+        if not workdir:
+            self.step_offset = int(self.step_counter.numpy()) - initial_epoch * (train_input.steps_per_epoch or 0)
+            self.state.epoch.assign(initial_epoch)
+        self.validation_freq = validation_freq
+        self.batch_hook_every = None  # set by fit when a callback has batch hooks
         self.steps = steps_lib.Steps(
             model, jit_compile=self.jit_compile, splits=self.splits, fuse_update=distribute.is_default(self.strategy),
-            augment=augment_lib.make(augment, self.seed),
+            augment=augment_lib.make(augment, self.seed), padded_eval=self.replicas > 1,
         )
         self.metrics = self.steps.metrics
         # The NaN guard's weights: checked after every compiled loop call and before every save.
@@ -476,7 +491,7 @@ class Run:
             self.steps.train_step, self.state, self.strategy, until_exhausted=train_input.dataset is not None,
             variables=self.guarded_weights,
         )
-        self.evaluate = make_evaluate(self.steps.eval_step, self.metrics, self.strategy)
+        self.evaluate = make_evaluate(self.steps.eval_step, model, self.strategy)
         self.data_holder = tf.Module()
         self.iterator = None
         # A schedule-free optimizer (one with swap_to_x/swap_to_y): training at y, eval and the end at x.
@@ -511,7 +526,7 @@ class Run:
     def step(self):
         """The number of steps run so far (int): the optimizer's iterations plus, under loss
         scaling, the steps it skipped."""
-        return int(self.step_counter.numpy())
+        return int(self.step_counter.numpy()) - self.step_offset
 
     def fit(self, callbacks=None, verbose="auto"):
         """Trains to the end (see `fit`), resuming from the workdir when it holds a checkpoint;
@@ -559,7 +574,7 @@ class Run:
         The compiled metrics are shared with training (as in Keras); their training state is put
         back afterwards, so an epoch cut short by `max_steps` checkpoints its own train metrics.
         """
-        variables = list(self.metrics.variables) if self.metrics is not None else []
+        variables = list(self.model.metrics_variables)
         saved = [v.numpy() for v in variables]
         try:
             with self.at_average():
@@ -682,7 +697,7 @@ class Run:
             "optimizer": self.optimizer,
             "epoch_state": self.state.trackables(),
             "rng": seed_generator_states(self.model),
-            "metrics": list(self.metrics.variables) if self.metrics is not None else [],
+            "metrics": list(self.model.metrics_variables),
             "run_identity": self.identity_record,
             "run_history": self.history_record,
             "run_stopped": self.stopped_record,
@@ -900,7 +915,7 @@ class Run:
 
     def chunk_end(self, step, epoch_end):
         """Returns the next step at which Python must regain control."""
-        ends = [step + self.steps_per_loop]
+        ends = [step + min(self.steps_per_loop, self.batch_hook_every or self.steps_per_loop)]
         if epoch_end is not None:
             ends.append(epoch_end)
         if self.max_steps:
@@ -944,15 +959,22 @@ def fit(
     model,
     x=None,
     y=None,
-    *,
     batch_size=None,
     epochs=1,
     verbose="auto",
     callbacks=None,
+    validation_split=0.0,
     validation_data=None,
     shuffle=True,
-    seed=None,
+    class_weight=None,
+    sample_weight=None,
+    initial_epoch=0,
+    steps_per_epoch=None,
+    validation_steps=None,
     validation_batch_size=None,
+    validation_freq=1,
+    *,
+    seed=None,
     workdir=None,
     steps_per_loop=100,
     jit_compile="auto",
@@ -969,23 +991,29 @@ def fit(
 ):
     """Trains a compiled Keras model as `model.fit` would, in clr_loop's compiled loop; returns its History.
 
-    `model` must be compiled (`model.compile(optimizer, loss, metrics)`): fit uses that optimizer
-    (its schedule is evaluated on `optimizer.iterations` inside the compiled step), that loss plus
-    `model.losses`, and those metrics. `x`, `y`, `batch_size` (default 32), `epochs`,
-    `validation_data`, `shuffle`, `callbacks` and `verbose` mean what they mean in `model.fit`.
-    `x` is arrays (numpy or tensors, or dicts/tuples of them) with targets `y`, or a
-    `tf.data.Dataset` of `(x, y)` batches (then `y` and `batch_size` are None). Each epoch of
-    arrays is a stateless permutation of (`seed`, epoch); `seed=None` picks one (recorded in the
-    workdir, so a resume keeps it). The model's own Keras dtype policy holds as in `model.fit`: under
-    mixed_float16, `compile`'s LossScaleOptimizer scales the loss, and a step it skips on overflow is
-    not divergence (it does not advance `optimizer.iterations`, as in Keras, but counts as a step).
+    `model` must be compiled. Inside the compiled loop fit runs the model's own `train_step` (and
+    `test_step` for validation), as `model.fit` does, so the loss, `model.losses`, the metrics, a
+    `compute_loss` or `train_step` override and the optimizer (its schedule evaluated on
+    `optimizer.iterations`) behave as there. The arguments up to `validation_freq` are
+    `model.fit`'s, in its order, and mean what they mean there, except `steps_per_epoch` (not
+    supported: an epoch is one pass over the data). `x` is arrays (numpy or tensors, or
+    dicts/tuples of them) with targets `y` (or without, for a model with no compiled loss), a
+    `tf.data.Dataset` of `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)` batches, a
+    `keras.utils.PyDataset` or a generator (the last two not with a workdir). Each epoch of arrays
+    is a stateless permutation of (`seed`, epoch); `seed=None` draws one from numpy's global
+    generator (recorded in the workdir, so a resume keeps it). Without a workdir a call trains on
+    from where the model is, as `model.fit` does. The model's own Keras dtype policy holds as in
+    `model.fit`: under mixed_float16, `compile`'s LossScaleOptimizer scales the loss, and a step it
+    skips on overflow is not divergence (it does not advance `optimizer.iterations`, as in Keras,
+    but counts as a step).
 
-    Returns the `keras.callbacks.History` (also `model.history`): per epoch `loss`, each compiled
-    metric, `val_` of each with validation data, `lr` (the rate of the epoch's last step) and
-    `momentum` when the optimizer's momentum is a schedule.
+    Returns the `keras.callbacks.History` (also `model.history`): per epoch what `model.fit` logs
+    (the loss, per-output losses, the compiled metrics and the model's trackers, `val_` of each with
+    validation data), `lr` (the rate of the epoch's last step) and `momentum` when the optimizer's
+    momentum is a schedule.
 
-    clr_loop's own arguments: `steps_per_loop` steps run per compiled call (batch callbacks run once
-    per call, as Keras does with `steps_per_execution`); `jit_compile` "auto" (XLA only on GPU/TPU),
+    clr_loop's own arguments (keywords only): `steps_per_loop` steps run per compiled call (a
+    callback with batch hooks gets them every `model.steps_per_execution` steps, as in Keras); `jit_compile` "auto" (XLA only on GPU/TPU),
     True or False; `batch_splits` (0: automatic, see `clr_loop.runtime.resolve_batch_splits`);
     `drop_remainder` drops each epoch's last partial batch of arrays; `max_steps` caps the total
     steps; `augment` augments each training batch inside the compiled step: "flip_crop" (pad by 4,
@@ -1007,32 +1035,72 @@ def fit(
     workdir, and `distribute.ClusterError` naming the lost workers when a multi-worker peer is gone.
     """
     steps_lib.check_compiled(model)
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise inputs.InputError(f"epochs must be a positive integer, got {epochs!r}")
+    _check_int("epochs", epochs, 1)
+    _check_int("initial_epoch", initial_epoch, 0)
+    if initial_epoch >= epochs:
+        raise inputs.InputError(f"initial_epoch={initial_epoch} must be smaller than epochs={epochs}")
+    if initial_epoch and workdir:
+        raise inputs.InputError("initial_epoch must be 0 with a workdir: the workdir's checkpoint says where the run is")
     for name, value in (("steps_per_loop", steps_per_loop), ("log_every_steps", log_every_steps)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise inputs.InputError(f"{name} must be a positive integer, got {value!r}")
-    if checkpoint_every_steps < 0 or keep_checkpoints < 1:
-        raise inputs.InputError("checkpoint_every_steps must be >= 0 and keep_checkpoints >= 1")
-    if max_steps is not None and max_steps < 1:
-        raise inputs.InputError(f"max_steps must be a positive integer or None, got {max_steps!r}")
+        _check_int(name, value, 1)
+    _check_int("checkpoint_every_steps", checkpoint_every_steps, 0)
+    _check_int("keep_checkpoints", keep_checkpoints, 1)
+    _check_int("batch_splits", batch_splits, 0)
+    _check_int("bn_recompute_batches", bn_recompute_batches, 0)
+    for name, value in (("max_steps", max_steps), ("steps_per_epoch", steps_per_epoch),
+                        ("validation_steps", validation_steps)):
+        if value is not None:
+            _check_int(name, value, 1, "or None")
+    if seed is not None:
+        _check_int("seed", seed, 0)
+        if seed >= 2**63:
+            raise inputs.InputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    if workdir is not None and not isinstance(workdir, (str, os.PathLike)):
+        raise inputs.InputError(f"workdir must be a path (str or os.PathLike) or None, got {type(workdir).__name__} {workdir!r}")
+    if workdir is not None:
+        workdir = os.fspath(workdir)
     if profile_steps is not None:
+        if not isinstance(profile_steps, (tuple, list)) or len(profile_steps) != 2 or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in profile_steps):
+            raise inputs.InputError(f"profile_steps must be (start, stop), two integers, got {profile_steps!r}")
         start, stop = profile_steps
         if not 0 <= start < stop:
             raise inputs.InputError(f"profile_steps must be (start, stop) with 0 <= start < stop, got {profile_steps!r}")
     if jit_compile not in ("auto", True, False):
         raise inputs.InputError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}")
-    train_input = inputs.make_train_input(x, y, batch_size, shuffle=shuffle, drop_remainder=drop_remainder)
+    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float, np.floating)) \
+            or not 0 <= validation_split < 1:
+        raise inputs.InputError(f"validation_split must be a float in [0, 1), got {validation_split!r}")
+    if isinstance(validation_freq, bool) or not (
+            (isinstance(validation_freq, (int, np.integer)) and validation_freq >= 1)
+            or (isinstance(validation_freq, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in validation_freq))):
+        raise inputs.InputError(f"validation_freq must be a positive integer or a list of epochs, got {validation_freq!r}")
+    if steps_per_epoch is not None:
+        raise inputs.InputError(
+            f"steps_per_epoch={steps_per_epoch}: clr_loop's epoch is one pass over the data; pass a Dataset "
+            "of that many batches (dataset.take(n)) or use max_steps"
+        )
+    train_input, val = inputs.make_fit_inputs(
+        model, x, y, batch_size, shuffle=shuffle, drop_remainder=drop_remainder, validation_split=validation_split,
+        validation_data=validation_data, sample_weight=sample_weight, class_weight=class_weight,
+        validation_batch_size=validation_batch_size, validation_steps=validation_steps, workdir=workdir,
+    )
     val_batch = validation_batch_size or train_input.batch_size or 32
-    val = inputs.make_validation(validation_data, val_batch)
     run = Run(
         model, train_input, val, seed=seed, epochs=epochs, steps_per_loop=steps_per_loop, jit_compile=jit_compile,
         batch_splits=batch_splits, workdir=workdir, checkpoint_every_steps=checkpoint_every_steps,
         keep_checkpoints=keep_checkpoints, log_every_steps=log_every_steps, profile_steps=profile_steps,
         max_steps=max_steps, validation_batch_size=val_batch, augment=augment, bn_recompute_batches=bn_recompute_batches,
-        input_mode=input_mode,
+        input_mode=input_mode, initial_epoch=initial_epoch, validation_freq=validation_freq,
     )
     return run.fit(callbacks=callbacks, verbose=verbose)
+
+
+def _check_int(name, value, minimum, extra=""):
+    """Raises InputError naming `name` unless `value` is an integer >= `minimum` (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise inputs.InputError(f"{name} must be {what}{' ' + extra if extra else ''}, got {value!r}")
 
 
 def resolve_input_mode(input_mode, train_input, strategy):
@@ -1079,7 +1147,8 @@ def _check_images(spec, augment):
 
 
 def _resolve_seed(seed, workdir):
-    """Returns the data-order seed: `seed`, else the one a workdir's run recorded, else a new random one."""
+    """Returns the data-order seed: `seed`, else the one a workdir's run recorded, else one drawn from numpy's
+    global generator (which `keras.utils.set_random_seed` seeds)."""
     if seed is not None:
         return int(seed)
     if workdir:
@@ -1090,7 +1159,8 @@ def _resolve_seed(seed, workdir):
             if checkpointing.run_identity_problem(saved) is None and isinstance(saved["seed"], int) \
                     and not isinstance(saved["seed"], bool):
                 return saved["seed"]
-    return int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+    # numpy's global generator, so keras.utils.set_random_seed makes a shuffled run reproducible.
+    return int(np.random.randint(0, 2**62))
 
 
 def _build(model, spec):
@@ -1109,6 +1179,9 @@ def _train(run, saved_history, callbacks, verbose):
         list(callbacks or []) + [history_cb], add_history=False, add_progbar=bool(verbose) and run.is_chief,
         model=model, verbose=verbose, epochs=run.epochs, steps=run.input.steps_per_epoch,
     )
+    # A callback with batch hooks gets them every model.steps_per_execution steps, as in model.fit.
+    if any(_has_batch_hooks(cb) for cb in callbacks or []):
+        run.batch_hook_every = max(1, int(getattr(model, "steps_per_execution", 1) or 1))
     model.stop_training = False
     if run.schedule_free is not None:
         run.schedule_free.swap_to_y()  # a model left at x by an earlier fit trains on from y
@@ -1120,6 +1193,13 @@ def _train(run, saved_history, callbacks, verbose):
     if steps_per_epoch is not None and run.input.dataset is None:
         epoch = step // steps_per_epoch
     callback_list.on_train_begin()
+    restored_epoch = getattr(model, "_initial_epoch", None)  # set by BackupAndRestore, read as model.fit reads it
+    if restored_epoch and not workdir and steps_per_epoch is not None and run.input.dataset is None:
+        # The callback restored the weights and optimizer of that epoch's end: train on from there.
+        run.step_offset = int(run.step_counter.numpy()) - restored_epoch * steps_per_epoch
+        step, epoch = run.step, restored_epoch
+        run.state.epoch.assign(epoch)
+        run.state.epoch_start.assign(step)
     history_cb.history = {k: list(v) for k, v in saved_history.items() if k != "epoch_seconds"}
     history_cb.epoch = list(range(len(next(iter(history_cb.history.values()), []))))
     model.history = history_cb
@@ -1173,8 +1253,7 @@ def _train(run, saved_history, callbacks, verbose):
             run.state.count.assign(0.0)
             run.state.epoch.assign(epoch)
             run.state.epoch_start.assign(step)
-            if run.metrics is not None:
-                run.metrics.reset_state()
+            model.reset_metrics()
             if run.input.dataset is not None and step > 0:
                 run.iterator = run.iterator_at(step)
             summaries.start_window(run.metrics)
@@ -1226,9 +1305,11 @@ def _train(run, saved_history, callbacks, verbose):
             steps_per_epoch = step - epoch_start  # a Dataset of unknown length: now it is known
             callback_list.set_params({**callback_list.params, "steps": steps_per_epoch})
         epoch_logs = _train_logs(run)
-        if run.val_arrays is not None or run.val_dataset is not None:
+        if (run.val_arrays is not None or run.val_dataset is not None) and model._should_eval(epoch, run.validation_freq):  # pylint: disable=protected-access
             logging.debug("evaluating at step %d (epoch %d)", step, epoch + 1)  # shown from absl verbosity 1
+            callback_list.on_test_begin()
             val_logs, _ = run.validate()
+            callback_list.on_test_end(val_logs)
             epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
             summaries.write_eval(step, val_logs)
         seconds = time.perf_counter() - started
@@ -1264,10 +1345,14 @@ def _diverged(run, summaries, window, step):
     last step, what was non-finite and the last checkpoint (none was saved from the window)."""
     last_step = step + int(window["steps"]) - 1
     lr = float(window["lr"])
+    weights_finite = all(bool(np.isfinite(v.numpy()).all()) for v in run.model.trainable_variables)
     if not bool(window["finite"]) and not np.isfinite(lr):
         what = f"non-finite learning rate {lr:.6g} at step {last_step}"
+    elif not bool(window["finite"]) and weights_finite:
+        what = f"non-finite loss at step {last_step} (learning rate {lr:.6g})"
     elif not bool(window["finite"]):
-        what = f"non-finite loss or gradient at step {last_step} (learning rate {lr:.6g})"
+        # The step checks the weights after its update: a non-finite gradient or update.
+        what = f"non-finite weights after step {last_step} (learning rate {lr:.6g})"
     else:
         steps = f", from the update of one of steps {step}-{last_step}" if last_step > step else ""
         what = f"non-finite weights after step {last_step}{steps} (learning rate {lr:.6g})"
@@ -1278,13 +1363,20 @@ def _diverged(run, summaries, window, step):
 
 def _train_logs(run):
     """The train logs so far in the epoch: `loss`, the compiled metrics, `lr` (and `momentum`)."""
-    count = float(run.state.count.numpy())
-    logs = {"loss": float(run.state.loss_sum.numpy()) / count if count else float("nan")}
-    logs.update(metric_results(run.metrics))
+    logs = keras_logs(run.model)
     logs["lr"] = float(run.state.lr.numpy())
     if run.steps.momentum_schedule is not None:
         logs["momentum"] = float(run.state.momentum.numpy())
     return logs
+
+
+def _has_batch_hooks(callback):
+    """True when `callback` implements a train batch hook (Keras's own History and progress bar aside)."""
+    if isinstance(callback, (keras.callbacks.History, keras.callbacks.ProgbarLogger)):
+        return False
+    base = keras.callbacks.Callback
+    return any(getattr(type(callback), name) is not getattr(base, name)
+               for name in ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end"))
 
 
 def _last_logs(history):

@@ -1,18 +1,19 @@
-"""The compiled train and eval steps of a compiled Keras model, built from what `compile` was given.
+"""The compiled train and eval steps of a compiled Keras model: the model's own `train_step` and `test_step`.
 
-A step is a pure function of (model state, batch): `train_step(x, y)` runs the forward pass, the
-compiled loss plus `model.losses` (`model.compute_loss`, as Keras's own `train_step`), the
-gradients and `optimizer.apply_gradients`, which evaluates the optimizer's schedule on
-`optimizer.iterations`. The compiled metrics keep their own Keras state, updated inside the step;
-the loss is returned as a sum over the batch's examples, so the loop can add batches exactly in
-float64 whatever their sizes. Nothing here reads flags, prints or writes summaries.
+A step is what `model.fit`'s inner loop runs: `model.train_step(data)` with `data` packed as Keras
+packs it (`(x, y, sample_weight)`, `(x, y)` or `(x,)`), so a subclassed model, a custom or
+per-output loss, `compute_loss` and `add_loss`, sample and class weights, a `train_step` override
+(a GAN) and Keras's own metrics behave as in `model.fit` by construction. Around it a step reads
+the learning rate it is about to use (the schedule at `optimizer.iterations` before the update) and
+returns the change of Keras's loss tracker (the batch's loss times its example count) and whether
+the loss and the trainable weights are finite. Nothing here reads flags, prints or writes summaries.
 
 On a CPU without XLA a batch can be computed as several parts side by side (`splits`), each with
-its own forward and backward pass, the parts' gradients summed into one update. That computes the
-same thing only for a model whose layers treat every example on its own, which `can_split` checks.
+its own forward and backward pass, the parts' gradients summed into one update. That computes what
+`train_step` computes only for the models `can_split` accepts: the model's own Keras `train_step`,
+`test_step` and `compute_loss`, layers that treat every example on their own, one standard Keras
+loss with its default reduction, and no sample weights (checked per call: a weighted batch is never split).
 """
-
-import copy
 
 import keras
 import tensorflow as tf
@@ -37,40 +38,130 @@ _PER_EXAMPLE_LAYERS = tuple(
         "UnitNormalization", "GroupNormalization", "Identity", "Normalization",
     )
     if hasattr(keras.layers, name)
-) + (keras.Sequential, keras.Model)
+)
+
+# Keras's own per-example losses (each computes one value per example, then the default
+# "sum_over_batch_size" reduction averages them), by class; a string or function in compile
+# becomes one of these or a LossFunctionWrapper of the function of the same name.
+_PER_EXAMPLE_LOSSES = tuple(
+    getattr(keras.losses, name)
+    for name in (
+        "BinaryCrossentropy", "BinaryFocalCrossentropy", "CategoricalCrossentropy", "CategoricalFocalCrossentropy",
+        "SparseCategoricalCrossentropy", "MeanSquaredError", "MeanAbsoluteError", "MeanAbsolutePercentageError",
+        "MeanSquaredLogarithmicError", "Huber", "LogCosh", "Hinge", "SquaredHinge", "CategoricalHinge",
+        "KLDivergence", "Poisson", "CosineSimilarity",
+    )
+    if hasattr(keras.losses, name)
+)
+_PER_EXAMPLE_FUNCTIONS = {
+    getattr(keras.losses, name)
+    for name in (
+        "binary_crossentropy", "binary_focal_crossentropy", "categorical_crossentropy",
+        "categorical_focal_crossentropy", "sparse_categorical_crossentropy", "mean_squared_error",
+        "mean_absolute_error", "mean_absolute_percentage_error", "mean_squared_logarithmic_error", "huber",
+        "log_cosh", "hinge", "squared_hinge", "categorical_hinge", "kl_divergence", "poisson", "cosine_similarity",
+    )
+    if hasattr(keras.losses, name)
+}
 
 
 def check_compiled(model):
-    """Raises ValueError unless `model` is a Keras 3 model compiled with an optimizer and a loss."""
+    """Raises ValueError unless `model` is a Keras 3 model compiled with an optimizer."""
     if not isinstance(model, keras.Model):
         raise ValueError(f"model must be a keras.Model, got {type(model).__name__}")
     if not getattr(model, "compiled", False) or model.optimizer is None:
         raise ValueError(
             "the model is not compiled: call model.compile(optimizer=..., loss=..., metrics=[...]) before training it"
         )
-    if model._compile_loss is None and not model.losses:  # pylint: disable=protected-access
-        raise ValueError("the model was compiled without a loss: pass loss=... to model.compile")
-    for method in ("train_step", "test_step"):
-        if getattr(type(model), method) is not getattr(keras.Model, method):
-            raise ValueError(
-                f"{type(model).__name__} overrides {method}, which clr_loop does not run: its compiled step "
-                "is built from what compile() was given (override compute_loss instead, which it uses)"
-            )
+
+
+def _overrides(model, method):
+    return getattr(type(model), method) is not getattr(keras.Model, method)
+
+
+def _is_graph_model(model):
+    """True for a Sequential or functional model that keeps Keras's own `call` (a graph of layers)."""
+    from keras.src.models.functional import Functional  # pylint: disable=import-outside-toplevel
+
+    for graph in (keras.Sequential, Functional):
+        if isinstance(model, graph) and type(model).call is graph.call:
+            return True
+    return False
+
+
+def _layers_per_example(model):
+    """Returns "" when every layer of `model` treats each example on its own, else the reason it may not."""
+    for layer in model._flatten_layers(include_self=False, recursive=False):  # pylint: disable=protected-access
+        if isinstance(layer, keras.Model):
+            # A nested model qualifies only as a graph of qualifying layers (no call of its own).
+            if not _is_graph_model(layer):
+                return f"nested model {layer.name!r} ({type(layer).__name__}) has its own call"
+            why = _layers_per_example(layer)
+            if why:
+                return why
+            continue
+        if not isinstance(layer, _PER_EXAMPLE_LAYERS):
+            return f"layer {layer.name!r} ({type(layer).__name__}) may depend on the whole batch"
+        if getattr(layer, "activity_regularizer", None) is not None:
+            return f"layer {layer.name!r} has an activity regularizer (a loss over its batch)"
+        if getattr(layer, "mask_zero", False):
+            return f"layer {layer.name!r} makes a mask, which changes the loss's divisor per batch"
+    return ""
+
+
+def _standard_loss(model):
+    """Returns "" when the model's compiled loss is one of Keras's per-example losses on one output
+    with the default reduction and no loss weight, else why it is not. Raises AttributeError for a
+    compiled loss of another shape (a Keras version that builds it otherwise)."""
+    compile_loss = model._compile_loss  # pylint: disable=protected-access
+    if compile_loss is None:
+        return "the model has no compiled loss"
+    flat = compile_loss._flat_losses  # pylint: disable=protected-access
+    if flat is None or len(flat) != 1:
+        return "the loss is not one loss on one output"
+    entry = flat[0]
+    if entry.loss_weights not in (None, 1, 1.0):
+        return "loss_weights"
+    fn = entry.loss
+    if type(fn) is keras.src.losses.LossFunctionWrapper:  # a function or name given to compile
+        if fn.fn not in _PER_EXAMPLE_FUNCTIONS:
+            return f"the loss {getattr(fn.fn, '__name__', fn.fn)!r} is not one of Keras's per-example losses"
+    elif type(fn) not in _PER_EXAMPLE_LOSSES:
+        return f"the loss {type(fn).__name__} is not one of Keras's per-example losses"
+    if getattr(fn, "_fn_kwargs", {}).get("ignore_class") is not None:
+        return "the loss ignores a class (a mask, which changes its divisor per batch)"
+    if fn.reduction != "sum_over_batch_size":
+        return f"the loss's reduction is {fn.reduction!r}, not the default 'sum_over_batch_size'"
+    return ""
 
 
 def can_split(model):
-    """Returns (True, "") when every layer of `model` treats each example on its own, else
-    (False, reason) naming the first layer that depends on the whole batch (or is not known not to)."""
-    for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
-        if not isinstance(layer, _PER_EXAMPLE_LAYERS):
-            return False, f"layer {layer.name!r} ({type(layer).__name__}) may depend on the whole batch"
-        if getattr(layer, "activity_regularizer", None) is not None:
-            return False, f"layer {layer.name!r} has an activity regularizer (a loss over its batch)"
+    """Returns (True, "") when a batch of `model` computed in parts provably computes what its
+    `train_step` computes on the whole batch (see the module's docstring), else (False, reason).
+    The compiled loss is checked once the model is built (`model._compile_loss` is built with it)."""
+    for method in ("train_step", "test_step", "compute_loss", "compute_metrics"):
+        if _overrides(model, method):
+            return False, f"{type(model).__name__} overrides {method}"
+    if not _is_graph_model(model):
+        return False, f"{type(model).__name__} is a subclassed model with its own call"
+    why = _layers_per_example(model)
+    if why:
+        return False, why
+    compile_loss = getattr(model, "_compile_loss", None)
+    if getattr(model, "compiled", False) and compile_loss is None:
+        return False, "the model has no compiled loss (its loss comes from add_loss)"
+    if getattr(compile_loss, "built", False):
+        try:
+            why = _standard_loss(model)
+        except AttributeError as e:
+            why = f"the compiled loss could not be inspected ({e})"
+        if why:
+            return False, why
     return True, ""
 
 
 def _batch_size(structure):
-    return tf.shape(tf.nest.flatten(structure)[0])[0]
+    return tf.shape(next(t for t in tf.nest.flatten(structure) if t is not None))[0]
 
 
 def _split(structure, sizes):
@@ -84,58 +175,35 @@ def _part_sizes(count, splits):
     return [(count + splits - 1 - i) // splits for i in range(splits)]
 
 
-def _unreduced_loss(model):
-    """Returns `f(y, y_pred) -> per-example loss [B]` for a model with one compiled loss on one
-    output (the loss object copied with its reduction off), or None when there is no such loss."""
-    compile_loss = model._compile_loss  # pylint: disable=protected-access
-    flat = getattr(compile_loss, "_flat_losses", None)
-    if not flat or len(flat) != 1 or len(model.outputs or [None]) != 1:
-        return None
-    entry = flat[0]
-    loss_fn = entry[1] if isinstance(entry, tuple) else getattr(entry, "fn", None)
-    weight = entry[2] if isinstance(entry, tuple) and len(entry) > 2 else 1.0
-    if not isinstance(loss_fn, keras.losses.Loss) or weight not in (None, 1.0):
-        return None
-    unreduced = copy.copy(loss_fn)
-    unreduced.reduction = None
-
-    def per_example(y, y_pred):
-        values = unreduced(y, y_pred)
-        if values.shape.rank > 1:
-            values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
-        return values
-
-    return per_example
-
-
 class Steps:
-    """The compiled steps of one compiled model: `train_step(x, y)` and `eval_step(x, y)`.
+    """The compiled steps of one compiled model: `train_step(*batch)` and `eval_step(*batch)`.
 
-    `train_step` returns `loss_sum` (the batch's loss, `model.compute_loss` including
-    `model.losses`, times its example count; float32), `count`, `lr` (the rate this step used:
-    the schedule at `optimizer.iterations` before the update), `momentum` when the optimizer's
-    momentum is a schedule, and `finite` (False when the rate, the momentum, the loss or a gradient
-    is NaN or Inf; with a
-    `LossScaleOptimizer`, whose overflowing steps are skipped, the gradients do not count: its
-    `apply_gradients` skips the update, halves the scale and leaves `iterations`, so the schedule,
-    where they were, as in Keras's own `train_step`). The compiled
-    metrics are updated in their Keras state. `eval_step` returns `(loss_sum, count)` in float32:
-    per-example losses summed where the model has one compiled loss, else the batch loss times its
-    count, plus `model.losses` per example; it updates the metrics too.
+    A batch is `(x,)`, `(x, y)` or `(x, y, sample_weight)`. `train_step` runs the model's own
+    `train_step` on it and returns `loss_sum` (the change of Keras's loss tracker's total: the batch's
+    loss times its example count; float32, 0 for a `train_step` that does not use the tracker),
+    `count` (the tracker's change of count, else 0), `lr` (the rate this step used: the schedule at
+    `optimizer.iterations` before the update), `momentum` when the optimizer's momentum is a
+    schedule, and `finite` (False when that loss, the rate, the momentum or a trainable weight after
+    the update is NaN or Inf; a `LossScaleOptimizer` skips an overflowing update itself, as in `model.fit`). The model's
+    metrics are updated in their Keras state. `eval_step` runs the model's own `test_step` (the
+    metrics and the loss tracker are updated as in `model.evaluate`) and returns the batch's
+    example count (float32); with `padded_eval` (a multi-replica run's validation) a batch is
+    `(x, y, weight)` whose weight-0 examples are padding, left out of test_step and the count.
 
-    With `fuse_update` the whole train step (schedule, forward, gradients, update) is one
-    `tf.function` compiled with `jit_compile`. Under any `tf.distribute` strategy (one replica
-    too) pass `fuse_update=False`: the update all-reduces, which cannot happen inside a nested compiled
-    function, so only the forward and backward pass are compiled. With `splits` > 1 each batch is
-    computed as that many parts (see `can_split`), each part's loss weighted by its share of the
-    batch, so the gradients add up to the whole batch's. `optimizer` (default `model.optimizer`)
-    is the one the steps update with: a built optimizer of the model's trainable variables.
-    `augment` (default None) is a function `(x, step) -> x` applied to each training batch inside
-    the step, before it is split, with `step` the optimizer's iterations before the update (see
+    With `fuse_update` the whole train step is one `tf.function` compiled with `jit_compile`. Under
+    any `tf.distribute` strategy (one replica too) pass `fuse_update=False`: the update all-reduces,
+    which cannot happen inside a nested compiled function, so the step runs in the caller's function.
+    With `splits` > 1 (only for a model `can_split` accepts) each unweighted batch is computed as that
+    many parts, each part's loss weighted by its share of the batch, so the gradients add up to the
+    whole batch's. `optimizer` (default `model.optimizer`) is the one the steps update with: a built
+    optimizer of the model's trainable variables (it stands in for `model.optimizer` while the step
+    is traced). `augment` (default None) is a function `(x, step) -> x` applied to each training
+    batch's x inside the step, with `step` the optimizer's iterations before the update (see
     `clr_loop.augment`); evaluation batches are not augmented.
     """
 
-    def __init__(self, model, *, jit_compile=False, splits=1, fuse_update=True, optimizer=None, augment=None):
+    def __init__(self, model, *, jit_compile=False, splits=1, fuse_update=True, optimizer=None, augment=None,
+                 padded_eval=False):
         check_compiled(model)
         self.model = model
         self.optimizer = model.optimizer if optimizer is None else optimizer
@@ -143,146 +211,122 @@ class Steps:
         self.jit_compile = bool(jit_compile)
         self.augment = augment
         self.metrics = model._compile_metrics  # pylint: disable=protected-access
-        self._per_example = _unreduced_loss(model)
-        self._loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        self.tracker = getattr(model, "_loss_tracker", None)
         self.momentum_schedule = _momentum_schedule(self.optimizer)
-        compute = self._split_gradients if self.splits > 1 else self._gradients
+        step = lambda *batch: self._step(tuple(batch))  # noqa: E731
         if fuse_update:
-            self.train_step = tf.function(
-                lambda x, y: self._step(x, y, compute), jit_compile=self.jit_compile, autograph=False
-            )
-        else:
-            compiled = tf.function(compute, jit_compile=self.jit_compile, autograph=False)
-            self.train_step = lambda x, y: self._step(x, y, compiled)
-        self.eval_step = tf.function(self._eval, jit_compile=self.jit_compile, autograph=False)
+            step = tf.function(step, jit_compile=self.jit_compile, autograph=False)
+        self.train_step = step if self.optimizer is model.optimizer else self._with_optimizer(step)
+        self.padded_eval = padded_eval
+        # A padded batch's real examples are cut out by a mask, a shape XLA cannot compile.
+        self.eval_step = tf.function(lambda *batch: self._eval(tuple(batch)),
+                                     jit_compile=self.jit_compile and not padded_eval, autograph=False)
 
-    def _forward(self, x, training):
-        model = self.model
-        if model._call_has_training_arg:  # pylint: disable=protected-access
-            return model(x, training=training)
-        return model(x)
+    def _with_optimizer(self, step):
+        # The model's train_step updates `model.optimizer`: another optimizer (the range test's)
+        # stands in for it while the step is traced (and run).
+        def run(*batch):
+            model = self.model
+            original = model.optimizer
+            model.optimizer = self.optimizer
+            try:
+                return step(*batch)
+            finally:
+                model.optimizer = original
 
-    def _gradients(self, x, y, weight=None):
-        model = self.model
-        with tf.GradientTape() as tape:
-            y_pred = self._forward(x, training=True)
-            loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=None, training=True)  # pylint: disable=protected-access
-            objective = loss if weight is None else loss * tf.cast(weight, loss.dtype)
-            objective = self.optimizer.scale_loss(objective)
-        grads = tape.gradient(objective, model.trainable_variables)
-        if self.metrics is not None:
-            self.metrics.update_state(y, y_pred)
-        count = tf.cast(_batch_size(x), tf.float32)
-        loss = tf.cast(keras.src.losses.loss.unscale_loss_for_distribution(loss), tf.float32)
-        finite = tf.math.is_finite(loss)
-        if not self._loss_scaled:
-            for grad in grads:
-                if grad is not None:
-                    finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(grad)))
-        return grads, {"loss_sum": loss * count, "count": count, "finite": finite}
+        return run
 
-    def _split_gradients(self, x, y):
-        # Each part's loss is weighted by its share of the batch, so the parts' gradients add up to
-        # the batch's mean-loss gradient. The parts are independent subgraphs, which the executor
-        # runs side by side. A batch smaller than the number of parts is computed whole.
-        count = _batch_size(x)
+    def _tracker_sums(self):
+        if self.tracker is None:
+            return tf.constant(0.0), tf.constant(0.0)
+        return tf.cast(self.tracker.total, tf.float32), tf.cast(self.tracker.count, tf.float32)
 
-        def parts():
-            sizes = _part_sizes(count, self.splits)
-            total = tf.cast(count, tf.float32)
-            results = [
-                self._gradients(px, py, tf.cast(size, tf.float32) / total)
-                for px, py, size in zip(_split(x, sizes), _split(y, sizes), sizes)
-            ]
-            grads = [
-                None if any(g is None for g in part) else tf.add_n(list(part))
-                for part in zip(*(g for g, _ in results))
-            ]
-            metrics = {k: tf.add_n([m[k] for _, m in results]) for k in ("loss_sum", "count")}
-            metrics["finite"] = tf.reduce_all(tf.stack([m["finite"] for _, m in results]))
-            return grads, metrics
-
-        static = tf.nest.flatten(x)[0].shape[0]
-        if static is not None:
-            return parts() if static >= self.splits else self._gradients(x, y)
-        # Unknown batch size (an epoch's last partial batch): decided when it runs. Both branches
-        # must return tensors, so a variable without a gradient gets zeros.
-        variables = self.model.trainable_variables
-
-        def dense(result):
-            grads, metrics = result
-            return [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)], metrics
-
-        return tf.cond(count >= self.splits, lambda: dense(parts()), lambda: dense(self._gradients(x, y)))
-
-    def _step(self, x, y, compute):
+    def _step(self, batch):
         optimizer = self.optimizer
         lr = tf.cast(optimizer.learning_rate, tf.float32)
         momentum = None
         if self.momentum_schedule is not None:
             momentum = tf.cast(self.momentum_schedule(optimizer.iterations), tf.float32)
         if self.augment is not None:
-            x = self.augment(x, optimizer.iterations)
-        grads, metrics = compute(x, y)
-        variables = self.model.trainable_variables
-        optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
-        # A non-finite rate (or momentum) makes the update non-finite while this step's loss and
-        # gradients, computed before it, are finite: the step is not finite either.
-        finite = tf.logical_and(metrics["finite"], tf.math.is_finite(lr))
-        out = {**metrics, "lr": lr}
+            batch = (self.augment(batch[0], optimizer.iterations),) + tuple(batch[1:])
+        total0, count0 = self._tracker_sums()
+        # Identity copies: the reads above happen before the step's update of the tracker.
+        total0, count0 = tf.identity(total0), tf.identity(count0)
+        if self.splits > 1 and len(batch) == 2:
+            self._split_train(batch)
+        else:
+            self.model.train_step(batch)
+        total1, count1 = self._tracker_sums()
+        loss_sum, count = total1 - total0, count1 - count0
+        # A non-finite rate (or momentum, below) makes the update non-finite; the weights after the
+        # update catch a non-finite gradient or update whatever the loss.
+        finite = tf.logical_and(tf.math.is_finite(loss_sum), tf.math.is_finite(lr))
+        for variable in self.model.trainable_variables:
+            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(variable)))
+        out = {"loss_sum": loss_sum, "count": count, "finite": finite, "lr": lr}
         if momentum is not None:
             out["momentum"] = momentum
             finite = tf.logical_and(finite, tf.math.is_finite(momentum))
         out["finite"] = finite
         return out
 
-    def _eval(self, x, y, weight=None):
-        count = _batch_size(x)
-        if self.splits > 1:
-            # A last batch smaller than `splits` would leave a part empty: it is computed whole.
-            return tf.cond(
-                count >= self.splits,
-                lambda: self._split_eval(x, y, weight, count),
-                lambda: self._eval_sums(x, y, weight),
-            )
-        return self._eval_sums(x, y, weight)
-
-    def _split_eval(self, x, y, weight, count):
-        sizes = _part_sizes(count, self.splits)
-        weights = [None] * self.splits if weight is None else _split(weight, sizes)
-        parts = [self._eval_sums(px, py, pw) for px, py, pw in zip(_split(x, sizes), _split(y, sizes), weights)]
-        return tuple(tf.add_n(list(values)) for values in zip(*parts))
-
-    def _eval_sums(self, x, y, weight=None):
-        """The batch's (loss sum, example count) in float32. `weight` (default all 1) is 0 for a
-        padding example, which then adds to neither, nor to the metrics."""
+    def _part(self, x, y, share):
+        """One part's forward and backward pass as Keras's train_step does it, its loss weighted by `share`."""
         model = self.model
-        y_pred = self._forward(x, training=False)
-        size = tf.cast(_batch_size(x), tf.float32)
-        count = size if weight is None else tf.reduce_sum(weight)
-        if self.metrics is not None:
-            if weight is None:
-                self.metrics.update_state(y, y_pred)
-            else:
-                # Keras's compiled metrics ignore sample weights: the padding is left out instead.
-                real = lambda t: tf.boolean_mask(t, weight > 0)  # noqa: E731
-                self.metrics.update_state(tf.nest.map_structure(real, y), tf.nest.map_structure(real, y_pred))
-        if self._per_example is not None:
-            values = tf.cast(self._per_example(y, y_pred), tf.float32)
-            if weight is not None:
-                # A padding example's loss is left out even when it is not finite.
-                values = tf.where(weight > 0, values * weight, 0.0)
-            loss_sum = tf.reduce_sum(values)
-            extra = [tf.cast(tf.reduce_sum(loss), tf.float32) for loss in model.losses]
-            if extra:
-                loss_sum += count * tf.add_n(extra)
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True) if model._call_has_training_arg else model(x)  # pylint: disable=protected-access
+            loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=None, training=True)  # pylint: disable=protected-access
+            if self.tracker is not None:
+                self.tracker.update_state(keras.src.losses.loss.unscale_loss_for_distribution(loss),
+                                          sample_weight=_batch_size(x))
+            objective = self.optimizer.scale_loss(loss * tf.cast(share, loss.dtype))
+        grads = tape.gradient(objective, model.trainable_variables)
+        model.compute_metrics(x, y, y_pred, sample_weight=None)
+        return grads
+
+    def _split_train(self, batch):
+        # The parts are independent subgraphs, which the executor runs side by side. A batch smaller
+        # than the number of parts is computed whole.
+        x, y = batch
+        model = self.model
+        count = _batch_size(x)
+        variables = model.trainable_variables
+
+        def parts():
+            sizes = _part_sizes(count, self.splits)
+            total = tf.cast(count, tf.float32)
+            results = [self._part(px, py, tf.cast(size, tf.float32) / total)
+                       for px, py, size in zip(_split(x, sizes), _split(y, sizes), sizes)]
+            return [tf.add_n([g if g is not None else tf.zeros_like(v) for g in part])
+                    for part, v in zip(zip(*results), variables)]
+
+        def whole():
+            return [g if g is not None else tf.zeros_like(v) for g, v in zip(self._part(x, y, 1.0), variables)]
+
+        static = tf.nest.flatten(x)[0].shape[0]
+        if static is not None:
+            grads = parts() if static >= self.splits else whole()
         else:
-            loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=weight, training=False)  # pylint: disable=protected-access
-            loss = tf.cast(keras.src.losses.loss.unscale_loss_for_distribution(loss), tf.float32)
-            # Keras's mean over the batch counts weight-0 examples in its divisor, so the batch's
-            # sum is that mean times the padded size. An empty batch adds nothing.
-            loss_sum = tf.where(count > 0, loss * size, 0.0)
-        return loss_sum, count
+            grads = tf.cond(count >= self.splits, parts, whole)
+        self.optimizer.apply_gradients(zip(grads, variables))
+
+    def _eval(self, batch):
+        if not self.padded_eval:
+            self.model.test_step(batch)
+            return tf.cast(_batch_size(batch[0]), tf.float32)
+        # (x, y, weight) with weight 0 for a padding example (see `inputs.pad_batches`): test_step
+        # sees only the real ones, and a replica whose part is all padding runs nothing.
+        x, y, weight = batch
+        real = weight > 0
+        count = tf.reduce_sum(tf.cast(real, tf.float32))
+
+        def run():
+            cut = lambda t: tf.boolean_mask(t, real)  # noqa: E731
+            self.model.test_step((tf.nest.map_structure(cut, x), tf.nest.map_structure(cut, y), cut(weight)))
+            return tf.constant(0)
+
+        tf.cond(count > 0, run, lambda: tf.constant(0))
+        return count
 
 
 def _momentum_schedule(optimizer):

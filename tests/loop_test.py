@@ -355,18 +355,31 @@ def test_reduce_lr_on_plateau_lowers_the_rate_the_compiled_step_uses(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_batch_hooks_run_once_per_compiled_loop():
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_batch_hooks_run_every_steps_per_execution_steps_as_in_keras(steps_per_execution):
+    """A callback with batch hooks gets them when model.fit calls them: every steps_per_execution
+    steps (the epoch's end included), with Keras's batch index, whatever steps_per_loop is."""
     x, y = toy_data()
-    seen = []
 
     class Record(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            seen.append((batch, sorted(logs)))
+        def __init__(self):
+            super().__init__()
+            self.seen = []
 
-    loop.fit(compiled(), x, y, batch_size=BATCH, epochs=1, verbose=0, steps_per_loop=3, callbacks=[Record()])
-    # 7 steps in loops of 3, 3 and 1 (the epoch's end): Keras's batch index of each loop's last step.
-    assert [b for b, _ in seen] == [2, 5, 6]
-    assert seen[0][1] == ["accuracy", "loss", "lr"]
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen.append((batch, sorted(logs)))
+
+    ours, theirs = twins(logits_model, logits_compile())
+    for m in (ours, theirs):
+        m.steps_per_execution = steps_per_execution
+    mine, keras_record = Record(), Record()
+    loop.fit(ours, x, y, batch_size=BATCH, epochs=1, verbose=0, steps_per_loop=100, callbacks=[mine])
+    theirs.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[keras_record])
+    ours_seen, keras_seen = [b for b, _ in mine.seen], [b for b, _ in keras_record.seen]
+    # Keras names an epoch's last, shorter execution by begin + steps_per_execution - 1 (8 of 7
+    # batches); clr_loop by the batch it really ended at (6).
+    assert ours_seen[:-1] == keras_seen[:-1] and len(ours_seen) == len(keras_seen) and ours_seen[-1] == 6
+    assert mine.seen[0][1] == ["accuracy", "loss", "lr"]
 
 
 def test_a_metric_that_is_not_a_mean_keeps_its_keras_state_and_validates_like_evaluate():
@@ -492,10 +505,10 @@ def test_an_uncompiled_model_is_refused():
         (lambda x, y: dict(x=x, y=y, batch_size=0), "batch_size"),
         (lambda x, y: dict(x=x, y=y, batch_size=-1), "batch_size"),
         (lambda x, y: dict(x=tf.data.Dataset.from_tensor_slices((x, y))), "not batched"),
-        (lambda x, y: dict(x=tf.data.Dataset.from_tensor_slices((x, y, y)).batch(8)), "a tuple of 3"),
+        (lambda x, y: dict(x=tf.data.Dataset.from_tensor_slices((x, y, y, y)).batch(8)), "a tuple of 4"),
         (lambda x, y: dict(x=x, y=y, validation_data=(x[:, :5], y)), "validation_data"),
     ],
-    ids=["lengths", "empty", "batch_size_0", "batch_size_-1", "unbatched_dataset", "three_tuples",
+    ids=["lengths", "empty", "batch_size_0", "batch_size_-1", "unbatched_dataset", "four_tuples",
          "validation_shape"],
 )
 def test_bad_input_is_refused_naming_the_culprit_before_anything_is_written(tmp_path, make_args, pattern):
@@ -506,10 +519,41 @@ def test_bad_input_is_refused_naming_the_culprit_before_anything_is_written(tmp_
     assert not os.path.exists(workdir)
 
 
-def test_dataset_of_three_tuples_names_sample_weights():
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(checkpoint_every_steps="5"), "checkpoint_every_steps"),
+        (dict(profile_steps=(5,)), "profile_steps"),
+        (dict(seed=2**64), "seed"),
+        (dict(seed=1.5), "seed"),
+        (dict(workdir=123), "workdir"),
+        (dict(max_steps=float("nan")), "max_steps"),
+        (dict(keep_checkpoints=1.5), "keep_checkpoints"),
+        (dict(batch_splits=-1), "batch_splits"),
+        (dict(validation_split=1.0), "validation_split"),
+        (dict(epochs=2, initial_epoch=2), "initial_epoch"),
+        (dict(validation_freq=0), "validation_freq"),
+        (dict(steps_per_epoch=3), "steps_per_epoch"),
+        (dict(class_weight={0: 2.0}, sample_weight=np.ones(N)), "class_weight"),
+    ],
+    ids=lambda v: str(v) if isinstance(v, str) else None,
+)
+def test_a_bad_argument_is_refused_naming_it(kwargs, name):
     x, y = toy_data()
-    with pytest.raises(ValueError, match="sample weights"):
-        loop.fit(compiled(), tf.data.Dataset.from_tensor_slices((x, y, y)).batch(8), verbose=0)
+    with pytest.raises(ValueError, match=name):
+        loop.fit(compiled(), x, y, verbose=0, **kwargs)
+
+
+def test_a_dataset_of_sample_weighted_batches_trains_like_keras():
+    x, y = toy_data()
+    weights = np.linspace(0.0, 2.0, N).astype(np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(BATCH)
+    ours, theirs = twins(logits_model, logits_compile())
+    history = loop.fit(ours, dataset, epochs=2, verbose=0, jit_compile=False, validation_data=dataset)
+    keras_history = theirs.fit(dataset, epochs=2, verbose=0, validation_data=dataset)
+    assert_same_weights(ours, theirs)
+    for key in ("loss", "val_loss", "accuracy"):
+        np.testing.assert_allclose(history.history[key], keras_history.history[key], rtol=1e-5)
 
 
 # 10. Cyclical momentum ------------------------------------------------------------------------
@@ -545,7 +589,7 @@ def test_a_huge_learning_rate_raises_training_diverged_naming_step_and_rate():
     model = logits_model()
     model.compile(keras.optimizers.SGD(1e30), "mse")
     # Step 0 is finite; its update makes the weights ~1e30, so step 1's outputs (~1e60) overflow.
-    with pytest.raises(loop.TrainingDiverged, match=r"at step 1 \(learning rate 1e\+30\)"):
+    with pytest.raises(loop.TrainingDiverged, match=r"(at|after) step 1 \(learning rate 1e\+30\)"):
         loop.fit(model, x, y.astype(np.float32)[:, None].repeat(3, axis=1), batch_size=BATCH, verbose=0)
     assert int(model.optimizer.iterations) == 2
 

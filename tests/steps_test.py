@@ -37,12 +37,74 @@ def test_train_step_is_one_sgd_update_on_the_mean_loss(splits):
         np.testing.assert_allclose(w1.numpy(), w0 - 0.1 * g, rtol=1e-5, atol=1e-7)
 
 
-def test_eval_step_sums_per_example_losses():
+def test_eval_step_runs_keras_test_step():
+    """The eval step is the model's own test_step: its loss tracker holds Keras's batch loss (numpy's
+    mean cross-entropy here) and the step returns the batch's example count."""
     model, x, y = model_and_batch()
     per_example = keras.losses.sparse_categorical_crossentropy(y, model(x), from_logits=True).numpy()
-    loss_sum, count = steps.Steps(model).eval_step(tf.constant(x), tf.constant(y))
+    model.reset_metrics()
+    count = steps.Steps(model).eval_step(tf.constant(x), tf.constant(y))
     assert float(count) == 10
-    assert float(loss_sum) == pytest.approx(per_example.sum(), rel=1e-6)
+    assert float(model.get_metrics_result()["loss"]) == pytest.approx(per_example.mean(), rel=1e-6)
+
+
+def test_train_step_runs_a_train_step_override():
+    """A model overriding train_step (a GAN does) is run through its own train_step."""
+    calls = []
+
+    class Counting(keras.Sequential):
+        def train_step(self, data):
+            calls.append(len(data))
+            return super().train_step(data)
+
+    keras.utils.set_random_seed(1)
+    model = Counting([keras.Input((6,)), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x, y = np.ones((4, 6), np.float32), np.zeros((4, 3), np.float32)
+    model.compute_metrics(x, y, model(x))
+    out = steps.Steps(model).train_step(tf.constant(x), tf.constant(y))
+    assert calls == [2] and float(out["count"]) == 4 and bool(out["finite"])
+    assert steps.can_split(model)[0] is False
+
+
+class OwnCall(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def _built(model, loss):
+    model.compile(keras.optimizers.SGD(0.1), loss)
+    x, y = np.ones((4, 6), np.float32), np.zeros((4,), np.int32)
+    model._symbolic_build(data_batch=(x, y))  # pylint: disable=protected-access
+    return model
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda: _built(OwnCall(), "sparse_categorical_crossentropy"), "subclassed"),
+    (lambda: _built(keras.Sequential([keras.Input((6,)), OwnCall()]), "sparse_categorical_crossentropy"), "own call"),
+    (lambda: _built(keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]),
+                    keras.losses.SparseCategoricalCrossentropy(reduction="sum")), "reduction"),
+    (lambda: _built(keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]),
+                    lambda a, b: keras.ops.mean(b) * 0), "per-example"),
+    (lambda: _built(keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]),
+                    keras.losses.SparseCategoricalCrossentropy(ignore_class=0)), "ignores a class"),
+    (lambda: _built(keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(5, 3, mask_zero=True),
+                                      keras.layers.GlobalAveragePooling1D()]),
+                    "sparse_categorical_crossentropy"), "mask"),
+], ids=["subclass", "nested_subclass", "sum_reduction", "custom_function", "ignore_class", "mask_zero"])
+def test_can_split_refuses_what_train_step_computes_otherwise(make, why):
+    ok, reason = steps.can_split(make())
+    assert not ok and why in reason
+
+
+def test_can_split_accepts_a_nested_sequential_of_per_example_layers():
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    model = _built(keras.Sequential([keras.Input((6,)), inner, keras.layers.Dense(3)]), "sparse_categorical_crossentropy")
+    assert steps.can_split(model) == (True, "")
 
 
 def test_can_split_names_the_batch_dependent_layer():

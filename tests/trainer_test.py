@@ -269,23 +269,24 @@ def test_split_step_with_dropout_is_reproducible_and_finite(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def _evaluate(model, split, batch_size, splits):
-    """Evaluates `model` on `split` in batches of `batch_size`, each computed in `splits` parts."""
-    steps = steps_lib.Steps(model, splits=splits)
-    evaluate = loop.make_evaluate(steps.eval_step, steps.metrics, tf.distribute.get_strategy())
+def _evaluate(model, split, batch_size):
+    """Evaluates `model` on `split` in batches of `batch_size` with the compiled eval loop."""
+    steps = steps_lib.Steps(model)
+    evaluate = loop.make_evaluate(steps.eval_step, model, tf.distribute.get_strategy())
     return evaluate(inputs.array_eval_dataset(split.arrays, batch_size))
 
 
-@pytest.mark.parametrize("num_test, batch_size, splits", [(23, 10, 3), (9, 4, 2)])
-def test_split_eval_step_sums_like_the_whole_batch(tmp_path, num_test, batch_size, splits):
-    """Batches of 10, 10 and 3 in 3 parts (uneven parts), and of 4, 4 and 1 in 2 parts (the last
-    batch cannot be split, so it is computed whole): the same sums as unsplit batches."""
+@pytest.mark.parametrize("num_test, batch_size", [(23, 10), (9, 4)])
+def test_eval_loop_equals_model_evaluate(tmp_path, num_test, batch_size):
+    """Batches of 10, 10 and 3, and of 4, 4 and 1: the eval loop runs the model's test_step on whole
+    batches (it is never split), so its numbers are model.evaluate's."""
     data = fake_data(num_test=num_test)
     model = trainer_lib.Trainer(make_config(tmp_path), data).model
-    (whole, whole_count), (split, split_count) = (_evaluate(model, data.test, batch_size, s) for s in (1, splits))
-    assert split_count == whole_count == num_test
-    assert split["loss"] == pytest.approx(whole["loss"], rel=1e-6)
-    assert split["accuracy"] == whole["accuracy"]
+    logs, count = _evaluate(model, data.test, batch_size)
+    expected = model.evaluate(data.test.images, data.test.labels, batch_size=batch_size, verbose=0, return_dict=True)
+    assert count == num_test
+    assert logs["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert logs["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-7)
 
 
 @pytest.mark.parametrize(

@@ -1261,7 +1261,8 @@ def _train(run, saved_history, callbacks, verbose):
         started = time.perf_counter()
         callback_list.on_epoch_begin(epoch)
         exhausted = False
-        while not exhausted and (epoch_end is None or step < epoch_end):
+        # (max_steps also bounds an epoch of unknown length, whose epoch_end is None.)
+        while not exhausted and (epoch_end is None or step < epoch_end) and not (run.max_steps and step >= run.max_steps):
             end = run.chunk_end(step, epoch_end)
             if run.profile_steps is not None and run.profile_steps[0] <= step < run.profile_steps[1]:
                 run.start_profiler()

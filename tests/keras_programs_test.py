@@ -458,3 +458,14 @@ def test_find_lr_takes_a_plain_function_loss_and_leaves_the_model_as_it_was():
     assert model.optimizer is not None and int(model.optimizer.iterations) == 0
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_max_steps_ends_an_epoch_of_a_dataset_of_unknown_length():
+    """max_steps caps a Dataset whose length is unknown (a filter) inside its epoch, as with arrays;
+    the steps run are model.fit's on the first max_steps batches."""
+    ours, theirs, x, y = dense_twins()
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda a, b: True).batch(8)
+    history = loop.fit(ours, ds, epochs=2, max_steps=3, verbose=0, jit_compile=False)
+    keras_history = theirs.fit(ds.take(3), verbose=0)
+    assert int(ours.optimizer.iterations) == 3
+    assert_same(ours, theirs, history, keras_history)

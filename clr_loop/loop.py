@@ -208,9 +208,44 @@ def make_evaluate(eval_step, model, strategy):
     def run(dataset):
         return dataset.reduce(tf.constant(0.0, tf.float64), add_batch)
 
-    def evaluate(dataset):
+    def chunk_body(iterator, steps, done, total):
+        del done  # the loop only continues while the iterator has batches
+        optional = iterator.get_next_as_optional()
+        return tf.cond(
+            optional.has_value(),
+            lambda: (steps + 1, tf.constant(False), add_batch(total, optional.get_value())),
+            lambda: (steps, tf.constant(True), total),
+        )
+
+    @tf.function(autograph=False)
+    def run_chunk(iterator, num_steps):
+        steps, _, total = tf.while_loop(
+            lambda steps, done, _: tf.logical_and(steps < num_steps, tf.logical_not(done)),
+            lambda *loop_state: chunk_body(iterator, *loop_state),
+            (tf.constant(0, tf.int32), tf.constant(False), tf.constant(0.0, tf.float64)),
+        )
+        return steps, total
+
+    def evaluate(dataset, callbacks=None, every=1, num_batches=None):
+        """With `callbacks` (a CallbackList with test batch hooks), runs `every` batches per compiled
+        call and calls `on_test_batch_begin`/`on_test_batch_end` around each call with Keras's
+        indices (the first and last batch of the call, as `model.evaluate` numbers them) and logs."""
         model.reset_metrics()
-        count = float(run(dataset))
+        if callbacks is None:
+            count = float(run(dataset))
+            return keras_logs(model), int(count)
+        model.stop_evaluating = False
+        iterator, begin, count = iter(dataset), 0, 0.0
+        while num_batches is None or begin < num_batches:
+            callbacks.on_test_batch_begin(begin)
+            ran, total = run_chunk(iterator, tf.constant(every, tf.int32))
+            count += float(total)
+            if int(ran) == 0:
+                break
+            callbacks.on_test_batch_end(begin + every - 1, keras_logs(model))
+            if int(ran) < every or getattr(model, "stop_evaluating", False):
+                break
+            begin += every
         return keras_logs(model), int(count)
 
     return evaluate
@@ -568,8 +603,10 @@ class Run:
             self.iterator = self.iterator_at(self.step)
         return self.train_loop(self.iterator, tf.constant(num_steps, tf.int32))
 
-    def validate(self):
-        """Evaluates the validation data; returns ({"loss", metric names...}, example count).
+    def validate(self, callbacks=None):
+        """Evaluates the validation data; returns ({"loss", metric names...}, example count). With
+        `callbacks` (a CallbackList) their test batch hooks are called every `model.steps_per_execution`
+        batches, as in `model.fit`.
 
         The compiled metrics are shared with training (as in Keras); their training state is put
         back afterwards, so an epoch cut short by `max_steps` checkpoints its own train metrics.
@@ -578,7 +615,10 @@ class Run:
         saved = [v.numpy() for v in variables]
         try:
             with self.at_average():
-                return self.evaluate(self.val_dataset_distributed())
+                if callbacks is None:
+                    return self.evaluate(self.val_dataset_distributed())
+                every = max(1, int(getattr(self.model, "steps_per_execution", 1) or 1))
+                return self.evaluate(self.val_dataset_distributed(), callbacks, every, self.val_batches())
         finally:
             for variable, value in zip(variables, saved):
                 variable.assign(value)
@@ -665,6 +705,13 @@ class Run:
             )
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    def val_batches(self):
+        """The number of validation batches, or None when a Dataset's length is unknown."""
+        if self.val_dataset is None:
+            return -(-self.val_arrays.num_examples // self.validation_batch_size)
+        n = int(self.val_dataset.cardinality())
+        return n if n >= 0 else None
 
     def val_dataset_distributed(self):
         """Returns the validation data as the eval loop consumes it (distributed over the replicas)."""
@@ -1182,6 +1229,8 @@ def _train(run, saved_history, callbacks, verbose):
     # A callback with batch hooks gets them every model.steps_per_execution steps, as in model.fit.
     if any(_has_batch_hooks(cb) for cb in callbacks or []):
         run.batch_hook_every = max(1, int(getattr(model, "steps_per_execution", 1) or 1))
+    # A callback with test batch hooks gets them during validation, per `steps_per_execution` batches.
+    test_hooks = callback_list if any(_has_test_batch_hooks(cb) for cb in callbacks or []) else None
     model.stop_training = False
     if run.schedule_free is not None:
         run.schedule_free.swap_to_y()  # a model left at x by an earlier fit trains on from y
@@ -1309,7 +1358,7 @@ def _train(run, saved_history, callbacks, verbose):
         if (run.val_arrays is not None or run.val_dataset is not None) and model._should_eval(epoch, run.validation_freq):  # pylint: disable=protected-access
             logging.debug("evaluating at step %d (epoch %d)", step, epoch + 1)  # shown from absl verbosity 1
             callback_list.on_test_begin()
-            val_logs, _ = run.validate()
+            val_logs, _ = run.validate(test_hooks)
             callback_list.on_test_end(val_logs)
             epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
             summaries.write_eval(step, val_logs)
@@ -1378,6 +1427,15 @@ def _has_batch_hooks(callback):
     base = keras.callbacks.Callback
     return any(getattr(type(callback), name) is not getattr(base, name)
                for name in ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end"))
+
+
+def _has_test_batch_hooks(callback):
+    """True when `callback` implements a test batch hook (Keras's own History and progress bar aside)."""
+    if isinstance(callback, (keras.callbacks.History, keras.callbacks.ProgbarLogger)):
+        return False
+    base = keras.callbacks.Callback
+    return any(getattr(type(callback), name) is not getattr(base, name)
+               for name in ("on_test_batch_begin", "on_test_batch_end"))
 
 
 def _last_logs(history):

@@ -469,3 +469,51 @@ def test_max_steps_ends_an_epoch_of_a_dataset_of_unknown_length():
     keras_history = theirs.fit(ds.take(3), verbose=0)
     assert int(ours.optimizer.iterations) == 3
     assert_same(ours, theirs, history, keras_history)
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 2])
+def test_test_batch_hooks_are_called_as_model_fit_calls_them(steps_per_execution):
+    """A callback's on_test_batch_begin/end run during validation with model.fit's batch indices (one
+    call per steps_per_execution batches) and logs (the running validation metrics)."""
+    x, y = data()
+
+    class Record(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def on_test_begin(self, logs=None):
+            self.calls.append(("begin", None, None))
+
+        def on_test_batch_begin(self, batch, logs=None):
+            self.calls.append(("batch_begin", batch, None))
+
+        def on_test_batch_end(self, batch, logs=None):
+            self.calls.append(("batch_end", batch, dict(logs)))
+
+        def on_test_end(self, logs=None):
+            self.calls.append(("end", None, dict(logs)))
+
+    recorded = []
+    for train in (True, False):
+        build = lambda: keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])  # noqa: E731
+        ours, theirs = twin(build, sgd_compile(keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                                               metrics=["accuracy"], steps_per_execution=steps_per_execution), x[:1])
+        record = Record()
+        kwargs = {"batch_size": BATCH, "epochs": 2, "validation_data": (x[:40], y[:40]), "validation_batch_size": 8,
+                  "shuffle": False, "verbose": 0, "callbacks": [record]}
+        if train:
+            loop.fit(ours, x, y, **kwargs, jit_compile=False)
+        else:
+            theirs.fit(x, y, **kwargs)
+        recorded.append(record.calls)
+    ours_calls, keras_calls = recorded
+    assert [c[:2] for c in ours_calls] == [c[:2] for c in keras_calls]
+    assert sum(c[0] == "batch_end" for c in keras_calls) == 2 * -(-5 // steps_per_execution)
+    for (_, _, a), (_, _, b) in zip(ours_calls, keras_calls):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert set(a) == set(b)
+            for key in b:
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+

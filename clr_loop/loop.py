@@ -1222,7 +1222,7 @@ def _train(run, saved_history, callbacks, verbose):
     if verbose == "auto":
         verbose = 1 if run.replicas == 1 else 2
     history_cb = keras.callbacks.History()
-    callback_list = keras.callbacks.CallbackList(
+    callback_list = _CallbackList(
         list(callbacks or []) + [history_cb], add_history=False, add_progbar=bool(verbose) and run.is_chief,
         model=model, verbose=verbose, epochs=run.epochs, steps=run.input.steps_per_epoch,
     )
@@ -1427,6 +1427,31 @@ def _has_batch_hooks(callback):
     base = keras.callbacks.Callback
     return any(getattr(type(callback), name) is not getattr(base, name)
                for name in ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end"))
+
+
+# The log keys clr_loop adds to Keras's (the History has them); TensorBoard callbacks get Keras's only.
+OWN_LOG_KEYS = ("lr", "momentum")
+
+
+class _CallbackList(keras.callbacks.CallbackList):
+    """Keras's CallbackList, except that a `keras.callbacks.TensorBoard` gets the logs `model.fit`
+    gives it, without clr_loop's `OWN_LOG_KEYS`, so its folders hold what they hold under
+    `model.fit` (clr_loop writes its own scalars only under fit's workdir). The loop calls the batch
+    hooks synchronously; the logs are floats already."""
+
+    @staticmethod
+    def _logs_for(callback, logs):
+        if logs and isinstance(callback, keras.callbacks.TensorBoard):
+            return {k: v for k, v in logs.items() if k not in OWN_LOG_KEYS}
+        return logs
+
+    def on_train_batch_end(self, batch, logs=None):
+        for callback in self.callbacks:
+            callback.on_train_batch_end(batch, logs=self._logs_for(callback, logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        for callback in self.callbacks:
+            callback.on_epoch_end(epoch, self._logs_for(callback, logs))
 
 
 def _has_test_batch_hooks(callback):

@@ -6,6 +6,8 @@ agree to float rounding. Where the tolerance is looser than float32's, oneDNN's 
 pick their blocking, hence their summation order, per call) are the reason, as commented.
 """
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -517,3 +519,47 @@ def test_test_batch_hooks_are_called_as_model_fit_calls_them(steps_per_execution
             for key in b:
                 np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
+
+def tensorboard_points(log_dir):
+    """{subfolder: {tag: [(step, value)]}} of the scalars a TensorBoard callback wrote under `log_dir`."""
+    from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+
+    out = {}
+    for sub in sorted(os.listdir(log_dir)):
+        events = event_accumulator.EventAccumulator(os.path.join(log_dir, sub), size_guidance={"tensors": 0})
+        events.Reload()
+        out[sub] = {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+                    for tag in events.Tags()["tensors"] if tag != "keras"}  # "keras": the model's config
+    return out
+
+
+@pytest.mark.parametrize("update_freq", ["epoch", 2])
+def test_tensorboard_callback_writes_what_it_writes_under_model_fit(tmp_path, update_freq):
+    """keras.callbacks.TensorBoard gets model.fit's scalars in its train/ and validation/ folders (epoch
+    and batch points, the rate, the evaluation-vs-iterations curves) and none of clr_loop's own, which
+    go to fit's workdir only."""
+    x, y = data()
+    points = []
+    for train in (True, False):
+        ours, theirs = twin(lambda: keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)]),
+                            sgd_compile(keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                                        metrics=["accuracy"]), x[:1])
+        log_dir = str(tmp_path / ("ours" if train else "keras"))
+        kwargs = {"batch_size": BATCH, "epochs": 2, "validation_data": (x[:40], y[:40]), "validation_batch_size": 8,
+                  "shuffle": False, "verbose": 0,
+                  "callbacks": [keras.callbacks.TensorBoard(log_dir, update_freq=update_freq)]}
+        if train:
+            loop.fit(ours, x, y, **kwargs, jit_compile=False, workdir=str(tmp_path / "workdir"))
+        else:
+            theirs.fit(x, y, **kwargs)
+        points.append(tensorboard_points(log_dir))
+    ours_points, keras_points = points
+    assert {sub: set(tags) for sub, tags in ours_points.items()} == {sub: set(tags) for sub, tags in keras_points.items()}
+    assert {"epoch_loss", "epoch_learning_rate"} <= set(keras_points["train"])
+    assert "evaluation_loss_vs_iterations" in keras_points["validation"]
+    for sub, tags in keras_points.items():
+        for tag, expected in tags.items():
+            assert [s for s, _ in ours_points[sub][tag]] == [s for s, _ in expected], (sub, tag)
+            np.testing.assert_allclose([v for _, v in ours_points[sub][tag]], [v for _, v in expected],
+                                       rtol=1e-5, atol=1e-6, err_msg=f"{sub}/{tag}")
+    assert "lr" in tensorboard_points(str(tmp_path / "workdir"))["train"]

@@ -231,9 +231,12 @@ def make_evaluate(eval_step, model, strategy):
         call and calls `on_test_batch_begin`/`on_test_batch_end` around each call with Keras's
         indices (the first and last batch of the call, as `model.evaluate` numbers them) and logs."""
         model.reset_metrics()
-        if callbacks is None:
+        eager = tf.config.functions_run_eagerly()  # (a Dataset's reduce would trace the step all the same)
+        if callbacks is None and not eager:
             count = float(run(dataset))
             return keras_logs(model), int(count)
+        if callbacks is None:
+            callbacks, every, num_batches = keras.callbacks.CallbackList(), 2**30, None
         model.stop_evaluating = False
         iterator, begin, count = iter(dataset), 0, 0.0
         while num_batches is None or begin < num_batches:
@@ -566,6 +569,9 @@ class Run:
     def fit(self, callbacks=None, verbose="auto"):
         """Trains to the end (see `fit`), resuming from the workdir when it holds a checkpoint;
         returns the `keras.callbacks.History`."""
+        eagerly = bool(getattr(self.model, "run_eagerly", False)) and not tf.config.functions_run_eagerly()
+        if eagerly:  # compile(run_eagerly=True): every step in Python, as model.fit runs it
+            tf.config.run_functions_eagerly(True)
         try:
             if not self.workdir:
                 with distribute.lost_workers_named(self.strategy):
@@ -573,6 +579,8 @@ class Run:
             with self.locked(), _signals_saved(self), distribute.lost_workers_named(self.strategy):
                 return _train(self, self.restore(), callbacks, verbose)
         finally:
+            if eagerly:
+                tf.config.run_functions_eagerly(False)
             self.stop_profiler()  # a run stopped inside the window (a signal, an error) keeps its trace
 
     def start_profiler(self):
@@ -1041,7 +1049,8 @@ def fit(
     `model` must be compiled. Inside the compiled loop fit runs the model's own `train_step` (and
     `test_step` for validation), as `model.fit` does, so the loss, `model.losses`, the metrics, a
     `compute_loss` or `train_step` override and the optimizer (its schedule evaluated on
-    `optimizer.iterations`) behave as there. The arguments up to `validation_freq` are
+    `optimizer.iterations`) behave as there; `compile(run_eagerly=True)` runs every step in Python
+    (`tf.config.run_functions_eagerly` is on for the call). The arguments up to `validation_freq` are
     `model.fit`'s, in its order, and mean what they mean there, except `steps_per_epoch` (not
     supported: an epoch is one pass over the data). `x` is arrays (numpy or tensors, or
     dicts/tuples of them) with targets `y` (or without, for a model with no compiled loss), a

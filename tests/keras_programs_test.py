@@ -563,3 +563,34 @@ def test_tensorboard_callback_writes_what_it_writes_under_model_fit(tmp_path, up
             np.testing.assert_allclose([v for _, v in ours_points[sub][tag]], [v for _, v in expected],
                                        rtol=1e-5, atol=1e-6, err_msg=f"{sub}/{tag}")
     assert "lr" in tensorboard_points(str(tmp_path / "workdir"))["train"]
+
+
+class EagerProbe(keras.Model):
+    """Records whether its train_step and test_step run eagerly."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(3)
+        self.seen = []
+
+    def call(self, x):
+        return self.dense(x)
+
+    def train_step(self, data):
+        self.seen.append(("train", tf.executing_eagerly()))
+        return super().train_step(data)
+
+    def test_step(self, data):
+        self.seen.append(("test", tf.executing_eagerly()))
+        return super().test_step(data)
+
+
+def test_run_eagerly_runs_every_step_eagerly_as_model_fit_does():
+    x, y = data()
+    ours, theirs = twin(EagerProbe, sgd_compile(keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                                                run_eagerly=True), x[:1])
+    history, keras_history = both(ours, theirs, x, y, batch_size=BATCH, epochs=2, validation_data=(x[:40], y[:40]))
+    assert ours.seen == theirs.seen
+    assert ("train", True) in ours.seen and ("test", True) in ours.seen and ("train", False) not in ours.seen
+    assert not tf.config.functions_run_eagerly()  # left as it was
+    assert_same(ours, theirs, history, keras_history)

@@ -246,7 +246,9 @@ def make_evaluate(eval_step, model, strategy):
             if int(ran) == 0:
                 break
             callbacks.on_test_batch_end(begin + every - 1, keras_logs(model))
-            if int(ran) < every or getattr(model, "stop_evaluating", False):
+            # (A short call ends the data only for the next one: Keras calls on_test_batch_begin once
+            # more when a Dataset's length is unknown, and a known length ends the loop above.)
+            if getattr(model, "stop_evaluating", False):
                 break
             begin += every
         return keras_logs(model), int(count)

@@ -473,11 +473,16 @@ def test_max_steps_ends_an_epoch_of_a_dataset_of_unknown_length():
     assert_same(ours, theirs, history, keras_history)
 
 
+@pytest.mark.parametrize("unknown_length", [False, True])
 @pytest.mark.parametrize("steps_per_execution", [1, 2])
-def test_test_batch_hooks_are_called_as_model_fit_calls_them(steps_per_execution):
+def test_test_batch_hooks_are_called_as_model_fit_calls_them(steps_per_execution, unknown_length):
     """A callback's on_test_batch_begin/end run during validation with model.fit's batch indices (one
-    call per steps_per_execution batches) and logs (the running validation metrics)."""
+    call per steps_per_execution batches) and logs (the running validation metrics), also for a
+    validation Dataset of unknown length."""
     x, y = data()
+    validation = (x[:40], y[:40])
+    if unknown_length:
+        validation = tf.data.Dataset.from_tensor_slices(validation).filter(lambda a, b: True).batch(8)
 
     class Record(keras.callbacks.Callback):
         def __init__(self):
@@ -502,7 +507,7 @@ def test_test_batch_hooks_are_called_as_model_fit_calls_them(steps_per_execution
         ours, theirs = twin(build, sgd_compile(keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                                                metrics=["accuracy"], steps_per_execution=steps_per_execution), x[:1])
         record = Record()
-        kwargs = {"batch_size": BATCH, "epochs": 2, "validation_data": (x[:40], y[:40]), "validation_batch_size": 8,
+        kwargs = {"batch_size": BATCH, "epochs": 2, "validation_data": validation, "validation_batch_size": 8,
                   "shuffle": False, "verbose": 0, "callbacks": [record]}
         if train:
             loop.fit(ours, x, y, **kwargs, jit_compile=False)

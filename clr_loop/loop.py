@@ -208,9 +208,49 @@ def make_evaluate(eval_step, model, strategy):
     def run(dataset):
         return dataset.reduce(tf.constant(0.0, tf.float64), add_batch)
 
-    def evaluate(dataset):
+    def chunk_body(iterator, steps, done, total):
+        del done  # the loop only continues while the iterator has batches
+        optional = iterator.get_next_as_optional()
+        return tf.cond(
+            optional.has_value(),
+            lambda: (steps + 1, tf.constant(False), add_batch(total, optional.get_value())),
+            lambda: (steps, tf.constant(True), total),
+        )
+
+    @tf.function(autograph=False)
+    def run_chunk(iterator, num_steps):
+        steps, _, total = tf.while_loop(
+            lambda steps, done, _: tf.logical_and(steps < num_steps, tf.logical_not(done)),
+            lambda *loop_state: chunk_body(iterator, *loop_state),
+            (tf.constant(0, tf.int32), tf.constant(False), tf.constant(0.0, tf.float64)),
+        )
+        return steps, total
+
+    def evaluate(dataset, callbacks=None, every=1, num_batches=None):
+        """With `callbacks` (a CallbackList with test batch hooks), runs `every` batches per compiled
+        call and calls `on_test_batch_begin`/`on_test_batch_end` around each call with Keras's
+        indices (the first and last batch of the call, as `model.evaluate` numbers them) and logs."""
         model.reset_metrics()
-        count = float(run(dataset))
+        eager = tf.config.functions_run_eagerly()  # (a Dataset's reduce would trace the step all the same)
+        if callbacks is None and not eager:
+            count = float(run(dataset))
+            return keras_logs(model), int(count)
+        if callbacks is None:
+            callbacks, every, num_batches = keras.callbacks.CallbackList(), 2**30, None
+        model.stop_evaluating = False
+        iterator, begin, count = iter(dataset), 0, 0.0
+        while num_batches is None or begin < num_batches:
+            callbacks.on_test_batch_begin(begin)
+            ran, total = run_chunk(iterator, tf.constant(every, tf.int32))
+            count += float(total)
+            if int(ran) == 0:
+                break
+            callbacks.on_test_batch_end(begin + every - 1, keras_logs(model))
+            # (A short call ends the data only for the next one: Keras calls on_test_batch_begin once
+            # more when a Dataset's length is unknown, and a known length ends the loop above.)
+            if getattr(model, "stop_evaluating", False):
+                break
+            begin += every
         return keras_logs(model), int(count)
 
     return evaluate
@@ -531,6 +571,9 @@ class Run:
     def fit(self, callbacks=None, verbose="auto"):
         """Trains to the end (see `fit`), resuming from the workdir when it holds a checkpoint;
         returns the `keras.callbacks.History`."""
+        eagerly = bool(getattr(self.model, "run_eagerly", False)) and not tf.config.functions_run_eagerly()
+        if eagerly:  # compile(run_eagerly=True): every step in Python, as model.fit runs it
+            tf.config.run_functions_eagerly(True)
         try:
             if not self.workdir:
                 with distribute.lost_workers_named(self.strategy):
@@ -538,6 +581,8 @@ class Run:
             with self.locked(), _signals_saved(self), distribute.lost_workers_named(self.strategy):
                 return _train(self, self.restore(), callbacks, verbose)
         finally:
+            if eagerly:
+                tf.config.run_functions_eagerly(False)
             self.stop_profiler()  # a run stopped inside the window (a signal, an error) keeps its trace
 
     def start_profiler(self):
@@ -568,8 +613,10 @@ class Run:
             self.iterator = self.iterator_at(self.step)
         return self.train_loop(self.iterator, tf.constant(num_steps, tf.int32))
 
-    def validate(self):
-        """Evaluates the validation data; returns ({"loss", metric names...}, example count).
+    def validate(self, callbacks=None):
+        """Evaluates the validation data; returns ({"loss", metric names...}, example count). With
+        `callbacks` (a CallbackList) their test batch hooks are called every `model.steps_per_execution`
+        batches, as in `model.fit`.
 
         The compiled metrics are shared with training (as in Keras); their training state is put
         back afterwards, so an epoch cut short by `max_steps` checkpoints its own train metrics.
@@ -578,7 +625,10 @@ class Run:
         saved = [v.numpy() for v in variables]
         try:
             with self.at_average():
-                return self.evaluate(self.val_dataset_distributed())
+                if callbacks is None:
+                    return self.evaluate(self.val_dataset_distributed())
+                every = max(1, int(getattr(self.model, "steps_per_execution", 1) or 1))
+                return self.evaluate(self.val_dataset_distributed(), callbacks, every, self.val_batches())
         finally:
             for variable, value in zip(variables, saved):
                 variable.assign(value)
@@ -665,6 +715,13 @@ class Run:
             )
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    def val_batches(self):
+        """The number of validation batches, or None when a Dataset's length is unknown."""
+        if self.val_dataset is None:
+            return -(-self.val_arrays.num_examples // self.validation_batch_size)
+        n = int(self.val_dataset.cardinality())
+        return n if n >= 0 else None
 
     def val_dataset_distributed(self):
         """Returns the validation data as the eval loop consumes it (distributed over the replicas)."""
@@ -994,7 +1051,8 @@ def fit(
     `model` must be compiled. Inside the compiled loop fit runs the model's own `train_step` (and
     `test_step` for validation), as `model.fit` does, so the loss, `model.losses`, the metrics, a
     `compute_loss` or `train_step` override and the optimizer (its schedule evaluated on
-    `optimizer.iterations`) behave as there. The arguments up to `validation_freq` are
+    `optimizer.iterations`) behave as there; `compile(run_eagerly=True)` runs every step in Python
+    (`tf.config.run_functions_eagerly` is on for the call). The arguments up to `validation_freq` are
     `model.fit`'s, in its order, and mean what they mean there, except `steps_per_epoch` (not
     supported: an epoch is one pass over the data). `x` is arrays (numpy or tensors, or
     dicts/tuples of them) with targets `y` (or without, for a model with no compiled loss), a
@@ -1175,13 +1233,15 @@ def _train(run, saved_history, callbacks, verbose):
     if verbose == "auto":
         verbose = 1 if run.replicas == 1 else 2
     history_cb = keras.callbacks.History()
-    callback_list = keras.callbacks.CallbackList(
+    callback_list = _CallbackList(
         list(callbacks or []) + [history_cb], add_history=False, add_progbar=bool(verbose) and run.is_chief,
         model=model, verbose=verbose, epochs=run.epochs, steps=run.input.steps_per_epoch,
     )
     # A callback with batch hooks gets them every model.steps_per_execution steps, as in model.fit.
     if any(_has_batch_hooks(cb) for cb in callbacks or []):
         run.batch_hook_every = max(1, int(getattr(model, "steps_per_execution", 1) or 1))
+    # A callback with test batch hooks gets them during validation, per `steps_per_execution` batches.
+    test_hooks = callback_list if any(_has_test_batch_hooks(cb) for cb in callbacks or []) else None
     model.stop_training = False
     if run.schedule_free is not None:
         run.schedule_free.swap_to_y()  # a model left at x by an earlier fit trains on from y
@@ -1261,7 +1321,8 @@ def _train(run, saved_history, callbacks, verbose):
         started = time.perf_counter()
         callback_list.on_epoch_begin(epoch)
         exhausted = False
-        while not exhausted and (epoch_end is None or step < epoch_end):
+        # (max_steps also bounds an epoch of unknown length, whose epoch_end is None.)
+        while not exhausted and (epoch_end is None or step < epoch_end) and not (run.max_steps and step >= run.max_steps):
             end = run.chunk_end(step, epoch_end)
             if run.profile_steps is not None and run.profile_steps[0] <= step < run.profile_steps[1]:
                 run.start_profiler()
@@ -1308,7 +1369,7 @@ def _train(run, saved_history, callbacks, verbose):
         if (run.val_arrays is not None or run.val_dataset is not None) and model._should_eval(epoch, run.validation_freq):  # pylint: disable=protected-access
             logging.debug("evaluating at step %d (epoch %d)", step, epoch + 1)  # shown from absl verbosity 1
             callback_list.on_test_begin()
-            val_logs, _ = run.validate()
+            val_logs, _ = run.validate(test_hooks)
             callback_list.on_test_end(val_logs)
             epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
             summaries.write_eval(step, val_logs)
@@ -1377,6 +1438,40 @@ def _has_batch_hooks(callback):
     base = keras.callbacks.Callback
     return any(getattr(type(callback), name) is not getattr(base, name)
                for name in ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end"))
+
+
+# The log keys clr_loop adds to Keras's (the History has them); TensorBoard callbacks get Keras's only.
+OWN_LOG_KEYS = ("lr", "momentum")
+
+
+class _CallbackList(keras.callbacks.CallbackList):
+    """Keras's CallbackList, except that a `keras.callbacks.TensorBoard` gets the logs `model.fit`
+    gives it, without clr_loop's `OWN_LOG_KEYS`, so its folders hold what they hold under
+    `model.fit` (clr_loop writes its own scalars only under fit's workdir). The loop calls the batch
+    hooks synchronously; the logs are floats already."""
+
+    @staticmethod
+    def _logs_for(callback, logs):
+        if logs and isinstance(callback, keras.callbacks.TensorBoard):
+            return {k: v for k, v in logs.items() if k not in OWN_LOG_KEYS}
+        return logs
+
+    def on_train_batch_end(self, batch, logs=None):
+        for callback in self.callbacks:
+            callback.on_train_batch_end(batch, logs=self._logs_for(callback, logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        for callback in self.callbacks:
+            callback.on_epoch_end(epoch, self._logs_for(callback, logs))
+
+
+def _has_test_batch_hooks(callback):
+    """True when `callback` implements a test batch hook (Keras's own History and progress bar aside)."""
+    if isinstance(callback, (keras.callbacks.History, keras.callbacks.ProgbarLogger)):
+        return False
+    base = keras.callbacks.Callback
+    return any(getattr(type(callback), name) is not getattr(base, name)
+               for name in ("on_test_batch_begin", "on_test_batch_end"))
 
 
 def _last_logs(history):

@@ -6,6 +6,8 @@ agree to float rounding. Where the tolerance is looser than float32's, oneDNN's 
 pick their blocking, hence their summation order, per call) are the reason, as commented.
 """
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -458,3 +460,142 @@ def test_find_lr_takes_a_plain_function_loss_and_leaves_the_model_as_it_was():
     assert model.optimizer is not None and int(model.optimizer.iterations) == 0
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_max_steps_ends_an_epoch_of_a_dataset_of_unknown_length():
+    """max_steps caps a Dataset whose length is unknown (a filter) inside its epoch, as with arrays;
+    the steps run are model.fit's on the first max_steps batches."""
+    ours, theirs, x, y = dense_twins()
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda a, b: True).batch(8)
+    history = loop.fit(ours, ds, epochs=2, max_steps=3, verbose=0, jit_compile=False)
+    keras_history = theirs.fit(ds.take(3), verbose=0)
+    assert int(ours.optimizer.iterations) == 3
+    assert_same(ours, theirs, history, keras_history)
+
+
+@pytest.mark.parametrize("unknown_length", [False, True])
+@pytest.mark.parametrize("steps_per_execution", [1, 2])
+def test_test_batch_hooks_are_called_as_model_fit_calls_them(steps_per_execution, unknown_length):
+    """A callback's on_test_batch_begin/end run during validation with model.fit's batch indices (one
+    call per steps_per_execution batches) and logs (the running validation metrics), also for a
+    validation Dataset of unknown length."""
+    x, y = data()
+    validation = (x[:40], y[:40])
+    if unknown_length:
+        validation = tf.data.Dataset.from_tensor_slices(validation).filter(lambda a, b: True).batch(8)
+
+    class Record(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def on_test_begin(self, logs=None):
+            self.calls.append(("begin", None, None))
+
+        def on_test_batch_begin(self, batch, logs=None):
+            self.calls.append(("batch_begin", batch, None))
+
+        def on_test_batch_end(self, batch, logs=None):
+            self.calls.append(("batch_end", batch, dict(logs)))
+
+        def on_test_end(self, logs=None):
+            self.calls.append(("end", None, dict(logs)))
+
+    recorded = []
+    for train in (True, False):
+        build = lambda: keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])  # noqa: E731
+        ours, theirs = twin(build, sgd_compile(keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                                               metrics=["accuracy"], steps_per_execution=steps_per_execution), x[:1])
+        record = Record()
+        kwargs = {"batch_size": BATCH, "epochs": 2, "validation_data": validation, "validation_batch_size": 8,
+                  "shuffle": False, "verbose": 0, "callbacks": [record]}
+        if train:
+            loop.fit(ours, x, y, **kwargs, jit_compile=False)
+        else:
+            theirs.fit(x, y, **kwargs)
+        recorded.append(record.calls)
+    ours_calls, keras_calls = recorded
+    assert [c[:2] for c in ours_calls] == [c[:2] for c in keras_calls]
+    assert sum(c[0] == "batch_end" for c in keras_calls) == 2 * -(-5 // steps_per_execution)
+    for (_, _, a), (_, _, b) in zip(ours_calls, keras_calls):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert set(a) == set(b)
+            for key in b:
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def tensorboard_points(log_dir):
+    """{subfolder: {tag: [(step, value)]}} of the scalars a TensorBoard callback wrote under `log_dir`."""
+    from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+
+    out = {}
+    for sub in sorted(os.listdir(log_dir)):
+        events = event_accumulator.EventAccumulator(os.path.join(log_dir, sub), size_guidance={"tensors": 0})
+        events.Reload()
+        out[sub] = {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+                    for tag in events.Tags()["tensors"] if tag != "keras"}  # "keras": the model's config
+    return out
+
+
+@pytest.mark.parametrize("update_freq", ["epoch", 2])
+def test_tensorboard_callback_writes_what_it_writes_under_model_fit(tmp_path, update_freq):
+    """keras.callbacks.TensorBoard gets model.fit's scalars in its train/ and validation/ folders (epoch
+    and batch points, the rate, the evaluation-vs-iterations curves) and none of clr_loop's own, which
+    go to fit's workdir only."""
+    x, y = data()
+    points = []
+    for train in (True, False):
+        ours, theirs = twin(lambda: keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)]),
+                            sgd_compile(keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                                        metrics=["accuracy"]), x[:1])
+        log_dir = str(tmp_path / ("ours" if train else "keras"))
+        kwargs = {"batch_size": BATCH, "epochs": 2, "validation_data": (x[:40], y[:40]), "validation_batch_size": 8,
+                  "shuffle": False, "verbose": 0,
+                  "callbacks": [keras.callbacks.TensorBoard(log_dir, update_freq=update_freq)]}
+        if train:
+            loop.fit(ours, x, y, **kwargs, jit_compile=False, workdir=str(tmp_path / "workdir"))
+        else:
+            theirs.fit(x, y, **kwargs)
+        points.append(tensorboard_points(log_dir))
+    ours_points, keras_points = points
+    assert {sub: set(tags) for sub, tags in ours_points.items()} == {sub: set(tags) for sub, tags in keras_points.items()}
+    assert {"epoch_loss", "epoch_learning_rate"} <= set(keras_points["train"])
+    assert "evaluation_loss_vs_iterations" in keras_points["validation"]
+    for sub, tags in keras_points.items():
+        for tag, expected in tags.items():
+            assert [s for s, _ in ours_points[sub][tag]] == [s for s, _ in expected], (sub, tag)
+            np.testing.assert_allclose([v for _, v in ours_points[sub][tag]], [v for _, v in expected],
+                                       rtol=1e-5, atol=1e-6, err_msg=f"{sub}/{tag}")
+    assert "lr" in tensorboard_points(str(tmp_path / "workdir"))["train"]
+
+
+class EagerProbe(keras.Model):
+    """Records whether its train_step and test_step run eagerly."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(3)
+        self.seen = []
+
+    def call(self, x):
+        return self.dense(x)
+
+    def train_step(self, data):
+        self.seen.append(("train", tf.executing_eagerly()))
+        return super().train_step(data)
+
+    def test_step(self, data):
+        self.seen.append(("test", tf.executing_eagerly()))
+        return super().test_step(data)
+
+
+def test_run_eagerly_runs_every_step_eagerly_as_model_fit_does():
+    x, y = data()
+    ours, theirs = twin(EagerProbe, sgd_compile(keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                                                run_eagerly=True), x[:1])
+    history, keras_history = both(ours, theirs, x, y, batch_size=BATCH, epochs=2, validation_data=(x[:40], y[:40]))
+    assert ours.seen == theirs.seen
+    assert ("train", True) in ours.seen and ("test", True) in ours.seen and ("train", False) not in ours.seen
+    assert not tf.config.functions_run_eagerly()  # left as it was
+    assert_same(ours, theirs, history, keras_history)

@@ -298,9 +298,10 @@ def array_eval_dataset(arrays, batch_size, replicas=None):
     the examples r, r + total, r + 2 * total, ... in batches of `batch_size`, and every replica the
     same number of batches, `ceil(ceil(N / total) / batch_size)`, so all replicas run the same
     number of eval steps and together see every example exactly once. It then yields
-    `(x, y, weight)`: a replica left with no example for a step (it has fewer examples than
-    another) gets one copy of example 0 with weight 0 instead of an empty batch, which some
-    kernels cannot run (oneDNN's AVX-512 convolution); `weight` is 1.0 for every real example.
+    `(x, y, weight)` (`(x, y, sample_weight, weight)` for arrays with sample weights): a replica
+    left with no example for a step (it has fewer examples than another) gets one copy of example 0
+    with weight 0 instead of an empty batch, which some kernels cannot run (oneDNN's AVX-512
+    convolution); `weight`, the padding mask, is 1.0 for every real example.
     It yields, step by step, one batch for each of replicas `first .. first + count - 1` in order:
     what one input pipeline of a `tf.distribute` strategy hands its local replicas.
     """
@@ -325,30 +326,30 @@ def array_eval_dataset(arrays, batch_size, replicas=None):
         weight = tf.concat([tf.ones(tf.shape(idx), tf.float32), tf.zeros(tf.shape(filler), tf.float32)], 0)
         idx = tf.concat([idx, filler], 0)
         gather = lambda a: tf.gather(a, idx)  # noqa: E731
-        parts = tf.nest.map_structure(gather, data)
-        if len(parts) == 3:  # the user's sample weights, with the filler's weight 0
-            return parts[0], parts[1], parts[2] * tf.reshape(weight, [-1] + [1] * (parts[2].shape.rank - 1))
-        return parts[0], parts[1], weight
+        return (*tf.nest.map_structure(gather, data), weight)
 
     return tf.data.Dataset.range(steps * count).map(batch).prefetch(tf.data.AUTOTUNE)
 
 
 def pad_batches(dataset, multiple):
-    """Returns `dataset`'s `(x, y)` batches as `(x, y, weight)`, each padded to a multiple of
-    `multiple` examples (at least `multiple`) with weight-0 copies of its first example.
+    """Returns `dataset`'s batches (`(x,)`, `(x, y)` or `(x, y, sample_weight)`) with a padding mask
+    appended, `(..., weight)`, each padded to a multiple of `multiple` examples (at least
+    `multiple`) with weight-0 copies of its first example.
 
     A `tf.distribute` strategy splits a global batch over its replicas; padded, no replica gets an
-    empty batch, and the weights keep the padding out of every sum.
+    empty batch, and the mask keeps the padding out of every sum. The mask is kept apart from the
+    user's sample weights, since Keras counts a weight-0 example in a loss's divisor and in the
+    unweighted metrics.
     """
 
     @tf.autograph.experimental.do_not_convert
-    def pad(x, y):
-        size = tf.shape(tf.nest.flatten(x)[0], out_type=tf.int64)[0]
+    def pad(*element):
+        size = tf.shape(tf.nest.flatten(element)[0], out_type=tf.int64)[0]
         padded = tf.maximum(-(-size // multiple) * multiple, multiple)
         idx = tf.concat([tf.range(size), tf.zeros([padded - size], tf.int64)], 0)
         weight = tf.cast(tf.range(padded) < size, tf.float32)
         gather = lambda a: tf.gather(a, idx)  # noqa: E731
-        return tf.nest.map_structure(gather, x), tf.nest.map_structure(gather, y), weight
+        return (*tf.nest.map_structure(gather, element), weight)
 
     return dataset.map(pad)
 

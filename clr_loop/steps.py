@@ -187,8 +187,8 @@ class Steps:
     the update is NaN or Inf; a `LossScaleOptimizer` skips an overflowing update itself, as in `model.fit`). The model's
     metrics are updated in their Keras state. `eval_step` runs the model's own `test_step` (the
     metrics and the loss tracker are updated as in `model.evaluate`) and returns the batch's
-    example count (float32); with `padded_eval` (a multi-replica run's validation) a batch is
-    `(x, y, weight)` whose weight-0 examples are padding, left out of test_step and the count.
+    example count (float32); with `padded_eval` (a multi-replica run's validation) a batch ends
+    with a padding mask whose 0 examples are left out of test_step and the count.
 
     With `fuse_update` the whole train step is one `tf.function` compiled with `jit_compile`. Under
     any `tf.distribute` strategy (one replica too) pass `fuse_update=False`: the update all-reduces,
@@ -314,15 +314,16 @@ class Steps:
         if not self.padded_eval:
             self.model.test_step(batch)
             return tf.cast(_batch_size(batch[0]), tf.float32)
-        # (x, y, weight) with weight 0 for a padding example (see `inputs.pad_batches`): test_step
-        # sees only the real ones, and a replica whose part is all padding runs nothing.
-        x, y, weight = batch
+        # The batch with a padding mask last, 0 for a padding example (see `inputs.pad_batches`):
+        # test_step sees only the real ones, with the user's own sample weights if any, and a
+        # replica whose part is all padding runs nothing.
+        *data, weight = batch
         real = weight > 0
         count = tf.reduce_sum(tf.cast(real, tf.float32))
 
         def run():
             cut = lambda t: tf.boolean_mask(t, real)  # noqa: E731
-            self.model.test_step((tf.nest.map_structure(cut, x), tf.nest.map_structure(cut, y), cut(weight)))
+            self.model.test_step(tuple(tf.nest.map_structure(cut, data)))
             return tf.constant(0)
 
         tf.cond(count > 0, run, lambda: tf.constant(0))

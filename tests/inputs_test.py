@@ -155,6 +155,16 @@ def test_pad_batches_pads_to_a_multiple_with_weight_0_copies(size, multiple, pad
     np.testing.assert_array_equal(bx.numpy()[:size], x)
 
 
+
+def test_pad_batches_keeps_the_users_sample_weights_apart_from_the_padding_mask():
+    """A weight-0 example of the user's stays an example (Keras counts it in a loss's divisor)."""
+    x = np.arange(3, dtype=np.float32)[:, None]
+    y = np.arange(3, dtype=np.int32)
+    sw = np.array([1.0, 0.0, 2.0], np.float32)
+    ((bx, by, bw, mask),) = list(inputs.pad_batches(tf.data.Dataset.from_tensors((x, y, sw)), 2))
+    assert bw.numpy().tolist() == [1.0, 0.0, 2.0, 1.0] and mask.numpy().tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert by.numpy().tolist() == [0, 1, 2, 0]
+
 def test_eval_counts_per_worker_sum_to_the_total():
     """Two workers of two replicas each (pipelines (0, 2, 4) and (2, 2, 4)): 10,001 examples split 5,001 / 5,000."""
     data = arrays(10001)

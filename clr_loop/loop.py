@@ -195,8 +195,8 @@ def make_evaluate(eval_step, model, strategy):
     in one `tf.function`, after resetting the model's metrics, and reads the logs from their Keras
     state after, as `model.evaluate` does: the loss is Keras's loss tracker, a mean weighted by batch
     size. With a strategy the dataset is distributed, each replica evaluates its examples and the
-    counts are added across replicas and workers. A batch may carry a third element, the examples'
-    sample weights (0 for padding: see `inputs.pad_batches`).
+    counts are added across replicas and workers. A multi-replica run's batches end with a padding
+    mask (0 for a padding example: see `inputs.pad_batches`).
     """
 
     @tf.autograph.experimental.do_not_convert
@@ -1431,13 +1431,18 @@ def _train_logs(run):
     return logs
 
 
-def _has_batch_hooks(callback):
-    """True when `callback` implements a train batch hook (Keras's own History and progress bar aside)."""
+def _implements(callback, hooks):
+    """True when `callback` overrides one of the Callback methods named in `hooks` (Keras's own History
+    and progress bar aside)."""
     if isinstance(callback, (keras.callbacks.History, keras.callbacks.ProgbarLogger)):
         return False
     base = keras.callbacks.Callback
-    return any(getattr(type(callback), name) is not getattr(base, name)
-               for name in ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end"))
+    return any(getattr(type(callback), name) is not getattr(base, name) for name in hooks)
+
+
+def _has_batch_hooks(callback):
+    """True when `callback` implements a train batch hook."""
+    return _implements(callback, ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end"))
 
 
 # The log keys clr_loop adds to Keras's (the History has them); TensorBoard callbacks get Keras's only.
@@ -1466,12 +1471,8 @@ class _CallbackList(keras.callbacks.CallbackList):
 
 
 def _has_test_batch_hooks(callback):
-    """True when `callback` implements a test batch hook (Keras's own History and progress bar aside)."""
-    if isinstance(callback, (keras.callbacks.History, keras.callbacks.ProgbarLogger)):
-        return False
-    base = keras.callbacks.Callback
-    return any(getattr(type(callback), name) is not getattr(base, name)
-               for name in ("on_test_batch_begin", "on_test_batch_end"))
+    """True when `callback` implements a test batch hook."""
+    return _implements(callback, ("on_test_batch_begin", "on_test_batch_end"))
 
 
 def _last_logs(history):

@@ -114,15 +114,14 @@ class _EpochState:
         }
 
 
-def make_train_loop(train_step, state, strategy, until_exhausted=False, variables=()):
+def make_train_loop(train_step, state, strategy, until_exhausted=False):
     """Returns `train_loop(iterator, num_steps) -> window`, running up to that many steps in one tf.function.
 
     Every step's loss sum and count are added to `state` one step at a time, so the totals do not
     depend on how the steps were split into calls (a resumed run gets the same bits). Returns the
-    call's own `loss_sum` and `count`, the last step's `lr` (and `momentum`), the `steps` run,
-    `finite`: a non-finite step ends the loop early with `finite` False, and `weights_finite`:
-    whether every one of `variables` (the model's trainable weights) is finite after the call, which
-    an update that overflows catches where the step's loss and gradients were finite. With `until_exhausted`
+    call's own `loss_sum` and `count`, the last step's `lr` (and `momentum`), the `steps` run, and
+    `finite`: a non-finite step (its loss, rate, momentum, or a weight after its update: see
+    `clr_loop.steps`) ends the loop early with `finite` False. With `until_exhausted`
     the iterator may end (a finite Dataset): the loop then stops early, and `exhausted` says so.
     With a strategy, every step runs on all replicas and the sums are added across them.
     """
@@ -179,11 +178,8 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False, variable
         state.lr.assign(tf.where(ran, lr, state.lr))
         state.momentum.assign(tf.where(ran, momentum, state.momentum))
         state.steps.assign_add(tf.cast(steps, tf.int64))
-        weights_finite = tf.constant(True)
-        for variable in variables:
-            weights_finite = tf.logical_and(weights_finite, tf.reduce_all(tf.math.is_finite(variable)))
         return {"loss_sum": loss_sum, "count": count, "lr": lr, "momentum": momentum, "steps": steps,
-                "finite": finite, "exhausted": exhausted, "weights_finite": weights_finite}
+                "finite": finite, "exhausted": exhausted}
 
     return train_loop
 
@@ -525,11 +521,10 @@ class Run:
             augment=augment_lib.make(augment, self.seed), padded_eval=self.replicas > 1,
         )
         self.metrics = self.steps.metrics
-        # The NaN guard's weights: checked after every compiled loop call and before every save.
+        # The NaN guard's weights, checked again before every save (the step checks them after its update).
         self.guarded_weights = [v for v in model.trainable_variables if tf.as_dtype(v.dtype).is_floating]
         self.train_loop = make_train_loop(
-            self.steps.train_step, self.state, self.strategy, until_exhausted=train_input.dataset is not None,
-            variables=self.guarded_weights,
+            self.steps.train_step, self.state, self.strategy, until_exhausted=train_input.dataset is not None
         )
         self.evaluate = make_evaluate(self.steps.eval_step, model, self.strategy)
         self.data_holder = tf.Module()
@@ -1330,7 +1325,7 @@ def _train(run, saved_history, callbacks, verbose):
             with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
                 window = run.run_steps(end - step)
             ran = int(window["steps"])
-            if not (bool(window["finite"]) and bool(window["weights_finite"])):
+            if not bool(window["finite"]):
                 _diverged(run, summaries, window, step)
             exhausted = bool(window["exhausted"])
             step += ran
@@ -1406,17 +1401,12 @@ def _diverged(run, summaries, window, step):
     last step, what was non-finite and the last checkpoint (none was saved from the window)."""
     last_step = step + int(window["steps"]) - 1
     lr = float(window["lr"])
-    weights_finite = all(bool(np.isfinite(v.numpy()).all()) for v in run.model.trainable_variables)
-    if not bool(window["finite"]) and not np.isfinite(lr):
+    if not np.isfinite(lr):
         what = f"non-finite learning rate {lr:.6g} at step {last_step}"
-    elif not bool(window["finite"]) and weights_finite:
+    elif not run.non_finite_weights():
         what = f"non-finite loss at step {last_step} (learning rate {lr:.6g})"
-    elif not bool(window["finite"]):
-        # The step checks the weights after its update: a non-finite gradient or update.
+    else:  # the step checks the weights after its update: a non-finite gradient or update
         what = f"non-finite weights after step {last_step} (learning rate {lr:.6g})"
-    else:
-        steps = f", from the update of one of steps {step}-{last_step}" if last_step > step else ""
-        what = f"non-finite weights after step {last_step}{steps} (learning rate {lr:.6g})"
     summaries.flush()  # the points up to the divergence, to see it in TensorBoard
     last = run.checkpoints.manager.latest_checkpoint if run.checkpoints is not None else None
     raise TrainingDiverged(f"{what}; stopped without saving it." + (f" The last good checkpoint is {last}" if last else ""))

@@ -185,19 +185,23 @@ def test_the_jit_train_step_is_one_module_with_schedule_gradients_and_updates(sc
     assert run.step == 1 and not all(np.array_equal(a, b) for a, b in zip(before, run.model.get_weights()))
 
 
-def test_the_check_fails_when_the_schedule_and_update_are_outside_the_compiled_function(scheduled):
-    """The mutation: only the forward and backward pass compiled, the schedule and the update left
-    to run outside XLA."""
-    run, x, y = scheduled
-    model = run.model
+def _gradients_only(model):
+    """The mutation of the fused step: a compiled function of the forward and backward pass only,
+    with the schedule and the update left outside XLA."""
 
     def gradients(a, b):
         with tf.GradientTape() as tape:
             loss = model.compute_loss(a, b, model(a, training=True))
         return tape.gradient(loss, model.trainable_variables)
 
-    compiled = tf.function(gradients, jit_compile=True, autograph=False)
-    _, problems = _check(run, compiled, x, y)
+    return tf.function(gradients, jit_compile=True, autograph=False)
+
+
+def test_the_check_fails_when_the_schedule_and_update_are_outside_the_compiled_function(scheduled):
+    """The mutation: only the forward and backward pass compiled, the schedule and the update left
+    to run outside XLA."""
+    run, x, y = scheduled
+    _, problems = _check(run, _gradients_only(run.model), x, y)
     assert any("schedule arithmetic" in p for p in problems), problems
     assert any("is not written by the module" in p for p in problems), problems
 

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 
-from fusion_test import BATCH, _balanced, _run
+from fusion_test import BATCH, _balanced, _gradients_only, _run
 
 # What takes data off the device or hands control to the host: none of these may appear, nor a
 # host transfer or a buffer in host memory (memory space S(5)).
@@ -263,14 +263,7 @@ def test_the_check_fails_when_the_schedule_and_update_are_outside_the_compiled_f
     """The mutation: only the forward and backward pass compiled, the schedule and the update left
     to run outside XLA."""
     run, x, y = scheduled
-    model = run.model
-
-    def gradients(a, b):
-        with tf.GradientTape() as tape:
-            loss = model.compute_loss(a, b, model(a, training=True))
-        return tape.gradient(loss, model.trainable_variables)
-
-    compiled = tf.function(gradients, jit_compile=True, autograph=False)
+    compiled = _gradients_only(run.model)
     _, problems = _check(run, compiled, x, y, device)
     assert any("iteration counter" in p for p in problems), problems
 

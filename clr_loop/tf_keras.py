@@ -21,7 +21,7 @@ except ImportError as e:  # pragma: no cover (tested in a process without tf_ker
     ) from e
 
 from clr_loop import scale_fns
-from clr_loop import schedules as _schedules
+from clr_loop.schedules import cyclical as _cyclical
 
 _PACKAGE = "clr_loop"
 _LRS = tf_keras.optimizers.schedules.LearningRateSchedule
@@ -42,23 +42,23 @@ class ScaleFunction(scale_fns.SavedFunction):
 
 
 @tf_keras.saving.register_keras_serializable(package=_PACKAGE)
-class CyclicalLearningRate(_schedules._CyclicalCore, _LRS):  # noqa: SLF001 (the shared core)
-    __doc__ = _schedules.CyclicalLearningRate.__doc__
+class CyclicalLearningRate(_cyclical._CyclicalCore, _LRS):  # noqa: SLF001 (the shared core)
+    __doc__ = _cyclical.CyclicalLearningRate.__doc__
     _saved_function = ScaleFunction
 
 
 @tf_keras.saving.register_keras_serializable(package=_PACKAGE)
-class TriangularCyclicalLearningRate(_schedules._TriangularCore, CyclicalLearningRate):  # noqa: SLF001
+class TriangularCyclicalLearningRate(_cyclical._TriangularCore, CyclicalLearningRate):  # noqa: SLF001
     """TFA's triangular CLR for tf_keras (see clr_loop.schedules.CyclicalLearningRate)."""
 
 
 @tf_keras.saving.register_keras_serializable(package=_PACKAGE)
-class Triangular2CyclicalLearningRate(_schedules._Triangular2Core, CyclicalLearningRate):  # noqa: SLF001
+class Triangular2CyclicalLearningRate(_cyclical._Triangular2Core, CyclicalLearningRate):  # noqa: SLF001
     """TFA's triangular2 CLR for tf_keras (see clr_loop.schedules.CyclicalLearningRate)."""
 
 
 @tf_keras.saving.register_keras_serializable(package=_PACKAGE)
-class ExponentialCyclicalLearningRate(_schedules._ExponentialCore, CyclicalLearningRate):  # noqa: SLF001
+class ExponentialCyclicalLearningRate(_cyclical._ExponentialCore, CyclicalLearningRate):  # noqa: SLF001
     """TFA's exp_range CLR for tf_keras (see clr_loop.schedules.CyclicalLearningRate)."""
 
 

@@ -95,10 +95,18 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
         name: name scope of the ops.
 
     Returns:
-        A schedule; called with a step (int, numpy array, or int/float tensor such as
-        `optimizer.iterations`), a float32 rate.
+        A Keras `LearningRateSchedule`; called with a step (int, numpy array, or int/float tensor
+        such as `optimizer.iterations`), a float32 rate. `momentum(step, base_momentum,
+        max_momentum)` gives the wrapped schedule's momentum, shifted.
+
+    Raises:
+        ValueError: naming the argument: a `schedule` that is neither a schedule nor a number
+            >= 0, `warmup_steps` not a positive whole number, a negative or non-finite `start_lr`,
+            or an unknown `shape`.
 
     Example:
+        >>> import keras
+        >>> from clr_loop.schedules import Warmup
         >>> lr = Warmup(keras.optimizers.schedules.CosineDecay(0.1, 1000), warmup_steps=100)
         >>> [round(float(lr(t)), 6) for t in (50, 100, 1100)]  # halfway up, the peak, the cosine's end
         [0.05, 0.1, 0.0]
@@ -128,9 +136,18 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
             return tf.where(step < tf.cast(self.warmup_steps, step.dtype), warm, after)
 
     def momentum(self, step, base_momentum, max_momentum):
-        """Returns the float32 momentum: `max_momentum` during the warmup, then the wrapped schedule's, shifted.
+        """Returns the momentum: `max_momentum` during the warmup, then the wrapped schedule's, shifted.
 
-        Raises AttributeError when the wrapped schedule has no `momentum` method.
+        Args:
+            step: the step (int, numpy array, or int/float tensor).
+            base_momentum: the momentum at the wrapped schedule's peak rate.
+            max_momentum: the momentum at its low rate, and during the warmup.
+
+        Returns:
+            The momentum, a float32 tensor of `step`'s shape.
+
+        Raises:
+            AttributeError: the wrapped schedule has no `momentum` method.
         """
         inner = getattr(self.schedule, "momentum", None)
         if not callable(inner):
@@ -174,9 +191,17 @@ class Sequence(keras.optimizers.schedules.LearningRateSchedule):
         name: name scope of the ops.
 
     Returns:
-        A schedule; called with a step (int, numpy array, or int/float tensor), a float32 rate.
+        A Keras `LearningRateSchedule`; called with a step (int, numpy array, or int/float
+        tensor), a float32 rate. Its `boundaries` are the steps where segments 2, 3, ... start.
+
+    Raises:
+        ValueError: naming the segment: `segments` not a non-empty list of pairs, a schedule that
+            is neither a schedule nor a number >= 0, an inner `num_steps` that is not a positive
+            whole number, or a last `num_steps` that is not None.
 
     Example:
+        >>> import keras
+        >>> from clr_loop.schedules import Sequence
         >>> lr = Sequence([(0.01, 100), (keras.optimizers.schedules.CosineDecay(0.1, 900), None)])
         >>> [round(float(lr(t)), 6) for t in (99, 100)]  # the constant's last step, the cosine's step 0
         [0.01, 0.1]
@@ -260,9 +285,16 @@ class WarmupStableDecay(keras.optimizers.schedules.LearningRateSchedule):
         name: name scope of the ops.
 
     Returns:
-        A schedule; called with a step (int, numpy array, or int/float tensor), a float32 rate.
+        A Keras `LearningRateSchedule`; called with a step (int, numpy array, or int/float
+        tensor), a float32 rate.
+
+    Raises:
+        ValueError: naming the argument: `peak_lr` not > 0, a step count that is not a whole
+            number (positive for `total_steps` and `decay_steps`), `warmup_steps + decay_steps >
+            total_steps`, `final_lr` outside [0, peak_lr], or an unknown `decay`.
 
     Example:
+        >>> from clr_loop.schedules import WarmupStableDecay
         >>> lr = WarmupStableDecay(0.1, total_steps=1000, warmup_steps=100, decay_steps=200)
         >>> [round(float(lr(t)), 6) for t in (50, 500, 900, 1000)]
         [0.05, 0.1, 0.05, 0.0]

@@ -231,10 +231,18 @@ class _CyclicalCore:
             return tf.cast(lo + (hi - lo) * self._height(step), self.dtype)
 
     def momentum(self, step, base_momentum, max_momentum):
-        """Returns the cyclical momentum (float32) for `step`: it moves opposite to the rate.
+        """Returns the cyclical momentum for `step`: it moves opposite to the rate.
 
         It is `max_momentum` where the rate is at its initial value and `base_momentum` at the
         (scaled) peak, as PyTorch's `CyclicLR(cycle_momentum=True)` computes it.
+
+        Args:
+            step: the step (int, numpy array, or int/float tensor).
+            base_momentum: the momentum at an unscaled peak of the rate.
+            max_momentum: the momentum at `initial_learning_rate`.
+
+        Returns:
+            The momentum, a float32 tensor of `step`'s shape.
         """
         return tf.cast(max_momentum - (max_momentum - base_momentum) * self._height(step), tf.float32)
 
@@ -374,7 +382,23 @@ class _ExponentialCore:
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 @public
 class ScaleFunction(scale_fns.SavedFunction):
-    """A custom `scale_fn` inside a Keras 3 config (see `clr_loop.scale_fns.SavedFunction`)."""
+    """A custom `scale_fn` inside a Keras 3 config (see `clr_loop.scale_fns.SavedFunction`).
+
+    A `CyclicalLearningRate` with a custom `scale_fn` puts one in its `get_config`; Keras's
+    serializer writes it as a JSON dict, and loading it gives back the function itself.
+
+    Args:
+        fn: the callable to save.
+
+    Example:
+        >>> import keras
+        >>> from clr_loop.schedules import ScaleFunction
+        >>> saved = keras.saving.serialize_keras_object(ScaleFunction(abs))
+        >>> saved["registered_name"], saved["config"]
+        ('clr_loop>ScaleFunction', {'kind': 'import', 'module': 'builtins', 'name': 'abs'})
+        >>> keras.saving.deserialize_keras_object(saved) is abs
+        True
+    """
 
     keras_module = keras
 
@@ -385,7 +409,10 @@ class ScaleFunction(scale_fns.SavedFunction):
         return serialization_lib.in_safe_mode()
 
 
-_CYCLICAL_DOC = """A cyclical learning rate (Smith, 2015), with TensorFlow Addons' arguments and formula.
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+@public
+class CyclicalLearningRate(_CyclicalCore, keras.optimizers.schedules.LearningRateSchedule):
+    """A cyclical learning rate (Smith, 2015), with TensorFlow Addons' arguments and formula.
 
     Calling the schedule with a step returns the learning rate
     `initial + (maximal - initial) * height(step) * scale(cycle or step)`, in the dtype of
@@ -403,32 +430,146 @@ _CYCLICAL_DOC = """A cyclical learning rate (Smith, 2015), with TensorFlow Addon
     computed and saved as that mode. Any other is saved as Keras saves a Lambda layer's function:
     loading it needs `safe_mode=False`. Odd but computable arguments (maximal below initial, a
     gamma outside (0, 1], a negative rate) warn; non-finite numbers and step sizes <= 0 raise.
+
+    Args:
+        initial_learning_rate: the rate at the start of each cycle: a number, a float tensor, or a
+            float variable (read at every call, as TFA did). Its dtype is the schedule's.
+        maximal_learning_rate: the rate at the peak of an unscaled cycle (same kinds); below
+            `initial_learning_rate` it warns and each cycle dips instead of rising.
+        step_size: steps from the start of a cycle to its peak, > 0 (fractional or a constant
+            tensor allowed, as in TFA).
+        scale_fn: a callable of the cycle number or the step giving the amplitude factor (TFA's
+            argument), or None; not together with `mode`.
+        scale_mode: "cycle" or "iterations": what `scale_fn` (or the mode) is a function of; None
+            picks "iterations" for "exp_range" and "cycle" otherwise.
+        name: name scope of the ops.
+        mode: keyword only: "triangular", "triangular2" or "exp_range"; None (with no `scale_fn`)
+            is "triangular".
+        gamma: keyword only: the per-step factor of "exp_range" (1.0 by default).
+        step_size_down: keyword only: steps from the peak to the end of a cycle, > 0; None means
+            `step_size` (PyTorch's `step_size_down`).
+        dtype: keyword only: a float dtype for the rate; None takes `initial_learning_rate`'s.
+
+    Returns:
+        A Keras `LearningRateSchedule`. Called with a step (a Python int, numpy array, or int/float
+        tensor such as `optimizer.iterations`), it returns the rate as a tensor of its dtype;
+        `momentum(step, base_momentum, max_momentum)` returns the cyclical momentum to go with it.
+
+    Raises:
+        ValueError: naming the argument: a rate or gamma that is not a finite number, a step size
+            that is not > 0, an unknown `mode`, both `mode` and `scale_fn`, a `scale_fn` that is not
+            callable, a `scale_mode` that is not a string, or a `dtype` that is not a float dtype.
+
+    Example:
+        >>> from clr_loop.schedules import CyclicalLearningRate
+        >>> lr = CyclicalLearningRate(1e-4, 1e-2, step_size=4, mode="triangular2")
+        >>> [round(float(lr(t)), 6) for t in (0, 2, 4, 8, 12)]  # the second peak (12) is half as high
+        [0.0001, 0.00505, 0.01, 0.0001, 0.00505]
+        >>> round(float(lr.momentum(4, base_momentum=0.85, max_momentum=0.95)), 6)  # low at the peak
+        0.85
     """
 
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-@public
-class CyclicalLearningRate(_CyclicalCore, keras.optimizers.schedules.LearningRateSchedule):
-    __doc__ = _CYCLICAL_DOC
     _saved_function = ScaleFunction
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 @public
 class TriangularCyclicalLearningRate(_TriangularCore, CyclicalLearningRate):
-    """TFA's triangular CLR: a constant-amplitude cycle between the two rates (see CyclicalLearningRate)."""
+    """TFA's triangular CLR: a constant-amplitude cycle between the two rates.
+
+    `CyclicalLearningRate(..., mode="triangular")` with TFA's signature and config (no `mode` or
+    `gamma` keys).
+
+    Args:
+        initial_learning_rate: the rate at the start of each cycle (a number, float tensor or
+            float variable).
+        maximal_learning_rate: the rate at each peak.
+        step_size: steps from the start of a cycle to its peak, > 0.
+        scale_mode: "cycle" (TFA's default) or "iterations"; with this mode both give the same rates.
+        name: name scope of the ops.
+        step_size_down: keyword only: steps from the peak to the end of a cycle; None means
+            `step_size`.
+        dtype: keyword only: a float dtype for the rate; None takes `initial_learning_rate`'s.
+
+    Returns:
+        A schedule; called with a step, the rate (see `CyclicalLearningRate`).
+
+    Raises:
+        ValueError: as `CyclicalLearningRate`, naming the argument.
+
+    Example:
+        >>> from clr_loop.schedules import TriangularCyclicalLearningRate
+        >>> lr = TriangularCyclicalLearningRate(1e-4, 1e-2, step_size=4)
+        >>> [round(float(lr(t)), 6) for t in (0, 4, 8, 12)]
+        [0.0001, 0.01, 0.0001, 0.01]
+    """
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 @public
 class Triangular2CyclicalLearningRate(_Triangular2Core, CyclicalLearningRate):
-    """TFA's triangular2 CLR: the amplitude halves every cycle (see CyclicalLearningRate)."""
+    """TFA's triangular2 CLR: the amplitude halves every cycle.
+
+    `CyclicalLearningRate(..., mode="triangular2")` with TFA's signature and config (no `mode` or
+    `gamma` keys).
+
+    Args:
+        initial_learning_rate: the rate at the start of each cycle (a number, float tensor or
+            float variable).
+        maximal_learning_rate: the rate at the first peak; peak k is
+            `initial + (maximal - initial) / 2**(k - 1)`.
+        step_size: steps from the start of a cycle to its peak, > 0.
+        scale_mode: "cycle" (TFA's default: halve per cycle) or "iterations" (halve per step).
+        name: name scope of the ops.
+        step_size_down: keyword only: steps from the peak to the end of a cycle; None means
+            `step_size`.
+        dtype: keyword only: a float dtype for the rate; None takes `initial_learning_rate`'s.
+
+    Returns:
+        A schedule; called with a step, the rate (see `CyclicalLearningRate`).
+
+    Raises:
+        ValueError: as `CyclicalLearningRate`, naming the argument.
+
+    Example:
+        >>> from clr_loop.schedules import Triangular2CyclicalLearningRate
+        >>> lr = Triangular2CyclicalLearningRate(0.1, 0.5, step_size=2)
+        >>> [round(float(lr(t)), 6) for t in (2, 6, 10)]  # the peaks
+        [0.5, 0.3, 0.2]
+    """
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 @public
 class ExponentialCyclicalLearningRate(_ExponentialCore, CyclicalLearningRate):
-    """TFA's exp_range CLR: the amplitude is multiplied by `gamma**step` (see CyclicalLearningRate)."""
+    """TFA's exp_range CLR: the amplitude is multiplied by `gamma**step`.
+
+    `CyclicalLearningRate(..., mode="exp_range")` with TFA's signature and config (no `mode` key).
+
+    Args:
+        initial_learning_rate: the rate at the start of each cycle (a number, float tensor or
+            float variable).
+        maximal_learning_rate: the rate an unscaled peak would reach.
+        step_size: steps from the start of a cycle to its peak, > 0.
+        scale_mode: "iterations" (TFA's default: `gamma**step`) or "cycle" (`gamma**cycle`).
+        gamma: the factor per step (or cycle); outside (0, 1] it warns (the amplitude grows).
+        name: name scope of the ops.
+        step_size_down: keyword only: steps from the peak to the end of a cycle; None means
+            `step_size`.
+        dtype: keyword only: a float dtype for the rate; None takes `initial_learning_rate`'s.
+
+    Returns:
+        A schedule; called with a step, the rate (see `CyclicalLearningRate`).
+
+    Raises:
+        ValueError: as `CyclicalLearningRate`, naming the argument.
+
+    Example:
+        >>> from clr_loop.schedules import ExponentialCyclicalLearningRate
+        >>> lr = ExponentialCyclicalLearningRate(0.0, 1.0, step_size=10, gamma=0.9)
+        >>> round(float(lr(10)), 6)  # the first peak: 0.9**10
+        0.348678
+    """
 
 
 TFA_NAMES = {

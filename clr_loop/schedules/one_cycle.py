@@ -31,6 +31,34 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     `initial / final_div_factor` at step `total_steps - 1`. With `three_phase`, it first returns to
     the initial rate symmetrically and only then anneals to the minimum. Durations are steps.
     Unlike PyTorch, which raises, steps past `total_steps - 1` hold the final (minimum) rate.
+
+    Args:
+        maximal_learning_rate: the peak rate, > 0 (PyTorch's `max_lr`).
+        total_steps: positive whole number of steps of the run.
+        pct_start: the fraction of `total_steps` spent warming up, in (0, 1).
+        anneal_strategy: "cos" or "linear".
+        div_factor: the initial rate is `maximal_learning_rate / div_factor`, > 0.
+        final_div_factor: the final rate is `initial / final_div_factor`, > 0.
+        three_phase: whether to return to the initial rate before annealing to the final one.
+        name: name scope of the ops.
+
+    Returns:
+        A Keras `LearningRateSchedule`; called with a step (int, numpy array, or int/float
+        tensor), a float32 rate. `momentum(step, base_momentum, max_momentum)` gives OneCycleLR's
+        cycled momentum.
+
+    Raises:
+        ValueError: naming the argument: a rate or factor that is not a finite number > 0,
+            `total_steps` not a positive whole number, `pct_start` outside (0, 1), an unknown
+            `anneal_strategy`, or a `total_steps` and `pct_start` that leave a phase with no steps.
+
+    Example:
+        >>> from clr_loop.schedules import OneCycle
+        >>> lr = OneCycle(0.1, total_steps=100)
+        >>> [round(float(lr(t)), 6) for t in (0, 29, 99)]  # initial, peak, final
+        [0.004, 0.1, 0.0]
+        >>> round(float(lr.momentum(29, base_momentum=0.85, max_momentum=0.95)), 6)
+        0.85
     """
 
     def __init__(
@@ -111,7 +139,16 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
             return tf.cast(self._interpolate(step, values), tf.float32)
 
     def momentum(self, step, base_momentum, max_momentum):
-        """Returns PyTorch OneCycleLR's cycled momentum (float32): max -> base while the rate warms up, then back."""
+        """Returns PyTorch OneCycleLR's cycled momentum: max -> base while the rate warms up, then back.
+
+        Args:
+            step: the step (int, numpy array, or int/float tensor).
+            base_momentum: the momentum at the peak rate.
+            max_momentum: the momentum at the initial (and final) rate.
+
+        Returns:
+            The momentum, a float32 tensor of `step`'s shape.
+        """
         values = (
             (max_momentum, base_momentum, max_momentum, max_momentum)
             if self.three_phase

@@ -235,17 +235,17 @@ def training_errors():
     """Returns the library errors a training run raises for a user's mistake, bad data or a failed
     write (not for a bug): the apps print them with `error_message` and exit 1."""
     # Imported here: cli is imported by the apps before their tuned TensorFlow import.
+    from clr_loop import actions  # pylint: disable=import-outside-toplevel
     from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
     from clr_loop import config  # pylint: disable=import-outside-toplevel
     from clr_loop import data  # pylint: disable=import-outside-toplevel
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop import inputs  # pylint: disable=import-outside-toplevel
-    from clr_loop import loop  # pylint: disable=import-outside-toplevel
     from clr_loop import models  # pylint: disable=import-outside-toplevel
     from clr_loop import trainer  # pylint: disable=import-outside-toplevel
 
     return (
-        distribute.ClusterError, data.DataError, inputs.InputError, loop.TrainingDiverged, models.ModelError,
+        distribute.ClusterError, data.DataError, inputs.InputError, actions.TrainingDiverged, models.ModelError,
         trainer.WeightsError, checkpointing.WorkdirError, checkpointing.CheckpointError, config.ScheduleError,
         config.ConfigError,
     )

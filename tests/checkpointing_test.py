@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from clr_loop import _keras
+from clr_loop import actions
 from clr_loop import checkpointing
-from clr_loop import loop
 from clr_loop import trainer as trainer_lib
 from trainer_test import fake_data, make_config, weights
 
@@ -103,12 +104,12 @@ def test_checkpoint_restores_dropout_rng_and_epoch_sums(tmp_path):
     config = make_config(tmp_path, epochs=1, max_steps=3)
     first = trainer_lib.Trainer(config, fake_data())
     first.train()
-    rng_state = [v.numpy().copy() for v in loop.seed_generator_states(first.model)]
+    rng_state = [v.numpy().copy() for v in _keras.seed_generator_states(first.model)]
     assert rng_state and any(s[1] != 0 for s in rng_state)  # dropout drew masks
     second = trainer_lib.Trainer(make_config(tmp_path, epochs=1, max_steps=5), fake_data())
     second.run.restore()
     assert second.run.step == 3
-    assert [v.numpy().tolist() for v in loop.seed_generator_states(second.model)] == [s.tolist() for s in rng_state]
+    assert [v.numpy().tolist() for v in _keras.seed_generator_states(second.model)] == [s.tolist() for s in rng_state]
     assert float(second.run.state.count.numpy()) == 3 * 32
     for a, b in zip(weights(first.model), weights(second.model)):
         assert np.array_equal(a, b)
@@ -144,7 +145,7 @@ def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path):
         return real_run_steps(n)
 
     resumed.run.run_steps = poison_then_run
-    with pytest.raises(loop.TrainingDiverged, match=r"(at|after) step 8 \(learning rate .*last good checkpoint .*ckpt-8"):
+    with pytest.raises(actions.TrainingDiverged, match=r"(at|after) step 8 \(learning rate .*last good checkpoint .*ckpt-8"):
         resumed.train()
     path = tf.train.latest_checkpoint(str(tmp_path / "run" / "ckpt"))
     assert path.endswith("ckpt-8")

@@ -14,6 +14,7 @@ from clr_loop import _keras
 from clr_loop import actions
 from clr_loop import checkpointing
 from clr_loop import trainer as trainer_lib
+from clr_loop import workdir as workdir_lib
 from trainer_test import fake_data, make_config, weights
 
 
@@ -157,8 +158,8 @@ def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path):
 
 HOLD_LOCK = """
 import sys
-from clr_loop import checkpointing
-with checkpointing.workdir_lock(sys.argv[1]):
+from clr_loop import workdir
+with workdir.workdir_lock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()  # holds the lock until the test closes our stdin
 """
@@ -184,10 +185,10 @@ def test_a_second_process_on_a_locked_workdir_is_refused_naming_the_owner(tmp_pa
     workdir = str(tmp_path / "run")
     with locked_by_another_process(workdir) as pid:
         with pytest.raises(checkpointing.WorkdirError, match=rf"in use by another process \(pid {pid}\)"):
-            with checkpointing.workdir_lock(workdir):
+            with workdir_lib.workdir_lock(workdir):
                 pass
-    with checkpointing.workdir_lock(workdir):  # released when its owner ended
-        with checkpointing.workdir_lock(workdir):  # re-entered by the same process
+    with workdir_lib.workdir_lock(workdir):  # released when its owner ended
+        with workdir_lib.workdir_lock(workdir):  # re-entered by the same process
             pass
 
 
@@ -195,9 +196,9 @@ def test_a_lock_file_left_by_a_killed_process_does_not_block(tmp_path):
     """kill -9 leaves `.lock` with a dead pid in it, but the kernel dropped the flock with the process."""
     workdir = tmp_path / "run"
     workdir.mkdir()
-    (workdir / checkpointing.LOCK_FILE).write_text("999999\n")
-    with checkpointing.workdir_lock(str(workdir)):
-        assert (workdir / checkpointing.LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    (workdir / workdir_lib.LOCK_FILE).write_text("999999\n")
+    with workdir_lib.workdir_lock(str(workdir)):
+        assert (workdir / workdir_lib.LOCK_FILE).read_text() == f"{os.getpid()}\n"
 
 
 @pytest.mark.parametrize("kind", ["symlink", "dangling_symlink", "folder", "fifo"])
@@ -206,7 +207,7 @@ def test_a_lock_that_is_not_a_regular_file_is_refused_in_one_line_and_left_alone
     FIFO gets a WorkdirError naming it, not an OSError traceback."""
     workdir = tmp_path / "run"
     workdir.mkdir()
-    lock = workdir / checkpointing.LOCK_FILE
+    lock = workdir / workdir_lib.LOCK_FILE
     target = tmp_path / "precious.txt"
     if kind == "symlink":
         target.write_text("keep me")
@@ -218,7 +219,7 @@ def test_a_lock_that_is_not_a_regular_file_is_refused_in_one_line_and_left_alone
     else:
         os.mkfifo(lock)
     with pytest.raises(checkpointing.WorkdirError) as raised:
-        with checkpointing.workdir_lock(str(workdir)):
+        with workdir_lib.workdir_lock(str(workdir)):
             pass
     message = str(raised.value)
     assert str(lock) in message and "\n" not in message
@@ -228,7 +229,7 @@ def test_a_lock_that_is_not_a_regular_file_is_refused_in_one_line_and_left_alone
         assert target.read_text() == "keep me"
     if kind == "dangling_symlink":
         assert not target.exists()
-    assert sorted(os.listdir(workdir)) == [checkpointing.LOCK_FILE]
+    assert sorted(os.listdir(workdir)) == [workdir_lib.LOCK_FILE]
 
 
 def test_training_on_a_workdir_locked_by_another_process_writes_nothing(tmp_path):
@@ -236,7 +237,7 @@ def test_training_on_a_workdir_locked_by_another_process_writes_nothing(tmp_path
     with locked_by_another_process(workdir) as pid:
         with pytest.raises(checkpointing.WorkdirError, match=f"pid {pid}"):
             trainer_lib.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()
-    assert sorted(os.listdir(workdir)) == [checkpointing.LOCK_FILE]
+    assert sorted(os.listdir(workdir)) == [workdir_lib.LOCK_FILE]
 
 
 def test_a_checkpoint_without_text_records_restores_the_rest(tmp_path):

@@ -327,7 +327,7 @@ def test_a_users_own_json_in_a_workdir_that_never_held_a_run_is_refused_and_kept
     message = one_line_without_overwrite(raised.value)
     assert path in message and "not one clr_loop wrote" in message
     assert open(path).read() == USERS_OWN
-    assert sorted(os.listdir(config.workdir)) == sorted([name, checkpointing.LOCK_FILE])
+    assert sorted(os.listdir(config.workdir)) == sorted([name, workdir_lib.LOCK_FILE])
 
 
 @pytest.mark.parametrize("name", ["config.json", "history.json", workdir_lib.RUN_FILE])

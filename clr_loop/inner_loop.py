@@ -45,7 +45,7 @@ class EpochState:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.epoch_start = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_start")
         self.steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_run")
-        # The TensorBoard point in progress (see `_Summaries`): the loss and example count since the
+        # The TensorBoard point in progress (see `actions.Summaries`): the loss and example count since the
         # last point, and each mean-type metric's (total, count) when it began. Checkpointed, so a
         # resumed run writes the points of an uninterrupted one.
         self.window = tf.Variable([0.0, 0.0], dtype=tf.float64, trainable=False, name="summary_window")

@@ -276,7 +276,7 @@ def make_trainer(spec, data):
     """Returns a `clr_loop.experiment.trial.Trainer` for `spec`, with the spec's variant swapped in.
 
     The trainer is built exactly as `python -m clr_loop.train` builds it (strategy, model,
-    optimizer, and its `loop.Run`: compiled steps, train loop and eval, with the spec's
+    optimizer, and its `runner.Run`: compiled steps, train loop and eval, with the spec's
     `input_mode`). The trainer is not trained (nothing is written): callers run
     `trainer.run.run_steps(n)`.
     """
@@ -343,8 +343,8 @@ def _run_loop(run_steps, steps, steps_per_loop):
 def make_loop(spec, data):
     """Returns (run_steps, model, optimizer) of `make_trainer(spec, data)`.
 
-    `run_steps(num_steps)` is the trainer's own compiled loop (`loop.Run.run_steps`: up to that
-    many steps in one call of `loop.make_train_loop`'s function, on the run's iterator).
+    `run_steps(num_steps)` is the trainer's own compiled loop (`runner.Run.run_steps`: up to that
+    many steps in one call of `inner_loop.make_train_loop`'s function, on the run's iterator).
     """
     trainer = make_trainer(spec, data)
     return trainer.run.run_steps, trainer.model, trainer.optimizer
@@ -376,9 +376,9 @@ def time_loop(spec, data):
     result["weights_checksum"] = weights_checksum(model)
     result["splits_resolved"] = trainer.splits
     result["compute_dtype"] = model.compute_dtype
-    from clr_loop import loop as loop_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop import runner  # pylint: disable=import-outside-toplevel
 
-    default_input = loop_lib.resolve_input_mode("auto", trainer.run.input, trainer.strategy)
+    default_input = runner.resolve_input_mode("auto", trainer.run.input, trainer.strategy)
     result["input_default"] = default_input
     result["is_trainer_default"] = is_trainer_default(spec, trainer.splits, _thread_pools(), default_input)
     return result
@@ -389,7 +389,7 @@ def is_trainer_default(spec, splits, threads, default_input):
 
     `splits` and `threads` ((inter-op, intra-op) pool sizes, 0 for TensorFlow's default) are what
     the worker resolved and set, and `default_input` the input mode that `input_mode="auto"`
-    resolves to here (`loop.resolve_input_mode`); they are compared with what the trainer resolves
+    resolves to here (`runner.resolve_input_mode`); they are compared with what the trainer resolves
     and sets for `Config()`, as are the input mode, steps_per_loop, batch size and XLA choice.
     """
     from clr_loop.experiment import config as config_lib  # pylint: disable=import-outside-toplevel

@@ -45,6 +45,7 @@ with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.defe
     from absl import flags
     from absl import logging
 
+    from clr_loop import actions
     from clr_loop import checkpointing
     from clr_loop import cli
     from clr_loop.experiment import ablation
@@ -52,7 +53,6 @@ with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.defe
     from clr_loop.experiment import fashion_mnist
     from clr_loop.experiment import datasets
     from clr_loop.experiment import figures
-    from clr_loop import loop
     from clr_loop.experiment import models
     from clr_loop import runtime
     from clr_loop.experiment import trial
@@ -216,11 +216,11 @@ def _train_run(run, data):
         cli.make_deterministic(run.config)
         history = trial.Trainer(run.config, data).train()
         status = "ok"
-    except loop.Interrupted as e:
+    except actions.Interrupted as e:
         interrupted, status = e, "interrupted"
     except cli.training_errors() as e:
         print(f"error: {run.name}: {cli.error_message(e)}", file=sys.stderr)
-        status = "diverged" if isinstance(e, loop.TrainingDiverged) else "failed"
+        status = "diverged" if isinstance(e, actions.TrainingDiverged) else "failed"
     if status != "ok":
         history = _history_or_empty(run.config.workdir)
     row = {

@@ -12,10 +12,12 @@ the recomputation does not change what training draws next.
 import keras
 import tensorflow as tf
 
+from clr_loop import _keras
+
 
 def batch_norm_layers(model):
     """Returns the model's BatchNormalization layers (nested ones included), in layer order."""
-    return [layer for layer in model._flatten_layers(include_self=False)  # pylint: disable=protected-access
+    return [layer for layer in _keras.flatten_layers(model, include_self=False)
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 
@@ -43,7 +45,7 @@ class Recompute:
         model = self.model
 
         def replica_forward(x):
-            if model._call_has_training_arg:  # pylint: disable=protected-access
+            if _keras.call_has_training_arg(model):
                 model(x, training=True)
             else:
                 model(x)

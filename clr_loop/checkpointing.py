@@ -1,4 +1,6 @@
-"""A run's persistent state in its workdir: config.json, history.json, checkpoints, TensorBoard logs.
+"""The mechanisms behind a run's persistent state: atomic JSON writes, checkpoints, TensorBoard logs.
+
+`clr_loop.workdir` owns the workdir (its lock, run.json, history.json, the resume) and uses these.
 
 Everything here is about not losing or mixing work: files are replaced atomically, a workdir that
 holds another configuration is refused, a corrupt checkpoint is named and skipped for the previous
@@ -6,15 +8,11 @@ good one (never a silent restart from scratch), and TensorBoard logs written aft
 step are cut so a resumed run has no duplicated points.
 """
 
-import contextlib
-import errno
-import fcntl
 import fnmatch
 import glob
 import json
 import os
 import shutil
-import stat
 import struct
 
 import tensorflow as tf
@@ -291,72 +289,6 @@ def clear_run_outputs(workdir, json_checks=None):
 def has_checkpoint(workdir):
     """True when `<workdir>/ckpt` holds at least one checkpoint (an index file)."""
     return bool(glob.glob(os.path.join(workdir, "ckpt", "ckpt-*.index")))
-
-
-LOCK_FILE = ".lock"
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir):
-    """Holds an exclusive lock on `workdir` inside the block: one writing process per run.
-
-    The lock is `fcntl.flock` on `<workdir>/.lock`, which holds the owner's pid. Another process
-    on the same workdir gets a WorkdirError naming that pid at once. The operating system drops
-    the lock when its process ends in any way (kill -9 included), so a lock file left behind
-    never blocks a resume. Re-entering the lock in the process that holds it is allowed.
-    """
-    path = os.path.join(workdir, LOCK_FILE)
-    key = os.path.realpath(path)
-    if key in _HELD_LOCKS:
-        yield
-        return
-    fd = _open_lock_file(path, workdir)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise WorkdirError(f"cannot lock workdir {workdir}: {e}", starting_over_helps=False) from e
-            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise WorkdirError(
-                f"workdir {workdir} is in use by another process (pid {owner}); two runs writing one "
-                "workdir would interleave their checkpoints. Wait for it to end, or use another workdir.",
-                starting_over_helps=False,
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _HELD_LOCKS.add(key)
-        try:
-            yield
-        finally:
-            _HELD_LOCKS.discard(key)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-_HELD_LOCKS = set()
-
-
-def _open_lock_file(path, workdir):
-    """Opens (creating) the lock file `path` for reading and writing; returns its descriptor. A
-    symbolic link is never followed (its target is neither truncated nor created), and anything but a
-    regular file is refused: WorkdirError naming `path`, with nothing changed."""
-    refusal = (f"the lock file {path} of workdir {workdir} is {{}}, not a file clr_loop wrote; refusing to "
-               "use it. Remove it (clr_loop makes its own), or use another workdir.")
-    try:
-        # O_NONBLOCK: a FIFO opens without waiting for a writer (and is then refused).
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
-    except OSError as e:
-        if e.errno == errno.ELOOP or os.path.islink(path):
-            raise WorkdirError(refusal.format("a symbolic link"), starting_over_helps=False) from None
-        if e.errno == errno.EISDIR:
-            raise WorkdirError(refusal.format("a folder (not a regular file)"), starting_over_helps=False) from None
-        raise WorkdirError(f"cannot open the lock file {path} of workdir {workdir}: {e}", starting_over_helps=False) from e
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise WorkdirError(refusal.format("not a regular file"), starting_over_helps=False)
-    return fd
 
 
 def defining_settings(config):

@@ -264,17 +264,17 @@ def training_errors():
     """Returns the library errors a training run raises for a user's mistake, bad data or a failed
     write (not for a bug): the apps print them with `error_message` and exit 1."""
     # Imported here: cli is imported by the apps before their tuned TensorFlow import.
+    from clr_loop import actions  # pylint: disable=import-outside-toplevel
     from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
     from clr_loop.experiment import config  # pylint: disable=import-outside-toplevel
     from clr_loop.experiment import fashion_mnist  # pylint: disable=import-outside-toplevel
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop import inputs  # pylint: disable=import-outside-toplevel
-    from clr_loop import loop  # pylint: disable=import-outside-toplevel
     from clr_loop.experiment import models  # pylint: disable=import-outside-toplevel
     from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     return (
-        distribute.ClusterError, fashion_mnist.DataError, inputs.InputError, loop.TrainingDiverged, models.ModelError,
+        distribute.ClusterError, fashion_mnist.DataError, inputs.InputError, actions.TrainingDiverged, models.ModelError,
         trial.WeightsError, checkpointing.WorkdirError, checkpointing.CheckpointError, config.ScheduleError,
         config.ConfigError,
     )

@@ -22,8 +22,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from clr_loop import _keras
 
-# How array batches reach the train step (`clr_loop.loop.resolve_input_mode`): gathered on the
+
+# How array batches reach the train step (`clr_loop.runner.resolve_input_mode`): gathered on the
 # device inside the compiled loop (`DeviceBatches`), through tf.data (`array_train_dataset`), or
 # whichever fits.
 INPUT_MODES = ("auto", "device", "pipeline")
@@ -495,19 +497,16 @@ def _to_dataset(x, what, workdir):
     """Returns a tf.data.Dataset of batches for a `keras.utils.PyDataset` or a Python generator
     `x` (through Keras's own adapters), or None for any other `x`. With a workdir they are
     refused: their position cannot be checkpointed."""
-    from keras.src.trainers.data_adapters import generator_data_adapter  # pylint: disable=import-outside-toplevel
-    from keras.src.trainers.data_adapters import py_dataset_adapter  # pylint: disable=import-outside-toplevel
-
     if isinstance(x, keras.utils.PyDataset):
-        kind, adapter = "a keras.utils.PyDataset", lambda: py_dataset_adapter.PyDatasetAdapter(x, shuffle=False)
+        kind, to_dataset = "a keras.utils.PyDataset", _keras.py_dataset_to_tf_dataset
     elif inspect.isgenerator(x):
-        kind, adapter = "a Python generator", lambda: generator_data_adapter.GeneratorDataAdapter(x)
+        kind, to_dataset = "a Python generator", _keras.generator_to_tf_dataset
     else:
         return None
     if workdir:
         raise InputError(f"{what} is {kind}, whose position a checkpoint cannot hold: pass arrays or a "
                          "tf.data.Dataset to train with a workdir")
-    return _as_tuple_dataset(adapter().get_tf_dataset())
+    return _as_tuple_dataset(to_dataset(x))
 
 
 def make_fit_inputs(model, x, y, batch_size, *, shuffle=True, drop_remainder=False, validation_split=0.0,
@@ -537,16 +536,14 @@ def make_fit_inputs(model, x, y, batch_size, *, shuffle=True, drop_remainder=Fal
             raise InputError("sample_weight and class_weight need arrays x: a Dataset yields (x, y, sample_weight) itself")
         train_input = make_train_input(_as_tuple_dataset(x), y, batch_size, shuffle=shuffle, drop_remainder=drop_remainder)
     else:
-        need_y = getattr(model, "_compile_loss", None) is not None
+        need_y = _keras.compiled_loss(model) is not None
         if isinstance(x, (tf.distribute.DistributedDataset, tf.data.Iterator)) or hasattr(x, "__next__"):
             raise InputError(f"x is a {type(x).__name__}: pass arrays, a tf.data.Dataset, a keras.utils.PyDataset or a generator")
         batch_size = 32 if batch_size is None else batch_size
         if class_weight is not None:
             if y is None or isinstance(y, (dict, list, tuple)):
                 raise InputError("class_weight needs one array of targets y (a model with one output), as in model.fit")
-            from keras.src.trainers.data_adapters import data_adapter_utils  # pylint: disable=import-outside-toplevel
-
-            sample_weight = data_adapter_utils.class_weight_to_sample_weights(_as_array(y, "y"), class_weight)
+            sample_weight = _keras.class_weight_to_sample_weights(_as_array(y, "y"), class_weight)
         arrays = Arrays.from_user(x, y, "x", sample_weight=sample_weight, need_y=need_y)
         if validation_split:
             split_at = int(np.floor(arrays.num_examples * (1.0 - validation_split)))

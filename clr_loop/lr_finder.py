@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from clr_loop import _keras
 from clr_loop import inputs
-from clr_loop import loop
 from clr_loop import runtime
 from clr_loop import steps as steps_lib
 
@@ -152,7 +152,7 @@ def _build(model, spec):
     optimizer.built = True  # Keras's symbolic build would create the optimizer's slots otherwise
     try:
         with model.distribute_strategy.scope():
-            model._symbolic_build(data_batch=spec)  # pylint: disable=protected-access
+            _keras.symbolic_build(model, spec)
     finally:
         optimizer.built = was_built
 
@@ -160,12 +160,12 @@ def _build(model, spec):
 def _state_variables(model):
     """Returns every variable the range test may change: the model's, the compiled metrics' and
     loss's, and the dropout seed states, each once."""
-    metrics = model._compile_metrics  # pylint: disable=protected-access
+    metrics = _keras.compiled_metrics(model)
     candidates = (
         list(model.variables)
         + list(model.metrics_variables)
         + (list(metrics.variables) if metrics is not None else [])
-        + loop.seed_generator_states(model)
+        + _keras.seed_generator_states(model)
     )
     unique = {}
     for variable in candidates:

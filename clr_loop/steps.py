@@ -18,6 +18,8 @@ loss with its default reduction, and no sample weights (checked per call: a weig
 import keras
 import tensorflow as tf
 
+from clr_loop import _keras
+
 # Layers that compute each example independently of the others in its batch (and add no
 # activity loss), so that a batch computed in parts equals the whole batch to float rounding.
 # Dropout-type layers qualify but draw one mask per part. BatchNormalization does not qualify;
@@ -81,9 +83,7 @@ def _overrides(model, method):
 
 def _is_graph_model(model):
     """True for a Sequential or functional model that keeps Keras's own `call` (a graph of layers)."""
-    from keras.src.models.functional import Functional  # pylint: disable=import-outside-toplevel
-
-    for graph in (keras.Sequential, Functional):
+    for graph in (keras.Sequential, _keras.functional_class()):
         if isinstance(model, graph) and type(model).call is graph.call:
             return True
     return False
@@ -91,7 +91,7 @@ def _is_graph_model(model):
 
 def _layers_per_example(model):
     """Returns "" when every layer of `model` treats each example on its own, else the reason it may not."""
-    for layer in model._flatten_layers(include_self=False, recursive=False):  # pylint: disable=protected-access
+    for layer in _keras.flatten_layers(model, include_self=False, recursive=False):
         if isinstance(layer, keras.Model):
             # A nested model qualifies only as a graph of qualifying layers (no call of its own).
             if not _is_graph_model(layer):
@@ -113,22 +113,22 @@ def _standard_loss(model):
     """Returns "" when the model's compiled loss is one of Keras's per-example losses on one output
     with the default reduction and no loss weight, else why it is not. Raises AttributeError for a
     compiled loss of another shape (a Keras version that builds it otherwise)."""
-    compile_loss = model._compile_loss  # pylint: disable=protected-access
+    compile_loss = _keras.compiled_loss(model)
     if compile_loss is None:
         return "the model has no compiled loss"
-    flat = compile_loss._flat_losses  # pylint: disable=protected-access
+    flat = _keras.flat_losses(compile_loss)
     if flat is None or len(flat) != 1:
         return "the loss is not one loss on one output"
     entry = flat[0]
     if entry.loss_weights not in (None, 1, 1.0):
         return "loss_weights"
     fn = entry.loss
-    if type(fn) is keras.src.losses.LossFunctionWrapper:  # a function or name given to compile
+    if _keras.is_loss_function_wrapper(fn):  # a function or name given to compile
         if fn.fn not in _PER_EXAMPLE_FUNCTIONS:
             return f"the loss {getattr(fn.fn, '__name__', fn.fn)!r} is not one of Keras's per-example losses"
     elif type(fn) not in _PER_EXAMPLE_LOSSES:
         return f"the loss {type(fn).__name__} is not one of Keras's per-example losses"
-    if getattr(fn, "_fn_kwargs", {}).get("ignore_class") is not None:
+    if _keras.loss_function_kwargs(fn).get("ignore_class") is not None:
         return "the loss ignores a class (a mask, which changes its divisor per batch)"
     if fn.reduction != "sum_over_batch_size":
         return f"the loss's reduction is {fn.reduction!r}, not the default 'sum_over_batch_size'"
@@ -147,7 +147,7 @@ def can_split(model):
     why = _layers_per_example(model)
     if why:
         return False, why
-    compile_loss = getattr(model, "_compile_loss", None)
+    compile_loss = _keras.compiled_loss(model)
     if getattr(model, "compiled", False) and compile_loss is None:
         return False, "the model has no compiled loss (its loss comes from add_loss)"
     if getattr(compile_loss, "built", False):
@@ -210,8 +210,8 @@ class Steps:
         self.splits = int(splits)
         self.jit_compile = bool(jit_compile)
         self.augment = augment
-        self.metrics = model._compile_metrics  # pylint: disable=protected-access
-        self.tracker = getattr(model, "_loss_tracker", None)
+        self.metrics = _keras.compiled_metrics(model)
+        self.tracker = _keras.loss_tracker(model)
         self.momentum_schedule = _momentum_schedule(self.optimizer)
         step = lambda *batch: self._step(tuple(batch))  # noqa: E731
         if fuse_update:
@@ -274,10 +274,10 @@ class Steps:
         """One part's forward and backward pass as Keras's train_step does it, its loss weighted by `share`."""
         model = self.model
         with tf.GradientTape() as tape:
-            y_pred = model(x, training=True) if model._call_has_training_arg else model(x)  # pylint: disable=protected-access
-            loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=None, training=True)  # pylint: disable=protected-access
+            y_pred = model(x, training=True) if _keras.call_has_training_arg(model) else model(x)
+            loss = _keras.compute_loss(model, x, y, y_pred)
             if self.tracker is not None:
-                self.tracker.update_state(keras.src.losses.loss.unscale_loss_for_distribution(loss),
+                self.tracker.update_state(_keras.unscale_loss_for_distribution(loss),
                                           sample_weight=_batch_size(x))
             objective = self.optimizer.scale_loss(loss * tf.cast(share, loss.dtype))
         grads = tape.gradient(objective, model.trainable_variables)

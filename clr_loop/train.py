@@ -22,8 +22,8 @@ with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.defe
     from absl import app
     from absl import flags
 
+    from clr_loop import actions
     from clr_loop import cli
-    from clr_loop import loop
     from clr_loop.experiment import trial
 
 cli.define_training_flags(flags.FLAGS)
@@ -41,7 +41,7 @@ def main(argv):
     config = cli.config_from_flags(FLAGS)
     try:
         trial.train_and_evaluate(config, strategy=cli.set_up_process(config))
-    except loop.Interrupted as e:
+    except actions.Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 128 + e.signum
     except cli.training_errors() as e:

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from clr_loop import _keras
+from clr_loop import actions
 from clr_loop import checkpointing
-from clr_loop import loop
 from clr_loop.experiment import trial
+from clr_loop import workdir as workdir_lib
 from trainer_test import fake_data, make_config, weights
 
 
@@ -103,12 +105,12 @@ def test_checkpoint_restores_dropout_rng_and_epoch_sums(tmp_path):
     config = make_config(tmp_path, epochs=1, max_steps=3)
     first = trial.Trainer(config, fake_data())
     first.train()
-    rng_state = [v.numpy().copy() for v in loop.seed_generator_states(first.model)]
+    rng_state = [v.numpy().copy() for v in _keras.seed_generator_states(first.model)]
     assert rng_state and any(s[1] != 0 for s in rng_state)  # dropout drew masks
     second = trial.Trainer(make_config(tmp_path, epochs=1, max_steps=5), fake_data())
     second.run.restore()
     assert second.run.step == 3
-    assert [v.numpy().tolist() for v in loop.seed_generator_states(second.model)] == [s.tolist() for s in rng_state]
+    assert [v.numpy().tolist() for v in _keras.seed_generator_states(second.model)] == [s.tolist() for s in rng_state]
     assert float(second.run.state.count.numpy()) == 3 * 32
     for a, b in zip(weights(first.model), weights(second.model)):
         assert np.array_equal(a, b)
@@ -144,7 +146,7 @@ def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path):
         return real_run_steps(n)
 
     resumed.run.run_steps = poison_then_run
-    with pytest.raises(loop.TrainingDiverged, match=r"(at|after) step 8 \(learning rate .*last good checkpoint .*ckpt-8"):
+    with pytest.raises(actions.TrainingDiverged, match=r"(at|after) step 8 \(learning rate .*last good checkpoint .*ckpt-8"):
         resumed.train()
     path = tf.train.latest_checkpoint(str(tmp_path / "run" / "ckpt"))
     assert path.endswith("ckpt-8")
@@ -156,8 +158,8 @@ def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path):
 
 HOLD_LOCK = """
 import sys
-from clr_loop import checkpointing
-with checkpointing.workdir_lock(sys.argv[1]):
+from clr_loop import workdir
+with workdir.workdir_lock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()  # holds the lock until the test closes our stdin
 """
@@ -183,10 +185,10 @@ def test_a_second_process_on_a_locked_workdir_is_refused_naming_the_owner(tmp_pa
     workdir = str(tmp_path / "run")
     with locked_by_another_process(workdir) as pid:
         with pytest.raises(checkpointing.WorkdirError, match=rf"in use by another process \(pid {pid}\)"):
-            with checkpointing.workdir_lock(workdir):
+            with workdir_lib.workdir_lock(workdir):
                 pass
-    with checkpointing.workdir_lock(workdir):  # released when its owner ended
-        with checkpointing.workdir_lock(workdir):  # re-entered by the same process
+    with workdir_lib.workdir_lock(workdir):  # released when its owner ended
+        with workdir_lib.workdir_lock(workdir):  # re-entered by the same process
             pass
 
 
@@ -194,9 +196,9 @@ def test_a_lock_file_left_by_a_killed_process_does_not_block(tmp_path):
     """kill -9 leaves `.lock` with a dead pid in it, but the kernel dropped the flock with the process."""
     workdir = tmp_path / "run"
     workdir.mkdir()
-    (workdir / checkpointing.LOCK_FILE).write_text("999999\n")
-    with checkpointing.workdir_lock(str(workdir)):
-        assert (workdir / checkpointing.LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    (workdir / workdir_lib.LOCK_FILE).write_text("999999\n")
+    with workdir_lib.workdir_lock(str(workdir)):
+        assert (workdir / workdir_lib.LOCK_FILE).read_text() == f"{os.getpid()}\n"
 
 
 @pytest.mark.parametrize("kind", ["symlink", "dangling_symlink", "folder", "fifo"])
@@ -205,7 +207,7 @@ def test_a_lock_that_is_not_a_regular_file_is_refused_in_one_line_and_left_alone
     FIFO gets a WorkdirError naming it, not an OSError traceback."""
     workdir = tmp_path / "run"
     workdir.mkdir()
-    lock = workdir / checkpointing.LOCK_FILE
+    lock = workdir / workdir_lib.LOCK_FILE
     target = tmp_path / "precious.txt"
     if kind == "symlink":
         target.write_text("keep me")
@@ -217,7 +219,7 @@ def test_a_lock_that_is_not_a_regular_file_is_refused_in_one_line_and_left_alone
     else:
         os.mkfifo(lock)
     with pytest.raises(checkpointing.WorkdirError) as raised:
-        with checkpointing.workdir_lock(str(workdir)):
+        with workdir_lib.workdir_lock(str(workdir)):
             pass
     message = str(raised.value)
     assert str(lock) in message and "\n" not in message
@@ -227,7 +229,7 @@ def test_a_lock_that_is_not_a_regular_file_is_refused_in_one_line_and_left_alone
         assert target.read_text() == "keep me"
     if kind == "dangling_symlink":
         assert not target.exists()
-    assert sorted(os.listdir(workdir)) == [checkpointing.LOCK_FILE]
+    assert sorted(os.listdir(workdir)) == [workdir_lib.LOCK_FILE]
 
 
 def test_training_on_a_workdir_locked_by_another_process_writes_nothing(tmp_path):
@@ -235,7 +237,7 @@ def test_training_on_a_workdir_locked_by_another_process_writes_nothing(tmp_path
     with locked_by_another_process(workdir) as pid:
         with pytest.raises(checkpointing.WorkdirError, match=f"pid {pid}"):
             trial.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()
-    assert sorted(os.listdir(workdir)) == [checkpointing.LOCK_FILE]
+    assert sorted(os.listdir(workdir)) == [workdir_lib.LOCK_FILE]
 
 
 def test_a_checkpoint_without_text_records_restores_the_rest(tmp_path):

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from clr_loop import actions
 from clr_loop import cli
 from clr_loop.experiment import config as config_lib
 from clr_loop import inputs
 from clr_loop import loop
+from clr_loop import runner
 from clr_loop import runtime
 
 import train_cli_test
@@ -91,7 +93,7 @@ def test_sigterm_mid_epoch_in_device_mode_resumes_to_the_uninterrupted_pipelines
     reference = compiled(momentum=0.9)
     loop.fit(reference, x, y, input_mode="pipeline", **kwargs)
     workdir = str(tmp_path / "run")
-    with pytest.raises(loop.Interrupted, match="SIGTERM at step 9"):
+    with pytest.raises(actions.Interrupted, match="SIGTERM at step 9"):
         loop.fit(compiled(momentum=0.9), x, y, workdir=workdir, input_mode="device", callbacks=[SigtermAt(9)], **kwargs)
     resumed = compiled(momentum=0.9)
     history = loop.fit(resumed, x, y, workdir=workdir, input_mode=resumed_mode, **kwargs)
@@ -114,12 +116,12 @@ def test_device_mode_of_a_dataset_or_another_strategy_is_refused_and_auto_uses_t
         loop.fit(compiled(), x, y, verbose=0, input_mode="gpu")
     arrays = inputs.make_train_input(x, y, BATCH)
     one_cpu = tf.distribute.MirroredStrategy(["/cpu:0"])
-    assert loop.resolve_input_mode("auto", arrays, one_cpu) == "pipeline"
+    assert runner.resolve_input_mode("auto", arrays, one_cpu) == "pipeline"
     with pytest.raises(inputs.InputError, match="default strategy only.*MirroredStrategy with 1 replica"):
-        loop.resolve_input_mode("device", arrays, one_cpu)
+        runner.resolve_input_mode("device", arrays, one_cpu)
     default = tf.distribute.get_strategy()
-    assert loop.resolve_input_mode("auto", inputs.make_train_input(dataset, None, None), default) == "pipeline"
-    assert loop.resolve_input_mode("pipeline", arrays, default) == "pipeline"
+    assert runner.resolve_input_mode("auto", inputs.make_train_input(dataset, None, None), default) == "pipeline"
+    assert runner.resolve_input_mode("pipeline", arrays, default) == "pipeline"
 
 
 def test_auto_places_the_set_on_a_gpu_when_it_takes_at_most_a_quarter_of_its_memory(monkeypatch):
@@ -129,10 +131,10 @@ def test_auto_places_the_set_on_a_gpu_when_it_takes_at_most_a_quarter_of_its_mem
     default = tf.distribute.get_strategy()
     monkeypatch.setattr(runtime, "accelerator_present", lambda: True)
     monkeypatch.setattr(runtime, "accelerator_memory_bytes", lambda: 4 * 7200)
-    assert loop.resolve_input_mode("auto", arrays, default) == "device"
+    assert runner.resolve_input_mode("auto", arrays, default) == "device"
     monkeypatch.setattr(runtime, "accelerator_memory_bytes", lambda: 4 * 7200 - 1)
-    assert loop.resolve_input_mode("auto", arrays, default) == "pipeline"
-    assert loop.resolve_input_mode("device", arrays, default) == "device"  # asked for: the user's call
+    assert runner.resolve_input_mode("auto", arrays, default) == "pipeline"
+    assert runner.resolve_input_mode("device", arrays, default) == "device"  # asked for: the user's call
 
 
 def test_the_cli_setting_is_validated_and_a_library_refusal_names_the_flag():

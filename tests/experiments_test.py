@@ -23,9 +23,9 @@ from clr_loop import checkpointing
 from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import fashion_mnist
 from clr_loop.experiment import datasets
-from clr_loop import loop
 from clr_loop.experiment import models
 from clr_loop.experiment import trial
+from clr_loop import runner
 from train_cli_test import assert_run_outputs, run_main_in_process, write_tiny_idx_dir
 from trainer_test import fake_data, make_config, weights
 
@@ -387,7 +387,7 @@ def test_a_streamed_run_stopped_by_max_steps_then_resumed_is_bit_identical(tmp_p
 
 
 def test_a_streamed_run_stopped_by_sigterm_then_resumed_is_bit_identical(tmp_path, monkeypatch, streamed_reference):
-    run_steps = loop.Run.run_steps
+    run_steps = runner.Run.run_steps
     sent = []
 
     def then_sigterm(run, num_steps):
@@ -397,11 +397,11 @@ def test_a_streamed_run_stopped_by_sigterm_then_resumed_is_bit_identical(tmp_pat
             os.kill(os.getpid(), signal.SIGTERM)  # handled between loops, as from outside
         return window
 
-    monkeypatch.setattr(loop.Run, "run_steps", then_sigterm)
+    monkeypatch.setattr(runner.Run, "run_steps", then_sigterm)
     workdir = str(tmp_path / "run")
     assert run_streamed(tmp_path, monkeypatch, workdir)[0] == 128 + signal.SIGTERM
     assert sent == [7] and tf.train.latest_checkpoint(os.path.join(workdir, "ckpt")).endswith("ckpt-7")  # mid-epoch
-    monkeypatch.setattr(loop.Run, "run_steps", run_steps)
+    monkeypatch.setattr(runner.Run, "run_steps", run_steps)
     assert run_streamed(tmp_path, monkeypatch, workdir)[0] == 0
     assert_same_run(workdir, streamed_reference)
 

@@ -3,7 +3,7 @@ schedule's arithmetic on the iteration counter, the convolution gradients and th
 with nothing leaving the module in between.
 
 The oracle is XLA's own HLO text of the step (`experimental_get_compiler_ir(...)(stage="hlo")` on
-`loop.Run(...).steps.train_step`, the tf.function the compiled loop calls once per step), read
+`runner.Run(...).steps.train_step`, the tf.function the compiled loop calls once per step), read
 as a dataflow graph: which instruction reads which. TensorFlow names every instruction's source op
 in its metadata (`op_type`, `op_name`), and the module's `input_output_alias` says which output
 overwrites which parameter (a resource variable written by the step). Runs on CPU.
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clr_loop import loop
 from clr_loop import inputs
 from clr_loop.experiment import models
+from clr_loop import runner
 from clr_loop import schedules
 
 IMAGE = (16, 16, 1)  # the smallest image the tutorial CNN's two 5x5 convolutions and pools take
@@ -130,7 +130,7 @@ def fusion_problems(hlo, param_of, iterations, kernels, variables):
 
 
 def _run(scheduled=True, **fit_args):
-    """Returns (Run, x, y): a jit-compiled loop.Run of the tutorial CNN under a triangular2 CLR on
+    """Returns (Run, x, y): a jit-compiled runner.Run of the tutorial CNN under a triangular2 CLR on
     random uint8 images, and one batch of them; without `scheduled` the optimizer's rate is a
     plain variable (for code that would set it from the schedule in Python)."""
     keras.utils.set_random_seed(0)
@@ -141,7 +141,7 @@ def _run(scheduled=True, **fit_args):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(4 * BATCH,) + IMAGE, dtype=np.uint8)
     y = rng.integers(0, 10, size=(4 * BATCH,), dtype=np.int32)
-    run = loop.Run(
+    run = runner.Run(
         model, inputs.make_train_input(x, y, BATCH, drop_remainder=True), (None, None), seed=3, epochs=1,
         steps_per_loop=2, jit_compile=True, batch_splits=0, workdir=None, checkpoint_every_steps=0,
         keep_checkpoints=1, log_every_steps=100, profile_steps=None, max_steps=None,

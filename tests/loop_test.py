@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from clr_loop import actions
 from clr_loop import checkpointing
 from clr_loop import inputs
 from clr_loop import loop
@@ -589,7 +590,7 @@ def test_a_huge_learning_rate_raises_training_diverged_naming_step_and_rate():
     model = logits_model()
     model.compile(keras.optimizers.SGD(1e30), "mse")
     # Step 0 is finite; its update makes the weights ~1e30, so step 1's outputs (~1e60) overflow.
-    with pytest.raises(loop.TrainingDiverged, match=r"(at|after) step 1 \(learning rate 1e\+30\)"):
+    with pytest.raises(actions.TrainingDiverged, match=r"(at|after) step 1 \(learning rate 1e\+30\)"):
         loop.fit(model, x, y.astype(np.float32)[:, None].repeat(3, axis=1), batch_size=BATCH, verbose=0)
     assert int(model.optimizer.iterations) == 2
 
@@ -638,7 +639,7 @@ def test_a_non_finite_rate_or_update_stops_the_run_before_any_non_finite_weight_
         model.compile(keras.optimizers.SGD(3e38), "mse")
         y = np.full((len(x), 3), 1e3, np.float32)  # a gradient of ~1e3 times a rate of 3e38: inf
         pattern, last = r"non-finite weights after step 0 \(learning rate 3e\+38\)", None
-    with pytest.raises(loop.TrainingDiverged, match=pattern) as raised:
+    with pytest.raises(actions.TrainingDiverged, match=pattern) as raised:
         loop.fit(model, x, y, batch_size=BATCH, verbose=0, seed=0, workdir=workdir, steps_per_loop=1,
                  checkpoint_every_steps=1, callbacks=callbacks)
     ckpt = os.path.join(workdir, "ckpt")
@@ -716,7 +717,7 @@ def test_tensorboard_values_after_a_sigterm_and_resume_equal_the_uninterrupted_r
     loop.fit(compiled(momentum=0.9), x, y, workdir=whole, **kwargs)
 
     parts = str(tmp_path / "parts")
-    with pytest.raises(loop.Interrupted, match="SIGTERM at step 5"):
+    with pytest.raises(actions.Interrupted, match="SIGTERM at step 5"):
         loop.fit(compiled(momentum=0.9), x, y, workdir=parts, callbacks=[SigtermAt(5)], **kwargs)
     loop.fit(compiled(momentum=0.9), x, y, workdir=parts, **kwargs)
     for sub in ("train", "eval"):
@@ -737,7 +738,7 @@ def test_a_sigterm_at_an_epochs_last_step_resumes_into_its_validation_and_histor
     whole = str(tmp_path / "whole")
     loop.fit(compiled(), x, y, workdir=whole, **kwargs)
     parts = str(tmp_path / "parts")
-    with pytest.raises(loop.Interrupted, match=f"SIGTERM at step {signal_step}"):
+    with pytest.raises(actions.Interrupted, match=f"SIGTERM at step {signal_step}"):
         loop.fit(compiled(), x, y, workdir=parts, callbacks=[SigtermAt(signal_step)], **kwargs)
     history = loop.fit(compiled(), x, y, workdir=parts, **kwargs)
     expected = _history_file(whole)
@@ -760,7 +761,7 @@ def test_a_sigterm_after_the_last_batch_of_a_dataset_of_unknown_length_resumes_i
     whole = str(tmp_path / "whole")
     loop.fit(compiled(), data(), workdir=whole, **kwargs)
     parts = str(tmp_path / "parts")
-    with pytest.raises(loop.Interrupted, match=f"SIGTERM at step {STEPS_PER_EPOCH}"):
+    with pytest.raises(actions.Interrupted, match=f"SIGTERM at step {STEPS_PER_EPOCH}"):
         loop.fit(compiled(), data(), workdir=parts, callbacks=[SigtermAt(STEPS_PER_EPOCH)], **kwargs)
     loop.fit(compiled(), data(), workdir=parts, **kwargs)
     expected = _history_file(whole)

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from clr_loop.experiment import fashion_mnist
+from clr_loop import _keras
 from clr_loop import inputs
 from clr_loop import loop
 from clr_loop import lr_finder
@@ -150,7 +151,7 @@ def _state(model):
         "optimizer_built": model.optimizer.built,
         "metrics": [v.numpy().copy() for v in model._compile_metrics.variables],  # pylint: disable=protected-access
         "metrics_built": model._compile_metrics.built,  # pylint: disable=protected-access
-        "rng": [v.numpy().copy() for v in loop.seed_generator_states(model)],
+        "rng": [v.numpy().copy() for v in _keras.seed_generator_states(model)],
     }
 
 

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+from clr_loop import actions
 from clr_loop import checkpointing
 from clr_loop import cli
 from clr_loop.experiment import config as config_lib
@@ -21,6 +22,7 @@ from clr_loop.experiment import models
 from clr_loop import runtime
 from clr_loop import schedules
 from clr_loop.experiment import trial
+from clr_loop import workdir as workdir_lib
 from loop_test import BATCH, STEPS_PER_EPOCH, assert_same_weights, toy_data, twins
 from trainer_test import fake_data, make_config
 
@@ -144,7 +146,7 @@ def test_a_non_finite_loss_under_loss_scaling_is_still_divergence():
     model = mixed_model("mixed_float16")
     model.compile(keras.optimizers.SGD(1e30), "mse")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    with pytest.raises(loop.TrainingDiverged, match="non-finite loss"):
+    with pytest.raises(actions.TrainingDiverged, match="non-finite loss"):
         loop.fit(model, x, y.astype(np.float32)[:, None].repeat(3, axis=1), batch_size=BATCH, epochs=EPOCHS,
                  verbose=0, jit_compile=False, batch_splits=1)
 
@@ -212,8 +214,8 @@ def test_the_trainer_builds_under_its_precision_leaves_the_global_policy_and_nam
 def test_a_checkpoint_from_before_the_precision_was_recorded_is_float32s():
     x, y = toy_data()
     train_input = inputs.make_train_input(x, y, BATCH, shuffle=True, drop_remainder=False)
-    old = loop._run_identity(mixed_model("float32"), train_input, seed=1)
+    old = workdir_lib.run_identity(mixed_model("float32"), train_input, seed=1)
     del old["precision"]
-    assert loop._identity_differences(old, loop._run_identity(mixed_model("float32"), train_input, seed=1)) == []
-    assert loop._identity_differences(old, loop._run_identity(mixed_model("mixed_bfloat16"), train_input, seed=1)) == [
+    assert workdir_lib.identity_differences(old, workdir_lib.run_identity(mixed_model("float32"), train_input, seed=1)) == []
+    assert workdir_lib.identity_differences(old, workdir_lib.run_identity(mixed_model("mixed_bfloat16"), train_input, seed=1)) == [
         "the precision: 'float32' (saved) vs 'mixed_bfloat16' (now)"]

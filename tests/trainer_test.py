@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from clr_loop import actions
 from clr_loop import checkpointing
 from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import fashion_mnist
+from clr_loop import inner_loop
 from clr_loop import inputs
-from clr_loop import loop
 from clr_loop import runtime
 from clr_loop import steps as steps_lib
 from clr_loop.experiment import trial
@@ -149,7 +150,7 @@ def _summary_values(logdir):
 
 
 def test_write_scalar_writes_what_tf_summary_scalar_writes(tmp_path):
-    for name, write in (("ours", loop.write_scalar), ("tensorboard", tf.summary.scalar)):
+    for name, write in (("ours", actions.write_scalar), ("tensorboard", tf.summary.scalar)):
         writer = tf.summary.create_file_writer(str(tmp_path / name))
         with writer.as_default(step=7):
             assert write("loss", 0.25)
@@ -175,7 +176,7 @@ def test_profiler_window_writes_a_trace(tmp_path):
 
 def test_non_finite_loss_raises_with_step_and_rate(tmp_path):
     trainer = trial.Trainer(make_config(tmp_path, mode="none", lr=1e4, epochs=1), fake_data())
-    with pytest.raises(loop.TrainingDiverged, match=r"step \d+ \(learning rate 10000\)"):
+    with pytest.raises(actions.TrainingDiverged, match=r"step \d+ \(learning rate 10000\)"):
         trainer.train()
 
 
@@ -246,7 +247,7 @@ def test_split_step_trains_like_the_whole_batch_without_dropout(tmp_path, splits
         trainer.model.layers[5].rate = 0.0
         window = trainer.run.run_steps(7)
         sums = {k: float(window[k]) for k in ("loss_sum", "count", "lr")}
-        runs.append((weights(trainer.model), {**sums, "accuracy": loop.metric_results(trainer.run.metrics)["accuracy"]}))
+        runs.append((weights(trainer.model), {**sums, "accuracy": inner_loop.metric_results(trainer.run.metrics)["accuracy"]}))
     (whole_weights, whole), (split_weights, split) = runs
     assert split["count"] == whole["count"] == 7 * 32
     assert split["accuracy"] == whole["accuracy"] and split["lr"] == whole["lr"]
@@ -272,7 +273,7 @@ def test_split_step_with_dropout_is_reproducible_and_finite(tmp_path):
 def _evaluate(model, split, batch_size):
     """Evaluates `model` on `split` in batches of `batch_size` with the compiled eval loop."""
     steps = steps_lib.Steps(model)
-    evaluate = loop.make_evaluate(steps.eval_step, model, tf.distribute.get_strategy())
+    evaluate = inner_loop.make_evaluate(steps.eval_step, model, tf.distribute.get_strategy())
     return evaluate(inputs.array_eval_dataset(split.arrays, batch_size))
 
 

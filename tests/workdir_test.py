@@ -17,11 +17,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from clr_loop import actions
 from clr_loop import checkpointing
 from clr_loop import cli
 from clr_loop import inputs
 from clr_loop import loop
 from clr_loop.experiment import trial
+from clr_loop import runner
+from clr_loop import workdir as workdir_lib
 from loop_test import BATCH, STEPS_PER_EPOCH, SigtermAt, _event_values, _history_file, compiled, toy_data
 from train_cli_test import write_tiny_idx_dir
 from trainer_test import fake_data, make_config
@@ -211,7 +214,7 @@ def test_the_experiments_config_is_checked_from_the_checkpoint_when_config_json_
     config = make_config(tmp_path, max_steps=8)
     trained(config, fake_data())
     os.remove(os.path.join(config.workdir, "config.json"))
-    os.remove(os.path.join(config.workdir, loop.RUN_FILE))
+    os.remove(os.path.join(config.workdir, workdir_lib.RUN_FILE))
     with pytest.raises(checkpointing.WorkdirError, match=r"another run.*max_lr: 0.1 \(saved\) vs 0.2 \(now\)"):
         trained(make_config(tmp_path, max_steps=16, max_lr=0.2), fake_data())
     history = trained(make_config(tmp_path, max_steps=16), fake_data())  # the same config resumes
@@ -230,7 +233,7 @@ def test_resuming_on_a_dataset_of_another_size_is_refused(tmp_path):
 
 def test_a_run_that_saved_nothing_does_not_bind_the_next_command(tmp_path, capsys):
     config = make_config(tmp_path, max_lr=1e9, max_steps=8)  # diverges at once: no checkpoint
-    with pytest.raises(loop.TrainingDiverged):
+    with pytest.raises(actions.TrainingDiverged):
         trained(config, fake_data())
     assert os.path.exists(os.path.join(config.workdir, "config.json"))
     fixed = make_config(tmp_path, max_steps=8, batch_size=16)
@@ -246,7 +249,7 @@ def test_a_non_finite_one_cycle_rate_saves_nothing_and_the_corrected_command_sta
     any checkpoint, and the corrected command starts clean, saying so, instead of being refused."""
     steps = dict(mode="one_cycle", checkpoint_every_steps=1, steps_per_loop=1, max_steps=6)
     bad = make_config(tmp_path, div_factor=1e-300, final_div_factor=1e-300, **steps)
-    with pytest.raises(loop.TrainingDiverged, match=r"non-finite learning rate (inf|nan) at step 0; stopped without saving it\.$"):
+    with pytest.raises(actions.TrainingDiverged, match=r"non-finite learning rate (inf|nan) at step 0; stopped without saving it\.$"):
         trained(bad, fake_data())
     assert not checkpointing.has_checkpoint(bad.workdir)
     history = trained(make_config(tmp_path, **steps), fake_data())
@@ -265,7 +268,7 @@ def test_a_checkpoint_with_non_finite_weights_is_passed_over_for_the_previous_go
             kernel.assign(np.full(kernel.shape, np.nan, np.float32))
 
     with monkeypatch.context() as patch:  # the save without the guard's check
-        patch.setattr(loop.Run, "save", lambda run: run.checkpoints.save())
+        patch.setattr(runner.Run, "save", lambda run: run.store.save())
         fit(workdir, max_steps=STEPS_PER_EPOCH, checkpoint_every_steps=3, callbacks=[NanAtEpochEnd()])
     capsys.readouterr()
     model, _ = fit(workdir)
@@ -312,7 +315,7 @@ def one_line_without_overwrite(error):
     return message
 
 
-@pytest.mark.parametrize("name", ["config.json", loop.RUN_FILE])
+@pytest.mark.parametrize("name", ["config.json", workdir_lib.RUN_FILE])
 def test_a_users_own_json_in_a_workdir_that_never_held_a_run_is_refused_and_kept(tmp_path, name):
     config = make_config(tmp_path, max_steps=4)
     os.makedirs(config.workdir)
@@ -324,10 +327,10 @@ def test_a_users_own_json_in_a_workdir_that_never_held_a_run_is_refused_and_kept
     message = one_line_without_overwrite(raised.value)
     assert path in message and "not one clr_loop wrote" in message
     assert open(path).read() == USERS_OWN
-    assert sorted(os.listdir(config.workdir)) == sorted([name, checkpointing.LOCK_FILE])
+    assert sorted(os.listdir(config.workdir)) == sorted([name, workdir_lib.LOCK_FILE])
 
 
-@pytest.mark.parametrize("name", ["config.json", "history.json", loop.RUN_FILE])
+@pytest.mark.parametrize("name", ["config.json", "history.json", workdir_lib.RUN_FILE])
 def test_overwrite_refuses_a_foreign_json_before_deleting_anything(tmp_path, name):
     trained(make_config(tmp_path, max_steps=4), fake_data())
     path = os.path.join(tmp_path, "run", name)
@@ -381,7 +384,7 @@ def test_overwrite_checks_every_output_before_deleting_anything(tmp_path, case):
 def test_an_empty_run_json_is_named_not_blamed_on_the_checkpoint(tmp_path, reference):
     workdir = str(tmp_path / "run")
     fit(workdir, max_steps=STEPS_PER_EPOCH)
-    path = os.path.join(workdir, loop.RUN_FILE)
+    path = os.path.join(workdir, workdir_lib.RUN_FILE)
     with open(path, "w") as f:
         f.write("{}")
     with pytest.raises(checkpointing.WorkdirError) as raised:
@@ -402,7 +405,7 @@ def write_points(logdir, steps):
     writer = tf.summary.create_file_writer(logdir)
     for step in steps:
         with writer.as_default(step=step):
-            loop.write_scalar("loss", float(step))
+            actions.write_scalar("loss", float(step))
         writer.flush()  # one record per point
     writer.close()
     return glob.glob(os.path.join(logdir, "events.out.tfevents.*"))[0]
@@ -474,7 +477,7 @@ def test_tensorboard_points_of_a_run_that_never_checkpointed_are_cut(tmp_path, r
         x, y = toy_data()
         model = compiled()
         model.compile(tf.keras.optimizers.SGD(1e30), tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        with pytest.raises(loop.TrainingDiverged):
+        with pytest.raises(actions.TrainingDiverged):
             loop.fit(model, x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, seed=3, log_every_steps=1,
                      steps_per_loop=1, workdir=workdir)
     assert raw_points(os.path.join(workdir, "train"))  # the stale points are on disk
@@ -495,6 +498,6 @@ def test_a_profile_window_outside_the_run_is_refused():
 
 def test_a_sigterm_inside_the_profile_window_keeps_the_trace(tmp_path):
     workdir = str(tmp_path / "run")
-    with pytest.raises(loop.Interrupted, match="SIGTERM at step 4"):
+    with pytest.raises(actions.Interrupted, match="SIGTERM at step 4"):
         fit(workdir, profile_steps=(2, 10), steps_per_loop=1, callbacks=[SigtermAt(4)])
     assert glob.glob(os.path.join(workdir, "plugins", "profile", "*", "*.xplane.pb"))

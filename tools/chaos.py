@@ -365,7 +365,7 @@ def _latest_checkpoint(workdir):
     return tf.train.latest_checkpoint(os.path.join(workdir, "ckpt"))
 
 
-# The checkpoint key of the run's history (`loop.Run`'s `run_history` TextRecord).
+# The checkpoint key of the run's history (`workdir.Workdir`'s `run_history` TextRecord).
 HISTORY_RECORD = "run_history/.ATTRIBUTES/py_state"
 
 

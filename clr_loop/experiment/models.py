@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from clr_loop import _keras
 
 MODELS = ("tutorial_cnn", "resnet20")
 OUTPUTS = ("logits", "probabilities")
@@ -285,8 +286,8 @@ def _last_layer(model):
         outputs = getattr(model, "outputs", None)
         if isinstance(model, keras.Sequential) and model.layers:
             layer = model.layers[-1]
-        elif outputs and len(outputs) == 1 and getattr(outputs[0], "_keras_history", None) is not None:
-            layer = outputs[0]._keras_history[0]  # pylint: disable=protected-access  (Keras's graph record)
+        elif outputs and len(outputs) == 1 and _keras.producing_layer(outputs[0]) is not None:
+            layer = _keras.producing_layer(outputs[0])
         else:
             return None
         if not isinstance(layer, keras.Model):

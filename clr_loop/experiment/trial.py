@@ -3,7 +3,7 @@
 It builds the Config's model (`clr_loop.experiment.models`: by default the tutorial's CNN), compiles it with
 the Config's optimizer (SGD by default) and schedule, the cross-entropy its outputs call for and
 accuracy, and trains it on the dataset's in-memory arrays (`clr_loop.experiment.datasets`), or on the
-tf.data stream of a TFDS dataset too big for memory (whose iterator the loop checkpoints), with `loop.Run`,
+tf.data stream of a TFDS dataset too big for memory (whose iterator the loop checkpoints), with `runner.Run`,
 with the Config's augmentation, workdir, step counts and device settings. What is particular to the
 experiment stays here: the initial-weights files, the workdir's config.json (another configuration
 is refused, naming each setting), and the strategy set-up from the Config.
@@ -25,8 +25,10 @@ from clr_loop import inputs
 from clr_loop import loop
 from clr_loop.experiment import models
 from clr_loop import optimizers as optimizers_lib
+from clr_loop import runner
 from clr_loop import runtime
 from clr_loop import steps as steps_lib
+from clr_loop import workdir as workdir_lib
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds")
 
@@ -195,7 +197,7 @@ def normalization(data):
 
 
 def make_inputs(config, data):
-    """Returns `(train_input, validation)` for `loop.Run`: batches of the in-memory arrays (the last
+    """Returns `(train_input, validation)` for `runner.Run`: batches of the in-memory arrays (the last
     partial training batch dropped), or for streamed data the TFDS train split as a tf.data.Dataset
     (seeded shuffle buffer, `config.batch_size` batches, remainder dropped; the loop checkpoints its
     iterator) and the eval split as batches of `config.eval_batch_size`."""
@@ -216,7 +218,7 @@ class Trainer:
     `clr_loop.experiment.fashion_mnist.FashionMnist`) and optionally a `model` (then compiled for probabilities), then call `train()`,
     which checks the workdir's configuration, writes `config.save_init` (once the checks pass),
     resumes from its last checkpoint when there is one and returns the history dict (per-epoch lists under `HISTORY_KEYS`). `run` is the
-    `loop.Run` that does the work.
+    `runner.Run` that does the work.
     """
 
     def __init__(self, config, data, *, model=None, strategy=None):
@@ -244,7 +246,7 @@ class Trainer:
                 load_initial_weights(self.model, config.init_weights)
             compile_model(self.model, config, self.plan, from_logits=from_logits)
         self.optimizer = self.model.optimizer
-        self.run = loop.Run(
+        self.run = runner.Run(
             self.model,
             *make_inputs(config, data),
             seed=config.seed,
@@ -272,12 +274,12 @@ class Trainer:
 
     def _check_workdir(self):
         """Refuses a workdir holding another configuration (naming each differing setting) and clears
-        it with `overwrite` (chief only); `loop.Run` writes config.json once its own checks pass."""
+        it with `overwrite` (chief only); `runner.Run` writes config.json once its own checks pass."""
         config = self.config
         checkpointing.check_writable(config.workdir)
         if not self.is_chief:
             if config.overwrite:  # its own checkpoints, which it would otherwise resume from
-                checkpointing.clear_run_outputs(loop.worker_folder(config.workdir, self.strategy))
+                checkpointing.clear_run_outputs(workdir_lib.worker_folder(config.workdir, self.strategy))
             return
         if config.overwrite:
             checkpointing.clear_run_outputs(config.workdir, {"config.json": config_json_problem})
@@ -299,8 +301,8 @@ class Trainer:
         `callbacks` and `verbose` are `fit`'s (default verbose: a progress bar on a terminal, one
         line per epoch otherwise).
 
-        Raises loop.TrainingDiverged when a step is non-finite (the last good checkpoint is kept),
-        loop.Interrupted after SIGTERM/SIGINT (once the state is saved), WorkdirError or
+        Raises actions.TrainingDiverged when a step is non-finite (the last good checkpoint is kept),
+        actions.Interrupted after SIGTERM/SIGINT (once the state is saved), WorkdirError or
         CheckpointError for an unusable workdir, and WeightsError when `save_init` cannot be written.
         """
         if verbose is None:
@@ -311,7 +313,7 @@ class Trainer:
                 # After the workdir's checks, so a refused run writes nothing; still the initial
                 # weights: fit restores a checkpoint and trains only after this.
                 save_initial_weights(self.model, self.config.save_init)
-            history = self.run.fit(callbacks=callbacks, verbose=verbose)
+            history = loop.train(self.run, callbacks=callbacks, verbose=verbose)
         return {**{key: history.history.get(key, []) for key in HISTORY_KEYS if key != "epoch_seconds"},
                 "epoch_seconds": history.epoch_seconds}
 

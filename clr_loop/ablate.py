@@ -54,6 +54,7 @@ with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.defe
     from clr_loop.experiment import datasets
     from clr_loop.experiment import figures
     from clr_loop.experiment import models
+    from clr_loop.experiment import resume
     from clr_loop import runtime
     from clr_loop.experiment import trial
 
@@ -180,7 +181,7 @@ def _refused_runs(runs):
     problems = []
     for run in runs:
         try:
-            conflict = trial.config_conflict(run.config)
+            conflict = resume.config_conflict(run.config)
         except checkpointing.WorkdirError as e:
             problems.append(f"{run.name}: {e}")
             continue

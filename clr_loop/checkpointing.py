@@ -18,31 +18,6 @@ import struct
 import tensorflow as tf
 from absl import logging
 
-# Settings that may change between a run and its resumption: they steer the plumbing (where
-# files go, how often to log or save, how long to run), not the numbers the run computes.
-RESUMABLE_CHANGES = frozenset(
-    {
-        "workdir", "steps_per_loop", "log_every_steps", "max_steps", "epochs", "profile_steps",
-        "checkpoint_every_steps", "keep_checkpoints", "overwrite", "tfds_data_dir", "dataset_dir",
-        "save_init", "init_weights", "eval_batch_size", "strategy", "devices", "virtual_cpus",
-        "cluster_timeout",
-        # How a batch is computed (one part per core on a CPU, one on a GPU): a run may move
-        # between machines; only the dropout masks' draws change. Runs written before the
-        # setting existed have no such key and resume too.
-        "batch_splits",
-        # Where the batches are gathered (on the device or through tf.data): the same batches.
-        "input_mode",
-    }
-)
-# Settings added after runs were first written, with the value a run written before them had: a
-# config.json without the key compares as that value, so such a run resumes under the defaults.
-ADDED_SETTINGS = {
-    "dataset": "fashion_mnist", "train_split": "train", "eval_split": "test", "model": "tutorial_cnn",
-    "optimizer": "sgd", "weight_decay": None, "augment": "none", "boundaries_epochs": None, "values": None,
-    "warmup_epochs": 0.0, "final_lr": None, "t_mul": None, "m_mul": None, "decay_epochs": None,
-    "decay_fraction": None, "decay_shape": None,
-    "precision": "float32",
-}
 # Files and folders a run writes into its workdir; --overwrite removes these and nothing else.
 RUN_OUTPUTS = ("ckpt", "train", "eval", "plugins", "history.json", "config.json", "run.json")
 
@@ -289,37 +264,6 @@ def clear_run_outputs(workdir, json_checks=None):
 def has_checkpoint(workdir):
     """True when `<workdir>/ckpt` holds at least one checkpoint (an index file)."""
     return bool(glob.glob(os.path.join(workdir, "ckpt", "ckpt-*.index")))
-
-
-def defining_settings(config):
-    """Returns the settings of a config dict that define the numbers a run computes: all but the
-    plumbing ones of `RESUMABLE_CHANGES` (where files go, logging, devices), keeping `epochs`,
-    which a one_cycle schedule depends on. A checkpoint records these as its run's identity, so the
-    same run in another workdir records the same bytes."""
-    return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES or k == "epochs"}
-
-
-def config_differences(saved, current):
-    """Returns the names of settings that differ between two config dicts and forbid resuming.
-
-    `epochs` may only change when the schedule does not depend on it (not one_cycle, cosine, wsd). A key of
-    `ADDED_SETTINGS` missing from either dict compares as the value runs had before it existed.
-    """
-    free = set(RESUMABLE_CHANGES)
-    if {current.get("mode"), saved.get("mode")} & {"one_cycle", "cosine", "wsd"}:  # config.SPANNING_MODES
-        free.discard("epochs")
-    keys = (set(saved) | set(current)) - free - {"resolved"}
-    return sorted(k for k in keys if _setting(saved, k) != _setting(current, k))
-
-
-def describe_differences(saved, current, names):
-    """Returns a one-line description `name: saved -> current` of each differing setting."""
-    return ", ".join(f"{k}: {_setting(saved, k)!r} (saved) vs {_setting(current, k)!r} (now)" for k in names)
-
-
-def _setting(values, key):
-    """Returns setting `key` of a config dict, or for a missing key of ADDED_SETTINGS its old value."""
-    return values.get(key, ADDED_SETTINGS.get(key))
 
 
 class TextRecord(tf.train.experimental.PythonState):

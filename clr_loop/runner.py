@@ -59,6 +59,8 @@ class Run:
         max_steps: a cap on the total steps, or None.
         validation_batch_size: the batch size of validation arrays.
         run_config: a JSON-safe dict of the caller's settings in the run identity, or None.
+        run_config_differences: how a checkpoint's recorded `run_config` is compared with this
+            run's (`workdir.identity_differences`'s `config_differences`); None: key by key.
         run_files: {file name: JSON value} written into the workdir once its checks pass.
         augment: None, a name in `augment.AUGMENTS` or a function `(x, step) -> x`.
         bn_recompute_batches: the batches a schedule-free run's BatchNormalization statistics are
@@ -81,7 +83,7 @@ class Run:
 
     def __init__(self, model, train_input, val, *, seed, epochs, steps_per_loop, jit_compile, batch_splits,
                  workdir, checkpoint_every_steps, keep_checkpoints, log_every_steps, profile_steps, max_steps,
-                 validation_batch_size, run_config=None, run_files=None, augment=None,
+                 validation_batch_size, run_config=None, run_config_differences=None, run_files=None, augment=None,
                  bn_recompute_batches=BN_RECOMPUTE_BATCHES, input_mode="auto", initial_epoch=0,
                  validation_freq=1):
         steps_lib.check_compiled(model)
@@ -157,7 +159,8 @@ class Run:
         # The workdir's owner: its files and checkpoints. Every checkpoint also holds what the run is
         # (checked before a checkpoint is restored) and its history up to the last epoch end.
         self.store = workdir_lib.Workdir(workdir, self.strategy, keep_checkpoints=keep_checkpoints,
-                                         run_files=self.run_files) if workdir else None
+                                         run_files=self.run_files,
+                                         config_differences=run_config_differences) if workdir else None
         self.optimizer = model.optimizer
         with self.strategy.scope():
             if not self.optimizer.built:  # a second build adds a second set of its variables

@@ -40,8 +40,8 @@ def run_identity(model, train_input, seed, run_config=None):
         model: the compiled Keras model.
         train_input: the run's `clr_loop.inputs.TrainInput` (batch size, data size, shuffle...).
         seed: the data-order seed.
-        run_config: the caller's settings, a JSON-safe dict compared with
-            `checkpointing.config_differences`, or None.
+        run_config: the caller's settings, a JSON-safe dict compared by `identity_differences`,
+            or None.
 
     Returns:
         A JSON-safe dict: batch size, data size, seed, the variables (paths without Keras's numbers,
@@ -70,12 +70,15 @@ def unnumbered(path):
     return re.sub(r"_\d+(?=/|$)", "", path)
 
 
-def identity_differences(saved, current):
+def identity_differences(saved, current, config_differences=None):
     """Returns why the run identity `current` cannot resume a checkpoint of `saved`.
 
     Args:
         saved: the identity a checkpoint or run.json recorded (`run_identity`'s dict).
         current: this run's identity.
+        config_differences: compares the identities' `config` entries (the caller's settings):
+            `f(saved, current)` returns a list of str, empty when the run may resume; None
+            compares them key by key (`settings_differences`).
 
     Returns:
         A list of str, one per difference (empty: the run may resume). A `current` seed of None
@@ -100,10 +103,20 @@ def identity_differences(saved, current):
                 problems.append(f"{label}: {saved.get(key)!r} (saved) vs {current.get(key)!r} (now)")
     if "config" in saved or "config" in current:
         saved_config, config = saved.get("config") or {}, current.get("config") or {}
-        differing = checkpointing.config_differences(saved_config, config)
-        if differing:
-            problems.append("the configuration (" + checkpointing.describe_differences(saved_config, config, differing) + ")")
+        problems += (config_differences or settings_differences)(saved_config, config)
     return problems
+
+
+def settings_differences(saved, current):
+    """Returns why the caller's settings `current` (a run identity's `config`) cannot resume a run of
+    `saved`: every key whose value differs, as one `the configuration (name: saved (saved) vs now
+    (now), ...)` line, or an empty list when they are equal. A caller whose settings may partly
+    change on resumption passes its own comparison instead (`Run`'s `run_config_differences`)."""
+    differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if not differing:
+        return []
+    return ["the configuration (" + ", ".join(
+        f"{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)" for k in differing) + ")"]
 
 
 def worker_folder(workdir, strategy):
@@ -243,12 +256,13 @@ class Workdir:
         checkpoints: the `checkpointing.RunCheckpoints`, once `resume` made them.
     """
 
-    def __init__(self, path, strategy, *, keep_checkpoints, run_files=None):
+    def __init__(self, path, strategy, *, keep_checkpoints, run_files=None, config_differences=None):
         self.path = path
         self.strategy = strategy
         self.is_chief = distribute.is_chief(strategy)
         self.keep_checkpoints = keep_checkpoints
         self.run_files = {} if run_files is None else run_files
+        self.config_differences = config_differences
         self.identity_record = checkpointing.TextRecord()
         self.history_record = checkpointing.TextRecord()
         # Set when a callback ended the run (model.stop_training): the run is complete, and calling
@@ -328,7 +342,7 @@ class Workdir:
         def verify(path, reader):
             saved = checkpointing.saved_text(reader, "run_identity")
             if saved is not None:
-                _refuse_another_run(json.loads(saved), identity, path)
+                _refuse_another_run(json.loads(saved), identity, path, self.config_differences)
 
         if not self.is_chief:
             # Every worker takes part in saving (the variables are mirrored); the workers other than
@@ -361,7 +375,7 @@ class Workdir:
                 raise checkpointing.WorkdirError(f"run identity {run_path} is not one clr_loop wrote ({why}); {advice}",
                                                  starting_over_helps=False)
             if checkpointing.has_checkpoint(workdir):
-                _refuse_another_run(saved, identity, workdir)
+                _refuse_another_run(saved, identity, workdir, self.config_differences)
         self.checkpoints = checkpointing.RunCheckpoints(
             workdir, trackables(), step_counter, self.keep_checkpoints
         )
@@ -452,8 +466,8 @@ class Workdir:
         return history
 
 
-def _refuse_another_run(saved, identity, where):
-    problems = identity_differences(saved, identity)
+def _refuse_another_run(saved, identity, where, config_differences):
+    problems = identity_differences(saved, identity, config_differences)
     if problems:
         raise checkpointing.WorkdirError(
             f"{where} holds a checkpoint of another run, which cannot be resumed: "

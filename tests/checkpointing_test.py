@@ -1,4 +1,4 @@
-"""Tests for clr_loop.checkpointing: atomic writes, config compatibility, checkpoints, event truncation."""
+"""Tests for clr_loop.checkpointing: atomic writes, checkpoints, event truncation."""
 
 import contextlib
 import json
@@ -49,22 +49,7 @@ def test_atomic_json_write_is_never_half_written(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["config.json"]
 
 
-def test_config_differences():
-    saved = {"mode": "triangular2", "batch_size": 64, "max_lr": 0.01, "epochs": 10, "workdir": "a", "max_steps": 0}
-    current = dict(saved, workdir="b", max_steps=100, epochs=20)
-    assert checkpointing.config_differences(saved, current) == []
-    current = dict(saved, batch_size=32, max_lr=0.1)
-    assert checkpointing.config_differences(saved, current) == ["batch_size", "max_lr"]
-    one_cycle = dict(saved, mode="one_cycle")
-    assert checkpointing.config_differences(one_cycle, dict(one_cycle, epochs=20)) == ["epochs"]
 
-
-def test_a_run_from_before_batch_splits_resumes_with_any_split():
-    """config.json of a run written before --batch_splits existed has no such key."""
-    saved = {"mode": "triangular2", "batch_size": 64, "workdir": "a"}
-    for splits in (0, 1, 2):
-        assert checkpointing.config_differences(saved, dict(saved, batch_splits=splits)) == []
-    assert checkpointing.config_differences(dict(saved, batch_splits=2), dict(saved, batch_splits=1)) == []
 
 
 def test_truncate_events_drops_points_after_the_step(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from clr_loop.experiment import config as config_lib
+from clr_loop.experiment import resume
 from clr_loop import schedules
 
 
@@ -250,14 +251,29 @@ def test_a_warmup_longer_than_the_data_allows_names_the_settings():
 
 
 def test_epochs_are_part_of_the_spanning_schedules_on_resume():
-    from clr_loop import checkpointing
 
     for mode, resumable in (("cosine", False), ("wsd", False), ("one_cycle", False), ("triangular2", True),
                             ("cosine_restarts", True)):
         saved = config_lib.Config(mode=mode).to_json_dict()
         current = config_lib.Config(mode=mode, epochs=20).to_json_dict()
-        assert (checkpointing.config_differences(saved, current) == []) == resumable, mode
+        assert (resume.config_differences(saved, current) == []) == resumable, mode
     # A run saved before the new settings existed resumes with their defaults.
     old = {k: v for k, v in config_lib.Config().to_json_dict().items()
            if k not in ("warmup_epochs", "final_lr", "t_mul", "m_mul", "decay_epochs", "decay_fraction", "decay_shape")}
-    assert checkpointing.config_differences(old, config_lib.Config().to_json_dict()) == []
+    assert resume.config_differences(old, config_lib.Config().to_json_dict()) == []
+
+def test_config_differences():
+    saved = {"mode": "triangular2", "batch_size": 64, "max_lr": 0.01, "epochs": 10, "workdir": "a", "max_steps": 0}
+    current = dict(saved, workdir="b", max_steps=100, epochs=20)
+    assert resume.config_differences(saved, current) == []
+    current = dict(saved, batch_size=32, max_lr=0.1)
+    assert resume.config_differences(saved, current) == ["batch_size", "max_lr"]
+    one_cycle = dict(saved, mode="one_cycle")
+    assert resume.config_differences(one_cycle, dict(one_cycle, epochs=20)) == ["epochs"]
+
+def test_a_run_from_before_batch_splits_resumes_with_any_split():
+    """config.json of a run written before --batch_splits existed has no such key."""
+    saved = {"mode": "triangular2", "batch_size": 64, "workdir": "a"}
+    for splits in (0, 1, 2):
+        assert resume.config_differences(saved, dict(saved, batch_splits=splits)) == []
+    assert resume.config_differences(dict(saved, batch_splits=2), dict(saved, batch_splits=1)) == []

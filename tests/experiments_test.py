@@ -19,8 +19,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import app
 
-from clr_loop import checkpointing
 from clr_loop.experiment import config as config_lib
+from clr_loop.experiment import resume
 from clr_loop.experiment import fashion_mnist
 from clr_loop.experiment import datasets
 from clr_loop.experiment import models
@@ -172,12 +172,12 @@ def test_optimizers_and_weight_decay_are_keras_own():
 
 def test_a_run_from_before_the_experiment_settings_resumes_under_their_defaults():
     old = {key: value for key, value in config_lib.Config().to_json_dict().items()
-           if key not in checkpointing.ADDED_SETTINGS}
-    assert checkpointing.config_differences(old, config_lib.Config().to_json_dict()) == []
-    differing = checkpointing.config_differences(old, config_lib.Config(model="resnet20", augment="flip_crop").to_json_dict())
+           if key not in resume.ADDED_SETTINGS}
+    assert resume.config_differences(old, config_lib.Config().to_json_dict()) == []
+    differing = resume.config_differences(old, config_lib.Config(model="resnet20", augment="flip_crop").to_json_dict())
     assert differing == ["augment", "model"]
-    assert set(checkpointing.ADDED_SETTINGS) <= set(config_lib.Config().to_json_dict())
-    for key, value in checkpointing.ADDED_SETTINGS.items():
+    assert set(resume.ADDED_SETTINGS) <= set(config_lib.Config().to_json_dict())
+    for key, value in resume.ADDED_SETTINGS.items():
         assert getattr(config_lib.Config(), key) == value
 
 

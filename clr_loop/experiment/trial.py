@@ -24,6 +24,7 @@ from clr_loop import distribute
 from clr_loop import inputs
 from clr_loop import loop
 from clr_loop.experiment import models
+from clr_loop.experiment import resume
 from clr_loop import optimizers as optimizers_lib
 from clr_loop import runner
 from clr_loop import runtime
@@ -261,7 +262,8 @@ class Trainer:
             profile_steps=config.profile_steps,
             max_steps=config.max_steps or None,
             validation_batch_size=config.eval_batch_size,
-            run_config=checkpointing.defining_settings(config.to_json_dict()),
+            run_config=resume.defining_settings(config.to_json_dict()),
+            run_config_differences=resume.describe_config_differences,
             augment=config.augment,
             input_mode=config.input_mode,
         )
@@ -282,8 +284,8 @@ class Trainer:
                 checkpointing.clear_run_outputs(workdir_lib.worker_folder(config.workdir, self.strategy))
             return
         if config.overwrite:
-            checkpointing.clear_run_outputs(config.workdir, {"config.json": config_json_problem})
-        conflict = config_conflict(config)
+            checkpointing.clear_run_outputs(config.workdir, {"config.json": resume.config_json_problem})
+        conflict = resume.config_conflict(config)
         if conflict is not None:
             described, binding = conflict
             if binding:
@@ -316,44 +318,6 @@ class Trainer:
             history = loop.train(self.run, callbacks=callbacks, verbose=verbose)
         return {**{key: history.history.get(key, []) for key in HISTORY_KEYS if key != "epoch_seconds"},
                 "epoch_seconds": history.epoch_seconds}
-
-
-# Settings every config.json that clr_loop wrote holds (the Config's first fields).
-CONFIG_JSON_KEYS = ("mode", "epochs", "batch_size", "seed")
-
-
-def config_json_problem(value):
-    """Returns None when `value` (a parsed config.json) is a run configuration as clr_loop writes it,
-    else why not (a str): a user's own config.json is never taken for a run's."""
-    if not isinstance(value, dict):
-        return f"it holds a JSON {type(value).__name__}, not a dict"
-    missing = [key for key in CONFIG_JSON_KEYS if key not in value]
-    return f"it has no {', '.join(missing)}" if missing else None
-
-
-def config_conflict(config):
-    """Compares `config` with the configuration in its workdir's config.json.
-
-    Returns None when they agree, when there is no config.json, or with `overwrite`; else
-    (description, binding): each differing setting as `name: saved (saved) vs now (now)`, and
-    whether the workdir holds saved state (a checkpoint or a history) that the difference forbids
-    resuming. Raises WorkdirError naming a config.json that cannot be read or that clr_loop did not write.
-    """
-    path = os.path.join(config.workdir, "config.json")
-    if config.overwrite or not os.path.exists(path):
-        return None
-    saved = checkpointing.read_json(path, "run configuration")
-    why = config_json_problem(saved)
-    if why is not None:
-        raise checkpointing.WorkdirError(
-            f"run configuration {path} is not one clr_loop wrote ({why}); refusing to replace it: move it away, or "
-            "use another workdir", starting_over_helps=False)
-    current = config.to_json_dict()
-    differing = checkpointing.config_differences(saved, current)
-    if not differing:
-        return None
-    binding = checkpointing.has_checkpoint(config.workdir) or os.path.exists(os.path.join(config.workdir, "history.json"))
-    return checkpointing.describe_differences(saved, current, differing), binding
 
 
 def _plan_dict(plan, jit_compile, batch_splits):

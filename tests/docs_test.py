@@ -122,6 +122,12 @@ def test_every_marker_picks_out_exactly_one_block():
         assert len(hits) == 1, f"{marker!r} is in {len(hits)} ```python blocks of README.md and docs/*.md, not 1"
 
 
+def test_the_not_run_marker_must_say_why_and_sit_just_before_its_block():
+    assert NOT_RUN.search("Text.\n\n<!-- not run: needs a GPU -->\n").group(1) == "needs a GPU"
+    assert not NOT_RUN.search("<!-- not run:  -->\n")
+    assert not NOT_RUN.search("<!-- not run: needs a GPU -->\nMore text.\n\n")
+
+
 def test_the_blocks_checked_elsewhere_are_run_by_their_tests():
     source = read(os.path.join("tests", "readme_test.py"))
     for marker, test in CHECKED_BY.items():

@@ -231,6 +231,15 @@ def test_every_documented_command_uses_only_flags_its_app_defines():
     assert not problems, "\n".join(problems)
 
 
+def test_every_flag_in_the_main_flags_table_is_a_train_flag():
+    table = read(os.path.join("docs", "training.md")).split("\n## Main flags\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `--")]
+    assert len(rows) > 20
+    accepted = app_flags("train")
+    named = {name for row in rows for name in re.findall(r"`--(\w+)", row.split(" | ")[0])}
+    assert named and not named - set(accepted), sorted(named - set(accepted))
+
+
 def test_the_flag_check_catches_unknown_flags():
     accepted = app_flags("train")
     assert "mode" in accepted and accepted["cycle_momentum"] and "helpfull" in accepted and "verbosity" in accepted

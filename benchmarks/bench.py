@@ -64,7 +64,7 @@ class Spec:
     "eval_loop" (clr_loop's eval loop over the test split), "fit_eval" (Keras `model.evaluate`
     at the training batch size, what `fit` runs as validation) or "matmul" (the machine's
     float32 matmul rate). `jit` is a `--jit_compile` value ("auto", "true", "false"); `input` is
-    the loop's `input_mode`: "pipeline" (tf.data, clr_loop.data.train_dataset's order) or "device"
+    the loop's `input_mode`: "pipeline" (tf.data, clr_loop.experiment.fashion_mnist.train_dataset's order) or "device"
     (the whole training set on the device, each batch gathered inside the compiled loop). `splits` is the
     trainer's `--batch_splits` (each batch computed as that many parts side by side; 0: the
     trainer's automatic choice, 1: no splitting). `inter_op` and `intra_op` are TensorFlow
@@ -199,34 +199,34 @@ def load_data(choice="auto", examples=0):
     """
     import numpy as np  # pylint: disable=import-outside-toplevel
 
-    from clr_loop import data as data_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import fashion_mnist  # pylint: disable=import-outside-toplevel
 
     data = None
     if choice.startswith(IDX_PREFIX):
-        data = data_lib.load(dataset_dir=choice[len(IDX_PREFIX):])
+        data = fashion_mnist.load(dataset_dir=choice[len(IDX_PREFIX):])
         description = f"Fashion-MNIST IDX files in {choice[len(IDX_PREFIX):]} ({data.train.num_examples} train examples)"
     elif choice == "auto":
         try:
-            data = data_lib.load()
+            data = fashion_mnist.load()
             description = f"real Fashion-MNIST ({data.source})"
-        except data_lib.DataError:
+        except fashion_mnist.DataError:
             data = None
     if data is None or choice == "random":
         rng = np.random.default_rng(SEED)
 
         def split(n):
-            return data_lib.Split(
+            return fashion_mnist.Split(
                 images=rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), labels=rng.integers(0, 10, n).astype(np.int32)
             )
 
         why = "requested" if choice == "random" else "no Fashion-MNIST source worked"
-        sizes = {k: min(v, examples) if examples else v for k, v in data_lib.FULL_SIZE.items()}
-        data = data_lib.FashionMnist(train=split(sizes["train"]), test=split(sizes["test"]), source="random")
+        sizes = {k: min(v, examples) if examples else v for k, v in fashion_mnist.FULL_SIZE.items()}
+        data = fashion_mnist.FashionMnist(train=split(sizes["train"]), test=split(sizes["test"]), source="random")
         description = f"random uint8 data ({why})"
     if examples:
-        data = data_lib.FashionMnist(
-            train=data_lib.Split(data.train.images[:examples], data.train.labels[:examples]),
-            test=data_lib.Split(data.test.images[:examples], data.test.labels[:examples]),
+        data = fashion_mnist.FashionMnist(
+            train=fashion_mnist.Split(data.train.images[:examples], data.train.labels[:examples]),
+            test=fashion_mnist.Split(data.test.images[:examples], data.test.labels[:examples]),
             source=data.source,
         )
         description += f", first {examples} examples of each split"
@@ -243,20 +243,20 @@ def _training_setup(spec, data):
     """Returns (model, optimizer, config) built as the trainer builds them for `spec` (for Keras fit)."""
     import keras  # pylint: disable=import-outside-toplevel
 
-    from clr_loop import model as model_lib  # pylint: disable=import-outside-toplevel
-    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import models  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
 
     config = _config(spec)
     # The schedule's step size comes from the full training split, as in a real run.
     plan = _plan(config, data)
     keras.utils.set_random_seed(SEED)
-    model = model_lib.create_model(seed=SEED)
-    optimizer = trainer_lib.make_optimizer(config, plan)
+    model = models.create_model(seed=SEED)
+    optimizer = runner.make_optimizer(config, plan)
     return model, optimizer, config
 
 
 def _config(spec):
-    from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import config as config_lib  # pylint: disable=import-outside-toplevel
 
     extra = {"strategy": "mirrored", "virtual_cpus": spec.virtual_cpus} if spec.virtual_cpus else {}
     return config_lib.Config(
@@ -267,13 +267,13 @@ def _config(spec):
 
 
 def _plan(config, data):
-    from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import config as config_lib  # pylint: disable=import-outside-toplevel
 
     return config_lib.plan_steps(config, data.train.num_examples)
 
 
 def make_trainer(spec, data):
-    """Returns a `clr_loop.trainer.Trainer` for `spec`, with the spec's variant swapped in.
+    """Returns a `clr_loop.experiment.runner.Trainer` for `spec`, with the spec's variant swapped in.
 
     The trainer is built exactly as `python -m clr_loop.train` builds it (strategy, model,
     optimizer, and its `loop.Run`: compiled steps, train loop and eval, with the spec's
@@ -281,13 +281,13 @@ def make_trainer(spec, data):
     `trainer.run.run_steps(n)`.
     """
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
-    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
 
     config = _config(spec)
     if config.virtual_cpus:
         distribute.configure_virtual_cpus(config.virtual_cpus)
     strategy = distribute.make_strategy(config.strategy, config.devices, config.cluster_timeout)
-    return trainer_lib.Trainer(config, data, strategy=strategy)
+    return runner.Trainer(config, data, strategy=strategy)
 
 
 def _summary(spec, seconds_per_repeat, cpu_per_repeat, steps, first_call_s, first_call_steps, flops):
@@ -392,12 +392,12 @@ def is_trainer_default(spec, splits, threads, default_input):
     resolves to here (`loop.resolve_input_mode`); they are compared with what the trainer resolves
     and sets for `Config()`, as are the input mode, steps_per_loop, batch size and XLA choice.
     """
-    from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import config as config_lib  # pylint: disable=import-outside-toplevel
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
-    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
 
     default = config_lib.Config()
-    default_splits = trainer_lib.resolve_batch_splits(default)
+    default_splits = runner.resolve_batch_splits(default)
     return (
         spec.kind == "loop"
         and spec.precision == "float32"
@@ -508,7 +508,7 @@ def _apply_threads(spec):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
-    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
 
     if spec.inter_op or spec.intra_op:
         if spec.inter_op:
@@ -516,7 +516,7 @@ def _apply_threads(spec):
         if spec.intra_op:
             tf.config.threading.set_intra_op_parallelism_threads(spec.intra_op)
     elif spec.kind in ("loop", "eval_loop"):
-        runtime.configure_threads(trainer_lib.resolve_batch_splits(_config(spec)))
+        runtime.configure_threads(runner.resolve_batch_splits(_config(spec)))
     return _thread_pools()
 
 
@@ -1115,17 +1115,17 @@ def fit_epoch(epochs=1, batch_size=TUTORIAL_BATCH_SIZE, data=None):
     """
     import keras  # pylint: disable=import-outside-toplevel
 
-    from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
-    from clr_loop import data as data_lib  # pylint: disable=import-outside-toplevel
-    from clr_loop import model as model_lib  # pylint: disable=import-outside-toplevel
-    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import config as config_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import fashion_mnist  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import models  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
 
     start = time.perf_counter()
-    data = data if data is not None else data_lib.load()
+    data = data if data is not None else fashion_mnist.load()
     config = config_lib.Config(epochs=epochs, batch_size=batch_size, seed=SEED)
     keras.utils.set_random_seed(SEED)
-    model = model_lib.create_model(seed=SEED)
-    optimizer = trainer_lib.make_optimizer(config, config_lib.plan_steps(config, data.train.num_examples))
+    model = models.create_model(seed=SEED)
+    optimizer = runner.make_optimizer(config, config_lib.plan_steps(config, data.train.num_examples))
     model.compile(loss="sparse_categorical_crossentropy", optimizer=optimizer, metrics=["accuracy"])
     setup = time.perf_counter() - start
     history = model.fit(
@@ -1531,9 +1531,9 @@ def main(argv):
 
         def run_fit(argv):
             del argv
-            from clr_loop import data as data_lib  # pylint: disable=import-outside-toplevel
+            from clr_loop.experiment import fashion_mnist  # pylint: disable=import-outside-toplevel
 
-            data = data_lib.load(dataset_dir=FLAGS.dataset_dir) if FLAGS.dataset_dir else None
+            data = fashion_mnist.load(dataset_dir=FLAGS.dataset_dir) if FLAGS.dataset_dir else None
             result = fit_epoch(epochs, data=data)
             print(f"fit: {result['fit_s']:.1f} s for {epochs} epoch(s) incl. validation; set-up {result['setup_s']:.1f} s")
             return 0

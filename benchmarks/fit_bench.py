@@ -12,7 +12,7 @@ defaults (`steps_per_execution=1`, `jit_compile="auto"`); both get the same comp
 same initial weights (the same seed, checked by a checksum of the weights), the same numpy
 arrays, batch size, epochs and validation data, and `verbose=0`. The models (`CASES`):
 
-- "cnn": the tutorial's CNN (`clr_loop.model.create_model`) compiled as the tutorial compiles it
+- "cnn": the tutorial's CNN (`clr_loop.experiment.models.create_model`) compiled as the tutorial compiles it
   (SGD with `CyclicalLearningRate(1e-4, 1e-2, 2*937, mode="triangular2")`, sparse categorical
   cross-entropy, accuracy) at batch 64 on the real Fashion-MNIST arrays;
 - "resnet20": He et al.'s CIFAR ResNet-20 (`resnet20`: BatchNormalization, residual connections,
@@ -159,7 +159,7 @@ def pad_to_cifar(images):
 def load_case_data(case, data=None):
     """Returns (train_x, train_y, test_x, test_y, description) of `case`'s model: numpy arrays.
 
-    `data` is a `clr_loop.data.FashionMnist` (default: `bench.load_data(case.data, case.examples)`,
+    `data` is a `clr_loop.experiment.fashion_mnist.FashionMnist` (default: `bench.load_data(case.data, case.examples)`,
     whose description says whether the arrays are the real ones); the ResNet's images are
     `pad_to_cifar`'d.
     """
@@ -179,11 +179,11 @@ def build_model(case):
     """Returns `case`'s model, built with Keras's global seed set to SEED (the same initial weights in every process)."""
     import keras  # pylint: disable=import-outside-toplevel
 
-    from clr_loop import model as model_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import models  # pylint: disable=import-outside-toplevel
 
     keras.utils.set_random_seed(SEED)
     if case.model == "cnn":
-        return model_lib.create_model(seed=SEED)
+        return models.create_model(seed=SEED)
     if case.model == "resnet20":
         return resnet20()
     raise ValueError(f"unknown model {case.model!r}")
@@ -214,15 +214,15 @@ def app_splits(case, cores=None):
     the case's batch size); for the ResNet 1: BatchNormalization needs the whole batch
     (`steps.can_split`), so `runtime.resolve_batch_splits` gives 1 for it.
     """
-    from clr_loop import config as config_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import config as config_lib  # pylint: disable=import-outside-toplevel
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
-    from clr_loop import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
 
     if case.model != "cnn":
         return 1
     if cores is not None:
         return runtime.auto_batch_splits(case.batch_size, cores)
-    return trainer_lib.resolve_batch_splits(config_lib.Config(batch_size=case.batch_size))
+    return runner.resolve_batch_splits(config_lib.Config(batch_size=case.batch_size))
 
 
 # ---------------------------------------------------------------------------------------------

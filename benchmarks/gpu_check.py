@@ -29,16 +29,16 @@ def write_idx_dir(directory, n_train, n_test, seed=0):
     images and labels 0..9 into `directory`, `n_train` and `n_test` examples; returns `directory`."""
     import numpy as np  # pylint: disable=import-outside-toplevel
 
-    from clr_loop import data as data_lib  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import fashion_mnist  # pylint: disable=import-outside-toplevel
 
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("test", n_test)):
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, n, dtype=np.uint8)
-        with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_images"]), "wb", compresslevel=1) as f:
+        with gzip.open(os.path.join(directory, fashion_mnist.IDX_FILES[f"{split}_images"]), "wb", compresslevel=1) as f:
             f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-        with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_labels"]), "wb", compresslevel=1) as f:
+        with gzip.open(os.path.join(directory, fashion_mnist.IDX_FILES[f"{split}_labels"]), "wb", compresslevel=1) as f:
             f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
     return directory
 

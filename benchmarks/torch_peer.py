@@ -7,7 +7,7 @@ Run from the repository root; PyTorch comes with the `bench` extra (`pip install
 `benchmarks.bench` runs this module's per-step workers (`--worker=<JSON Spec>`, kinds "torch" and
 "torch_compile") and its whole-process epochs next to clr_loop's and Keras's.
 
-The model is the tutorial's (`clr_loop.model.create_model`) layer for layer, in PyTorch's NCHW
+The model is the tutorial's (`clr_loop.experiment.models.create_model`) layer for layer, in PyTorch's NCHW
 layout: uint8 pixels scaled by 1/255, Conv2d(1, 16, 5) + ReLU, MaxPool 2, Conv2d(16, 32, 5) +
 ReLU, MaxPool 2, Dropout2d(0.2) (Keras's SpatialDropout2D), global average pooling, Linear(32, 128)
 + ReLU, Linear(128, 10). Weights are Glorot-uniform and biases zero, as Keras initialises them (the
@@ -41,7 +41,7 @@ from benchmarks import measure
 
 HIDE_ENV = "CLR_BENCH_HIDE_TORCH"
 INSTALL = 'python -m pip install -e ".[bench]"'
-# The same folder and file names as clr_loop.data (which imports TensorFlow); bench_test checks them.
+# The same folder and file names as clr_loop.experiment.fashion_mnist (which imports TensorFlow); bench_test checks them.
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -52,7 +52,7 @@ IDX_FILES = {
 FULL_SIZE = {"train": 60000, "test": 10000}
 SEED = 42
 BATCH_SIZE = 64
-# The tutorial's schedule (clr_loop.config.Config's defaults; bench_test checks them): from
+# The tutorial's schedule (clr_loop.experiment.config.Config's defaults; bench_test checks them): from
 # INITIAL_LR up to MAX_LR in STEP_SIZE_EPOCHS epochs and back, the amplitude halving every cycle.
 INITIAL_LR = 1e-4
 MAX_LR = 1e-2

@@ -12,8 +12,8 @@ import sys
 from absl import app
 from absl import flags
 
-from clr_loop import config as config_lib
-from clr_loop import data as data_lib
+from clr_loop.experiment import config as config_lib
+from clr_loop.experiment import fashion_mnist
 from clr_loop import process
 
 
@@ -143,6 +143,35 @@ def config_from_flags(flag_values):
     return config
 
 
+def set_up_process(config):
+    """Sets up this process for `config`'s run; returns its tf.distribute strategy.
+
+    TensorFlow's thread pools (sized for the run's batch splitting: `runtime.configure_threads`),
+    `config.virtual_cpus`, op determinism for `config.deterministic`, then the strategy: all of them
+    must be in place before TensorFlow runs its first op, and all are the process's, which is why
+    the apps set them and the library and the experiment never do. Raises ClusterError for a
+    strategy that cannot be made.
+    """
+    # Imported here: cli is imported by the apps before their tuned TensorFlow import.
+    from clr_loop import distribute  # pylint: disable=import-outside-toplevel
+    from clr_loop import runtime  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+
+    runtime.configure_threads(runner.resolve_batch_splits(config))
+    if config.virtual_cpus:
+        distribute.configure_virtual_cpus(config.virtual_cpus)
+    make_deterministic(config)
+    return distribute.make_strategy(config.strategy, config.devices, config.cluster_timeout)
+
+
+def make_deterministic(config):
+    """Turns TensorFlow's op determinism on for the whole process when `config.deterministic` says so."""
+    if config.deterministic:
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+        tf.config.experimental.enable_op_determinism()
+
+
 def _named_flagfiles(args):
     """Yields the flagfile paths that `--flagfile=PATH` / `--flagfile PATH` arguments in `args` name, as absl reads them."""
     args = list(args)
@@ -166,7 +195,7 @@ def _first_problem(args, seen, only_undecodable=False):
         if not path or path in seen:
             continue
         seen.add(path)
-        what = data_lib.not_a_regular_file(path)
+        what = fashion_mnist.not_a_regular_file(path)
         if what is not None:
             if only_undecodable:
                 continue
@@ -236,17 +265,17 @@ def training_errors():
     write (not for a bug): the apps print them with `error_message` and exit 1."""
     # Imported here: cli is imported by the apps before their tuned TensorFlow import.
     from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
-    from clr_loop import config  # pylint: disable=import-outside-toplevel
-    from clr_loop import data  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import config  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import fashion_mnist  # pylint: disable=import-outside-toplevel
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop import inputs  # pylint: disable=import-outside-toplevel
     from clr_loop import loop  # pylint: disable=import-outside-toplevel
-    from clr_loop import models  # pylint: disable=import-outside-toplevel
-    from clr_loop import trainer  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import models  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
 
     return (
-        distribute.ClusterError, data.DataError, inputs.InputError, loop.TrainingDiverged, models.ModelError,
-        trainer.WeightsError, checkpointing.WorkdirError, checkpointing.CheckpointError, config.ScheduleError,
+        distribute.ClusterError, fashion_mnist.DataError, inputs.InputError, loop.TrainingDiverged, models.ModelError,
+        runner.WeightsError, checkpointing.WorkdirError, checkpointing.CheckpointError, config.ScheduleError,
         config.ConfigError,
     )
 
@@ -261,8 +290,8 @@ def error_message(error):
     # Imported here: cli is imported by the apps before their tuned TensorFlow import.
     from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
-    from clr_loop import models  # pylint: disable=import-outside-toplevel
-    from clr_loop import trainer  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import models  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
 
     text = str(error)
     if isinstance(error, distribute.ClusterError) and error.argument:
@@ -271,7 +300,7 @@ def error_message(error):
         text += " (--precision must be the saved run's to resume it)"
     if isinstance(error, (checkpointing.WorkdirError, checkpointing.CheckpointError)) and error.starting_over_helps:
         return f"{text} (--overwrite starts the run over in the same --workdir; another --workdir keeps it)"
-    if isinstance(error, trainer.WeightsError):
+    if isinstance(error, runner.WeightsError):
         return f"--{error.argument}: {text}"
     if isinstance(error, models.ModelError):
         return f"--model: {text}"

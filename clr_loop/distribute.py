@@ -18,8 +18,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from clr_loop.config import MAX_CLUSTER_TIMEOUT
-from clr_loop.config import STRATEGIES
+STRATEGIES = ("default", "mirrored", "multi_worker")
+# The longest a multi-worker run waits for its peers and for a collective op, in seconds (a week):
+# the join watchdog's wait and TensorFlow's collective timeout need a finite time they can represent.
+MAX_CLUSTER_TIMEOUT = 7 * 24 * 3600
 
 
 class ClusterError(RuntimeError):

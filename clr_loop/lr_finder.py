@@ -232,8 +232,49 @@ def find_lr(
     `smoothed = avg / (1 - smoothing ** (k + 1))`. The test stops after a step whose smoothed
     loss exceeds `diverge_factor` times the best so far, at a non-finite step, or when a Dataset
     ends. A KeyboardInterrupt (Ctrl-C) during the steps stops it too (stop_reason "interrupted"): the
-    steps recorded so far are returned. Raises ValueError naming the argument for bad arguments or an uncompiled model, and
-    `inputs.InputError` (a ValueError) for bad input, as `fit` does.
+    steps recorded so far are returned.
+
+    Args:
+        model: a compiled Keras model (built or not), on one device.
+        x: the inputs: an array (or structure of arrays, as `fit` takes), or a `tf.data.Dataset`
+            of `(x, y)` batches.
+        y: the targets, for array inputs; None with a Dataset.
+        batch_size: keyword only: the batch size for array inputs (default 32); None with a Dataset.
+        shuffle: keyword only: whether to shuffle array inputs each epoch.
+        seed: keyword only: the seed of that shuffle.
+        start_lr: keyword only: the rate of the first step, > 0.
+        end_lr: keyword only: the rate of step `num_steps - 1`, > start_lr.
+        num_steps: keyword only: the most steps to run, an integer >= 2.
+        ramp: keyword only: "exp" (equal steps in log rate) or "linear".
+        smoothing: keyword only: the EMA's factor, in [0, 1).
+        diverge_factor: keyword only: stop when the smoothed loss exceeds this times its best, > 1.
+        jit_compile: keyword only: True, False or "auto": whether the train step is XLA-compiled.
+
+    Returns:
+        A `RangeTestResult`: per recorded step the rate, the loss and the smoothed loss, the
+        `stop_reason` (one of STOP_REASONS) and `stop_lr`, and `suggestions` (a `Suggestions`, or
+        None when too few steps ran or the smoothed loss never fell).
+
+    Raises:
+        ValueError: naming the argument, for bad arguments; for an uncompiled model, one built
+            under a multi-replica strategy, or one with no trainable variables.
+        inputs.InputError: (a ValueError) for bad input, as `fit` raises it.
+
+    Example:
+        >>> import keras
+        >>> import numpy as np
+        >>> from clr_loop.lr_finder import find_lr
+        >>> x = np.random.default_rng(0).normal(size=(256, 4)).astype("float32")
+        >>> y = x @ np.ones((4, 1), "float32")
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        >>> model.compile(optimizer=keras.optimizers.SGD(), loss="mse")
+        >>> result = find_lr(model, x, y, batch_size=32, start_lr=1e-4, end_lr=10.0, num_steps=50)
+        >>> result.stop_reason  # SGD on this regression blows up for rates above about 1
+        'diverged'
+        >>> 0.01 < result.suggestions.max_lr < 1.0
+        True
+        >>> result.suggestions.base_lr == result.suggestions.max_lr / 4
+        True
     """
     problems = check_ramp(start_lr, end_lr, num_steps, ramp)
     if problems:

@@ -32,10 +32,10 @@ with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.defe
 
     from clr_loop import checkpointing
     from clr_loop import cli
-    from clr_loop import config as config_lib
-    from clr_loop import data as data_lib
+    from clr_loop.experiment import config as config_lib
+    from clr_loop.experiment import fashion_mnist
     from clr_loop import lr_finder
-    from clr_loop import model as model_lib
+    from clr_loop.experiment import models
     from clr_loop import runtime
 
 # One-cycle's momentum is lowest (base_momentum, default 0.85) at the peak rate.
@@ -190,12 +190,12 @@ def run_range_test(config, data=None):
     split smaller than one batch).
     """
     if data is None:
-        data = data_lib.load(tfds_data_dir=config.tfds_data_dir, dataset_dir=config.dataset_dir)
-    data_lib.steps_per_epoch(data.train.num_examples, config.batch_size)  # a DataError when no batch fits
+        data = fashion_mnist.load(tfds_data_dir=config.tfds_data_dir, dataset_dir=config.dataset_dir)
+    fashion_mnist.steps_per_epoch(data.train.num_examples, config.batch_size)  # a DataError when no batch fits
     # Before the test runs, so an unusable workdir costs no training.
     checkpointing.check_writable(config.workdir)
     keras.utils.set_random_seed(config.seed)
-    model = model_lib.create_model(seed=config.seed)
+    model = models.create_model(seed=config.seed)
     # The trainer's loss and metric (trainer.compile_model) with a constant momentum: the range
     # test replaces the rate, and cycled momentum would move during the ramp.
     model.compile(
@@ -286,7 +286,7 @@ def main(argv):
     config = config_from_flags()
     try:
         result, paths = run_range_test(config)
-    except (data_lib.DataError, checkpointing.WorkdirError) as e:
+    except (fashion_mnist.DataError, checkpointing.WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(report(result, config.momentum, config.optimizer))

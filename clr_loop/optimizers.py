@@ -32,6 +32,24 @@ class CyclicalMomentum:
     `OneCycleLR`). `schedule` is any schedule with such a `momentum` method
     (`clr_loop.schedules.CyclicalLearningRate` and its subclasses, `OneCycle`); steps are optimizer
     steps. `get_config` stores the schedule as a nested Keras config, so it round-trips through JSON.
+
+    Args:
+        schedule: a schedule with a `momentum(step, base_momentum, max_momentum)` method.
+        base_momentum: the momentum at the schedule's peak rate, in [0, max_momentum].
+        max_momentum: the momentum at its low rate, in [base_momentum, 1].
+
+    Returns:
+        A callable of the step, for `CyclicalMomentumSGD(momentum=...)` or `CyclicalMomentumAdam(beta_1=...)`.
+
+    Raises:
+        ValueError: `schedule` has no `momentum` method, or not `0 <= base_momentum <= max_momentum <= 1`.
+
+    Example:
+        >>> from clr_loop.optimizers import CyclicalMomentum
+        >>> from clr_loop.schedules import OneCycle
+        >>> momentum = CyclicalMomentum(OneCycle(0.1, total_steps=100), base_momentum=0.85, max_momentum=0.95)
+        >>> [round(float(momentum(t)), 6) for t in (0, 29, 99)]  # high, low at the peak rate, high again
+        [0.95, 0.85, 0.95]
     """
 
     def __init__(self, schedule, base_momentum=0.85, max_momentum=0.95):
@@ -105,6 +123,27 @@ class CyclicalMomentumSGD(_ScheduledSetting, keras.optimizers.SGD):
     [0, 1] (then this is plain Keras SGD, except that the velocity always exists) or a
     Keras-serializable callable of the step such as `CyclicalMomentum`. The velocity variables are
     always created (named as Keras SGD names them), so checkpoints hold them from the first step.
+
+    Args:
+        learning_rate: a float or a Keras `LearningRateSchedule`, as Keras SGD's.
+        momentum: a float in [0, 1] or a Keras-serializable callable of the step (`CyclicalMomentum`).
+        nesterov: whether to use Nesterov momentum.
+        name: the optimizer's name.
+        **kwargs: Keras optimizer arguments (`clipnorm`, `weight_decay`, ...).
+
+    Raises:
+        ValueError: `momentum` is neither a float in [0, 1] nor callable.
+
+    Example:
+        >>> import keras
+        >>> from clr_loop.optimizers import CyclicalMomentum, CyclicalMomentumSGD
+        >>> from clr_loop.schedules import OneCycle
+        >>> schedule = OneCycle(0.1, total_steps=100)
+        >>> optimizer = CyclicalMomentumSGD(schedule, momentum=CyclicalMomentum(schedule, 0.85, 0.95))
+        >>> w = keras.Variable([1.0])
+        >>> _ = optimizer.apply_gradients([(keras.ops.ones((1,)), w)])
+        >>> round(float(w.numpy()[0]), 6)  # w - lr(0) * g, with lr(0) = 0.1 / 25
+        0.996
     """
 
     _SCHEDULED = "momentum"
@@ -149,7 +188,6 @@ class CyclicalMomentumSGD(_ScheduledSetting, keras.optimizers.SGD):
             self.assign_add(variable, m)
 
 
-
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class CyclicalMomentumAdam(_ScheduledSetting, keras.optimizers.Adam):
     """Keras Adam whose `beta_1` may be a schedule of the step (`CyclicalMomentum`), as PyTorch cycles it.
@@ -167,6 +205,27 @@ class CyclicalMomentumAdam(_ScheduledSetting, keras.optimizers.Adam):
     `CyclicalMomentumAdamW`. Note Keras adds `epsilon` to `sqrt(v)` and PyTorch to
     `sqrt(v / (1 - beta_2**t))`: pass PyTorch's `epsilon=1e-8` and the two differ only where
     `sqrt(v)` is near epsilon.
+
+    Args:
+        learning_rate: a float or a Keras `LearningRateSchedule`.
+        beta_1: a float in [0, 1) or a Keras-serializable callable of the step (`CyclicalMomentum`).
+        bias_correction: "current" or "product" (see above).
+        name: the optimizer's name.
+        **kwargs: Keras Adam's other arguments (`beta_2`, `epsilon`, `amsgrad`, `weight_decay`, ...).
+
+    Raises:
+        ValueError: `beta_1` is neither a float in [0, 1) nor callable, or unknown `bias_correction`.
+
+    Example:
+        >>> import keras
+        >>> from clr_loop.optimizers import CyclicalMomentum, CyclicalMomentumAdam
+        >>> from clr_loop.schedules import OneCycle
+        >>> beta_1 = CyclicalMomentum(OneCycle(1e-3, total_steps=100), base_momentum=0.85, max_momentum=0.95)
+        >>> optimizer = CyclicalMomentumAdam(1e-3, beta_1=beta_1)
+        >>> w = keras.Variable([1.0])
+        >>> _ = optimizer.apply_gradients([(keras.ops.ones((1,)), w)])
+        >>> round(float(w.numpy()[0]), 6)  # Adam's first step moves by the rate
+        0.999
     """
 
     _SCHEDULED = "beta_1"
@@ -229,11 +288,30 @@ class CyclicalMomentumAdam(_ScheduledSetting, keras.optimizers.Adam):
         self.assign_sub(variable, ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon)))
 
 
-
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class CyclicalMomentumAdamW(CyclicalMomentumAdam):
     """`CyclicalMomentumAdam` with Keras AdamW's default decoupled `weight_decay=0.004`: PyTorch's `AdamW`
-    with a cycled `beta_1` (`w -= lr_t * weight_decay * w`, then the Adam update)."""
+    with a cycled `beta_1` (`w -= lr_t * weight_decay * w`, then the Adam update).
+
+    Args:
+        learning_rate: a float or a Keras `LearningRateSchedule`.
+        beta_1: a float in [0, 1) or a Keras-serializable callable of the step (`CyclicalMomentum`).
+        weight_decay: the decoupled weight decay.
+        name: the optimizer's name.
+        **kwargs: `CyclicalMomentumAdam`'s other arguments (`bias_correction`, `beta_2`, ...).
+
+    Raises:
+        ValueError: as `CyclicalMomentumAdam`.
+
+    Example:
+        >>> import keras
+        >>> from clr_loop.optimizers import CyclicalMomentumAdamW
+        >>> optimizer = CyclicalMomentumAdamW(1e-3, weight_decay=0.5)
+        >>> w = keras.Variable([1.0])
+        >>> _ = optimizer.apply_gradients([(keras.ops.ones((1,)), w)])
+        >>> round(float(w.numpy()[0]), 6)  # decay (1e-3 * 0.5 * w), then Adam's step (1e-3)
+        0.9985
+    """
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, weight_decay=0.004, name=None, **kwargs):
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, weight_decay=weight_decay, name=name, **kwargs)
@@ -406,7 +484,33 @@ class ScheduleFreeSGD(_ScheduleFree):
     `momentum` is the interpolation beta (reference default 0.9); `learning_rate` a float or a
     Keras schedule of the step; `warmup_steps` linear warmup from lr/warmup_steps; `weight_decay`
     added as `weight_decay * y` to the gradient. Call `swap_to_x` before evaluating or saving (clr_loop.fit
-    does). Example: `model.compile(optimizer=ScheduleFreeSGD(0.5, warmup_steps=500), loss=...)`.
+    does), or evaluate inside `at_average()`.
+
+    Args:
+        learning_rate: a float or a Keras `LearningRateSchedule`.
+        momentum: the interpolation beta, in (0, 1).
+        weight_decay: a number >= 0.
+        warmup_steps: an integer >= 0 (0: no warmup).
+        weight_lr_power: the power of the largest rate so far in each step's averaging weight, >= 0.
+        name: the optimizer's name.
+        **kwargs: Keras optimizer arguments (`clipnorm`, ...) but `use_ema`, `gradient_accumulation_steps`.
+
+    Raises:
+        ValueError: naming an argument out of range, or `use_ema` / `gradient_accumulation_steps`.
+
+    Example:
+        >>> import keras
+        >>> from clr_loop.optimizers import ScheduleFreeSGD
+        >>> optimizer = ScheduleFreeSGD(0.5, warmup_steps=2)
+        >>> w = keras.Variable([1.0])
+        >>> _ = [optimizer.apply_gradients([(keras.ops.ones((1,)), w)]) for _ in range(3)]  # 3 steps
+        >>> round(float(w.numpy()[0]), 6)  # y, where the gradients are taken
+        0.05
+        >>> with optimizer.at_average():  # x, the point to evaluate
+        ...     round(float(w.numpy()[0]), 6)
+        0.083333
+        >>> round(float(w.numpy()[0]), 6), optimizer.at_x  # back at y
+        (0.05, False)
     """
 
     _BETA = "momentum"
@@ -429,8 +533,32 @@ class ScheduleFreeAdamW(_ScheduleFree):
     """Schedule-free AdamW (the reference's `AdamWScheduleFree`): the direction is
     `g / (sqrt(v / (1 - beta_2**t)) + epsilon)` with `v` Adam's second moment (the reference's bias
     correction; there is no first moment, `beta_1` is the interpolation beta), plus
-    `weight_decay * y`. Other arguments as `ScheduleFreeSGD`. Example:
-    `model.compile(optimizer=ScheduleFreeAdamW(0.0025, warmup_steps=500, weight_decay=0.01), loss=...)`.
+    `weight_decay * y`.
+
+    Args:
+        learning_rate: a float or a Keras `LearningRateSchedule`.
+        beta_1: the interpolation beta, in (0, 1).
+        beta_2: the decay of the second moment, in [0, 1).
+        epsilon: a number >= 0.
+        weight_decay: a number >= 0.
+        warmup_steps: an integer >= 0 (0: no warmup).
+        weight_lr_power: the power of the largest rate so far in each step's averaging weight, >= 0.
+        name: the optimizer's name.
+        **kwargs: Keras optimizer arguments, as `ScheduleFreeSGD`.
+
+    Raises:
+        ValueError: naming the argument that is out of range.
+
+    Example:
+        >>> import keras
+        >>> from clr_loop.optimizers import ScheduleFreeAdamW
+        >>> optimizer = ScheduleFreeAdamW(0.01)
+        >>> w = keras.Variable([1.0])
+        >>> _ = [optimizer.apply_gradients([(keras.ops.ones((1,)), w)]) for _ in range(3)]  # 3 steps
+        >>> optimizer.swap_to_x()  # for evaluating or saving
+        >>> round(float(w.numpy()[0]), 6), optimizer.at_x
+        (0.98, True)
+        >>> optimizer.swap_to_y()  # to train on
     """
 
     _BETA = "beta_1"

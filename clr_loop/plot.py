@@ -4,7 +4,7 @@ r"""Figures of learning-rate schedules and training histories, as PNG files (hea
   python -m clr_loop.plot schedule --flagfile=flags/triangular2.flags --epochs=100
   python -m clr_loop.plot history runs/no_clr runs/triangular2 [--out_dir=DIR]
 
-An absl app around `clr_loop.figures`, which computes and draws the figures (matplotlib, the
+An absl app around `clr_loop.experiment.figures`, which computes and draws the figures (matplotlib, the
 `clr_loop[plot]` extra, is imported only when a figure is drawn, with no pyplot and no display).
 
 The `schedule` command takes every training flag of `clr_loop.train` (so a flagfile works too) and
@@ -26,14 +26,14 @@ with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.defe
     from absl import flags
 
     from clr_loop import cli
-    from clr_loop import data as data_lib
-    from clr_loop import figures
+    from clr_loop.experiment import fashion_mnist
+    from clr_loop.experiment import figures
 
 cli.define_training_flags(flags.FLAGS)
 flags.DEFINE_string("out", None, "schedule: the PNG to write (default: runs/figures/schedule_<mode>_<epochs>ep.png).")
 flags.DEFINE_string("out_dir", None, "history: the folder for the PNGs (default: figures/ in the runs' common folder).")
 flags.DEFINE_integer(
-    "num_train_examples", data_lib.FULL_SIZE["train"], "schedule: training-set size that sets the steps per epoch."
+    "num_train_examples", fashion_mnist.FULL_SIZE["train"], "schedule: training-set size that sets the steps per epoch."
 )
 
 
@@ -65,7 +65,7 @@ def main(argv):
                 raise app.UsageError("--out_dir must not be empty (leave it out for the default, figures/ by the runs)")
             for path in figures.plot_histories(rest, FLAGS.out_dir or figures.default_out_dir(rest)):
                 print(path)
-    except (figures.PlotError, data_lib.DataError) as e:
+    except (figures.PlotError, fashion_mnist.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -37,6 +37,18 @@ class ModeScale:
     amplitude factor: 1.0 ("triangular"), `1 / 2**(x - 1)` ("triangular2") or `gamma**x` ("exp_range"),
     as a Python float for a Python number, in `x`'s float dtype for an array or tensor (float64 for
     integer ones).
+
+    Args:
+        mode: "triangular", "triangular2" or "exp_range".
+        gamma: the base of "exp_range" (ignored by the other modes).
+
+    Returns:
+        A callable of `x` (see above).
+
+    Example:
+        >>> from clr_loop.scale_fns import ModeScale
+        >>> ModeScale("triangular2")(3), ModeScale("exp_range", gamma=0.5)(2)
+        (0.25, 0.25)
     """
 
     def __init__(self, mode, gamma=1.0):
@@ -112,6 +124,19 @@ def named_mode(fn):
     `fn` must be a plain Python function of one argument whose code is one of the usual forms of a
     mode (`_references`) and that gives the mode's values on a few probe points (1, 2, 3, 7, 40).
     A `ModeScale` is its own mode.
+
+    Args:
+        fn: any object (usually a schedule's `scale_fn`).
+
+    Returns:
+        `(mode, gamma)` (a name from MODES and a float; gamma 1.0 but for "exp_range"), or None.
+
+    Example:
+        >>> from clr_loop.scale_fns import named_mode
+        >>> named_mode(lambda x: 1 / (2.0 ** (x - 1)))
+        ('triangular2', 1.0)
+        >>> named_mode(lambda x: 1 / (3.0 ** (x - 1))) is None  # a function of its own
+        True
     """
     if isinstance(fn, ModeScale):
         return fn.mode, fn.gamma
@@ -176,7 +201,19 @@ class SavedFunction:
     - `{"kind": "unsaved", "repr"}`: another callable (a `functools.partial`, an object): saving
       warns, loading raises a ValueError that says how to rebuild the schedule.
 
-    Subclasses set `keras_module` (keras or tf_keras) and register themselves with it.
+    Subclasses set `keras_module` (keras or tf_keras) and register themselves with it:
+    `clr_loop.schedules.ScaleFunction` and `clr_loop.tf_keras.ScaleFunction`.
+
+    Args:
+        fn: the callable to save.
+
+    Example:
+        >>> import math
+        >>> from clr_loop.schedules import ScaleFunction  # the Keras 3 subclass
+        >>> ScaleFunction(math.exp).get_config()
+        {'kind': 'import', 'module': 'math', 'name': 'exp'}
+        >>> ScaleFunction.from_config({'kind': 'import', 'module': 'math', 'name': 'exp'}) is math.exp
+        True
     """
 
     keras_module = None
@@ -345,6 +382,25 @@ def load(value, saved_function_class):
     Keras-2-era dict (`"__lambda__"` bytecode or a function reference, as tf.keras wrote TFA's
     schedules to `.keras` files), or a bare name (TFA's `.h5` files kept only the function's name,
     found here among Keras's registered and custom objects).
+
+    Args:
+        value: the config's `scale_fn` entry (see above).
+        saved_function_class: the `SavedFunction` subclass of the Keras that loads it.
+
+    Returns:
+        The callable.
+
+    Raises:
+        ValueError: bytecode refused in safe mode or not loadable in this Python, a name that
+            names no registered or custom object, a callable saved only by its repr, or a value
+            that is none of the above.
+
+    Example:
+        >>> from clr_loop import scale_fns
+        >>> from clr_loop.schedules import ScaleFunction
+        >>> saved = {"class_name": "ScaleFunction", "config": {"kind": "import", "module": "math", "name": "sqrt"}}
+        >>> scale_fns.load(saved, ScaleFunction)(16.0)
+        4.0
     """
     if isinstance(value, SavedFunction):
         return value.fn

@@ -21,15 +21,39 @@ except ImportError as e:  # pragma: no cover (tested in a process without tf_ker
     ) from e
 
 from clr_loop import scale_fns
-from clr_loop import schedules as _schedules
+from clr_loop.schedules import cyclical as _cyclical
 
 _PACKAGE = "clr_loop"
 _LRS = tf_keras.optimizers.schedules.LearningRateSchedule
 
 
+def _tf_keras_doc(cls):
+    """Returns the docstring of `cls`'s tf_keras twin: `cls`'s, whose example imports from here."""
+    summary, rest = cls.__doc__.split("\n", 1)
+    twin = (f"\n    The tf_keras (Keras 2) class of `clr_loop.schedules.{cls.__name__}`:\n"
+            "    the same arguments, values and config.\n")
+    return (summary + "\n" + twin + rest).replace("from clr_loop.schedules import", "from clr_loop.tf_keras import")
+
+
 @tf_keras.saving.register_keras_serializable(package=_PACKAGE)
 class ScaleFunction(scale_fns.SavedFunction):
-    """A custom `scale_fn` inside a tf_keras config (see `clr_loop.scale_fns.SavedFunction`)."""
+    """A custom `scale_fn` inside a tf_keras config (see `clr_loop.scale_fns.SavedFunction`).
+
+    A tf_keras `CyclicalLearningRate` with a custom `scale_fn` puts one in its `get_config`;
+    tf_keras's serializer writes it as a JSON dict, and loading it gives back the function itself.
+
+    Args:
+        fn: the callable to save.
+
+    Example:
+        >>> import tf_keras
+        >>> from clr_loop.tf_keras import ScaleFunction
+        >>> saved = tf_keras.saving.serialize_keras_object(ScaleFunction(abs))
+        >>> saved["registered_name"], saved["config"]
+        ('clr_loop>ScaleFunction', {'kind': 'import', 'module': 'builtins', 'name': 'abs'})
+        >>> tf_keras.saving.deserialize_keras_object(saved) is abs
+        True
+    """
 
     keras_module = tf_keras
     unset_is_safe = False  # as tf_keras's Lambda layer: its .h5 loader sets no safe-mode scope
@@ -42,24 +66,24 @@ class ScaleFunction(scale_fns.SavedFunction):
 
 
 @tf_keras.saving.register_keras_serializable(package=_PACKAGE)
-class CyclicalLearningRate(_schedules._CyclicalCore, _LRS):  # noqa: SLF001 (the shared core)
-    __doc__ = _schedules.CyclicalLearningRate.__doc__
+class CyclicalLearningRate(_cyclical._CyclicalCore, _LRS):  # noqa: SLF001 (the shared core)
+    __doc__ = _tf_keras_doc(_cyclical.CyclicalLearningRate)
     _saved_function = ScaleFunction
 
 
 @tf_keras.saving.register_keras_serializable(package=_PACKAGE)
-class TriangularCyclicalLearningRate(_schedules._TriangularCore, CyclicalLearningRate):  # noqa: SLF001
-    """TFA's triangular CLR for tf_keras (see clr_loop.schedules.CyclicalLearningRate)."""
+class TriangularCyclicalLearningRate(_cyclical._TriangularCore, CyclicalLearningRate):  # noqa: SLF001
+    __doc__ = _tf_keras_doc(_cyclical.TriangularCyclicalLearningRate)
 
 
 @tf_keras.saving.register_keras_serializable(package=_PACKAGE)
-class Triangular2CyclicalLearningRate(_schedules._Triangular2Core, CyclicalLearningRate):  # noqa: SLF001
-    """TFA's triangular2 CLR for tf_keras (see clr_loop.schedules.CyclicalLearningRate)."""
+class Triangular2CyclicalLearningRate(_cyclical._Triangular2Core, CyclicalLearningRate):  # noqa: SLF001
+    __doc__ = _tf_keras_doc(_cyclical.Triangular2CyclicalLearningRate)
 
 
 @tf_keras.saving.register_keras_serializable(package=_PACKAGE)
-class ExponentialCyclicalLearningRate(_schedules._ExponentialCore, CyclicalLearningRate):  # noqa: SLF001
-    """TFA's exp_range CLR for tf_keras (see clr_loop.schedules.CyclicalLearningRate)."""
+class ExponentialCyclicalLearningRate(_cyclical._ExponentialCore, CyclicalLearningRate):  # noqa: SLF001
+    __doc__ = _tf_keras_doc(_cyclical.ExponentialCyclicalLearningRate)
 
 
 TFA_NAMES = {

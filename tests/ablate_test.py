@@ -14,12 +14,13 @@ from absl import flags
 from absl.testing import flagsaver
 
 from clr_loop import ablate
-from clr_loop import data as data_lib
-from clr_loop import datasets
-from clr_loop import model as model_lib
-from clr_loop import figures
+from clr_loop.experiment import ablation
+from clr_loop.experiment import fashion_mnist
+from clr_loop.experiment import datasets
+from clr_loop.experiment import models
+from clr_loop.experiment import figures
 from clr_loop import train
-from clr_loop import trainer as trainer_lib
+from clr_loop.experiment import runner
 from datasets_test import npz_arrays
 from datasets_test import write_npz
 from train_cli_test import assert_one_line_usage_error
@@ -56,19 +57,19 @@ def run_ablate(argv):
 def starting_weights(monkeypatch):
     """Records, per run folder, the model's weights at the moment `Trainer.train` is called."""
     captured = {}
-    original = trainer_lib.Trainer.train
+    original = runner.Trainer.train
 
     def train_and_record(self):
         captured[self.config.workdir] = [w.numpy().copy() for w in self.model.weights]
         return original(self)
 
-    monkeypatch.setattr(trainer_lib.Trainer, "train", train_and_record)
+    monkeypatch.setattr(runner.Trainer, "train", train_and_record)
     return captured
 
 
 def file_weights(path):
     """Returns the weights stored in a .weights.h5 file, read into a fresh model."""
-    model = model_lib.create_model()
+    model = models.create_model()
     model.load_weights(path)
     return [w.numpy().copy() for w in model.weights]
 
@@ -85,8 +86,8 @@ def differs(a, b):
 
 def test_ablation_with_seeds_starts_each_seeds_runs_from_identical_weights(setup, starting_weights, monkeypatch, capsys):
     loads = []
-    load = data_lib.load
-    monkeypatch.setattr(data_lib, "load", lambda **kw: loads.append(kw) or load(**kw))
+    load = fashion_mnist.load
+    monkeypatch.setattr(fashion_mnist, "load", lambda **kw: loads.append(kw) or load(**kw))
     status = run_ablate([*setup["flagfiles"], f"--workdir={setup['workdir']}", "--seeds=3,4",
                          f"--dataset_dir={setup['data']}", *COMMON])
     assert status == 0
@@ -109,7 +110,7 @@ def test_ablation_with_seeds_starts_each_seeds_runs_from_identical_weights(setup
             assert config["workdir"] == run_dir
         # The seed's file holds what a `clr_loop.train --seed=N` model starts from (no --init_weights).
         keras.utils.set_random_seed(seed)
-        assert_same([w.numpy() for w in model_lib.create_model(seed=seed).weights], init)
+        assert_same([w.numpy() for w in models.create_model(seed=seed).weights], init)
     assert differs(file_weights(os.path.join(work, "init_seed3.weights.h5")),
                    file_weights(os.path.join(work, "init_seed4.weights.h5")))
 
@@ -163,7 +164,7 @@ def files_under(folder):
 def test_given_init_weights_start_every_run_and_match_a_plain_train_run(setup, starting_weights, tmp_path):
     custom = str(tmp_path / "custom.weights.h5")
     keras.utils.set_random_seed(1234)
-    trainer_lib.save_initial_weights(model_lib.create_model(seed=1234), custom)
+    runner.save_initial_weights(models.create_model(seed=1234), custom)
     work = setup["workdir"]
     status = run_ablate([*setup["flagfiles"], f"--workdir={work}", f"--init_weights={custom}", "--seed=7",
                          "--nofigures", f"--dataset_dir={setup['data']}", *COMMON])
@@ -207,7 +208,7 @@ def test_a_diverging_run_is_reported_and_the_others_still_run(setup, tmp_path, c
 def test_summaries_against_hand_computed_values():
     history = {"loss": [2.0, 1.0, 0.8], "accuracy": [0.2, 0.6, 0.7], "val_loss": [1.5, 0.7, 0.9],
                "val_accuracy": [0.4, 0.75, 0.75]}
-    summary = ablate.summarize_history(history)
+    summary = ablation.summarize_history(history)
     assert summary["epochs"] == 3
     assert summary["final"] == {"loss": 0.8, "accuracy": 0.7, "val_loss": 0.9, "val_accuracy": 0.75}
     assert summary["best_val_loss"] == {"value": 0.7, "epoch": 2}
@@ -219,7 +220,7 @@ def test_summaries_against_hand_computed_values():
          "wall_seconds": 10 * s, "epoch_seconds_sum": 9.0}
         for s, v in ((1, 0.5), (2, 0.7), (3, 0.9))
     ] + [{"flagfile": "a.flags", "seed": 4, "status": "diverged", "final": None}]
-    (group,) = ablate.aggregate_by_flagfile(rows)
+    (group,) = ablation.aggregate_by_flagfile(rows)
     assert group["n"] == 3 and group["seeds"] == [1, 2, 3]
     # mean 0.7; sample std sqrt((0.04 + 0 + 0.04) / 2) = 0.2.
     assert group["final"]["loss"] == pytest.approx({"mean": 0.7, "std": 0.2, "min": 0.5, "max": 0.9})
@@ -229,7 +230,7 @@ def test_summaries_against_hand_computed_values():
     # Wall times 10, 20, 30 s: mean 20, sample std 10.
     assert group["seconds"]["wall"] == pytest.approx({"mean": 20.0, "std": 10.0, "min": 10.0, "max": 30.0})
     assert group["seconds"]["epochs"]["std"] == 0.0
-    markdown = ablate.comparison_markdown({"command": "c", "init_note": "n", "runs": [], "by_flagfile": [group]})
+    markdown = ablation.comparison_markdown({"command": "c", "init_note": "n", "runs": [], "by_flagfile": [group]})
     assert ("| a.flags | 3 | 0.7000 ± 0.2000 (0.5000–0.9000) | 0.5000 ± 0.0000 (0.5000–0.5000) | 0.7000 ± 0.2000 "
             "(0.5000–0.9000) | 0.5000 ± 0.0000 (0.5000–0.5000) | 0.6000 ± 0.2000 (0.4000–0.8000) | 0.3000 ± 0.2000 "
             "(0.1000–0.5000) | 20 ± 10 (10–30) s |") in markdown
@@ -299,7 +300,7 @@ def test_a_non_utf8_flagfile_nested_in_a_compared_one_is_named(setup, tmp_path):
 @pytest.fixture
 def no_training(monkeypatch):
     """Makes `Trainer.train` fail the test if the ablation gets as far as training."""
-    monkeypatch.setattr(trainer_lib.Trainer, "train", lambda self, **kw: pytest.fail("a run was trained"))
+    monkeypatch.setattr(runner.Trainer, "train", lambda self, **kw: pytest.fail("a run was trained"))
 
 
 def test_an_unwritable_workdir_is_refused_before_any_run(setup, tmp_path, capsys, no_training):
@@ -389,7 +390,7 @@ def test_an_ablation_across_datasets_and_models_matches_each_run_trained_alone(t
     # The oracle: each run trained alone by `clr_loop.train --flagfile=F --seed=5` (its own fresh
     # seeded model, no initial-weights file) gives the same history.
     for flagfile in flagfiles:
-        stem = ablate.flagfile_stem(flagfile)
+        stem = ablation.flagfile_stem(flagfile)
         alone = str(tmp_path / "alone" / stem)
         with flagsaver.flagsaver():
             flags.FLAGS.unparse_flags()
@@ -406,7 +407,7 @@ def test_given_init_weights_that_do_not_fit_one_runs_model_are_refused_before_an
         setup, tmp_path, capsys, no_training):
     custom = str(tmp_path / "cnn.weights.h5")
     keras.utils.set_random_seed(1)
-    trainer_lib.save_initial_weights(model_lib.create_model(seed=1), custom)  # the tutorial CNN's, 28x28x1
+    runner.save_initial_weights(models.create_model(seed=1), custom)  # the tutorial CNN's, 28x28x1
     rgb = write_npz(tmp_path / "rgb.npz", **npz_arrays(n_train=32, n_test=8, shape=(8, 8, 3), classes=3))
     resnet = tmp_path / "resnet.flags"
     resnet.write_text(f"--dataset=npz:{rgb}\n--model=resnet20\n")

@@ -13,8 +13,8 @@ import tensorflow as tf
 from absl import flags
 
 from benchmarks import bench
-from clr_loop import data as data_lib
-from clr_loop import model as model_lib
+from clr_loop.experiment import fashion_mnist
+from clr_loop.experiment import models
 
 # The tutorial's CNN, by hand: (name, output H*W, kernel taps, C_in, C_out).
 CONV1_MACS = 24 * 24 * 5 * 5 * 1 * 16  # 28x28 input, 5x5 valid
@@ -27,9 +27,9 @@ def tiny_data(num_train=40, num_test=25, seed=0):
 
     def split(n):
         images = rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
-        return data_lib.Split(images=images, labels=rng.integers(0, 10, n).astype(np.int32))
+        return fashion_mnist.Split(images=images, labels=rng.integers(0, 10, n).astype(np.int32))
 
-    return data_lib.FashionMnist(train=split(num_train), test=split(num_test), source="tiny")
+    return fashion_mnist.FashionMnist(train=split(num_train), test=split(num_test), source="tiny")
 
 
 def weights(model):
@@ -37,7 +37,7 @@ def weights(model):
 
 
 def test_step_flops_match_the_hand_count():
-    model = model_lib.create_model(seed=0)
+    model = models.create_model(seed=0)
     forward = CONV1_MACS + CONV2_MACS + DENSE_MACS
     assert forward == 1_054_976
     # Forward, weight gradients (same again) and input gradients (same again minus the first layer).
@@ -75,11 +75,11 @@ def test_spec_splits_reach_the_trainer():
 
 
 def test_is_trainer_default_matches_what_train_resolves():
-    from clr_loop import config as config_lib
+    from clr_loop.experiment import config as config_lib
     from clr_loop import runtime
-    from clr_loop import trainer as trainer_lib
+    from clr_loop.experiment import runner
 
-    default_splits = trainer_lib.resolve_batch_splits(config_lib.Config())
+    default_splits = runner.resolve_batch_splits(config_lib.Config())
     threads = runtime.thread_pool_sizes(default_splits)
     spec = bench.Spec("loop", jit="false")
     assert bench.is_trainer_default(spec, default_splits, threads, "pipeline")
@@ -113,7 +113,7 @@ def test_run_spec_reports_every_measurement(spec):
     assert result[f"ms_per_{per}"] > 0 and result["gflops"] > 0 and result["peak_rss_mb"] > 0
     if per == "step":
         assert result["steps"] == spec.steps
-        assert result["flops_per_step"] == bench.step_flops(model_lib.create_model(), spec.batch_size)
+        assert result["flops_per_step"] == bench.step_flops(models.create_model(), spec.batch_size)
         assert result["examples_per_s"] == pytest.approx(spec.batch_size * 1000 / result["ms_per_step"])
     else:
         assert result["flops_per_pass"] == 2 * 25 * 1_054_976

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from clr_loop import checkpointing
-from clr_loop import data as data_lib
+from clr_loop.experiment import fashion_mnist
 from train_cli_test import REPO, write_tiny_idx_dir
 
 CHAOS = os.path.join(REPO, "tools", "chaos.py")
@@ -34,9 +34,9 @@ def run_chaos(*args):
 
 @pytest.fixture(scope="module")
 def soak(tmp_path_factory):
-    if not os.path.isdir(data_lib.DEBIAN_DIR):
-        pytest.skip(f"the real Fashion-MNIST files are not in {data_lib.DEBIAN_DIR} (apt-get install dataset-fashion-mnist)")
-    idx = write_tiny_idx_dir(str(tmp_path_factory.mktemp("idx")), n_train=640, n_test=500, source=data_lib.DEBIAN_DIR)
+    if not os.path.isdir(fashion_mnist.DEBIAN_DIR):
+        pytest.skip(f"the real Fashion-MNIST files are not in {fashion_mnist.DEBIAN_DIR} (apt-get install dataset-fashion-mnist)")
+    idx = write_tiny_idx_dir(str(tmp_path_factory.mktemp("idx")), n_train=640, n_test=500, source=fashion_mnist.DEBIAN_DIR)
     root = str(tmp_path_factory.mktemp("chaos") / "root")
     result = run_chaos("--kills=3", "--seed=0", f"--root={root}", "--",
                        sys.executable, "-m", "clr_loop.train", f"--dataset_dir={idx}", *TRAIN_FLAGS)

@@ -7,7 +7,7 @@ from absl import app
 from absl import flags
 
 from clr_loop import cli
-from clr_loop import config as config_lib
+from clr_loop.experiment import config as config_lib
 
 
 def parsed(*argv):

@@ -1,4 +1,4 @@
-"""Tests for clr_loop.datasets: npz files, TFDS datasets under mock_data, and every bad one named."""
+"""Tests for clr_loop.experiment.datasets: npz files, TFDS datasets under mock_data, and every bad one named."""
 
 import os
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from clr_loop import data as data_lib
-from clr_loop import datasets
+from clr_loop.experiment import fashion_mnist
+from clr_loop.experiment import datasets
 
 
 def npz_arrays(n_train=30, n_test=10, shape=(6, 5), classes=4, seed=0):
@@ -71,33 +71,33 @@ def _bad(arrays, **changes):
 )
 def test_every_npz_problem_names_the_file_and_the_array(tmp_path, change, message):
     path = write_npz(tmp_path / "bad.npz", **_bad(npz_arrays(), **change))
-    with pytest.raises(data_lib.DataError, match=message) as e:
+    with pytest.raises(fashion_mnist.DataError, match=message) as e:
         datasets.load("npz:" + path)
     assert path in str(e.value)
 
 
 def test_unreadable_npz_files_are_named(tmp_path):
     missing = str(tmp_path / "nope.npz")
-    with pytest.raises(data_lib.DataError, match="nope.npz: does not exist"):
+    with pytest.raises(fashion_mnist.DataError, match="nope.npz: does not exist"):
         datasets.load_npz(missing)
     # A path that exists but is not a file says what it is ("file not found" before).
     folder = tmp_path / "folder.npz"
     folder.mkdir()
-    with pytest.raises(data_lib.DataError, match=f"^{folder}: is a directory, not a regular file$"):
+    with pytest.raises(fashion_mnist.DataError, match=f"^{folder}: is a directory, not a regular file$"):
         datasets.load_npz(str(folder))
-    with pytest.raises(data_lib.DataError, match="^/dev/null: is a character device, not a regular file$"):
+    with pytest.raises(fashion_mnist.DataError, match="^/dev/null: is a character device, not a regular file$"):
         datasets.load("npz:/dev/null")
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip at all")
-    with pytest.raises(data_lib.DataError, match="garbage.npz: not a readable .npz file"):
+    with pytest.raises(fashion_mnist.DataError, match="garbage.npz: not a readable .npz file"):
         datasets.load_npz(str(garbage))
     single = tmp_path / "single.npy"
     np.save(single, np.zeros(3))
-    with pytest.raises(data_lib.DataError, match="single.npy: holds one array, not a .npz archive"):
+    with pytest.raises(fashion_mnist.DataError, match="single.npy: holds one array, not a .npz archive"):
         datasets.load_npz(str(single))
     objects = tmp_path / "objects.npz"
     np.savez(objects, **dict(npz_arrays(), x_train=np.array([None] * 30, dtype=object)))
-    with pytest.raises(data_lib.DataError, match="objects.npz: array x_train cannot be read"):
+    with pytest.raises(fashion_mnist.DataError, match="objects.npz: array x_train cannot be read"):
         datasets.load_npz(str(objects))
 
 
@@ -113,31 +113,31 @@ def test_tfds_datasets_take_shape_and_classes_from_the_builder(tmp_path, name, s
 
 def test_a_tfds_dataset_without_image_and_label_is_named(tmp_path):
     with tfds.testing.mock_data(num_examples=2):
-        with pytest.raises(data_lib.DataError, match=r"tfds imdb_reviews .*has no 'image' feature \(its features: label, text\)"):
+        with pytest.raises(fashion_mnist.DataError, match=r"tfds imdb_reviews .*has no 'image' feature \(its features: label, text\)"):
             datasets.load("imdb_reviews", tfds_data_dir=str(tmp_path))
 
 
 def test_an_unknown_tfds_name_is_named():
-    with pytest.raises(data_lib.DataError, match=r"tfds dataset 'no_such_dataset_xyz': not a TFDS dataset"):
+    with pytest.raises(fashion_mnist.DataError, match=r"tfds dataset 'no_such_dataset_xyz': not a TFDS dataset"):
         datasets.load("no_such_dataset_xyz")
 
 
 def test_a_dataset_not_prepared_offline_is_named_without_a_download(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-    with pytest.raises(data_lib.DataError, match=r"tfds cifar10 .*not prepared \(no download into the default data dir\)"):
+    with pytest.raises(fashion_mnist.DataError, match=r"tfds cifar10 .*not prepared \(no download into the default data dir\)"):
         datasets.load("cifar10")
     assert not os.listdir(tmp_path) or not any(os.scandir(tmp_path / "cifar10"))
 
 
 def test_unknown_split_is_named():
-    with pytest.raises(data_lib.DataError, match=r"tfds x: has no split 'validation' \(its splits: test, train\)"):
+    with pytest.raises(fashion_mnist.DataError, match=r"tfds x: has no split 'validation' \(its splits: test, train\)"):
         datasets._check_splits("tfds x", {"train": 10, "test": 5}, ("train", "validation"))
     datasets._check_splits("tfds x", {"train": 10, "test": 5}, ("train[:50%]", "test"))
     datasets._check_splits("tfds x", {}, ("anything", "test"))  # no metadata (mock_data)
 
 
 def test_idx_files_have_no_other_splits(tmp_path):
-    with pytest.raises(data_lib.DataError, match="hold only Fashion-MNIST's train and test splits"):
+    with pytest.raises(fashion_mnist.DataError, match="hold only Fashion-MNIST's train and test splits"):
         datasets.load("fashion_mnist", dataset_dir=str(tmp_path), train_split="train[:50%]")
 
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from clr_loop import cli
-from clr_loop import config as config_lib
+from clr_loop.experiment import config as config_lib
 from clr_loop import inputs
 from clr_loop import loop
 from clr_loop import runtime

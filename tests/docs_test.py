@@ -63,7 +63,7 @@ x_val = rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8); y_val = rng.integ
 """
 CONTEXT = {
     # docs/training.md: Fashion-MNIST as a .npz, from Debian's raw files.
-    "data.load_idx_dir(": (
+    "load_idx_dir(": (
         "",
         'import numpy as np\nwith np.load("fm.npz") as f:\n'
         '    print(f["x_train"].shape, f["y_train"].shape, f["x_test"].shape, f["y_test"].shape)',
@@ -103,7 +103,7 @@ CONTEXT = {
 }
 EXPECTED_OUTPUT = {
     'c = json.load(open(os.path.join(work, "comparison.json")))': "True",
-    "data.load_idx_dir(": "(60000, 28, 28, 1) (60000,) (10000, 28, 28, 1) (10000,)",
+    "load_idx_dir(": "(60000, 28, 28, 1) (60000,) (10000, 28, 28, 1) (10000,)",
     "def build(input_shape, num_classes):": "logits",
     "ScheduleFreeAdamW(0.0025": "['accuracy', 'loss', 'lr', 'val_accuracy', 'val_loss'] 10",
 }
@@ -149,7 +149,7 @@ def test_every_python_block_runs_as_written(path, line, before, code, tmp_path):
         pytest.skip(f"{where}: not run: {not_run.group(1)}")
     marker = marker_of(code, CONTEXT)
     prelude, check = CONTEXT.get(marker, ("", ""))
-    if marker == "data.load_idx_dir(" and not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+    if marker == "load_idx_dir(" and not os.path.isdir("/usr/share/datasets/fashion-mnist"):
         pytest.skip("dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
         [REPO] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))

@@ -61,9 +61,9 @@ def test_both_contenders_start_from_the_same_weights_and_report_every_measuremen
     data = tiny_data(num_test=20)
     results = {c: fit_bench.time_contender(case, c, data=data) for c in fit_bench.CONTENDERS}
     keras.utils.set_random_seed(fit_bench.SEED)
-    from clr_loop import model as model_lib
+    from clr_loop.experiment import models
 
-    expected = fit_bench.weights_checksum(model_lib.create_model(seed=fit_bench.SEED).get_weights())
+    expected = fit_bench.weights_checksum(models.create_model(seed=fit_bench.SEED).get_weights())
     for contender, r in results.items():
         assert r["init_checksum"] == pytest.approx(expected)
         assert (r["epoch_steps"], r["epoch_examples"], r["val_examples"]) == (5, 40, 20)

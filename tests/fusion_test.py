@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from clr_loop import loop
 from clr_loop import inputs
-from clr_loop import model as model_lib
+from clr_loop.experiment import models
 from clr_loop import schedules
 
 IMAGE = (16, 16, 1)  # the smallest image the tutorial CNN's two 5x5 convolutions and pools take
@@ -134,7 +134,7 @@ def _run(scheduled=True, **fit_args):
     random uint8 images, and one batch of them; without `scheduled` the optimizer's rate is a
     plain variable (for code that would set it from the schedule in Python)."""
     keras.utils.set_random_seed(0)
-    model = model_lib.create_model(seed=1, input_shape=IMAGE)
+    model = models.create_model(seed=1, input_shape=IMAGE)
     clr = schedules.Triangular2CyclicalLearningRate(1e-3, 1e-2, step_size=4)
     model.compile(keras.optimizers.SGD(clr if scheduled else 1e-3, momentum=0.9), keras.losses.SparseCategoricalCrossentropy(),
                   metrics=["accuracy"])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from benchmarks import gpu_check
-from clr_loop import data as data_lib
+from clr_loop.experiment import fashion_mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "gpu_check.sh")
@@ -92,7 +92,7 @@ def test_training_time_of_a_hand_made_history():
 
 def test_idx_data_is_read_by_the_trainers_loader(tmp_path):
     gpu_check.write_idx_dir(str(tmp_path), n_train=12, n_test=5, seed=3)
-    data = data_lib.load_idx_dir(str(tmp_path), expect_full_size=False)
+    data = fashion_mnist.load_idx_dir(str(tmp_path), expect_full_size=False)
     assert (data.train.num_examples, data.test.num_examples) == (12, 5)
     assert data.train.images.shape == (12, 28, 28, 1) and data.train.images.dtype == np.uint8
     assert set(np.unique(data.test.labels)) <= set(range(10))

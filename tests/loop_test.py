@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from clr_loop import checkpointing
 from clr_loop import inputs
 from clr_loop import loop
-from clr_loop import model as model_lib
+from clr_loop.experiment import models
 from clr_loop import optimizers
 from clr_loop import runtime
 from clr_loop import schedules
@@ -104,7 +104,7 @@ def test_tutorial_code_with_only_the_fit_line_changed(capsys):
         return keras.optimizers.SGD(clr)
 
     keras.utils.set_random_seed(42)
-    model = model_lib.create_model(seed=3)
+    model = models.create_model(seed=3)
     twin = keras.models.clone_model(model)
     twin.set_weights(model.get_weights())
     model.compile(loss="sparse_categorical_crossentropy", optimizer=make_optimizer(), metrics=["accuracy"])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clr_loop import data as data_lib
+from clr_loop.experiment import fashion_mnist
 from clr_loop import inputs
 from clr_loop import loop
 from clr_loop import lr_finder
@@ -331,14 +331,14 @@ def fake_images(n=64, seed=0):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n).astype(np.int32)
     images = (rng.integers(0, 40, (n, 28, 28, 1)) + (labels * 20)[:, None, None, None]).astype(np.uint8)
-    return data_lib.Split(images=images, labels=labels)
+    return fashion_mnist.Split(images=images, labels=labels)
 
 
 def test_cnn_range_test_leaves_the_cnn_unchanged():
-    from clr_loop import model as model_lib
+    from clr_loop.experiment import models
 
     split = fake_images()
-    model = model_lib.create_model(seed=1)
+    model = models.create_model(seed=1)
     model.compile(optimizer=keras.optimizers.SGD(momentum=0.9), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     before = _state(model)  # the weights and the dropout seed state

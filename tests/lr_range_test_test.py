@@ -14,8 +14,8 @@ from absl import app
 from absl import flags
 from absl.testing import flagsaver
 
-from clr_loop import config as config_lib
-from clr_loop import data as data_lib
+from clr_loop.experiment import config as config_lib
+from clr_loop.experiment import fashion_mnist
 from clr_loop import lr_finder
 from clr_loop import lr_range_test as lrt
 from train_cli_test import assert_one_line_usage_error
@@ -90,9 +90,9 @@ def write_tiny_idx_dir(directory, n_train=96, n_test=40, seed=0):
     for split, n in (("train", n_train), ("test", n_test)):
         labels = rng.integers(0, 10, n, dtype=np.uint8)
         images = (rng.integers(0, 40, (n, 28, 28)) + labels[:, None, None] * 20).astype(np.uint8)
-        with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_images"]), "wb") as f:
+        with gzip.open(os.path.join(directory, fashion_mnist.IDX_FILES[f"{split}_images"]), "wb") as f:
             f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-        with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_labels"]), "wb") as f:
+        with gzip.open(os.path.join(directory, fashion_mnist.IDX_FILES[f"{split}_labels"]), "wb") as f:
             f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
     return directory
 
@@ -144,15 +144,15 @@ def test_the_apps_curve_is_keras_own_train_on_batch_losses(tmp_path):
     import keras
 
     from clr_loop import inputs
-    from clr_loop import model as model_lib
+    from clr_loop.experiment import models
 
-    data = data_lib.load(dataset_dir=write_tiny_idx_dir(str(tmp_path / "idx")))
+    data = fashion_mnist.load(dataset_dir=write_tiny_idx_dir(str(tmp_path / "idx")))
     config = lrt.RangeTestConfig(start_lr=1e-3, end_lr=0.3, num_steps=5, batch_size=32, seed=7, momentum=0.9,
                                  jit_compile="false", workdir=str(tmp_path / "lr"))
     result, _ = lrt.run_range_test(config, data)
 
     keras.utils.set_random_seed(config.seed)
-    model = model_lib.create_model(seed=config.seed)
+    model = models.create_model(seed=config.seed)
     ramp = lr_finder.RangeRamp(config.start_lr, config.end_lr, config.num_steps)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=ramp, momentum=0.9),
                   loss="sparse_categorical_crossentropy")

@@ -1,4 +1,4 @@
-"""Tests for clr_loop.models: the registry, ResNet-20's size and shortcuts, normalisation, user functions."""
+"""Tests for clr_loop.experiment.models: the registry, ResNet-20's size and shortcuts, normalisation, user functions."""
 
 import textwrap
 
@@ -6,8 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from clr_loop import model as model_lib
-from clr_loop import models
+from clr_loop.experiment import models
 
 
 def uint8_images(n=20, shape=(32, 32, 3), seed=0):
@@ -75,7 +74,7 @@ def test_tutorial_cnn_on_fashion_mnist_is_the_tutorials_model():
     keras.utils.set_random_seed(5)
     built = models.create("tutorial_cnn", (28, 28, 1), 10, train_images=uint8_images(shape=(28, 28, 1)), seed=5)
     keras.utils.set_random_seed(5)
-    tutorial = model_lib.create_model(seed=5)
+    tutorial = models.create_model(seed=5)
     assert [type(layer) for layer in built.model.layers] == [type(layer) for layer in tutorial.layers]
     for a, b in zip(built.model.weights, tutorial.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

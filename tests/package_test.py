@@ -25,9 +25,9 @@ def run_python(code, *args):
 
 
 def library_modules():
-    """Returns the dotted names of the package's library modules (all but the apps), sorted."""
-    names = [info.name for info in pkgutil.iter_modules(clr_loop.__path__)]
-    return sorted(f"clr_loop.{name}" for name in names if name not in APPS)
+    """Returns the dotted names of the package's non-app modules (the library and the experiment), sorted."""
+    names = [info.name for info in pkgutil.walk_packages(clr_loop.__path__, "clr_loop.")]
+    return sorted(name for name in names if name.removeprefix("clr_loop.") not in APPS)
 
 
 def test_import_clr_loop_changes_nothing_outside_the_package():
@@ -74,7 +74,7 @@ def test_public_names_load_from_their_modules_on_first_use():
 def test_library_modules_leave_a_programs_own_batch_size_flag_alone():
     """A user's absl app defines --batch_size, imports every library module and runs."""
     modules = library_modules()
-    assert {"clr_loop.cli", "clr_loop.lr_finder", "clr_loop.schedules", "clr_loop.trainer"} <= set(modules)
+    assert {"clr_loop.cli", "clr_loop.lr_finder", "clr_loop.schedules", "clr_loop.experiment.runner"} <= set(modules)
     code = textwrap.dedent("""
         import importlib, sys
         from absl import app, flags

@@ -1,4 +1,4 @@
-"""Tests of clr_loop.figures and the clr_loop.plot app: plotted series against hand-computed schedules, history checks, PNGs."""
+"""Tests of clr_loop.experiment.figures and the clr_loop.plot app: plotted series against hand-computed schedules, history checks, PNGs."""
 
 import json
 import os
@@ -11,8 +11,8 @@ from absl import app
 from absl import flags
 from absl.testing import flagsaver
 
-from clr_loop import config as config_lib
-from clr_loop import figures
+from clr_loop.experiment import config as config_lib
+from clr_loop.experiment import figures
 from clr_loop import plot
 from train_cli_test import assert_one_line_usage_error
 

@@ -12,9 +12,9 @@ import pytest
 
 from benchmarks import bench
 from benchmarks import torch_peer
-from clr_loop import config as config_lib
-from clr_loop import data as data_lib
-from clr_loop import model as model_lib
+from clr_loop.experiment import config as config_lib
+from clr_loop.experiment import fashion_mnist
+from clr_loop.experiment import models
 from clr_loop import schedules
 from train_cli_test import write_tiny_idx_dir
 
@@ -31,13 +31,13 @@ def test_constants_are_clr_loops():
     assert (torch_peer.INITIAL_LR, torch_peer.MAX_LR, torch_peer.STEP_SIZE_EPOCHS) == (
         config.initial_lr, config.max_lr, config.step_size_epochs)
     assert torch_peer.BATCH_SIZE == config.batch_size == bench.TUTORIAL_BATCH_SIZE
-    assert torch_peer.DEBIAN_DIR == data_lib.DEBIAN_DIR and torch_peer.IDX_FILES == data_lib.IDX_FILES
-    assert torch_peer.FULL_SIZE == data_lib.FULL_SIZE and torch_peer.SEED == bench.SEED
+    assert torch_peer.DEBIAN_DIR == fashion_mnist.DEBIAN_DIR and torch_peer.IDX_FILES == fashion_mnist.IDX_FILES
+    assert torch_peer.FULL_SIZE == fashion_mnist.FULL_SIZE and torch_peer.SEED == bench.SEED
 
 
 def test_model_has_the_keras_models_layers_parameters_and_cost():
     model = torch_peer.make_model()
-    keras_model = model_lib.create_model(seed=0)
+    keras_model = models.create_model(seed=0)
     assert sum(p.numel() for p in model.parameters()) == keras_model.count_params() == 18_762
     assert [m for _, m in torch_peer.layer_macs(model)] == [m for _, m in bench.layer_macs(keras_model)]
     out = model(torch.zeros((3, 1, 28, 28), dtype=torch.uint8))
@@ -83,7 +83,7 @@ def test_load_arrays_reads_the_idx_files_as_clr_loop_does(tmp_path):
     directory = str(tmp_path / "idx")
     write_tiny_idx_dir(directory, n_train=20, n_test=12)
     arrays, description = torch_peer.load_arrays("auto", directory=directory)
-    data = data_lib.load_idx_dir(directory, expect_full_size=False)
+    data = fashion_mnist.load_idx_dir(directory, expect_full_size=False)
     for got, want in zip(arrays, (data.train.images, data.train.labels, data.test.images, data.test.labels)):
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
@@ -113,7 +113,7 @@ def test_time_steps_reports_what_the_bench_table_needs():
     spec = bench.Spec("torch", batch_size=8, steps=3, repeats=2, data="random", examples=64)
     result = torch_peer.time_steps(dataclasses.asdict(spec), cores=1)
     assert len(result["ms_per_step_repeats"]) == 2 and result["ms_per_step"] > 0 and result["steps"] == 3
-    assert result["flops_per_step"] == bench.step_flops(model_lib.create_model(), 8)
+    assert result["flops_per_step"] == bench.step_flops(models.create_model(), 8)
     assert result["threads"][1] == 1 and np.isfinite(result["last_loss"]) and "random" in result["data"]
     assert result["jit_resolved"] is False
 

@@ -15,9 +15,9 @@ from absl import app
 from absl import flags
 from absl.testing import flagsaver
 
-from clr_loop import data as data_lib
+from clr_loop.experiment import fashion_mnist
 from clr_loop import train
-from clr_loop import trainer as trainer_lib
+from clr_loop.experiment import runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds"}
@@ -31,7 +31,7 @@ def write_tiny_idx_dir(directory, n_train=96, n_test=40, seed=0, source=None):
     """
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
-    real = data_lib.load_idx_dir(source) if source else None
+    real = fashion_mnist.load_idx_dir(source) if source else None
     for split, n in (("train", n_train), ("test", n_test)):
         if real is not None:
             images = getattr(real, split).images[:n, :, :, 0]
@@ -39,9 +39,9 @@ def write_tiny_idx_dir(directory, n_train=96, n_test=40, seed=0, source=None):
         else:
             images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
             labels = rng.integers(0, 10, n, dtype=np.uint8)
-        with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_images"]), "wb") as f:
+        with gzip.open(os.path.join(directory, fashion_mnist.IDX_FILES[f"{split}_images"]), "wb") as f:
             f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-        with gzip.open(os.path.join(directory, data_lib.IDX_FILES[f"{split}_labels"]), "wb") as f:
+        with gzip.open(os.path.join(directory, fashion_mnist.IDX_FILES[f"{split}_labels"]), "wb") as f:
             f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
     return directory
 
@@ -230,7 +230,7 @@ def test_missing_flagfile_is_named(tmp_path):
 
 def test_bad_data_file_is_named_with_its_problem(tmp_path):
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
-    bad = os.path.join(data_dir, data_lib.IDX_FILES["train_labels"])
+    bad = os.path.join(data_dir, fashion_mnist.IDX_FILES["train_labels"])
     with gzip.open(bad, "wb") as f:
         f.write(struct.pack(">II", 0x801, 96) + bytes([3] * 95 + [12]))
     result = run_cli(f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}")
@@ -249,12 +249,12 @@ def test_non_finite_run_stops_with_step_and_rate(tmp_path):
     assert re.search(r"non-finite (loss at|weights after) step \d+ \(learning rate 1e\+12\)", result.stderr), result.stderr
 
 
-@pytest.mark.skipif(not os.path.isdir(data_lib.DEBIAN_DIR), reason="needs apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(not os.path.isdir(fashion_mnist.DEBIAN_DIR), reason="needs apt-get install dataset-fashion-mnist")
 def test_real_data_few_hundred_steps_beat_the_untrained_model(tmp_path):
-    from clr_loop import config as config_lib
+    from clr_loop.experiment import config as config_lib
 
     config = config_lib.Config(mode="none", lr=0.05, max_steps=300, workdir=str(tmp_path / "run"), jit_compile="false")
-    trainer = trainer_lib.Trainer(config, data_lib.load_idx_dir(data_lib.DEBIAN_DIR))
+    trainer = runner.Trainer(config, fashion_mnist.load_idx_dir(fashion_mnist.DEBIAN_DIR))
     untrained, count = trainer.run.validate()
     history = trainer.train()
     assert count == 10000

@@ -120,7 +120,7 @@ class Split:
 class FashionMnist:
     """The train and test splits plus `source`, a human-readable note of where they came from.
 
-    `num_classes`, `image_shape` and `name` are those of `clr_loop.datasets.ImageData`, so the
+    `num_classes`, `image_shape` and `name` are those of `clr_loop.experiment.datasets.ImageData`, so the
     trainer takes either.
     """
 

@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 
-from clr_loop import config as config_lib
-from clr_loop import data as data_lib
+from clr_loop.experiment import config as config_lib
+from clr_loop.experiment import fashion_mnist
 
 REQUIRED_HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # The tutorial draws both loss panels with ylim [0, 2.5]; the limits only grow to fit larger values.
@@ -53,7 +53,7 @@ class Panel:
     lines: tuple
 
 
-def schedule_series(config, num_train_examples=data_lib.FULL_SIZE["train"], max_points=MAX_SCHEDULE_POINTS):
+def schedule_series(config, num_train_examples=fashion_mnist.FULL_SIZE["train"], max_points=MAX_SCHEDULE_POINTS):
     """Returns (steps, lr): int64 steps from 0 to total_steps-1 and the float64 rate the optimizer uses at each.
 
     Every step when there are at most `max_points`, else `max_points` evenly spaced steps
@@ -271,7 +271,7 @@ def draw_overlay(lines, ylabel, path, title):
     return fig
 
 
-def plot_schedule(config, path, num_train_examples=data_lib.FULL_SIZE["train"]):
+def plot_schedule(config, path, num_train_examples=fashion_mnist.FULL_SIZE["train"]):
     """Writes the lr-against-step figure of `config`'s schedule to `path` (PNG); returns `path`."""
     steps, lr = schedule_series(config, num_train_examples)
     plan = config_lib.plan_steps(config, num_train_examples)

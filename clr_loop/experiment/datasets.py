@@ -1,6 +1,6 @@
 """The datasets a training run can name, loaded as in-memory image arrays with their shape and class count.
 
-- `fashion_mnist` (the default): the tutorial's sources, in `clr_loop.data.load`'s order (prepared
+- `fashion_mnist` (the default): the tutorial's sources, in `clr_loop.experiment.fashion_mnist.load`'s order (prepared
   TFDS data, the raw IDX files, a download).
 - any TFDS image-classification dataset with `image` and `label` features (`mnist`, `cifar10`,
   `svhn_cropped`, ...): shapes and the class count come from the builder's info.
@@ -24,9 +24,9 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from clr_loop import data as data_lib
+from clr_loop.experiment import fashion_mnist
 
-DataError = data_lib.DataError
+DataError = fashion_mnist.DataError
 DEFAULT = "fashion_mnist"
 NPZ_PREFIX = "npz:"
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -142,7 +142,7 @@ def load(dataset=DEFAULT, *, tfds_data_dir=None, dataset_dir=None, train_split="
     if is_npz(dataset):
         return load_npz(dataset[len(NPZ_PREFIX):])
     if dataset == DEFAULT and (train_split, eval_split) == ("train", "test"):
-        return data_lib.load(tfds_data_dir=tfds_data_dir, dataset_dir=dataset_dir)
+        return fashion_mnist.load(tfds_data_dir=tfds_data_dir, dataset_dir=dataset_dir)
     if dataset_dir is not None:
         raise DataError(
             f"dataset {dataset!r} with splits {train_split!r}/{eval_split!r}: the raw IDX files of dataset_dir "
@@ -173,7 +173,7 @@ def load_tfds(name, *, data_dir=None, train_split="train", eval_split="test", ma
     given; with TFDS's default data dir a dataset that is not prepared is an error (no download).
     Raises DataError naming the dataset and what is missing.
     """
-    tfds = data_lib._tfds()  # pylint: disable=protected-access
+    tfds = fashion_mnist._tfds()  # pylint: disable=protected-access
     try:
         builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
     except Exception as e:  # pylint: disable=broad-except  (TFDS raises its own kinds for unknown names)
@@ -187,7 +187,7 @@ def load_tfds(name, *, data_dir=None, train_split="train", eval_split="test", ma
                 f"{where}: not prepared (no download into the default data dir): prepare it with "
                 f"`tfds build {name}`, or name a TFDS data dir to prepare it in"
             )
-        data_lib.download_and_prepare(builder, where)
+        fashion_mnist.download_and_prepare(builder, where)
     sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
     _check_splits(where, sizes, (train_split, eval_split))
     counts = {split: _split_size(builder, split) for split in (train_split, eval_split)}
@@ -274,7 +274,7 @@ def load_npz(path):
     path = os.fspath(path)
     if not path:
         raise DataError("npz: no file named (npz:PATH)")
-    what = data_lib.not_a_regular_file(path)
+    what = fashion_mnist.not_a_regular_file(path)
     if what is not None:
         raise DataError(f"{path}: {what}")
     try:

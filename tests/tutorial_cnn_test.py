@@ -1,13 +1,13 @@
-"""Tests for clr_loop.model: the tutorial's CNN, layer for layer."""
+"""Tests for clr_loop.experiment.models: the tutorial's CNN, layer for layer."""
 
 import keras
 import numpy as np
 
-from clr_loop import model as model_lib
+from clr_loop.experiment import models
 
 
 def test_layers_match_the_tutorial():
-    model = model_lib.create_model(seed=0)
+    model = models.create_model(seed=0)
     layers = model.layers
     assert [type(l).__name__ for l in layers] == [
         "Rescaling", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "SpatialDropout2D",
@@ -25,7 +25,7 @@ def test_layers_match_the_tutorial():
 
 
 def test_uint8_images_give_probabilities_and_rescaling_is_inside():
-    model = model_lib.create_model(seed=0)
+    model = models.create_model(seed=0)
     images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
     probs = np.asarray(model(images, training=False))
     assert probs.shape == (4, 10)
@@ -37,10 +37,10 @@ def test_uint8_images_give_probabilities_and_rescaling_is_inside():
 
 def test_same_global_seed_same_initial_weights():
     keras.utils.set_random_seed(7)
-    a = [w.copy() for w in model_lib.create_model(seed=7).get_weights()]
+    a = [w.copy() for w in models.create_model(seed=7).get_weights()]
     keras.utils.set_random_seed(7)
-    b = model_lib.create_model(seed=7).get_weights()
+    b = models.create_model(seed=7).get_weights()
     keras.utils.set_random_seed(8)
-    c = model_lib.create_model(seed=8).get_weights()
+    c = models.create_model(seed=8).get_weights()
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert any(not np.array_equal(x, z) for x, z in zip(a, c))

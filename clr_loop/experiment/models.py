@@ -22,11 +22,46 @@ import keras
 import numpy as np
 from keras import ops
 
-from clr_loop import model as model_lib
 
 MODELS = ("tutorial_cnn", "resnet20")
 OUTPUTS = ("logits", "probabilities")
 _STATS_CHUNK = 10000
+
+
+TUTORIAL_IMAGE_SHAPE = (28, 28, 1)
+
+
+def create_model(seed=None, input_shape=TUTORIAL_IMAGE_SHAPE, num_classes=10, rescale=True):
+    """Returns a built Keras `Sequential` CNN that maps uint8 images to 10 softmax probabilities.
+
+    With the defaults it is the tutorial's model; `input_shape` (H, W, C) and `num_classes` fit it
+    to other images (the same layers), and `rescale=False` leaves out the Rescaling layer (for
+    float images already scaled).
+
+    Layers as in the tutorial: Rescaling(1/255) (so the input pipeline keeps uint8 pixels),
+    Conv2D(16, 5x5, relu), MaxPool(2), Conv2D(32, 5x5, relu), MaxPool(2), SpatialDropout2D(0.2),
+    GlobalAveragePooling2D, Dense(128, relu), Dense(10, softmax). Built under a mixed dtype policy
+    (`clr_loop.runtime.precision`) its layers compute in bfloat16/float16, except the last one, whose
+    probabilities stay float32. `seed` fixes the dropout layer's
+    seed generator; the weight initialisers follow Keras's global seed
+    (`keras.utils.set_random_seed`).
+    """
+    return keras.Sequential(
+        [
+            keras.Input(tuple(input_shape)),
+            *([keras.layers.Rescaling(1.0 / 255)] if rescale else []),
+            keras.layers.Conv2D(16, (5, 5), activation="relu"),
+            keras.layers.MaxPooling2D(pool_size=(2, 2)),
+            keras.layers.Conv2D(32, (5, 5), activation="relu"),
+            keras.layers.MaxPooling2D(pool_size=(2, 2)),
+            keras.layers.SpatialDropout2D(0.2, seed=seed),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(128, activation="relu"),
+            # float32 whatever the dtype policy, as Keras's mixed-precision guide asks of the output.
+            keras.layers.Dense(num_classes, activation="softmax", dtype="float32"),
+        ],
+        name="clr_cnn",
+    )
 
 
 class ModelError(ValueError):
@@ -84,11 +119,11 @@ def create(name, input_shape, num_classes, *, train_images=None, stats=None, see
     uint8 = train_images is None or train_images.dtype == np.uint8
     if name == "tutorial_cnn":
         if uint8:
-            model = _build(name, input_shape, lambda: model_lib.create_model(
+            model = _build(name, input_shape, lambda: create_model(
                 seed=seed, input_shape=input_shape, num_classes=num_classes))
         else:
             model = _build(name, input_shape, lambda: _normalized(
-                model_lib.create_model(seed=seed, input_shape=input_shape, num_classes=num_classes, rescale=False),
+                create_model(seed=seed, input_shape=input_shape, num_classes=num_classes, rescale=False),
                 train_images))
         return Built(model, from_logits=False)
     if name == "resnet20":

@@ -1,8 +1,8 @@
 """The CLI's experiment (by default the tutorial's Fashion-MNIST one) as a client of the general loop (`clr_loop.loop`).
 
-It builds the Config's model (`clr_loop.models`: by default the tutorial's CNN), compiles it with
+It builds the Config's model (`clr_loop.experiment.models`: by default the tutorial's CNN), compiles it with
 the Config's optimizer (SGD by default) and schedule, the cross-entropy its outputs call for and
-accuracy, and trains it on the dataset's in-memory arrays (`clr_loop.datasets`), or on the
+accuracy, and trains it on the dataset's in-memory arrays (`clr_loop.experiment.datasets`), or on the
 tf.data stream of a TFDS dataset too big for memory (whose iterator the loop checkpoints), with `loop.Run`,
 with the Config's augmentation, workdir, step counts and device settings. What is particular to the
 experiment stays here: the initial-weights files, the workdir's config.json (another configuration
@@ -17,13 +17,13 @@ import tensorflow as tf
 from absl import logging
 
 from clr_loop import checkpointing
-from clr_loop import config as config_lib
-from clr_loop import data as data_lib
-from clr_loop import datasets
+from clr_loop.experiment import config as config_lib
+from clr_loop.experiment import fashion_mnist
+from clr_loop.experiment import datasets
 from clr_loop import distribute
 from clr_loop import inputs
 from clr_loop import loop
-from clr_loop import models
+from clr_loop.experiment import models
 from clr_loop import optimizers as optimizers_lib
 from clr_loop import runtime
 from clr_loop import steps as steps_lib
@@ -63,7 +63,7 @@ def save_initial_weights(model, path):
 
 def load_initial_weights(model, path):
     """Loads `model`'s weights from a `.weights.h5` file; raises WeightsError naming the file on failure."""
-    what = data_lib.not_a_regular_file(path)
+    what = fashion_mnist.not_a_regular_file(path)
     if what is not None:
         raise WeightsError(f"initial weights file {path} {what}")
     try:
@@ -212,8 +212,8 @@ class Trainer:
     `clr_loop.loop` on the dataset's arrays (or its stream: `make_inputs`), with `config.workdir` as the
     run directory.
 
-    Build it with a Config and loaded data (`clr_loop.datasets.load`'s: an ImageData or a
-    `clr_loop.data.FashionMnist`) and optionally a `model` (then compiled for probabilities), then call `train()`,
+    Build it with a Config and loaded data (`clr_loop.experiment.datasets.load`'s: an ImageData or a
+    `clr_loop.experiment.fashion_mnist.FashionMnist`) and optionally a `model` (then compiled for probabilities), then call `train()`,
     which checks the workdir's configuration, writes `config.save_init` (once the checks pass),
     resumes from its last checkpoint when there is one and returns the history dict (per-epoch lists under `HISTORY_KEYS`). `run` is the
     `loop.Run` that does the work.
@@ -227,8 +227,8 @@ class Trainer:
         self.is_chief = distribute.is_chief(self.strategy)
         check_replicas(config, self.strategy)
         self.plan = config_lib.plan_steps(config, data.train.num_examples)
-        if config.deterministic:
-            tf.config.experimental.enable_op_determinism()
+        # The Config's seed is its model's: Keras's initialisers and layers draw their default
+        # seeds from Keras's global seed. (Op determinism is the process's: the apps set it.)
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
             if model is None:
@@ -372,16 +372,12 @@ def _plan_dict(plan, jit_compile, batch_splits):
 
 
 def train_and_evaluate(config, data=None, strategy=None):
-    """Sets up the distribution, loads the data (unless given), trains and evaluates; returns the history.
+    """Loads the data (unless given), trains and evaluates `config`'s run; returns the history dict.
 
-    Without a `strategy`, `config.virtual_cpus` and `config.strategy` make one first: a
-    multi-worker strategy must exist before TensorFlow runs any op.
+    `strategy` defaults to the current one. The process's set-up (thread pools, virtual CPUs, op
+    determinism, a multi-worker strategy, which must exist before TensorFlow runs any op) is the
+    caller's: the train app makes it with `clr_loop.cli.set_up_process`.
     """
-    if strategy is None:
-        runtime.configure_threads(resolve_batch_splits(config))
-        if config.virtual_cpus:
-            distribute.configure_virtual_cpus(config.virtual_cpus)
-        strategy = distribute.make_strategy(config.strategy, config.devices, config.cluster_timeout)
     if data is None:
         data = datasets.load(config.dataset, tfds_data_dir=config.tfds_data_dir, dataset_dir=config.dataset_dir,
                              train_split=config.train_split, eval_split=config.eval_split)

@@ -8,10 +8,11 @@ from typing import Optional, Tuple
 import keras
 
 from clr_loop import augment as augment_lib
-from clr_loop import data as data_lib
-from clr_loop import datasets
+from clr_loop import distribute
+from clr_loop.experiment import fashion_mnist
+from clr_loop.experiment import datasets
 from clr_loop import inputs
-from clr_loop import models
+from clr_loop.experiment import models
 from clr_loop import runtime
 from clr_loop import schedules
 
@@ -28,7 +29,7 @@ SCHEDULE_FREE_OPTIMIZERS = ("sgd", "adamw")
 # The schedule-free reference's interpolation beta, used for SGD when --momentum is left at 0.
 SCHEDULE_FREE_MOMENTUM = 0.9
 JIT_CHOICES = ("auto", "true", "false")
-STRATEGIES = ("default", "mirrored", "multi_worker")
+STRATEGIES = distribute.STRATEGIES
 OPTIMIZERS = ("sgd", "adam", "adamw")
 INPUT_MODES = inputs.INPUT_MODES
 PRECISIONS = runtime.PRECISIONS
@@ -42,9 +43,7 @@ MAX_COUNT = 2**62
 # Virtual CPU devices are for trying distribution out on one machine; TensorFlow takes minutes to
 # set up tens of thousands of them.
 MAX_VIRTUAL_CPUS = 64
-# The longest a multi-worker run waits for its peers and for a collective op, in seconds (a week):
-# the join watchdog's wait and TensorFlow's collective timeout need a finite time they can represent.
-MAX_CLUSTER_TIMEOUT = 7 * 24 * 3600
+MAX_CLUSTER_TIMEOUT = distribute.MAX_CLUSTER_TIMEOUT
 _COUNTS = ("batch_size", "eval_batch_size", "steps_per_loop", "log_every_steps", "keep_checkpoints",
            "max_steps", "checkpoint_every_steps", "virtual_cpus", "batch_splits")
 
@@ -166,7 +165,7 @@ def plan_steps(config, num_train_examples):
     without a warmup); `decay_steps` (mode wsd) is `round(decay_epochs * steps_per_epoch)`, or
     `round(decay_fraction * epochs * steps_per_epoch)` (default fraction 0.2), at least 1, else None.
     """
-    steps_per_epoch = data_lib.steps_per_epoch(num_train_examples, config.batch_size)
+    steps_per_epoch = fashion_mnist.steps_per_epoch(num_train_examples, config.batch_size)
     total = config.epochs * steps_per_epoch
     if config.max_steps > 0:
         total = min(total, config.max_steps)

@@ -1,4 +1,4 @@
-"""Tests for clr_loop.data: the IDX reader, source selection, TFDS loading, pipelines.
+"""Tests for clr_loop.experiment.fashion_mnist: the IDX reader, source selection, TFDS loading, pipelines.
 
 IDX files are written here with struct + gzip straight from the format description, not
 with any code from clr_loop. No test touches the network: TFDS downloads are replaced by
@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from clr_loop import data
+from clr_loop.experiment import fashion_mnist as data
 from clr_loop import inputs
 
 IMAGES_MAGIC = 0x00000803

@@ -37,7 +37,10 @@ IMPORT_TO_DIST = {
 }
 
 # Test file -> the Markdown files whose ```python blocks it runs: their imports are the test's too.
-RUNS_MARKDOWN = {"tests/readme_test.py": ["README.md"]}
+# readme_test runs the README's fit example and docs/schedules.md's two schedule examples; docs_test runs
+# every other block of README.md and docs/*.md.
+DOCS = ["README.md"] + sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
+RUNS_MARKDOWN = {"tests/readme_test.py": ["README.md", "docs/schedules.md"], "tests/docs_test.py": DOCS}
 
 LIBRARY, BINARY, TEST = "py_library", "py_binary", "py_test"
 

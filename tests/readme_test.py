@@ -1,5 +1,6 @@
-"""The README's commands and example are the ones that really run."""
+"""The README's commands and the documentation's examples are the ones that really run."""
 
+import glob
 import os
 import re
 import subprocess
@@ -18,9 +19,26 @@ def code_blocks(text, language):
     return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
 
 
+def markdown_files():
+    """README.md and docs/*.md, repo-relative."""
+    return ["README.md"] + sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md")))
+
+
+def find_block(marker):
+    """Returns (path, block): the one ```python block of README.md and docs/*.md holding `marker`."""
+    found = [(path, block) for path in markdown_files() for block in code_blocks(read(path), "python") if marker in block]
+    assert len(found) == 1, f"{marker!r} is in {len(found)} ```python blocks of README.md and docs/*.md, not 1"
+    return found[0]
+
+
+def section(text, heading):
+    """Returns a Markdown section: from its `## heading` line to the next `## ` heading."""
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
 def test_ci_runs_the_readme_install_and_test_commands():
     readme, ci = read("README.md"), read(".ci/run")
-    setup = [line for block in code_blocks(readme.split("## The schedules")[0], "sh") for line in block.splitlines()]
+    setup = [line for block in code_blocks(section(readme, "Set up"), "sh") for line in block.splitlines()]
     install_main, install_tests = 'python -m pip install -e ".[plot]"', 'python -m pip install -e ".[dev,plot]"'
     assert any(line.startswith(install_main) and "python -m clr_loop.train --mode=triangular2" in line for line in setup)
     assert f"{install_tests} && python -m pytest" in setup
@@ -32,28 +50,30 @@ def test_ci_runs_the_readme_install_and_test_commands():
     assert "dataset-fashion-mnist" in ci
 
 
-def test_readme_schedule_example_runs_and_prints_the_documented_values():
-    (example,) = [b for b in code_blocks(read("README.md"), "python") if "steps_per_epoch = 60000 // 64" in b]
+def test_schedule_example_runs_and_prints_the_documented_values():
+    path, example = find_block("steps_per_epoch = 60000 // 64")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "step 0: 0.000100, peak of cycle 1: 0.010000, peak of cycle 2: 0.005050"
+    documented = re.search(r"```\n\nprints `([^`]*)`", read(path).split("steps_per_epoch = 60000 // 64")[1]).group(1)
+    assert result.stdout.strip() == documented == "step 0: 0.000100, peak of cycle 1: 0.010000, peak of cycle 2: 0.005050"
 
 
-def test_readme_composition_example_prints_the_documented_values():
-    (example,) = [b for b in code_blocks(read("README.md"), "python") if "WarmupStableDecay(0.1" in b]
+def test_composition_example_prints_the_documented_values():
+    path, example = find_block("WarmupStableDecay(0.1")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, env=env, timeout=120,
                             cwd=REPO)
     assert result.returncode == 0, result.stderr
-    documented = re.search(r"```\n\nprints `([^`]*)`", read("README.md").split("WarmupStableDecay(0.1")[1]).group(1)
+    documented = re.search(r"```\n\nprints `([^`]*)`", read(path).split("WarmupStableDecay(0.1")[1]).group(1)
     assert result.stdout.strip() == documented == "0.050 0.100 0.0040 0.100 0.000"
 
 
 def test_readme_fit_example_runs_as_written(tmp_path):
     """The "Use it with your own model" example, unchanged, on small random data in place of the
     user's arrays: clr_loop.fit returns model.fit's history keys plus lr, and writes its workdir."""
-    (example,) = [b for b in code_blocks(read("README.md"), "python") if "clr_loop.fit(model" in b]
+    path, example = find_block("clr_loop.fit(model")
+    assert path == "README.md"  # the front door's example
     prelude = textwrap.dedent(
         """
         import json, numpy as np

@@ -534,7 +534,7 @@ def tfa_float32(step, initial, maximal, step_size):
     [(10_011, 7, 2e-4), (1_000_003, 2000, 3e-4), (1_000_003, 7, 1e-2), (10_000_001, 7, 0.1)],
 )
 def test_precision_is_the_intended_difference(step, step_size, tfa_error_above):
-    """The README's table: TFA's float32 relative error at these steps; clr_loop stays within 1e-6."""
+    """docs/schedules.md's precision table: TFA's float32 relative error at these steps; clr_loop stays within 1e-6."""
     exact = float(tfa_formula(step, 1e-4, 1e-2, step_size, np.ones_like))
     tfa = float(tfa_float32(step, 1e-4, 1e-2, step_size))
     ours = float(TriangularCyclicalLearningRate(1e-4, 1e-2, step_size)(step))

@@ -33,8 +33,8 @@ import tempfile
 
 from benchmarks import machine
 from benchmarks import measure
-from benchmarks import report as report_lib
 from benchmarks import processes
+from benchmarks import report as report_lib
 from benchmarks import step_profile
 from benchmarks import torch_peer
 from benchmarks import variants
@@ -122,7 +122,11 @@ class Options:
 
 
 def log(message):
-    """Prints a progress line to stderr (the tables go to stdout)."""
+    """Prints a progress line to stderr (the tables go to stdout).
+
+    Args:
+      message: the line.
+    """
     print(message, file=sys.stderr, flush=True)
 
 
@@ -489,7 +493,17 @@ def table_main(options):
 
 
 def main(argv):
-    """Runs the app that the flags choose: a worker, --fit_epoch, --analyze_profile, --grid or the table."""
+    """Runs the app that the flags choose: a worker, --fit_epoch, --analyze_profile, --grid or the table.
+
+    Args:
+      argv: the arguments absl left (only the program's name is accepted).
+
+    Returns:
+      The exit status.
+
+    Raises:
+      app.UsageError: a bad flag or argument, before anything runs.
+    """
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.worker:

@@ -53,7 +53,11 @@ def versions():
 
 
 def device_description():
-    """Returns a one-line description of where TensorFlow runs: GPU names, else the CPU model and cores."""
+    """Returns a one-line description of where TensorFlow runs: GPU names, else the CPU model and cores.
+
+    Returns:
+      "GPU: <names>" or "CPU: <model> (<n> logical cores)".
+    """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -64,7 +68,11 @@ def device_description():
 
 
 def cpu_model():
-    """Returns the CPU model name from /proc/cpuinfo (or `platform.processor()` elsewhere)."""
+    """Returns the CPU model name from /proc/cpuinfo (or `platform.processor()` elsewhere).
+
+    Returns:
+      The model name, or "unknown".
+    """
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -87,6 +95,12 @@ def cpu_features(cpuinfo_text=None):
     Read from the first "flags" line of `cpuinfo_text` (default: /proc/cpuinfo; empty when it
     cannot be read). `bf16_units` is whether any of BF16_FLAGS is there; "line" is one sentence
     for the report.
+
+    Args:
+      cpuinfo_text: the text of /proc/cpuinfo (None: read it).
+
+    Returns:
+      {"flags", "bf16_units", "line"}.
     """
     if cpuinfo_text is None:
         try:
@@ -118,6 +132,12 @@ def onednn_kernels(verbose_text):
     forward_training,src_bf16::blocked:acdb::f0 wei_bf16:...,...`; oneDNN 2's `dnnl_verbose,exec,
     cpu,...` too), most frequent first. The implementation names the ISA it was built for
     (`jit:avx2`, `brg:avx512_core_amx`, ...); "-" where oneDNN prints none (gemm_api calls).
+
+    Args:
+      verbose_text: a process's output with ONEDNN_VERBOSE=1.
+
+    Returns:
+      {key: executions}, most frequent first.
     """
     counts = {}
     for line in verbose_text.splitlines():

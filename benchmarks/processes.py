@@ -44,6 +44,14 @@ def run_process(argv, timeout=1800, env=None):
     Wall time is measured around the whole process (interpreter start to exit); CPU time and peak
     RSS come from the OS's accounting of that one child (`os.wait4`), so they belong to it alone.
     `env` adds variables to the child's environment.
+
+    Args:
+      argv: the command line.
+      timeout: seconds before the child is killed (TimeoutError).
+      env: variables added to the child's environment (`child_env()`).
+
+    Returns:
+      {"rc", "wall_s", "cpu_s", "peak_rss_mb", "stdout", "stderr"}.
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
@@ -82,7 +90,14 @@ def _wait4(pid, timeout):
 
 def worker_argv(spec):
     """Returns the command line of `spec`'s worker: `python -m benchmarks.bench --worker=<spec>`, or
-    for the PyTorch kinds `python -m benchmarks.torch_peer --worker=<spec>` (no TensorFlow in it)."""
+    for the PyTorch kinds `python -m benchmarks.torch_peer --worker=<spec>` (no TensorFlow in it).
+
+    Args:
+      spec: a `variants.Spec`.
+
+    Returns:
+      The argv list.
+    """
     module = "benchmarks.torch_peer" if spec.kind in variants.TORCH_KINDS else "benchmarks.bench"
     return [sys.executable, "-m", module, f"--worker={spec.to_json()}"]
 
@@ -95,6 +110,13 @@ def run_spec_in_subprocess(spec, env=None):
     `env` is given (extra environment, for ONEDNN_VERBOSE; a "torch_compile" worker also gets an
     empty TORCHINDUCTOR_CACHE_DIR). A failed worker raises RuntimeError
     with its stderr's tail; a PyTorch worker whose torch.compile failed returns its "error".
+
+    Args:
+      spec: a `variants.Spec`.
+      env: extra environment variables of the worker (None: none).
+
+    Returns:
+      The worker's result dict, with the fields above added.
     """
     if spec.kind == "torch_compile":  # an empty Inductor cache: the compile is timed as on a first run
         env = {**(env or {}), "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="clr_bench_inductor_")}
@@ -117,6 +139,12 @@ def merge_rounds(results):
 
     `results` is a list of result dicts of one spec; the merged dict is the first, with the
     per-step (or per-pass) figures recomputed over the pooled repeats and the peak RSS the max.
+
+    Args:
+      results: result dicts of one spec, one per round.
+
+    Returns:
+      The merged result dict (with "rounds" when there was more than one).
     """
     if len(results) == 1:
         return results[0]
@@ -147,6 +175,15 @@ def run_specs(specs, rounds=1, log=print, matmul=None):
     Interleaving (all specs, then all again) spreads slow drifts of a shared machine's load over
     every configuration instead of charging them to whichever ran at that moment. With a list as
     `matmul`, a "matmul" spec runs at the start of every round and its results are appended there.
+
+    Args:
+      specs: the `variants.Spec` list.
+      rounds: runs of each spec, interleaved.
+      log: prints a progress line.
+      matmul: a list the "matmul" results are appended to (None: no matmul rounds).
+
+    Returns:
+      The merged results, in the order of `specs`.
     """
     by_spec = {spec: [] for spec in specs}
     for round_index in range(rounds):
@@ -159,7 +196,15 @@ def run_specs(specs, rounds=1, log=print, matmul=None):
 
 
 def run_kernel_specs(specs, log=print):
-    """Runs each spec once with ONEDNN_VERBOSE=1; returns [{"name", "precision", "kernels": onednn_kernels}]."""
+    """Runs each spec once with ONEDNN_VERBOSE=1; returns [{"name", "precision", "kernels": onednn_kernels}].
+
+    Args:
+      specs: `variants.kernel_specs`'s list.
+      log: prints a progress line.
+
+    Returns:
+      [{"name", "precision", "kernels"}], one per spec.
+    """
     out = []
     for spec in specs:
         log(f"oneDNN kernels of {spec.name} ...")
@@ -172,7 +217,17 @@ def run_grid(specs, rounds=1, log=print, save=None):
     """Runs every spec of `grid_specs` in its own worker, `rounds` times interleaved; returns the
     merged results in order, each with `speedup_vs_fit` (its group's fit ms over its own) where
     both were measured. A failed worker becomes {"name", "spec", "error"} instead of stopping the
-    grid; `save(results)` is called after every worker with the results so far."""
+    grid; `save(results)` is called after every worker with the results so far.
+
+    Args:
+      specs: `variants.grid_specs`'s list.
+      rounds: runs of each spec, interleaved.
+      log: prints a progress line.
+      save: called with the results so far after every worker (None: not called).
+
+    Returns:
+      The merged results (`grid_results`).
+    """
     runs = {spec: [] for spec in specs}
     errors = {}
     for round_index in range(rounds):
@@ -191,6 +246,17 @@ def run_grid(specs, rounds=1, log=print, save=None):
 
 
 def grid_results(specs, runs, errors):
+    """Returns the `--grid` results so far: each spec's rounds merged, or why it was not measured.
+
+    Args:
+      specs: `variants.grid_specs`'s list.
+      runs: {spec: [result dicts of its rounds]}.
+      errors: {spec: why its worker failed}.
+
+    Returns:
+      The results in the order of `specs`: merged, or {"name", "spec", "error"}; each with
+      "speedup_vs_fit" where its group's fit and it were measured.
+    """
     results = []
     for spec in specs:
         if spec in errors or not runs[spec]:

@@ -58,7 +58,16 @@ def format_whole_process(whole, runs, speedups=True):
 
 
 def add_ratios(results, baseline, matmul_gflops):
-    """Adds `speedup_vs_fit` (baseline ms / this ms: above 1 is faster) and `pct_of_matmul_peak` to each result."""
+    """Adds `speedup_vs_fit` (baseline ms / this ms: above 1 is faster) and `pct_of_matmul_peak` to each result.
+
+    Args:
+      results: result dicts (changed in place).
+      baseline: the result the others are compared with.
+      matmul_gflops: the best matmul rate (None or 0: no %peak).
+
+    Returns:
+      `results`.
+    """
     key = "ms_per_step" if "ms_per_step" in baseline else "ms_per_pass"
     for result in results:
         if key not in result:  # a row that failed (a PyTorch row whose torch.compile broke)
@@ -71,7 +80,14 @@ def add_ratios(results, baseline, matmul_gflops):
 def precision_rows(results):
     """Returns [{"name", "precision", "ms_per_step", "float32_ms_per_step", "speedup"}] for every result
     whose precision is not float32 and whose float32 twin (the same spec otherwise) is in `results`;
-    speedup is the float32 ms over this one's (above 1: faster)."""
+    speedup is the float32 ms over this one's (above 1: faster).
+
+    Args:
+      results: the training result dicts.
+
+    Returns:
+      The rows, in the order of `results`.
+    """
     by_spec = {}
     for r in results:
         if "ms_per_step" in r and r["spec"].get("precision", "float32") == "float32":
@@ -90,7 +106,14 @@ def precision_rows(results):
 
 
 def format_precision_table(rows):
-    """Returns `precision_rows` as a fixed-width text table."""
+    """Returns `precision_rows` as a fixed-width text table.
+
+    Args:
+      rows: `precision_rows`'s list.
+
+    Returns:
+      The table's text.
+    """
     return table(("config", "precision", "ms/step", "float32 ms/step", "x float32"), [
         (r["name"], r["precision"], f"{r['ms_per_step']:.2f}", f"{r['float32_ms_per_step']:.2f}", f"{r['speedup']:.2f}") for r in rows])
 
@@ -103,6 +126,13 @@ def side_by_side(training, whole=None):
     and "torch_compile" rows; None where a row is missing or failed, with the reason in "note"),
     whole process from `whole_process`'s medians ("train", "fit", "torch", "torch_compile"), peak
     RSS that of the whole-process run. x_*: fit's time over the row's (above 1: faster than fit).
+
+    Args:
+      training: the training result dicts.
+      whole: `whole_process.whole_process`'s dict (None: not run).
+
+    Returns:
+      Four row dicts: clr_loop, Keras fit, PyTorch eager, torch.compile.
     """
     def pick(predicate):
         return next((r for r in training if predicate(r)), None)
@@ -134,7 +164,14 @@ def side_by_side(training, whole=None):
 
 
 def format_side_by_side(rows):
-    """Returns `side_by_side`'s rows as a fixed-width text table ("-": not measured)."""
+    """Returns `side_by_side`'s rows as a fixed-width text table ("-": not measured).
+
+    Args:
+      rows: `side_by_side`'s list.
+
+    Returns:
+      The table's text.
+    """
     def num(value, fmt):
         return "-" if value is None else format(value, fmt)
 
@@ -148,6 +185,12 @@ def format_training_table(results):
 
     "*" marks the trainer's default configuration; "range" is the fastest and slowest repeat. A row
     that failed (its "error") is listed under the table with the reason.
+
+    Args:
+      results: the training result dicts (with `add_ratios`'s fields).
+
+    Returns:
+      The table's text, failed rows under it.
     """
     header = ("config", "parts/threads", "ms/step", "range", "cpu ms", "ex/s", "compile s", "peak RSS MB", "x(a)", "GFLOP/s", "%peak")
     rows = []
@@ -171,7 +214,14 @@ def _parallelism(result):
 
 
 def format_eval_table(results):
-    """Returns the eval results (one pass over the test split) as a fixed-width text table."""
+    """Returns the eval results (one pass over the test split) as a fixed-width text table.
+
+    Args:
+      results: the eval result dicts (with `add_ratios`'s fields).
+
+    Returns:
+      The table's text.
+    """
     header = ("config", "parts/threads", "batch", "ms/pass", "cpu ms", "ex/s", "compile s", "peak RSS MB", "x(fit_eval)", "GFLOP/s")
     rows = [
         (
@@ -185,7 +235,14 @@ def format_eval_table(results):
 
 
 def format_grid_table(results):
-    """Returns the `--grid` results as a fixed-width text table; failed rows say why."""
+    """Returns the `--grid` results as a fixed-width text table; failed rows say why.
+
+    Args:
+      results: `processes.grid_results`'s list.
+
+    Returns:
+      The table's text, failed rows under it.
+    """
     header = ("config", "batch", "precision", "XLA", "input", "ms/step", "range", "x fit", "ex/s", "compile s", "peak RSS MB")
     rows, failed = [], []
     for r in results:
@@ -205,7 +262,15 @@ def format_grid_table(results):
 
 
 def format_kernels(runs, top=6):
-    """Returns the kernel lists as text: per run the `top` most executed oneDNN primitives."""
+    """Returns the kernel lists as text: per run the `top` most executed oneDNN primitives.
+
+    Args:
+      runs: `processes.run_kernel_specs`'s list.
+      top: kernels listed per run.
+
+    Returns:
+      One line per run, joined with newlines.
+    """
     lines = []
     for run in runs:
         kernels = list(run["kernels"].items())

@@ -24,6 +24,13 @@ def classify_op(long_name, op_type):
     Convolutions by type (backprop kernels are the backward pass); the optimizer's ops (its
     update and the schedule) live under the `sgd/` scope; input is tf.data and the in-graph
     batch gather; the remaining model ops are forward, or backward under `gradient_tape/`.
+
+    Args:
+      long_name: the op's full node name (the trace's `args.long_name` before ":").
+      op_type: the op's type (the trace event's name).
+
+    Returns:
+      One of CATEGORIES.
     """
     lowered = long_name.lower()
     if "Conv2DBackprop" in op_type or "Conv2DBackprop" in long_name:
@@ -59,6 +66,14 @@ def profile_breakdown(trace_events, num_steps, wall_ms_per_step):
     least one op ran (the union over threads), "overhead_ms_per_step": `wall_ms_per_step` minus
     busy (Python, dispatch, executor scheduling, idle threads), "ops_per_step", "wall_ms_per_step",
     "parallelism": summed op time / busy time}. Times are in ms per step.
+
+    Args:
+      trace_events: Chrome-trace events (`trace_events_from_logdir`).
+      num_steps: the steps the trace covers.
+      wall_ms_per_step: the wall time per step measured around them.
+
+    Returns:
+      The dict above.
     """
     per_category = dict.fromkeys(CATEGORIES, 0.0)
     intervals = []
@@ -95,14 +110,28 @@ def profile_breakdown(trace_events, num_steps, wall_ms_per_step):
 
 def step_wall_ms(trace_events):
     """Returns the median duration in ms of the trainer's per-step "train" trace events (those
-    `--profile_steps` wraps each profiled step in), or None when the trace has none."""
+    `--profile_steps` wraps each profiled step in), or None when the trace has none.
+
+    Args:
+      trace_events: Chrome-trace events.
+
+    Returns:
+      The median in ms, or None.
+    """
     durations = sorted(e["dur"] for e in trace_events if e.get("ph") == "X" and e.get("name") == "train" and "dur" in e)
     return durations[len(durations) // 2] / 1000.0 if durations else None
 
 
 def format_profile(breakdown):
     """Returns a profile breakdown as text: op time per step by category, its share of all op time,
-    how many ops ran at once on average, and the time per step with no op running."""
+    how many ops ran at once on average, and the time per step with no op running.
+
+    Args:
+      breakdown: `profile_breakdown`'s dict (with "name" and "unprofiled_ms_per_step" when known).
+
+    Returns:
+      The text, one line per category and the totals.
+    """
     wall = breakdown["wall_ms_per_step"]
     total = sum(breakdown["ms_per_step"].values()) or 1.0
     unprofiled = breakdown.get("unprofiled_ms_per_step")
@@ -129,6 +158,9 @@ def trace_converter():
 
     xprof is TensorBoard's profile plugin (the `profile` extra; older releases were called
     tensorboard-plugin-profile, which is tried too). Raises ImportError saying how to install it.
+
+    Returns:
+      The `raw_to_tool_data` module.
     """
     try:
         from xprof.convert import raw_to_tool_data  # pylint: disable=import-outside-toplevel
@@ -145,6 +177,12 @@ def trace_events_from_logdir(logdir):
 
     `logdir` is a profiler log dir (the trace lies in `plugins/profile/<run>/*.xplane.pb`) or that
     run folder itself; the events come from xprof's trace-viewer converter.
+
+    Args:
+      logdir: a profiler log dir or one run folder of it.
+
+    Returns:
+      The list of trace events.
     """
     import glob  # pylint: disable=import-outside-toplevel
 
@@ -166,6 +204,14 @@ def profile_spec(spec, logdir, data=None):
     After compilation and a warm-up, one call of `steps_per_loop` steps (the configuration's own
     loop length) runs under the TF profiler with every op traced (host tracer level 3, which adds
     about a microsecond per op); the trace is written under `logdir`.
+
+    Args:
+      spec: a "loop" `variants.Spec`.
+      logdir: where the trace is written.
+      data: its `FashionMnist` (None: `worker.load_data(spec.data)`).
+
+    Returns:
+      `profile_breakdown`'s dict with "name", "logdir" and "unprofiled_ms_per_step".
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 

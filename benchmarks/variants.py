@@ -105,6 +105,18 @@ def training_specs(batch_size, steps, repeats, steps_per_loop_list, data, precis
     its training set on the device (`input_mode="device"`) instead of tf.data. Each of `precisions` other than float32 adds fit and the
     default loop (XLA off) under that Keras dtype policy; `torch` adds the PyTorch peer, eager and
     under torch.compile.
+
+    Args:
+      batch_size: the training batch size.
+      steps: timed steps per repeat (0: one epoch of full batches).
+      repeats: timed repeats per worker.
+      steps_per_loop_list: the steps_per_loop values of (b).
+      data: a Spec's `data` ("auto", "random" or "idx:DIR").
+      precisions: Keras dtype policies; each but float32 adds fit and the default loop under it.
+      torch: add the PyTorch peer's rows.
+
+    Returns:
+      A list of `Spec`, (a) fit first.
     """
     common = dict(batch_size=batch_size, steps=steps, repeats=repeats, data=data)
     specs = [Spec("fit", label="(a) fit", **common), Spec("fit", jit="true", label="(a) fit jit=true", **common)]
@@ -134,6 +146,13 @@ def split_threads(batch_size, cores=None):
 
     The trainer's automatic choice (`runtime.auto_batch_splits`: one part per core, at least 32
     examples each, dividing the batch) and the pools `runtime.thread_pool_sizes` gives it.
+
+    Args:
+      batch_size: the training batch size.
+      cores: the CPU cores (None: `runtime.cpu_cores()`).
+
+    Returns:
+      {"splits", "inter_op", "intra_op"}, or {} when the trainer would not split.
     """
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
 
@@ -146,7 +165,16 @@ def split_threads(batch_size, cores=None):
 
 
 def eval_specs(batch_size, repeats, data):
-    """Returns the eval configurations: clr_loop's eval loop (as the trainer runs it; XLA on; unsplit) and Keras `evaluate`."""
+    """Returns the eval configurations: clr_loop's eval loop (as the trainer runs it; XLA on; unsplit) and Keras `evaluate`.
+
+    Args:
+      batch_size: the training batch size (Keras `evaluate`'s batch).
+      repeats: timed passes per worker.
+      data: a Spec's `data`.
+
+    Returns:
+      A list of four `Spec`, Keras `evaluate` ("fit_eval") last.
+    """
     common = dict(batch_size=batch_size, repeats=repeats, data=data)
     return [
         Spec("eval_loop", jit="false", **common),
@@ -158,7 +186,15 @@ def eval_specs(batch_size, repeats, data):
 
 def kernel_specs(precisions, data="auto"):
     """Returns the short runs whose oneDNN kernels are listed: Keras fit and clr_loop's default loop
-    (XLA off) per precision, 5 steps of batch 64 on 640 examples."""
+    (XLA off) per precision, 5 steps of batch 64 on 640 examples.
+
+    Args:
+      precisions: Keras dtype policies.
+      data: a Spec's `data`.
+
+    Returns:
+      A list of `Spec`, fit then the loop per precision.
+    """
     common = dict(steps=5, repeats=1, data=data, examples=640)
     specs = []
     for precision in precisions:
@@ -175,7 +211,19 @@ def grid_specs(batch_sizes, precisions, steps, repeats, data, examples=0):
     (its own `jit_compile="auto"`), and clr_loop's loop as the trainer builds it by default (XLA
     by `jit_compile="auto"`, 100 steps per loop, automatic batch splitting) fed by tf.data and by
     device-resident data (`input_mode="device"`). The first precision and batch size come first, so
-    a run cut short keeps the rows that matter most."""
+    a run cut short keeps the rows that matter most.
+
+    Args:
+      batch_sizes: the batch sizes.
+      precisions: Keras dtype policies.
+      steps: timed steps per repeat (0: one epoch).
+      repeats: timed repeats per worker.
+      data: a Spec's `data`.
+      examples: keep only this many examples of each split (0: all).
+
+    Returns:
+      A list of `Spec`, `len(GRID_CONTENDERS)` per (precision, batch size).
+    """
     specs = []
     for precision in precisions:
         for batch in batch_sizes:

@@ -22,6 +22,14 @@ def fit_epoch(epochs=1, batch_size=variants.TUTORIAL_BATCH_SIZE, data=None):
     Loads the same data as `clr_loop.train` (`data.load()`, unless `data` is given), builds the
     same model and CLR schedule, compiles as the tutorial does and runs `fit(x_train, y_train,
     batch_size, epochs, validation_data=(x_test, y_test))` with one line per epoch (verbose=2).
+
+    Args:
+      epochs: epochs to fit.
+      batch_size: the training batch size.
+      data: a `FashionMnist` (None: `fashion_mnist.load()`).
+
+    Returns:
+      {"fit_s": fit's seconds, "setup_s": the set-up's, "history": Keras's history dict}.
     """
     import keras  # pylint: disable=import-outside-toplevel
 
@@ -66,6 +74,14 @@ def whole_process_commands(epochs=1, torch=False, dataset_dir=None):
     the PyTorch peer's epoch with validation (`python -m benchmarks.torch_peer --epoch`, eager and
     with `--compile`), in processes without TensorFlow. With `dataset_dir` (a folder of the four
     Fashion-MNIST IDX files), the trainer and the tutorial's epoch read their data from there.
+
+    Args:
+      epochs: epochs per process.
+      torch: add the PyTorch peer's processes.
+      dataset_dir: a folder of the four IDX files (None: each process's default data).
+
+    Returns:
+      {name: (argv, description)}.
     """
     data = [f"--dataset_dir={dataset_dir}"] if dataset_dir else []
     fit = ["--fit_epoch", f"--fit_epochs={epochs}", *data]
@@ -102,6 +118,18 @@ def whole_process(runs, workdir, epochs=1, log=print, torch=False, dataset_dir=N
     first failure it is not run again); any other failure raises RuntimeError. `dataset_dir` is
     `whole_process_commands`'s; `names` keeps only those commands besides "train" and "fit" (and
     the speed-ups of those measured).
+
+    Args:
+      runs: runs of each process.
+      workdir: the folder the trainer's workdirs are made in.
+      epochs: epochs per process.
+      log: prints a progress line.
+      torch: add the PyTorch peer's processes.
+      dataset_dir: see `whole_process_commands`.
+      names: the commands to run besides "train" and "fit" (None: all).
+
+    Returns:
+      The dict above.
     """
     commands = whole_process_commands(epochs, torch=torch, dataset_dir=dataset_dir)
     if names:  # only these (the trainer and the tutorial's script are always among them)

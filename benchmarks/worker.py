@@ -31,6 +31,13 @@ def load_data(choice="auto", examples=0):
     `choice` "idx:DIR" reads the four Fashion-MNIST IDX files in DIR (any size; their errors
     propagate), as `--dataset_dir` does for the trainer. `examples` > 0 keeps only the first that
     many examples of each split.
+
+    Args:
+      choice: "auto", "random" or "idx:DIR".
+      examples: keep only the first that many examples of each split (0: all).
+
+    Returns:
+      (a `clr_loop.experiment.fashion_mnist.FashionMnist`, a description of the data).
     """
     import numpy as np  # pylint: disable=import-outside-toplevel
 
@@ -114,6 +121,13 @@ def make_trainer(spec, data):
     optimizer, and its `loop.Run`: compiled steps, train loop and eval, with the spec's
     `input_mode`). The trainer is not trained (nothing is written): callers run
     `trainer.run.run_steps(n)`.
+
+    Args:
+      spec: a "loop" or "eval_loop" `variants.Spec`.
+      data: the `FashionMnist` it trains on.
+
+    Returns:
+      The `runner.Trainer`, built, not trained.
     """
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
@@ -138,6 +152,13 @@ def time_fit(spec, data):
     exactly `steps` full batches, for `1 + repeats` epochs. Epoch 1 traces and warms up; each
     later epoch (from `on_epoch_begin` to `on_epoch_end`, which includes fit's per-epoch
     shuffle and iterator set-up, as in a real run) is one timed repeat.
+
+    Args:
+      spec: a "fit" `variants.Spec`.
+      data: the `FashionMnist` it trains on.
+
+    Returns:
+      `measure.summary`'s dict with "jit_resolved" and "compute_dtype".
     """
     import keras  # pylint: disable=import-outside-toplevel
 
@@ -166,6 +187,16 @@ def time_fit(spec, data):
 
 
 def run_loop(run_steps, steps, steps_per_loop):
+    """Runs `steps` steps of the trainer's loop in calls of at most `steps_per_loop`, then reads the loss back.
+
+    Args:
+      run_steps: `trainer.run.run_steps`.
+      steps: the steps to run.
+      steps_per_loop: the most steps per call.
+
+    Returns:
+      The last call's outputs (a dict of tensors with "loss_sum").
+    """
     done, out = 0, None
     while done < steps:
         n = min(steps_per_loop, steps - done)
@@ -178,8 +209,15 @@ def run_loop(run_steps, steps, steps_per_loop):
 def make_loop(spec, data):
     """Returns (run_steps, model, optimizer) of `make_trainer(spec, data)`.
 
-    `run_steps(num_steps)` is the trainer's own compiled loop (`loop.Run.run_steps`: up to that
-    many steps in one call of `loop.make_train_loop`'s function, on the run's iterator).
+    `run_steps(num_steps)` is the trainer's own compiled loop (`trainer.run.run_steps`: up to that
+    many steps in one compiled call, on the run's iterator).
+
+    Args:
+      spec: a "loop" `variants.Spec`.
+      data: the `FashionMnist` it trains on.
+
+    Returns:
+      (run_steps, model, optimizer).
     """
     trainer = make_trainer(spec, data)
     return trainer.run.run_steps, trainer.model, trainer.optimizer
@@ -191,6 +229,14 @@ def time_loop(spec, data):
     The first call (tracing, compilation and `steps_per_loop` steps) is timed on its own, then a
     warm-up of at least 20 steps runs untimed, then each repeat runs `steps` steps in calls of
     `steps_per_loop` and ends with a device-to-host read of the loss.
+
+    Args:
+      spec: a "loop" `variants.Spec`.
+      data: the `FashionMnist` it trains on.
+
+    Returns:
+      `measure.summary`'s dict with "jit_resolved", "weights_checksum", "splits_resolved",
+      "compute_dtype", "input_default" and "is_trainer_default".
     """
     steps = _steps(spec, data.train.num_examples)
     trainer = make_trainer(spec, data)
@@ -229,6 +275,15 @@ def is_trainer_default(spec, splits, threads, default_input):
     the worker resolved and set, and `default_input` the input mode that `input_mode="auto"`
     resolves to here (`loop.resolve_input_mode`); they are compared with what the trainer resolves
     and sets for `Config()`, as are the input mode, steps_per_loop, batch size and XLA choice.
+
+    Args:
+      spec: the `variants.Spec` that ran.
+      splits: the batch parts the worker resolved.
+      threads: the (inter-op, intra-op) pool sizes it set.
+      default_input: what `input_mode="auto"` resolves to on this device.
+
+    Returns:
+      A bool.
     """
     from clr_loop.experiment import config as config_lib  # pylint: disable=import-outside-toplevel
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
@@ -256,6 +311,14 @@ def time_eval(spec, data):
     after each epoch, which builds the validation dataset each time) at `eval_batch_size`;
     "fit_eval" is Keras `model.evaluate` at the training batch size, which is what the
     tutorial's `fit(validation_data=...)` runs after every epoch.
+
+    Args:
+      spec: an "eval_loop" or "fit_eval" `variants.Spec`.
+      data: the `FashionMnist` whose test split is evaluated.
+
+    Returns:
+      {"ms_per_pass", "ms_per_pass_repeats", "cpu_ms_per_pass", "examples_per_s", "first_call_s",
+      "compile_s", "eval_batch_size", "splits_resolved", "flops_per_pass", "gflops", "jit_resolved"}.
     """
     test = data.test
     if spec.kind == "eval_loop":
@@ -307,6 +370,14 @@ def time_matmul(spec, size=variants.MATMUL_SIZE, per_repeat=10):
     Each repeat runs `per_repeat` eager matmuls (eager, so no graph optimisation merges the
     identical products) and reads one value back; a matmul is `2 * size**3` FLOPs. The best
     repeat is the least disturbed one on a shared machine.
+
+    Args:
+      spec: the "matmul" `variants.Spec` (its `repeats`, at least 3).
+      size: the matrices' side.
+      per_repeat: matmuls per timed repeat.
+
+    Returns:
+      {"gflops", "gflops_best", "gflops_repeats", "size"}.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -333,6 +404,12 @@ def apply_threads(spec):
     Explicit `inter_op`/`intra_op` win; otherwise a "loop" or "eval_loop" spec gets what the
     trainer sets for its configuration (`runtime.configure_threads`), and the other kinds keep
     TensorFlow's defaults.
+
+    Args:
+      spec: the `variants.Spec` this worker runs.
+
+    Returns:
+      (inter-op, intra-op) pool sizes as set (0: TensorFlow's default).
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -367,6 +444,14 @@ def run_spec(spec, data=None, data_description=None):
     and `rss_before_mb` (resident memory after imports and data loading) and `peak_rss_mb` (this
     process's peak so far), and `threads`, the (inter-op, intra-op) pool sizes it ran with (0:
     TensorFlow's default). Thread settings only take effect in a fresh process.
+
+    Args:
+      spec: the `variants.Spec` to run.
+      data: its `FashionMnist` (None: `load_data(spec.data, spec.examples)`).
+      data_description: what `data` is, for the result.
+
+    Returns:
+      The result dict (see above).
     """
     threads = apply_threads(spec)
     _apply_precision(spec)

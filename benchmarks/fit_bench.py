@@ -331,6 +331,8 @@ def time_bare_step(case, splits, calls=30, data=None):
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
+    # Outside the public API the benchmark keeps to: the loop's compiled step itself (clr_loop.steps),
+    # which no public entry point runs without the loop around it; this stage times exactly that.
     from clr_loop import steps as steps_lib  # pylint: disable=import-outside-toplevel
 
     train_x, train_y, _, _, _ = load_case_data(case, data)

@@ -511,6 +511,24 @@ def test_whole_process_keeps_going_when_a_pytorch_process_fails(monkeypatch, tmp
     assert med["torch"]["peak_rss_mb"] == 600.0
 
 
+def test_format_whole_process_prints_each_process_and_the_speedups():
+    """The table's and the grid's whole-process lines (one formatter since the split)."""
+    commands = {"train": "python -m clr_loop.train", "fit": "tutorial script", "fit_gc_tuned": "tuned script",
+                "torch": "PyTorch eager"}
+    medians = {name: {"wall_s": s, "cpu_s": s / 2, "peak_rss_mb": 100.0 * s} for name, s in
+               (("train", 4.0), ("fit", 8.0), ("fit_gc_tuned", 6.0))}
+    medians.update(speedup_wall=2.0, speedup_wall_vs_tuned_fit=1.5)
+    text = report.format_whole_process({"commands": commands, "medians": medians, "errors": {"torch": "boom"}}, 3)
+    lines = text.splitlines()
+    assert lines[0] == "" and "(median of 3):" in lines[1]
+    assert lines[2].startswith("  python -m clr_loop.train") and "4.00 s wall   2.00 s CPU    400 MB peak RSS" in lines[2]
+    assert lines[5].endswith("failed: boom")
+    assert lines[6] == "  speed-up of clr_loop.train: x2.00 against the tutorial script, x1.50 against its start-up-tuned process"
+    grid = {"commands": {k: commands[k] for k in ("train", "fit")}, "medians": medians, "errors": {}}
+    assert report.format_whole_process(grid, 1, speedups=False).splitlines()[-1] == (
+        "  speed-up of clr_loop.train: x2.00 against the tutorial script")
+
+
 def test_cli_without_torch_runs_as_before_and_says_the_pytorch_rows_were_skipped(tmp_path):
     from benchmarks import torch_peer
 

@@ -36,14 +36,14 @@ def fit_epoch(epochs=1, batch_size=variants.TUTORIAL_BATCH_SIZE, data=None):
     from clr_loop.experiment import config as config_lib  # pylint: disable=import-outside-toplevel
     from clr_loop.experiment import fashion_mnist  # pylint: disable=import-outside-toplevel
     from clr_loop.experiment import models  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     start = time.perf_counter()
     data = data if data is not None else fashion_mnist.load()
     config = config_lib.Config(epochs=epochs, batch_size=batch_size, seed=variants.SEED)
     keras.utils.set_random_seed(variants.SEED)
     model = models.create_model(seed=variants.SEED)
-    optimizer = runner.make_optimizer(config, config_lib.plan_steps(config, data.train.num_examples))
+    optimizer = trial.make_optimizer(config, config_lib.plan_steps(config, data.train.num_examples))
     model.compile(loss="sparse_categorical_crossentropy", optimizer=optimizer, metrics=["accuracy"])
     setup = time.perf_counter() - start
     history = model.fit(

@@ -5,7 +5,7 @@ thread pools (`apply_threads`) and the Keras dtype policy, loads the data (`load
 times the spec's kind: Keras `model.fit` (`time_fit`), clr_loop's loop as the trainer builds it
 (`make_trainer`, `time_loop`), one eval pass (`time_eval`) or the matmul rate (`time_matmul`).
 
-clr_loop is driven through its public API only: the experiment's `runner.Trainer` (its `model`,
+clr_loop is driven through its public API only: the experiment's `trial.Trainer` (its `model`,
 `optimizer`, `strategy`, `jit_compile`, `splits` and the loop handle `run.run_steps(n)` /
 `run.validate()`), `clr_loop.runtime`, `clr_loop.distribute` and the experiment's modules.
 TensorFlow and Keras are imported inside the functions that use them: nothing at import time may
@@ -86,14 +86,14 @@ def _training_setup(spec, data):
     import keras  # pylint: disable=import-outside-toplevel
 
     from clr_loop.experiment import models  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     config = _config(spec)
     # The schedule's step size comes from the full training split, as in a real run.
     plan = _plan(config, data)
     keras.utils.set_random_seed(variants.SEED)
     model = models.create_model(seed=variants.SEED)
-    optimizer = runner.make_optimizer(config, plan)
+    optimizer = trial.make_optimizer(config, plan)
     return model, optimizer, config
 
 
@@ -115,7 +115,7 @@ def _plan(config, data):
 
 
 def make_trainer(spec, data):
-    """Returns a `clr_loop.experiment.runner.Trainer` for `spec`, with the spec's variant swapped in.
+    """Returns a `clr_loop.experiment.trial.Trainer` for `spec`, with the spec's variant swapped in.
 
     The trainer is built exactly as `python -m clr_loop.train` builds it (strategy, model,
     optimizer, and its `loop.Run`: compiled steps, train loop and eval, with the spec's
@@ -127,16 +127,16 @@ def make_trainer(spec, data):
       data: the `FashionMnist` it trains on.
 
     Returns:
-      The `runner.Trainer`, built, not trained.
+      The `trial.Trainer`, built, not trained.
     """
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     config = _config(spec)
     if config.virtual_cpus:
         distribute.configure_virtual_cpus(config.virtual_cpus)
     strategy = distribute.make_strategy(config.strategy, config.devices, config.cluster_timeout)
-    return runner.Trainer(config, data, strategy=strategy)
+    return trial.Trainer(config, data, strategy=strategy)
 
 
 def _summary(spec, seconds_per_repeat, cpu_per_repeat, steps, first_call_s, first_call_steps, flops):
@@ -287,10 +287,10 @@ def is_trainer_default(spec, splits, threads, default_input):
     """
     from clr_loop.experiment import config as config_lib  # pylint: disable=import-outside-toplevel
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     default = config_lib.Config()
-    default_splits = runner.resolve_batch_splits(default)
+    default_splits = trial.resolve_batch_splits(default)
     return (
         spec.kind == "loop"
         and spec.precision == "float32"
@@ -414,7 +414,7 @@ def apply_threads(spec):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     if spec.inter_op or spec.intra_op:
         if spec.inter_op:
@@ -422,7 +422,7 @@ def apply_threads(spec):
         if spec.intra_op:
             tf.config.threading.set_intra_op_parallelism_threads(spec.intra_op)
     elif spec.kind in ("loop", "eval_loop"):
-        runtime.configure_threads(runner.resolve_batch_splits(_config(spec)))
+        runtime.configure_threads(trial.resolve_batch_splits(_config(spec)))
     return machine.thread_pools()
 
 

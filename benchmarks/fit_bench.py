@@ -51,21 +51,29 @@ import statistics
 import sys
 import time
 
-# benchmarks.bench imports TensorFlow (through clr_loop.checkpointing) with the start-up tuning of
-# clr_loop's apps (clr_loop.process); it is imported first and outside another such block, since
-# two nested `process.deferred_imports()` blocks recurse into each other's finders.
-from benchmarks import bench
+from benchmarks import cost_model
+from benchmarks import machine
+from benchmarks import measure
+from benchmarks import processes
+from benchmarks import report as report_lib
+from benchmarks import variants
+from benchmarks import worker
+from clr_loop import process
 
-from absl import app
-from absl import flags
+# The start-up tuning of clr_loop's apps (see clr_loop.process), as in benchmarks.bench:
+# TensorFlow, which checkpointing imports, is imported with the collector paused and Keras's
+# matplotlib.pyplot deferred.
+with process.gc_paused(), process.deferred_imports():
+    from absl import app
+    from absl import flags
 
-from clr_loop import checkpointing
+    from clr_loop import checkpointing
 
 # TensorFlow is imported inside the functions that use it: a worker sets its thread pools first.
 
 SEED = 42
 CONTENDERS = ("clr_loop", "keras")
-RESULT_PREFIX = bench.RESULT_PREFIX
+RESULT_PREFIX = measure.RESULT_PREFIX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +83,7 @@ class Case:
     `batch_size` is its usual batch; the epoch phase trains on the first `epoch_examples` training
     examples (0: all) and validates on the first `val_examples` test examples (0: all); the steady
     phase runs `steady_steps` steps per epoch for 1 + `steady_repeats` epochs. `data` is
-    `bench.load_data`'s choice ("auto": the real Fashion-MNIST when it loads, else random images
+    `worker.load_data`'s choice ("auto": the real Fashion-MNIST when it loads, else random images
     of its shape; "random"), and `examples` > 0 keeps that many examples of each split (tests).
     `step_size` is the CLR's half cycle in steps.
     """
@@ -159,12 +167,12 @@ def pad_to_cifar(images):
 def load_case_data(case, data=None):
     """Returns (train_x, train_y, test_x, test_y, description) of `case`'s model: numpy arrays.
 
-    `data` is a `clr_loop.experiment.fashion_mnist.FashionMnist` (default: `bench.load_data(case.data, case.examples)`,
+    `data` is a `clr_loop.experiment.fashion_mnist.FashionMnist` (default: `worker.load_data(case.data, case.examples)`,
     whose description says whether the arrays are the real ones); the ResNet's images are
     `pad_to_cifar`'d.
     """
     if data is None:
-        data, description = bench.load_data(case.data, case.examples)
+        data, description = worker.load_data(case.data, case.examples)
     else:
         description = f"given arrays ({data.source})"
     train_x, train_y = data.train.images, data.train.labels
@@ -240,14 +248,6 @@ def _fit(contender, model, x, y, batch_size, epochs, validation_data=None, callb
     raise ValueError(f"unknown contender {contender!r}")
 
 
-def weights_checksum(weights):
-    """Returns [sum, sum of squares] in float64 of a list of weight arrays (a fingerprint)."""
-    import numpy as np  # pylint: disable=import-outside-toplevel
-
-    values = np.concatenate([np.ravel(w).astype(np.float64) for w in weights])
-    return [float(values.sum()), float(np.square(values).sum())]
-
-
 def time_contender(case, contender, data=None):
     """Runs the epoch and steady phases of `contender` on `case` in this process; returns a dict.
 
@@ -278,7 +278,7 @@ def time_contender(case, contender, data=None):
     history = _fit(contender, model, x, y, case.batch_size, 1, validation_data=(test_x[:n_val], test_y[:n_val]))
     epoch_s = time.perf_counter() - start
     epoch_logs = {k: float(v[-1]) for k, v in history.history.items()}
-    peak_epoch = bench._peak_rss_mb()  # pylint: disable=protected-access
+    peak_epoch = measure.peak_rss_mb()
 
     steady_model = build_model(case)
     steady_model.set_weights(initial)
@@ -289,12 +289,12 @@ def time_contender(case, contender, data=None):
 
     class EpochTimer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.start, self.cpu = time.perf_counter(), bench._cpu_seconds()  # pylint: disable=protected-access
+            self.start, self.cpu = time.perf_counter(), measure.cpu_seconds()
 
         def on_epoch_end(self, epoch, logs=None):
             float(logs["loss"])
             seconds.append(time.perf_counter() - self.start)
-            cpu_seconds.append(bench._cpu_seconds() - self.cpu)  # pylint: disable=protected-access
+            cpu_seconds.append(measure.cpu_seconds() - self.cpu)
 
     _fit(contender, steady_model, train_x[:n], train_y[:n], case.batch_size, 1 + case.steady_repeats,
          callbacks=[EpochTimer()])
@@ -312,9 +312,9 @@ def time_contender(case, contender, data=None):
         "steady_ms_repeats": timed,
         "steady_cpu_ms_per_step": statistics.median(1000.0 * c / steps for c in cpu_seconds[1:]),
         "steady_steps": steps,
-        "init_checksum": weights_checksum(initial),
+        "init_checksum": cost_model.weights_checksum(initial),
         "splits_resolved": splits,
-        "threads": list(bench._thread_pools()),  # pylint: disable=protected-access
+        "threads": list(machine.thread_pools()),
         "peak_rss_epoch_mb": peak_epoch,
         "data": description,
         "loadavg_before": load_before,
@@ -331,6 +331,8 @@ def time_bare_step(case, splits, calls=30, data=None):
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
+    # Outside the public API the benchmark keeps to: the loop's compiled step itself (clr_loop.steps),
+    # which no public entry point runs without the loop around it; this stage times exactly that.
     from clr_loop import steps as steps_lib  # pylint: disable=import-outside-toplevel
 
     train_x, train_y, _, _, _ = load_case_data(case, data)
@@ -350,7 +352,7 @@ def time_bare_step(case, splits, calls=30, data=None):
         float(out["loss_sum"])
         repeats.append(1000.0 * (time.perf_counter() - start) / calls)
     ms = statistics.median(repeats)
-    flops = bench.step_flops(model, case.batch_size)
+    flops = cost_model.step_flops(model, case.batch_size)
     return {"step_ms": ms, "step_ms_repeats": repeats, "splits": splits, "flops_per_step": flops, "gflops": flops / ms / 1e6}
 
 
@@ -376,11 +378,11 @@ def run_worker(job):
         _set_threads(tuple(threads))
         splits = threads[1] if threads[0] == "app" else 1
         result = time_bare_step(case, splits)
-        result.update(model=case.model, threads_setting=threads[0], threads=list(bench._thread_pools()))  # pylint: disable=protected-access
-        result["matmul"] = bench.time_matmul(bench.Spec("matmul", repeats=3), per_repeat=5)
+        result.update(model=case.model, threads_setting=threads[0], threads=list(machine.thread_pools()))
+        result["matmul"] = worker.time_matmul(variants.Spec("matmul", repeats=3), per_repeat=5)
     else:
         raise ValueError(f"unknown worker kind {job['kind']!r}")
-    result["peak_rss_mb"] = bench._peak_rss_mb()  # pylint: disable=protected-access
+    result["peak_rss_mb"] = measure.peak_rss_mb()
     return result
 
 
@@ -391,7 +393,7 @@ def run_worker(job):
 def run_job_in_subprocess(job, timeout=1800):
     """Runs `job` in a fresh `python -m benchmarks.fit_bench --worker=...` process; returns its
     result with the OS's `process_peak_rss_mb`, `process_wall_s` and `process_cpu_s` added."""
-    proc = bench.run_process([sys.executable, "-m", "benchmarks.fit_bench", f"--worker={json.dumps(job)}"], timeout)
+    proc = processes.run_process([sys.executable, "-m", "benchmarks.fit_bench", f"--worker={json.dumps(job)}"], timeout)
     lines = [line for line in proc["stdout"].splitlines() if line.startswith(RESULT_PREFIX)]
     if proc["rc"] != 0 or not lines:
         raise RuntimeError(f"fit_bench worker {job['kind']} {job['case']['model']} failed (exit {proc['rc']}):\n{proc['stderr'][-3000:]}")
@@ -482,7 +484,7 @@ def format_summary(summary):
                 f"{c['epoch_s']:.2f}", f"{c['peak_rss_mb']:.0f}",
                 f"{s['speedup_steady']:.2f}" if mine else "1.00", f"{s['speedup_epoch']:.2f}" if mine else "1.00",
             ))
-    return bench._table(header, rows)  # pylint: disable=protected-access
+    return report_lib.table(header, rows)
 
 
 def format_steps(step_results, summary):
@@ -538,7 +540,7 @@ def main(argv):
             changes["steady_steps"] = FLAGS.steady_steps
         cases.append(dataclasses.replace(CASES[name], **changes))
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    report = {"command": " ".join(["python -m benchmarks.fit_bench", *sys.argv[1:]]), "cpu_model": bench.cpu_model(), "cpu_count": os.cpu_count(),
+    report = {"command": " ".join(["python -m benchmarks.fit_bench", *sys.argv[1:]]), "cpu_model": machine.cpu_model(), "cpu_count": os.cpu_count(),
               "date": time.strftime("%Y-%m-%d %H:%M %Z"), "cases": [dataclasses.asdict(c) for c in cases]}
 
     def save(complete=False):
@@ -554,7 +556,7 @@ def main(argv):
         report["fit"] = results
         save()
     report["summary"] = summarize(results)
-    print(f"\n{bench.cpu_model()} ({os.cpu_count()} logical cores); {report['date']}")
+    print(f"\n{machine.cpu_model()} ({os.cpu_count()} logical cores); {report['date']}")
     for model, s in report["summary"].items():
         print(f"{model}: batch {s['batch_size']}, epoch {s['epoch_steps']} steps ({s['epoch_examples']} examples) + "
               f"validation on {s['val_examples']}; steady {s['steady_steps']} steps x {cases[0].steady_repeats} repeats; {s['data']}")

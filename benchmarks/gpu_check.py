@@ -52,7 +52,7 @@ def environment():
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from benchmarks import bench  # pylint: disable=import-outside-toplevel
+    from benchmarks import machine  # pylint: disable=import-outside-toplevel
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
 
     build = {k: v for k, v in tf.sysconfig.get_build_info().items() if "cuda" in k or "cudnn" in k}
@@ -64,7 +64,7 @@ def environment():
     return {
         "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
         "numpy": np.__version__, "build": build, "gpus": gpus,
-        "jit_compile_auto": runtime.resolve_jit_compile("auto"), "cpu": bench.cpu_model(),
+        "jit_compile_auto": runtime.resolve_jit_compile("auto"), "cpu": machine.cpu_model(),
         "cpu_count": os.cpu_count(), "platform": platform.platform(),
     }
 

@@ -1,9 +1,9 @@
 """Measurement helpers shared by the benchmark's TensorFlow and PyTorch workers, free of both frameworks.
 
-`benchmarks.bench` imports TensorFlow; `benchmarks.torch_peer`'s processes must not (a PyTorch
+The benchmark's TensorFlow workers import TensorFlow; `benchmarks.torch_peer`'s processes must not (a PyTorch
 process carrying TensorFlow's runtime would not be the peer a PyTorch user runs), so what both
-need to time a step the same way lives here: process CPU time, peak RSS, the per-step summary and
-the cost model's formula.
+need to time a step the same way lives here: process CPU time, peak RSS and the per-step summary
+(the cost model is `benchmarks.cost_model`).
 """
 
 import resource
@@ -24,20 +24,6 @@ def peak_rss_mb():
     # ru_maxrss is in KiB on Linux (bytes on macOS).
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-
-
-def training_flops(layer_macs, batch_size, training=True):
-    """Returns the FLOPs (2 per multiply-add) of one step at `batch_size` from per-example layer MACs.
-
-    `layer_macs` lists the forward multiply-adds per example of each Conv2D/Dense layer, the first
-    layer first. A training step is the forward pass, the weight gradients (as many multiply-adds)
-    and the input gradients (as many again, except for the first layer, whose input is the data):
-    `2 * batch_size * (3 * forward - first)`; eval is `2 * batch_size * forward`.
-    """
-    forward = sum(layer_macs)
-    if not training:
-        return 2 * batch_size * forward
-    return 2 * batch_size * (3 * forward - layer_macs[0])
 
 
 def summary(batch_size, seconds_per_repeat, cpu_per_repeat, steps, first_call_s, first_call_steps, flops):

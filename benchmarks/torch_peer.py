@@ -25,7 +25,7 @@ PyTorch's default.
 
 Nothing here imports TensorFlow or clr_loop (whose package imports TensorFlow): the process is what
 a PyTorch user would run. The data come from the Debian IDX files (`read_idx_images`/`labels`) or,
-as in `bench.load_data`, random uint8 arrays of the same shapes.
+as in `worker.load_data`, random uint8 arrays of the same shapes.
 """
 
 import gzip
@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+from benchmarks import cost_model
 from benchmarks import measure
 
 HIDE_ENV = "CLR_BENCH_HIDE_TORCH"
@@ -95,7 +96,7 @@ def load_arrays(choice="auto", examples=0, directory=DEBIAN_DIR):
     """Returns ((train_x, train_y, test_x, test_y), description): uint8 [N, 28, 28, 1] images, int32 labels.
 
     "auto" reads the four IDX files in `directory` when they are there; otherwise (or for
-    "random") the random arrays `bench.load_data` makes (the same generator, seed and order).
+    "random") the random arrays `worker.load_data` makes (the same generator, seed and order).
     `examples` > 0 keeps the first that many examples of each split.
     """
     arrays = None
@@ -159,36 +160,6 @@ def make_model(seed=SEED):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
     return model
-
-
-def layer_macs(model, image_shape=(1, 28, 28)):
-    """Returns [(layer name, forward multiply-adds per example)] of the Conv2d and Linear layers.
-
-    The same count as `bench.layer_macs` for the Keras model (`H_out * W_out * kh * kw * C_in *
-    C_out` per convolution, `in * out` per linear layer), read from one forward pass of a single
-    zero image.
-    """
-    import torch  # pylint: disable=import-outside-toplevel
-    from torch import nn  # pylint: disable=import-outside-toplevel
-
-    costs, hooks = [], []
-    for name, layer in model.named_modules():
-        if isinstance(layer, nn.Conv2d):
-            def conv_hook(module, inputs, output, name=name):
-                kh, kw = module.kernel_size
-                costs.append((name, int(output.shape[2] * output.shape[3] * kh * kw * module.in_channels * module.out_channels)))
-            hooks.append(layer.register_forward_hook(conv_hook))
-        elif isinstance(layer, nn.Linear):
-            hooks.append(layer.register_forward_hook(
-                lambda module, inputs, output, name=name: costs.append((name, module.in_features * module.out_features))))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros((1, *image_shape), dtype=torch.uint8))
-    model.train(was_training)
-    for hook in hooks:
-        hook.remove()
-    return costs
 
 
 def make_optimizer(model, steps_per_epoch, initial_lr=INITIAL_LR, max_lr=MAX_LR, step_size_epochs=STEP_SIZE_EPOCHS):
@@ -274,7 +245,7 @@ def evaluate(forward, x, y, batch_size):
 def time_steps(spec, cores=None):
     """Times the PyTorch step for a bench Spec (as a dict) in this process; returns bench's result dict.
 
-    As `bench.time_loop` times clr_loop: the first `min(100, steps)` steps are timed on their own
+    As `worker.time_loop` times clr_loop: the first `min(100, steps)` steps are timed on their own
     (with torch.compile: the compilation), a warm-up of at least 20 steps follows, then each of
     `repeats` repeats runs `steps` steps (0: one epoch of full batches) and ends by reading the
     loss back. A torch.compile that fails gives a result with "error" (why) and no times.
@@ -289,7 +260,7 @@ def time_steps(spec, cores=None):
     steps = min(spec["steps"], full) if spec["steps"] > 0 else full
     model = make_model()
     optimizer, scheduler = make_optimizer(model, -(-FULL_SIZE["train"] // batch))
-    macs = layer_macs(model)
+    macs = cost_model.layer_macs(model)
     step, _ = make_train_step(model, optimizer, scheduler, compile_model=spec["kind"] == "torch_compile")
     x, y = to_tensors(train_x, train_y)
     stream = batches(x, y, batch, SEED, drop_remainder=True)
@@ -316,7 +287,7 @@ def time_steps(spec, cores=None):
         last_loss = run(steps)
         wall.append(time.perf_counter() - start)
         cpu.append(measure.cpu_seconds() - cpu_start)
-    flops = measure.training_flops([m for _, m in macs], batch)
+    flops = cost_model.training_flops([m for _, m in macs], batch)
     result = measure.summary(batch, wall, cpu, steps, first_call_s, first, flops)
     result.update(common, last_loss=last_loss, jit_resolved=spec["kind"] == "torch_compile")
     return result

@@ -10,8 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-from benchmarks import bench
+from benchmarks import cost_model
 from benchmarks import fit_bench
+from benchmarks import processes
 from bench_test import tiny_data
 from clr_loop import runtime
 
@@ -63,7 +64,7 @@ def test_both_contenders_start_from_the_same_weights_and_report_every_measuremen
     keras.utils.set_random_seed(fit_bench.SEED)
     from clr_loop.experiment import models
 
-    expected = fit_bench.weights_checksum(models.create_model(seed=fit_bench.SEED).get_weights())
+    expected = cost_model.weights_checksum(models.create_model(seed=fit_bench.SEED).get_weights())
     for contender, r in results.items():
         assert r["init_checksum"] == pytest.approx(expected)
         assert (r["epoch_steps"], r["epoch_examples"], r["val_examples"]) == (5, 40, 20)
@@ -79,7 +80,7 @@ def test_bare_step_of_the_resnet():
     case = fit_bench.Case("resnet20", batch_size=4)
     result = fit_bench.time_bare_step(case, splits=1, calls=2, data=tiny_data(num_train=8, num_test=4))
     assert result["step_ms"] > 0 and len(result["step_ms_repeats"]) == 3
-    assert result["flops_per_step"] == bench.step_flops(fit_bench.resnet20(), 4)
+    assert result["flops_per_step"] == cost_model.step_flops(fit_bench.resnet20(), 4)
 
 
 def _result(model, contender, epoch_s, steady, checksum=(1.0, 2.0), rss=100.0):
@@ -132,7 +133,7 @@ def test_cli_runs_both_contenders_in_their_own_processes(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.fit_bench", "--models=cnn", "--rounds=1", "--examples=128",
          "--steady_steps=2", "--data=random", "--breakdown=false", f"--out={out}"],
-        cwd=bench.REPO_ROOT, env=bench._child_env(), capture_output=True, text=True, timeout=300,
+        cwd=processes.REPO_ROOT, env=processes.child_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -149,7 +150,7 @@ def test_cli_runs_both_contenders_in_their_own_processes(tmp_path):
 def test_cli_rejects_an_unknown_model(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.fit_bench", "--models=vgg", f"--out={tmp_path / 'b.json'}"],
-        cwd=bench.REPO_ROOT, env=bench._child_env(), capture_output=True, text=True, timeout=120,
+        cwd=processes.REPO_ROOT, env=processes.child_env(), capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode != 0 and "--models" in proc.stderr and "resnet20" in proc.stderr
     assert not (tmp_path / "b.json").exists()

@@ -10,7 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import bench
+from benchmarks import cost_model
+from benchmarks import processes
+from benchmarks import variants
+from benchmarks import worker
 from benchmarks import torch_peer
 from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import fashion_mnist
@@ -30,16 +33,16 @@ def test_constants_are_clr_loops():
     config = config_lib.Config()
     assert (torch_peer.INITIAL_LR, torch_peer.MAX_LR, torch_peer.STEP_SIZE_EPOCHS) == (
         config.initial_lr, config.max_lr, config.step_size_epochs)
-    assert torch_peer.BATCH_SIZE == config.batch_size == bench.TUTORIAL_BATCH_SIZE
+    assert torch_peer.BATCH_SIZE == config.batch_size == variants.TUTORIAL_BATCH_SIZE
     assert torch_peer.DEBIAN_DIR == fashion_mnist.DEBIAN_DIR and torch_peer.IDX_FILES == fashion_mnist.IDX_FILES
-    assert torch_peer.FULL_SIZE == fashion_mnist.FULL_SIZE and torch_peer.SEED == bench.SEED
+    assert torch_peer.FULL_SIZE == fashion_mnist.FULL_SIZE and torch_peer.SEED == variants.SEED
 
 
 def test_model_has_the_keras_models_layers_parameters_and_cost():
     model = torch_peer.make_model()
     keras_model = models.create_model(seed=0)
     assert sum(p.numel() for p in model.parameters()) == keras_model.count_params() == 18_762
-    assert [m for _, m in torch_peer.layer_macs(model)] == [m for _, m in bench.layer_macs(keras_model)]
+    assert [m for _, m in cost_model.layer_macs(model)] == [m for _, m in cost_model.layer_macs(keras_model)]
     out = model(torch.zeros((3, 1, 28, 28), dtype=torch.uint8))
     assert tuple(out.shape) == (3, 10)
     # Glorot-uniform weights (Keras's default), zero biases.
@@ -71,7 +74,7 @@ def test_cyclic_lr_gives_clr_loops_triangular2_schedule():
 
 def test_load_arrays_random_is_bench_load_datas():
     (train_x, train_y, test_x, test_y), description = torch_peer.load_arrays("random", examples=30)
-    data, bench_description = bench.load_data("random", examples=30)
+    data, bench_description = worker.load_data("random", examples=30)
     np.testing.assert_array_equal(train_x, data.train.images)
     np.testing.assert_array_equal(train_y, data.train.labels)
     np.testing.assert_array_equal(test_x, data.test.images)
@@ -110,10 +113,10 @@ def test_batches_cover_each_epoch_once_in_a_new_order():
 
 
 def test_time_steps_reports_what_the_bench_table_needs():
-    spec = bench.Spec("torch", batch_size=8, steps=3, repeats=2, data="random", examples=64)
+    spec = variants.Spec("torch", batch_size=8, steps=3, repeats=2, data="random", examples=64)
     result = torch_peer.time_steps(dataclasses.asdict(spec), cores=1)
     assert len(result["ms_per_step_repeats"]) == 2 and result["ms_per_step"] > 0 and result["steps"] == 3
-    assert result["flops_per_step"] == bench.step_flops(models.create_model(), 8)
+    assert result["flops_per_step"] == cost_model.step_flops(models.create_model(), 8)
     assert result["threads"][1] == 1 and np.isfinite(result["last_loss"]) and "random" in result["data"]
     assert result["jit_resolved"] is False
 
@@ -125,7 +128,7 @@ def test_time_steps_reports_a_failing_torch_compile_instead_of_raising(monkeypat
         return forward
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    spec = bench.Spec("torch_compile", batch_size=8, steps=2, repeats=1, data="random", examples=32)
+    spec = variants.Spec("torch_compile", batch_size=8, steps=2, repeats=1, data="random", examples=32)
     result = torch_peer.time_steps(dataclasses.asdict(spec), cores=1)
     assert result["error"] == "RuntimeError: Compiler: cc is not found" and "ms_per_step" not in result
 
@@ -142,11 +145,11 @@ def test_run_epochs_trains_and_validates():
 
 def test_the_worker_process_prints_a_bench_result():
     """The subprocess path end to end, as the bench runs it: no TensorFlow in the PyTorch process."""
-    spec = bench.Spec("torch", batch_size=8, steps=2, repeats=1, data="random", examples=32)
-    result = bench.run_spec_in_subprocess(spec)
+    spec = variants.Spec("torch", batch_size=8, steps=2, repeats=1, data="random", examples=32)
+    result = processes.run_spec_in_subprocess(spec)
     assert result["name"] == "(p) PyTorch eager" and result["process_peak_rss_mb"] > 0
     assert result["ms_per_step"] > 0 and result["torch"] == torch.__version__
     probe = "import sys, benchmarks.torch_peer; print('tensorflow' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", probe], cwd=bench.REPO_ROOT, env=bench._child_env(),
+    out = subprocess.run([sys.executable, "-c", probe], cwd=processes.REPO_ROOT, env=processes.child_env(),
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr

@@ -20,6 +20,8 @@ import struct
 import tensorflow as tf
 from absl import logging
 
+from clr_loop import errors
+
 # Settings that may change between a run and its resumption: they steer the plumbing (where
 # files go, how often to log or save, how long to run), not the numbers the run computes.
 RESUMABLE_CHANGES = frozenset(
@@ -49,12 +51,12 @@ ADDED_SETTINGS = {
 RUN_OUTPUTS = ("ckpt", "train", "eval", "plugins", "history.json", "config.json", "run.json")
 
 
-class _RunStateError(RuntimeError):
+class _RunStateError(errors.Error, RuntimeError):
     """A workdir problem. `starting_over_helps` says whether clearing the run's outputs fixes it
     (another run's or unreadable state: yes; an unwritable folder, a full disk, a lock: no)."""
 
-    def __init__(self, message, *, starting_over_helps=True):
-        super().__init__(message)
+    def __init__(self, message, *, starting_over_helps=True, argument=None):
+        super().__init__(message, argument=argument)
         self.starting_over_helps = starting_over_helps
 
 

@@ -22,6 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from clr_loop import errors
+
 
 # How array batches reach the train step (`clr_loop.loop.resolve_input_mode`): gathered on the
 # device inside the compiled loop (`DeviceBatches`), through tf.data (`array_train_dataset`), or
@@ -29,7 +31,7 @@ import tensorflow as tf
 INPUT_MODES = ("auto", "device", "pipeline")
 
 
-class InputError(ValueError):
+class InputError(errors.Error, ValueError):
     """Raised for unusable training or validation input; the message names the culprit."""
 
 

@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 
 import keras
 
+from clr_loop import errors
 from clr_loop import augment as augment_lib
 from clr_loop import distribute
 from clr_loop.experiment import fashion_mnist
@@ -193,12 +194,12 @@ def _decay_steps(config, steps_per_epoch):
     return max(1, int(round(fraction * config.epochs * steps_per_epoch)))
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.Error, ValueError):
     """Raised when a valid Config cannot run with what it meets only at run time: the replicas of its
     strategy, the model it builds; names the flags."""
 
 
-class ScheduleError(ValueError):
+class ScheduleError(errors.Error, ValueError):
     """Raised when a valid Config's schedule cannot be built for the data's size (a one-cycle too
     short to have all its phases); names the settings."""
 

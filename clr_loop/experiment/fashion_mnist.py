@@ -22,6 +22,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from clr_loop import errors
 from clr_loop import inputs
 
 # tensorflow_datasets is imported where it is used (`_tfds()`): importing it costs ~0.4 s of a
@@ -73,7 +74,7 @@ def not_a_regular_file(path: str | os.PathLike) -> str | None:
     return f"is {kind}, not a regular file" if kind != "not a regular file" else "is not a regular file"
 
 
-class DataError(Exception):
+class DataError(errors.Error):
     """Raised when a data source is missing or malformed.
 
     The message names the file, directory or source and says what is wrong, so it can be

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from clr_loop import errors
 from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import fashion_mnist
 
@@ -30,7 +31,7 @@ MAX_SCHEDULE_POINTS = 100_000
 _MAX_SCHEDULE_STEPS = 2**53
 
 
-class PlotError(Exception):
+class PlotError(errors.Error):
     """Raised for an unusable input (a history folder, matplotlib missing); the message names it."""
 
 

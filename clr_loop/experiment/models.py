@@ -22,6 +22,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from clr_loop import errors
+
 
 MODELS = ("tutorial_cnn", "resnet20")
 OUTPUTS = ("logits", "probabilities")
@@ -64,7 +66,7 @@ def create_model(seed=None, input_shape=TUTORIAL_IMAGE_SHAPE, num_classes=10, re
     )
 
 
-class ModelError(ValueError):
+class ModelError(errors.Error, ValueError):
     """Raised when a named model cannot be built: an unknown name, or a user function that cannot be
     imported, fails, or returns something other than a fitting keras.Model; names the model."""
 

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from clr_loop import errors
 from clr_loop import checkpointing
 from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import fashion_mnist
@@ -31,15 +32,14 @@ from clr_loop import steps as steps_lib
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds")
 
 
-class WeightsError(ValueError):
+class WeightsError(errors.Error, ValueError):
     """Raised when an initial-weights file cannot be read, written or does not fit the model; names the file.
 
     `argument` is the Config field the file comes from: "init_weights" (read) or "save_init" (written).
     """
 
     def __init__(self, message, argument="init_weights"):
-        super().__init__(message)
-        self.argument = argument
+        super().__init__(message, argument=argument)
 
 
 def save_initial_weights(model, path):

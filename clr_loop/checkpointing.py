@@ -53,11 +53,14 @@ RUN_OUTPUTS = ("ckpt", "train", "eval", "plugins", "history.json", "config.json"
 
 class _RunStateError(errors.Error, RuntimeError):
     """A workdir problem. `starting_over_helps` says whether clearing the run's outputs fixes it
-    (another run's or unreadable state: yes; an unwritable folder, a full disk, a lock: no)."""
+    (another run's or unreadable state: yes; an unwritable folder, a full disk, a lock: no).
+    `settings` names the run settings in which the workdir's run differs from this one (empty when
+    the problem is not such a difference); `argument` is `errors.Error`'s."""
 
-    def __init__(self, message, *, starting_over_helps=True, argument=None):
+    def __init__(self, message, *, starting_over_helps=True, argument=None, settings=()):
         super().__init__(message, argument=argument)
         self.starting_over_helps = starting_over_helps
+        self.settings = tuple(settings)
 
 
 class WorkdirError(_RunStateError):
@@ -209,7 +212,8 @@ def check_writable(workdir):
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise WorkdirError(f"workdir {workdir} is not a writable folder: {e}", starting_over_helps=False) from e
+        raise WorkdirError(f"workdir {workdir} is not a writable folder: {e}", starting_over_helps=False,
+                           argument="workdir") from e
 
 
 # What each output folder of a run holds (fnmatch patterns of paths inside it); --overwrite removes
@@ -323,7 +327,7 @@ def workdir_lock(workdir):
             raise WorkdirError(
                 f"workdir {workdir} is in use by another process (pid {owner}); two runs writing one "
                 "workdir would interleave their checkpoints. Wait for it to end, or use another workdir.",
-                starting_over_helps=False,
+                starting_over_helps=False, argument="workdir",
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -102,7 +102,8 @@ def configure_virtual_cpus(count):
     try:
         tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
     except RuntimeError as e:
-        raise ClusterError(f"virtual_cpus={count} must be applied before TensorFlow initialises: {e}") from e
+        raise ClusterError(f"virtual_cpus={count} must be applied before TensorFlow initialises: {e}",
+                           "virtual_cpus") from e
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
@@ -164,7 +165,7 @@ def make_strategy(name, devices=None, cluster_timeout=60.0):
             strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         logging.info("multi-worker cluster of %d workers; this is worker %d", len(workers), me)
         return strategy
-    raise ClusterError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
+    raise ClusterError(f"unknown strategy {name!r}; expected one of {STRATEGIES}", "strategy")
 
 
 def _device_key(name):

@@ -10,6 +10,8 @@ and reads `argument` to point at what to change, without reading the message.
 Errors that are not a caller's mistake (a bug, TensorFlow's own failures) are not `Error`s.
 """
 
+import contextlib
+
 
 def same_name(name):
     """Returns `name` unchanged: the naming of arguments in messages for code (`Error.describe`'s default).
@@ -69,3 +71,36 @@ class Error(Exception):
         """
         del name  # the base's message refers to nothing in a marked way
         return str(self)
+
+
+@contextlib.contextmanager
+def blaming(argument):
+    """Inside the block, an `Error` that names no argument is given `argument` (and re-raised).
+
+    For a function that passes one of its arguments on: the callee's errors are about what that
+    argument selected (a folder, a file), so the caller's argument is the one to change.
+
+    Args:
+        argument: the name of the caller's argument to set as the errors' `argument`.
+
+    Yields:
+        None.
+
+    Raises:
+        Error: the error raised inside the block, with `argument` set when it had none.
+
+    Example:
+        >>> from clr_loop import errors
+        >>> try:
+        ...     with errors.blaming("dataset_dir"):
+        ...         raise errors.Error("/data: directory does not exist")
+        ... except errors.Error as e:
+        ...     print(e.argument)
+        dataset_dir
+    """
+    try:
+        yield
+    except Error as e:
+        if e.argument is None:
+            e.argument = argument
+        raise

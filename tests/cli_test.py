@@ -7,6 +7,7 @@ from absl import app
 from absl import flags
 
 from clr_loop import cli
+from clr_loop import errors
 from clr_loop.experiment import config as config_lib
 
 
@@ -89,7 +90,7 @@ def test_error_message_points_to_overwrite_only_where_starting_over_helps(tmp_pa
     with pytest.raises(checkpointing.WorkdirError) as unwritable:
         checkpointing.check_writable(str(blocked / "run"))
     assert "--overwrite" not in cli.error_message(unwritable.value)
-    assert checkpointing.WorkdirError in cli.training_errors() and checkpointing.CheckpointError in cli.training_errors()
+    assert issubclass(checkpointing.WorkdirError, errors.Error) and issubclass(checkpointing.CheckpointError, errors.Error)
 
 
 def test_flagfiles_that_are_not_regular_files_or_too_big_are_named_before_absl_reads_them(tmp_path, capsys):

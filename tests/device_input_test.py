@@ -141,8 +141,8 @@ def test_the_cli_setting_is_validated_and_a_library_refusal_names_the_flag():
     assert any(p.startswith("--input_mode=device needs --strategy=default") for p in problems), problems
     assert any("--input_mode must be one of" in p for p in config_lib.validate(config_lib.Config(input_mode="x")))
     error = inputs.InputError("input_mode='device' needs in-memory arrays on one device: the training input is a "
-                              "tf.data.Dataset")
-    assert cli.error_message(error).startswith("--input_mode='device' needs")
+                              "tf.data.Dataset", argument="input_mode")
+    assert cli.error_message(error).startswith("--input_mode: input_mode='device' needs")
 
 
 def test_the_app_trains_the_same_history_in_both_modes(tmp_path):

@@ -68,7 +68,11 @@ def create_model(seed=None, input_shape=TUTORIAL_IMAGE_SHAPE, num_classes=10, re
 
 class ModelError(errors.Error, ValueError):
     """Raised when a named model cannot be built: an unknown name, or a user function that cannot be
-    imported, fails, or returns something other than a fitting keras.Model; names the model."""
+    imported, fails, or returns something other than a fitting keras.Model; names the model.
+    `argument` is the Config field that names the model: "model" unless given."""
+
+    def __init__(self, message, argument="model"):
+        super().__init__(message, argument=argument)
 
 
 @dataclasses.dataclass(frozen=True)

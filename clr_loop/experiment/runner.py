@@ -283,11 +283,12 @@ class Trainer:
             checkpointing.clear_run_outputs(config.workdir, {"config.json": config_json_problem})
         conflict = config_conflict(config)
         if conflict is not None:
-            described, binding = conflict
+            described, binding, differing = conflict
             if binding:
                 raise checkpointing.WorkdirError(
                     f"{config.workdir} holds a run with a different configuration ({described}). "
-                    "Use another workdir, or overwrite to start over."
+                    "Use another workdir, or overwrite to start over.",
+                    argument=differing[0] if len(differing) == 1 else "workdir", settings=differing,
                 )
             # A run that failed before its first checkpoint saved nothing a new one could lose.
             print(f"note: {config.workdir}/config.json is from a run that saved no checkpoint ({described}); "
@@ -333,9 +334,9 @@ def config_conflict(config):
     """Compares `config` with the configuration in its workdir's config.json.
 
     Returns None when they agree, when there is no config.json, or with `overwrite`; else
-    (description, binding): each differing setting as `name: saved (saved) vs now (now)`, and
+    (description, binding, names): each differing setting as `name: saved (saved) vs now (now)`,
     whether the workdir holds saved state (a checkpoint or a history) that the difference forbids
-    resuming. Raises WorkdirError naming a config.json that cannot be read or that clr_loop did not write.
+    resuming, and the differing settings' names (a tuple). Raises WorkdirError naming a config.json that cannot be read or that clr_loop did not write.
     """
     path = os.path.join(config.workdir, "config.json")
     if config.overwrite or not os.path.exists(path):
@@ -351,7 +352,7 @@ def config_conflict(config):
     if not differing:
         return None
     binding = checkpointing.has_checkpoint(config.workdir) or os.path.exists(os.path.join(config.workdir, "history.json"))
-    return checkpointing.describe_differences(saved, current, differing), binding
+    return checkpointing.describe_differences(saved, current, differing), binding, tuple(differing)
 
 
 def _plan_dict(plan, jit_compile, batch_splits):

@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 
 from clr_loop import errors
+from clr_loop.experiment import checks
 from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import fashion_mnist
 from clr_loop import process
@@ -125,7 +126,7 @@ def config_from_flags(flag_values):
     """Returns the `config.Config` that the parsed training flags of `flag_values` describe.
 
     `--workdir` defaults to `runs/<mode>`. Raises app.UsageError naming each bad flag (the
-    problems `config.validate` finds, one per line).
+    problems `checks.validate` finds, one per line, their fields rendered as flags).
     """
     values = {f.name: flag_values[f.name].value for f in dataclasses.fields(config_lib.Config) if f.name in flag_values}
     values["profile_steps"] = _profile_steps(flag_values["profile_steps"].value)
@@ -138,9 +139,9 @@ def config_from_flags(flag_values):
         raise app.UsageError("--workdir must not be empty (leave it out for the default folder)")
     values["workdir"] = workdir or f"runs/{flag_values['mode'].value}"
     config = config_lib.Config(**values)
-    problems = config_lib.validate(config)
+    problems = checks.validate(config)
     if problems:
-        raise app.UsageError("\n".join(problems))
+        raise app.UsageError("\n".join(problem.render(flag_name) for problem in problems))
     return config
 
 

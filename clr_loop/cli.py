@@ -157,9 +157,9 @@ def set_up_process(config):
     # Imported here: cli is imported by the apps before their tuned TensorFlow import.
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
-    runtime.configure_threads(runner.resolve_batch_splits(config))
+    runtime.configure_threads(trial.resolve_batch_splits(config))
     if config.virtual_cpus:
         distribute.configure_virtual_cpus(config.virtual_cpus)
     make_deterministic(config)

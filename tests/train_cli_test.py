@@ -17,7 +17,7 @@ from absl.testing import flagsaver
 
 from clr_loop.experiment import fashion_mnist
 from clr_loop import train
-from clr_loop.experiment import runner
+from clr_loop.experiment import trial
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds"}
@@ -254,7 +254,7 @@ def test_real_data_few_hundred_steps_beat_the_untrained_model(tmp_path):
     from clr_loop.experiment import config as config_lib
 
     config = config_lib.Config(mode="none", lr=0.05, max_steps=300, workdir=str(tmp_path / "run"), jit_compile="false")
-    trainer = runner.Trainer(config, fashion_mnist.load_idx_dir(fashion_mnist.DEBIAN_DIR))
+    trainer = trial.Trainer(config, fashion_mnist.load_idx_dir(fashion_mnist.DEBIAN_DIR))
     untrained, count = trainer.run.validate()
     history = trainer.train()
     assert count == 10000

@@ -42,7 +42,7 @@ MIRRORED_VS_SINGLE = textwrap.dedent(
             max_steps=7,
         )
         strategy = distribute.make_strategy(name.split("_")[0], devices)
-        trainer = runner.Trainer(config, data, strategy=strategy)
+        trainer = trial.Trainer(config, data, strategy=strategy)
         trainer.model.layers[5].rate = 0.0  # replicas draw their own dropout masks
         window = trainer.run.run_steps(7)
         val, count = trainer.run.validate()

@@ -3,8 +3,8 @@
 `validate(config)` returns the problems as `config.Problem`s (empty when the Config is valid),
 whose messages mark the fields they refer to (`{max_lr}`), so that code reads plain names and the
 apps' command lines read flags (`Problem.render`). `check(config)` raises `config.ConfigError` with
-all of them; the experiment calls it where a Config enters (`runner.Trainer`,
-`runner.train_and_evaluate`, the ablation's model builds), so a Config built in code is refused,
+all of them; the experiment calls it where a Config enters (`trial.Trainer`,
+`trial.train_and_evaluate`, the ablation's model builds), so a Config built in code is refused,
 naming its field, before anything is built or written.
 """
 

@@ -48,12 +48,12 @@ with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.defe
     from clr_loop import actions
     from clr_loop import checkpointing
     from clr_loop import cli
+    from clr_loop import errors
     from clr_loop.experiment import ablation
     from clr_loop.experiment import config as config_lib
     from clr_loop.experiment import fashion_mnist
     from clr_loop.experiment import datasets
     from clr_loop.experiment import figures
-    from clr_loop.experiment import models
     from clr_loop.experiment import resume
     from clr_loop import runtime
     from clr_loop.experiment import trial
@@ -219,7 +219,7 @@ def _train_run(run, data):
         status = "ok"
     except actions.Interrupted as e:
         interrupted, status = e, "interrupted"
-    except cli.training_errors() as e:
+    except errors.Error as e:
         print(f"error: {run.name}: {cli.error_message(e)}", file=sys.stderr)
         status = "diverged" if isinstance(e, actions.TrainingDiverged) else "failed"
     if status != "ok":
@@ -333,7 +333,7 @@ def main(argv):
                 if key not in checked:
                     checked.add(key)
                     trial.load_initial_weights(ablation.build_model(run.config, data), shared_init)
-    except (figures.PlotError, trial.WeightsError, fashion_mnist.DataError, models.ModelError) as e:
+    except errors.Error as e:
         print(f"error: {cli.error_message(e)}", file=sys.stderr)
         return 1
     problems = []
@@ -355,7 +355,7 @@ def main(argv):
         try:
             for path, config in builds.items():
                 ablation.build_initial_weights(config, data_by_key[ablation.data_key(config)], path)
-        except (trial.WeightsError, models.ModelError) as e:
+        except errors.Error as e:
             print(f"error: {cli.error_message(e)}", file=sys.stderr)
             return 1
         names = ", ".join(f"`{os.path.basename(path)}` (seed {config.seed})" for path, config in builds.items())

@@ -20,6 +20,7 @@ from tensorflow.core.framework import summary_pb2
 
 from clr_loop import checkpointing
 from clr_loop import distribute
+from clr_loop import errors
 
 # What `tf.summary.scalar` tags a scalar with for TensorBoard's scalars plugin (an empty
 # ScalarPluginData, version 0). `tf.summary.scalar` itself lives in TensorBoard's package, whose
@@ -46,12 +47,12 @@ def write_scalar(name, value):
     return tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(errors.Error, RuntimeError):
     """Raised when a step's learning rate, loss or gradient, or the weights after it, are not finite;
     the message names the step and rate, and the last good checkpoint when there is one."""
 
 
-class Interrupted(RuntimeError):
+class Interrupted(errors.Error, RuntimeError):
     """Raised after SIGTERM or SIGINT once the state is checkpointed.
 
     Args:

@@ -18,17 +18,22 @@ import struct
 import tensorflow as tf
 from absl import logging
 
+from clr_loop import errors
+
 # Files and folders a run writes into its workdir; --overwrite removes these and nothing else.
 RUN_OUTPUTS = ("ckpt", "train", "eval", "plugins", "history.json", "config.json", "run.json")
 
 
-class _RunStateError(RuntimeError):
+class _RunStateError(errors.Error, RuntimeError):
     """A workdir problem. `starting_over_helps` says whether clearing the run's outputs fixes it
-    (another run's or unreadable state: yes; an unwritable folder, a full disk, a lock: no)."""
+    (another run's or unreadable state: yes; an unwritable folder, a full disk, a lock: no).
+    `settings` names the run settings in which the workdir's run differs from this one (empty when
+    the problem is not such a difference); `argument` is `errors.Error`'s."""
 
-    def __init__(self, message, *, starting_over_helps=True):
-        super().__init__(message)
+    def __init__(self, message, *, starting_over_helps=True, argument=None, settings=()):
+        super().__init__(message, argument=argument)
         self.starting_over_helps = starting_over_helps
+        self.settings = tuple(settings)
 
 
 class WorkdirError(_RunStateError):
@@ -180,7 +185,8 @@ def check_writable(workdir):
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise WorkdirError(f"workdir {workdir} is not a writable folder: {e}", starting_over_helps=False) from e
+        raise WorkdirError(f"workdir {workdir} is not a writable folder: {e}", starting_over_helps=False,
+                           argument="workdir") from e
 
 
 # What each output folder of a run holds (fnmatch patterns of paths inside it); --overwrite removes

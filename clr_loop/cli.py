@@ -12,6 +12,8 @@ import sys
 from absl import app
 from absl import flags
 
+from clr_loop import errors
+from clr_loop.experiment import checks
 from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import fashion_mnist
 from clr_loop import process
@@ -124,7 +126,7 @@ def config_from_flags(flag_values):
     """Returns the `config.Config` that the parsed training flags of `flag_values` describe.
 
     `--workdir` defaults to `runs/<mode>`. Raises app.UsageError naming each bad flag (the
-    problems `config.validate` finds, one per line).
+    problems `checks.validate` finds, one per line, their fields rendered as flags).
     """
     values = {f.name: flag_values[f.name].value for f in dataclasses.fields(config_lib.Config) if f.name in flag_values}
     values["profile_steps"] = _profile_steps(flag_values["profile_steps"].value)
@@ -137,9 +139,9 @@ def config_from_flags(flag_values):
         raise app.UsageError("--workdir must not be empty (leave it out for the default folder)")
     values["workdir"] = workdir or f"runs/{flag_values['mode'].value}"
     config = config_lib.Config(**values)
-    problems = config_lib.validate(config)
+    problems = checks.validate(config)
     if problems:
-        raise app.UsageError("\n".join(problems))
+        raise app.UsageError("\n".join(problem.render(flag_name) for problem in problems))
     return config
 
 
@@ -260,50 +262,41 @@ def parse_flags(argv):
         sys.exit(1)
 
 
-def training_errors():
-    """Returns the library errors a training run raises for a user's mistake, bad data or a failed
-    write (not for a bug): the apps print them with `error_message` and exit 1."""
-    # Imported here: cli is imported by the apps before their tuned TensorFlow import.
-    from clr_loop import actions  # pylint: disable=import-outside-toplevel
-    from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import config  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import fashion_mnist  # pylint: disable=import-outside-toplevel
-    from clr_loop import distribute  # pylint: disable=import-outside-toplevel
-    from clr_loop import inputs  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import models  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
+def flag_name(name):
+    """Returns the command-line spelling of a Config field or library argument: `--<name>`.
 
-    return (
-        distribute.ClusterError, fashion_mnist.DataError, inputs.InputError, actions.TrainingDiverged, models.ModelError,
-        trial.WeightsError, checkpointing.WorkdirError, checkpointing.CheckpointError, config.ScheduleError,
-        config.ConfigError,
-    )
+    Args:
+        name: the field's or argument's name (`batch_size`).
+
+    Returns:
+        The flag that sets it (`--batch_size`).
+    """
+    return f"--{name}"
 
 
 def error_message(error):
-    """Returns the app's one-line message for a library error, naming the flags that fix it.
+    """Returns the app's one-line message for an error of a run, naming the flag that fixes it.
 
-    Library errors name arguments; here a workdir problem points to `--workdir`/`--overwrite`
-    and an initial-weights problem to `--init_weights` or `--save_init` (the file it reads or writes);
-    a model that cannot be built is `--model`'s.
+    Built from the error's type and attributes, never from its text: an `errors.Error` whose
+    `argument` names the field at fault is `--<argument>: <message>` (a Config problem, which names
+    its fields itself, is rendered with them as flags); a workdir that starting over would fix
+    (`starting_over_helps`) points to `--overwrite`, and one holding a run of another precision to
+    `--precision`. Any other exception is its message.
+
+    Args:
+        error: the exception the run raised, an `errors.Error` (`actions.TrainingDiverged` is one).
+
+    Returns:
+        The message, without the app's `error: ` prefix.
     """
-    # Imported here: cli is imported by the apps before their tuned TensorFlow import.
-    from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
-    from clr_loop import distribute  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import models  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
-
-    text = str(error)
-    if isinstance(error, distribute.ClusterError) and error.argument:
-        return f"--{error.argument}: {text}"
-    if isinstance(error, checkpointing.WorkdirError) and "precision: '" in text:
+    if isinstance(error, errors.Error):
+        text = error.describe(flag_name)
+        if error.argument and not error.names_argument:
+            text = f"{flag_name(error.argument)}: {text}"
+    else:
+        text = str(error)
+    if "precision" in getattr(error, "settings", ()):
         text += " (--precision must be the saved run's to resume it)"
-    if isinstance(error, (checkpointing.WorkdirError, checkpointing.CheckpointError)) and error.starting_over_helps:
-        return f"{text} (--overwrite starts the run over in the same --workdir; another --workdir keeps it)"
-    if isinstance(error, trial.WeightsError):
-        return f"--{error.argument}: {text}"
-    if isinstance(error, models.ModelError):
-        return f"--model: {text}"
-    if text.startswith("input_mode="):
-        return f"--{text}"
+    if getattr(error, "starting_over_helps", False):
+        text += " (--overwrite starts the run over in the same --workdir; another --workdir keeps it)"
     return text

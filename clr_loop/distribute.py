@@ -18,13 +18,15 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from clr_loop import errors
+
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # The longest a multi-worker run waits for its peers and for a collective op, in seconds (a week):
 # the join watchdog's wait and TensorFlow's collective timeout need a finite time they can represent.
 MAX_CLUSTER_TIMEOUT = 7 * 24 * 3600
 
 
-class ClusterError(RuntimeError):
+class ClusterError(errors.Error, RuntimeError):
     """Raised when the distribution cannot be set up: bad devices, bad TF_CONFIG.
 
     `argument` names the argument of `make_strategy` at fault ("devices", "cluster_timeout"), or is
@@ -32,8 +34,7 @@ class ClusterError(RuntimeError):
     """
 
     def __init__(self, message, argument=None):
-        super().__init__(message)
-        self.argument = argument
+        super().__init__(message, argument=argument)
 
 
 def unreachable(peers):
@@ -101,7 +102,8 @@ def configure_virtual_cpus(count):
     try:
         tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
     except RuntimeError as e:
-        raise ClusterError(f"virtual_cpus={count} must be applied before TensorFlow initialises: {e}") from e
+        raise ClusterError(f"virtual_cpus={count} must be applied before TensorFlow initialises: {e}",
+                           "virtual_cpus") from e
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
@@ -163,7 +165,7 @@ def make_strategy(name, devices=None, cluster_timeout=60.0):
             strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         logging.info("multi-worker cluster of %d workers; this is worker %d", len(workers), me)
         return strategy
-    raise ClusterError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
+    raise ClusterError(f"unknown strategy {name!r}; expected one of {STRATEGIES}", "strategy")
 
 
 def _device_key(name):

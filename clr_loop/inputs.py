@@ -23,6 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 from clr_loop import _keras
+from clr_loop import errors
+
 
 
 # How array batches reach the train step (`clr_loop.runner.resolve_input_mode`): gathered on the
@@ -31,7 +33,7 @@ from clr_loop import _keras
 INPUT_MODES = ("auto", "device", "pipeline")
 
 
-class InputError(ValueError):
+class InputError(errors.Error, ValueError):
     """Raised for unusable training or validation input; the message names the culprit."""
 
 
@@ -53,7 +55,7 @@ def steps_per_epoch(num_examples, batch_size, drop_remainder=True):
     an epoch of zero steps (fewer examples than one batch when dropping the remainder).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}", argument="batch_size")
     steps = num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
     if steps == 0:
         raise InputError(
@@ -250,7 +252,7 @@ class DeviceBatches:
         except tf.errors.ResourceExhaustedError as e:
             raise InputError(
                 f"input_mode='device': the training set ({array_bytes(arrays) / 2**20:.0f} MiB) does not fit in "
-                f"{device}'s memory; feed it through tf.data (input_mode='pipeline' or 'auto')"
+                f"{device}'s memory; feed it through tf.data (input_mode='pipeline' or 'auto')", argument="input_mode"
             ) from e
         with tf.device(device):
             self._perm = tf.Variable(tf.zeros([n], tf.int32), trainable=False, name="device_batches_perm")
@@ -480,7 +482,8 @@ def make_validation(validation_data, batch_size):
             "tf.data.Dataset of batches"
         )
     if batch_size < 1:
-        raise InputError(f"validation_batch_size must be a positive integer, got {batch_size!r}")
+        raise InputError(f"validation_batch_size must be a positive integer, got {batch_size!r}",
+                         argument="validation_batch_size")
     weights = validation_data[2] if len(validation_data) == 3 else None
     return Arrays.from_user(validation_data[0], validation_data[1], "validation_data x", sample_weight=weights), None
 

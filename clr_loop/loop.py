@@ -140,9 +140,9 @@ def fit(
     _check_int("epochs", epochs, 1)
     _check_int("initial_epoch", initial_epoch, 0)
     if initial_epoch >= epochs:
-        raise inputs.InputError(f"initial_epoch={initial_epoch} must be smaller than epochs={epochs}")
+        raise inputs.InputError(f"initial_epoch={initial_epoch} must be smaller than epochs={epochs}", argument="initial_epoch")
     if initial_epoch and workdir:
-        raise inputs.InputError("initial_epoch must be 0 with a workdir: the workdir's checkpoint says where the run is")
+        raise inputs.InputError("initial_epoch must be 0 with a workdir: the workdir's checkpoint says where the run is", argument="initial_epoch")
     for name, value in (("steps_per_loop", steps_per_loop), ("log_every_steps", log_every_steps)):
         _check_int(name, value, 1)
     _check_int("checkpoint_every_steps", checkpoint_every_steps, 0)
@@ -156,27 +156,27 @@ def fit(
     if seed is not None:
         _check_int("seed", seed, 0)
         if seed >= 2**63:
-            raise inputs.InputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+            raise inputs.InputError(f"seed must be an integer in [0, 2**63), got {seed!r}", argument="seed")
     if workdir is not None and not isinstance(workdir, (str, os.PathLike)):
-        raise inputs.InputError(f"workdir must be a path (str or os.PathLike) or None, got {type(workdir).__name__} {workdir!r}")
+        raise inputs.InputError(f"workdir must be a path (str or os.PathLike) or None, got {type(workdir).__name__} {workdir!r}", argument="workdir")
     if workdir is not None:
         workdir = os.fspath(workdir)
     if profile_steps is not None:
         if not isinstance(profile_steps, (tuple, list)) or len(profile_steps) != 2 or not all(
                 isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in profile_steps):
-            raise inputs.InputError(f"profile_steps must be (start, stop), two integers, got {profile_steps!r}")
+            raise inputs.InputError(f"profile_steps must be (start, stop), two integers, got {profile_steps!r}", argument="profile_steps")
         start, stop = profile_steps
         if not 0 <= start < stop:
-            raise inputs.InputError(f"profile_steps must be (start, stop) with 0 <= start < stop, got {profile_steps!r}")
+            raise inputs.InputError(f"profile_steps must be (start, stop) with 0 <= start < stop, got {profile_steps!r}", argument="profile_steps")
     if jit_compile not in ("auto", True, False):
-        raise inputs.InputError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}")
+        raise inputs.InputError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}", argument="jit_compile")
     if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float, np.floating)) \
             or not 0 <= validation_split < 1:
-        raise inputs.InputError(f"validation_split must be a float in [0, 1), got {validation_split!r}")
+        raise inputs.InputError(f"validation_split must be a float in [0, 1), got {validation_split!r}", argument="validation_split")
     if isinstance(validation_freq, bool) or not (
             (isinstance(validation_freq, (int, np.integer)) and validation_freq >= 1)
             or (isinstance(validation_freq, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in validation_freq))):
-        raise inputs.InputError(f"validation_freq must be a positive integer or a list of epochs, got {validation_freq!r}")
+        raise inputs.InputError(f"validation_freq must be a positive integer or a list of epochs, got {validation_freq!r}", argument="validation_freq")
     if steps_per_epoch is not None:
         raise inputs.InputError(
             f"steps_per_epoch={steps_per_epoch}: clr_loop's epoch is one pass over the data; pass a Dataset "
@@ -202,7 +202,7 @@ def _check_int(name, value, minimum, extra=""):
     """Raises InputError naming `name` unless `value` is an integer >= `minimum` (a bool is not)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise inputs.InputError(f"{name} must be {what}{' ' + extra if extra else ''}, got {value!r}")
+        raise inputs.InputError(f"{name} must be {what}{' ' + extra if extra else ''}, got {value!r}", argument=name)
 
 
 def train(run, callbacks=None, verbose="auto"):

@@ -183,7 +183,7 @@ def _batches(model, x, y, batch_size, shuffle, seed, num_steps):
         # Only the first `num_steps` batches are used, so an endless dataset is fine here.
         x = x.take(num_steps)
     elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise inputs.InputError(f"seed must be an integer, got {seed!r}")
+        raise inputs.InputError(f"seed must be an integer, got {seed!r}", argument="seed")
     train_input = inputs.make_train_input(x, y, batch_size, shuffle=shuffle, drop_remainder=True)
     if train_input.dataset is not None:
         spec = train_input.dataset.element_spec

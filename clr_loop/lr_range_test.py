@@ -32,6 +32,7 @@ with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.defe
 
     from clr_loop import checkpointing
     from clr_loop import cli
+    from clr_loop import errors
     from clr_loop.experiment import config as config_lib
     from clr_loop.experiment import fashion_mnist
     from clr_loop import lr_finder
@@ -223,14 +224,16 @@ def run_range_test(config, data=None):
     try:
         checkpointing.write_json_atomic(paths[0], value)
     except OSError as e:
-        raise checkpointing.WorkdirError(f"cannot write {paths[0]}: {e}", starting_over_helps=False) from e
+        raise checkpointing.WorkdirError(f"cannot write {paths[0]}: {e}", starting_over_helps=False,
+                                         argument="workdir") from e
     png = os.path.join(config.workdir, PNG_NAME)
     try:
         paths.append(lr_finder.plot(result, png))
     except ImportError:
         logging.warning('matplotlib is not installed (pip install -e ".[plot]"), so %s was not drawn', PNG_NAME)
     except OSError as e:
-        raise checkpointing.WorkdirError(f"cannot write {png}: {e}", starting_over_helps=False) from e
+        raise checkpointing.WorkdirError(f"cannot write {png}: {e}", starting_over_helps=False,
+                                         argument="workdir") from e
     return result, paths
 
 
@@ -286,8 +289,8 @@ def main(argv):
     config = config_from_flags()
     try:
         result, paths = run_range_test(config)
-    except (fashion_mnist.DataError, checkpointing.WorkdirError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except errors.Error as e:
+        print(f"error: {cli.error_message(e)}", file=sys.stderr)
         return 1
     print(report(result, config.momentum, config.optimizer))
     print("Wrote " + " and ".join(paths))

@@ -26,6 +26,7 @@ with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.defe
     from absl import flags
 
     from clr_loop import cli
+    from clr_loop import errors
     from clr_loop.experiment import fashion_mnist
     from clr_loop.experiment import figures
 
@@ -65,8 +66,8 @@ def main(argv):
                 raise app.UsageError("--out_dir must not be empty (leave it out for the default, figures/ by the runs)")
             for path in figures.plot_histories(rest, FLAGS.out_dir or figures.default_out_dir(rest)):
                 print(path)
-    except (figures.PlotError, fashion_mnist.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except errors.Error as e:
+        print(f"error: {cli.error_message(e)}", file=sys.stderr)
         return 1
     return 0
 

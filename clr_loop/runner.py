@@ -91,7 +91,7 @@ class Run:
                 else inputs.element_spec_of(train_input.arrays))
         inputs.check_fits_model(model, spec, "x")
         if isinstance(augment, str) and augment not in augment_lib.AUGMENTS:
-            raise inputs.InputError(f"augment must be one of {', '.join(augment_lib.AUGMENTS)} or a function (x, step) -> x, got {augment!r}")
+            raise inputs.InputError(f"augment must be one of {', '.join(augment_lib.AUGMENTS)} or a function (x, step) -> x, got {augment!r}", argument="augment")
         if isinstance(augment, str) and augment != "none":
             _check_images(spec[0], augment)
         if val[0] is not None:
@@ -196,7 +196,7 @@ class Run:
         self.schedule_free = inner if callable(getattr(inner, "swap_to_x", None)) else None
         if isinstance(bn_recompute_batches, bool) or not isinstance(bn_recompute_batches, (int, np.integer)) \
                 or bn_recompute_batches < 0:
-            raise inputs.InputError(f"bn_recompute_batches must be an integer >= 0, got {bn_recompute_batches!r}")
+            raise inputs.InputError(f"bn_recompute_batches must be an integer >= 0, got {bn_recompute_batches!r}", argument="bn_recompute_batches")
         self.bn_recompute_batches = int(bn_recompute_batches)
         self._recompute_bn = bn_stats.Recompute(model, self.strategy, _keras.seed_generator_states(model))
         # A Dataset's batches for the recompute are drawn once, here, before any training iterator: an
@@ -479,7 +479,7 @@ def resolve_input_mode(input_mode, train_input, strategy):
     Anything else picks "pipeline" (tf.data): a Dataset (a streamed one too) is used as given.
     """
     if input_mode not in inputs.INPUT_MODES:
-        raise inputs.InputError(f"input_mode must be one of {', '.join(map(repr, inputs.INPUT_MODES))}, got {input_mode!r}")
+        raise inputs.InputError(f"input_mode must be one of {', '.join(map(repr, inputs.INPUT_MODES))}, got {input_mode!r}", argument="input_mode")
     if input_mode == "pipeline":
         return "pipeline"
     why_not = None
@@ -490,7 +490,8 @@ def resolve_input_mode(input_mode, train_input, strategy):
                    f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)")
     if why_not:
         if input_mode == "device":
-            raise inputs.InputError(f"input_mode='device' needs in-memory arrays on one device: {why_not}")
+            raise inputs.InputError(f"input_mode='device' needs in-memory arrays on one device: {why_not}",
+                                        argument="input_mode")
         return "pipeline"
     if input_mode == "device" or not runtime.accelerator_present():
         return "device"
@@ -506,7 +507,7 @@ def resolve_input_mode(input_mode, train_input, strategy):
 def _check_images(spec, augment):
     """Raises InputError unless `spec` (the training inputs' element spec) is one batch of [B, H, W, C] images."""
     if not isinstance(spec, tf.TensorSpec) or spec.shape.rank != 4:
-        raise inputs.InputError(f"augment={augment!r} needs x to be one array of images [N, H, W, C], got {spec}")
+        raise inputs.InputError(f"augment={augment!r} needs x to be one array of images [N, H, W, C], got {spec}", argument="augment")
 
 
 def _resolve_seed(seed, workdir):

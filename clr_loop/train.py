@@ -24,6 +24,7 @@ with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.defe
 
     from clr_loop import actions
     from clr_loop import cli
+    from clr_loop import errors
     from clr_loop.experiment import trial
 
 cli.define_training_flags(flags.FLAGS)
@@ -44,7 +45,7 @@ def main(argv):
     except actions.Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 128 + e.signum
-    except cli.training_errors() as e:
+    except errors.Error as e:
         print(f"error: {cli.error_message(e)}", file=sys.stderr)
         return 1
     return 0

@@ -70,6 +70,28 @@ def unnumbered(path):
     return re.sub(r"_\d+(?=/|$)", "", path)
 
 
+# The run identity's entries (`run_identity`) as a refusal names them.
+_IDENTITY_LABELS = {
+    "batch_size": "the batch size", "num_examples": "the number of training examples",
+    "steps_per_epoch": "the batches per epoch", "shuffle": "shuffle", "drop_remainder": "drop_remainder",
+    "seed": "the seed", "variables": "the model's variables", "precision": "the precision",
+}
+
+
+def _with_defaults(saved):
+    """A recorded identity with what runs recorded before an entry existed: float32's precision."""
+    return {"precision": "float32", **saved}
+
+
+def differing_identity_keys(saved, current):
+    """Returns the entries of run identity `current` that differ from the recorded `saved` (not its
+    `config`, which the caller compares): a list of keys of `run_identity`'s dict, in its order. A
+    `current` seed of None matches any."""
+    saved = _with_defaults(saved)
+    return [key for key in _IDENTITY_LABELS
+            if not (key == "seed" and current.get("seed") is None) and saved.get(key) != current.get(key)]
+
+
 def identity_differences(saved, current, config_differences=None):
     """Returns why the run identity `current` cannot resume a checkpoint of `saved`.
 
@@ -84,23 +106,17 @@ def identity_differences(saved, current, config_differences=None):
         A list of str, one per difference (empty: the run may resume). A `current` seed of None
         matches any; a `saved` identity without a precision is float32's.
     """
-    names = {"batch_size": "the batch size", "num_examples": "the number of training examples",
-             "steps_per_epoch": "the batches per epoch", "shuffle": "shuffle", "drop_remainder": "drop_remainder",
-             "seed": "the seed", "variables": "the model's variables", "precision": "the precision"}
-    # A run recorded before the precision was: float32.
-    saved = {"precision": "float32", **saved}
+    saved = _with_defaults(saved)
     problems = []
-    for key, label in names.items():
-        if key == "seed" and current.get("seed") is None:
-            continue
-        if saved.get(key) != current.get(key):
-            if key == "variables":
-                saved_vars = {tuple(v[:1]): v for v in saved.get(key, [])}
-                now_vars = {tuple(v[:1]): v for v in current.get(key, [])}
-                diff = sorted(set(map(str, saved_vars.values())) ^ set(map(str, now_vars.values())))
-                problems.append(f"{label} differ ({len(saved.get(key, []))} saved vs {len(current.get(key, []))} now; e.g. {diff[:2]})")
-            else:
-                problems.append(f"{label}: {saved.get(key)!r} (saved) vs {current.get(key)!r} (now)")
+    for key in differing_identity_keys(saved, current):
+        label = _IDENTITY_LABELS[key]
+        if key == "variables":
+            saved_vars = {tuple(v[:1]): v for v in saved.get(key, [])}
+            now_vars = {tuple(v[:1]): v for v in current.get(key, [])}
+            diff = sorted(set(map(str, saved_vars.values())) ^ set(map(str, now_vars.values())))
+            problems.append(f"{label} differ ({len(saved.get(key, []))} saved vs {len(current.get(key, []))} now; e.g. {diff[:2]})")
+        else:
+            problems.append(f"{label}: {saved.get(key)!r} (saved) vs {current.get(key)!r} (now)")
     if "config" in saved or "config" in current:
         saved_config, config = saved.get("config") or {}, current.get("config") or {}
         problems += (config_differences or settings_differences)(saved_config, config)
@@ -183,7 +199,7 @@ def workdir_lock(workdir):
             raise checkpointing.WorkdirError(
                 f"workdir {workdir} is in use by another process (pid {owner}); two runs writing one "
                 "workdir would interleave their checkpoints. Wait for it to end, or use another workdir.",
-                starting_over_helps=False,
+                starting_over_helps=False, argument="workdir",
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -456,7 +472,8 @@ class Workdir:
             except checkpointing.WorkdirError as e:
                 hint = (" The checkpoint holds its own copy of the history: remove the file to resume with it."
                         if self.history_record.text else "")
-                raise checkpointing.WorkdirError(f"{e}.{hint}") from e
+                raise checkpointing.WorkdirError(f"{e}.{hint}", starting_over_helps=e.starting_over_helps,
+                                                 argument=e.argument, settings=e.settings) from e
         if not self.history_record.text:
             return on_disk or {}
         history = checkpointing.check_history(json.loads(self.history_record.text), restored)
@@ -471,5 +488,6 @@ def _refuse_another_run(saved, identity, where, config_differences):
     if problems:
         raise checkpointing.WorkdirError(
             f"{where} holds a checkpoint of another run, which cannot be resumed: "
-            + "; ".join(problems) + ". Use another workdir, or remove that one to start over."
+            + "; ".join(problems) + ". Use another workdir, or remove that one to start over.",
+            settings=differing_identity_keys(saved, identity),
         )

@@ -7,6 +7,7 @@ from absl import app
 from absl import flags
 
 from clr_loop import cli
+from clr_loop import errors
 from clr_loop.experiment import config as config_lib
 
 
@@ -52,6 +53,40 @@ def test_bad_values_raise_usage_errors_naming_the_flag(argv, message):
         cli.config_from_flags(parsed(*argv))
 
 
+def test_a_config_problem_names_the_flag_and_only_the_flag():
+    with pytest.raises(app.UsageError) as refused:
+        cli.config_from_flags(parsed("--batch_size=0"))
+    assert str(refused.value) == "--batch_size must be a positive integer, got 0"
+    with pytest.raises(app.UsageError) as refused:
+        cli.config_from_flags(parsed("--batch_size=0", "--momentum=1.5"))
+    assert str(refused.value).splitlines() == ["--batch_size must be a positive integer, got 0",
+                                               "--momentum must be in [0, 1), got 1.5"]
+
+
+def test_error_message_names_the_argument_as_a_flag_without_reading_the_message():
+    from clr_loop import checkpointing
+    from clr_loop import inputs
+
+    # The text names no flag and no argument: the flag comes from `argument` alone.
+    error = inputs.InputError("the training set (900 MiB) does not fit in /GPU:0's memory", argument="input_mode")
+    assert cli.error_message(error) == "--input_mode: the training set (900 MiB) does not fit in /GPU:0's memory"
+    assert cli.error_message(errors.Error("something is wrong")) == "something is wrong"
+    # Text that once chose a hint chooses nothing now; the attributes do.
+    lookalike = checkpointing.WorkdirError("input_mode=x: precision: 'float32' (saved)", starting_over_helps=False)
+    assert cli.error_message(lookalike) == "input_mode=x: precision: 'float32' (saved)"
+    other_precision = checkpointing.WorkdirError("runs/x holds a run with a different configuration",
+                                                 argument="precision", settings=("precision",))
+    assert cli.error_message(other_precision) == (
+        "--precision: runs/x holds a run with a different configuration (--precision must be the saved run's to "
+        "resume it) (--overwrite starts the run over in the same --workdir; another --workdir keeps it)")
+    # A Config problem marks the fields it names: plain names for code, flags for the CLI.
+    problem = config_lib.ConfigError(config_lib.Problem("batch_size", "{batch_size}=65 must be a multiple of the "
+                                                                      "2 replicas of {strategy}=mirrored"))
+    assert problem.argument == "batch_size"
+    assert str(problem) == "batch_size=65 must be a multiple of the 2 replicas of strategy=mirrored"
+    assert cli.error_message(problem) == "--batch_size=65 must be a multiple of the 2 replicas of --strategy=mirrored"
+
+
 def test_defining_twice_on_the_same_flag_values_adds_nothing():
     flag_values = flags.FlagValues()
     cli.define_training_flags(flag_values)
@@ -89,7 +124,7 @@ def test_error_message_points_to_overwrite_only_where_starting_over_helps(tmp_pa
     with pytest.raises(checkpointing.WorkdirError) as unwritable:
         checkpointing.check_writable(str(blocked / "run"))
     assert "--overwrite" not in cli.error_message(unwritable.value)
-    assert checkpointing.WorkdirError in cli.training_errors() and checkpointing.CheckpointError in cli.training_errors()
+    assert issubclass(checkpointing.WorkdirError, errors.Error) and issubclass(checkpointing.CheckpointError, errors.Error)
 
 
 def test_flagfiles_that_are_not_regular_files_or_too_big_are_named_before_absl_reads_them(tmp_path, capsys):

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from clr_loop import actions
 from clr_loop import cli
+from clr_loop.experiment import checks
 from clr_loop.experiment import config as config_lib
 from clr_loop import inputs
 from clr_loop import loop
@@ -137,14 +138,19 @@ def test_auto_places_the_set_on_a_gpu_when_it_takes_at_most_a_quarter_of_its_mem
     assert runner.resolve_input_mode("device", arrays, default) == "device"  # asked for: the user's call
 
 
+def flag_problems(config):
+    """Returns `checks.validate`'s problems with `config` as the CLI shows them: the fields as --flags."""
+    return [problem.render(cli.flag_name) for problem in checks.validate(config)]
+
+
 def test_the_cli_setting_is_validated_and_a_library_refusal_names_the_flag():
-    assert config_lib.validate(config_lib.Config(input_mode="device")) == []
-    problems = config_lib.validate(config_lib.Config(input_mode="device", strategy="mirrored"))
+    assert flag_problems(config_lib.Config(input_mode="device")) == []
+    problems = flag_problems(config_lib.Config(input_mode="device", strategy="mirrored"))
     assert any(p.startswith("--input_mode=device needs --strategy=default") for p in problems), problems
-    assert any("--input_mode must be one of" in p for p in config_lib.validate(config_lib.Config(input_mode="x")))
+    assert any("--input_mode must be one of" in p for p in flag_problems(config_lib.Config(input_mode="x")))
     error = inputs.InputError("input_mode='device' needs in-memory arrays on one device: the training input is a "
-                              "tf.data.Dataset")
-    assert cli.error_message(error).startswith("--input_mode='device' needs")
+                              "tf.data.Dataset", argument="input_mode")
+    assert cli.error_message(error).startswith("--input_mode: input_mode='device' needs")
 
 
 def test_the_app_trains_the_same_history_in_both_modes(tmp_path):

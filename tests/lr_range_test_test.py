@@ -220,14 +220,14 @@ def test_unwritable_workdir_is_refused_before_the_test_runs(tmp_path, capsys, no
     (tmp_path / "a_file").write_text("in the way")
     workdir = tmp_path / "a_file" / "lr"
     assert run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--jit_compile=false"]) == 1
-    assert f"error: workdir {workdir} is not a writable folder" in capsys.readouterr().err
+    assert f"error: --workdir: workdir {workdir} is not a writable folder" in capsys.readouterr().err
 
 
 def test_a_batch_larger_than_the_data_is_refused_before_writing(tmp_path, capsys, no_range_test):
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
     workdir = tmp_path / "lr"
     assert run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--batch_size=100"]) == 1
-    assert "error: 96 examples are fewer than one batch of 100" in capsys.readouterr().err
+    assert "error: --batch_size: 96 examples are fewer than one batch of 100" in capsys.readouterr().err
     assert not workdir.exists()
 
 
@@ -238,7 +238,7 @@ def test_an_output_file_that_cannot_be_written_is_named(tmp_path, capsys):
     status = run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--num_steps=3",
                                   "--batch_size=32", "--jit_compile=false"])
     assert status == 1
-    assert f"error: cannot write {workdir / lrt.JSON_NAME}: " in capsys.readouterr().err
+    assert f"error: --workdir: cannot write {workdir / lrt.JSON_NAME}: " in capsys.readouterr().err
     assert sorted(os.listdir(workdir)) == [lrt.JSON_NAME]  # no temporary file left
 
 

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from clr_loop import actions
 from clr_loop import checkpointing
+from clr_loop import errors
 from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import fashion_mnist
 from clr_loop import inner_loop
@@ -39,6 +40,29 @@ def make_config(tmp_path, **overrides):
     )
     values.update(overrides)
     return config_lib.Config(**values)
+
+
+def test_a_config_built_in_code_with_invalid_values_is_refused_naming_the_field(tmp_path):
+    config = make_config(tmp_path, batch_size=0)
+    with pytest.raises(config_lib.ConfigError) as refused:
+        trial.Trainer(config, fake_data())
+    assert isinstance(refused.value, errors.Error) and isinstance(refused.value, ValueError)
+    assert refused.value.argument == "batch_size"
+    assert str(refused.value) == "batch_size must be a positive integer, got 0"
+    assert not os.path.exists(config.workdir)  # refused before anything is built or written
+    with pytest.raises(config_lib.ConfigError, match="^batch_size must be a positive integer, got 0$"):
+        trial.train_and_evaluate(config)  # before the data is loaded: none is given here
+    # Every problem, one per line; the first one's field is the argument.
+    several = make_config(tmp_path, momentum=1.5, input_mode="device", strategy="mirrored")
+    with pytest.raises(config_lib.ConfigError) as refused:
+        trial.Trainer(several, fake_data())
+    assert refused.value.argument == "momentum"
+    assert str(refused.value).splitlines() == [
+        "momentum must be in [0, 1), got 1.5",
+        "input_mode=device needs strategy=default (one replica); input_mode=auto feeds the other strategies "
+        "through tf.data",
+    ]
+    assert [p.field for p in refused.value.problems] == ["momentum", "input_mode"]
 
 
 def weights(model):

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from clr_loop import checkpointing
+from clr_loop.experiment import checks
 from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import datasets
 from clr_loop.experiment import models
@@ -70,7 +71,10 @@ def model_key_name(key):
 
 
 def build_model(config, data):
-    """Returns the keras.Model `trainer.Trainer` builds for `config` on `data`, after seeding Keras with `config.seed`."""
+    """Returns the keras.Model `trainer.Trainer` builds for `config` on `data`, after seeding Keras with `config.seed`.
+
+    Raises config.ConfigError for a Config whose values cannot run (`checks.check`)."""
+    checks.check(config)
     keras.utils.set_random_seed(config.seed)
     return models.create(config.model, data.image_shape, data.num_classes, train_images=data.train.images,
                          seed=config.seed).model

@@ -24,6 +24,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from clr_loop import errors
 from clr_loop.experiment import fashion_mnist
 
 DataError = fashion_mnist.DataError
@@ -140,13 +141,14 @@ def load(dataset=DEFAULT, *, tfds_data_dir=None, dataset_dir=None, train_split="
     (see `load_tfds`). Raises DataError naming the culprit.
     """
     if is_npz(dataset):
-        return load_npz(dataset[len(NPZ_PREFIX):])
+        with errors.blaming("dataset"):
+            return load_npz(dataset[len(NPZ_PREFIX):])
     if dataset == DEFAULT and (train_split, eval_split) == ("train", "test"):
         return fashion_mnist.load(tfds_data_dir=tfds_data_dir, dataset_dir=dataset_dir)
     if dataset_dir is not None:
         raise DataError(
             f"dataset {dataset!r} with splits {train_split!r}/{eval_split!r}: the raw IDX files of dataset_dir "
-            "hold only Fashion-MNIST's train and test splits"
+            "hold only Fashion-MNIST's train and test splits", argument="dataset_dir"
         )
     return load_tfds(dataset, data_dir=tfds_data_dir, train_split=train_split, eval_split=eval_split,
                      max_in_memory_bytes=max_in_memory_bytes)
@@ -178,7 +180,8 @@ def load_tfds(name, *, data_dir=None, train_split="train", eval_split="test", ma
         builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
     except Exception as e:  # pylint: disable=broad-except  (TFDS raises its own kinds for unknown names)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"tfds dataset {name!r}: not a TFDS dataset ({type(e).__name__}: {first_line})") from e
+        raise DataError(f"tfds dataset {name!r}: not a TFDS dataset ({type(e).__name__}: {first_line})",
+                        argument="dataset") from e
     where = f"tfds {name} (data_dir={builder.data_dir})"
     shape, num_classes = _image_features(builder.info.features, tfds, where)
     if not (builder.data_path.exists() and builder.is_prepared()):

@@ -22,6 +22,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from clr_loop import errors
 from clr_loop import inputs
 
 # tensorflow_datasets is imported where it is used (`_tfds()`): importing it costs ~0.4 s of a
@@ -73,7 +74,7 @@ def not_a_regular_file(path: str | os.PathLike) -> str | None:
     return f"is {kind}, not a regular file" if kind != "not a regular file" else "is not a regular file"
 
 
-class DataError(Exception):
+class DataError(errors.Error):
     """Raised when a data source is missing or malformed.
 
     The message names the file, directory or source and says what is wrong, so it can be
@@ -259,14 +260,16 @@ def load(
         if tfds_data_dir is not None:
             logging.warning("dataset_dir=%s given, so tfds_data_dir=%s is ignored", dataset_dir, tfds_data_dir)
         # A user's folder may hold a subset or a variant of the dataset; only the format is enforced.
-        data = load_idx_dir(dataset_dir, expect_full_size=False)
+        with errors.blaming("dataset_dir"):
+            data = load_idx_dir(dataset_dir, expect_full_size=False)
         sizes = (data.train.num_examples, data.test.num_examples)
         if sizes != (FULL_SIZE["train"], FULL_SIZE["test"]):
             logging.warning("%s holds %d train / %d test examples, not the full 60000 / 10000", dataset_dir, *sizes)
         logging.info("Fashion-MNIST from %s", data.source)
         return data
     if tfds_data_dir is not None:
-        data = load_tfds(tfds_data_dir, download=True)
+        with errors.blaming("tfds_data_dir"):
+            data = load_tfds(tfds_data_dir, download=True)
         logging.info("Fashion-MNIST from %s", data.source)
         return data
 
@@ -300,7 +303,7 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     try:
         return inputs.steps_per_epoch(num_examples, batch_size)
     except inputs.InputError as e:
-        raise DataError(str(e)) from e
+        raise DataError(str(e), argument="batch_size") from e
 
 
 def train_dataset(split: Split, batch_size: int, seed: int, start_step: int = 0, replicas=None) -> tf.data.Dataset:

@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from clr_loop import errors
+from clr_loop.experiment import checks
 from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import fashion_mnist
 
@@ -30,7 +32,7 @@ MAX_SCHEDULE_POINTS = 100_000
 _MAX_SCHEDULE_STEPS = 2**53
 
 
-class PlotError(Exception):
+class PlotError(errors.Error):
     """Raised for an unusable input (a history folder, matplotlib missing); the message names it."""
 
 
@@ -61,8 +63,10 @@ def schedule_series(config, num_train_examples=fashion_mnist.FULL_SIZE["train"],
     `config_lib.plan_steps` for a training set of `num_train_examples` (60000, Fashion-MNIST's, by
     default; the last partial batch is dropped), and the rates from `config_lib.make_schedule`,
     exactly as the trainer builds them. Mode "none" gives the constant `config.lr`. Rates are per
-    step. Raises PlotError for a schedule longer than 2**53 steps.
+    step. Raises PlotError for a schedule longer than 2**53 steps, config.ConfigError for a Config
+    whose values cannot run (`checks.check`).
     """
+    checks.check(config)
     plan = config_lib.plan_steps(config, num_train_examples)
     if plan.total_steps > _MAX_SCHEDULE_STEPS:
         raise PlotError(f"a schedule of {plan.total_steps} steps is too long to plot (at most 2**53)")

@@ -23,6 +23,8 @@ import numpy as np
 from keras import ops
 
 from clr_loop import _keras
+from clr_loop import errors
+
 
 MODELS = ("tutorial_cnn", "resnet20")
 OUTPUTS = ("logits", "probabilities")
@@ -65,9 +67,13 @@ def create_model(seed=None, input_shape=TUTORIAL_IMAGE_SHAPE, num_classes=10, re
     )
 
 
-class ModelError(ValueError):
+class ModelError(errors.Error, ValueError):
     """Raised when a named model cannot be built: an unknown name, or a user function that cannot be
-    imported, fails, or returns something other than a fitting keras.Model; names the model."""
+    imported, fails, or returns something other than a fitting keras.Model; names the model.
+    `argument` is the Config field that names the model: "model" unless given."""
+
+    def __init__(self, message, argument="model"):
+        super().__init__(message, argument=argument)
 
 
 @dataclasses.dataclass(frozen=True)

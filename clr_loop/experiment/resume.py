@@ -97,9 +97,9 @@ def config_conflict(config):
     """Compares `config` with the configuration in its workdir's config.json.
 
     Returns None when they agree, when there is no config.json, or with `overwrite`; else
-    (description, binding): each differing setting as `name: saved (saved) vs now (now)`, and
+    (description, binding, names): each differing setting as `name: saved (saved) vs now (now)`,
     whether the workdir holds saved state (a checkpoint or a history) that the difference forbids
-    resuming. Raises WorkdirError naming a config.json that cannot be read or that clr_loop did not write.
+    resuming, and the differing settings' names (a tuple). Raises WorkdirError naming a config.json that cannot be read or that clr_loop did not write.
     """
     path = os.path.join(config.workdir, "config.json")
     if config.overwrite or not os.path.exists(path):
@@ -115,4 +115,4 @@ def config_conflict(config):
     if not differing:
         return None
     binding = checkpointing.has_checkpoint(config.workdir) or os.path.exists(os.path.join(config.workdir, "history.json"))
-    return describe_differences(saved, current, differing), binding
+    return describe_differences(saved, current, differing), binding, tuple(differing)

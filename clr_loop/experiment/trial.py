@@ -16,7 +16,9 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from clr_loop import errors
 from clr_loop import checkpointing
+from clr_loop.experiment import checks
 from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import fashion_mnist
 from clr_loop.experiment import datasets
@@ -34,15 +36,14 @@ from clr_loop import workdir as workdir_lib
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds")
 
 
-class WeightsError(ValueError):
+class WeightsError(errors.Error, ValueError):
     """Raised when an initial-weights file cannot be read, written or does not fit the model; names the file.
 
     `argument` is the Config field the file comes from: "init_weights" (read) or "save_init" (written).
     """
 
     def __init__(self, message, argument="init_weights"):
-        super().__init__(message)
-        self.argument = argument
+        super().__init__(message, argument=argument)
 
 
 def save_initial_weights(model, path):
@@ -135,17 +136,18 @@ def compile_model(model, config, plan, from_logits=False):
 
 
 def check_replicas(config, strategy):
-    """Raises config.ConfigError naming the flags when `config.batch_size` (the global batch) is not a
+    """Raises config.ConfigError (argument batch_size) when `config.batch_size` (the global batch) is not a
     multiple of `strategy`'s replicas, which each take an equal share of it; returns None otherwise."""
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas == 0:
         return
     devices = ", ".join(_short_device(d) for d in getattr(strategy.extended, "worker_devices", ()))
     lower = config.batch_size - config.batch_size % replicas
-    options = " or ".join(f"--batch_size={b}" for b in (lower, lower + replicas) if b > 0)
-    raise config_lib.ConfigError(
-        f"--batch_size={config.batch_size} must be a multiple of the {replicas} replicas of "
-        f"--strategy={config.strategy}{f' ({devices})' if devices else ''}, e.g. {options}")
+    options = " or ".join(f"{{batch_size}}={b}" for b in (lower, lower + replicas) if b > 0)
+    raise config_lib.ConfigError(config_lib.Problem(
+        "batch_size",
+        f"{{batch_size}}={config.batch_size} must be a multiple of the {replicas} replicas of "
+        f"{{strategy}}={config.strategy}{f' ({devices})' if devices else ''}, e.g. {options}"))
 
 
 def _short_device(name):
@@ -155,14 +157,15 @@ def _short_device(name):
 
 
 def check_batch_splits(config, model):
-    """Raises config.ConfigError naming the flags when `config.batch_splits` > 1 asks to compute `model`
+    """Raises config.ConfigError (argument batch_splits) when `config.batch_splits` > 1 asks to compute `model`
     in parts although a layer of it depends on the whole batch (`steps.can_split`); returns None otherwise."""
     if config.batch_splits > 1:
         ok, why = steps_lib.can_split(model)
         if not ok:
-            raise config_lib.ConfigError(
-                f"--batch_splits={config.batch_splits} cannot compute --model={config.model} in parts: {why}; "
-                "leave --batch_splits at 0 (automatic) or 1")
+            raise config_lib.ConfigError(config_lib.Problem(
+                "batch_splits",
+                f"{{batch_splits}}={config.batch_splits} cannot compute {{model}}={config.model} in parts: {why}; "
+                "leave {batch_splits} at 0 (automatic) or 1"))
 
 
 def resolve_batch_splits(config, replicas=1):
@@ -223,6 +226,7 @@ class Trainer:
     """
 
     def __init__(self, config, data, *, model=None, strategy=None):
+        checks.check(config)  # a Config built in code is refused, naming its field, before anything is built
         self.config = config
         self.data = data
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -287,11 +291,12 @@ class Trainer:
             checkpointing.clear_run_outputs(config.workdir, {"config.json": resume.config_json_problem})
         conflict = resume.config_conflict(config)
         if conflict is not None:
-            described, binding = conflict
+            described, binding, differing = conflict
             if binding:
                 raise checkpointing.WorkdirError(
                     f"{config.workdir} holds a run with a different configuration ({described}). "
-                    "Use another workdir, or overwrite to start over."
+                    "Use another workdir, or overwrite to start over.",
+                    argument=differing[0] if len(differing) == 1 else "workdir", settings=differing,
                 )
             # A run that failed before its first checkpoint saved nothing a new one could lose.
             print(f"note: {config.workdir}/config.json is from a run that saved no checkpoint ({described}); "
@@ -343,7 +348,11 @@ def train_and_evaluate(config, data=None, strategy=None):
     `strategy` defaults to the current one. The process's set-up (thread pools, virtual CPUs, op
     determinism, a multi-worker strategy, which must exist before TensorFlow runs any op) is the
     caller's: the train app makes it with `clr_loop.cli.set_up_process`.
+
+    Raises config.ConfigError for a Config whose values cannot run (`checks.check`), before the
+    data is loaded; see `Trainer.train` for the errors of the run.
     """
+    checks.check(config)
     if data is None:
         data = datasets.load(config.dataset, tfds_data_dir=config.tfds_data_dir, dataset_dir=config.dataset_dir,
                              train_split=config.train_split, eval_split=config.eval_split)

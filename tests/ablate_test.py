@@ -21,10 +21,7 @@ from clr_loop.experiment import models
 from clr_loop.experiment import figures
 from clr_loop import train
 from clr_loop.experiment import runner
-from datasets_test import npz_arrays
-from datasets_test import write_npz
-from train_cli_test import assert_one_line_usage_error
-from train_cli_test import write_tiny_idx_dir
+from testing import assert_one_line_usage_error, npz_arrays, write_npz, write_tiny_idx_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_TRAIN, N_TEST = 96, 40

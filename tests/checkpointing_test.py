@@ -13,7 +13,7 @@ import tensorflow as tf
 from clr_loop import checkpointing
 from clr_loop import loop
 from clr_loop.experiment import runner
-from trainer_test import fake_data, make_config, weights
+from testing import fake_data, make_config, weights
 
 
 def test_atomic_json_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):

@@ -26,8 +26,7 @@ from clr_loop.experiment import datasets
 from clr_loop import loop
 from clr_loop.experiment import models
 from clr_loop.experiment import runner
-from train_cli_test import assert_run_outputs, run_main_in_process, write_tiny_idx_dir
-from trainer_test import fake_data, make_config, weights
+from testing import assert_run_outputs, fake_data, make_config, run_main_in_process, weights, write_tiny_idx_dir
 
 SMALL = ["--epochs=1", "--batch_size=8", "--steps_per_loop=3", "--eval_batch_size=16"]
 

@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import bench
 from benchmarks import fit_bench
-from bench_test import tiny_data
+from testing import tiny_data
 from clr_loop import runtime
 
 

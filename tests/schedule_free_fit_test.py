@@ -23,7 +23,8 @@ from clr_loop.experiment import config as config_lib
 from clr_loop import loop
 from clr_loop import optimizers
 from clr_loop.experiment import runner
-from testing import BATCH, STEPS_PER_EPOCH, fake_data, history_without_timing, make_config, start_script, toy_data
+from testing import BATCH, REPO, STEPS_PER_EPOCH, fake_data, history_without_timing, make_config, start_script
+from testing import toy_data
 
 
 def sf_model(bn=False, seed=1):
@@ -235,8 +236,6 @@ def test_sigkill_then_the_same_call_again_is_bit_identical(tmp_path, monkeypatch
 
 
 # The CLI's --mode=schedule_free ------------------------------------------------------------------
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def flagfile_config(name, *extra):

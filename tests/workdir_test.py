@@ -23,9 +23,8 @@ from clr_loop import inputs
 from clr_loop import loop
 from clr_loop.experiment import runner
 from testing import BATCH, STEPS_PER_EPOCH, SigtermAt, compiled, event_values, fake_data, history_without_timing
-from testing import make_config, toy_data, write_tiny_idx_dir
+from testing import REPO, make_config, toy_data, write_tiny_idx_dir
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 3
 
 

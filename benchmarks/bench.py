@@ -244,14 +244,14 @@ def _training_setup(spec, data):
     import keras  # pylint: disable=import-outside-toplevel
 
     from clr_loop.experiment import models  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     config = _config(spec)
     # The schedule's step size comes from the full training split, as in a real run.
     plan = _plan(config, data)
     keras.utils.set_random_seed(SEED)
     model = models.create_model(seed=SEED)
-    optimizer = runner.make_optimizer(config, plan)
+    optimizer = trial.make_optimizer(config, plan)
     return model, optimizer, config
 
 
@@ -273,7 +273,7 @@ def _plan(config, data):
 
 
 def make_trainer(spec, data):
-    """Returns a `clr_loop.experiment.runner.Trainer` for `spec`, with the spec's variant swapped in.
+    """Returns a `clr_loop.experiment.trial.Trainer` for `spec`, with the spec's variant swapped in.
 
     The trainer is built exactly as `python -m clr_loop.train` builds it (strategy, model,
     optimizer, and its `loop.Run`: compiled steps, train loop and eval, with the spec's
@@ -281,13 +281,13 @@ def make_trainer(spec, data):
     `trainer.run.run_steps(n)`.
     """
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     config = _config(spec)
     if config.virtual_cpus:
         distribute.configure_virtual_cpus(config.virtual_cpus)
     strategy = distribute.make_strategy(config.strategy, config.devices, config.cluster_timeout)
-    return runner.Trainer(config, data, strategy=strategy)
+    return trial.Trainer(config, data, strategy=strategy)
 
 
 def _summary(spec, seconds_per_repeat, cpu_per_repeat, steps, first_call_s, first_call_steps, flops):
@@ -394,10 +394,10 @@ def is_trainer_default(spec, splits, threads, default_input):
     """
     from clr_loop.experiment import config as config_lib  # pylint: disable=import-outside-toplevel
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     default = config_lib.Config()
-    default_splits = runner.resolve_batch_splits(default)
+    default_splits = trial.resolve_batch_splits(default)
     return (
         spec.kind == "loop"
         and spec.precision == "float32"
@@ -508,7 +508,7 @@ def _apply_threads(spec):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     if spec.inter_op or spec.intra_op:
         if spec.inter_op:
@@ -516,7 +516,7 @@ def _apply_threads(spec):
         if spec.intra_op:
             tf.config.threading.set_intra_op_parallelism_threads(spec.intra_op)
     elif spec.kind in ("loop", "eval_loop"):
-        runtime.configure_threads(runner.resolve_batch_splits(_config(spec)))
+        runtime.configure_threads(trial.resolve_batch_splits(_config(spec)))
     return _thread_pools()
 
 
@@ -1118,14 +1118,14 @@ def fit_epoch(epochs=1, batch_size=TUTORIAL_BATCH_SIZE, data=None):
     from clr_loop.experiment import config as config_lib  # pylint: disable=import-outside-toplevel
     from clr_loop.experiment import fashion_mnist  # pylint: disable=import-outside-toplevel
     from clr_loop.experiment import models  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     start = time.perf_counter()
     data = data if data is not None else fashion_mnist.load()
     config = config_lib.Config(epochs=epochs, batch_size=batch_size, seed=SEED)
     keras.utils.set_random_seed(SEED)
     model = models.create_model(seed=SEED)
-    optimizer = runner.make_optimizer(config, config_lib.plan_steps(config, data.train.num_examples))
+    optimizer = trial.make_optimizer(config, config_lib.plan_steps(config, data.train.num_examples))
     model.compile(loss="sparse_categorical_crossentropy", optimizer=optimizer, metrics=["accuracy"])
     setup = time.perf_counter() - start
     history = model.fit(

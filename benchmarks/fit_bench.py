@@ -216,13 +216,13 @@ def app_splits(case, cores=None):
     """
     from clr_loop.experiment import config as config_lib  # pylint: disable=import-outside-toplevel
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     if case.model != "cnn":
         return 1
     if cores is not None:
         return runtime.auto_batch_splits(case.batch_size, cores)
-    return runner.resolve_batch_splits(config_lib.Config(batch_size=case.batch_size))
+    return trial.resolve_batch_splits(config_lib.Config(batch_size=case.batch_size))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.defe
     from clr_loop import loop
     from clr_loop.experiment import models
     from clr_loop import runtime
-    from clr_loop.experiment import runner
+    from clr_loop.experiment import trial
 
 cli.define_training_flags(flags.FLAGS)
 
@@ -180,7 +180,7 @@ def _refused_runs(runs):
     problems = []
     for run in runs:
         try:
-            conflict = runner.config_conflict(run.config)
+            conflict = trial.config_conflict(run.config)
         except checkpointing.WorkdirError as e:
             problems.append(f"{run.name}: {e}")
             continue
@@ -214,7 +214,7 @@ def _train_run(run, data):
     interrupted = None
     try:
         cli.make_deterministic(run.config)
-        history = runner.Trainer(run.config, data).train()
+        history = trial.Trainer(run.config, data).train()
         status = "ok"
     except loop.Interrupted as e:
         interrupted, status = e, "interrupted"
@@ -308,7 +308,7 @@ def main(argv):
         return 1
     # Thread pools are per process and fixed once TensorFlow runs an op, so they are set here,
     # before the first one, for the runs' batch splitting when all runs split alike.
-    splits = {runner.resolve_batch_splits(run.config) for run in runs}
+    splits = {trial.resolve_batch_splits(run.config) for run in runs}
     if len(splits) == 1:
         runtime.configure_threads(splits.pop())
     else:
@@ -331,8 +331,8 @@ def main(argv):
                 key = ablation.model_key(run.config, data)
                 if key not in checked:
                     checked.add(key)
-                    runner.load_initial_weights(ablation.build_model(run.config, data), shared_init)
-    except (figures.PlotError, runner.WeightsError, fashion_mnist.DataError, models.ModelError) as e:
+                    trial.load_initial_weights(ablation.build_model(run.config, data), shared_init)
+    except (figures.PlotError, trial.WeightsError, fashion_mnist.DataError, models.ModelError) as e:
         print(f"error: {cli.error_message(e)}", file=sys.stderr)
         return 1
     problems = []
@@ -354,7 +354,7 @@ def main(argv):
         try:
             for path, config in builds.items():
                 ablation.build_initial_weights(config, data_by_key[ablation.data_key(config)], path)
-        except (runner.WeightsError, models.ModelError) as e:
+        except (trial.WeightsError, models.ModelError) as e:
             print(f"error: {cli.error_message(e)}", file=sys.stderr)
             return 1
         names = ", ".join(f"`{os.path.basename(path)}` (seed {config.seed})" for path, config in builds.items())

@@ -155,9 +155,9 @@ def set_up_process(config):
     # Imported here: cli is imported by the apps before their tuned TensorFlow import.
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
-    runtime.configure_threads(runner.resolve_batch_splits(config))
+    runtime.configure_threads(trial.resolve_batch_splits(config))
     if config.virtual_cpus:
         distribute.configure_virtual_cpus(config.virtual_cpus)
     make_deterministic(config)
@@ -271,11 +271,11 @@ def training_errors():
     from clr_loop import inputs  # pylint: disable=import-outside-toplevel
     from clr_loop import loop  # pylint: disable=import-outside-toplevel
     from clr_loop.experiment import models  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     return (
         distribute.ClusterError, fashion_mnist.DataError, inputs.InputError, loop.TrainingDiverged, models.ModelError,
-        runner.WeightsError, checkpointing.WorkdirError, checkpointing.CheckpointError, config.ScheduleError,
+        trial.WeightsError, checkpointing.WorkdirError, checkpointing.CheckpointError, config.ScheduleError,
         config.ConfigError,
     )
 
@@ -291,7 +291,7 @@ def error_message(error):
     from clr_loop import checkpointing  # pylint: disable=import-outside-toplevel
     from clr_loop import distribute  # pylint: disable=import-outside-toplevel
     from clr_loop.experiment import models  # pylint: disable=import-outside-toplevel
-    from clr_loop.experiment import runner  # pylint: disable=import-outside-toplevel
+    from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     text = str(error)
     if isinstance(error, distribute.ClusterError) and error.argument:
@@ -300,7 +300,7 @@ def error_message(error):
         text += " (--precision must be the saved run's to resume it)"
     if isinstance(error, (checkpointing.WorkdirError, checkpointing.CheckpointError)) and error.starting_over_helps:
         return f"{text} (--overwrite starts the run over in the same --workdir; another --workdir keeps it)"
-    if isinstance(error, runner.WeightsError):
+    if isinstance(error, trial.WeightsError):
         return f"--{error.argument}: {text}"
     if isinstance(error, models.ModelError):
         return f"--model: {text}"

@@ -4,7 +4,7 @@ r"""Trains a model (the tutorial's CNN on Fashion-MNIST by default) with a cycli
   python -m clr_loop.train --flagfile=flags/triangular2.flags --epochs=3
   python -m clr_loop.train --dataset=npz:fm.npz --model=resnet20 --optimizer=adamw --mode=one_cycle --augment=flip_crop
 
-An absl app: the flags (`clr_loop.cli`) become a checked `Config`, which `clr_loop.experiment.runner` trains.
+An absl app: the flags (`clr_loop.cli`) become a checked `Config`, which `clr_loop.experiment.trial` trains.
 """
 
 import sys
@@ -24,7 +24,7 @@ with console.native_start_up_hidden(sys.argv), process.gc_paused(), process.defe
 
     from clr_loop import cli
     from clr_loop import loop
-    from clr_loop.experiment import runner
+    from clr_loop.experiment import trial
 
 cli.define_training_flags(flags.FLAGS)
 # `--help` lists the training flags as this app's own.
@@ -40,7 +40,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = cli.config_from_flags(FLAGS)
     try:
-        runner.train_and_evaluate(config, strategy=cli.set_up_process(config))
+        trial.train_and_evaluate(config, strategy=cli.set_up_process(config))
     except loop.Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 128 + e.signum

@@ -20,7 +20,7 @@ from clr_loop.experiment import datasets
 from clr_loop.experiment import models
 from clr_loop.experiment import figures
 from clr_loop import train
-from clr_loop.experiment import runner
+from clr_loop.experiment import trial
 from testing import REPO, assert_one_line_usage_error, npz_arrays, write_npz, write_tiny_idx_dir
 
 N_TRAIN, N_TEST = 96, 40
@@ -53,13 +53,13 @@ def run_ablate(argv):
 def starting_weights(monkeypatch):
     """Records, per run folder, the model's weights at the moment `Trainer.train` is called."""
     captured = {}
-    original = runner.Trainer.train
+    original = trial.Trainer.train
 
     def train_and_record(self):
         captured[self.config.workdir] = [w.numpy().copy() for w in self.model.weights]
         return original(self)
 
-    monkeypatch.setattr(runner.Trainer, "train", train_and_record)
+    monkeypatch.setattr(trial.Trainer, "train", train_and_record)
     return captured
 
 
@@ -160,7 +160,7 @@ def files_under(folder):
 def test_given_init_weights_start_every_run_and_match_a_plain_train_run(setup, starting_weights, tmp_path):
     custom = str(tmp_path / "custom.weights.h5")
     keras.utils.set_random_seed(1234)
-    runner.save_initial_weights(models.create_model(seed=1234), custom)
+    trial.save_initial_weights(models.create_model(seed=1234), custom)
     work = setup["workdir"]
     status = run_ablate([*setup["flagfiles"], f"--workdir={work}", f"--init_weights={custom}", "--seed=7",
                          "--nofigures", f"--dataset_dir={setup['data']}", *COMMON])
@@ -296,7 +296,7 @@ def test_a_non_utf8_flagfile_nested_in_a_compared_one_is_named(setup, tmp_path):
 @pytest.fixture
 def no_training(monkeypatch):
     """Makes `Trainer.train` fail the test if the ablation gets as far as training."""
-    monkeypatch.setattr(runner.Trainer, "train", lambda self, **kw: pytest.fail("a run was trained"))
+    monkeypatch.setattr(trial.Trainer, "train", lambda self, **kw: pytest.fail("a run was trained"))
 
 
 def test_an_unwritable_workdir_is_refused_before_any_run(setup, tmp_path, capsys, no_training):
@@ -403,7 +403,7 @@ def test_given_init_weights_that_do_not_fit_one_runs_model_are_refused_before_an
         setup, tmp_path, capsys, no_training):
     custom = str(tmp_path / "cnn.weights.h5")
     keras.utils.set_random_seed(1)
-    runner.save_initial_weights(models.create_model(seed=1), custom)  # the tutorial CNN's, 28x28x1
+    trial.save_initial_weights(models.create_model(seed=1), custom)  # the tutorial CNN's, 28x28x1
     rgb = write_npz(tmp_path / "rgb.npz", **npz_arrays(n_train=32, n_test=8, shape=(8, 8, 3), classes=3))
     resnet = tmp_path / "resnet.flags"
     resnet.write_text(f"--dataset=npz:{rgb}\n--model=resnet20\n")

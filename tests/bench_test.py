@@ -63,9 +63,9 @@ def test_spec_splits_reach_the_trainer():
 def test_is_trainer_default_matches_what_train_resolves():
     from clr_loop.experiment import config as config_lib
     from clr_loop import runtime
-    from clr_loop.experiment import runner
+    from clr_loop.experiment import trial
 
-    default_splits = runner.resolve_batch_splits(config_lib.Config())
+    default_splits = trial.resolve_batch_splits(config_lib.Config())
     threads = runtime.thread_pool_sizes(default_splits)
     spec = bench.Spec("loop", jit="false")
     assert bench.is_trainer_default(spec, default_splits, threads, "pipeline")

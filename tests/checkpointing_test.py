@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from clr_loop import checkpointing
 from clr_loop import loop
-from clr_loop.experiment import runner
+from clr_loop.experiment import trial
 from testing import fake_data, make_config, weights
 
 
@@ -101,11 +101,11 @@ def test_checkpoint_write_failure_is_clear_and_keeps_the_previous(tmp_path, monk
 
 def test_checkpoint_restores_dropout_rng_and_epoch_sums(tmp_path):
     config = make_config(tmp_path, epochs=1, max_steps=3)
-    first = runner.Trainer(config, fake_data())
+    first = trial.Trainer(config, fake_data())
     first.train()
     rng_state = [v.numpy().copy() for v in loop.seed_generator_states(first.model)]
     assert rng_state and any(s[1] != 0 for s in rng_state)  # dropout drew masks
-    second = runner.Trainer(make_config(tmp_path, epochs=1, max_steps=5), fake_data())
+    second = trial.Trainer(make_config(tmp_path, epochs=1, max_steps=5), fake_data())
     second.run.restore()
     assert second.run.step == 3
     assert [v.numpy().tolist() for v in loop.seed_generator_states(second.model)] == [s.tolist() for s in rng_state]
@@ -118,7 +118,7 @@ def test_resume_removes_temporaries_of_killed_writers_only(tmp_path):
     """A writer killed mid-write leaves history.json.tmp-<pid> (or train/.tmp-events-<pid>) behind;
     the next run's restore removes those of dead processes and keeps a live process's."""
     config = make_config(tmp_path, epochs=1, max_steps=2)
-    runner.Trainer(config, fake_data()).train()
+    trial.Trainer(config, fake_data()).train()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = [os.path.join(config.workdir, f"history.json.tmp-{dead.pid}"),
@@ -126,7 +126,7 @@ def test_resume_removes_temporaries_of_killed_writers_only(tmp_path):
     live = os.path.join(config.workdir, f"notes.json.tmp-{os.getppid()}")  # a live process's (pytest's parent)
     for path in stale + [live]:
         open(path, "w").write("half")
-    second = runner.Trainer(make_config(tmp_path, epochs=1, max_steps=3), fake_data())
+    second = trial.Trainer(make_config(tmp_path, epochs=1, max_steps=3), fake_data())
     second.run.restore()
     assert second.run.step == 2
     assert [os.path.exists(p) for p in stale + [live]] == [False, False, True]
@@ -134,8 +134,8 @@ def test_resume_removes_temporaries_of_killed_writers_only(tmp_path):
 
 
 def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path):
-    runner.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()  # ckpt-8
-    resumed = runner.Trainer(make_config(tmp_path, epochs=2), fake_data())
+    trial.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()  # ckpt-8
+    resumed = trial.Trainer(make_config(tmp_path, epochs=2), fake_data())
     real_run_steps = resumed.run.run_steps
 
     def poison_then_run(n):
@@ -234,7 +234,7 @@ def test_training_on_a_workdir_locked_by_another_process_writes_nothing(tmp_path
     workdir = str(tmp_path / "run")
     with locked_by_another_process(workdir) as pid:
         with pytest.raises(checkpointing.WorkdirError, match=f"pid {pid}"):
-            runner.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()
+            trial.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()
     assert sorted(os.listdir(workdir)) == [checkpointing.LOCK_FILE]
 
 

@@ -199,7 +199,7 @@ def test_warmup_epochs_applies_to_every_mode(mode, extra):
 
 
 def test_warmup_before_a_one_cycle_keeps_its_cycled_momentum():
-    from clr_loop.experiment import runner as trainer
+    from clr_loop.experiment import trial as trainer
 
     config = config_lib.Config(mode="one_cycle", max_lr=0.1, epochs=2, batch_size=10, warmup_epochs=0.5)
     plan = config_lib.plan_steps(config, 100)

@@ -25,7 +25,7 @@ MIRRORED_VS_SINGLE = textwrap.dedent(
     import json, sys
     import numpy as np
     from clr_loop import distribute
-    from clr_loop.experiment import config as config_lib, runner
+    from clr_loop.experiment import config as config_lib, trial
     from testing import fake_data
 
     distribute.configure_virtual_cpus(2)

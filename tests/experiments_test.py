@@ -25,7 +25,7 @@ from clr_loop.experiment import fashion_mnist
 from clr_loop.experiment import datasets
 from clr_loop import loop
 from clr_loop.experiment import models
-from clr_loop.experiment import runner
+from clr_loop.experiment import trial
 from testing import REPO, assert_run_outputs, fake_data, make_config, run_main_in_process, weights
 from testing import write_tiny_idx_dir
 
@@ -135,10 +135,10 @@ def test_a_user_model_through_module_function(tmp_path, monkeypatch):
 def test_resume_with_augmentation_is_bit_exact_with_each_optimizer(tmp_path, overrides):
     overrides = dict(overrides, augment="flip_crop")
     data = fake_data(num_train=96, num_test=20)
-    straight = runner.Trainer(make_config(tmp_path / "straight", max_steps=5, **overrides), data)
+    straight = trial.Trainer(make_config(tmp_path / "straight", max_steps=5, **overrides), data)
     straight.train()
-    runner.Trainer(make_config(tmp_path / "resumed", max_steps=2, **overrides), data).train()
-    resumed = runner.Trainer(make_config(tmp_path / "resumed", max_steps=5, **overrides), data)
+    trial.Trainer(make_config(tmp_path / "resumed", max_steps=2, **overrides), data).train()
+    resumed = trial.Trainer(make_config(tmp_path / "resumed", max_steps=5, **overrides), data)
     resumed.train()
     assert resumed.run.step == straight.run.step == 5
     for a, b in zip(weights(straight.model), weights(resumed.model)):
@@ -150,24 +150,24 @@ def test_resume_with_augmentation_is_bit_exact_with_each_optimizer(tmp_path, ove
 
 def test_augmentation_changes_training_and_the_default_adds_nothing(tmp_path):
     data = fake_data(num_train=64, num_test=20)
-    plain = runner.Trainer(make_config(tmp_path / "a", max_steps=2), data)
+    plain = trial.Trainer(make_config(tmp_path / "a", max_steps=2), data)
     assert plain.run.steps.augment is None
     plain.train()
-    augmented = runner.Trainer(make_config(tmp_path / "b", max_steps=2, augment="flip_crop"), data)
+    augmented = trial.Trainer(make_config(tmp_path / "b", max_steps=2, augment="flip_crop"), data)
     augmented.train()
     assert any(not np.array_equal(a, b) for a, b in zip(weights(plain.model), weights(augmented.model)))
 
 
 def test_optimizers_and_weight_decay_are_keras_own():
     plan = config_lib.plan_steps(config_lib.Config(), 640)
-    adamw = runner.make_optimizer(config_lib.Config(optimizer="adamw"), plan)
+    adamw = trial.make_optimizer(config_lib.Config(optimizer="adamw"), plan)
     assert type(adamw).__name__ == "AdamW" and adamw.weight_decay == config_lib.ADAMW_WEIGHT_DECAY
-    adam = runner.make_optimizer(config_lib.Config(optimizer="adam", weight_decay=0.01), plan)
+    adam = trial.make_optimizer(config_lib.Config(optimizer="adam", weight_decay=0.01), plan)
     assert type(adam).__name__ == "Adam" and adam.weight_decay == 0.01
-    sgd = runner.make_optimizer(config_lib.Config(), plan)
+    sgd = trial.make_optimizer(config_lib.Config(), plan)
     assert type(sgd).__name__ == "SGD" and sgd.weight_decay is None
     # mode none keeps --lr, whatever the optimizer.
-    assert float(runner.make_optimizer(config_lib.Config(mode="none", optimizer="adam", lr=0.003), plan).learning_rate) == pytest.approx(0.003)
+    assert float(trial.make_optimizer(config_lib.Config(mode="none", optimizer="adam", lr=0.003), plan).learning_rate) == pytest.approx(0.003)
 
 
 def test_a_run_from_before_the_experiment_settings_resumes_under_their_defaults():
@@ -321,14 +321,14 @@ STREAM_FLAGS = ["--dataset=cifar10", "--epochs=3", "--batch_size=8", "--steps_pe
 def run_streamed(tmp_path, monkeypatch, workdir, *extra):
     """Runs the app's `main` on mock cifar10, streamed; returns (status, whether it trained on a Dataset)."""
     paths = []
-    make_inputs = runner.make_inputs
+    make_inputs = trial.make_inputs
 
     def spy(config, data):
         made = make_inputs(config, data)
         paths.append(made[0].dataset is not None and made[1][1] is not None)
         return made
 
-    monkeypatch.setattr(runner, "make_inputs", spy)
+    monkeypatch.setattr(trial, "make_inputs", spy)
     with streamed_tfds(monkeypatch):
         status = run_main_in_process([f"--tfds_data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}", *STREAM_FLAGS, *extra])
     return status, paths == [True]

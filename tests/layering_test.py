@@ -51,7 +51,7 @@ def first_party_imports(path, name, root=ROOT):
 def test_the_layers_are_what_the_readme_says():
     names = modules()
     assert {n for n in names if layer(n) == 2} == APPS  # each app exists
-    assert {"clr_loop.experiment.config", "clr_loop.experiment.runner"} <= {n for n in names if layer(n) == 1}
+    assert {"clr_loop.experiment.config", "clr_loop.experiment.trial"} <= {n for n in names if layer(n) == 1}
     assert {"clr_loop.loop", "clr_loop.schedules", "clr_loop.steps"} <= {n for n in names if layer(n) == 0}
 
 

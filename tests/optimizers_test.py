@@ -20,7 +20,7 @@ from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import fashion_mnist
 from clr_loop import optimizers
 from clr_loop import schedules
-from clr_loop.experiment import runner
+from clr_loop.experiment import trial
 
 BASE_M, MAX_M = 0.85, 0.95
 
@@ -336,7 +336,7 @@ def tiny_data(n=96, seed=0):
 def test_make_optimizer_cycles_momentum_only_when_the_config_says_so(overrides, cycled, constant):
     config = config_lib.Config(**overrides)
     plan = config_lib.plan_steps(config, 640)
-    opt = runner.make_optimizer(config, plan)
+    opt = trial.make_optimizer(config, plan)
     if cycled:
         assert type(opt) is optimizers.CyclicalMomentumSGD
         schedule = config_lib.make_schedule(config, plan)
@@ -354,7 +354,7 @@ def test_trainer_runs_one_cycle_with_cycled_momentum(tmp_path):
         mode="one_cycle", max_lr=0.05, epochs=2, batch_size=32, eval_batch_size=32, steps_per_loop=2,
         log_every_steps=2, jit_compile="false", workdir=str(tmp_path / "run"),
     )
-    trainer = runner.Trainer(config, tiny_data())
+    trainer = trial.Trainer(config, tiny_data())
     history = trainer.train()
     assert type(trainer.optimizer) is optimizers.CyclicalMomentumSGD
     assert int(trainer.optimizer.iterations.numpy()) == 6
@@ -369,7 +369,7 @@ def test_one_cycle_flagfile_builds_cycled_momentum_sgd():
     flag_values(["clr_loop.train", f"--flagfile={os.path.join(repo, 'flags', 'one_cycle.flags')}"])
     config = cli.config_from_flags(flag_values)
     assert config.mode == "one_cycle" and config.uses_cycle_momentum and config.epochs == 10
-    opt = runner.make_optimizer(config, config_lib.plan_steps(config, fashion_mnist.FULL_SIZE["train"]))
+    opt = trial.make_optimizer(config, config_lib.plan_steps(config, fashion_mnist.FULL_SIZE["train"]))
     assert type(opt) is optimizers.CyclicalMomentumSGD
     assert float(opt.learning_rate) == pytest.approx(config.max_lr / config.div_factor)
     assert float(opt.current_momentum()) == pytest.approx(config.max_momentum)
@@ -465,9 +465,9 @@ def test_cycled_adam_config_round_trips(cls):
 
 def test_make_optimizer_cycles_adams_beta_1_for_one_cycle():
     plan = config_lib.plan_steps(config_lib.Config(), 640)
-    adamw = runner.make_optimizer(config_lib.Config(mode="one_cycle", optimizer="adamw"), plan)
+    adamw = trial.make_optimizer(config_lib.Config(mode="one_cycle", optimizer="adamw"), plan)
     assert type(adamw) is optimizers.CyclicalMomentumAdamW and adamw.weight_decay == config_lib.ADAMW_WEIGHT_DECAY
-    adam = runner.make_optimizer(config_lib.Config(mode="one_cycle", optimizer="adam", cycle_momentum=False), plan)
+    adam = trial.make_optimizer(config_lib.Config(mode="one_cycle", optimizer="adam", cycle_momentum=False), plan)
     assert type(adam) is keras.optimizers.Adam
 
 

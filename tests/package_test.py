@@ -74,7 +74,7 @@ def test_public_names_load_from_their_modules_on_first_use():
 def test_library_modules_leave_a_programs_own_batch_size_flag_alone():
     """A user's absl app defines --batch_size, imports every library module and runs."""
     modules = library_modules()
-    assert {"clr_loop.cli", "clr_loop.lr_finder", "clr_loop.schedules", "clr_loop.experiment.runner"} <= set(modules)
+    assert {"clr_loop.cli", "clr_loop.lr_finder", "clr_loop.schedules", "clr_loop.experiment.trial"} <= set(modules)
     code = textwrap.dedent("""
         import importlib, sys
         from absl import app, flags

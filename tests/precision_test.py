@@ -20,7 +20,7 @@ from clr_loop import loop
 from clr_loop.experiment import models
 from clr_loop import runtime
 from clr_loop import schedules
-from clr_loop.experiment import runner
+from clr_loop.experiment import trial
 from testing import BATCH, STEPS_PER_EPOCH, assert_same_weights, fake_data, make_config, toy_data, twins
 
 MIXED = ("mixed_bfloat16", "mixed_float16")
@@ -126,7 +126,7 @@ def test_automatic_splitting_is_off_under_loss_scaling_and_explicit_parts_skip_t
     # Automatic: whole batches, as Keras (a part's gradients would overflow at another scale).
     model, _ = _overflowing_twins(2.0**24)
     assert runtime.resolve_batch_splits(0, model, 64)[0] == 1
-    assert runner.resolve_batch_splits(config_lib.Config(precision="mixed_float16")) == 1
+    assert trial.resolve_batch_splits(config_lib.Config(precision="mixed_float16")) == 1
     # Explicit parts: the summed gradient goes through the LossScaleOptimizer, which halves its
     # scale once per step it skips (no step grows it: 2000 steps between growths).
     x, y = toy_data()
@@ -194,13 +194,13 @@ def test_the_named_models_output_float32_under_mixed_policies(name):
 
 def test_the_trainer_builds_under_its_precision_leaves_the_global_policy_and_names_the_flag(tmp_path):
     before = keras.config.dtype_policy().name
-    trainer = runner.Trainer(make_config(tmp_path, precision="mixed_float16", max_steps=3), fake_data())
+    trainer = trial.Trainer(make_config(tmp_path, precision="mixed_float16", max_steps=3), fake_data())
     assert keras.config.dtype_policy().name == before
     assert trainer.model.dtype_policy.name == "mixed_float16"
     assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
     assert [layer.compute_dtype for layer in trainer.model.layers if layer.weights][::3] == ["float16", "float32"]
     trainer.train(verbose=0)
-    again = runner.Trainer(make_config(tmp_path, precision="mixed_bfloat16"), fake_data())
+    again = trial.Trainer(make_config(tmp_path, precision="mixed_bfloat16"), fake_data())
     with pytest.raises(checkpointing.WorkdirError) as refused:
         again.train(verbose=0)
     message = cli.error_message(refused.value)

@@ -97,7 +97,7 @@ def test_the_study_flagfiles_are_valid_runs_with_the_stated_peak_rates():
 
     from clr_loop import cli
     from clr_loop.experiment import config as config_lib
-    from clr_loop.experiment import runner as trainer
+    from clr_loop.experiment import trial as trainer
 
     for name in sorted(os.listdir(os.path.join(REPO, "flags", STUDY))):
         flag_values = flags.FlagValues()

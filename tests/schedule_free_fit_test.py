@@ -22,7 +22,7 @@ from clr_loop import cli
 from clr_loop.experiment import config as config_lib
 from clr_loop import loop
 from clr_loop import optimizers
-from clr_loop.experiment import runner
+from clr_loop.experiment import trial
 from testing import BATCH, REPO, STEPS_PER_EPOCH, fake_data, history_without_timing, make_config, start_script
 from testing import toy_data
 
@@ -254,7 +254,7 @@ def test_flagfiles_build_the_schedule_free_optimizers_at_max_lr_with_the_warmup_
     assert config.mode == "schedule_free" and config.epochs == 10 and not config.uses_cycle_momentum
     plan = config_lib.plan_steps(config, 60000)
     assert plan.warmup_steps == round(0.5 * 937) == 468
-    opt = runner.make_optimizer(config, plan)
+    opt = trial.make_optimizer(config, plan)
     assert type(opt) is cls
     assert opt.beta == beta and opt.warmup_steps == 468
     assert opt.get_config()["learning_rate"] == pytest.approx(config.max_lr)
@@ -263,7 +263,7 @@ def test_flagfiles_build_the_schedule_free_optimizers_at_max_lr_with_the_warmup_
 
 def test_schedule_free_sgd_takes_its_beta_from_momentum():
     config = flagfile_config("schedule_free_sgd.flags", "--momentum=0.75", "--weight_decay=0.01")
-    opt = runner.make_optimizer(config, config_lib.plan_steps(config, 640))
+    opt = trial.make_optimizer(config, config_lib.plan_steps(config, 640))
     assert opt.beta == 0.75 and opt.weight_decay == 0.01 and opt.warmup_steps == 5
 
 
@@ -279,7 +279,7 @@ def test_bad_schedule_free_flags_are_named(extra, pattern):
 
 def test_trainer_runs_schedule_free_and_leaves_x(tmp_path):
     config = make_config(tmp_path, mode="schedule_free", optimizer="adamw", max_lr=0.002, warmup_epochs=0.25)
-    trainer = runner.Trainer(config, fake_data())
+    trainer = trial.Trainer(config, fake_data())
     history = trainer.train()
     assert type(trainer.optimizer) is optimizers.ScheduleFreeAdamW and trainer.optimizer.warmup_steps == 2
     assert trainer.optimizer.at_x

@@ -16,7 +16,7 @@ from absl.testing import flagsaver
 
 from clr_loop.experiment import fashion_mnist
 from clr_loop import train  # noqa: F401  (defines the app's flags, which tests here parse)
-from clr_loop.experiment import runner
+from clr_loop.experiment import trial
 from testing import REPO, app_message_lines, assert_one_line_usage_error, assert_run_outputs, run_main_in_process
 from testing import write_tiny_idx_dir
 
@@ -192,7 +192,7 @@ def test_real_data_few_hundred_steps_beat_the_untrained_model(tmp_path):
     from clr_loop.experiment import config as config_lib
 
     config = config_lib.Config(mode="none", lr=0.05, max_steps=300, workdir=str(tmp_path / "run"), jit_compile="false")
-    trainer = runner.Trainer(config, fashion_mnist.load_idx_dir(fashion_mnist.DEBIAN_DIR))
+    trainer = trial.Trainer(config, fashion_mnist.load_idx_dir(fashion_mnist.DEBIAN_DIR))
     untrained, count = trainer.run.validate()
     history = trainer.train()
     assert count == 10000

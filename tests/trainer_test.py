@@ -1,4 +1,4 @@
-"""Tests for clr_loop.experiment.runner on small in-memory data (explicit step counts everywhere)."""
+"""Tests for clr_loop.experiment.trial on small in-memory data (explicit step counts everywhere)."""
 
 import glob
 import json
@@ -15,12 +15,12 @@ from clr_loop import inputs
 from clr_loop import loop
 from clr_loop import runtime
 from clr_loop import steps as steps_lib
-from clr_loop.experiment import runner
+from clr_loop.experiment import trial
 from testing import fake_data, make_config, weights
 
 
 def test_one_step_changes_weights_and_reports_the_rate_it_used(tmp_path):
-    trainer = runner.Trainer(make_config(tmp_path), fake_data())
+    trainer = trial.Trainer(make_config(tmp_path), fake_data())
     trainer.optimizer.iterations.assign(3)
     schedule = trainer.optimizer._learning_rate
     before = weights(trainer.model)
@@ -35,7 +35,7 @@ def test_one_step_changes_weights_and_reports_the_rate_it_used(tmp_path):
 def test_sgd_update_matches_an_independent_gradient_step(tmp_path):
     """w' = w - lr * grad, with grad computed by a separate tape on the same batch."""
     data = fake_data()
-    trainer = runner.Trainer(make_config(tmp_path, mode="none", lr=0.05), data)
+    trainer = trial.Trainer(make_config(tmp_path, mode="none", lr=0.05), data)
     trainer.model.layers[5].rate = 0.0  # no dropout, so a second forward pass sees the same net
     images, labels = next(iter(inputs.array_train_dataset(data.train.arrays, 32, 42)))
     before = weights(trainer.model)
@@ -50,9 +50,9 @@ def test_sgd_update_matches_an_independent_gradient_step(tmp_path):
 
 def test_steps_per_loop_gives_the_same_weights_as_single_steps(tmp_path):
     data = fake_data()
-    looped = runner.Trainer(make_config(tmp_path), data)
+    looped = trial.Trainer(make_config(tmp_path), data)
     looped.run.run_steps(6)
-    single = runner.Trainer(make_config(tmp_path), data)
+    single = trial.Trainer(make_config(tmp_path), data)
     for _ in range(6):
         single.run.run_steps(1)
     assert int(looped.optimizer.iterations) == int(single.optimizer.iterations) == 6
@@ -63,8 +63,8 @@ def test_steps_per_loop_gives_the_same_weights_as_single_steps(tmp_path):
 
 def test_xla_step_agrees_with_plain_step(tmp_path):
     data = fake_data()
-    plain = runner.Trainer(make_config(tmp_path, jit_compile="false"), data)
-    xla = runner.Trainer(make_config(tmp_path, jit_compile="true"), data)
+    plain = trial.Trainer(make_config(tmp_path, jit_compile="false"), data)
+    xla = trial.Trainer(make_config(tmp_path, jit_compile="true"), data)
     assert xla.jit_compile and not plain.jit_compile
     # XLA and TF kernels draw different stateless dropout masks; compare the arithmetic alone.
     for trainer in (plain, xla):
@@ -79,7 +79,7 @@ def test_xla_step_agrees_with_plain_step(tmp_path):
 
 def test_eval_counts_every_example_once_and_matches_numpy(tmp_path):
     data = fake_data(num_test=103)
-    trainer = runner.Trainer(make_config(tmp_path, eval_batch_size=10), data)
+    trainer = trial.Trainer(make_config(tmp_path, eval_batch_size=10), data)
     result, count = trainer.run.validate()
     assert count == 103
     probs = trainer.model.predict(data.test.images, batch_size=103, verbose=0).astype(np.float64)
@@ -92,11 +92,11 @@ def test_eval_counts_every_example_once_and_matches_numpy(tmp_path):
 
 def test_train_writes_history_config_and_events(tmp_path):
     config = make_config(tmp_path, epochs=2)
-    history = runner.Trainer(config, fake_data()).train()
+    history = trial.Trainer(config, fake_data()).train()
     workdir = tmp_path / "run"
     saved = json.loads((workdir / "history.json").read_text())
     assert saved == history
-    assert set(saved) == set(runner.HISTORY_KEYS)
+    assert set(saved) == set(trial.HISTORY_KEYS)
     assert all(len(v) == 2 for v in saved.values())
     resolved = json.loads((workdir / "config.json").read_text())
     assert resolved["mode"] == "triangular2" and resolved["resolved"]["steps_per_epoch"] == 8
@@ -107,7 +107,7 @@ def test_train_writes_history_config_and_events(tmp_path):
 
 
 def test_train_summaries_hold_loss_accuracy_lr(tmp_path):
-    runner.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()
+    trial.Trainer(make_config(tmp_path, epochs=1), fake_data()).train()
     tags = {}
     for step, value in _summary_values(str(tmp_path / "run" / "train")):
         tags.setdefault(value.tag, []).append(step)
@@ -137,40 +137,40 @@ def test_write_scalar_writes_what_tf_summary_scalar_writes(tmp_path):
 
 
 def test_max_steps_stops_early_and_still_evaluates(tmp_path):
-    history = runner.Trainer(make_config(tmp_path, epochs=3, max_steps=5), fake_data()).train()
+    history = trial.Trainer(make_config(tmp_path, epochs=3, max_steps=5), fake_data()).train()
     assert len(history["val_loss"]) == 1 and np.isfinite(history["val_loss"][0])
 
 
 def test_profiler_window_writes_a_trace(tmp_path):
     config = make_config(tmp_path, epochs=1, profile_steps=(2, 4))
-    runner.Trainer(config, fake_data()).train()
+    trial.Trainer(config, fake_data()).train()
     traces = glob.glob(str(tmp_path / "run" / "plugins" / "profile" / "*" / "*.xplane.pb"))
     assert traces and os.path.getsize(traces[0]) > 0
 
 
 def test_non_finite_loss_raises_with_step_and_rate(tmp_path):
-    trainer = runner.Trainer(make_config(tmp_path, mode="none", lr=1e4, epochs=1), fake_data())
+    trainer = trial.Trainer(make_config(tmp_path, mode="none", lr=1e4, epochs=1), fake_data())
     with pytest.raises(loop.TrainingDiverged, match=r"step \d+ \(learning rate 10000\)"):
         trainer.train()
 
 
 def test_save_init_then_init_weights_starts_from_identical_weights(tmp_path):
     path = str(tmp_path / "init.weights.h5")
-    first = runner.Trainer(make_config(tmp_path, seed=1, save_init=path, max_steps=2), fake_data())
+    first = trial.Trainer(make_config(tmp_path, seed=1, save_init=path, max_steps=2), fake_data())
     initial = weights(first.model)
     assert not os.path.exists(path)  # written by train(), once the workdir is checked
     first.train()
-    second = runner.Trainer(make_config(tmp_path, seed=2, init_weights=path, workdir=str(tmp_path / "b")), fake_data())
-    other = runner.Trainer(make_config(tmp_path, seed=2), fake_data())
+    second = trial.Trainer(make_config(tmp_path, seed=2, init_weights=path, workdir=str(tmp_path / "b")), fake_data())
+    other = trial.Trainer(make_config(tmp_path, seed=2), fake_data())
     for a, b, c in zip(initial, weights(second.model), weights(other.model)):
         assert np.array_equal(a, b)
     assert any(not np.array_equal(a, c) for a, c in zip(initial, weights(other.model)))
 
 
 def test_a_refused_run_writes_no_save_init_file(tmp_path):
-    runner.Trainer(make_config(tmp_path, max_steps=1), fake_data()).train()
+    trial.Trainer(make_config(tmp_path, max_steps=1), fake_data()).train()
     path = tmp_path / "init.weights.h5"
-    refused = runner.Trainer(make_config(tmp_path, max_steps=1, max_lr=0.2, save_init=str(path)), fake_data())
+    refused = trial.Trainer(make_config(tmp_path, max_steps=1, max_lr=0.2, save_init=str(path)), fake_data())
     with pytest.raises(checkpointing.WorkdirError, match="max_lr"):
         refused.train()
     assert not path.exists()
@@ -179,31 +179,31 @@ def test_a_refused_run_writes_no_save_init_file(tmp_path):
 def test_unwritable_save_init_is_named_and_leaves_no_temporary_file(tmp_path):
     (tmp_path / "a_file").write_text("in the way")
     in_the_way = str(tmp_path / "a_file" / "init.weights.h5")
-    with pytest.raises(runner.WeightsError, match=f"cannot write initial weights to {in_the_way}") as e:
-        runner.Trainer(make_config(tmp_path, save_init=in_the_way, max_steps=1), fake_data()).train()
+    with pytest.raises(trial.WeightsError, match=f"cannot write initial weights to {in_the_way}") as e:
+        trial.Trainer(make_config(tmp_path, save_init=in_the_way, max_steps=1), fake_data()).train()
     assert e.value.argument == "save_init"
     # The temporary file is written, but the rename onto a folder fails: it is removed.
     folder = tmp_path / "out" / "x.weights.h5"
     folder.mkdir(parents=True)
-    model = runner.Trainer(make_config(tmp_path, workdir=str(tmp_path / "run2")), fake_data()).model
-    with pytest.raises(runner.WeightsError, match="x.weights.h5"):
-        runner.save_initial_weights(model, str(folder))
+    model = trial.Trainer(make_config(tmp_path, workdir=str(tmp_path / "run2")), fake_data()).model
+    with pytest.raises(trial.WeightsError, match="x.weights.h5"):
+        trial.save_initial_weights(model, str(folder))
     assert os.listdir(tmp_path / "out") == ["x.weights.h5"] and folder.is_dir()
 
 
 def test_bad_init_weights_file_is_named(tmp_path):
     missing = str(tmp_path / "missing.weights.h5")
-    with pytest.raises(runner.WeightsError, match="missing.weights.h5 does not exist"):
-        runner.Trainer(make_config(tmp_path, init_weights=missing), fake_data())
+    with pytest.raises(trial.WeightsError, match="missing.weights.h5 does not exist"):
+        trial.Trainer(make_config(tmp_path, init_weights=missing), fake_data())
     # A folder is not "missing": it is named as a folder.
     folder = tmp_path / "folder.weights.h5"
     folder.mkdir()
-    with pytest.raises(runner.WeightsError, match=f"initial weights file {folder} is a directory, not a regular file"):
-        runner.load_initial_weights(None, str(folder))
+    with pytest.raises(trial.WeightsError, match=f"initial weights file {folder} is a directory, not a regular file"):
+        trial.load_initial_weights(None, str(folder))
     broken = tmp_path / "broken.weights.h5"
     broken.write_bytes(b"not an h5 file")
-    with pytest.raises(runner.WeightsError, match="broken.weights.h5 cannot be loaded"):
-        runner.Trainer(make_config(tmp_path, init_weights=str(broken)), fake_data())
+    with pytest.raises(trial.WeightsError, match="broken.weights.h5 cannot be loaded"):
+        trial.Trainer(make_config(tmp_path, init_weights=str(broken)), fake_data())
 
 
 # --------------------------------------------------------------------- batch splitting
@@ -216,7 +216,7 @@ def test_split_step_trains_like_the_whole_batch_without_dropout(tmp_path, splits
     data = fake_data()
     runs = []
     for batch_splits in (1, splits):
-        trainer = runner.Trainer(make_config(tmp_path, batch_splits=batch_splits), data)
+        trainer = trial.Trainer(make_config(tmp_path, batch_splits=batch_splits), data)
         assert trainer.splits == batch_splits
         trainer.model.layers[5].rate = 0.0
         window = trainer.run.run_steps(7)
@@ -236,7 +236,7 @@ def test_split_step_with_dropout_is_reproducible_and_finite(tmp_path):
     data = fake_data()
     results = []
     for _ in range(2):
-        trainer = runner.Trainer(make_config(tmp_path, batch_splits=2, deterministic=True), data)
+        trainer = trial.Trainer(make_config(tmp_path, batch_splits=2, deterministic=True), data)
         window = trainer.run.run_steps(6)
         results.append((weights(trainer.model), float(window["loss_sum"])))
     assert np.isfinite(results[0][1]) and results[0][1] == results[1][1]
@@ -256,7 +256,7 @@ def test_eval_loop_equals_model_evaluate(tmp_path, num_test, batch_size):
     """Batches of 10, 10 and 3, and of 4, 4 and 1: the eval loop runs the model's test_step on whole
     batches (it is never split), so its numbers are model.evaluate's."""
     data = fake_data(num_test=num_test)
-    model = runner.Trainer(make_config(tmp_path), data).model
+    model = trial.Trainer(make_config(tmp_path), data).model
     logs, count = _evaluate(model, data.test, batch_size)
     expected = model.evaluate(data.test.images, data.test.labels, batch_size=batch_size, verbose=0, return_dict=True)
     assert count == num_test
@@ -274,11 +274,11 @@ def test_eval_loop_equals_model_evaluate(tmp_path, num_test, batch_size):
     ],
 )
 def test_resolve_batch_splits(tmp_path, overrides, expected):
-    assert runner.resolve_batch_splits(make_config(tmp_path, **overrides)) == expected
+    assert trial.resolve_batch_splits(make_config(tmp_path, **overrides)) == expected
 
 
 def test_automatic_batch_splits_follow_the_cores_on_a_cpu(tmp_path):
     config = make_config(tmp_path, batch_size=64)
     expected = 1 if tf.config.list_physical_devices("GPU") else runtime.auto_batch_splits(64, runtime.cpu_cores())
-    assert runner.resolve_batch_splits(config) == expected
-    assert runner.resolve_batch_splits(config, replicas=2) == 1
+    assert trial.resolve_batch_splits(config) == expected
+    assert trial.resolve_batch_splits(config, replicas=2) == 1

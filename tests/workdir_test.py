@@ -21,7 +21,7 @@ from clr_loop import checkpointing
 from clr_loop import cli
 from clr_loop import inputs
 from clr_loop import loop
-from clr_loop.experiment import runner
+from clr_loop.experiment import trial
 from testing import BATCH, STEPS_PER_EPOCH, SigtermAt, compiled, event_values, fake_data, history_without_timing
 from testing import REPO, make_config, toy_data, write_tiny_idx_dir
 
@@ -201,7 +201,7 @@ def test_a_checkpoint_copied_into_a_fresh_workdir_is_checked_against_the_run(tmp
 
 
 def trained(config, data):
-    trainer = runner.Trainer(config, data)
+    trainer = trial.Trainer(config, data)
     return trainer.train(verbose=0)
 
 

@@ -1,7 +1,7 @@
 """Same-initialisation ablations' parts that are the experiment's: run names, initial weights, and the comparison.
 
 The app `clr_loop.ablate` plans the runs from its flagfiles and trains them; this module names
-their folders and initial-weight files, builds a seed's initial model as `runner.Trainer` does,
+their folders and initial-weight files, builds a seed's initial model as `trial.Trainer` does,
 summarises each run's history, aggregates the runs of a flagfile over seeds and writes
 `comparison.md` and `comparison.json`.
 """
@@ -16,7 +16,7 @@ from clr_loop import checkpointing
 from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import datasets
 from clr_loop.experiment import models
-from clr_loop.experiment import runner
+from clr_loop.experiment import trial
 
 FINAL_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 SPREAD = "mean ± sample standard deviation (n-1) over seeds, and min–max"
@@ -82,7 +82,7 @@ def build_initial_weights(config, data, path):
 
     So the file holds the weights a `clr_loop.train --seed=<seed> --model=... --dataset=...` run starts from.
     """
-    return runner.save_initial_weights(build_model(config, data), path)
+    return trial.save_initial_weights(build_model(config, data), path)
 
 
 def dataset_label(config):

@@ -21,12 +21,8 @@ from clr_loop.experiment import models
 from clr_loop.experiment import figures
 from clr_loop import train
 from clr_loop.experiment import trial
-from datasets_test import npz_arrays
-from datasets_test import write_npz
-from train_cli_test import assert_one_line_usage_error
-from train_cli_test import write_tiny_idx_dir
+from testing import REPO, assert_one_line_usage_error, npz_arrays, write_npz, write_tiny_idx_dir
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_TRAIN, N_TEST = 96, 40
 # Every run: 96 // 16 = 6 steps per epoch, 2 epochs; no XLA, to keep the test in seconds.
 COMMON = ["--epochs=2", "--batch_size=16", "--eval_batch_size=16", "--steps_per_loop=3", "--log_every_steps=3",

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from absl import flags
 
 from benchmarks import cost_model
@@ -20,27 +19,13 @@ from benchmarks import step_profile
 from benchmarks import variants
 from benchmarks import whole_process
 from benchmarks import worker
-from clr_loop.experiment import fashion_mnist
 from clr_loop.experiment import models
+from testing import tiny_data, weights
 
 # The tutorial's CNN, by hand: (name, output H*W, kernel taps, C_in, C_out).
 CONV1_MACS = 24 * 24 * 5 * 5 * 1 * 16  # 28x28 input, 5x5 valid
 CONV2_MACS = 8 * 8 * 5 * 5 * 16 * 32  # 12x12 after pooling, 5x5 valid
 DENSE_MACS = 32 * 128 + 128 * 10
-
-
-def tiny_data(num_train=40, num_test=25, seed=0):
-    rng = np.random.default_rng(seed)
-
-    def split(n):
-        images = rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
-        return fashion_mnist.Split(images=images, labels=rng.integers(0, 10, n).astype(np.int32))
-
-    return fashion_mnist.FashionMnist(train=split(num_train), test=split(num_test), source="tiny")
-
-
-def weights(model):
-    return [v.numpy().copy() for v in model.trainable_variables]
 
 
 def test_step_flops_match_the_hand_count():

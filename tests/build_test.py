@@ -2,9 +2,12 @@
 every target's deps match what its files import. No Bazel needed: BUILD is evaluated as Python with
 stand-ins for the Bazel functions it calls, and imports are read with `ast`.
 
-The file system is the oracle (clr_loop/**/*.py, benchmarks/**/*.py and tests/*_test.py are scanned,
+The file system is the oracle (clr_loop/**/*.py, benchmarks/**/*.py and tests/*.py are scanned,
 never listed here),
 so a new module or test without a BUILD entry fails, and the message holds the stanza to add.
+In tests/, a `*_test.py` file is a test (a pytest_test, and no library: test files never import each
+other); any other module is test support (conftest.py, which pytest loads, and testing.py, the
+helpers test files import as the top-level module `testing`), a testonly py_library each.
 """
 
 import ast
@@ -24,6 +27,7 @@ PACKAGE = "clr_loop"
 # The folders whose modules need a py_library each: the package, and the benchmarks beside it.
 SOURCE_DIRS = (PACKAGE, "benchmarks")
 TEST_GLOB = "tests/*_test.py"
+TESTS_DIR = "tests"
 # What tools/pytest.bzl adds to every pytest_test: the runner (its main), pytest, pytest's config.
 PYTEST_RUNNER = "//tools:pytest_main.py"
 PYTEST_CONFIG = "//:pyproject.toml"
@@ -61,6 +65,8 @@ class Target:
     data: list
     main: str
     lineno: int
+    testonly: bool = False
+    imports: list = dataclasses.field(default_factory=list)
 
 
 class Build:
@@ -106,14 +112,14 @@ class Build:
         return sorted(p.relative_to(self.root).as_posix() for p in matches)
 
     def _rule(self, kind):
-        def rule(name, srcs=(), deps=(), data=(), main=None, **kwargs):
+        def rule(name, srcs=(), deps=(), data=(), main=None, testonly=False, imports=(), **kwargs):
             if name in self.targets:
                 self.errors.append(f"BUILD defines //:{name} twice")
             frame = sys._getframe(1)
             while frame and frame.f_code.co_filename != self._build_file:
                 frame = frame.f_back
             self.targets[name] = Target(kind, name, list(srcs), list(deps), list(data), main,
-                                        frame.f_lineno if frame else 0)
+                                        frame.f_lineno if frame else 0, bool(testonly), list(imports))
 
         return rule
 
@@ -179,6 +185,18 @@ def in_sources(path):
 def pytest_files():
     """Returns the repo-relative paths of the test files, sorted."""
     return sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob(TEST_GLOB))
+
+
+def support_files():
+    """Returns the repo-relative paths of the test-support modules (tests/*.py but the test files), sorted."""
+    tests = set(pytest_files())
+    return sorted(p for p in (q.relative_to(ROOT).as_posix() for q in (ROOT / TESTS_DIR).glob("*.py")) if p not in tests)
+
+
+def import_name(path):
+    """Returns the name code imports a repo-relative .py path by: a module in tests/ is top-level (pytest
+    puts tests/ on sys.path; Bazel's `imports = ["tests"]`), any other its dotted module_name."""
+    return Path(path).stem if Path(path).parent.as_posix() == TESTS_DIR else module_name(path)
 
 
 def module_name(path):
@@ -323,7 +341,7 @@ def stanza(kind, name, path, build):
     lines.append(")")
     missing = [f for f in files if not build.owners(f)]
     if missing:
-        lines.append(f"(and a py_library for {', '.join(missing)}; testonly = True for a test file)")
+        lines.append(f"(and a py_library for {', '.join(missing)}; testonly = True for a module in tests/)")
     return "\n".join(lines)
 
 
@@ -403,6 +421,39 @@ def test_every_test_file_has_one_test_target(build):
     assert not problems, "\n\n".join(problems)
 
 
+def test_every_test_support_module_has_one_testonly_library(build):
+    """conftest.py, testing.py: a testonly py_library each; one that a test file imports by name also
+    has `imports = ["tests"]`, so that `import testing` finds it under Bazel as under pytest."""
+    imported = {f for path in pytest_files() for f in requirements(path)[0]}
+    problems = []
+    for path in support_files():
+        owners = [build.targets[name] for name in build.owners(path)]
+        if len(owners) != 1:
+            problems.append(f"{path} is in the srcs of {len(owners)} py_libraries ({', '.join(t.name for t in owners)}); "
+                            "it needs exactly one:\n\n" + (stanza("py_library", suggested_name(path), path, build)
+                                                           if not owners else ""))
+            continue
+        (target,) = owners
+        if not target.testonly:
+            problems.append(f"//:{target.name} (BUILD line {target.lineno}) holds the test-support module {path}: "
+                            "add testonly = True")
+        if path in imported and TESTS_DIR not in target.imports:
+            problems.append(f"//:{target.name} (BUILD line {target.lineno}): test files import {import_name(path)} "
+                            f'as a top-level module; add imports = ["{TESTS_DIR}"]')
+    assert not problems, "\n\n".join(problems)
+
+
+def test_no_library_holds_a_test_file(build):
+    """Test files share helpers through tests/testing.py, never by importing each other, so no
+    py_library holds a `*_test.py` file (its pytest_test is its only target)."""
+    tests = set(pytest_files())
+    problems = [f"//:{target.name} (BUILD line {target.lineno}) holds the test file(s) "
+                f"{', '.join(sorted(build.files(target) & tests))}: move what other tests need to "
+                "tests/testing.py (the :testing library) and remove this library"
+                for target in build.sorted_targets() if target.kind == LIBRARY and build.files(target) & tests]
+    assert not problems, "\n".join(problems)
+
+
 def test_referenced_files_exist(build):
     # Under `bazel test` only the declared files are here: what is missing may just be undeclared.
     hint = " (or, if it exists, add it to the data of //:build_test)" if "TEST_SRCDIR" in os.environ else ""
@@ -438,7 +489,7 @@ def test_first_party_deps_match_imports(build):
                 used.update(providers)
                 if not providers:
                     owner = (build.owners(file) or [suggested_name(file)])[0]
-                    problems.append(f"//:{target.name}: {path} imports {module_name(file)} ({file}); "
+                    problems.append(f"//:{target.name}: {path} imports {import_name(file)} ({file}); "
                                     f'add ":{owner}" to the deps of //:{target.name}'
                                     + ("" if build.owners(file) else f" (and a py_library {owner} for {file})"))
         for name in sorted(set(direct) - used):

@@ -16,7 +16,7 @@ import pytest
 
 from clr_loop import checkpointing
 from clr_loop.experiment import fashion_mnist
-from train_cli_test import REPO, write_tiny_idx_dir
+from testing import REPO, write_tiny_idx_dir
 
 CHAOS = os.path.join(REPO, "tools", "chaos.py")
 # 640 real training examples at batch 16: 40 steps an epoch, 80 in all, a checkpoint every 4 steps.

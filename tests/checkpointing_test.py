@@ -15,7 +15,7 @@ from clr_loop import actions
 from clr_loop import checkpointing
 from clr_loop.experiment import trial
 from clr_loop import workdir as workdir_lib
-from trainer_test import fake_data, make_config, weights
+from testing import fake_data, make_config, weights
 
 
 def test_atomic_json_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):

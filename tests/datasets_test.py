@@ -8,20 +8,7 @@ import tensorflow_datasets as tfds
 
 from clr_loop.experiment import fashion_mnist
 from clr_loop.experiment import datasets
-
-
-def npz_arrays(n_train=30, n_test=10, shape=(6, 5), classes=4, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = lambda n: np.arange(n) % classes  # noqa: E731  (every class occurs)
-    return {
-        "x_train": rng.integers(0, 256, (n_train, *shape), dtype=np.uint8), "y_train": labels(n_train),
-        "x_test": rng.integers(0, 256, (n_test, *shape), dtype=np.uint8), "y_test": labels(n_test),
-    }
-
-
-def write_npz(path, **arrays):
-    np.savez(path, **arrays)
-    return str(path)
+from testing import npz_arrays, write_npz
 
 
 def test_npz_of_uint8_hw_images_gets_a_channel_and_its_class_count(tmp_path):

@@ -19,8 +19,8 @@ from clr_loop import loop
 from clr_loop import runner
 from clr_loop import runtime
 
-import train_cli_test
-from loop_test import BATCH, SigtermAt, compiled, dict_model, sigkill_then_resume, toy_data
+from testing import BATCH, SigtermAt, compiled, dict_model, run_main_in_process, sigkill_then_resume, toy_data
+from testing import write_tiny_idx_dir
 
 
 def _stream(dataset, count):
@@ -154,11 +154,11 @@ def test_the_cli_setting_is_validated_and_a_library_refusal_names_the_flag():
 
 
 def test_the_app_trains_the_same_history_in_both_modes(tmp_path):
-    data_dir = train_cli_test.write_tiny_idx_dir(str(tmp_path / "idx"))
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
     histories = {}
     for mode in ("device", "pipeline"):
         workdir = str(tmp_path / mode)
-        status = train_cli_test.run_main_in_process([
+        status = run_main_in_process([
             f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--epochs=2", "--batch_size=16",
             "--steps_per_loop=2", "--eval_batch_size=16", "--seed=3", f"--input_mode={mode}",
         ])

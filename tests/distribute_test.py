@@ -7,22 +7,18 @@ and data order.
 
 import json
 import os
-import queue
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import numpy as np
 import pytest
 
 from clr_loop import distribute
-from train_cli_test import REPO, write_tiny_idx_dir
-
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
+from testing import REPO, SUBPROCESS_ENV, Cluster, checkpoint_weights, fit_small_model, free_ports, history_without_timing
+from testing import saved_step, start_worker, write_tiny_idx_dir
 
 MIRRORED_VS_SINGLE = textwrap.dedent(
     """
@@ -30,7 +26,7 @@ MIRRORED_VS_SINGLE = textwrap.dedent(
     import numpy as np
     from clr_loop import distribute
     from clr_loop.experiment import config as config_lib, trial
-    from trainer_test import fake_data
+    from testing import fake_data
 
     distribute.configure_virtual_cpus(2)
     data = fake_data(num_train=256, num_test=37)
@@ -63,7 +59,7 @@ MIRRORED_VS_SINGLE = textwrap.dedent(
 
 def run_script(script, *args, timeout=240):
     result = subprocess.run(
-        [sys.executable, "-c", script, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", script, *args], cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=timeout
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (line,) = [l for l in result.stdout.splitlines() if l.startswith("RESULT")]
@@ -192,83 +188,6 @@ def test_fit_refuses_a_last_batch_that_leaves_a_replica_without_an_example():
     assert message.startswith("batch_size=32 leaves 1 example(s)") and "2 replicas" in message
 
 
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def start_worker(index, ports, workdir, idx_dir, *extra):
-    tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
-    env = dict(ENV, TF_CONFIG=json.dumps(tf_config))
-    args = [
-        sys.executable, "-m", "clr_loop.train", "--strategy=multi_worker", f"--dataset_dir={idx_dir}",
-        f"--workdir={workdir}", "--batch_size=16", "--epochs=2", "--steps_per_loop=4", "--eval_batch_size=16",
-        "--verbosity=1", *extra,  # verbosity 1: the "checkpoint saved at step N" lines (saved_step)
-    ]
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def checkpoint_weights(directory):
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(directory))
-    return {k: reader.get_tensor(k) for k, d in reader.get_variable_to_dtype_map().items() if d.is_floating}
-
-
-class Cluster:
-    """Two (or more) `clr_loop.train` workers on localhost; a thread per worker collects its output,
-    so a test can wait for a line (with a deadline, no sleeping) while the others keep running."""
-
-    def __init__(self, ports, workdir, idx_dir, *extra):
-        """`workdir`: the workers' shared workdir, or a list of one per worker."""
-        workdirs = [workdir] * len(ports) if isinstance(workdir, str) else workdir
-        self.workers = [start_worker(i, ports, workdirs[i], idx_dir, *extra) for i in range(len(ports))]
-        self.lines = [[] for _ in self.workers]
-        self.events = queue.Queue()
-        self.threads = [threading.Thread(target=self._read, args=(i,), daemon=True) for i in range(len(ports))]
-        for thread in self.threads:
-            thread.start()
-
-    def _read(self, index):
-        for line in self.workers[index].stdout:
-            self.lines[index].append(line)
-            self.events.put((index, line))
-        self.events.put((index, None))
-
-    def wait_for(self, index, predicate, timeout=240):
-        """Returns the first new line of worker `index` for which `predicate` holds (fails at the deadline)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                who, line = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"no matching line from worker {index} within {timeout}s:\n" + self.output(index)[-3000:])
-            if who == index and line is None:
-                pytest.fail(f"worker {index} ended first:\n" + self.output(index)[-3000:])
-            if who == index and predicate(line):
-                return line
-
-    def finish(self, timeout=240):
-        """Waits for every worker to end; returns their exit statuses."""
-        codes = [w.wait(timeout=timeout) for w in self.workers]
-        for thread in self.threads:
-            thread.join(timeout=timeout)
-        return codes
-
-    def output(self, index):
-        return "".join(self.lines[index])
-
-
-def saved_step(line):
-    """The step of a "checkpoint saved at step N: path" log line, or -1 for any other line."""
-    return int(line.split("checkpoint saved at step ")[1].split(":")[0]) if "checkpoint saved at step" in line else -1
-
-
 # The story runs: 320 training examples in global batches of 16 (20 steps per epoch, 40 in all).
 STORY_FLAGS = ("--epochs=2", "--steps_per_loop=2", "--log_every_steps=4", "--checkpoint_every_steps=4",
                "--keep_checkpoints=50", "--deterministic", "--cluster_timeout=30")
@@ -354,49 +273,17 @@ def test_sigterm_to_one_worker_stops_all_at_one_step_and_a_killed_worker_is_name
     assert history_without_timing(workdir) == history_without_timing(reference_cluster)
 
 
-def history_without_timing(workdir):
-    history = json.load(open(os.path.join(workdir, "history.json")))
-    history.pop("epoch_seconds")
-    return history
-
-
 def tf_latest(workdir):
     import tensorflow as tf
 
     return tf.train.latest_checkpoint(os.path.join(workdir, "ckpt"))
 
 
-def fit_small_model(strategy):
-    """Trains a dropout-free 2-layer classifier with clr_loop.fit under `strategy` (global batch 32, a
-    CLR schedule, momentum, 2 epochs of 256 shuffled examples, validation on 37 in batches of 10);
-    returns its replicas, history and weights, and on one device Keras's own evaluate of the validation data."""
-    import keras
-    from clr_loop import loop
-    from clr_loop.schedules import CyclicalLearningRate
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 8)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32) + (x[:, 2] > 1)
-    x_val, y_val = x[:37] * 1.5, y[:37]
-    with strategy.scope():
-        keras.utils.set_random_seed(3)
-        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
-        model.compile(optimizer=keras.optimizers.SGD(CyclicalLearningRate(0.01, 0.2, step_size=5), momentum=0.9),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    history = loop.fit(model, x, y, batch_size=32, epochs=2, seed=11, drop_remainder=True, verbose=0,
-                       validation_data=(x_val, y_val), validation_batch_size=10, jit_compile=False, steps_per_loop=3)
-    result = {"replicas": strategy.num_replicas_in_sync, "history": history.history,
-              "weights": [w.tolist() for w in model.get_weights()]}
-    if strategy.num_replicas_in_sync == 1:  # Keras's own evaluate does not run under MultiWorkerMirroredStrategy
-        result["evaluate"] = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
-    return result
-
-
 WORKER_FIT = textwrap.dedent(
     """
     import json
     from clr_loop import distribute
-    from distribute_test import fit_small_model
+    from testing import fit_small_model
 
     print("RESULT" + json.dumps(fit_small_model(distribute.make_strategy("multi_worker", cluster_timeout=60))))
     """
@@ -417,7 +304,7 @@ def test_two_workers_train_the_weights_of_one_device_with_the_same_global_batch(
     for index in range(2):
         tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
         procs.append(subprocess.Popen([sys.executable, "-c", WORKER_FIT], cwd=REPO, text=True,
-                                      env=dict(ENV, TF_CONFIG=json.dumps(tf_config)),
+                                      env=dict(SUBPROCESS_ENV, TF_CONFIG=json.dumps(tf_config)),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     single = fit_small_model(tf.distribute.get_strategy())
     outputs = [p.communicate(timeout=240) for p in procs]

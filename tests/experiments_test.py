@@ -26,8 +26,8 @@ from clr_loop.experiment import datasets
 from clr_loop.experiment import models
 from clr_loop.experiment import trial
 from clr_loop import runner
-from train_cli_test import assert_run_outputs, run_main_in_process, write_tiny_idx_dir
-from trainer_test import fake_data, make_config, weights
+from testing import REPO, assert_run_outputs, fake_data, make_config, run_main_in_process, weights
+from testing import write_tiny_idx_dir
 
 SMALL = ["--epochs=1", "--batch_size=8", "--steps_per_loop=3", "--eval_batch_size=16"]
 
@@ -219,9 +219,6 @@ def test_bad_datasets_and_models_exit_1_naming_them_before_writing(tmp_path, cap
         err = capsys.readouterr().err
         assert "error: " in err and message in err, (argv, err)
         assert not os.path.exists(workdir), argv
-
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize(

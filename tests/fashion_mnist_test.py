@@ -1,8 +1,8 @@
 """Tests for clr_loop.experiment.fashion_mnist: the IDX reader, source selection, TFDS loading, pipelines.
 
-IDX files are written here with struct + gzip straight from the format description, not
-with any code from clr_loop. No test touches the network: TFDS downloads are replaced by
-a stub or made no-ops by `tfds.testing.mock_data`.
+IDX files are written with struct + gzip straight from the format description (here and by
+tests/testing.py's idx_bytes and write_idx_files), not with any code from clr_loop. No test
+touches the network: TFDS downloads are replaced by a stub or made no-ops by `tfds.testing.mock_data`.
 """
 
 import gzip
@@ -19,17 +19,9 @@ import tensorflow_datasets as tfds
 
 from clr_loop.experiment import fashion_mnist as data
 from clr_loop import inputs
+from testing import idx_bytes, write_idx_files
 
 IMAGES_MAGIC = 0x00000803
-
-
-def idx_bytes(array, *, magic=None, dims=None):
-    """Uncompressed IDX: big-endian magic, one uint32 per dim, then the uint8 payload."""
-    array = np.asarray(array, dtype=np.uint8)
-    dims = array.shape if dims is None else dims
-    if magic is None:
-        magic = 0x0800 | len(dims)
-    return struct.pack(">I", magic) + struct.pack(f">{len(dims)}I", *dims) + array.tobytes()
 
 
 def write_gz(path, payload, compresslevel=9):
@@ -45,13 +37,10 @@ def make_arrays(n, seed):
 
 def write_idx_dir(directory, n_train=7, n_test=5):
     """Writes the four files of a tiny Fashion-MNIST; returns {name: array written}."""
-    directory.mkdir(parents=True, exist_ok=True)
     arrays = {}
     for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
-        images, labels = make_arrays(n, seed)
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
-        write_gz(directory / data.IDX_FILES[f"{split}_images"], idx_bytes(images))
-        write_gz(directory / data.IDX_FILES[f"{split}_labels"], idx_bytes(labels))
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = make_arrays(n, seed)
+    write_idx_files(directory, arrays)
     return arrays
 
 

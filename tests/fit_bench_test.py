@@ -13,7 +13,7 @@ import pytest
 from benchmarks import cost_model
 from benchmarks import fit_bench
 from benchmarks import processes
-from bench_test import tiny_data
+from testing import tiny_data
 from clr_loop import runtime
 
 

@@ -14,15 +14,9 @@ import re
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from clr_loop import inputs
-from clr_loop.experiment import models
-from clr_loop import runner
-from clr_loop import schedules
+from testing import HloModule, gradients_only, jit_cnn_run
 
-IMAGE = (16, 16, 1)  # the smallest image the tutorial CNN's two 5x5 convolutions and pools take
-BATCH = 8
 # What leaves a module for the host or another device: none of these may appear.
 LEAVING = ("send", "send-done", "recv", "recv-done", "infeed", "outfeed", "custom-call", "host-compute",
            "all-reduce", "all-gather", "collective-permute", "async-start", "copy-start")
@@ -30,42 +24,18 @@ BACKPROP_FILTER = "f01b_i01o->01bf"  # a Conv2D's filter gradient: batch and fea
 BACKPROP_INPUT = "b01f_01oi->b01f"  # a Conv2D's input gradient: the kernel's in/out dims swapped
 
 
-def _balanced(text, start):
-    """Returns the index just after the bracket group opening at text[start]."""
-    depth = 0
-    for i in range(start, len(text)):
-        depth += {"(": 1, ")": -1}.get(text[i], 0)
-        if depth == 0:
-            return i + 1
-    raise ValueError(f"unbalanced: {text[start:start + 80]}")
-
-
 class Hlo:
-    """The ENTRY computation of an HLO module's text as instructions: name -> (opcode, operands,
-    line), plus the parameters by number, the ROOT's outputs and the output -> parameter aliases."""
+    """The ENTRY computation of an HLO module's text (as testing.HloModule reads it) as instructions:
+    name -> (opcode, operands, line), plus the parameters by number, the ROOT's outputs and the
+    output -> parameter aliases."""
 
     def __init__(self, text):
-        text = re.sub(r"/\*.*?\*/", "", text)
-        self.modules = len(re.findall(r"^HloModule ", text, re.M))
-        header = text.splitlines()[0]
-        self.aliases = {int(o): int(p) for o, p in re.findall(r"\{(\d+)\}: \((\d+), \{\}", header)}
-        entry = text[text.index("\nENTRY "):]
-        self.ops, self.params, self.outputs = {}, {}, []
-        for line in entry.splitlines()[1:]:
-            m = re.match(r"\s*(ROOT\s+)?%(\S+)\s*=\s*", line)
-            if not m:
-                continue
-            rest = line[m.end():]
-            shape_end = _balanced(rest, 0) if rest.startswith("(") else rest.index(" ")
-            body = rest[shape_end:].lstrip()
-            opcode = re.match(r"[\w\-]+", body).group(0)
-            args_end = _balanced(body, len(opcode))
-            operands = re.findall(r"%([\w.\-]+)", body[len(opcode):args_end])
-            self.ops[m.group(2)] = (opcode, operands, line)
-            if opcode == "parameter":
-                self.params[int(re.search(r"parameter\((\d+)\)", body).group(1))] = m.group(2)
-            if m.group(1):
-                self.outputs = operands
+        module = HloModule(text)
+        self.modules, self.aliases, self.params = module.modules, module.aliases, module.params
+        self.ops = {name: (opcode, operands, line) for name, (opcode, operands, line, computation, _) in module.ops.items()
+                    if computation == module.entry}
+        root = module.roots.get(module.entry)
+        self.outputs = self.ops[root][1] if root else []
 
     def ancestors(self, name):
         """Every instruction `name` reads, directly or not (the names)."""
@@ -129,27 +99,6 @@ def fusion_problems(hlo, param_of, iterations, kernels, variables):
     return problems
 
 
-def _run(scheduled=True, **fit_args):
-    """Returns (Run, x, y): a jit-compiled runner.Run of the tutorial CNN under a triangular2 CLR on
-    random uint8 images, and one batch of them; without `scheduled` the optimizer's rate is a
-    plain variable (for code that would set it from the schedule in Python)."""
-    keras.utils.set_random_seed(0)
-    model = models.create_model(seed=1, input_shape=IMAGE)
-    clr = schedules.Triangular2CyclicalLearningRate(1e-3, 1e-2, step_size=4)
-    model.compile(keras.optimizers.SGD(clr if scheduled else 1e-3, momentum=0.9), keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=["accuracy"])
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(4 * BATCH,) + IMAGE, dtype=np.uint8)
-    y = rng.integers(0, 10, size=(4 * BATCH,), dtype=np.int32)
-    run = runner.Run(
-        model, inputs.make_train_input(x, y, BATCH, drop_remainder=True), (None, None), seed=3, epochs=1,
-        steps_per_loop=2, jit_compile=True, batch_splits=0, workdir=None, checkpoint_every_steps=0,
-        keep_checkpoints=1, log_every_steps=100, profile_steps=None, max_steps=None,
-        validation_batch_size=BATCH, **fit_args,
-    )
-    return run, tf.constant(x[:BATCH]), tf.constant(y[:BATCH])
-
-
 def _check(run, compiled, x, y):
     model = run.model
     hlo = Hlo(compiled.experimental_get_compiler_ir(x, y)(stage="hlo"))
@@ -167,7 +116,7 @@ def _check(run, compiled, x, y):
 
 @pytest.fixture(scope="module")
 def scheduled():
-    return _run()
+    return jit_cnn_run()
 
 
 def test_the_jit_train_step_is_one_module_with_schedule_gradients_and_updates(scheduled):
@@ -185,23 +134,11 @@ def test_the_jit_train_step_is_one_module_with_schedule_gradients_and_updates(sc
     assert run.step == 1 and not all(np.array_equal(a, b) for a, b in zip(before, run.model.get_weights()))
 
 
-def _gradients_only(model):
-    """The mutation of the fused step: a compiled function of the forward and backward pass only,
-    with the schedule and the update left outside XLA."""
-
-    def gradients(a, b):
-        with tf.GradientTape() as tape:
-            loss = model.compute_loss(a, b, model(a, training=True))
-        return tape.gradient(loss, model.trainable_variables)
-
-    return tf.function(gradients, jit_compile=True, autograph=False)
-
-
 def test_the_check_fails_when_the_schedule_and_update_are_outside_the_compiled_function(scheduled):
     """The mutation: only the forward and backward pass compiled, the schedule and the update left
     to run outside XLA."""
     run, x, y = scheduled
-    _, problems = _check(run, _gradients_only(run.model), x, y)
+    _, problems = _check(run, gradients_only(run.model), x, y)
     assert any("schedule arithmetic" in p for p in problems), problems
     assert any("is not written by the module" in p for p in problems), problems
 
@@ -209,7 +146,7 @@ def test_the_check_fails_when_the_schedule_and_update_are_outside_the_compiled_f
 def test_the_check_fails_when_the_rate_is_computed_outside_and_fed_in():
     """The mutation: the same fused step, but the optimizer's rate a plain variable that Python would
     set from the schedule before each step: the module no longer holds the schedule."""
-    run, x, y = _run(scheduled=False)
+    run, x, y = jit_cnn_run(scheduled=False)
     _, problems = _check(run, run.steps.train_step, x, y)
     assert any("schedule arithmetic" in p for p in problems), problems
     assert any("does not use the scheduled rate" in p for p in problems), problems

@@ -19,8 +19,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-
-from fusion_test import BATCH, _balanced, _gradients_only, _run
+from testing import CNN_BATCH, HloModule, gradients_only, jit_cnn_run
 
 # What takes data off the device or hands control to the host: none of these may appear, nor a
 # host transfer or a buffer in host memory (memory space S(5)).
@@ -29,7 +28,6 @@ LEAVING = ("send", "send-done", "recv", "recv-done", "infeed", "outfeed", "host-
 # Library calls that run on the device itself (cuDNN convolutions, cuBLAS/cuBLASLt GEMMs, Triton
 # and XLA's own GPU kernels); any other custom-call could be a host callback and is refused.
 DEVICE_CALLS = ("__cudnn$", "__cublas", "__triton", "__gpu$", "__onednn$")
-CALLEE = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_computation)=%([\w.\-]+)")
 
 
 def _first_shape_elements(shape):
@@ -42,98 +40,10 @@ def _first_shape_elements(shape):
     return count
 
 
-class Module:
-    """Every computation of an optimised HLO module's text as one dataflow graph.
-
-    `ops[name] = (opcode, operands, line, computation, shape)` for every instruction (names are
-    unique in a module); `params[number]` are the ENTRY computation's parameters, `outputs` the
-    operands of its ROOT tuple, `aliases` the output -> parameter map of `input_output_alias`.
-    """
-
-    def __init__(self, text):
-        text = re.sub(r"/\*.*?\*/", "", text)
-        self.modules = len(re.findall(r"^HloModule ", text, re.M))
-        header = text.splitlines()[0]
-        self.aliases = {int(o): int(p) for o, p in re.findall(r"\{(\d+)\}: \((\d+), \{\}", header)}
-        self.ops, self.params, self.outputs = {}, {}, []
-        self.roots, self.comp_params, self.callers = {}, {}, {}
-        computation, entry = None, None
-        for line in text.splitlines():
-            head = re.match(r"^(ENTRY\s+)?%([\w.\-]+)\s.*\{\s*$", line)
-            if head and not line.startswith(" "):
-                computation = head.group(2)
-                if head.group(1):
-                    entry = computation
-                continue
-            m = re.match(r"\s*(ROOT\s+)?%(\S+)\s*=\s*", line)
-            if not m or computation is None:
-                continue
-            rest = line[m.end():]
-            shape_end = _balanced(rest, 0) if rest.startswith("(") else rest.index(" ")
-            shape, body = rest[:shape_end], rest[shape_end:].lstrip()
-            opcode = re.match(r"[\w\-]+", body).group(0)
-            args_end = _balanced(body, len(opcode))
-            operands = re.findall(r"%([\w.\-]+)", body[len(opcode):args_end])
-            name = m.group(2)
-            self.ops[name] = (opcode, operands, line, computation, shape)
-            if opcode == "parameter":
-                number = int(re.search(r"parameter\((\d+)\)", body).group(1))
-                self.comp_params.setdefault(computation, {})[number] = name
-            if m.group(1):
-                self.roots[computation] = name
-            for _, callee in CALLEE.findall(body[args_end:]):
-                self.callers.setdefault(callee, []).append(name)
-        self.entry = entry
-        self.params = dict(self.comp_params.get(entry, {}))
-        root = self.roots.get(entry)
-        self.outputs = self.ops[root][1] if root and self.ops[root][0] == "tuple" else [root]
-
-    def _callee(self, name, key="calls"):
-        m = re.search(rf"\b{key}=%([\w.\-]+)", self.ops[name][2])
-        return m.group(1) if m else None
-
-    def _inputs(self, name):
-        """The instructions whose values `name`'s value is computed from, across computations."""
-        opcode, operands, line, computation, _ = self.ops[name]
-        if opcode == "parameter" and computation != self.entry:
-            number = int(re.search(r"parameter\((\d+)\)", line).group(1))
-            found = []
-            for caller in self.callers.get(computation, []):
-                caller_op, caller_operands = self.ops[caller][0], self.ops[caller][1]
-                if caller_op == "conditional":
-                    found += caller_operands[1:]  # a branch reads its own operand; over-approximated
-                elif caller_op == "while":
-                    found += caller_operands + [self.roots[self._callee(caller, "body")]]
-                elif number < len(caller_operands):
-                    found.append(caller_operands[number])
-            return found
-        if opcode == "get-tuple-element":
-            source = operands[0]
-            callee = self._callee(source) or self._callee(source, "body") or (
-                self._callee(source, "to_apply") if self.ops[source][0] == "call" else None)
-            root = self.roots.get(callee)
-            index = int(re.search(r"index=(\d+)", line).group(1))
-            if root and self.ops[root][0] == "tuple" and index < len(self.ops[root][1]):
-                return [self.ops[root][1][index]] + ([source] if self.ops[source][0] == "while" else [])
-            return operands
-        callee = self._callee(name) or self._callee(name, "body") or (self._callee(name, "to_apply") if opcode == "call" else None)
-        if callee and opcode in ("fusion", "call", "while", "async-start"):
-            return [self.roots[callee]] + (operands if opcode == "while" else [])
-        if opcode == "conditional":
-            branches = re.findall(r"%([\w.\-]+)", (re.search(r"branch_computations=\{([^}]*)\}", line) or [None, ""])[1])
-            branches += [self._callee(name, k) for k in ("true_computation", "false_computation") if self._callee(name, k)]
-            return operands + [self.roots[b] for b in branches if b in self.roots]
-        return [o for o in operands if o in self.ops]
-
-    def ancestors(self, name):
-        """Every instruction `name`'s value is computed from, directly or not, in any computation."""
-        seen, todo = set(), [name]
-        while todo:
-            for source in self._inputs(todo.pop()):
-                if source in self.ops and source not in seen:
-                    seen.add(source)
-                    todo.append(source)
-        return seen
+class Module(HloModule):
+    """Every computation of an optimised HLO module's text as one dataflow graph (testing.HloModule:
+    `ops[name] = (opcode, operands, line, computation, shape)`, `params`, `outputs`, `aliases`,
+    `ancestors` across computations), with the instructions TensorFlow named and the convolutions."""
 
     def named(self, pattern):
         """The instructions whose TensorFlow op_name (in their metadata) matches `pattern`."""
@@ -240,7 +150,7 @@ def _check(run, compiled, x, y, device, keep_as=None):
 
 @pytest.fixture(scope="module")
 def scheduled():
-    return _run()
+    return jit_cnn_run()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -249,7 +159,7 @@ def test_the_devices_compiled_step_is_one_module_with_schedule_gradients_and_upd
     assert run.jit_compile and run.splits == 1
     module, problems = _check(run, run.steps.train_step, x, y, device, keep_as="train_step_optimized_hlo")
     assert problems == [], "\n".join(problems)
-    assert f"[{BATCH},16,16,1]" in module.ops[module.params[0]][4]
+    assert f"[{CNN_BATCH},16,16,1]" in module.ops[module.params[0]][4]
     if device.startswith("GPU"):
         # Every variable the step reads lives on the GPU: nothing is copied from the host around it either.
         variables = run.model.trainable_variables + list(run.optimizer.variables)
@@ -263,7 +173,7 @@ def test_the_check_fails_when_the_schedule_and_update_are_outside_the_compiled_f
     """The mutation: only the forward and backward pass compiled, the schedule and the update left
     to run outside XLA."""
     run, x, y = scheduled
-    compiled = _gradients_only(run.model)
+    compiled = gradients_only(run.model)
     _, problems = _check(run, compiled, x, y, device)
     assert any("iteration counter" in p for p in problems), problems
 
@@ -271,7 +181,7 @@ def test_the_check_fails_when_the_schedule_and_update_are_outside_the_compiled_f
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_check_fails_when_the_rate_is_computed_outside_and_fed_in(device):
     """The mutation: the fused step with the optimizer's rate a plain variable that Python would set."""
-    run, x, y = _run(scheduled=False)
+    run, x, y = jit_cnn_run(scheduled=False)
     _, problems = _check(run, run.steps.train_step, x, y, device)
     assert any("schedule arithmetic" in p for p in problems), problems
 

@@ -6,19 +6,15 @@ uninterrupted run for every resume.
 """
 
 import csv
-import json
 import os
-import runpy
 import signal
 import subprocess
 import sys
 
-import h5py
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
 
 from clr_loop import actions
 from clr_loop import checkpointing
@@ -28,56 +24,23 @@ from clr_loop.experiment import models
 from clr_loop import optimizers
 from clr_loop import runtime
 from clr_loop import schedules
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-N, BATCH = 200, 32  # 7 batches an epoch, the last one of 8 examples
-STEPS_PER_EPOCH = 7
-
-
-def toy_data(n=N, seed=0, features=8):
-    """Returns (x float32 [n, features], y int32 [n]) with a learnable 3-class label."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, features)).astype(np.float32)
-    y = np.argmax(x[:, :3] + 0.5 * x[:, 3:6], axis=1).astype(np.int32)
-    return x, y
-
-
-def logits_model(*middle, seed=1):
-    """Returns Input(8) -> Dense(16, relu) -> middle layers -> Dense(3) logits, initialised from `seed`."""
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), *middle, keras.layers.Dense(3)]
-    )
-
-
-def twins(build, compile_kwargs):
-    """Returns two compiled models from `build()` with identical initial weights (ours, Keras's)."""
-    ours, theirs = build(), build()
-    theirs.set_weights(ours.get_weights())
-    for m in (ours, theirs):
-        m.compile(**compile_kwargs(), jit_compile=False)
-    return ours, theirs
-
-
-def logits_compile(lr=0.1, momentum=0.0):
-    return lambda: dict(
-        optimizer=keras.optimizers.SGD(lr, momentum=momentum),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-
-
-def compiled(build=logits_model, **compile_kwargs):
-    model = build()
-    model.compile(**logits_compile(**compile_kwargs)())
-    return model
-
-
-def assert_same_weights(a, b, atol=1e-5):
-    wa, wb = a.get_weights(), b.get_weights()
-    assert len(wa) == len(wb)
-    for u, v in zip(wa, wb):
-        np.testing.assert_allclose(u, v, rtol=1e-5, atol=atol)
+from testing import (
+    BATCH,
+    N,
+    REPO,
+    STEPS_PER_EPOCH,
+    SigtermAt,
+    assert_same_weights,
+    compiled,
+    dict_model,
+    event_values,
+    history_without_timing,
+    logits_compile,
+    logits_model,
+    sigkill_then_resume,
+    toy_data,
+    twins,
+)
 
 
 def assert_val_equals_evaluate(history, model, x_val, y_val, batch_size=BATCH):
@@ -226,14 +189,6 @@ def test_reported_loss_includes_the_regularisation():
 # 5. Multi-input dict model --------------------------------------------------------------------
 
 
-def dict_model():
-    keras.utils.set_random_seed(2)
-    a = keras.Input((4,), name="a")
-    b = keras.Input((3,), name="b")
-    h = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([a, b]))
-    return keras.Model({"a": a, "b": b}, keras.layers.Dense(3)(h))
-
-
 def test_multi_input_dict_model_trains_like_keras_and_validates_like_evaluate():
     x, y = toy_data(features=7)
     x_val, y_val = toy_data(60, seed=1, features=7)
@@ -328,12 +283,12 @@ def test_a_run_early_stopping_ended_is_complete_when_called_again(tmp_path, caps
 
     first, history = run()
     assert history.epoch == [0, 1] and int(first.optimizer.iterations) == 2 * STEPS_PER_EPOCH
-    saved = _history_file(workdir)
+    saved = history_without_timing(workdir)
     capsys.readouterr()
     again, history = run()
     assert "stopped by a callback at step 14" in capsys.readouterr().out
     assert int(again.optimizer.iterations) == 2 * STEPS_PER_EPOCH
-    assert history.history == saved and _history_file(workdir) == saved
+    assert history.history == saved and history_without_timing(workdir) == saved
     for a, b in zip(first.get_weights(), again.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -403,90 +358,8 @@ def test_a_metric_that_is_not_a_mean_keeps_its_keras_state_and_validates_like_ev
 
 # 8. SIGKILL and resume ------------------------------------------------------------------------
 
-KILL_SCRIPT = '''
-import os, signal, sys
-import keras
-import numpy as np
-from clr_loop import loop
-
-workdir, out, kill_at, marker = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-input_mode = sys.argv[5] if len(sys.argv) > 5 else "auto"
-rng = np.random.default_rng(0)
-x = rng.normal(size=(200, 8)).astype(np.float32)
-y = np.argmax(x[:, :3] + 0.5 * x[:, 3:6], axis=1).astype(np.int32)
-keras.utils.set_random_seed(1)
-model = keras.Sequential([
-    keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dropout(0.3, seed=2),
-    keras.layers.Dense(3),
-])
-model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
-              keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-
-
-class KillOnce(keras.callbacks.Callback):
-    def on_train_batch_end(self, batch, logs=None):
-        if 0 <= kill_at <= int(self.model.optimizer.iterations) and not os.path.exists(marker):
-            open(marker, "w").close()
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-loop.fit(model, x, y, batch_size=32, epochs=3, seed=7, verbose=0, workdir=workdir, steps_per_loop=2,
-         checkpoint_every_steps=4, log_every_steps=3, validation_data=(x[:50], y[:50]), callbacks=[KillOnce()],
-         input_mode=input_mode)
-model.save_weights(out)
-'''
-
-
-def _start(script, workdir, out, kill_at, marker, input_mode="auto"):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    return subprocess.Popen([sys.executable, script, workdir, out, str(kill_at), marker, input_mode], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _h5_arrays(path):
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return arrays
-
-
-def _history_file(workdir):
-    with open(os.path.join(workdir, "history.json")) as f:
-        history = json.load(f)
-    history.pop("epoch_seconds")
-    return history
-
-
 def test_sigkill_mid_epoch_then_the_same_call_again_is_bit_identical(tmp_path, monkeypatch):
     sigkill_then_resume(tmp_path, monkeypatch)
-
-
-def sigkill_then_resume(tmp_path, monkeypatch, reference_mode="auto", killed_mode="auto"):
-    """Runs KILL_SCRIPT killed at step 10 and again (input mode `killed_mode`) and uninterrupted
-    (`reference_mode`); asserts the two end with the same bits and the same history."""
-    script = str(tmp_path / "train.py")
-    with open(script, "w") as f:
-        f.write(KILL_SCRIPT)
-    marker = str(tmp_path / "killed")
-    ref_dir, run_dir = str(tmp_path / "reference"), str(tmp_path / "run")
-    ref_out, run_out = str(tmp_path / "ref.weights.h5"), str(tmp_path / "run.weights.h5")
-    # Killed at step 10: mid epoch 2, after the checkpoint at step 8, before the one at 12.
-    killed = _start(script, run_dir, run_out, 10, marker, killed_mode)
-    # Meanwhile the uninterrupted reference, the same script in this process.
-    monkeypatch.setattr(sys, "argv", [script, ref_dir, ref_out, "-1", marker, reference_mode])
-    runpy.run_path(script, run_name="__main__")
-    out, _ = killed.communicate(timeout=120)
-    assert killed.returncode == -signal.SIGKILL, out
-    assert os.path.exists(marker) and not os.path.exists(run_out)
-    resumed = _start(script, run_dir, run_out, 10, marker, killed_mode)
-    out, _ = resumed.communicate(timeout=120)
-    assert resumed.returncode == 0, out
-    assert "Resuming from" in out and "ckpt-8" in out, out
-    expected, actual = _h5_arrays(ref_out), _h5_arrays(run_out)
-    assert expected and set(actual) == set(expected)
-    for name in expected:
-        assert np.array_equal(actual[name], expected[name]), name
-    assert _history_file(run_dir) == _history_file(ref_dir)
 
 
 # 9. Errors ------------------------------------------------------------------------------------
@@ -663,13 +536,6 @@ def test_a_non_finite_rate_or_update_stops_the_run_before_any_non_finite_weight_
 # 12. TensorBoard events and history.json ------------------------------------------------------
 
 
-def _event_values(logdir):
-    acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
-    acc.Reload()
-    return {tag: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
-            for tag in acc.Tags()["tensors"]}
-
-
 def test_workdir_holds_tensorboard_scalars_and_the_history(tmp_path):
     x, y = toy_data()
     x_val, y_val = toy_data(50, seed=1)
@@ -677,8 +543,8 @@ def test_workdir_holds_tensorboard_scalars_and_the_history(tmp_path):
     model = compiled()
     history = loop.fit(model, x, y, batch_size=BATCH, epochs=2, verbose=0, workdir=workdir,
                        log_every_steps=STEPS_PER_EPOCH, validation_data=(x_val, y_val))
-    train = _event_values(os.path.join(workdir, "train"))
-    evals = _event_values(os.path.join(workdir, "eval"))
+    train = event_values(os.path.join(workdir, "train"))
+    evals = event_values(os.path.join(workdir, "eval"))
     assert {"loss", "accuracy", "lr"} <= set(train)
     assert {"loss", "accuracy"} <= set(evals)
     epoch_ends = [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
@@ -691,19 +557,7 @@ def test_workdir_holds_tensorboard_scalars_and_the_history(tmp_path):
         assert [evals[tag][s] for s in epoch_ends] == pytest.approx(history.history["val_" + tag], rel=1e-6)
     expected = model.evaluate(x_val, y_val, batch_size=BATCH, verbose=0, return_dict=True)
     assert evals["loss"][epoch_ends[-1]] == pytest.approx(expected["loss"], rel=1e-5)
-    assert _history_file(workdir) == history.history
-
-
-class SigtermAt(keras.callbacks.Callback):
-    """Sends this process a SIGTERM after the compiled loop that ends at optimizer step `step`."""
-
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+    assert history_without_timing(workdir) == history.history
 
 
 def test_tensorboard_values_after_a_sigterm_and_resume_equal_the_uninterrupted_runs(tmp_path):
@@ -721,7 +575,7 @@ def test_tensorboard_values_after_a_sigterm_and_resume_equal_the_uninterrupted_r
         loop.fit(compiled(momentum=0.9), x, y, workdir=parts, callbacks=[SigtermAt(5)], **kwargs)
     loop.fit(compiled(momentum=0.9), x, y, workdir=parts, **kwargs)
     for sub in ("train", "eval"):
-        expected, got = _event_values(os.path.join(whole, sub)), _event_values(os.path.join(parts, sub))
+        expected, got = event_values(os.path.join(whole, sub)), event_values(os.path.join(parts, sub))
         assert set(got) == set(expected)
         for tag in expected:
             assert got[tag] == expected[tag], (sub, tag)  # the same steps, bit-identical values
@@ -741,12 +595,12 @@ def test_a_sigterm_at_an_epochs_last_step_resumes_into_its_validation_and_histor
     with pytest.raises(actions.Interrupted, match=f"SIGTERM at step {signal_step}"):
         loop.fit(compiled(), x, y, workdir=parts, callbacks=[SigtermAt(signal_step)], **kwargs)
     history = loop.fit(compiled(), x, y, workdir=parts, **kwargs)
-    expected = _history_file(whole)
+    expected = history_without_timing(whole)
     assert len(expected["loss"]) == 2
-    assert _history_file(parts) == expected
+    assert history_without_timing(parts) == expected
     assert history.history == expected
     for sub in ("train", "eval"):
-        assert _event_values(os.path.join(parts, sub)) == _event_values(os.path.join(whole, sub)), sub
+        assert event_values(os.path.join(parts, sub)) == event_values(os.path.join(whole, sub)), sub
 
 
 def test_a_sigterm_after_the_last_batch_of_a_dataset_of_unknown_length_resumes_into_the_epoch_end(tmp_path):
@@ -764,13 +618,13 @@ def test_a_sigterm_after_the_last_batch_of_a_dataset_of_unknown_length_resumes_i
     with pytest.raises(actions.Interrupted, match=f"SIGTERM at step {STEPS_PER_EPOCH}"):
         loop.fit(compiled(), data(), workdir=parts, callbacks=[SigtermAt(STEPS_PER_EPOCH)], **kwargs)
     loop.fit(compiled(), data(), workdir=parts, **kwargs)
-    expected = _history_file(whole)
+    expected = history_without_timing(whole)
     assert len(expected["loss"]) == 2
-    assert _history_file(parts) == expected
+    assert history_without_timing(parts) == expected
 
 
 def expected_steps(workdir):
-    return set(_event_values(os.path.join(workdir, "train"))["loss"])
+    return set(event_values(os.path.join(workdir, "train"))["loss"])
 
 
 # 13. Resuming refused -------------------------------------------------------------------------

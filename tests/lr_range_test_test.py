@@ -1,9 +1,7 @@
 """Tests for the clr_loop.lr_range_test app: its trainer flags, its curve, its outputs, flag-named errors."""
 
-import gzip
 import json
 import os
-import struct
 import subprocess
 import sys
 
@@ -18,9 +16,7 @@ from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import fashion_mnist
 from clr_loop import lr_finder
 from clr_loop import lr_range_test as lrt
-from train_cli_test import assert_one_line_usage_error
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from testing import REPO, assert_one_line_usage_error, write_tiny_idx_dir
 
 
 def test_trainer_flags_follow_the_momentum_of_the_test():
@@ -83,20 +79,6 @@ def test_trainer_flags_give_every_schedule_family_its_peak_rate():
     ]
 
 
-def write_tiny_idx_dir(directory, n_train=96, n_test=40, seed=0):
-    """Writes the four Fashion-MNIST IDX .gz files (real format, tiny sizes) into `directory`."""
-    os.makedirs(directory, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        images = (rng.integers(0, 40, (n, 28, 28)) + labels[:, None, None] * 20).astype(np.uint8)
-        with gzip.open(os.path.join(directory, fashion_mnist.IDX_FILES[f"{split}_images"]), "wb") as f:
-            f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-        with gzip.open(os.path.join(directory, fashion_mnist.IDX_FILES[f"{split}_labels"]), "wb") as f:
-            f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
-    return directory
-
-
 def run_cli(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     return subprocess.run(
@@ -114,7 +96,7 @@ def run_main_in_process(argv):
 
 
 def test_app_writes_json_and_png_and_prints_the_flags(tmp_path, capsys):
-    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"), learnable=True)
     workdir = tmp_path / "lr"
     status = run_main_in_process([
         f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--start_lr=1e-4", "--end_lr=1", "--num_steps=40",
@@ -146,7 +128,7 @@ def test_the_apps_curve_is_keras_own_train_on_batch_losses(tmp_path):
     from clr_loop import inputs
     from clr_loop.experiment import models
 
-    data = fashion_mnist.load(dataset_dir=write_tiny_idx_dir(str(tmp_path / "idx")))
+    data = fashion_mnist.load(dataset_dir=write_tiny_idx_dir(str(tmp_path / "idx"), learnable=True))
     config = lrt.RangeTestConfig(start_lr=1e-3, end_lr=0.3, num_steps=5, batch_size=32, seed=7, momentum=0.9,
                                  jit_compile="false", workdir=str(tmp_path / "lr"))
     result, _ = lrt.run_range_test(config, data)
@@ -216,7 +198,7 @@ def no_range_test(monkeypatch):
 
 
 def test_unwritable_workdir_is_refused_before_the_test_runs(tmp_path, capsys, no_range_test):
-    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"), learnable=True)
     (tmp_path / "a_file").write_text("in the way")
     workdir = tmp_path / "a_file" / "lr"
     assert run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--jit_compile=false"]) == 1
@@ -224,7 +206,7 @@ def test_unwritable_workdir_is_refused_before_the_test_runs(tmp_path, capsys, no
 
 
 def test_a_batch_larger_than_the_data_is_refused_before_writing(tmp_path, capsys, no_range_test):
-    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"), learnable=True)
     workdir = tmp_path / "lr"
     assert run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--batch_size=100"]) == 1
     assert "error: --batch_size: 96 examples are fewer than one batch of 100" in capsys.readouterr().err
@@ -232,7 +214,7 @@ def test_a_batch_larger_than_the_data_is_refused_before_writing(tmp_path, capsys
 
 
 def test_an_output_file_that_cannot_be_written_is_named(tmp_path, capsys):
-    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"), learnable=True)
     workdir = tmp_path / "lr"
     (workdir / lrt.JSON_NAME).mkdir(parents=True)  # a folder where the JSON goes
     status = run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--num_steps=3",
@@ -260,7 +242,7 @@ def test_ctrl_c_during_the_test_keeps_the_curve_so_far(tmp_path, capsys, monkeyp
             self.train_step = train_step
 
     monkeypatch.setattr(lr_finder.steps_lib, "Steps", InterruptedAtStep5)
-    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
+    data_dir = write_tiny_idx_dir(str(tmp_path / "idx"), learnable=True)
     workdir = tmp_path / "lr"
     status = run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--start_lr=1e-4", "--end_lr=1",
                                   "--num_steps=40", "--batch_size=16", "--jit_compile=false"])

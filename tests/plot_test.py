@@ -14,9 +14,8 @@ from absl.testing import flagsaver
 from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import figures
 from clr_loop import plot
-from train_cli_test import assert_one_line_usage_error
+from testing import REPO, assert_one_line_usage_error
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The tutorial's numbers: 60000 // 64 = 937 steps per epoch, step size 2 epochs.
 STEPS_PER_EPOCH = 937

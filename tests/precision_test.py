@@ -23,8 +23,7 @@ from clr_loop import runtime
 from clr_loop import schedules
 from clr_loop.experiment import trial
 from clr_loop import workdir as workdir_lib
-from loop_test import BATCH, STEPS_PER_EPOCH, assert_same_weights, toy_data, twins
-from trainer_test import fake_data, make_config
+from testing import BATCH, STEPS_PER_EPOCH, assert_same_weights, fake_data, make_config, toy_data, twins
 
 MIXED = ("mixed_bfloat16", "mixed_float16")
 EPOCHS = 3

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train_cli_test import REPO, write_tiny_idx_dir
+from testing import REPO, write_tiny_idx_dir
 
 BASE_FLAGS = [
     "--mode=triangular2", "--step_size_epochs=0.5", "--epochs=3", "--batch_size=16", "--eval_batch_size=50",

@@ -23,8 +23,8 @@ from clr_loop.experiment import config as config_lib
 from clr_loop import loop
 from clr_loop import optimizers
 from clr_loop.experiment import trial
-from loop_test import BATCH, STEPS_PER_EPOCH, _history_file, _start, toy_data
-from trainer_test import fake_data, make_config
+from testing import BATCH, REPO, STEPS_PER_EPOCH, fake_data, history_without_timing, make_config, start_script
+from testing import toy_data
 
 
 def sf_model(bn=False, seed=1):
@@ -217,13 +217,13 @@ def test_sigkill_then_the_same_call_again_is_bit_identical(tmp_path, monkeypatch
     marker = str(tmp_path / "killed")
     ref_dir, run_dir = str(tmp_path / "reference"), str(tmp_path / "run")
     ref_out, run_out = str(tmp_path / "ref.npz"), str(tmp_path / "run.npz")
-    killed = _start(script, run_dir, run_out, kill_at, marker)
+    killed = start_script(script, run_dir, run_out, kill_at, marker)
     monkeypatch.setattr(sys, "argv", [script, ref_dir, ref_out, "-1", marker])
     runpy.run_path(script, run_name="__main__")
     out, _ = killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL, out
     assert os.path.exists(marker) and not os.path.exists(run_out)
-    resumed = _start(script, run_dir, run_out, kill_at, marker)
+    resumed = start_script(script, run_dir, run_out, kill_at, marker)
     out, _ = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, out
     assert "Resuming from" in out and resumed_from in out, out
@@ -232,12 +232,10 @@ def test_sigkill_then_the_same_call_again_is_bit_identical(tmp_path, monkeypatch
     assert any("_z" in name for name in expected.files) and any("weight_sum" in name for name in expected.files)
     for name in expected.files:
         assert np.array_equal(actual[name], expected[name]), name
-    assert _history_file(run_dir) == _history_file(ref_dir)
+    assert history_without_timing(run_dir) == history_without_timing(ref_dir)
 
 
 # The CLI's --mode=schedule_free ------------------------------------------------------------------
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def flagfile_config(name, *extra):

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from clr_loop.schedules import CyclicalLearningRate, OneCycle, Sequence, Warmup, WarmupStableDecay
-from schedules_test import assert_rel, roundtrip, tfa_oracle, TRIANGULAR
+from testing import TRIANGULAR, assert_rel, roundtrip, tfa_oracle
 
 
 def wsd_oracle(t, peak, total, warmup, decay_steps, final, decay):

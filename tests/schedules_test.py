@@ -20,15 +20,7 @@ from clr_loop.schedules import (
     Triangular2CyclicalLearningRate,
     TriangularCyclicalLearningRate,
 )
-
-
-def tfa_oracle(step, lo, hi, step_size, scale_fn, scale_mode):
-    """TFA's formula in float64: cycle = floor(1 + s/2S), x = |s/S - 2 cycle + 1|."""
-    step = np.asarray(step, dtype=np.float64)
-    cycle = np.floor(1 + step / (2 * step_size))
-    x = np.abs(step / step_size - 2 * cycle + 1)
-    mode_step = cycle if scale_mode == "cycle" else step
-    return lo + (hi - lo) * np.maximum(0.0, 1 - x) * scale_fn(mode_step)
+from testing import TRIANGULAR, assert_rel, roundtrip, tfa_oracle
 
 
 def torch_cyclic_oracle(step, lo, hi, up, down, scale_fn, scale_mode):
@@ -74,23 +66,11 @@ def torch_onecycle_oracle(step, max_lr, total, pct, strategy, div, final_div, th
     return np.array(out)
 
 
-TRIANGULAR = lambda c: np.ones_like(np.asarray(c, dtype=np.float64))  # noqa: E731
 TRIANGULAR2 = lambda c: 0.5 ** (np.asarray(c, dtype=np.float64) - 1)  # noqa: E731
 
 
 def exp_range(gamma):
     return lambda s: gamma ** np.asarray(s, dtype=np.float64)
-
-
-def roundtrip(schedule):
-    """Serializes through JSON text and back, as a saved model would."""
-    text = json.dumps(keras.saving.serialize_keras_object(schedule))
-    return keras.saving.deserialize_keras_object(json.loads(text))
-
-
-def assert_rel(actual, expected, rtol=1e-6):
-    actual = np.asarray(actual, dtype=np.float64)
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=0)
 
 
 CLR_CASES = [

@@ -19,7 +19,7 @@ from clr_loop.experiment import config as config_lib
 from clr_loop.experiment import fashion_mnist
 from clr_loop.experiment import models
 from clr_loop import schedules
-from train_cli_test import write_tiny_idx_dir
+from testing import write_tiny_idx_dir
 
 torch = pytest.importorskip("torch")
 

@@ -8,7 +8,6 @@ import struct
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from absl import app
@@ -16,53 +15,10 @@ from absl import flags
 from absl.testing import flagsaver
 
 from clr_loop.experiment import fashion_mnist
-from clr_loop import train
+from clr_loop import train  # noqa: F401  (defines the app's flags, which tests here parse)
 from clr_loop.experiment import trial
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds"}
-
-
-def write_tiny_idx_dir(directory, n_train=96, n_test=40, seed=0, source=None):
-    """Writes the four Fashion-MNIST IDX .gz files (real format, tiny sizes) into `directory`.
-
-    The examples are seeded random pixels and labels, or with `source` (a folder of the real IDX
-    files) the first `n_train` and `n_test` examples of the real splits.
-    """
-    os.makedirs(directory, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    real = fashion_mnist.load_idx_dir(source) if source else None
-    for split, n in (("train", n_train), ("test", n_test)):
-        if real is not None:
-            images = getattr(real, split).images[:n, :, :, 0]
-            labels = getattr(real, split).labels[:n].astype(np.uint8)
-        else:
-            images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-            labels = rng.integers(0, 10, n, dtype=np.uint8)
-        with gzip.open(os.path.join(directory, fashion_mnist.IDX_FILES[f"{split}_images"]), "wb") as f:
-            f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-        with gzip.open(os.path.join(directory, fashion_mnist.IDX_FILES[f"{split}_labels"]), "wb") as f:
-            f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
-    return directory
-
-
-# Lines TensorFlow's and absl's loggers write to stderr on their own (not an app's message).
-_LOG_LINE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IWEF]\d{4} \d\d:\d\d:\d\d)")
-
-
-def app_message_lines(stderr):
-    """Returns the lines of an app's stderr that are not log lines of TensorFlow or absl."""
-    return [line for line in stderr.splitlines() if line.strip() and not _LOG_LINE.match(line)]
-
-
-def assert_one_line_usage_error(result, *parts):
-    """Asserts an app exited 1 with `error: ...` or absl's flag error and the --helpshort hint only, naming `parts`."""
-    lines = app_message_lines(result.stderr)
-    assert result.returncode == 1, result.stderr
-    assert len(lines) == 2 and lines[1] == "Pass --helpshort or --helpfull to see help on flags.", result.stderr
-    assert lines[0].startswith(("error: ", "FATAL Flags parsing error: ")), result.stderr
-    for part in parts:
-        assert part in lines[0]
+from testing import REPO, app_message_lines, assert_one_line_usage_error, assert_run_outputs, run_main_in_process
+from testing import write_tiny_idx_dir
 
 
 def run_cli(*args, cwd=REPO):
@@ -70,24 +26,6 @@ def run_cli(*args, cwd=REPO):
     return subprocess.run(
         [sys.executable, "-m", "clr_loop.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
-
-
-def run_main_in_process(argv):
-    """Parses `argv` as the app would and runs `train.main`; returns its exit status."""
-    with flagsaver.flagsaver():
-        flags.FLAGS.unparse_flags()
-        rest = flags.FLAGS(["clr_loop.train", *argv])
-        return train.main(rest)
-
-
-def assert_run_outputs(workdir, epochs, extra_keys=()):
-    history = json.load(open(os.path.join(workdir, "history.json")))
-    assert set(history) == HISTORY_KEYS | set(extra_keys)
-    assert all(len(v) == epochs for v in history.values())
-    assert json.load(open(os.path.join(workdir, "config.json")))["resolved"]["total_steps"] > 0
-    for sub in ("train", "eval"):
-        assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, sub)))
-    return history
 
 
 def test_cli_on_tiny_idx_folder(tmp_path):

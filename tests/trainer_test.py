@@ -13,33 +13,12 @@ from clr_loop import actions
 from clr_loop import checkpointing
 from clr_loop import errors
 from clr_loop.experiment import config as config_lib
-from clr_loop.experiment import fashion_mnist
 from clr_loop import inner_loop
 from clr_loop import inputs
 from clr_loop import runtime
 from clr_loop import steps as steps_lib
 from clr_loop.experiment import trial
-
-
-def fake_data(num_train=256, num_test=70, seed=0):
-    """Returns a FashionMnist of random images whose label is learnable (the mean brightness band)."""
-    rng = np.random.default_rng(seed)
-
-    def split(n):
-        labels = rng.integers(0, 10, n).astype(np.int32)
-        images = rng.integers(0, 40, (n, 28, 28, 1)) + (labels * 20)[:, None, None, None]
-        return fashion_mnist.Split(images=images.astype(np.uint8), labels=labels)
-
-    return fashion_mnist.FashionMnist(train=split(num_train), test=split(num_test), source="fake")
-
-
-def make_config(tmp_path, **overrides):
-    values = dict(
-        mode="triangular2", initial_lr=1e-3, max_lr=0.1, step_size_epochs=1.0, epochs=2, batch_size=32,
-        eval_batch_size=32, steps_per_loop=4, log_every_steps=2, jit_compile="false", workdir=str(tmp_path / "run"),
-    )
-    values.update(overrides)
-    return config_lib.Config(**values)
+from testing import fake_data, make_config, weights
 
 
 def test_a_config_built_in_code_with_invalid_values_is_refused_naming_the_field(tmp_path):
@@ -63,10 +42,6 @@ def test_a_config_built_in_code_with_invalid_values_is_refused_naming_the_field(
         "through tf.data",
     ]
     assert [p.field for p in refused.value.problems] == ["momentum", "input_mode"]
-
-
-def weights(model):
-    return [v.numpy().copy() for v in model.trainable_variables]
 
 
 def test_one_step_changes_weights_and_reports_the_rate_it_used(tmp_path):

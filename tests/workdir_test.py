@@ -25,11 +25,9 @@ from clr_loop import loop
 from clr_loop.experiment import trial
 from clr_loop import runner
 from clr_loop import workdir as workdir_lib
-from loop_test import BATCH, STEPS_PER_EPOCH, SigtermAt, _event_values, _history_file, compiled, toy_data
-from train_cli_test import write_tiny_idx_dir
-from trainer_test import fake_data, make_config
+from testing import BATCH, STEPS_PER_EPOCH, SigtermAt, compiled, event_values, fake_data, history_without_timing
+from testing import REPO, make_config, toy_data, write_tiny_idx_dir
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 3
 
 
@@ -54,11 +52,11 @@ def reference(tmp_path_factory):
 
 def assert_same_run(workdir, reference, model):
     ref_dir, ref_weights, ref_history = reference
-    assert _history_file(workdir) == ref_history
+    assert history_without_timing(workdir) == ref_history
     for got, want in zip(model.get_weights(), ref_weights):
         np.testing.assert_array_equal(got, want)
     for sub in ("train", "eval"):
-        assert _event_values(os.path.join(workdir, sub)) == _event_values(os.path.join(ref_dir, sub)), sub
+        assert event_values(os.path.join(workdir, sub)) == event_values(os.path.join(ref_dir, sub)), sub
 
 
 def half_written(workdir):
@@ -118,7 +116,7 @@ def test_the_app_with_stdout_on_a_full_device_trains_every_epoch_then_exits_1(tm
     assert result.returncode == 1, result.stderr
     assert "error: could not write the output to stdout ([Errno 28] No space left on device)" in result.stderr
     assert "Traceback" not in result.stderr
-    assert len(_history_file(workdir)["loss"]) == 3
+    assert len(history_without_timing(workdir)["loss"]) == 3
     assert os.path.exists(os.path.join(workdir, "ckpt", "ckpt-3.index"))
 
 
@@ -141,7 +139,7 @@ def test_a_failed_history_write_keeps_the_epoch_in_the_checkpoint(tmp_path, monk
     with pytest.raises(checkpointing.WorkdirError, match=r"could not write the history .*history.json.*the "
                        r"checkpoint .*ckpt-14 holds the new one"):
         fit(workdir)
-    assert len(_history_file(workdir)["loss"]) == 1  # the previous file, intact
+    assert len(history_without_timing(workdir)["loss"]) == 1  # the previous file, intact
     monkeypatch.setattr(checkpointing, "write_json_atomic", real_write)
     model, _ = fit(workdir)
     assert "Resuming from" in capsys.readouterr().out
@@ -440,7 +438,7 @@ def test_a_corrupt_record_in_an_event_file_keeps_everything_after_it(tmp_path, c
     # Points 4 and 5 (readable, after step 3) are dropped; the corrupt record and all after it stay.
     assert after.endswith(before[offset:])
     assert len(after) == len(before) - (framing[6][0] - framing[4][0])
-    assert _event_values(logdir) == {"loss": {1: 1.0, 2: 2.0, 3: 3.0}}  # TensorBoard stops at the bad record
+    assert event_values(logdir) == {"loss": {1: 1.0, 2: 2.0, 3: 3.0}}  # TensorBoard stops at the bad record
 
 
 def test_a_torn_last_record_is_dropped(tmp_path):
@@ -449,7 +447,7 @@ def test_a_torn_last_record_is_dropped(tmp_path):
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) - 5)
     checkpointing.truncate_events(logdir, 10)
-    assert _event_values(logdir) == {"loss": {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}}
+    assert event_values(logdir) == {"loss": {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}}
     assert [o for o, _ in records(path)][-1] + 16 + records(path)[-1][1] == os.path.getsize(path)
 
 

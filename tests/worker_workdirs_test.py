@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from clr_loop import checkpointing, distribute
-from distribute_test import Cluster, checkpoint_weights, free_ports, saved_step
-from train_cli_test import write_tiny_idx_dir
+from testing import Cluster, checkpoint_weights, free_ports, saved_step, write_tiny_idx_dir
 
 # 160 training examples in global batches of 16: 10 steps per epoch, 20 in all.
 FLAGS = ("--epochs=2", "--steps_per_loop=2", "--log_every_steps=2", "--checkpoint_every_steps=2",

@@ -13,8 +13,8 @@ def pytest_test(name, srcs, deps = [], data = [], args = [], **kwargs):
     test functions and exits 0, so every test would pass without running. This macro makes
     tools/pytest_main.py the main and passes it the test file. The runfiles look like the source
     tree so that pytest imports as in a plain `python -m pytest` run: pyproject.toml (its config)
-    comes along, and no __init__.py is made up (in tests/ one would stop a test from importing a
-    sibling test file, as tests/resume_test.py does).
+    comes along, and no __init__.py is made up (in tests/ one would stop a test from importing
+    tests/testing.py, the shared helpers, as the top-level module `testing`).
 
     Args:
       name: the test target's name.

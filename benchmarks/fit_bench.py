@@ -32,7 +32,7 @@ from round to round. A worker measures, in this order:
    divided by the steps.
 
 clr_loop's process sets its thread pools as an app does, before TensorFlow starts:
-`runtime.configure_threads(splits)` with `splits` the app's choice (`trainer.resolve_batch_splits`
+`runtime.configure_threads(splits)` with `splits` the app's choice (`trainer.planned_batch_splits`
 for the tutorial's CNN; 1 for the ResNet, whose BatchNormalization cannot be split, which the
 worker checks against `runtime.resolve_batch_splits` for the built model). Keras's process keeps
 TensorFlow's default pools, as the tutorial does.
@@ -121,7 +121,7 @@ CASES = {
 # Models and data
 
 
-def resnet20(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4):
+def resnet20_projection(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4):
     """Returns He et al.'s CIFAR ResNet-20 (arXiv:1512.03385, section 4.2) as a functional Keras model.
 
     Rescaling(1/255) of uint8 pixels, a 3x3 conv of 16 filters, then 3 stages of 3 basic blocks
@@ -193,7 +193,7 @@ def build_model(case):
     if case.model == "cnn":
         return models.create_model(seed=SEED)
     if case.model == "resnet20":
-        return resnet20()
+        return resnet20_projection()
     raise ValueError(f"unknown model {case.model!r}")
 
 
@@ -218,7 +218,7 @@ def compile_model(model, case):
 def app_splits(case, cores=None):
     """Returns the batch parts clr_loop's app would size its thread pools for, before TensorFlow starts.
 
-    For the tutorial's CNN what its app computes (`trainer.resolve_batch_splits` of a Config at
+    For the tutorial's CNN what its app computes (`trainer.planned_batch_splits` of a Config at
     the case's batch size); for the ResNet 1: BatchNormalization needs the whole batch
     (`steps.can_split`), so `runtime.resolve_batch_splits` gives 1 for it.
     """
@@ -230,7 +230,7 @@ def app_splits(case, cores=None):
         return 1
     if cores is not None:
         return runtime.auto_batch_splits(case.batch_size, cores)
-    return trial.resolve_batch_splits(config_lib.Config(batch_size=case.batch_size))
+    return trial.planned_batch_splits(config_lib.Config(batch_size=case.batch_size))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -290,7 +290,7 @@ def is_trainer_default(spec, splits, threads, default_input):
     from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
     default = config_lib.Config()
-    default_splits = trial.resolve_batch_splits(default)
+    default_splits = trial.planned_batch_splits(default)
     return (
         spec.kind == "loop"
         and spec.precision == "float32"
@@ -422,7 +422,7 @@ def apply_threads(spec):
         if spec.intra_op:
             tf.config.threading.set_intra_op_parallelism_threads(spec.intra_op)
     elif spec.kind in ("loop", "eval_loop"):
-        runtime.configure_threads(trial.resolve_batch_splits(_config(spec)))
+        runtime.configure_threads(trial.planned_batch_splits(_config(spec)))
     return machine.thread_pools()
 
 

@@ -143,7 +143,7 @@ def _history_or_empty(run_dir):
 
 
 def _plan_runs(flagfiles, seeds, per_seed, workdir, shared_init, overrides):
-    """Returns a Run per (seed, flagfile), seed-major, each Config built as `clr_loop.train` builds it,
+    """Returns a PlannedRun per (seed, flagfile), seed-major, each Config built as `clr_loop.train` builds it,
     with `init_weights` set to `shared_init` or to a placeholder `<workdir>/init[_seed<N>].weights.h5`
     that `_assign_initial_weights` replaces once the data (and so each run's model) is known."""
     runs = []
@@ -157,7 +157,7 @@ def _plan_runs(flagfiles, seeds, per_seed, workdir, shared_init, overrides):
                 "init_weights": shared_init or ablation.init_weights_path(workdir, seed, per_seed),
                 "save_init": os.path.join(run_dir, "init.weights.h5"),
             }
-            runs.append(ablation.Run(name, flagfile, seed, _config_for_run(flagfile, overrides, forced)))
+            runs.append(ablation.PlannedRun(name, flagfile, seed, _config_for_run(flagfile, overrides, forced)))
     return runs
 
 
@@ -309,7 +309,7 @@ def main(argv):
         return 1
     # Thread pools are per process and fixed once TensorFlow runs an op, so they are set here,
     # before the first one, for the runs' batch splitting when all runs split alike.
-    splits = {trial.resolve_batch_splits(run.config) for run in runs}
+    splits = {trial.planned_batch_splits(run.config) for run in runs}
     if len(splits) == 1:
         runtime.configure_threads(splits.pop())
     else:

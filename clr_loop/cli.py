@@ -72,7 +72,7 @@ def _definitions():
         (string, "dataset_dir", None, "Use the raw Fashion-MNIST IDX .gz files in this folder.", {}),
         (integer, "checkpoint_every_steps", d.checkpoint_every_steps, "Also checkpoint every this many steps (0: only at each epoch end and on SIGTERM/SIGINT).", {}),
         (integer, "keep_checkpoints", d.keep_checkpoints, "How many recent checkpoints to keep.", {}),
-        (boolean, "deterministic", False, "Bit-reproducible runs: op determinism on (see README for the cost).", {}),
+        (boolean, "deterministic", False, "Bit-reproducible runs: op determinism on (see docs/training.md for the cost).", {}),
         (boolean, "overwrite", False, "Start over in a workdir that holds another run (removes its outputs).", {}),
         (enum, "strategy", d.strategy, "default: one device; mirrored: local GPUs (or --devices); multi_worker: the TF_CONFIG cluster.", {"enum_values": config_lib.STRATEGIES}),
         (listing, "devices", None, "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1 (default: all GPUs, else all CPUs).", {}),
@@ -159,7 +159,7 @@ def set_up_process(config):
     from clr_loop import runtime  # pylint: disable=import-outside-toplevel
     from clr_loop.experiment import trial  # pylint: disable=import-outside-toplevel
 
-    runtime.configure_threads(trial.resolve_batch_splits(config))
+    runtime.configure_threads(trial.planned_batch_splits(config))
     if config.virtual_cpus:
         distribute.configure_virtual_cpus(config.virtual_cpus)
     make_deterministic(config)

@@ -111,7 +111,7 @@ def read_tf_config():
     """Returns the parsed TF_CONFIG environment variable; raises ClusterError naming what is wrong."""
     text = os.environ.get("TF_CONFIG")
     if not text:
-        raise ClusterError("the multi_worker strategy needs the TF_CONFIG environment variable (see README)")
+        raise ClusterError("the multi_worker strategy needs the TF_CONFIG environment variable (see docs/distribute.md)")
     try:
         tf_config = json.loads(text)
         workers = tf_config["cluster"]["worker"]

@@ -71,7 +71,7 @@ def test_is_trainer_default_matches_what_train_resolves():
     from clr_loop import runtime
     from clr_loop.experiment import trial
 
-    default_splits = trial.resolve_batch_splits(config_lib.Config())
+    default_splits = trial.planned_batch_splits(config_lib.Config())
     threads = runtime.thread_pool_sizes(default_splits)
     spec = variants.Spec("loop", jit="false")
     assert worker.is_trainer_default(spec, default_splits, threads, "pipeline")

@@ -18,7 +18,7 @@ from clr_loop import runtime
 
 
 def test_resnet20_has_he_et_als_layers_and_parameters():
-    model = fit_bench.resnet20()
+    model = fit_bench.resnet20_projection()
     convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
     norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
     dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
@@ -38,7 +38,7 @@ def test_resnet20_has_he_et_als_layers_and_parameters():
 
 
 def test_resnet20_cannot_be_split_and_the_app_threads_agree():
-    splits, why = runtime.resolve_batch_splits(0, fit_bench.resnet20(), 128)
+    splits, why = runtime.resolve_batch_splits(0, fit_bench.resnet20_projection(), 128)
     assert splits == 1 and "BatchNormalization" in why
     assert fit_bench.app_splits(fit_bench.CASES["resnet20"]) == 1
     cnn = fit_bench.CASES["cnn"]
@@ -80,7 +80,7 @@ def test_bare_step_of_the_resnet():
     case = fit_bench.Case("resnet20", batch_size=4)
     result = fit_bench.time_bare_step(case, splits=1, calls=2, data=tiny_data(num_train=8, num_test=4))
     assert result["step_ms"] > 0 and len(result["step_ms_repeats"]) == 3
-    assert result["flops_per_step"] == cost_model.step_flops(fit_bench.resnet20(), 4)
+    assert result["flops_per_step"] == cost_model.step_flops(fit_bench.resnet20_projection(), 4)
 
 
 def _result(model, contender, epoch_s, steady, checksum=(1.0, 2.0), rss=100.0):

@@ -128,7 +128,7 @@ def test_automatic_splitting_is_off_under_loss_scaling_and_explicit_parts_skip_t
     # Automatic: whole batches, as Keras (a part's gradients would overflow at another scale).
     model, _ = _overflowing_twins(2.0**24)
     assert runtime.resolve_batch_splits(0, model, 64)[0] == 1
-    assert trial.resolve_batch_splits(config_lib.Config(precision="mixed_float16")) == 1
+    assert trial.planned_batch_splits(config_lib.Config(precision="mixed_float16")) == 1
     # Explicit parts: the summed gradient goes through the LossScaleOptimizer, which halves its
     # scale once per step it skips (no step grows it: 2000 steps between growths).
     x, y = toy_data()

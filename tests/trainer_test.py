@@ -299,11 +299,11 @@ def test_eval_loop_equals_model_evaluate(tmp_path, num_test, batch_size):
     ],
 )
 def test_resolve_batch_splits(tmp_path, overrides, expected):
-    assert trial.resolve_batch_splits(make_config(tmp_path, **overrides)) == expected
+    assert trial.planned_batch_splits(make_config(tmp_path, **overrides)) == expected
 
 
 def test_automatic_batch_splits_follow_the_cores_on_a_cpu(tmp_path):
     config = make_config(tmp_path, batch_size=64)
     expected = 1 if tf.config.list_physical_devices("GPU") else runtime.auto_batch_splits(64, runtime.cpu_cores())
-    assert trial.resolve_batch_splits(config) == expected
-    assert trial.resolve_batch_splits(config, replicas=2) == 1
+    assert trial.planned_batch_splits(config) == expected
+    assert trial.planned_batch_splits(config, replicas=2) == 1

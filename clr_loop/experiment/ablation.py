@@ -24,7 +24,7 @@ SPREAD = "mean ± sample standard deviation (n-1) over seeds, and min–max"
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class PlannedRun:
     """One planned training run: its folder `name`, the flagfile and seed it comes from, and its Config."""
 
     name: str

@@ -35,7 +35,7 @@ NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 MEMORY_SHARE = 0.5
 # A streamed train split is shuffled through a buffer of this many examples. Its contents are part of
 # every checkpoint (tf.data saves the iterator's buffer): 10,000 x H x W x C bytes, 7.8 MB for 28x28x1
-# images and 31 MB for 32x32x3 ones (README: "Your own experiment"), while still mixing examples from
+# images and 31 MB for 32x32x3 ones (docs/training.md: "Your own experiment"), while still mixing examples from
 # many records of a split TFDS shuffled when it prepared it.
 STREAM_SHUFFLE_BUFFER = 10_000
 # The most classes a dataset may have: a model's last layer holds (features x classes) weights, so a

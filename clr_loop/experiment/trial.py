@@ -168,7 +168,7 @@ def check_batch_splits(config, model):
                 "leave {batch_splits} at 0 (automatic) or 1"))
 
 
-def resolve_batch_splits(config, replicas=1):
+def planned_batch_splits(config, replicas=1):
     """Returns how many parts each batch of the tutorial's CNN is computed in (see `steps.Steps`).
 
     `config.batch_splits` when positive. For 0 (automatic): `runtime.auto_batch_splits` for the
@@ -258,7 +258,7 @@ class Trainer:
             epochs=config.epochs,
             steps_per_loop=config.steps_per_loop,
             jit_compile=runtime.resolve_jit_compile(config.jit_compile),
-            batch_splits=resolve_batch_splits(config, self.replicas),
+            batch_splits=planned_batch_splits(config, self.replicas),
             workdir=config.workdir,
             checkpoint_every_steps=config.checkpoint_every_steps,
             keep_checkpoints=config.keep_checkpoints,

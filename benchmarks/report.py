@@ -208,7 +208,7 @@ def format_training_table(results):
 
 
 def _parallelism(result):
-    """"parts/threads" of a result: batch parts per step and the inter-op x intra-op pools (0: TF's default)."""
+    """Returns "parts/threads" of a result: batch parts per step and the inter-op x intra-op pools (0: TF's default)."""
     inter, intra = result.get("threads", (0, 0))
     return f"{result.get('splits_resolved', 1)}/{inter}x{intra}"
 

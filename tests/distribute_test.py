@@ -62,7 +62,7 @@ def run_script(script, *args, timeout=240):
         [sys.executable, "-c", script, *args], cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=timeout
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    (line,) = [l for l in result.stdout.splitlines() if l.startswith("RESULT")]
+    (line,) = [text for text in result.stdout.splitlines() if text.startswith("RESULT")]
     return json.loads(line[len("RESULT"):])
 
 
@@ -311,7 +311,7 @@ def test_two_workers_train_the_weights_of_one_device_with_the_same_global_batch(
     assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
     workers = []
     for out, _ in outputs:
-        (line,) = [l for l in out.splitlines() if l.startswith("RESULT")]
+        (line,) = [text for text in out.splitlines() if text.startswith("RESULT")]
         workers.append(json.loads(line[len("RESULT"):]))
     assert single["replicas"] == 1 and [w["replicas"] for w in workers] == [2, 2]
     for worker in workers:

@@ -19,13 +19,13 @@ from clr_loop import runtime
 
 def test_resnet20_has_he_et_als_layers_and_parameters():
     model = fit_bench.resnet20_projection()
-    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
-    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     # 1 + 3 stages x 3 blocks x 2 convs = 19 3x3 convs and the dense layer: 20 weight layers,
     # plus the two 1x1 projection shortcuts (option B).
-    assert sum(l.kernel_size == (3, 3) for l in convs) == 19 and len(dense) == 1
-    assert sorted(tuple(l.kernel.shape) for l in convs if l.kernel_size == (1, 1)) == [(1, 1, 16, 32), (1, 1, 32, 64)]
+    assert sum(layer.kernel_size == (3, 3) for layer in convs) == 19 and len(dense) == 1
+    assert sorted(tuple(layer.kernel.shape) for layer in convs if layer.kernel_size == (1, 1)) == [(1, 1, 16, 32), (1, 1, 32, 64)]
     # Trainable parameters by hand: conv kernels (no biases), BN gamma and beta, the dense layer.
     kernels = 3 * 3 * 3 * 16 + 6 * 3 * 3 * 16 * 16 + (3 * 3 * 16 * 32 + 5 * 3 * 3 * 32 * 32) + (
         3 * 3 * 32 * 64 + 5 * 3 * 3 * 64 * 64) + 16 * 32 + 32 * 64

@@ -53,7 +53,7 @@ def test_channel_stats_of_chunks_and_a_streamed_models_stats_function():
     assert calls == []  # a model without a normalisation layer reads no sample
     built = models.create("resnet20", (4, 4, 3), 10, stats=stats)
     assert calls == [1]
-    layer = next(l for l in built.model.layers if isinstance(l, keras.layers.Normalization))
+    layer = next(candidate for candidate in built.model.layers if isinstance(candidate, keras.layers.Normalization))
     np.testing.assert_allclose(np.asarray(layer.mean).ravel(), mean, rtol=1e-6)
 
 

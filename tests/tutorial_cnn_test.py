@@ -9,7 +9,7 @@ from clr_loop.experiment import models
 def test_layers_match_the_tutorial():
     model = models.create_model(seed=0)
     layers = model.layers
-    assert [type(l).__name__ for l in layers] == [
+    assert [type(layer).__name__ for layer in layers] == [
         "Rescaling", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "SpatialDropout2D",
         "GlobalAveragePooling2D", "Dense", "Dense",
     ]

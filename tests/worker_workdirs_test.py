@@ -102,7 +102,7 @@ def test_workers_whose_newest_checkpoints_differ_resume_from_the_newest_step_all
     assert codes == [1, 1], outs[0][-3000:] + outs[1][-3000:]
     for out in outs:
         assert "Traceback" not in out, out[-3000:]
-        (line,) = [l for l in out.splitlines() if l.startswith("error:")]
+        (line,) = [text for text in out.splitlines() if text.startswith("error:")]
         assert "the workers would resume from different steps (worker 0 from step 6, worker 1 from step 0 " \
                "(no checkpoint);" in line, line
     assert os.path.basename(tf_latest(own_checkpoints(workdirs)[0])) == "ckpt-6"  # nothing trained, nothing lost

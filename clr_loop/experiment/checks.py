@@ -80,7 +80,7 @@ def validate(config):
     if not 0 <= config.momentum < 1:
         problems.append(Problem("momentum", f"{{momentum}} must be in [0, 1), got {config.momentum}"))
     if not 0 <= config.base_momentum <= config.max_momentum < 1:
-        problems.append(Problem("base_momentum", 
+        problems.append(Problem("base_momentum",
             f"need 0 <= {{base_momentum}} ({config.base_momentum}) <= {{max_momentum}} ({config.max_momentum}) < 1"
         ))
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= config_lib.MAX_SEED:

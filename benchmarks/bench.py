@@ -67,26 +67,54 @@ def define_flags():
     flags.DEFINE_integer("repeats", 3, "Timed repeats per configuration and process (the median is reported).")
     flags.DEFINE_integer("rounds", 1, "Processes per configuration, run interleaved; repeats of all rounds are pooled.")
     flags.DEFINE_list("steps_per_loop", ["1", "10", "100", "937"], "steps_per_loop values for (b).")
-    flags.DEFINE_list("batch_sizes", [], "Batch-size sweep (e.g. 32,64,128,256,512) of fit, the default loop and the variants.")
-    flags.DEFINE_integer("sweep_examples", 0, "Examples per timed repeat in the batch-size sweep (0: one epoch; at least 10 steps).")
+    flags.DEFINE_list(
+        "batch_sizes", [], "Batch-size sweep (e.g. 32,64,128,256,512) of fit, the default loop and the variants."
+    )
+    flags.DEFINE_integer(
+        "sweep_examples", 0, "Examples per timed repeat in the batch-size sweep (0: one epoch; at least 10 steps)."
+    )
     flags.DEFINE_list("configs", [], "Only run training configurations whose name contains one of these strings.")
     flags.DEFINE_bool("eval", True, "Also time the eval loop against Keras evaluate.")
-    flags.DEFINE_bool("torch", True, "Add the PyTorch peer's rows (eager, torch.compile) when PyTorch is installed (the bench extra).")
-    flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], f"Keras dtype policies of fit and the default loop, of {', '.join(variants.PRECISIONS)}.")
-    flags.DEFINE_bool("kernels", True, "Also list the oneDNN kernels (ONEDNN_VERBOSE=1) of a short fit and loop run per precision.")
+    flags.DEFINE_bool(
+        "torch", True, "Add the PyTorch peer's rows (eager, torch.compile) when PyTorch is installed (the bench extra)."
+    )
+    flags.DEFINE_list(
+        "precisions",
+        ["float32", "mixed_bfloat16"],
+        f"Keras dtype policies of fit and the default loop, of {', '.join(variants.PRECISIONS)}.",
+    )
+    flags.DEFINE_bool(
+        "kernels", True, "Also list the oneDNN kernels (ONEDNN_VERBOSE=1) of a short fit and loop run per precision."
+    )
     flags.DEFINE_integer("whole_process", 0, "Also time this many whole-process runs of clr_loop.train vs --fit_epoch.")
     flags.DEFINE_bool("profile", False, "Also profile the default configuration and the fastest variant.")
     flags.DEFINE_enum("data", "auto", ["auto", "random"], "auto: real Fashion-MNIST when it loads, else random data.")
     flags.DEFINE_string("out", None, "Write all results as JSON to this file.")
-    flags.DEFINE_bool("grid", False, "Instead of the main table: Keras fit, the loop on tf.data and the loop on device-resident data, with the trainer's defaults (XLA by jit_compile=auto), for every --batch_sizes (default 64) x --precisions; with --whole_process, the process times too.")
+    flags.DEFINE_bool(
+        "grid",
+        False,
+        "Instead of the main table: Keras fit, the loop on tf.data and the loop on device-resident data, with the trainer's defaults (XLA by jit_compile=auto), for every --batch_sizes (default 64) x --precisions; with --whole_process, the process times too.",
+    )
     flags.DEFINE_integer("examples", 0, "--grid: keep only this many examples of each split (quick checks).")
-    flags.DEFINE_string("dataset_dir", None, "Read Fashion-MNIST from the four IDX files in this folder (workers, --fit_epoch and the whole-process runs) instead of --data.")
+    flags.DEFINE_string(
+        "dataset_dir",
+        None,
+        "Read Fashion-MNIST from the four IDX files in this folder (workers, --fit_epoch and the whole-process runs) instead of --data.",
+    )
     flags.DEFINE_bool("fit_epoch", False, "Run the tutorial's fit (with validation) for --fit_epochs epochs and exit.")
     flags.DEFINE_integer("fit_epochs", 1, "Epochs for --fit_epoch.")
-    flags.DEFINE_bool("fit_gc_tuned", False, "--fit_epoch with clr_loop's start-up and exit tuning (clr_loop.process: the garbage collector, the deferred pyplot).")
-    flags.DEFINE_string("analyze_profile", None, "Print the per-step breakdown of the profiler trace under this dir and exit.")
+    flags.DEFINE_bool(
+        "fit_gc_tuned",
+        False,
+        "--fit_epoch with clr_loop's start-up and exit tuning (clr_loop.process: the garbage collector, the deferred pyplot).",
+    )
+    flags.DEFINE_string(
+        "analyze_profile", None, "Print the per-step breakdown of the profiler trace under this dir and exit."
+    )
     flags.DEFINE_integer("analyze_steps", 10, "Steps in the trace given to --analyze_profile.")
-    flags.DEFINE_float("analyze_wall_ms", 0.0, "Wall ms per step of that trace (0: the median `train` step event, else busy time).")
+    flags.DEFINE_float(
+        "analyze_wall_ms", 0.0, "Wall ms per step of that trace (0: the median `train` step event, else busy time)."
+    )
     flags.DEFINE_string("worker", None, "Internal: run this JSON Spec in this process and print its result.")
     flags.DEFINE_string("profile_worker", None, "Internal: profile this JSON Spec into --profile_logdir.")
     flags.DEFINE_string("profile_logdir", None, "Internal: where --profile_worker writes its trace.")
@@ -137,6 +165,7 @@ def _print_result(value):
 def _saver(report_dict, out):
     """Returns save(complete=False): writes `report_dict` as JSON to `out` (nothing when `out` is None),
     after every stage, so that a later stage's failure keeps what was measured."""
+
     def save(complete=False):
         if out:
             report_dict["complete"] = complete
@@ -160,7 +189,9 @@ def options_from_flags():
     except ValueError as e:
         raise app.UsageError(f"--steps_per_loop and --batch_sizes take integers: {e}")
     if min(steps_per_loop + batch_sizes + [FLAGS.repeats, FLAGS.rounds, FLAGS.batch_size]) < 1 or FLAGS.steps < 0:
-        raise app.UsageError("--steps_per_loop, --batch_sizes, --repeats, --rounds, --batch_size must be positive; --steps >= 0")
+        raise app.UsageError(
+            "--steps_per_loop, --batch_sizes, --repeats, --rounds, --batch_size must be positive; --steps >= 0"
+        )
 
     unknown = [p for p in FLAGS.precisions if p not in variants.PRECISIONS]
     if unknown or not FLAGS.precisions:
@@ -176,14 +207,29 @@ def options_from_flags():
         raise app.UsageError(f"--dataset_dir={FLAGS.dataset_dir} is not a folder")
     dataset_dir = os.path.abspath(FLAGS.dataset_dir) if FLAGS.dataset_dir else None
     return Options(
-        steps=FLAGS.steps, batch_size=FLAGS.batch_size, repeats=FLAGS.repeats, rounds=FLAGS.rounds,
-        steps_per_loop=steps_per_loop, batch_sizes=batch_sizes, sweep_examples=FLAGS.sweep_examples,
-        configs=list(FLAGS.configs), eval=FLAGS.eval, torch=FLAGS.torch, precisions=list(FLAGS.precisions),
-        kernels=FLAGS.kernels, whole_process=FLAGS.whole_process, profile=FLAGS.profile, out=FLAGS.out, grid=FLAGS.grid,
-        examples=FLAGS.examples, dataset_dir=dataset_dir,
+        steps=FLAGS.steps,
+        batch_size=FLAGS.batch_size,
+        repeats=FLAGS.repeats,
+        rounds=FLAGS.rounds,
+        steps_per_loop=steps_per_loop,
+        batch_sizes=batch_sizes,
+        sweep_examples=FLAGS.sweep_examples,
+        configs=list(FLAGS.configs),
+        eval=FLAGS.eval,
+        torch=FLAGS.torch,
+        precisions=list(FLAGS.precisions),
+        kernels=FLAGS.kernels,
+        whole_process=FLAGS.whole_process,
+        profile=FLAGS.profile,
+        out=FLAGS.out,
+        grid=FLAGS.grid,
+        examples=FLAGS.examples,
+        dataset_dir=dataset_dir,
         data=variants.IDX_PREFIX + dataset_dir if dataset_dir else FLAGS.data,
-        flags={k: FLAGS[k].value for k in ("steps", "batch_size", "repeats", "rounds", "steps_per_loop", "batch_sizes", "data",
-                                           "precisions")},
+        flags={
+            k: FLAGS[k].value
+            for k in ("steps", "batch_size", "repeats", "rounds", "steps_per_loop", "batch_sizes", "data", "precisions")
+        },
     )
 
 
@@ -203,6 +249,7 @@ def fit_epoch_main(argv, epochs, dataset_dir, gc_tuned):
     Returns:
       The exit status, 0.
     """
+
     def run_fit(argv):
         del argv
         from clr_loop.experiment import fashion_mnist  # pylint: disable=import-outside-toplevel
@@ -277,13 +324,20 @@ def grid_main(specs, rounds, whole_runs, out, dataset_dir):
     print(f"\n{report['device']}; TensorFlow {report['versions']['tensorflow']}, Keras {report['versions']['keras']}")
     print(f"data: {report['data']}; {rounds} round(s)\n")
     print(report_lib.format_grid_table(results))
-    print("\nx fit: the same batch size and precision's fit ms/step over this row's (above 1: faster); "
-          "XLA: what jit_compile=auto resolved to; compile s: the first call's time beyond its steps")
+    print(
+        "\nx fit: the same batch size and precision's fit ms/step over this row's (above 1: faster); "
+        "XLA: what jit_compile=auto resolved to; compile s: the first call's time beyond its steps"
+    )
     failed = len(results) - len(measured)
     if whole_runs:
         try:
             report["whole_process"] = whole_process.whole_process(
-                whole_runs, tempfile.mkdtemp(prefix="clr_bench_train_"), log=log, dataset_dir=dataset_dir, names=("train", "fit"))
+                whole_runs,
+                tempfile.mkdtemp(prefix="clr_bench_train_"),
+                log=log,
+                dataset_dir=dataset_dir,
+                names=("train", "fit"),
+            )
         except (RuntimeError, TimeoutError) as e:
             report["whole_process"] = {"error": str(e)[-3000:]}
             print(f"\nwhole process: failed: {str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}")
@@ -298,7 +352,6 @@ def grid_main(specs, rounds, whole_runs, out, dataset_dir):
 
 # ---------------------------------------------------------------------------------------------
 # The table: (a) fit, (b) the loop, (c) the variants, (p) PyTorch; then the optional stages
-
 
 
 def table_specs(options, torch_ok):
@@ -317,15 +370,30 @@ def table_specs(options, torch_ok):
     Raises:
       app.UsageError: --configs matches no loop configuration (the names are listed).
     """
-    specs = variants.training_specs(options.batch_size, options.steps, options.repeats, options.steps_per_loop, options.data,
-                                    precisions=options.precisions, torch=torch_ok)
+    specs = variants.training_specs(
+        options.batch_size,
+        options.steps,
+        options.repeats,
+        options.steps_per_loop,
+        options.data,
+        precisions=options.precisions,
+        torch=torch_ok,
+    )
     if not options.configs:
         return specs
-    chosen = [s for s in specs if s.kind == "fit" and s.jit == "auto" or s.kind in variants.TORCH_KINDS
-              or any(c in s.name for c in options.configs)]
+    chosen = [
+        s
+        for s in specs
+        if s.kind == "fit"
+        and s.jit == "auto"
+        or s.kind in variants.TORCH_KINDS
+        or any(c in s.name for c in options.configs)
+    ]
     if not any(s.kind == "loop" for s in chosen):
         names = "\n  ".join(s.name for s in specs)
-        raise app.UsageError(f"--configs={','.join(options.configs)} matches no loop configuration; the names are:\n  {names}")
+        raise app.UsageError(
+            f"--configs={','.join(options.configs)} matches no loop configuration; the names are:\n  {names}"
+        )
     return chosen
 
 
@@ -345,23 +413,32 @@ def training_stage(report, specs, options, notes):
     """
     matmul = []
     training = processes.run_specs(specs, options.rounds, log, matmul=matmul)
-    evals = processes.run_specs(variants.eval_specs(options.batch_size, options.repeats, options.data), options.rounds, log) \
-        if options.eval else []
+    evals = (
+        processes.run_specs(variants.eval_specs(options.batch_size, options.repeats, options.data), options.rounds, log)
+        if options.eval
+        else []
+    )
     matmul.append(processes.run_spec_in_subprocess(variants.Spec("matmul", repeats=3)))
     peak = max(m["gflops_best"] for m in matmul)
     report.update(device=matmul[0]["device"], data=training[0]["data"], matmul=matmul, matmul_peak_gflops=peak)
     report["training"] = report_lib.add_ratios(training, training[0], peak)
     print(f"\n{report['device']}; TensorFlow {report['versions']['tensorflow']}, Keras {report['versions']['keras']}")
-    print(f"data: {report['data']}; batch {options.batch_size}, {training[0]['steps']} steps per repeat, "
-          f"{options.repeats} repeats x {options.rounds} round(s); {training[0]['flops_per_step'] / 1e6:.1f} MFLOP per training step")
-    print(f"matmul {variants.MATMUL_SIZE}^2 float32: best {peak:.1f} GFLOP/s (medians {', '.join(format(m['gflops'], '.1f') for m in matmul)})")
+    print(
+        f"data: {report['data']}; batch {options.batch_size}, {training[0]['steps']} steps per repeat, "
+        f"{options.repeats} repeats x {options.rounds} round(s); {training[0]['flops_per_step'] / 1e6:.1f} MFLOP per training step"
+    )
+    print(
+        f"matmul {variants.MATMUL_SIZE}^2 float32: best {peak:.1f} GFLOP/s (medians {', '.join(format(m['gflops'], '.1f') for m in matmul)})"
+    )
     for line in notes[:-1]:
         print(line)
     print(notes[-1] + "\n")
     print(report_lib.format_training_table(report["training"]))
-    print("\n* the trainer's default configuration; x(a): (a)'s ms/step divided by this one's (above 1: faster);"
-          " cpu ms: process CPU time per step (all threads); %peak: GFLOP/s over the best matmul rate;"
-          " parts/threads: batch parts per step / inter-op x intra-op pool sizes (0: TensorFlow's default)")
+    print(
+        "\n* the trainer's default configuration; x(a): (a)'s ms/step divided by this one's (above 1: faster);"
+        " cpu ms: process CPU time per step (all threads); %peak: GFLOP/s over the best matmul rate;"
+        " parts/threads: batch parts per step / inter-op x intra-op pool sizes (0: TensorFlow's default)"
+    )
     report["precision"] = report_lib.precision_rows(report["training"])
     if report["precision"]:
         print("\nprecision (Keras dtype policy set in the worker before the model is built)\n")
@@ -377,13 +454,17 @@ def kernels_stage(report, options):
       options: the checked flags.
     """
     report["kernels"] = processes.run_kernel_specs(variants.kernel_specs(options.precisions, options.data), log)
-    print("\nwhich kernels ran: oneDNN primitive executions (kind, implementation:ISA, source dtype) in a 5-step run, ONEDNN_VERBOSE=1\n")
+    print(
+        "\nwhich kernels ran: oneDNN primitive executions (kind, implementation:ISA, source dtype) in a 5-step run, ONEDNN_VERBOSE=1\n"
+    )
     print(report_lib.format_kernels(report["kernels"]))
 
 
 def _fastest_float32_loop(training):
-    return min((r for r in training if r["spec"]["kind"] == "loop" and r["spec"]["precision"] == "float32"),
-               key=lambda r: r["ms_per_step"])
+    return min(
+        (r for r in training if r["spec"]["kind"] == "loop" and r["spec"]["precision"] == "float32"),
+        key=lambda r: r["ms_per_step"],
+    )
 
 
 def sweep_stage(report, options, peak):
@@ -403,10 +484,12 @@ def sweep_stage(report, options, peak):
         common = dict(batch_size=batch, steps=steps, repeats=options.repeats, data=options.data)
         sweep_specs.append(variants.Spec("fit", label=f"(a) fit b={batch}", **common))
         sweep_specs.append(variants.Spec("loop", label=f"default loop b={batch}", **common))
-        sweep_specs.append(variants.Spec(**{**fastest["spec"], **common, "label": f"fastest: {fastest['name']} b={batch}"}))
+        sweep_specs.append(
+            variants.Spec(**{**fastest["spec"], **common, "label": f"fastest: {fastest['name']} b={batch}"})
+        )
     sweep = processes.run_specs(sweep_specs, options.rounds, log)
     for index in range(0, len(sweep), 3):
-        report_lib.add_ratios(sweep[index:index + 3], sweep[index], peak)
+        report_lib.add_ratios(sweep[index : index + 3], sweep[index], peak)
     report["sweep"] = sweep
     print("\nbatch-size sweep\n")
     print(report_lib.format_training_table(sweep))
@@ -448,10 +531,17 @@ def table_main(options):
     """
     torch_ok, torch_why = torch_peer.torch_status() if options.torch else (False, "--torch=false")
     features = machine.cpu_features()
-    report = {**report_lib.report_header(sys.argv[1:], PROGRAM), "cpu_features": features,
-              "torch": {"available": torch_ok, "skipped_because": torch_why or None}, "flags": options.flags}
-    torch_line = ("PyTorch rows: eager and torch.compile (benchmarks.torch_peer; torch intra-op threads = the process's cores)"
-                  if torch_ok else f"PyTorch rows skipped: {torch_why}")
+    report = {
+        **report_lib.report_header(sys.argv[1:], PROGRAM),
+        "cpu_features": features,
+        "torch": {"available": torch_ok, "skipped_because": torch_why or None},
+        "flags": options.flags,
+    }
+    torch_line = (
+        "PyTorch rows: eager and torch.compile (benchmarks.torch_peer; torch intra-op threads = the process's cores)"
+        if torch_ok
+        else f"PyTorch rows skipped: {torch_why}"
+    )
     log(features["line"])
     log(torch_line)
     save = _saver(report, options.out)
@@ -472,13 +562,16 @@ def table_main(options):
         profile_stage(report, save)
     if options.whole_process:
         workdir = tempfile.mkdtemp(prefix="clr_bench_train_")
-        report["whole_process"] = whole_process.whole_process(options.whole_process, workdir, log=log, torch=torch_ok,
-                                                              dataset_dir=options.dataset_dir)
+        report["whole_process"] = whole_process.whole_process(
+            options.whole_process, workdir, log=log, torch=torch_ok, dataset_dir=options.dataset_dir
+        )
         print(report_lib.format_whole_process(report["whole_process"], options.whole_process))
     report["side_by_side"] = report_lib.side_by_side(report["training"], report.get("whole_process"))
     save()
-    print("\nside by side: per step (batch 64) and whole process (one epoch with validation); peak RSS of the"
-          " whole-process run (ru_maxrss of the child)\n")
+    print(
+        "\nside by side: per step (batch 64) and whole process (one epoch with validation); peak RSS of the"
+        " whole-process run (ru_maxrss of the child)\n"
+    )
     print(report_lib.format_side_by_side(report["side_by_side"]))
     if not torch_ok:
         print(torch_line)
@@ -523,8 +616,14 @@ def main(argv):
         return analyze_profile_main(FLAGS.analyze_profile, FLAGS.analyze_steps, FLAGS.analyze_wall_ms)
     options = options_from_flags()
     if options.grid:
-        specs = variants.grid_specs(options.batch_sizes or [options.batch_size], options.precisions, options.steps,
-                                    options.repeats, options.data, options.examples)
+        specs = variants.grid_specs(
+            options.batch_sizes or [options.batch_size],
+            options.precisions,
+            options.steps,
+            options.repeats,
+            options.data,
+            options.examples,
+        )
         return grid_main(specs, options.rounds, options.whole_process, options.out, options.dataset_dir)
     return table_main(options)
 

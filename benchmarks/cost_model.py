@@ -52,13 +52,22 @@ def _torch_layer_macs(model, image_shape):
     costs, hooks = [], []
     for name, layer in model.named_modules():
         if isinstance(layer, nn.Conv2d):
+
             def conv_hook(module, inputs, output, name=name):
                 kh, kw = module.kernel_size
-                costs.append((name, int(output.shape[2] * output.shape[3] * kh * kw * module.in_channels * module.out_channels)))
+                costs.append(
+                    (name, int(output.shape[2] * output.shape[3] * kh * kw * module.in_channels * module.out_channels))
+                )
+
             hooks.append(layer.register_forward_hook(conv_hook))
         elif isinstance(layer, nn.Linear):
-            hooks.append(layer.register_forward_hook(
-                lambda module, inputs, output, name=name: costs.append((name, module.in_features * module.out_features))))
+            hooks.append(
+                layer.register_forward_hook(
+                    lambda module, inputs, output, name=name: costs.append(
+                        (name, module.in_features * module.out_features)
+                    )
+                )
+            )
     was_training = model.training
     model.eval()
     with torch.no_grad():

@@ -112,8 +112,15 @@ CASES = {
     "cnn": Case("cnn", batch_size=64, steady_steps=200, steady_repeats=3),
     # ResNet-20 at batch 128: an "epoch" capped at 30 steps (3,840 examples) and 1,000 validation
     # examples keeps a worker to about a minute on a 2-core CPU (a step takes about a second).
-    "resnet20": Case("resnet20", batch_size=128, epoch_examples=30 * 128, val_examples=1000, steady_steps=8,
-                     steady_repeats=3, step_size=2 * 468),
+    "resnet20": Case(
+        "resnet20",
+        batch_size=128,
+        epoch_examples=30 * 128,
+        val_examples=1000,
+        steady_steps=8,
+        steady_repeats=3,
+        step_size=2 * 468,
+    ),
 }
 
 
@@ -135,7 +142,12 @@ def resnet20_projection(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e
 
     def conv(filters, kernel=3, strides=1):
         return keras.layers.Conv2D(
-            filters, kernel, strides=strides, padding="same", use_bias=False, kernel_initializer="he_normal",
+            filters,
+            kernel,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer="he_normal",
             kernel_regularizer=keras.regularizers.L2(weight_decay),
         )
 
@@ -296,8 +308,15 @@ def time_contender(case, contender, data=None):
             seconds.append(time.perf_counter() - self.start)
             cpu_seconds.append(measure.cpu_seconds() - self.cpu)
 
-    _fit(contender, steady_model, train_x[:n], train_y[:n], case.batch_size, 1 + case.steady_repeats,
-         callbacks=[EpochTimer()])
+    _fit(
+        contender,
+        steady_model,
+        train_x[:n],
+        train_y[:n],
+        case.batch_size,
+        1 + case.steady_repeats,
+        callbacks=[EpochTimer()],
+    )
     timed = [1000.0 * s / steps for s in seconds[1:]]
     return {
         "model": case.model,
@@ -353,7 +372,13 @@ def time_bare_step(case, splits, calls=30, data=None):
         repeats.append(1000.0 * (time.perf_counter() - start) / calls)
     ms = statistics.median(repeats)
     flops = cost_model.step_flops(model, case.batch_size)
-    return {"step_ms": ms, "step_ms_repeats": repeats, "splits": splits, "flops_per_step": flops, "gflops": flops / ms / 1e6}
+    return {
+        "step_ms": ms,
+        "step_ms_repeats": repeats,
+        "splits": splits,
+        "flops_per_step": flops,
+        "gflops": flops / ms / 1e6,
+    }
 
 
 def _set_threads(threads):
@@ -396,8 +421,10 @@ def run_job_in_subprocess(job, timeout=1800):
     proc = processes.run_process([sys.executable, "-m", "benchmarks.fit_bench", f"--worker={json.dumps(job)}"], timeout)
     lines = [line for line in proc["stdout"].splitlines() if line.startswith(RESULT_PREFIX)]
     if proc["rc"] != 0 or not lines:
-        raise RuntimeError(f"fit_bench worker {job['kind']} {job['case']['model']} failed (exit {proc['rc']}):\n{proc['stderr'][-3000:]}")
-    result = json.loads(lines[-1][len(RESULT_PREFIX):])
+        raise RuntimeError(
+            f"fit_bench worker {job['kind']} {job['case']['model']} failed (exit {proc['rc']}):\n{proc['stderr'][-3000:]}"
+        )
+    result = json.loads(lines[-1][len(RESULT_PREFIX) :])
     result.update(process_peak_rss_mb=proc["peak_rss_mb"], process_wall_s=proc["wall_s"], process_cpu_s=proc["cpu_s"])
     return result
 
@@ -410,7 +437,9 @@ def fit_jobs(cases, rounds):
         order = CONTENDERS if round_index % 2 == 0 else CONTENDERS[::-1]
         for case in cases:
             for contender in order:
-                jobs.append({"kind": "fit", "case": dataclasses.asdict(case), "contender": contender, "round": round_index})
+                jobs.append(
+                    {"kind": "fit", "case": dataclasses.asdict(case), "contender": contender, "round": round_index}
+                )
     return jobs
 
 
@@ -445,7 +474,9 @@ def summarize(results):
                 "epoch_s_runs": [r["epoch_s"] for r in runs],
                 "steady_ms_per_step": statistics.median(steady),
                 "steady_ms_range": [min(steady), max(steady)],
-                "steady_cpu_ms_per_step": statistics.median(r.get("steady_cpu_ms_per_step", float("nan")) for r in runs),
+                "steady_cpu_ms_per_step": statistics.median(
+                    r.get("steady_cpu_ms_per_step", float("nan")) for r in runs
+                ),
                 "peak_rss_mb": statistics.median(r["process_peak_rss_mb"] for r in runs),
                 "peak_rss_epoch_mb": statistics.median(r["peak_rss_epoch_mb"] for r in runs),
                 "val_accuracy": statistics.median(r["epoch_logs"].get("val_accuracy", float("nan")) for r in runs),
@@ -457,33 +488,59 @@ def summarize(results):
         first = rows["clr_loop"][0]
         summary[model] = {
             **per,
-            "batch_size": first["batch_size"], "epoch_steps": first["epoch_steps"], "epoch_examples": first["epoch_examples"],
-            "val_examples": first["val_examples"], "steady_steps": first["steady_steps"], "data": first["data"],
+            "batch_size": first["batch_size"],
+            "epoch_steps": first["epoch_steps"],
+            "epoch_examples": first["epoch_examples"],
+            "val_examples": first["val_examples"],
+            "steady_steps": first["steady_steps"],
+            "data": first["data"],
             "speedup_steady": per["keras"]["steady_ms_per_step"] / per["clr_loop"]["steady_ms_per_step"],
             "speedup_epoch": per["keras"]["epoch_s"] / per["clr_loop"]["epoch_s"],
             "rss_ratio": per["keras"]["peak_rss_mb"] / per["clr_loop"]["peak_rss_mb"],
             # The same ratios round by round (each round's pair ran back to back).
             "speedup_epoch_by_round": [k["epoch_s"] / c["epoch_s"] for c, k in zip(rows["clr_loop"], rows["keras"])],
-            "speedup_steady_by_round": [k["steady_ms_per_step"] / c["steady_ms_per_step"] for c, k in zip(rows["clr_loop"], rows["keras"])],
+            "speedup_steady_by_round": [
+                k["steady_ms_per_step"] / c["steady_ms_per_step"] for c, k in zip(rows["clr_loop"], rows["keras"])
+            ],
         }
     return summary
 
 
 def format_summary(summary):
     """Returns the summary as a fixed-width text table, one row per (model, contender)."""
-    header = ("model", "contender", "threads", "parts", "steady ms/step", "range", "cpu ms/step", "epoch s", "peak RSS MB",
-              "x steady", "x epoch")
+    header = (
+        "model",
+        "contender",
+        "threads",
+        "parts",
+        "steady ms/step",
+        "range",
+        "cpu ms/step",
+        "epoch s",
+        "peak RSS MB",
+        "x steady",
+        "x epoch",
+    )
     rows = []
     for model, s in summary.items():
         for contender in CONTENDERS:
             c = s[contender]
             mine = contender == "clr_loop"
-            rows.append((
-                model, contender, "x".join(map(str, c["threads"])), str(c["splits"]), f"{c['steady_ms_per_step']:.2f}",
-                f"{c['steady_ms_range'][0]:.2f}-{c['steady_ms_range'][1]:.2f}", f"{c['steady_cpu_ms_per_step']:.2f}",
-                f"{c['epoch_s']:.2f}", f"{c['peak_rss_mb']:.0f}",
-                f"{s['speedup_steady']:.2f}" if mine else "1.00", f"{s['speedup_epoch']:.2f}" if mine else "1.00",
-            ))
+            rows.append(
+                (
+                    model,
+                    contender,
+                    "x".join(map(str, c["threads"])),
+                    str(c["splits"]),
+                    f"{c['steady_ms_per_step']:.2f}",
+                    f"{c['steady_ms_range'][0]:.2f}-{c['steady_ms_range'][1]:.2f}",
+                    f"{c['steady_cpu_ms_per_step']:.2f}",
+                    f"{c['epoch_s']:.2f}",
+                    f"{c['peak_rss_mb']:.0f}",
+                    f"{s['speedup_steady']:.2f}" if mine else "1.00",
+                    f"{s['speedup_epoch']:.2f}" if mine else "1.00",
+                )
+            )
     return report_lib.table(header, rows)
 
 
@@ -498,7 +555,11 @@ def format_steps(step_results, summary):
             f"  {r['model']:<9} bare step, {r['threads_setting']} pools {'x'.join(map(str, r['threads']))}, "
             f"{r['splits']} part(s): {r['step_ms']:.2f} ms ({r['gflops']:.1f} GFLOP/s, {100 * r['gflops'] / peak:.0f}% of "
             f"a {peak:.0f} GFLOP/s matmul)"
-            + (f"; fit steady: clr_loop {s['clr_loop']['steady_ms_per_step']:.2f}, keras {s['keras']['steady_ms_per_step']:.2f}" if s else "")
+            + (
+                f"; fit steady: clr_loop {s['clr_loop']['steady_ms_per_step']:.2f}, keras {s['keras']['steady_ms_per_step']:.2f}"
+                if s
+                else ""
+            )
         )
     return "\n".join(lines)
 
@@ -540,8 +601,13 @@ def main(argv):
             changes["steady_steps"] = FLAGS.steady_steps
         cases.append(dataclasses.replace(CASES[name], **changes))
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    report = {"command": " ".join(["python -m benchmarks.fit_bench", *sys.argv[1:]]), "cpu_model": machine.cpu_model(), "cpu_count": os.cpu_count(),
-              "date": time.strftime("%Y-%m-%d %H:%M %Z"), "cases": [dataclasses.asdict(c) for c in cases]}
+    report = {
+        "command": " ".join(["python -m benchmarks.fit_bench", *sys.argv[1:]]),
+        "cpu_model": machine.cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cases": [dataclasses.asdict(c) for c in cases],
+    }
 
     def save(complete=False):
         if FLAGS.out:
@@ -551,17 +617,23 @@ def main(argv):
     results = []
     jobs = fit_jobs(cases, FLAGS.rounds)
     for index, job in enumerate(jobs):
-        log(f"[{index + 1}/{len(jobs)}] round {job['round'] + 1}: {job['case']['model']} {job['contender']} (load {os.getloadavg()[0]:.2f}) ...")
+        log(
+            f"[{index + 1}/{len(jobs)}] round {job['round'] + 1}: {job['case']['model']} {job['contender']} (load {os.getloadavg()[0]:.2f}) ..."
+        )
         results.append(run_job_in_subprocess(job))
         report["fit"] = results
         save()
     report["summary"] = summarize(results)
     print(f"\n{machine.cpu_model()} ({os.cpu_count()} logical cores); {report['date']}")
     for model, s in report["summary"].items():
-        print(f"{model}: batch {s['batch_size']}, epoch {s['epoch_steps']} steps ({s['epoch_examples']} examples) + "
-              f"validation on {s['val_examples']}; steady {s['steady_steps']} steps x {cases[0].steady_repeats} repeats; {s['data']}")
+        print(
+            f"{model}: batch {s['batch_size']}, epoch {s['epoch_steps']} steps ({s['epoch_examples']} examples) + "
+            f"validation on {s['val_examples']}; steady {s['steady_steps']} steps x {cases[0].steady_repeats} repeats; {s['data']}"
+        )
     print(format_summary(report["summary"]))
-    print("x: Keras's time divided by clr_loop's (above 1: clr_loop faster); threads: inter-op x intra-op pools (0: TensorFlow's default)")
+    print(
+        "x: Keras's time divided by clr_loop's (above 1: clr_loop faster); threads: inter-op x intra-op pools (0: TensorFlow's default)"
+    )
     save()
     if FLAGS.breakdown:
         report["steps"] = []

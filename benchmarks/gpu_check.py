@@ -59,27 +59,44 @@ def environment():
     gpus = []
     for device in tf.config.list_physical_devices("GPU"):
         details = tf.config.experimental.get_device_details(device)
-        gpus.append({"device": device.name, "name": details.get("device_name"),
-                     "compute_capability": list(details.get("compute_capability") or [])})
+        gpus.append(
+            {
+                "device": device.name,
+                "name": details.get("device_name"),
+                "compute_capability": list(details.get("compute_capability") or []),
+            }
+        )
     return {
-        "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-        "numpy": np.__version__, "build": build, "gpus": gpus,
-        "jit_compile_auto": runtime.resolve_jit_compile("auto"), "cpu": machine.cpu_model(),
-        "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "build": build,
+        "gpus": gpus,
+        "jit_compile_auto": runtime.resolve_jit_compile("auto"),
+        "cpu": machine.cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
     }
 
 
 def format_environment(env):
     """Returns `environment()`'s record as a few lines of text."""
-    gpus = ", ".join(f"{g['name']} (compute capability {'.'.join(map(str, g['compute_capability']))})"
-                     for g in env["gpus"]) or "none seen by TensorFlow"
+    gpus = (
+        ", ".join(
+            f"{g['name']} (compute capability {'.'.join(map(str, g['compute_capability']))})" for g in env["gpus"]
+        )
+        or "none seen by TensorFlow"
+    )
     build = ", ".join(f"{k} {v}" for k, v in sorted(env["build"].items())) or "no CUDA build information"
-    return "\n".join([
-        f"GPU: {gpus}",
-        f"TensorFlow {env['tensorflow']} ({build}), Keras {env['keras']}, NumPy {env['numpy']}, Python {env['python']}",
-        f"jit_compile=auto resolves to XLA {'on' if env['jit_compile_auto'] else 'off'}",
-        f"CPU: {env['cpu']} ({env['cpu_count']} logical cores); {env['platform']}",
-    ])
+    return "\n".join(
+        [
+            f"GPU: {gpus}",
+            f"TensorFlow {env['tensorflow']} ({build}), Keras {env['keras']}, NumPy {env['numpy']}, Python {env['python']}",
+            f"jit_compile=auto resolves to XLA {'on' if env['jit_compile_auto'] else 'off'}",
+            f"CPU: {env['cpu']} ({env['cpu_count']} logical cores); {env['platform']}",
+        ]
+    )
 
 
 def training_time(history, target_s=TARGET_TRAINING_S):
@@ -92,16 +109,24 @@ def training_time(history, target_s=TARGET_TRAINING_S):
     seconds = list(history["epoch_seconds"])
     total = sum(seconds)
     val = history.get("val_accuracy") or [None]
-    return {"epochs": len(seconds), "training_s": total, "first_epoch_s": seconds[0] if seconds else None,
-            "later_epoch_s": statistics.median(seconds[1:]) if len(seconds) > 1 else None,
-            "target_s": target_s, "met": total < target_s, "val_accuracy": val[-1]}
+    return {
+        "epochs": len(seconds),
+        "training_s": total,
+        "first_epoch_s": seconds[0] if seconds else None,
+        "later_epoch_s": statistics.median(seconds[1:]) if len(seconds) > 1 else None,
+        "target_s": target_s,
+        "met": total < target_s,
+        "val_accuracy": val[-1],
+    }
 
 
 def format_training_time(t):
     later = "" if t["later_epoch_s"] is None else f", later epochs {t['later_epoch_s']:.2f} s each (median)"
     accuracy = "" if t["val_accuracy"] is None else f"; final val_accuracy {t['val_accuracy']:.4f}"
-    return (f"training time: {t['training_s']:.2f} s for {t['epochs']} epochs (target: under {t['target_s']:g} s: "
-            f"{'met' if t['met'] else 'missed'}); first epoch {t['first_epoch_s']:.2f} s{later}{accuracy}")
+    return (
+        f"training time: {t['training_s']:.2f} s for {t['epochs']} epochs (target: under {t['target_s']:g} s: "
+        f"{'met' if t['met'] else 'missed'}); first epoch {t['first_epoch_s']:.2f} s{later}{accuracy}"
+    )
 
 
 def define_flags():
@@ -132,7 +157,10 @@ def main(argv):
             f.write(text + "\n")
         print(text)
         if FLAGS.require_gpu and not env["gpus"]:
-            print("error: TensorFlow sees no GPU (a CPU-only TensorFlow, or no CUDA libraries it can load)", file=sys.stderr)
+            print(
+                "error: TensorFlow sees no GPU (a CPU-only TensorFlow, or no CUDA libraries it can load)",
+                file=sys.stderr,
+            )
             return 1
         return 0
     if len(rest) != 1:

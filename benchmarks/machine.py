@@ -49,7 +49,12 @@ def versions():
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def device_description():
@@ -86,7 +91,17 @@ def cpu_model():
 # The /proc/cpuinfo flags that say whether bf16 arithmetic has its own units (AVX-512 BF16's dot
 # products, AMX's bf16 tiles), and AVX-VNNI (int8 dot products on AVX2 registers), reported beside them.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-REPORTED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "avx512_fp16")
+REPORTED_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "avx512_fp16",
+)
 
 
 def cpu_features(cpuinfo_text=None):
@@ -118,9 +133,11 @@ def cpu_features(cpuinfo_text=None):
     bf16 = any(flags_[flag] for flag in BF16_FLAGS)
     have = [flag for flag, on in flags_.items() if on]
     lacking = [flag for flag in ("avx512_bf16", "amx_bf16", "avx_vnni") if not flags_[flag]]
-    line = (f"CPU features: {', '.join(have) or 'none of ' + ', '.join(REPORTED_FLAGS)}"
-            + (f"; no {', '.join(lacking)}" if lacking else "")
-            + ("; bf16 units: yes" if bf16 else f"; bf16 units: no (neither {' nor '.join(BF16_FLAGS)})"))
+    line = (
+        f"CPU features: {', '.join(have) or 'none of ' + ', '.join(REPORTED_FLAGS)}"
+        + (f"; no {', '.join(lacking)}" if lacking else "")
+        + ("; bf16 units: yes" if bf16 else f"; bf16 units: no (neither {' nor '.join(BF16_FLAGS)})")
+    )
     return {"flags": flags_, "bf16_units": bf16, "line": line}
 
 

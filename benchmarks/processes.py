@@ -21,7 +21,6 @@ from benchmarks import measure
 from benchmarks import variants
 
 
-
 # The repository's root: the workers run there, with it on their PYTHONPATH.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,7 +123,7 @@ def run_spec_in_subprocess(spec, env=None):
     lines = [line for line in proc["stdout"].splitlines() if line.startswith(measure.RESULT_PREFIX)]
     if proc["rc"] != 0 or not lines:
         raise RuntimeError(f"benchmark worker for {spec.name} failed (exit {proc['rc']}):\n{proc['stderr'][-3000:]}")
-    result = json.loads(lines[-1][len(measure.RESULT_PREFIX):])
+    result = json.loads(lines[-1][len(measure.RESULT_PREFIX) :])
     result.setdefault("name", spec.name)
     result.setdefault("spec", dataclasses.asdict(spec))
     result["process_peak_rss_mb"] = proc["peak_rss_mb"]
@@ -209,7 +208,9 @@ def run_kernel_specs(specs, log=print):
     for spec in specs:
         log(f"oneDNN kernels of {spec.name} ...")
         result = run_spec_in_subprocess(spec, env={"ONEDNN_VERBOSE": "1"})
-        out.append({"name": spec.name, "precision": spec.precision, "kernels": machine.onednn_kernels(result.pop("stdout"))})
+        out.append(
+            {"name": spec.name, "precision": spec.precision, "kernels": machine.onednn_kernels(result.pop("stdout"))}
+        )
     return out
 
 
@@ -265,7 +266,7 @@ def grid_results(specs, runs, errors):
             results.append(merge_rounds(runs[spec]))
     per_group = len(variants.GRID_CONTENDERS)
     for index in range(0, len(results), per_group):
-        group = results[index:index + per_group]
+        group = results[index : index + per_group]
         fit = group[0].get("ms_per_step")
         for r in group:
             if fit and r.get("ms_per_step"):
@@ -286,8 +287,10 @@ def profile_in_subprocess(spec, logdir):
     Raises:
       RuntimeError: the worker failed (with its stderr's tail).
     """
-    proc = run_process([sys.executable, "-m", "benchmarks.bench", f"--profile_worker={spec.to_json()}", f"--profile_logdir={logdir}"])
+    proc = run_process(
+        [sys.executable, "-m", "benchmarks.bench", f"--profile_worker={spec.to_json()}", f"--profile_logdir={logdir}"]
+    )
     lines = [line for line in proc["stdout"].splitlines() if line.startswith(measure.RESULT_PREFIX)]
     if proc["rc"] != 0 or not lines:
         raise RuntimeError(f"profile of {spec.name} failed (exit {proc['rc']}):\n{proc['stderr'][-3000:]}")
-    return json.loads(lines[-1][len(measure.RESULT_PREFIX):])
+    return json.loads(lines[-1][len(measure.RESULT_PREFIX) :])

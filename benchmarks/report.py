@@ -23,8 +23,12 @@ def report_header(argv, program="python -m benchmarks.bench"):
     Returns:
       {"command": the command line, "versions": `machine.versions()`, "cpu_model", "cpu_count"}.
     """
-    return {"command": " ".join([program, *argv]), "versions": machine.versions(), "cpu_model": machine.cpu_model(),
-            "cpu_count": os.cpu_count()}
+    return {
+        "command": " ".join([program, *argv]),
+        "versions": machine.versions(),
+        "cpu_model": machine.cpu_model(),
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def format_whole_process(whole, runs, speedups=True):
@@ -45,15 +49,22 @@ def format_whole_process(whole, runs, speedups=True):
         if speedups and name not in med:
             lines.append(f"  {description:<62} failed: {whole['errors'].get(name)}")
             continue
-        lines.append(f"  {description:<62} {med[name]['wall_s']:6.2f} s wall {med[name]['cpu_s']:6.2f} s CPU"
-                     f" {med[name]['peak_rss_mb']:6.0f} MB peak RSS")
+        lines.append(
+            f"  {description:<62} {med[name]['wall_s']:6.2f} s wall {med[name]['cpu_s']:6.2f} s CPU"
+            f" {med[name]['peak_rss_mb']:6.0f} MB peak RSS"
+        )
     if not speedups:
         lines.append(f"  speed-up of clr_loop.train: x{med['speedup_wall']:.2f} against the tutorial script")
         return "\n".join(lines)
-    lines.append(f"  speed-up of clr_loop.train: x{med['speedup_wall']:.2f} against the tutorial script,"
-                 f" x{med['speedup_wall_vs_tuned_fit']:.2f} against its start-up-tuned process"
-                 + "".join(f", x{med[f'speedup_wall_vs_{n}']:.2f} against {n}" for n in ("torch", "torch_compile")
-                           if f"speedup_wall_vs_{n}" in med))
+    lines.append(
+        f"  speed-up of clr_loop.train: x{med['speedup_wall']:.2f} against the tutorial script,"
+        f" x{med['speedup_wall_vs_tuned_fit']:.2f} against its start-up-tuned process"
+        + "".join(
+            f", x{med[f'speedup_wall_vs_{n}']:.2f} against {n}"
+            for n in ("torch", "torch_compile")
+            if f"speedup_wall_vs_{n}" in med
+        )
+    )
     return "\n".join(lines)
 
 
@@ -100,8 +111,15 @@ def precision_rows(results):
         key = {**r["spec"], "precision": "float32", "label": ""}
         twin = by_spec.get(json.dumps(key, sort_keys=True))
         if twin is not None:
-            rows.append({"name": r["name"], "precision": r["spec"]["precision"], "ms_per_step": r["ms_per_step"],
-                         "float32_ms_per_step": twin["ms_per_step"], "speedup": twin["ms_per_step"] / r["ms_per_step"]})
+            rows.append(
+                {
+                    "name": r["name"],
+                    "precision": r["spec"]["precision"],
+                    "ms_per_step": r["ms_per_step"],
+                    "float32_ms_per_step": twin["ms_per_step"],
+                    "speedup": twin["ms_per_step"] / r["ms_per_step"],
+                }
+            )
     return rows
 
 
@@ -114,8 +132,19 @@ def format_precision_table(rows):
     Returns:
       The table's text.
     """
-    return table(("config", "precision", "ms/step", "float32 ms/step", "x float32"), [
-        (r["name"], r["precision"], f"{r['ms_per_step']:.2f}", f"{r['float32_ms_per_step']:.2f}", f"{r['speedup']:.2f}") for r in rows])
+    return table(
+        ("config", "precision", "ms/step", "float32 ms/step", "x float32"),
+        [
+            (
+                r["name"],
+                r["precision"],
+                f"{r['ms_per_step']:.2f}",
+                f"{r['float32_ms_per_step']:.2f}",
+                f"{r['speedup']:.2f}",
+            )
+            for r in rows
+        ],
+    )
 
 
 def side_by_side(training, whole=None):
@@ -134,6 +163,7 @@ def side_by_side(training, whole=None):
     Returns:
       Four row dicts: clr_loop, Keras fit, PyTorch eager, torch.compile.
     """
+
     def pick(predicate):
         return next((r for r in training if predicate(r)), None)
 
@@ -154,12 +184,18 @@ def side_by_side(training, whole=None):
         process = medians.get(processes[contender], {})
         whole_s = process.get("wall_s")
         notes = [n for n in ((r or {}).get("error"), errors.get(processes[contender])) if n]
-        rows.append({
-            "contender": contender, "name": (r or {}).get("name"), "ms_per_step": ms,
-            "x_fit_step": fit_step / ms if ms and fit_step else None,
-            "whole_s": whole_s, "x_fit_whole": fit_whole / whole_s if whole_s and fit_whole else None,
-            "peak_rss_mb": process.get("peak_rss_mb"), "note": "; ".join(notes),
-        })
+        rows.append(
+            {
+                "contender": contender,
+                "name": (r or {}).get("name"),
+                "ms_per_step": ms,
+                "x_fit_step": fit_step / ms if ms and fit_step else None,
+                "whole_s": whole_s,
+                "x_fit_whole": fit_whole / whole_s if whole_s and fit_whole else None,
+                "peak_rss_mb": process.get("peak_rss_mb"),
+                "note": "; ".join(notes),
+            }
+        )
     return rows
 
 
@@ -172,12 +208,25 @@ def format_side_by_side(rows):
     Returns:
       The table's text.
     """
+
     def num(value, fmt):
         return "-" if value is None else format(value, fmt)
 
-    return table(("contender", "ms/step", "x fit", "whole process s", "x fit", "peak RSS MB", "note"), [
-        (r["contender"], num(r["ms_per_step"], ".2f"), num(r["x_fit_step"], ".2f"), num(r["whole_s"], ".2f"),
-         num(r["x_fit_whole"], ".2f"), num(r["peak_rss_mb"], ".0f"), r["note"][:80]) for r in rows])
+    return table(
+        ("contender", "ms/step", "x fit", "whole process s", "x fit", "peak RSS MB", "note"),
+        [
+            (
+                r["contender"],
+                num(r["ms_per_step"], ".2f"),
+                num(r["x_fit_step"], ".2f"),
+                num(r["whole_s"], ".2f"),
+                num(r["x_fit_whole"], ".2f"),
+                num(r["peak_rss_mb"], ".0f"),
+                r["note"][:80],
+            )
+            for r in rows
+        ],
+    )
 
 
 def format_training_table(results):
@@ -192,18 +241,40 @@ def format_training_table(results):
     Returns:
       The table's text, failed rows under it.
     """
-    header = ("config", "parts/threads", "ms/step", "range", "cpu ms", "ex/s", "compile s", "peak RSS MB", "x(a)", "GFLOP/s", "%peak")
+    header = (
+        "config",
+        "parts/threads",
+        "ms/step",
+        "range",
+        "cpu ms",
+        "ex/s",
+        "compile s",
+        "peak RSS MB",
+        "x(a)",
+        "GFLOP/s",
+        "%peak",
+    )
     rows = []
     failed = [f"  {r['name']}: not measured: {r['error']}" for r in results if "error" in r]
     for r in results:
         if "error" in r:
             continue
         reps = r["ms_per_step_repeats"]
-        rows.append((
-            r["name"] + (" *" if r.get("is_trainer_default") else ""), _parallelism(r), f"{r['ms_per_step']:.2f}", f"{min(reps):.2f}-{max(reps):.2f}", f"{r['cpu_ms_per_step']:.2f}",
-            f"{r['examples_per_s']:.0f}", f"{r['compile_s']:.2f}", f"{r['process_peak_rss_mb']:.0f}",
-            f"{r['speedup_vs_fit']:.2f}", f"{r['gflops']:.1f}", f"{r['pct_of_matmul_peak']:.1f}",
-        ))
+        rows.append(
+            (
+                r["name"] + (" *" if r.get("is_trainer_default") else ""),
+                _parallelism(r),
+                f"{r['ms_per_step']:.2f}",
+                f"{min(reps):.2f}-{max(reps):.2f}",
+                f"{r['cpu_ms_per_step']:.2f}",
+                f"{r['examples_per_s']:.0f}",
+                f"{r['compile_s']:.2f}",
+                f"{r['process_peak_rss_mb']:.0f}",
+                f"{r['speedup_vs_fit']:.2f}",
+                f"{r['gflops']:.1f}",
+                f"{r['pct_of_matmul_peak']:.1f}",
+            )
+        )
     return "\n".join([table(header, rows), *failed])
 
 
@@ -222,12 +293,30 @@ def format_eval_table(results):
     Returns:
       The table's text.
     """
-    header = ("config", "parts/threads", "batch", "ms/pass", "cpu ms", "ex/s", "compile s", "peak RSS MB", "x(fit_eval)", "GFLOP/s")
+    header = (
+        "config",
+        "parts/threads",
+        "batch",
+        "ms/pass",
+        "cpu ms",
+        "ex/s",
+        "compile s",
+        "peak RSS MB",
+        "x(fit_eval)",
+        "GFLOP/s",
+    )
     rows = [
         (
-            r["name"], _parallelism(r), str(r["eval_batch_size"]), f"{r['ms_per_pass']:.1f}", f"{r['cpu_ms_per_pass']:.1f}",
-            f"{r['examples_per_s']:.0f}", f"{r['compile_s']:.2f}", f"{r['process_peak_rss_mb']:.0f}",
-            f"{r['speedup_vs_fit']:.2f}", f"{r['gflops']:.1f}",
+            r["name"],
+            _parallelism(r),
+            str(r["eval_batch_size"]),
+            f"{r['ms_per_pass']:.1f}",
+            f"{r['cpu_ms_per_pass']:.1f}",
+            f"{r['examples_per_s']:.0f}",
+            f"{r['compile_s']:.2f}",
+            f"{r['process_peak_rss_mb']:.0f}",
+            f"{r['speedup_vs_fit']:.2f}",
+            f"{r['gflops']:.1f}",
         )
         for r in results
     ]
@@ -243,7 +332,19 @@ def format_grid_table(results):
     Returns:
       The table's text, failed rows under it.
     """
-    header = ("config", "batch", "precision", "XLA", "input", "ms/step", "range", "x fit", "ex/s", "compile s", "peak RSS MB")
+    header = (
+        "config",
+        "batch",
+        "precision",
+        "XLA",
+        "input",
+        "ms/step",
+        "range",
+        "x fit",
+        "ex/s",
+        "compile s",
+        "peak RSS MB",
+    )
     rows, failed = [], []
     for r in results:
         spec = r["spec"]
@@ -252,12 +353,21 @@ def format_grid_table(results):
             continue
         reps = r["ms_per_step_repeats"]
         speedup = r.get("speedup_vs_fit")
-        rows.append((
-            r["name"], str(spec["batch_size"]), spec["precision"], "on" if r.get("jit_resolved") else "off",
-            "-" if spec["kind"] == "fit" else spec["input"], f"{r['ms_per_step']:.3f}", f"{min(reps):.3f}-{max(reps):.3f}",
-            "-" if speedup is None else f"{speedup:.2f}", f"{r['examples_per_s']:.0f}", f"{r['compile_s']:.2f}",
-            f"{r['process_peak_rss_mb']:.0f}",
-        ))
+        rows.append(
+            (
+                r["name"],
+                str(spec["batch_size"]),
+                spec["precision"],
+                "on" if r.get("jit_resolved") else "off",
+                "-" if spec["kind"] == "fit" else spec["input"],
+                f"{r['ms_per_step']:.3f}",
+                f"{min(reps):.3f}-{max(reps):.3f}",
+                "-" if speedup is None else f"{speedup:.2f}",
+                f"{r['examples_per_s']:.0f}",
+                f"{r['compile_s']:.2f}",
+                f"{r['process_peak_rss_mb']:.0f}",
+            )
+        )
     return "\n".join([table(header, rows), *failed])
 
 
@@ -274,7 +384,9 @@ def format_kernels(runs, top=6):
     lines = []
     for run in runs:
         kernels = list(run["kernels"].items())
-        listed = ", ".join(f"{k} x{n}" for k, n in kernels[:top]) or "no oneDNN primitive ran (TensorFlow's Eigen kernels)"
+        listed = (
+            ", ".join(f"{k} x{n}" for k, n in kernels[:top]) or "no oneDNN primitive ran (TensorFlow's Eigen kernels)"
+        )
         more = f", and {len(kernels) - top} more" if len(kernels) > top else ""
         lines.append(f"  {run['name']}: {listed}{more}")
     return "\n".join(lines)
@@ -291,6 +403,9 @@ def table(header, rows):
       The header, a rule of dashes and the rows, joined with newlines.
     """
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in [header, *rows]]
+    lines = [
+        "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -15,7 +15,15 @@ from benchmarks import worker
 
 
 # What `classify_op` sorts an op into, in the order of the printed breakdown.
-CATEGORIES = ("conv forward", "conv backward", "other forward", "other backward", "optimizer", "input", "loss, metrics, loop")
+CATEGORIES = (
+    "conv forward",
+    "conv backward",
+    "other forward",
+    "other backward",
+    "optimizer",
+    "input",
+    "loss, metrics, loop",
+)
 
 
 def classify_op(long_name, op_type):
@@ -85,7 +93,9 @@ def profile_breakdown(trace_events, num_steps, wall_ms_per_step):
         name = event.get("name", "")
         args = event.get("args") or {}
         if name.startswith("Iterator::"):
-            iterator_by_thread.setdefault((event.get("pid"), event.get("tid")), []).append((event["ts"], event["ts"] + event["dur"]))
+            iterator_by_thread.setdefault((event.get("pid"), event.get("tid")), []).append(
+                (event["ts"], event["ts"] + event["dur"])
+            )
             continue
         if "long_name" not in args:
             continue
@@ -145,7 +155,9 @@ def format_profile(breakdown):
         lines.append(f"  {category:<22} {ms:10.3f}  {100 * ms / total:15.1f}%")
     lines.append(f"  {'all ops':<22} {total:10.3f}  (x{breakdown['parallelism']:.2f} ops running at once on average)")
     lines.append(f"  {'some op running':<22} {breakdown['busy_ms_per_step']:10.3f}")
-    lines.append(f"  {'no op running':<22} {breakdown['overhead_ms_per_step']:10.3f}  (Python, dispatch, executor scheduling)")
+    lines.append(
+        f"  {'no op running':<22} {breakdown['overhead_ms_per_step']:10.3f}  (Python, dispatch, executor scheduling)"
+    )
     return "\n".join(lines)
 
 
@@ -168,7 +180,9 @@ def trace_converter():
         try:
             from tensorboard_plugin_profile.convert import raw_to_tool_data  # pylint: disable=import-outside-toplevel
         except ImportError:
-            raise ImportError(f"reading a profiler trace needs xprof (TensorBoard's profile plugin): {PROFILE_INSTALL}") from None
+            raise ImportError(
+                f"reading a profiler trace needs xprof (TensorBoard's profile plugin): {PROFILE_INSTALL}"
+            ) from None
     return raw_to_tool_data
 
 
@@ -221,7 +235,9 @@ def profile_spec(spec, logdir, data=None):
     run_steps, _, _ = worker.make_loop(spec, data)
     steps = spec.steps_per_loop
     worker.run_loop(run_steps, 2 * steps, steps)
-    options = tf.profiler.experimental.ProfilerOptions(host_tracer_level=3, python_tracer_level=0, device_tracer_level=1)
+    options = tf.profiler.experimental.ProfilerOptions(
+        host_tracer_level=3, python_tracer_level=0, device_tracer_level=1
+    )
     tf.profiler.experimental.start(logdir, options=options)
     start = time.perf_counter()
     worker.run_loop(run_steps, steps, steps)

@@ -85,7 +85,7 @@ def _read_idx(path, ndim):
     magic = int.from_bytes(raw[:4], "big")
     if magic != 0x800 + ndim:
         raise ValueError(f"{path}: not an IDX file of {ndim} dimension(s) (magic {magic:#x})")
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     values = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if values.size != int(np.prod(dims)):
         raise ValueError(f"{path}: {values.size} payload bytes for header {dims}")
@@ -148,11 +148,17 @@ def make_model(seed=SEED):
     torch.manual_seed(seed)
     model = nn.Sequential(
         Rescale(),
-        nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(1, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Dropout2d(0.2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(32, 128), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 128),
+        nn.ReLU(),
         nn.Linear(128, 10),
     )
     for layer in model:
@@ -172,8 +178,12 @@ def make_optimizer(model, steps_per_epoch, initial_lr=INITIAL_LR, max_lr=MAX_LR,
 
     optimizer = torch.optim.SGD(model.parameters(), lr=initial_lr)
     scheduler = torch.optim.lr_scheduler.CyclicLR(
-        optimizer, base_lr=initial_lr, max_lr=max_lr, step_size_up=max(1, round(step_size_epochs * steps_per_epoch)),
-        mode="triangular2", cycle_momentum=False,
+        optimizer,
+        base_lr=initial_lr,
+        max_lr=max_lr,
+        step_size_up=max(1, round(step_size_epochs * steps_per_epoch)),
+        mode="triangular2",
+        cycle_momentum=False,
     )
     return optimizer, scheduler
 
@@ -217,7 +227,7 @@ def batches(x, y, batch_size, seed, drop_remainder):
     while True:
         perm = torch.randperm(n, generator=generator)
         for start in range(0, end, batch_size):
-            idx = perm[start:start + batch_size]
+            idx = perm[start : start + batch_size]
             yield x[idx], y[idx]
 
 
@@ -230,8 +240,8 @@ def evaluate(forward, x, y, batch_size):
     loss, correct = 0.0, 0
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            logits = forward(x[start:start + batch_size])
-            target = y[start:start + batch_size]
+            logits = forward(x[start : start + batch_size])
+            target = y[start : start + batch_size]
             loss += float(F.cross_entropy(logits, target, reduction="sum"))
             correct += int((logits.argmax(1) == target).sum())
     forward.train()
@@ -264,8 +274,13 @@ def time_steps(spec, cores=None):
     step, _ = make_train_step(model, optimizer, scheduler, compile_model=spec["kind"] == "torch_compile")
     x, y = to_tensors(train_x, train_y)
     stream = batches(x, y, batch, SEED, drop_remainder=True)
-    common = {"threads": list(threads), "data": description, "torch": torch.__version__, "splits_resolved": 1,
-              "layer_macs": macs}
+    common = {
+        "threads": list(threads),
+        "data": description,
+        "torch": torch.__version__,
+        "splits_resolved": 1,
+        "layer_macs": macs,
+    }
 
     def run(n):
         loss = None
@@ -278,7 +293,10 @@ def time_steps(spec, cores=None):
     try:
         run(first)
     except Exception as e:  # pylint: disable=broad-except  # torch.compile's failures have many types
-        return {**common, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]}
+        return {
+            **common,
+            "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500],
+        }
     first_call_s = time.perf_counter() - start
     run(max(20, min(steps, 100)))
     wall, cpu = [], []
@@ -326,8 +344,13 @@ def run_epochs(epochs=1, compile_model=False, data="auto", examples=0, log=print
         history["val_loss"].append(val_loss)
         history["val_accuracy"].append(val_acc)
         log(f"epoch {epoch + 1}/{epochs}: loss {total / steps:.4f} val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
-    return {"fit_s": time.perf_counter() - start - setup, "setup_s": setup, "history": history,
-            "threads": list(threads), "data": description}
+    return {
+        "fit_s": time.perf_counter() - start - setup,
+        "setup_s": setup,
+        "history": history,
+        "threads": list(threads),
+        "data": description,
+    }
 
 
 def main(argv):
@@ -356,8 +379,10 @@ def main(argv):
     if not args.epoch:
         parser.error("nothing to do: give --epoch (or --worker)")
     result = run_epochs(args.epochs, args.compile, args.data, args.examples)
-    print(f"torch{' compile' if args.compile else ''}: {result['fit_s']:.1f} s for {args.epochs} epoch(s) incl. validation;"
-          f" set-up {result['setup_s']:.1f} s; threads {result['threads']}")
+    print(
+        f"torch{' compile' if args.compile else ''}: {result['fit_s']:.1f} s for {args.epochs} epoch(s) incl. validation;"
+        f" set-up {result['setup_s']:.1f} s; threads {result['threads']}"
+    )
     return 0
 
 

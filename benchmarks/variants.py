@@ -203,7 +203,11 @@ def kernel_specs(precisions, data="auto"):
     return specs
 
 
-GRID_CONTENDERS = (("fit", "pipeline", "(a) fit"), ("loop", "pipeline", "loop tf.data"), ("loop", "device", "loop device"))
+GRID_CONTENDERS = (
+    ("fit", "pipeline", "(a) fit"),
+    ("loop", "pipeline", "loop tf.data"),
+    ("loop", "device", "loop device"),
+)
 
 
 def grid_specs(batch_sizes, precisions, steps, repeats, data, examples=0):
@@ -227,7 +231,9 @@ def grid_specs(batch_sizes, precisions, steps, repeats, data, examples=0):
     specs = []
     for precision in precisions:
         for batch in batch_sizes:
-            common = dict(batch_size=batch, steps=steps, repeats=repeats, data=data, examples=examples, precision=precision)
+            common = dict(
+                batch_size=batch, steps=steps, repeats=repeats, data=data, examples=examples, precision=precision
+            )
             for kind, input_mode, label in GRID_CONTENDERS:
                 specs.append(Spec(kind, input=input_mode, label=f"{label} b={batch} {precision}", **common))
     return specs

@@ -47,8 +47,12 @@ def fit_epoch(epochs=1, batch_size=variants.TUTORIAL_BATCH_SIZE, data=None):
     model.compile(loss="sparse_categorical_crossentropy", optimizer=optimizer, metrics=["accuracy"])
     setup = time.perf_counter() - start
     history = model.fit(
-        data.train.images, data.train.labels, batch_size=batch_size, epochs=epochs,
-        validation_data=(data.test.images, data.test.labels), verbose=2,
+        data.train.images,
+        data.train.labels,
+        batch_size=batch_size,
+        epochs=epochs,
+        validation_data=(data.test.images, data.test.labels),
+        verbose=2,
     )
     return {"fit_s": time.perf_counter() - start - setup, "setup_s": setup, "history": history.history}
 
@@ -144,7 +148,11 @@ def whole_process(runs, workdir, epochs=1, log=print, torch=False, dataset_dir=N
             # A fresh workdir per run: the trainer would otherwise resume from the previous run.
             extra = [f"--workdir={os.path.join(workdir, f'{name}{index}')}"] if name == "train" else []
             # PyTorch's processes each get an empty Inductor cache: torch.compile compiles as on a first run.
-            env = {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="clr_bench_inductor_")} if name.startswith("torch") else None
+            env = (
+                {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="clr_bench_inductor_")}
+                if name.startswith("torch")
+                else None
+            )
             proc = processes.run_process(argv + extra, env=env)
             if proc["rc"] != 0:
                 why = f"{description} failed (exit {proc['rc']}):\n{proc['stderr'][-3000:]}"
@@ -155,7 +163,8 @@ def whole_process(runs, workdir, epochs=1, log=print, torch=False, dataset_dir=N
             measured[name].append({k: proc[k] for k in ("wall_s", "cpu_s", "peak_rss_mb")})
     medians = {
         name: {k: statistics.median(run[k] for run in runs_) for k in ("wall_s", "cpu_s", "peak_rss_mb")}
-        for name, runs_ in measured.items() if runs_
+        for name, runs_ in measured.items()
+        if runs_
     }
     train_s = medians["train"]["wall_s"]
     medians["speedup_wall"] = medians["fit"]["wall_s"] / train_s
@@ -164,5 +173,9 @@ def whole_process(runs, workdir, epochs=1, log=print, torch=False, dataset_dir=N
     for name in ("torch", "torch_compile"):
         if name in medians:
             medians[f"speedup_wall_vs_{name}"] = medians[name]["wall_s"] / train_s
-    return {"commands": {k: description for k, (_, description) in commands.items()}, **measured, "medians": medians,
-            "errors": errors}
+    return {
+        "commands": {k: description for k, (_, description) in commands.items()},
+        **measured,
+        "medians": medians,
+        "errors": errors,
+    }

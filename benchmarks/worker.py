@@ -45,8 +45,8 @@ def load_data(choice="auto", examples=0):
 
     data = None
     if choice.startswith(variants.IDX_PREFIX):
-        data = fashion_mnist.load(dataset_dir=choice[len(variants.IDX_PREFIX):])
-        description = f"Fashion-MNIST IDX files in {choice[len(variants.IDX_PREFIX):]} ({data.train.num_examples} train examples)"
+        data = fashion_mnist.load(dataset_dir=choice[len(variants.IDX_PREFIX) :])
+        description = f"Fashion-MNIST IDX files in {choice[len(variants.IDX_PREFIX) :]} ({data.train.num_examples} train examples)"
     elif choice == "auto":
         try:
             data = fashion_mnist.load()
@@ -58,7 +58,8 @@ def load_data(choice="auto", examples=0):
 
         def split(n):
             return fashion_mnist.Split(
-                images=rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), labels=rng.integers(0, 10, n).astype(np.int32)
+                images=rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+                labels=rng.integers(0, 10, n).astype(np.int32),
             )
 
         why = "requested" if choice == "random" else "no Fashion-MNIST source worked"
@@ -103,8 +104,14 @@ def _config(spec):
     extra = {"strategy": "mirrored", "virtual_cpus": spec.virtual_cpus} if spec.virtual_cpus else {}
     return config_lib.Config(
         batch_splits=spec.splits,
-        batch_size=spec.batch_size, steps_per_loop=spec.steps_per_loop, jit_compile=spec.jit, seed=variants.SEED,
-        eval_batch_size=spec.eval_batch_size, input_mode=spec.input, precision=spec.precision, **extra,
+        batch_size=spec.batch_size,
+        steps_per_loop=spec.steps_per_loop,
+        jit_compile=spec.jit,
+        seed=variants.SEED,
+        eval_batch_size=spec.eval_batch_size,
+        input_mode=spec.input,
+        precision=spec.precision,
+        **extra,
     )
 
 
@@ -140,7 +147,9 @@ def make_trainer(spec, data):
 
 
 def _summary(spec, seconds_per_repeat, cpu_per_repeat, steps, first_call_s, first_call_steps, flops):
-    return measure.summary(spec.batch_size, seconds_per_repeat, cpu_per_repeat, steps, first_call_s, first_call_steps, flops)
+    return measure.summary(
+        spec.batch_size, seconds_per_repeat, cpu_per_repeat, steps, first_call_s, first_call_steps, flops
+    )
 
 
 def time_fit(spec, data):

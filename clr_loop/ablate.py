@@ -94,7 +94,8 @@ def _check_seeds(values):
 
 
 flags.DEFINE_list(
-    "seeds", None,
+    "seeds",
+    None,
     "Comma-separated seeds: every flagfile runs once per seed; each seed has its own initial weights, "
     "data order and dropout, shared by all flagfiles (default: one run per flagfile at --seed).",
 )
@@ -186,7 +187,9 @@ def _refused_runs(runs):
             problems.append(f"{run.name}: {e}")
             continue
         if conflict is not None and conflict[1]:
-            problems.append(f"{run.name}: {run.config.workdir} holds a run with a different configuration ({conflict[0]})")
+            problems.append(
+                f"{run.name}: {run.config.workdir} holds a run with a different configuration ({conflict[0]})"
+            )
     return problems
 
 
@@ -249,8 +252,10 @@ def _write_figures(runs, rows, workdir, data_by_key):
     paths = []
     if done:
         paths += figures.plot_histories(
-            [r.config.workdir for r in done], figure_dir,
-            labels=[r.name for r in done], groups=[ablation.flagfile_stem(r.flagfile) for r in done],
+            [r.config.workdir for r in done],
+            figure_dir,
+            labels=[r.name for r in done],
+            groups=[ablation.flagfile_stem(r.flagfile) for r in done],
         )
     for flagfile in dict.fromkeys(r.flagfile for r in runs):
         config = next(r.config for r in runs if r.flagfile == flagfile)
@@ -304,8 +309,10 @@ def main(argv):
     if refused:
         for problem in refused:
             print(f"error: {problem}", file=sys.stderr)
-        print("error: nothing was run or written; --overwrite starts those runs over, another --workdir keeps them",
-              file=sys.stderr)
+        print(
+            "error: nothing was run or written; --overwrite starts those runs over, another --workdir keeps them",
+            file=sys.stderr,
+        )
         return 1
     # Thread pools are per process and fixed once TensorFlow runs an op, so they are set here,
     # before the first one, for the runs' batch splitting when all runs split alike.
@@ -322,9 +329,13 @@ def main(argv):
             key = ablation.data_key(run.config)
             if key not in data_by_key:
                 config = run.config
-                data_by_key[key] = datasets.load(config.dataset, tfds_data_dir=config.tfds_data_dir,
-                                                 dataset_dir=config.dataset_dir, train_split=config.train_split,
-                                                 eval_split=config.eval_split)
+                data_by_key[key] = datasets.load(
+                    config.dataset,
+                    tfds_data_dir=config.tfds_data_dir,
+                    dataset_dir=config.dataset_dir,
+                    train_split=config.train_split,
+                    eval_split=config.eval_split,
+                )
         if shared_init:
             checked = set()
             for run in runs:
@@ -339,7 +350,9 @@ def main(argv):
     problems = []
     for run in runs:
         try:
-            fashion_mnist.steps_per_epoch(data_by_key[ablation.data_key(run.config)].train.num_examples, run.config.batch_size)
+            fashion_mnist.steps_per_epoch(
+                data_by_key[ablation.data_key(run.config)].train.num_examples, run.config.batch_size
+            )
         except fashion_mnist.DataError as e:
             problems.append(f"{run.name}: {e}")
     problems = problems or _output_problems(workdir, runs, make_figures)
@@ -362,9 +375,11 @@ def main(argv):
         if len(builds) == len(seeds):
             init_note = f"all runs of a seed start from the same weights: {names}."
         else:
-            init_note = ("runs of a seed with the same model (model, image shape, class count, pixel type) start "
-                         "from the same weights; runs of different models each start from their own seeded "
-                         f"weights, as `clr_loop.train --seed=N` builds them: {names}.")
+            init_note = (
+                "runs of a seed with the same model (model, image shape, class count, pixel type) start "
+                "from the same weights; runs of different models each start from their own seeded "
+                f"weights, as `clr_loop.train --seed=N` builds them: {names}."
+            )
     result = {
         "command": command,
         "workdir": workdir,
@@ -376,7 +391,10 @@ def main(argv):
         "by_flagfile": [],
     }
     for i, run in enumerate(runs):
-        print(f"== run {i + 1}/{len(runs)}: {run.name} ({run.flagfile}, seed {run.seed}) in {run.config.workdir}", flush=True)
+        print(
+            f"== run {i + 1}/{len(runs)}: {run.name} ({run.flagfile}, seed {run.seed}) in {run.config.workdir}",
+            flush=True,
+        )
         row, interrupted = _train_run(run, data_by_key[ablation.data_key(run.config)])
         result["runs"].append(row)
         result["by_flagfile"] = ablation.aggregate_by_flagfile(result["runs"])

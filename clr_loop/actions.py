@@ -29,6 +29,7 @@ _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
 ).SerializeToString()
 
+
 def write_scalar(name, value):
     """Writes a float scalar summary to the default writer at its default step, as `tf.summary.scalar`
     would (same tag, tensor and metadata, so TensorBoard shows it as a scalar).
@@ -107,7 +108,9 @@ class Summaries:
 
     def start_window(self, metrics):
         """Starts the metric windows from the metrics' current sums (at an epoch's start)."""
-        self.state.metric_base.assign(np.array([v for pair in _metric_sums(metrics).values() for v in pair], np.float64))
+        self.state.metric_base.assign(
+            np.array([v for pair in _metric_sums(metrics).values() for v in pair], np.float64)
+        )
 
     def add(self, window):
         """Adds a loop window's loss sum and example count to the current point."""
@@ -181,8 +184,10 @@ def diverged(window, step, non_finite_weights, summaries, last_checkpoint):
     else:  # the step checks the weights after its update: a non-finite gradient or update
         what = f"non-finite weights after step {last_step} (learning rate {lr:.6g})"
     summaries.flush()
-    raise TrainingDiverged(f"{what}; stopped without saving it." + (f" The last good checkpoint is {last_checkpoint}"
-                                                                     if last_checkpoint else ""))
+    raise TrainingDiverged(
+        f"{what}; stopped without saving it."
+        + (f" The last good checkpoint is {last_checkpoint}" if last_checkpoint else "")
+    )
 
 
 def check_saved_weights(non_finite_weights, step, last_checkpoint):
@@ -261,8 +266,9 @@ class StopSignals:
         if not got:
             return None
         signum = next(s for s in distribute.STOP_SIGNALS if s in got.values())
-        by = ", ".join(f"worker {w}" if s == signum else f"worker {w} ({signal.Signals(s).name})"
-                       for w, s in sorted(got.items()))
+        by = ", ".join(
+            f"worker {w}" if s == signum else f"worker {w} ({signal.Signals(s).name})" for w, s in sorted(got.items())
+        )
         return signum, f"; it reached {by}, and all {distribute.worker_count(self.strategy)} workers stop at this step"
 
 
@@ -288,7 +294,8 @@ def stop_if_signalled(signals, summaries, save, step):
     name = signal.Signals(signum).name
     raise Interrupted(
         f"received {name} at step {step()}: checkpoint saved to {path}{note}; run the same code again "
-        + ("on every worker " if note else "") + "to resume",
+        + ("on every worker " if note else "")
+        + "to resume",
         signum,
     )
 

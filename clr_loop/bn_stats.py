@@ -17,8 +17,11 @@ from clr_loop import _keras
 
 def batch_norm_layers(model):
     """Returns the model's BatchNormalization layers (nested ones included), in layer order."""
-    return [layer for layer in _keras.flatten_layers(model, include_self=False)
-            if isinstance(layer, keras.layers.BatchNormalization)]
+    return [
+        layer
+        for layer in _keras.flatten_layers(model, include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
 
 
 def moving_statistics(model):

@@ -75,7 +75,8 @@ def remove_stale_temporaries(workdir):
     """
     removed = []
     patterns = [os.path.join(workdir, "*.json.tmp-*")] + [
-        os.path.join(workdir, sub, ".tmp-events-*") for sub in ("train", "eval")]
+        os.path.join(workdir, sub, ".tmp-events-*") for sub in ("train", "eval")
+    ]
     for path in sorted(p for pattern in patterns for p in glob.glob(pattern)):
         pid = path.rsplit("-", 1)[1]
         if not pid.isdigit() or _process_exists(int(pid)):
@@ -108,8 +109,12 @@ def save_json(path, value, what, checkpoint=None):
     except OSError as e:
         raise WorkdirError(
             f"could not write {what} {path}: {e}; the previous file is intact"
-            + (f", and the checkpoint {checkpoint} holds the new one: the same command resumes from it once "
-               "the write can succeed" if checkpoint else ""),
+            + (
+                f", and the checkpoint {checkpoint} holds the new one: the same command resumes from it once "
+                "the write can succeed"
+                if checkpoint
+                else ""
+            ),
             starting_over_helps=False,
         ) from e
 
@@ -171,8 +176,10 @@ def check_history(history, where):
         if not isinstance(values, list) or not all(
             v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values
         ):
-            raise WorkdirError(f"history {where} is not clr_loop's: {key!r} is {values!r:.80}, not a list of numbers",
-                               starting_over_helps=False)
+            raise WorkdirError(
+                f"history {where} is not clr_loop's: {key!r} is {values!r:.80}, not a list of numbers",
+                starting_over_helps=False,
+            )
     return history
 
 
@@ -185,8 +192,9 @@ def check_writable(workdir):
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise WorkdirError(f"workdir {workdir} is not a writable folder: {e}", starting_over_helps=False,
-                           argument="workdir") from e
+        raise WorkdirError(
+            f"workdir {workdir} is not a writable folder: {e}", starting_over_helps=False, argument="workdir"
+        ) from e
 
 
 # What each output folder of a run holds (fnmatch patterns of paths inside it); --overwrite removes
@@ -318,6 +326,7 @@ class RunCheckpoints:
         """The CheckpointManager of `directory`. Its state file (`ckpt/checkpoint`) only lists the
         checkpoints; one that cannot be parsed (a 0-byte file after a crash) is set aside, named,
         and the checkpoints found on disk are used."""
+
         def make():
             return tf.train.CheckpointManager(
                 self.checkpoint, self.directory, max_to_keep=max_to_keep, step_counter=step_counter
@@ -329,8 +338,10 @@ class RunCheckpoints:
             state = os.path.join(self.directory, "checkpoint")
             aside = f"{state}.unreadable"
             os.replace(state, aside)
-            message = (f"the checkpoint list {state} is unreadable ({first_line(e)}); moved it to {aside} "
-                       "and using the checkpoint files on disk")
+            message = (
+                f"the checkpoint list {state} is unreadable ({first_line(e)}); moved it to {aside} "
+                "and using the checkpoint files on disk"
+            )
             logging.warning("%s", message)
             print(f"warning: {message}", flush=True)
             return make()
@@ -379,7 +390,10 @@ class RunCheckpoints:
             self.last_saved_step = int(self.step_counter.numpy())
             return path
         raise CheckpointError(
-            "no checkpoint in " + self.restore_directory + " can be restored:\n  " + "\n  ".join(failures)
+            "no checkpoint in "
+            + self.restore_directory
+            + " can be restored:\n  "
+            + "\n  ".join(failures)
             + "\nRemove the broken files, or start the run over."
         )
 
@@ -404,8 +418,11 @@ class RunCheckpoints:
     def _restorer(self, reader):
         """The Checkpoint that restores the checkpoint `reader` reads: all the trackables, less the
         TextRecords it has no value for (a checkpoint written before they were recorded)."""
-        missing = [name for name, value in self.trackables.items()
-                   if isinstance(value, TextRecord) and saved_text(reader, name) is None]
+        missing = [
+            name
+            for name, value in self.trackables.items()
+            if isinstance(value, TextRecord) and saved_text(reader, name) is None
+        ]
         if not missing:
             return self.checkpoint
         return tf.train.Checkpoint(**{k: v for k, v in self.trackables.items() if k not in missing})
@@ -440,7 +457,11 @@ class RunCheckpoints:
             raise CheckpointError(
                 f"could not write a checkpoint at step {step} in {self.directory}: {type(e).__name__}: "
                 f"{first_line(e)} (disk full?). "
-                + (f"The previous checkpoint {previous} is intact." if previous else "No earlier checkpoint was written."),
+                + (
+                    f"The previous checkpoint {previous} is intact."
+                    if previous
+                    else "No earlier checkpoint was written."
+                ),
                 starting_over_helps=False,
             ) from e
         self.last_saved_step = step
@@ -478,8 +499,10 @@ def truncate_events(logdir, max_step):
         except tf.errors.DataLossError:
             tail = _unreadable_tail(path, offset)
             if tail:
-                message = (f"{path} has an unreadable record at byte {offset}; it and the {len(tail)} bytes after "
-                           "it are kept as they are (TensorBoard stops reading there)")
+                message = (
+                    f"{path} has an unreadable record at byte {offset}; it and the {len(tail)} bytes after "
+                    "it are kept as they are (TensorBoard stops reading there)"
+                )
                 logging.warning("%s", message)
                 print(f"warning: {message}", flush=True)
             else:

@@ -37,8 +37,10 @@ QUIET_LEVEL = 3
 _NATIVE_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.-]+:\d+\] ")
 _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
 # absl's banner before its logging is initialised, and the second line of cpu_feature_guard.cc's note.
-_NATIVE_EXTRAS = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
-                  "To enable the following instructions:")
+_NATIVE_EXTRAS = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "To enable the following instructions:",
+)
 
 
 def requested_verbosity(argv):
@@ -122,7 +124,9 @@ def native_start_up_hidden(argv):
 # Where the Python INFO lines and warnings that a user does not need come from: TensorFlow's and TFDS's
 # own modules (a checkpoint's "Sharding callback duration", "Using MirroredStrategy with devices", a
 # tf.data UserWarning about its options), whichever logger they use.
-_THIRD_PARTY_PATH = re.compile(r"[/\\]site-packages[/\\]tensorflow(_datasets)?[/\\]|[/\\]tensorflow(_datasets)?[/\\]python[/\\]")
+_THIRD_PARTY_PATH = re.compile(
+    r"[/\\]site-packages[/\\]tensorflow(_datasets)?[/\\]|[/\\]tensorflow(_datasets)?[/\\]python[/\\]"
+)
 _THIRD_PARTY_MODULE = r"tensorflow(_datasets)?\."
 
 

@@ -51,7 +51,9 @@ def unreachable(peers):
     return down
 
 
-_WATCHDOG = inspect.getsource(unreachable) + r"""
+_WATCHDOG = (
+    inspect.getsource(unreachable)
+    + r"""
 import os, select, signal, sys
 fd, timeout, pid, me, peers = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 if select.select([fd], [], [], timeout)[0]:
@@ -64,6 +66,7 @@ sys.stderr.write(
 sys.stderr.flush()
 os.kill(pid, signal.SIGKILL)
 """
+)
 
 
 class _JoinWatchdog:
@@ -102,8 +105,9 @@ def configure_virtual_cpus(count):
     try:
         tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
     except RuntimeError as e:
-        raise ClusterError(f"virtual_cpus={count} must be applied before TensorFlow initialises: {e}",
-                           "virtual_cpus") from e
+        raise ClusterError(
+            f"virtual_cpus={count} must be applied before TensorFlow initialises: {e}", "virtual_cpus"
+        ) from e
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
@@ -111,7 +115,9 @@ def read_tf_config():
     """Returns the parsed TF_CONFIG environment variable; raises ClusterError naming what is wrong."""
     text = os.environ.get("TF_CONFIG")
     if not text:
-        raise ClusterError("the multi_worker strategy needs the TF_CONFIG environment variable (see docs/distribute.md)")
+        raise ClusterError(
+            "the multi_worker strategy needs the TF_CONFIG environment variable (see docs/distribute.md)"
+        )
     try:
         tf_config = json.loads(text)
         workers = tf_config["cluster"]["worker"]
@@ -142,18 +148,26 @@ def make_strategy(name, devices=None, cluster_timeout=60.0):
         keys = [_device_key(d) for d in devices]
         twice = sorted({key for key in keys if keys.count(key) > 1})
         if twice:
-            raise ClusterError(f"devices {', '.join(devices)} name "
-                               f"{', '.join(f'/{kind.lower()}:{index}' for kind, index in twice)} more than once; "
-                               "each replica needs a device of its own", "devices")
+            raise ClusterError(
+                f"devices {', '.join(devices)} name "
+                f"{', '.join(f'/{kind.lower()}:{index}' for kind, index in twice)} more than once; "
+                "each replica needs a device of its own",
+                "devices",
+            )
         try:
             return tf.distribute.MirroredStrategy(devices=list(devices))
         except (ValueError, RuntimeError, AssertionError) as e:
             raise ClusterError(f"cannot mirror over devices {', '.join(devices)}: {e}", "devices") from e
     if name == "multi_worker":
-        if isinstance(cluster_timeout, bool) or not isinstance(cluster_timeout, (int, float)) \
-                or not 0 < cluster_timeout <= MAX_CLUSTER_TIMEOUT:  # also False for NaN
-            raise ClusterError(f"cluster_timeout must be a number of seconds in (0, {MAX_CLUSTER_TIMEOUT}], "
-                               f"got {cluster_timeout!r}", "cluster_timeout")
+        if (
+            isinstance(cluster_timeout, bool)
+            or not isinstance(cluster_timeout, (int, float))
+            or not 0 < cluster_timeout <= MAX_CLUSTER_TIMEOUT
+        ):  # also False for NaN
+            raise ClusterError(
+                f"cluster_timeout must be a number of seconds in (0, {MAX_CLUSTER_TIMEOUT}], got {cluster_timeout!r}",
+                "cluster_timeout",
+            )
         tf_config = read_tf_config()
         workers = tf_config["cluster"]["worker"]
         me = int(tf_config["task"]["index"])
@@ -193,7 +207,8 @@ def check_devices(devices):
     if missing:
         raise ClusterError(
             f"device(s) {', '.join(missing)} do not exist here; this process has "
-            + ", ".join(f"/{d.device_type.lower()}:{_device_key(d.name)[1]}" for d in existing), "devices"
+            + ", ".join(f"/{d.device_type.lower()}:{_device_key(d.name)[1]}" for d in existing),
+            "devices",
         )
 
 
@@ -300,8 +315,12 @@ def gather_from_workers(strategy, row):
 # What a collective raises when a peer has gone (its connection closes) or does not answer in time.
 # (A killed peer: UnavailableError at once; a stopped or hung one: DeadlineExceededError after the
 # cluster timeout.)
-_LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
-                     tf.errors.AbortedError)
+_LOST_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+)
 
 
 @contextlib.contextmanager
@@ -319,8 +338,8 @@ def lost_workers_named(strategy):
         me = worker_id(strategy)
         down = unreachable([w for i, w in enumerate(workers) if i != me])
         lost = ", ".join(f"worker {workers.index(w)} ({w})" for w in down) or (
-            "none refuses connections (a peer did not answer within the cluster timeout: stopped, hung "
-            "or overloaded)")
+            "none refuses connections (a peer did not answer within the cluster timeout: stopped, hung or overloaded)"
+        )
         raise ClusterError(
             f"worker {me} lost its cluster: a collective failed ({type(e).__name__}); "
             f"unreachable now: {lost}. Every worker stops; start the same command on every worker again "

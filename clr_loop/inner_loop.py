@@ -49,15 +49,21 @@ class EpochState:
         # last point, and each mean-type metric's (total, count) when it began. Checkpointed, so a
         # resumed run writes the points of an uninterrupted one.
         self.window = tf.Variable([0.0, 0.0], dtype=tf.float64, trainable=False, name="summary_window")
-        self.metric_base = tf.Variable([], dtype=tf.float64, trainable=False, shape=tf.TensorShape(None),
-                                       name="summary_metric_base")
+        self.metric_base = tf.Variable(
+            [], dtype=tf.float64, trainable=False, shape=tf.TensorShape(None), name="summary_metric_base"
+        )
 
     def trackables(self):
         """Returns the variables a checkpoint holds, by key (all but `steps`, which a run adds under
         loss scaling only)."""
         return {
-            "loss_sum": self.loss_sum, "count": self.count, "lr": self.lr, "momentum": self.momentum,
-            "epoch": self.epoch, "epoch_start": self.epoch_start, "summary_window": self.window,
+            "loss_sum": self.loss_sum,
+            "count": self.count,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "epoch": self.epoch,
+            "epoch_start": self.epoch_start,
+            "summary_window": self.window,
             "summary_metric_base": self.metric_base,
         }
 
@@ -101,7 +107,11 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False):
         nonfinite = _sum_replicas(strategy, per_replica["nonfinite"])
         # Every replica evaluates the schedule at the same step; any copy is the rate.
         lr = strategy.experimental_local_results(per_replica["lr"])[0]
-        momentum = strategy.experimental_local_results(per_replica["momentum"])[0] if "momentum" in per_replica else tf.constant(0.0)
+        momentum = (
+            strategy.experimental_local_results(per_replica["momentum"])[0]
+            if "momentum" in per_replica
+            else tf.constant(0.0)
+        )
         return loss, count, nonfinite, lr, momentum
 
     def body(iterator, steps, finite, exhausted, loss_sum, count, lr, momentum):
@@ -111,8 +121,15 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False):
             step_loss, step_count, nonfinite, step_lr, step_momentum = run_step(*batch)
             state.loss_sum.assign_add(step_loss)
             state.count.assign_add(step_count)
-            return (steps + 1, nonfinite == 0.0, tf.constant(False), loss_sum + step_loss, count + step_count,
-                    step_lr, step_momentum)
+            return (
+                steps + 1,
+                nonfinite == 0.0,
+                tf.constant(False),
+                loss_sum + step_loss,
+                count + step_count,
+                step_lr,
+                step_momentum,
+            )
 
         if not until_exhausted:
             return advance(next(iterator))
@@ -128,10 +145,19 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False):
     @tf.function(autograph=False)
     def train_loop(iterator, num_steps):
         zero = tf.constant(0.0, tf.float64)
-        initial = (tf.constant(0, tf.int32), tf.constant(True), tf.constant(False), zero, zero,
-                   tf.constant(0.0, tf.float32), tf.constant(0.0, tf.float32))
+        initial = (
+            tf.constant(0, tf.int32),
+            tf.constant(True),
+            tf.constant(False),
+            zero,
+            zero,
+            tf.constant(0.0, tf.float32),
+            tf.constant(0.0, tf.float32),
+        )
         steps, finite, exhausted, loss_sum, count, lr, momentum = tf.while_loop(
-            lambda steps, finite, exhausted, *_: tf.logical_and(steps < num_steps, tf.logical_and(finite, tf.logical_not(exhausted))),
+            lambda steps, finite, exhausted, *_: tf.logical_and(
+                steps < num_steps, tf.logical_and(finite, tf.logical_not(exhausted))
+            ),
             lambda *loop_state: body(iterator, *loop_state),
             initial,
         )
@@ -139,8 +165,15 @@ def make_train_loop(train_step, state, strategy, until_exhausted=False):
         state.lr.assign(tf.where(ran, lr, state.lr))
         state.momentum.assign(tf.where(ran, momentum, state.momentum))
         state.steps.assign_add(tf.cast(steps, tf.int64))
-        return {"loss_sum": loss_sum, "count": count, "lr": lr, "momentum": momentum, "steps": steps,
-                "finite": finite, "exhausted": exhausted}
+        return {
+            "loss_sum": loss_sum,
+            "count": count,
+            "lr": lr,
+            "momentum": momentum,
+            "steps": steps,
+            "finite": finite,
+            "exhausted": exhausted,
+        }
 
     return train_loop
 
@@ -238,8 +271,7 @@ def keras_logs(model):
         {name: float} of `model.get_metrics_result()`'s scalars: the loss tracker, the compiled
         metrics, the per-output losses and the model's own trackers.
     """
-    return {name: float(np.asarray(value)) for name, value in model.get_metrics_result().items()
-            if np.ndim(value) == 0}
+    return {name: float(np.asarray(value)) for name, value in model.get_metrics_result().items() if np.ndim(value) == 0}
 
 
 def metric_results(metrics):

@@ -26,7 +26,6 @@ from clr_loop import _keras
 from clr_loop import errors
 
 
-
 # How array batches reach the train step (`clr_loop.runner.resolve_input_mode`): gathered on the
 # device inside the compiled loop (`DeviceBatches`), through tf.data (`array_train_dataset`), or
 # whichever fits.
@@ -59,8 +58,7 @@ def steps_per_epoch(num_examples, batch_size, drop_remainder=True):
     steps = num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
     if steps == 0:
         raise InputError(
-            f"{num_examples} examples are fewer than one batch of {batch_size} (the last partial batch "
-            "is dropped)"
+            f"{num_examples} examples are fewer than one batch of {batch_size} (the last partial batch is dropped)"
         )
     return steps
 
@@ -252,7 +250,8 @@ class DeviceBatches:
         except tf.errors.ResourceExhaustedError as e:
             raise InputError(
                 f"input_mode='device': the training set ({array_bytes(arrays) / 2**20:.0f} MiB) does not fit in "
-                f"{device}'s memory; feed it through tf.data (input_mode='pipeline' or 'auto')", argument="input_mode"
+                f"{device}'s memory; feed it through tf.data (input_mode='pipeline' or 'auto')",
+                argument="input_mode",
             ) from e
         with tf.device(device):
             self._perm = tf.Variable(tf.zeros([n], tf.int32), trainable=False, name="device_batches_perm")
@@ -316,7 +315,9 @@ def array_eval_dataset(arrays, batch_size, replicas=None):
         return ds.cache().batch(batch_size).prefetch(tf.data.AUTOTUNE)
     first, count, total = replicas
     if not 0 <= first < first + count <= total:
-        raise ValueError(f"replicas must be (first, count, total) with 0 <= first < first + count <= total, got {replicas}")
+        raise ValueError(
+            f"replicas must be (first, count, total) with 0 <= first < first + count <= total, got {replicas}"
+        )
     n = arrays.num_examples
     steps = -(-(-(-n // total)) // batch_size)
     data = tf.nest.map_structure(tf.constant, arrays.parts)
@@ -373,9 +374,7 @@ def check_dataset(dataset, what="x"):
         )
     for name, leaf in _flatten_with_names(spec[1] if len(spec) > 1 else (), f"{what} targets"):
         if isinstance(leaf, tf.TensorSpec) and leaf.shape.rank == 0:
-            raise InputError(
-                f"{what}: {name} are scalars: the dataset is not batched; call .batch(batch_size) on it"
-            )
+            raise InputError(f"{what}: {name} are scalars: the dataset is not batched; call .batch(batch_size) on it")
     cardinality = int(dataset.cardinality())
     if cardinality == tf.data.INFINITE_CARDINALITY:
         raise InputError(f"{what}: the dataset is infinite; an epoch is one pass over it, so it must end")
@@ -407,7 +406,9 @@ def check_fits_model(model, element_spec, what):
         shape = tuple(spec.shape)
         if len(shape) == len(expected) - 1 and expected[-1] == 1:
             continue  # Keras adds the last dimension of 1 (rank-1 x for Input((1,)))
-        if len(shape) != len(expected) or any(e is not None and s is not None and e != s for s, e in zip(shape[1:], expected[1:])):
+        if len(shape) != len(expected) or any(
+            e is not None and s is not None and e != s for s, e in zip(shape[1:], expected[1:])
+        ):
             raise InputError(
                 f"{name}: batches of shape {list(shape)} do not fit the model's input of shape {list(expected)}"
                 + (" (is the dataset batched?)" if len(shape) == len(expected) - 1 else "")
@@ -416,7 +417,9 @@ def check_fits_model(model, element_spec, what):
 
 def element_spec_of(arrays, batch_size=None):
     """Returns the `(x, y)` TensorSpec structure of batches of `arrays` (batch dimension `batch_size`)."""
-    spec = lambda a: tf.TensorSpec((batch_size,) + a.shape[1:], tf.string if a.dtype.kind in "USO" else tf.as_dtype(a.dtype))  # noqa: E731
+    spec = lambda a: tf.TensorSpec(
+        (batch_size,) + a.shape[1:], tf.string if a.dtype.kind in "USO" else tf.as_dtype(a.dtype)
+    )  # noqa: E731
     return tf.nest.map_structure(spec, arrays.parts)
 
 
@@ -456,7 +459,9 @@ def make_train_input(x, y, batch_size, *, shuffle=True, drop_remainder=False):
         steps = check_dataset(x, "x")
         return TrainInput(None, x, None, steps, shuffle, drop_remainder)
     if isinstance(x, (tf.distribute.DistributedDataset, tf.data.Iterator)) or hasattr(x, "__next__"):
-        raise InputError(f"x is a {type(x).__name__}: pass arrays or a tf.data.Dataset (iterators and generators cannot be resumed)")
+        raise InputError(
+            f"x is a {type(x).__name__}: pass arrays or a tf.data.Dataset (iterators and generators cannot be resumed)"
+        )
     batch_size = 32 if batch_size is None else batch_size
     arrays = Arrays.from_user(x, y, "x")
     steps = steps_per_epoch(arrays.num_examples, batch_size, drop_remainder)
@@ -482,8 +487,9 @@ def make_validation(validation_data, batch_size):
             "tf.data.Dataset of batches"
         )
     if batch_size < 1:
-        raise InputError(f"validation_batch_size must be a positive integer, got {batch_size!r}",
-                         argument="validation_batch_size")
+        raise InputError(
+            f"validation_batch_size must be a positive integer, got {batch_size!r}", argument="validation_batch_size"
+        )
     weights = validation_data[2] if len(validation_data) == 3 else None
     return Arrays.from_user(validation_data[0], validation_data[1], "validation_data x", sample_weight=weights), None
 
@@ -507,14 +513,29 @@ def _to_dataset(x, what, workdir):
     else:
         return None
     if workdir:
-        raise InputError(f"{what} is {kind}, whose position a checkpoint cannot hold: pass arrays or a "
-                         "tf.data.Dataset to train with a workdir")
+        raise InputError(
+            f"{what} is {kind}, whose position a checkpoint cannot hold: pass arrays or a "
+            "tf.data.Dataset to train with a workdir"
+        )
     return _as_tuple_dataset(to_dataset(x))
 
 
-def make_fit_inputs(model, x, y, batch_size, *, shuffle=True, drop_remainder=False, validation_split=0.0,
-                    validation_data=None, sample_weight=None, class_weight=None, validation_batch_size=None,
-                    validation_steps=None, workdir=None):
+def make_fit_inputs(
+    model,
+    x,
+    y,
+    batch_size,
+    *,
+    shuffle=True,
+    drop_remainder=False,
+    validation_split=0.0,
+    validation_data=None,
+    sample_weight=None,
+    class_weight=None,
+    validation_batch_size=None,
+    validation_steps=None,
+    workdir=None,
+):
     """Returns `(TrainInput, (val_arrays, val_dataset))` for `fit`'s arguments, as `model.fit` reads them.
 
     `x` is arrays (with `y`, or without for a model whose loss needs no targets), a
@@ -536,12 +557,18 @@ def make_fit_inputs(model, x, y, batch_size, *, shuffle=True, drop_remainder=Fal
         if validation_split:
             raise InputError("validation_split needs arrays x (as model.fit): pass validation_data for a Dataset")
         if sample_weight is not None or class_weight is not None:
-            raise InputError("sample_weight and class_weight need arrays x: a Dataset yields (x, y, sample_weight) itself")
-        train_input = make_train_input(_as_tuple_dataset(x), y, batch_size, shuffle=shuffle, drop_remainder=drop_remainder)
+            raise InputError(
+                "sample_weight and class_weight need arrays x: a Dataset yields (x, y, sample_weight) itself"
+            )
+        train_input = make_train_input(
+            _as_tuple_dataset(x), y, batch_size, shuffle=shuffle, drop_remainder=drop_remainder
+        )
     else:
         need_y = _keras.compiled_loss(model) is not None
         if isinstance(x, (tf.distribute.DistributedDataset, tf.data.Iterator)) or hasattr(x, "__next__"):
-            raise InputError(f"x is a {type(x).__name__}: pass arrays, a tf.data.Dataset, a keras.utils.PyDataset or a generator")
+            raise InputError(
+                f"x is a {type(x).__name__}: pass arrays, a tf.data.Dataset, a keras.utils.PyDataset or a generator"
+            )
         batch_size = 32 if batch_size is None else batch_size
         if class_weight is not None:
             if y is None or isinstance(y, (dict, list, tuple)):
@@ -551,8 +578,10 @@ def make_fit_inputs(model, x, y, batch_size, *, shuffle=True, drop_remainder=Fal
         if validation_split:
             split_at = int(np.floor(arrays.num_examples * (1.0 - validation_split)))
             if split_at in (0, arrays.num_examples):
-                raise InputError(f"validation_split={validation_split} leaves no training or no validation example "
-                                 f"of the {arrays.num_examples}")
+                raise InputError(
+                    f"validation_split={validation_split} leaves no training or no validation example "
+                    f"of the {arrays.num_examples}"
+                )
             if validation_data is None:
                 validation_data = arrays.take(slice(split_at, None))
             arrays = arrays.take(slice(0, split_at))

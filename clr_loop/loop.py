@@ -140,17 +140,25 @@ def fit(
     _check_int("epochs", epochs, 1)
     _check_int("initial_epoch", initial_epoch, 0)
     if initial_epoch >= epochs:
-        raise inputs.InputError(f"initial_epoch={initial_epoch} must be smaller than epochs={epochs}", argument="initial_epoch")
+        raise inputs.InputError(
+            f"initial_epoch={initial_epoch} must be smaller than epochs={epochs}", argument="initial_epoch"
+        )
     if initial_epoch and workdir:
-        raise inputs.InputError("initial_epoch must be 0 with a workdir: the workdir's checkpoint says where the run is", argument="initial_epoch")
+        raise inputs.InputError(
+            "initial_epoch must be 0 with a workdir: the workdir's checkpoint says where the run is",
+            argument="initial_epoch",
+        )
     for name, value in (("steps_per_loop", steps_per_loop), ("log_every_steps", log_every_steps)):
         _check_int(name, value, 1)
     _check_int("checkpoint_every_steps", checkpoint_every_steps, 0)
     _check_int("keep_checkpoints", keep_checkpoints, 1)
     _check_int("batch_splits", batch_splits, 0)
     _check_int("bn_recompute_batches", bn_recompute_batches, 0)
-    for name, value in (("max_steps", max_steps), ("steps_per_epoch", steps_per_epoch),
-                        ("validation_steps", validation_steps)):
+    for name, value in (
+        ("max_steps", max_steps),
+        ("steps_per_epoch", steps_per_epoch),
+        ("validation_steps", validation_steps),
+    ):
         if value is not None:
             _check_int(name, value, 1, "or None")
     if seed is not None:
@@ -158,42 +166,92 @@ def fit(
         if seed >= 2**63:
             raise inputs.InputError(f"seed must be an integer in [0, 2**63), got {seed!r}", argument="seed")
     if workdir is not None and not isinstance(workdir, (str, os.PathLike)):
-        raise inputs.InputError(f"workdir must be a path (str or os.PathLike) or None, got {type(workdir).__name__} {workdir!r}", argument="workdir")
+        raise inputs.InputError(
+            f"workdir must be a path (str or os.PathLike) or None, got {type(workdir).__name__} {workdir!r}",
+            argument="workdir",
+        )
     if workdir is not None:
         workdir = os.fspath(workdir)
     if profile_steps is not None:
-        if not isinstance(profile_steps, (tuple, list)) or len(profile_steps) != 2 or not all(
-                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in profile_steps):
-            raise inputs.InputError(f"profile_steps must be (start, stop), two integers, got {profile_steps!r}", argument="profile_steps")
+        if (
+            not isinstance(profile_steps, (tuple, list))
+            or len(profile_steps) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in profile_steps)
+        ):
+            raise inputs.InputError(
+                f"profile_steps must be (start, stop), two integers, got {profile_steps!r}", argument="profile_steps"
+            )
         start, stop = profile_steps
         if not 0 <= start < stop:
-            raise inputs.InputError(f"profile_steps must be (start, stop) with 0 <= start < stop, got {profile_steps!r}", argument="profile_steps")
+            raise inputs.InputError(
+                f"profile_steps must be (start, stop) with 0 <= start < stop, got {profile_steps!r}",
+                argument="profile_steps",
+            )
     if jit_compile not in ("auto", True, False):
-        raise inputs.InputError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}", argument="jit_compile")
-    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float, np.floating)) \
-            or not 0 <= validation_split < 1:
-        raise inputs.InputError(f"validation_split must be a float in [0, 1), got {validation_split!r}", argument="validation_split")
+        raise inputs.InputError(
+            f"jit_compile must be 'auto', True or False, got {jit_compile!r}", argument="jit_compile"
+        )
+    if (
+        isinstance(validation_split, bool)
+        or not isinstance(validation_split, (int, float, np.floating))
+        or not 0 <= validation_split < 1
+    ):
+        raise inputs.InputError(
+            f"validation_split must be a float in [0, 1), got {validation_split!r}", argument="validation_split"
+        )
     if isinstance(validation_freq, bool) or not (
-            (isinstance(validation_freq, (int, np.integer)) and validation_freq >= 1)
-            or (isinstance(validation_freq, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in validation_freq))):
-        raise inputs.InputError(f"validation_freq must be a positive integer or a list of epochs, got {validation_freq!r}", argument="validation_freq")
+        (isinstance(validation_freq, (int, np.integer)) and validation_freq >= 1)
+        or (
+            isinstance(validation_freq, (list, tuple))
+            and all(isinstance(v, (int, np.integer)) for v in validation_freq)
+        )
+    ):
+        raise inputs.InputError(
+            f"validation_freq must be a positive integer or a list of epochs, got {validation_freq!r}",
+            argument="validation_freq",
+        )
     if steps_per_epoch is not None:
         raise inputs.InputError(
             f"steps_per_epoch={steps_per_epoch}: clr_loop's epoch is one pass over the data; pass a Dataset "
             "of that many batches (dataset.take(n)) or use max_steps"
         )
     train_input, val = inputs.make_fit_inputs(
-        model, x, y, batch_size, shuffle=shuffle, drop_remainder=drop_remainder, validation_split=validation_split,
-        validation_data=validation_data, sample_weight=sample_weight, class_weight=class_weight,
-        validation_batch_size=validation_batch_size, validation_steps=validation_steps, workdir=workdir,
+        model,
+        x,
+        y,
+        batch_size,
+        shuffle=shuffle,
+        drop_remainder=drop_remainder,
+        validation_split=validation_split,
+        validation_data=validation_data,
+        sample_weight=sample_weight,
+        class_weight=class_weight,
+        validation_batch_size=validation_batch_size,
+        validation_steps=validation_steps,
+        workdir=workdir,
     )
     val_batch = validation_batch_size or train_input.batch_size or 32
     run = runner.Run(
-        model, train_input, val, seed=seed, epochs=epochs, steps_per_loop=steps_per_loop, jit_compile=jit_compile,
-        batch_splits=batch_splits, workdir=workdir, checkpoint_every_steps=checkpoint_every_steps,
-        keep_checkpoints=keep_checkpoints, log_every_steps=log_every_steps, profile_steps=profile_steps,
-        max_steps=max_steps, validation_batch_size=val_batch, augment=augment, bn_recompute_batches=bn_recompute_batches,
-        input_mode=input_mode, initial_epoch=initial_epoch, validation_freq=validation_freq,
+        model,
+        train_input,
+        val,
+        seed=seed,
+        epochs=epochs,
+        steps_per_loop=steps_per_loop,
+        jit_compile=jit_compile,
+        batch_splits=batch_splits,
+        workdir=workdir,
+        checkpoint_every_steps=checkpoint_every_steps,
+        keep_checkpoints=keep_checkpoints,
+        log_every_steps=log_every_steps,
+        profile_steps=profile_steps,
+        max_steps=max_steps,
+        validation_batch_size=val_batch,
+        augment=augment,
+        bn_recompute_batches=bn_recompute_batches,
+        input_mode=input_mode,
+        initial_epoch=initial_epoch,
+        validation_freq=validation_freq,
     )
     return train(run, callbacks=callbacks, verbose=verbose)
 
@@ -248,8 +306,13 @@ def _train(run, saved_history, callbacks, verbose):
         verbose = 1 if run.replicas == 1 else 2
     history_cb = keras.callbacks.History()
     callback_list = actions.CallbackList(
-        list(callbacks or []) + [history_cb], add_history=False, add_progbar=bool(verbose) and run.is_chief,
-        model=model, verbose=verbose, epochs=run.epochs, steps=run.input.steps_per_epoch,
+        list(callbacks or []) + [history_cb],
+        add_history=False,
+        add_progbar=bool(verbose) and run.is_chief,
+        model=model,
+        verbose=verbose,
+        epochs=run.epochs,
+        steps=run.input.steps_per_epoch,
     )
     # A callback with batch hooks gets them every model.steps_per_execution steps, as in model.fit.
     if any(actions.has_batch_hooks(cb) for cb in callbacks or []):
@@ -280,13 +343,21 @@ def _train(run, saved_history, callbacks, verbose):
     epoch_seconds = list(saved_history.get("epoch_seconds", []))
     logging.info(
         "fit: %s steps (%s per epoch), jit_compile=%s, batch_splits=%d, input_mode=%s, workdir %s",
-        run.total_steps, steps_per_epoch, run.jit_compile, run.splits, run.input_mode, workdir,
+        run.total_steps,
+        steps_per_epoch,
+        run.jit_compile,
+        run.splits,
+        run.input_mode,
+        workdir,
     )
     stopped = bool(workdir and run.store.stopped())
     if stopped or (run.total_steps is not None and step >= run.total_steps):
         if stopped:
-            print(f"{workdir}: the run was stopped by a callback at step {step} (model.stop_training after epoch "
-                  f"{epoch}) and is complete; nothing to do", flush=True)
+            print(
+                f"{workdir}: the run was stopped by a callback at step {step} (model.stop_training after epoch "
+                f"{epoch}) and is complete; nothing to do",
+                flush=True,
+            )
         else:
             print(f"{workdir}: the run is already complete at step {step}; nothing to do", flush=True)
         run.finish_at_average()
@@ -294,8 +365,11 @@ def _train(run, saved_history, callbacks, verbose):
         history_cb.epoch_seconds = epoch_seconds
         return history_cb
     if run.profile_steps is not None and step >= run.profile_steps[1]:
-        print(f"warning: profile_steps={tuple(run.profile_steps)} lies before the resumed step {step}: "
-              "no trace is written", flush=True)
+        print(
+            f"warning: profile_steps={tuple(run.profile_steps)} lies before the resumed step {step}: "
+            "no trace is written",
+            flush=True,
+        )
     logs = {}
     # Mid-epoch resume of an array run: the iterator is rebuilt at the restored step.
     resuming_mid_epoch = step > 0 and (
@@ -315,8 +389,11 @@ def _train(run, saved_history, callbacks, verbose):
             break
         if run.max_steps and step >= run.max_steps:
             break
-        epoch_start = step - (step % steps_per_epoch) if (steps_per_epoch and run.input.dataset is None) else (
-            int(run.state.epoch_start.numpy()) if resuming_mid_epoch else step)
+        epoch_start = (
+            step - (step % steps_per_epoch)
+            if (steps_per_epoch and run.input.dataset is None)
+            else (int(run.state.epoch_start.numpy()) if resuming_mid_epoch else step)
+        )
         epoch_end = None
         if steps_per_epoch is not None:
             epoch_end = epoch_start + steps_per_epoch
@@ -336,7 +413,9 @@ def _train(run, saved_history, callbacks, verbose):
         callback_list.on_epoch_begin(epoch)
         exhausted = False
         # (max_steps also bounds an epoch of unknown length, whose epoch_end is None.)
-        while not exhausted and (epoch_end is None or step < epoch_end) and not (run.max_steps and step >= run.max_steps):
+        while (
+            not exhausted and (epoch_end is None or step < epoch_end) and not (run.max_steps and step >= run.max_steps)
+        ):
             end = _chunk_end(run, step, epoch_end)
             if run.profile_steps is not None and run.profile_steps[0] <= step < run.profile_steps[1]:
                 run.profiler.start()
@@ -345,8 +424,13 @@ def _train(run, saved_history, callbacks, verbose):
                 window = run.run_steps(end - step)
             ran = int(window["steps"])
             if not bool(window["finite"]):
-                actions.diverged(window, step, run.non_finite_weights(), summaries,
-                                 run.store.last_checkpoint if run.store is not None else None)
+                actions.diverged(
+                    window,
+                    step,
+                    run.non_finite_weights(),
+                    summaries,
+                    run.store.last_checkpoint if run.store is not None else None,
+                )
             exhausted = bool(window["exhausted"])
             step += ran
             if run.profile_steps is not None and step >= run.profile_steps[1]:
@@ -371,8 +455,13 @@ def _train(run, saved_history, callbacks, verbose):
         # Stopped by max_steps inside the epoch: the epoch still ends here (validation, callbacks,
         # a history entry, as the tutorial's smoke runs expect), but its counter does not move on,
         # so a later call with a larger cap resumes mid-epoch and recomputes this entry.
-        cut_short = bool(run.max_steps and step >= run.max_steps and not exhausted and not model.stop_training
-                         and (steps_per_epoch is None or step < epoch_start + steps_per_epoch))
+        cut_short = bool(
+            run.max_steps
+            and step >= run.max_steps
+            and not exhausted
+            and not model.stop_training
+            and (steps_per_epoch is None or step < epoch_start + steps_per_epoch)
+        )
         if step == epoch_start:
             break  # a Dataset with nothing for this epoch
         # (A resume whose Dataset had nothing left ends the epoch it resumed into: a signal after the
@@ -381,7 +470,9 @@ def _train(run, saved_history, callbacks, verbose):
             steps_per_epoch = step - epoch_start  # a Dataset of unknown length: now it is known
             callback_list.set_params({**callback_list.params, "steps": steps_per_epoch})
         epoch_logs = _train_logs(run)
-        if (run.val_arrays is not None or run.val_dataset is not None) and _keras.should_eval(model, epoch, run.validation_freq):
+        if (run.val_arrays is not None or run.val_dataset is not None) and _keras.should_eval(
+            model, epoch, run.validation_freq
+        ):
             logging.debug("evaluating at step %d (epoch %d)", step, epoch + 1)  # shown from absl verbosity 1
             callback_list.on_test_begin()
             val_logs, _ = run.validate(test_hooks)

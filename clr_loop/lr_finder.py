@@ -336,12 +336,21 @@ def find_lr(
         for variable, value in zip(variables, saved):
             variable.assign(value)
     settings = {
-        "start_lr": float(start_lr), "end_lr": float(end_lr), "num_steps": int(num_steps), "ramp": ramp,
-        "smoothing": float(smoothing), "diverge_factor": float(diverge_factor),
+        "start_lr": float(start_lr),
+        "end_lr": float(end_lr),
+        "num_steps": int(num_steps),
+        "ramp": ramp,
+        "smoothing": float(smoothing),
+        "diverge_factor": float(diverge_factor),
     }
     return RangeTestResult(
-        lr=lrs, loss=losses, smoothed_loss=smoothed, stop_reason=stop_reason, stop_lr=stop_lr,
-        settings=settings, suggestions=suggest(lrs, smoothed, num_steps),
+        lr=lrs,
+        loss=losses,
+        smoothed_loss=smoothed,
+        stop_reason=stop_reason,
+        stop_lr=stop_lr,
+        settings=settings,
+        suggestions=suggest(lrs, smoothed, num_steps),
     )
 
 
@@ -398,7 +407,10 @@ def suggest(lrs, smoothed, num_steps):
         return None
     max_lr = float(window_lrs[valley])
     return Suggestions(
-        steepest_lr=float(steepest), valley_lr=max_lr, max_lr=max_lr, base_lr=max_lr / BASE_LR_DIVISOR,
+        steepest_lr=float(steepest),
+        valley_lr=max_lr,
+        max_lr=max_lr,
+        base_lr=max_lr / BASE_LR_DIVISOR,
         window=(first, last - 1),
     )
 

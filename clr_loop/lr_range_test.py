@@ -102,8 +102,10 @@ def report(result, momentum, optimizer="sgd"):
             )
     sug = result.suggestions
     if sug is None:
-        lines.append("  no suggestion: too few steps before the stop, or the loss never fell; "
-                     "try a lower --start_lr or more --num_steps")
+        lines.append(
+            "  no suggestion: too few steps before the stop, or the loss never fell; "
+            "try a lower --start_lr or more --num_steps"
+        )
         return "\n".join(lines)
     lines += [
         f"  steepest descent: lr {sug.steepest_lr:.3g} (the smoothed loss falls fastest per log lr)",
@@ -217,23 +219,32 @@ def run_range_test(config, data=None):
         jit_compile=runtime.resolve_jit_compile(config.jit_compile),
     )
     value = result.to_json_dict()
-    value["settings"].update(batch_size=config.batch_size, seed=config.seed, momentum=config.momentum,
-                             optimizer=config.optimizer, data=data.source)
-    value["flags"] = trainer_flags(result.suggestions, config.momentum, config.optimizer) if result.suggestions else None
+    value["settings"].update(
+        batch_size=config.batch_size,
+        seed=config.seed,
+        momentum=config.momentum,
+        optimizer=config.optimizer,
+        data=data.source,
+    )
+    value["flags"] = (
+        trainer_flags(result.suggestions, config.momentum, config.optimizer) if result.suggestions else None
+    )
     paths = [os.path.join(config.workdir, JSON_NAME)]
     try:
         checkpointing.write_json_atomic(paths[0], value)
     except OSError as e:
-        raise checkpointing.WorkdirError(f"cannot write {paths[0]}: {e}", starting_over_helps=False,
-                                         argument="workdir") from e
+        raise checkpointing.WorkdirError(
+            f"cannot write {paths[0]}: {e}", starting_over_helps=False, argument="workdir"
+        ) from e
     png = os.path.join(config.workdir, PNG_NAME)
     try:
         paths.append(lr_finder.plot(result, png))
     except ImportError:
         logging.warning('matplotlib is not installed (pip install -e ".[plot]"), so %s was not drawn', PNG_NAME)
     except OSError as e:
-        raise checkpointing.WorkdirError(f"cannot write {png}: {e}", starting_over_helps=False,
-                                         argument="workdir") from e
+        raise checkpointing.WorkdirError(
+            f"cannot write {png}: {e}", starting_over_helps=False, argument="workdir"
+        ) from e
     return result, paths
 
 
@@ -255,12 +266,16 @@ def config_from_flags():
     """
     FLAGS = flags.FLAGS
     shared = cli.config_from_flags(FLAGS)
-    unused = [f"--{name}={getattr(shared, name)}" for name in ("dataset", "model", "augment", "train_split", "eval_split")
-              if getattr(shared, name) != getattr(config_lib.Config, name)]
+    unused = [
+        f"--{name}={getattr(shared, name)}"
+        for name in ("dataset", "model", "augment", "train_split", "eval_split")
+        if getattr(shared, name) != getattr(config_lib.Config, name)
+    ]
     if unused:
         # Not silently ignored: this app runs the tutorial's CNN on Fashion-MNIST.
-        raise app.UsageError(f"the range test runs the tutorial's CNN on Fashion-MNIST; {' '.join(unused)} "
-                             "is not used here")
+        raise app.UsageError(
+            f"the range test runs the tutorial's CNN on Fashion-MNIST; {' '.join(unused)} is not used here"
+        )
     config = RangeTestConfig(
         start_lr=FLAGS.start_lr,
         end_lr=FLAGS.end_lr,
@@ -295,8 +310,11 @@ def main(argv):
     print(report(result, config.momentum, config.optimizer))
     print("Wrote " + " and ".join(paths))
     if result.stop_reason == "interrupted":
-        print(f"stopped: interrupted (SIGINT) after {len(result.lr)} of {config.num_steps} steps; the curve so far "
-              f"is in {paths[0]}", file=sys.stderr)
+        print(
+            f"stopped: interrupted (SIGINT) after {len(result.lr)} of {config.num_steps} steps; the curve so far "
+            f"is in {paths[0]}",
+            file=sys.stderr,
+        )
         return 128 + signal.SIGINT
     return 0
 

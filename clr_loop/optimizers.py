@@ -62,9 +62,7 @@ class CyclicalMomentum:
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
         if not 0 <= base_momentum <= max_momentum <= 1:
-            raise ValueError(
-                f"need 0 <= base_momentum ({base_momentum}) <= max_momentum ({max_momentum}) <= 1"
-            )
+            raise ValueError(f"need 0 <= base_momentum ({base_momentum}) <= max_momentum ({max_momentum}) <= 1")
         self.schedule = schedule
         self.base_momentum = float(base_momentum)
         self.max_momentum = float(max_momentum)
@@ -181,9 +179,7 @@ class CyclicalMomentumSGD(_ScheduledSetting, keras.optimizers.SGD):
         m = self.momentums[self._get_variable_index(variable)]
         self.assign(m, ops.subtract(ops.multiply(m, momentum), ops.multiply(gradient, learning_rate)))
         if self.nesterov:
-            self.assign_add(
-                variable, ops.subtract(ops.multiply(m, momentum), ops.multiply(gradient, learning_rate))
-            )
+            self.assign_add(variable, ops.subtract(ops.multiply(m, momentum), ops.multiply(gradient, learning_rate)))
         else:
             self.assign_add(variable, m)
 
@@ -315,6 +311,8 @@ class CyclicalMomentumAdamW(CyclicalMomentumAdam):
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, weight_decay=0.004, name=None, **kwargs):
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, weight_decay=weight_decay, name=name, **kwargs)
+
+
 class _ScheduleFree(keras.optimizers.Optimizer):
     """The schedule-free method (Defazio et al. 2024, "The Road Less Scheduled", Algorithm 1) for a
     base step `_direction` (the gradient for SGD, Adam's normalised gradient for AdamW).
@@ -332,8 +330,7 @@ class _ScheduleFree(keras.optimizers.Optimizer):
 
     _BETA = None  # the constructor argument naming the interpolation beta
 
-    def __init__(self, learning_rate, beta, weight_decay=0.0, warmup_steps=0, weight_lr_power=2.0, name=None,
-                 **kwargs):
+    def __init__(self, learning_rate, beta, weight_decay=0.0, warmup_steps=0, weight_lr_power=2.0, name=None, **kwargs):
         for key in ("use_ema", "gradient_accumulation_steps"):
             if kwargs.get(key):
                 raise ValueError(f"{type(self).__name__} does not support {key} (its averaging is its own)")
@@ -363,8 +360,13 @@ class _ScheduleFree(keras.optimizers.Optimizer):
             self.assign(z, variable)
 
         def scalar(name, value):
-            return self.add_variable((), initializer=keras.initializers.Constant(value), dtype="float32",
-                                     aggregation="only_first_replica", name=name)
+            return self.add_variable(
+                (),
+                initializer=keras.initializers.Constant(value),
+                dtype="float32",
+                aggregation="only_first_replica",
+                name=name,
+            )
 
         self._weight_sum = scalar("weight_sum", 0.0)
         self._lr_max = scalar("lr_max", -1.0)
@@ -472,8 +474,14 @@ class _ScheduleFree(keras.optimizers.Optimizer):
     def get_config(self):
         """Returns a JSON-safe dict: Keras's optimizer config plus beta, warmup_steps, weight_lr_power."""
         config = super().get_config()
-        config.update({self._BETA: self.beta, "weight_decay": self.weight_decay,
-                       "warmup_steps": self.warmup_steps, "weight_lr_power": self.weight_lr_power})
+        config.update(
+            {
+                self._BETA: self.beta,
+                "weight_decay": self.weight_decay,
+                "warmup_steps": self.warmup_steps,
+                "weight_lr_power": self.weight_lr_power,
+            }
+        )
         return config
 
 
@@ -515,10 +523,25 @@ class ScheduleFreeSGD(_ScheduleFree):
 
     _BETA = "momentum"
 
-    def __init__(self, learning_rate=1.0, momentum=0.9, weight_decay=0.0, warmup_steps=0, weight_lr_power=2.0,
-                 name=None, **kwargs):
-        super().__init__(learning_rate, momentum, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                         weight_lr_power=weight_lr_power, name=name, **kwargs)
+    def __init__(
+        self,
+        learning_rate=1.0,
+        momentum=0.9,
+        weight_decay=0.0,
+        warmup_steps=0,
+        weight_lr_power=2.0,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate,
+            momentum,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            weight_lr_power=weight_lr_power,
+            name=name,
+            **kwargs,
+        )
 
     @property
     def momentum(self):
@@ -563,10 +586,27 @@ class ScheduleFreeAdamW(_ScheduleFree):
 
     _BETA = "beta_1"
 
-    def __init__(self, learning_rate=0.0025, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.0,
-                 warmup_steps=0, weight_lr_power=2.0, name=None, **kwargs):
-        super().__init__(learning_rate, beta_1, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                         weight_lr_power=weight_lr_power, name=name, **kwargs)
+    def __init__(
+        self,
+        learning_rate=0.0025,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        weight_decay=0.0,
+        warmup_steps=0,
+        weight_lr_power=2.0,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate,
+            beta_1,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            weight_lr_power=weight_lr_power,
+            name=name,
+            **kwargs,
+        )
         if isinstance(beta_2, bool) or not isinstance(beta_2, numbers.Real) or not 0 <= beta_2 < 1:
             raise ValueError(f"beta_2 must be a float in [0, 1), got {beta_2!r}")
         if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not epsilon >= 0:

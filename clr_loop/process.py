@@ -182,8 +182,10 @@ def app_main(main):
             sys.stdout = output.stream
             freeze_heap()
         if output.error is not None:
-            print(f"error: could not write the output to stdout ({output.error}); the run went on to its end "
-                  "without it", file=sys.stderr)
+            print(
+                f"error: could not write the output to stdout ({output.error}); the run went on to its end without it",
+                file=sys.stderr,
+            )
             return status or 1
         return status
 

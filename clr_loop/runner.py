@@ -81,17 +81,45 @@ class Run:
         >>> window = run.run_steps(10)
     """
 
-    def __init__(self, model, train_input, val, *, seed, epochs, steps_per_loop, jit_compile, batch_splits,
-                 workdir, checkpoint_every_steps, keep_checkpoints, log_every_steps, profile_steps, max_steps,
-                 validation_batch_size, run_config=None, run_config_differences=None, run_files=None, augment=None,
-                 bn_recompute_batches=BN_RECOMPUTE_BATCHES, input_mode="auto", initial_epoch=0,
-                 validation_freq=1):
+    def __init__(
+        self,
+        model,
+        train_input,
+        val,
+        *,
+        seed,
+        epochs,
+        steps_per_loop,
+        jit_compile,
+        batch_splits,
+        workdir,
+        checkpoint_every_steps,
+        keep_checkpoints,
+        log_every_steps,
+        profile_steps,
+        max_steps,
+        validation_batch_size,
+        run_config=None,
+        run_config_differences=None,
+        run_files=None,
+        augment=None,
+        bn_recompute_batches=BN_RECOMPUTE_BATCHES,
+        input_mode="auto",
+        initial_epoch=0,
+        validation_freq=1,
+    ):
         steps_lib.check_compiled(model)
-        spec = (train_input.dataset.element_spec if train_input.dataset is not None
-                else inputs.element_spec_of(train_input.arrays))
+        spec = (
+            train_input.dataset.element_spec
+            if train_input.dataset is not None
+            else inputs.element_spec_of(train_input.arrays)
+        )
         inputs.check_fits_model(model, spec, "x")
         if isinstance(augment, str) and augment not in augment_lib.AUGMENTS:
-            raise inputs.InputError(f"augment must be one of {', '.join(augment_lib.AUGMENTS)} or a function (x, step) -> x, got {augment!r}", argument="augment")
+            raise inputs.InputError(
+                f"augment must be one of {', '.join(augment_lib.AUGMENTS)} or a function (x, step) -> x, got {augment!r}",
+                argument="augment",
+            )
         if isinstance(augment, str) and augment != "none":
             _check_images(spec[0], augment)
         if val[0] is not None:
@@ -136,7 +164,9 @@ class Run:
         self.input_mode = resolve_input_mode(input_mode, train_input, self.strategy)
         self.jit_compile = runtime.resolve_jit_compile(jit_compile)
         if self.jit_compile and not distribute.xla_allowed(self.strategy):
-            logging.warning("XLA is off: TensorFlow's distribution cannot compile across %d CPU replicas", self.replicas)
+            logging.warning(
+                "XLA is off: TensorFlow's distribution cannot compile across %d CPU replicas", self.replicas
+            )
             self.jit_compile = False
         self.splits, why = runtime.resolve_batch_splits(
             batch_splits, model, train_input.batch_size, self.replicas, self.jit_compile
@@ -158,9 +188,17 @@ class Run:
         self.run_files = dict(run_files or {})
         # The workdir's owner: its files and checkpoints. Every checkpoint also holds what the run is
         # (checked before a checkpoint is restored) and its history up to the last epoch end.
-        self.store = workdir_lib.Workdir(workdir, self.strategy, keep_checkpoints=keep_checkpoints,
-                                         run_files=self.run_files,
-                                         config_differences=run_config_differences) if workdir else None
+        self.store = (
+            workdir_lib.Workdir(
+                workdir,
+                self.strategy,
+                keep_checkpoints=keep_checkpoints,
+                run_files=self.run_files,
+                config_differences=run_config_differences,
+            )
+            if workdir
+            else None
+        )
         self.optimizer = model.optimizer
         with self.strategy.scope():
             if not self.optimizer.built:  # a second build adds a second set of its variables
@@ -179,8 +217,12 @@ class Run:
         self.validation_freq = validation_freq
         self.batch_hook_every = None  # set by fit when a callback has batch hooks
         self.steps = steps_lib.Steps(
-            model, jit_compile=self.jit_compile, splits=self.splits, fuse_update=distribute.is_default(self.strategy),
-            augment=augment_lib.make(augment, self.seed), padded_eval=self.replicas > 1,
+            model,
+            jit_compile=self.jit_compile,
+            splits=self.splits,
+            fuse_update=distribute.is_default(self.strategy),
+            augment=augment_lib.make(augment, self.seed),
+            padded_eval=self.replicas > 1,
         )
         self.metrics = self.steps.metrics
         # The NaN guard's weights, checked again before every save (the step checks them after its update).
@@ -194,23 +236,36 @@ class Run:
         # A schedule-free optimizer (one with swap_to_x/swap_to_y): training at y, eval and the end at x.
         inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         self.schedule_free = inner if callable(getattr(inner, "swap_to_x", None)) else None
-        if isinstance(bn_recompute_batches, bool) or not isinstance(bn_recompute_batches, (int, np.integer)) \
-                or bn_recompute_batches < 0:
-            raise inputs.InputError(f"bn_recompute_batches must be an integer >= 0, got {bn_recompute_batches!r}", argument="bn_recompute_batches")
+        if (
+            isinstance(bn_recompute_batches, bool)
+            or not isinstance(bn_recompute_batches, (int, np.integer))
+            or bn_recompute_batches < 0
+        ):
+            raise inputs.InputError(
+                f"bn_recompute_batches must be an integer >= 0, got {bn_recompute_batches!r}",
+                argument="bn_recompute_batches",
+            )
         self.bn_recompute_batches = int(bn_recompute_batches)
         self._recompute_bn = bn_stats.Recompute(model, self.strategy, _keras.seed_generator_states(model))
         # A Dataset's batches for the recompute are drawn once, here, before any training iterator: an
         # iterator made later would draw one more shuffle of a reshuffling Dataset at a point a
         # resumed run does not repeat, changing the order of the epochs after it.
         self._bn_batches = None
-        if (self.schedule_free is not None and self._recompute_bn.layers and self.bn_recompute_batches
-                and train_input.dataset is not None):
+        if (
+            self.schedule_free is not None
+            and self._recompute_bn.layers
+            and self.bn_recompute_batches
+            and train_input.dataset is not None
+        ):
             self._bn_batches = list(train_input.dataset.take(self.bn_recompute_batches))
         self.device_batches = None
         if self.input_mode == "device":
             self.device_batches = inputs.DeviceBatches(
-                train_input.arrays, train_input.batch_size, self.seed,
-                shuffle=train_input.shuffle, drop_remainder=train_input.drop_remainder,
+                train_input.arrays,
+                train_input.batch_size,
+                self.seed,
+                shuffle=train_input.shuffle,
+                drop_remainder=train_input.drop_remainder,
             )
         self.profiler = actions.Profiler(workdir, profile_steps)
         # Multi-worker runs with a workdir (where signals are caught): at every chunk end all workers
@@ -332,8 +387,11 @@ class Run:
     def _pipeline_iterator_at(self, step):
         """Returns a tf.data iterator of the training batches from `step` on (arrays), or a fresh one (a Dataset)."""
         if self.input.dataset is not None:
-            iterator = iter(self.strategy.experimental_distribute_dataset(self.input.dataset)
-                            if self.replicas > 1 else self.input.dataset)
+            iterator = iter(
+                self.strategy.experimental_distribute_dataset(self.input.dataset)
+                if self.replicas > 1
+                else self.input.dataset
+            )
             self.data_holder.iterator = iterator
             return iterator
         total = self.replicas
@@ -349,8 +407,13 @@ class Run:
         def dataset_fn(context):
             local = total // context.num_input_pipelines
             return inputs.array_train_dataset(
-                arrays, batch, seed, shuffle=self.input.shuffle, drop_remainder=self.input.drop_remainder,
-                start_step=step, replicas=(context.input_pipeline_id * local, local, total),
+                arrays,
+                batch,
+                seed,
+                shuffle=self.input.shuffle,
+                drop_remainder=self.input.drop_remainder,
+                start_step=step,
+                replicas=(context.input_pipeline_id * local, local, total),
             )
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
@@ -373,7 +436,9 @@ class Run:
         per_replica = -(-self.validation_batch_size // self.replicas)
         arrays, total = self.val_arrays, self.replicas
         if total == 1:
-            return self.strategy.distribute_datasets_from_function(lambda _: inputs.array_eval_dataset(arrays, per_replica))
+            return self.strategy.distribute_datasets_from_function(
+                lambda _: inputs.array_eval_dataset(arrays, per_replica)
+            )
 
         def dataset_fn(context):
             local = total // context.num_input_pipelines
@@ -421,7 +486,9 @@ class Run:
             self.iterator = self.iterator_at(0)
 
         return self.store.resume(
-            identity, self.trackables, self.step_counter,
+            identity,
+            self.trackables,
+            self.step_counter,
             position=lambda: (self.step, int(self.state.epoch.numpy())),
             prepare=make_iterator if self.input.dataset is not None else None,
             check_restored=self._restored_weights_problem,
@@ -479,27 +546,37 @@ def resolve_input_mode(input_mode, train_input, strategy):
     Anything else picks "pipeline" (tf.data): a Dataset (a streamed one too) is used as given.
     """
     if input_mode not in inputs.INPUT_MODES:
-        raise inputs.InputError(f"input_mode must be one of {', '.join(map(repr, inputs.INPUT_MODES))}, got {input_mode!r}", argument="input_mode")
+        raise inputs.InputError(
+            f"input_mode must be one of {', '.join(map(repr, inputs.INPUT_MODES))}, got {input_mode!r}",
+            argument="input_mode",
+        )
     if input_mode == "pipeline":
         return "pipeline"
     why_not = None
     if train_input.arrays is None:
         why_not = "the training input is a tf.data.Dataset, which is used as given (pass arrays)"
     elif not distribute.is_default(strategy):
-        why_not = (f"it runs under the default strategy only (one replica), and the model's is "
-                   f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)")
+        why_not = (
+            f"it runs under the default strategy only (one replica), and the model's is "
+            f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
+        )
     if why_not:
         if input_mode == "device":
-            raise inputs.InputError(f"input_mode='device' needs in-memory arrays on one device: {why_not}",
-                                        argument="input_mode")
+            raise inputs.InputError(
+                f"input_mode='device' needs in-memory arrays on one device: {why_not}", argument="input_mode"
+            )
         return "pipeline"
     if input_mode == "device" or not runtime.accelerator_present():
         return "device"
     size = inputs.array_bytes(train_input.arrays)
     limit = DEVICE_MEMORY_SHARE * (runtime.accelerator_memory_bytes() or FALLBACK_DEVICE_BYTES)
     if size > limit:
-        logging.info("input_mode auto: the %.0f MiB training set is more than %.0f MiB of the device's memory: "
-                     "feeding it through tf.data", size / 2**20, limit / 2**20)
+        logging.info(
+            "input_mode auto: the %.0f MiB training set is more than %.0f MiB of the device's memory: "
+            "feeding it through tf.data",
+            size / 2**20,
+            limit / 2**20,
+        )
         return "pipeline"
     return "device"
 
@@ -507,7 +584,9 @@ def resolve_input_mode(input_mode, train_input, strategy):
 def _check_images(spec, augment):
     """Raises InputError unless `spec` (the training inputs' element spec) is one batch of [B, H, W, C] images."""
     if not isinstance(spec, tf.TensorSpec) or spec.shape.rank != 4:
-        raise inputs.InputError(f"augment={augment!r} needs x to be one array of images [N, H, W, C], got {spec}", argument="augment")
+        raise inputs.InputError(
+            f"augment={augment!r} needs x to be one array of images [N, H, W, C], got {spec}", argument="augment"
+        )
 
 
 def _resolve_seed(seed, workdir):

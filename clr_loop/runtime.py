@@ -148,6 +148,8 @@ def configure_threads(splits):
         tf.config.threading.set_inter_op_parallelism_threads(inter_op)
         tf.config.threading.set_intra_op_parallelism_threads(intra_op)
     except RuntimeError:
-        logging.warning("TensorFlow has started: its thread pools stay as they are, so the %d batch parts share them", splits)
+        logging.warning(
+            "TensorFlow has started: its thread pools stay as they are, so the %d batch parts share them", splits
+        )
         return False
     return True

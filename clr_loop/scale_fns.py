@@ -282,8 +282,10 @@ class SavedFunction:
             "name": fn.__name__,
             "code": _dump_code(fn),
             "defaults": [self._save_value(v) for v in fn.__defaults__ or ()],
-            "closure": [{"self": True} if c.cell_contents is fn else self._save_value(c.cell_contents)
-                        for c in fn.__closure__ or ()],
+            "closure": [
+                {"self": True} if c.cell_contents is fn else self._save_value(c.cell_contents)
+                for c in fn.__closure__ or ()
+            ],
             "globals": saved_globals,
         }
 
@@ -312,11 +314,13 @@ class SavedFunction:
             code = _load_code(cls, config["code"])
             defaults = tuple(cls._load_value(v) for v in config.get("defaults") or ())
             saved_closure = config.get("closure") or ()
-            closure = tuple(types.CellType() if _is_self(v) else types.CellType(cls._load_value(v))
-                            for v in saved_closure)
+            closure = tuple(
+                types.CellType() if _is_self(v) else types.CellType(cls._load_value(v)) for v in saved_closure
+            )
             globs = {"__builtins__": builtins}
-            loaded = types.FunctionType(code, globs, config.get("name") or code.co_name, defaults or None,
-                                        closure or None)
+            loaded = types.FunctionType(
+                code, globs, config.get("name") or code.co_name, defaults or None, closure or None
+            )
             for cell, saved in zip(closure, saved_closure):
                 if _is_self(saved):  # a recursive nested function refers to itself through its closure
                     cell.cell_contents = loaded
@@ -413,12 +417,16 @@ def load(value, saved_function_class):
             return saved_function_class.from_config(value["config"])
         if class_name == "__lambda__":  # Keras's own form: {"value": [code, defaults, closure]}
             inner = value.get("config") or {}
-            code, defaults, closure = inner.get("value") or [inner.get("code"), inner.get("defaults"),
-                                                             inner.get("closure")]
+            code, defaults, closure = inner.get("value") or [
+                inner.get("code"),
+                inner.get("defaults"),
+                inner.get("closure"),
+            ]
             code = _load_code(saved_function_class, code)
             cells = tuple(types.CellType(v) for v in closure or ())
-            return types.FunctionType(code, {"__builtins__": builtins}, code.co_name, tuple(defaults or ()) or None,
-                                      cells or None)
+            return types.FunctionType(
+                code, {"__builtins__": builtins}, code.co_name, tuple(defaults or ()) or None, cells or None
+            )
         return k.saving.deserialize_keras_object(value)
     if isinstance(value, str):
         found = k.saving.get_registered_object(value)

@@ -27,17 +27,72 @@ from clr_loop import _keras
 _PER_EXAMPLE_LAYERS = tuple(
     getattr(keras.layers, name)
     for name in (
-        "InputLayer", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
-        "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D", "Dense", "EinsumDense",
-        "Embedding", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
-        "AveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-        "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "Dropout",
-        "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout", "GaussianNoise",
-        "AlphaDropout", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Flatten", "Reshape",
-        "Permute", "RepeatVector", "Rescaling", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-        "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D", "Add",
-        "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot", "LayerNormalization",
-        "UnitNormalization", "GroupNormalization", "Identity", "Normalization",
+        "InputLayer",
+        "Conv1D",
+        "Conv2D",
+        "Conv3D",
+        "Conv1DTranspose",
+        "Conv2DTranspose",
+        "Conv3DTranspose",
+        "DepthwiseConv1D",
+        "DepthwiseConv2D",
+        "SeparableConv1D",
+        "SeparableConv2D",
+        "Dense",
+        "EinsumDense",
+        "Embedding",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "AveragePooling3D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
+        "GlobalAveragePooling3D",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianDropout",
+        "GaussianNoise",
+        "AlphaDropout",
+        "Activation",
+        "ReLU",
+        "LeakyReLU",
+        "PReLU",
+        "ELU",
+        "Softmax",
+        "Flatten",
+        "Reshape",
+        "Permute",
+        "RepeatVector",
+        "Rescaling",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "ZeroPadding3D",
+        "Cropping1D",
+        "Cropping2D",
+        "Cropping3D",
+        "UpSampling1D",
+        "UpSampling2D",
+        "UpSampling3D",
+        "Add",
+        "Subtract",
+        "Multiply",
+        "Average",
+        "Maximum",
+        "Minimum",
+        "Concatenate",
+        "Dot",
+        "LayerNormalization",
+        "UnitNormalization",
+        "GroupNormalization",
+        "Identity",
+        "Normalization",
     )
     if hasattr(keras.layers, name)
 )
@@ -48,20 +103,46 @@ _PER_EXAMPLE_LAYERS = tuple(
 _PER_EXAMPLE_LOSSES = tuple(
     getattr(keras.losses, name)
     for name in (
-        "BinaryCrossentropy", "BinaryFocalCrossentropy", "CategoricalCrossentropy", "CategoricalFocalCrossentropy",
-        "SparseCategoricalCrossentropy", "MeanSquaredError", "MeanAbsoluteError", "MeanAbsolutePercentageError",
-        "MeanSquaredLogarithmicError", "Huber", "LogCosh", "Hinge", "SquaredHinge", "CategoricalHinge",
-        "KLDivergence", "Poisson", "CosineSimilarity",
+        "BinaryCrossentropy",
+        "BinaryFocalCrossentropy",
+        "CategoricalCrossentropy",
+        "CategoricalFocalCrossentropy",
+        "SparseCategoricalCrossentropy",
+        "MeanSquaredError",
+        "MeanAbsoluteError",
+        "MeanAbsolutePercentageError",
+        "MeanSquaredLogarithmicError",
+        "Huber",
+        "LogCosh",
+        "Hinge",
+        "SquaredHinge",
+        "CategoricalHinge",
+        "KLDivergence",
+        "Poisson",
+        "CosineSimilarity",
     )
     if hasattr(keras.losses, name)
 )
 _PER_EXAMPLE_FUNCTIONS = {
     getattr(keras.losses, name)
     for name in (
-        "binary_crossentropy", "binary_focal_crossentropy", "categorical_crossentropy",
-        "categorical_focal_crossentropy", "sparse_categorical_crossentropy", "mean_squared_error",
-        "mean_absolute_error", "mean_absolute_percentage_error", "mean_squared_logarithmic_error", "huber",
-        "log_cosh", "hinge", "squared_hinge", "categorical_hinge", "kl_divergence", "poisson", "cosine_similarity",
+        "binary_crossentropy",
+        "binary_focal_crossentropy",
+        "categorical_crossentropy",
+        "categorical_focal_crossentropy",
+        "sparse_categorical_crossentropy",
+        "mean_squared_error",
+        "mean_absolute_error",
+        "mean_absolute_percentage_error",
+        "mean_squared_logarithmic_error",
+        "huber",
+        "log_cosh",
+        "hinge",
+        "squared_hinge",
+        "categorical_hinge",
+        "kl_divergence",
+        "poisson",
+        "cosine_similarity",
     )
     if hasattr(keras.losses, name)
 }
@@ -202,8 +283,9 @@ class Steps:
     `clr_loop.augment`); evaluation batches are not augmented.
     """
 
-    def __init__(self, model, *, jit_compile=False, splits=1, fuse_update=True, optimizer=None, augment=None,
-                 padded_eval=False):
+    def __init__(
+        self, model, *, jit_compile=False, splits=1, fuse_update=True, optimizer=None, augment=None, padded_eval=False
+    ):
         check_compiled(model)
         self.model = model
         self.optimizer = model.optimizer if optimizer is None else optimizer
@@ -219,8 +301,9 @@ class Steps:
         self.train_step = step if self.optimizer is model.optimizer else self._with_optimizer(step)
         self.padded_eval = padded_eval
         # A padded batch's real examples are cut out by a mask, a shape XLA cannot compile.
-        self.eval_step = tf.function(lambda *batch: self._eval(tuple(batch)),
-                                     jit_compile=self.jit_compile and not padded_eval, autograph=False)
+        self.eval_step = tf.function(
+            lambda *batch: self._eval(tuple(batch)), jit_compile=self.jit_compile and not padded_eval, autograph=False
+        )
 
     def _with_optimizer(self, step):
         # The model's train_step updates `model.optimizer`: another optimizer (the range test's)
@@ -277,8 +360,7 @@ class Steps:
             y_pred = model(x, training=True) if _keras.call_has_training_arg(model) else model(x)
             loss = _keras.compute_loss(model, x, y, y_pred)
             if self.tracker is not None:
-                self.tracker.update_state(_keras.unscale_loss_for_distribution(loss),
-                                          sample_weight=_batch_size(x))
+                self.tracker.update_state(_keras.unscale_loss_for_distribution(loss), sample_weight=_batch_size(x))
             objective = self.optimizer.scale_loss(loss * tf.cast(share, loss.dtype))
         grads = tape.gradient(objective, model.trainable_variables)
         model.compute_metrics(x, y, y_pred, sample_weight=None)
@@ -295,10 +377,14 @@ class Steps:
         def parts():
             sizes = _part_sizes(count, self.splits)
             total = tf.cast(count, tf.float32)
-            results = [self._part(px, py, tf.cast(size, tf.float32) / total)
-                       for px, py, size in zip(_split(x, sizes), _split(y, sizes), sizes)]
-            return [tf.add_n([g if g is not None else tf.zeros_like(v) for g in part])
-                    for part, v in zip(zip(*results), variables)]
+            results = [
+                self._part(px, py, tf.cast(size, tf.float32) / total)
+                for px, py, size in zip(_split(x, sizes), _split(y, sizes), sizes)
+            ]
+            return [
+                tf.add_n([g if g is not None else tf.zeros_like(v) for g in part])
+                for part, v in zip(zip(*results), variables)
+            ]
 
         def whole():
             return [g if g is not None else tf.zeros_like(v) for g, v in zip(self._part(x, y, 1.0), variables)]

@@ -30,8 +30,10 @@ _LRS = tf_keras.optimizers.schedules.LearningRateSchedule
 def _tf_keras_doc(cls):
     """Returns the docstring of `cls`'s tf_keras twin: `cls`'s, whose example imports from here."""
     summary, rest = cls.__doc__.split("\n", 1)
-    twin = (f"\n    The tf_keras (Keras 2) class of `clr_loop.schedules.{cls.__name__}`:\n"
-            "    the same arguments, values and config.\n")
+    twin = (
+        f"\n    The tf_keras (Keras 2) class of `clr_loop.schedules.{cls.__name__}`:\n"
+        "    the same arguments, values and config.\n"
+    )
     return (summary + "\n" + twin + rest).replace("from clr_loop.schedules import", "from clr_loop.tf_keras import")
 
 

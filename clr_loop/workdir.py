@@ -72,9 +72,14 @@ def unnumbered(path):
 
 # The run identity's entries (`run_identity`) as a refusal names them.
 _IDENTITY_LABELS = {
-    "batch_size": "the batch size", "num_examples": "the number of training examples",
-    "steps_per_epoch": "the batches per epoch", "shuffle": "shuffle", "drop_remainder": "drop_remainder",
-    "seed": "the seed", "variables": "the model's variables", "precision": "the precision",
+    "batch_size": "the batch size",
+    "num_examples": "the number of training examples",
+    "steps_per_epoch": "the batches per epoch",
+    "shuffle": "shuffle",
+    "drop_remainder": "drop_remainder",
+    "seed": "the seed",
+    "variables": "the model's variables",
+    "precision": "the precision",
 }
 
 
@@ -88,8 +93,11 @@ def differing_identity_keys(saved, current):
     `config`, which the caller compares): a list of keys of `run_identity`'s dict, in its order. A
     `current` seed of None matches any."""
     saved = _with_defaults(saved)
-    return [key for key in _IDENTITY_LABELS
-            if not (key == "seed" and current.get("seed") is None) and saved.get(key) != current.get(key)]
+    return [
+        key
+        for key in _IDENTITY_LABELS
+        if not (key == "seed" and current.get("seed") is None) and saved.get(key) != current.get(key)
+    ]
 
 
 def identity_differences(saved, current, config_differences=None):
@@ -114,7 +122,9 @@ def identity_differences(saved, current, config_differences=None):
             saved_vars = {tuple(v[:1]): v for v in saved.get(key, [])}
             now_vars = {tuple(v[:1]): v for v in current.get(key, [])}
             diff = sorted(set(map(str, saved_vars.values())) ^ set(map(str, now_vars.values())))
-            problems.append(f"{label} differ ({len(saved.get(key, []))} saved vs {len(current.get(key, []))} now; e.g. {diff[:2]})")
+            problems.append(
+                f"{label} differ ({len(saved.get(key, []))} saved vs {len(current.get(key, []))} now; e.g. {diff[:2]})"
+            )
         else:
             problems.append(f"{label}: {saved.get(key)!r} (saved) vs {current.get(key)!r} (now)")
     if "config" in saved or "config" in current:
@@ -131,8 +141,11 @@ def settings_differences(saved, current):
     differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if not differing:
         return []
-    return ["the configuration (" + ", ".join(
-        f"{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)" for k in differing) + ")"]
+    return [
+        "the configuration ("
+        + ", ".join(f"{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)" for k in differing)
+        + ")"
+    ]
 
 
 def worker_folder(workdir, strategy):
@@ -165,8 +178,11 @@ def recorded_seed(workdir):
     path = os.path.join(workdir, RUN_FILE)
     if os.path.exists(path):
         saved = checkpointing.read_json(path, "run identity")
-        if checkpointing.run_identity_problem(saved) is None and isinstance(saved["seed"], int) \
-                and not isinstance(saved["seed"], bool):
+        if (
+            checkpointing.run_identity_problem(saved) is None
+            and isinstance(saved["seed"], int)
+            and not isinstance(saved["seed"], bool)
+        ):
             return saved["seed"]
     return None
 
@@ -194,12 +210,15 @@ def workdir_lock(workdir):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise checkpointing.WorkdirError(f"cannot lock workdir {workdir}: {e}", starting_over_helps=False) from e
+                raise checkpointing.WorkdirError(
+                    f"cannot lock workdir {workdir}: {e}", starting_over_helps=False
+                ) from e
             owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             raise checkpointing.WorkdirError(
                 f"workdir {workdir} is in use by another process (pid {owner}); two runs writing one "
                 "workdir would interleave their checkpoints. Wait for it to end, or use another workdir.",
-                starting_over_helps=False, argument="workdir",
+                starting_over_helps=False,
+                argument="workdir",
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -220,8 +239,10 @@ def _open_lock_file(path, workdir):
     """Opens (creating) the lock file `path` for reading and writing; returns its descriptor. A
     symbolic link is never followed (its target is neither truncated nor created), and anything but a
     regular file is refused: WorkdirError naming `path`, with nothing changed."""
-    refusal = (f"the lock file {path} of workdir {workdir} is {{}}, not a file clr_loop wrote; refusing to "
-               "use it. Remove it (clr_loop makes its own), or use another workdir.")
+    refusal = (
+        f"the lock file {path} of workdir {workdir} is {{}}, not a file clr_loop wrote; refusing to "
+        "use it. Remove it (clr_loop makes its own), or use another workdir."
+    )
     try:
         # O_NONBLOCK: a FIFO opens without waiting for a writer (and is then refused).
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
@@ -229,8 +250,12 @@ def _open_lock_file(path, workdir):
         if e.errno == errno.ELOOP or os.path.islink(path):
             raise checkpointing.WorkdirError(refusal.format("a symbolic link"), starting_over_helps=False) from None
         if e.errno == errno.EISDIR:
-            raise checkpointing.WorkdirError(refusal.format("a folder (not a regular file)"), starting_over_helps=False) from None
-        raise checkpointing.WorkdirError(f"cannot open the lock file {path} of workdir {workdir}: {e}", starting_over_helps=False) from e
+            raise checkpointing.WorkdirError(
+                refusal.format("a folder (not a regular file)"), starting_over_helps=False
+            ) from None
+        raise checkpointing.WorkdirError(
+            f"cannot open the lock file {path} of workdir {workdir}: {e}", starting_over_helps=False
+        ) from e
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise checkpointing.WorkdirError(refusal.format("not a regular file"), starting_over_helps=False)
@@ -288,8 +313,11 @@ class Workdir:
 
     def records(self):
         """Returns the workdir's own trackables for the checkpoint, by key."""
-        return {"run_identity": self.identity_record, "run_history": self.history_record,
-                "run_stopped": self.stopped_record}
+        return {
+            "run_identity": self.identity_record,
+            "run_history": self.history_record,
+            "run_stopped": self.stopped_record,
+        }
 
     def locked(self):
         """A context holding the workdir's lock (see `locked`)."""
@@ -369,7 +397,10 @@ class Workdir:
             checkpointing.check_writable(scratch)
             own = checkpointing.has_checkpoint(scratch)
             self.checkpoints = checkpointing.RunCheckpoints(
-                scratch, trackables(), step_counter, self.keep_checkpoints,
+                scratch,
+                trackables(),
+                step_counter,
+                self.keep_checkpoints,
                 restore_from=None if own else os.path.join(workdir, "ckpt"),
             )
             self._restore_agreed(verify, check_restored)
@@ -385,16 +416,18 @@ class Workdir:
             saved = checkpointing.read_json(run_path, "run identity")
             why = checkpointing.run_identity_problem(saved)
             if why is not None:
-                advice = (f"the checkpoints in {os.path.join(workdir, 'ckpt')} carry their own identity: remove it to "
-                          "resume from them" if checkpointing.has_checkpoint(workdir) else
-                          "refusing to replace it: move it away, or use another workdir")
-                raise checkpointing.WorkdirError(f"run identity {run_path} is not one clr_loop wrote ({why}); {advice}",
-                                                 starting_over_helps=False)
+                advice = (
+                    f"the checkpoints in {os.path.join(workdir, 'ckpt')} carry their own identity: remove it to "
+                    "resume from them"
+                    if checkpointing.has_checkpoint(workdir)
+                    else "refusing to replace it: move it away, or use another workdir"
+                )
+                raise checkpointing.WorkdirError(
+                    f"run identity {run_path} is not one clr_loop wrote ({why}); {advice}", starting_over_helps=False
+                )
             if checkpointing.has_checkpoint(workdir):
                 _refuse_another_run(saved, identity, workdir, self.config_differences)
-        self.checkpoints = checkpointing.RunCheckpoints(
-            workdir, trackables(), step_counter, self.keep_checkpoints
-        )
+        self.checkpoints = checkpointing.RunCheckpoints(workdir, trackables(), step_counter, self.keep_checkpoints)
         if prepare is not None:
             prepare()
 
@@ -413,8 +446,11 @@ class Workdir:
             # its checkpoint.
             dropped = sum(checkpointing.truncate_events(os.path.join(workdir, sub), 0) for sub in ("train", "eval"))
             if dropped:
-                print(f"note: dropped {dropped} TensorBoard points of an earlier run in {workdir} that saved no "
-                      "checkpoint; starting at step 0", flush=True)
+                print(
+                    f"note: dropped {dropped} TensorBoard points of an earlier run in {workdir} that saved no "
+                    "checkpoint; starting at step 0",
+                    flush=True,
+                )
             return {}
         step, done = position()  # done: epochs completed (an epoch end counts its own)
         history = self._saved_history(history_path, restored)
@@ -449,15 +485,20 @@ class Workdir:
             if not distribute.gather_from_workers(self.strategy, [float(held)])[:, 0].all():
                 raise distribute.ClusterError(
                     "the workers would resume from different steps ("
-                    + ", ".join(f"worker {w} from step {s}" if s >= 0 else f"worker {w} from step 0 (no checkpoint)"
-                                for w, s in enumerate(steps))
+                    + ", ".join(
+                        f"worker {w} from step {s}" if s >= 0 else f"worker {w} from step 0 (no checkpoint)"
+                        for w, s in enumerate(steps)
+                    )
                     + f"; this is worker {distribute.worker_id(self.strategy)}, whose checkpoints are in "
                     f"{self.checkpoints.restore_directory}), and they can only resume together: give each worker "
                     "its own workdir's checkpoints back, or start all of them over in new workdirs"
                 )
             if self.is_chief:
-                print(f"note: the workers' newest checkpoints are of steps {', '.join(map(str, steps))}; "
-                      f"all resume from step {target}, the newest they all hold", flush=True)
+                print(
+                    f"note: the workers' newest checkpoints are of steps {', '.join(map(str, steps))}; "
+                    f"all resume from step {target}, the newest they all hold",
+                    flush=True,
+                )
         if target < 0:
             return None
         return self.checkpoints.restore_latest(verify=verify, step=target, check_restored=check)
@@ -470,10 +511,14 @@ class Workdir:
             try:
                 on_disk = checkpointing.read_history(history_path)
             except checkpointing.WorkdirError as e:
-                hint = (" The checkpoint holds its own copy of the history: remove the file to resume with it."
-                        if self.history_record.text else "")
-                raise checkpointing.WorkdirError(f"{e}.{hint}", starting_over_helps=e.starting_over_helps,
-                                                 argument=e.argument, settings=e.settings) from e
+                hint = (
+                    " The checkpoint holds its own copy of the history: remove the file to resume with it."
+                    if self.history_record.text
+                    else ""
+                )
+                raise checkpointing.WorkdirError(
+                    f"{e}.{hint}", starting_over_helps=e.starting_over_helps, argument=e.argument, settings=e.settings
+                ) from e
         if not self.history_record.text:
             return on_disk or {}
         history = checkpointing.check_history(json.loads(self.history_record.text), restored)
@@ -488,6 +533,7 @@ def _refuse_another_run(saved, identity, where, config_differences):
     if problems:
         raise checkpointing.WorkdirError(
             f"{where} holds a checkpoint of another run, which cannot be resumed: "
-            + "; ".join(problems) + ". Use another workdir, or remove that one to start over.",
+            + "; ".join(problems)
+            + ". Use another workdir, or remove that one to start over.",
             settings=differing_identity_keys(saved, identity),
         )

@@ -25,8 +25,14 @@ from testing import REPO, assert_one_line_usage_error, npz_arrays, write_npz, wr
 
 N_TRAIN, N_TEST = 96, 40
 # Every run: 96 // 16 = 6 steps per epoch, 2 epochs; no XLA, to keep the test in seconds.
-COMMON = ["--epochs=2", "--batch_size=16", "--eval_batch_size=16", "--steps_per_loop=3", "--log_every_steps=3",
-          "--jit_compile=false"]
+COMMON = [
+    "--epochs=2",
+    "--batch_size=16",
+    "--eval_batch_size=16",
+    "--steps_per_loop=3",
+    "--log_every_steps=3",
+    "--jit_compile=false",
+]
 
 
 @pytest.fixture
@@ -80,12 +86,15 @@ def differs(a, b):
     return any(not np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def test_ablation_with_seeds_starts_each_seeds_runs_from_identical_weights(setup, starting_weights, monkeypatch, capsys):
+def test_ablation_with_seeds_starts_each_seeds_runs_from_identical_weights(
+    setup, starting_weights, monkeypatch, capsys
+):
     loads = []
     load = fashion_mnist.load
     monkeypatch.setattr(fashion_mnist, "load", lambda **kw: loads.append(kw) or load(**kw))
-    status = run_ablate([*setup["flagfiles"], f"--workdir={setup['workdir']}", "--seeds=3,4",
-                         f"--dataset_dir={setup['data']}", *COMMON])
+    status = run_ablate(
+        [*setup["flagfiles"], f"--workdir={setup['workdir']}", "--seeds=3,4", f"--dataset_dir={setup['data']}", *COMMON]
+    )
     assert status == 0
     assert len(loads) == 1
     work = setup["workdir"]
@@ -102,13 +111,18 @@ def test_ablation_with_seeds_starts_each_seeds_runs_from_identical_weights(setup
             # The run's own settings come from its flagfile, the shared ones from the command line,
             # and its workdir and seed from the ablation.
             assert (config["mode"], config["epochs"], config["seed"]) == (
-                "none" if stem == "sgd" else "triangular2", 2, seed)
+                "none" if stem == "sgd" else "triangular2",
+                2,
+                seed,
+            )
             assert config["workdir"] == run_dir
         # The seed's file holds what a `clr_loop.train --seed=N` model starts from (no --init_weights).
         keras.utils.set_random_seed(seed)
         assert_same([w.numpy() for w in models.create_model(seed=seed).weights], init)
-    assert differs(file_weights(os.path.join(work, "init_seed3.weights.h5")),
-                   file_weights(os.path.join(work, "init_seed4.weights.h5")))
+    assert differs(
+        file_weights(os.path.join(work, "init_seed3.weights.h5")),
+        file_weights(os.path.join(work, "init_seed4.weights.h5")),
+    )
 
     comparison = json.load(open(os.path.join(work, "comparison.json")))
     assert [r["name"] for r in comparison["runs"]] == names
@@ -137,8 +151,16 @@ def test_ablation_with_seeds_starts_each_seeds_runs_from_identical_weights(setup
     # The same ablation with a setting its run folders were not trained with is refused before
     # anything is written: the comparison, its figures and the runs stay exactly as they are.
     before = files_under(work)
-    status = run_ablate([*setup["flagfiles"], f"--workdir={work}", "--seeds=3,4", f"--dataset_dir={setup['data']}",
-                         *COMMON, "--momentum=0.5"])
+    status = run_ablate(
+        [
+            *setup["flagfiles"],
+            f"--workdir={work}",
+            "--seeds=3,4",
+            f"--dataset_dir={setup['data']}",
+            *COMMON,
+            "--momentum=0.5",
+        ]
+    )
     assert status == 1
     err = capsys.readouterr().err
     for name in names:
@@ -162,8 +184,17 @@ def test_given_init_weights_start_every_run_and_match_a_plain_train_run(setup, s
     keras.utils.set_random_seed(1234)
     trial.save_initial_weights(models.create_model(seed=1234), custom)
     work = setup["workdir"]
-    status = run_ablate([*setup["flagfiles"], f"--workdir={work}", f"--init_weights={custom}", "--seed=7",
-                         "--nofigures", f"--dataset_dir={setup['data']}", *COMMON])
+    status = run_ablate(
+        [
+            *setup["flagfiles"],
+            f"--workdir={work}",
+            f"--init_weights={custom}",
+            "--seed=7",
+            "--nofigures",
+            f"--dataset_dir={setup['data']}",
+            *COMMON,
+        ]
+    )
     assert status == 0
     expected = file_weights(custom)
     for stem in ("sgd", "clr"):
@@ -177,8 +208,17 @@ def test_given_init_weights_start_every_run_and_match_a_plain_train_run(setup, s
     alone = str(tmp_path / "alone")
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
-        rest = flags.FLAGS(["clr_loop.train", f"--flagfile={setup['flagfiles'][1]}", f"--workdir={alone}",
-                            f"--init_weights={custom}", "--seed=7", f"--dataset_dir={setup['data']}", *COMMON])
+        rest = flags.FLAGS(
+            [
+                "clr_loop.train",
+                f"--flagfile={setup['flagfiles'][1]}",
+                f"--workdir={alone}",
+                f"--init_weights={custom}",
+                "--seed=7",
+                f"--dataset_dir={setup['data']}",
+                *COMMON,
+            ]
+        )
         assert train.main(rest) == 0
     ablated = json.load(open(os.path.join(work, "clr", "history.json")))
     single = json.load(open(os.path.join(alone, "history.json")))
@@ -190,8 +230,16 @@ def test_a_diverging_run_is_reported_and_the_others_still_run(setup, tmp_path, c
     boom = tmp_path / "boom.flags"
     boom.write_text("--mode=none\n--lr=1e9\n")
     work = setup["workdir"]
-    status = run_ablate([str(boom), setup["flagfiles"][0], f"--workdir={work}", "--nofigures",
-                         f"--dataset_dir={setup['data']}", *COMMON])
+    status = run_ablate(
+        [
+            str(boom),
+            setup["flagfiles"][0],
+            f"--workdir={work}",
+            "--nofigures",
+            f"--dataset_dir={setup['data']}",
+            *COMMON,
+        ]
+    )
     assert status == 1
     rows = json.load(open(os.path.join(work, "comparison.json")))["runs"]
     assert [(r["name"], r["status"]) for r in rows] == [("boom", "diverged"), ("sgd", "ok")]
@@ -202,18 +250,28 @@ def test_a_diverging_run_is_reported_and_the_others_still_run(setup, tmp_path, c
 
 
 def test_summaries_against_hand_computed_values():
-    history = {"loss": [2.0, 1.0, 0.8], "accuracy": [0.2, 0.6, 0.7], "val_loss": [1.5, 0.7, 0.9],
-               "val_accuracy": [0.4, 0.75, 0.75]}
+    history = {
+        "loss": [2.0, 1.0, 0.8],
+        "accuracy": [0.2, 0.6, 0.7],
+        "val_loss": [1.5, 0.7, 0.9],
+        "val_accuracy": [0.4, 0.75, 0.75],
+    }
     summary = ablation.summarize_history(history)
     assert summary["epochs"] == 3
     assert summary["final"] == {"loss": 0.8, "accuracy": 0.7, "val_loss": 0.9, "val_accuracy": 0.75}
     assert summary["best_val_loss"] == {"value": 0.7, "epoch": 2}
     assert summary["best_val_accuracy"] == {"value": 0.75, "epoch": 2}  # the first epoch of a tie
     rows = [
-        {"flagfile": "a.flags", "seed": s, "status": "ok",
-         "final": {"loss": v, "accuracy": 0.5, "val_loss": v, "val_accuracy": 0.5},
-         "best_val_loss": {"value": v - 0.1, "epoch": 2}, "best_val_accuracy": {"value": 1 - v, "epoch": 3},
-         "wall_seconds": 10 * s, "epoch_seconds_sum": 9.0}
+        {
+            "flagfile": "a.flags",
+            "seed": s,
+            "status": "ok",
+            "final": {"loss": v, "accuracy": 0.5, "val_loss": v, "val_accuracy": 0.5},
+            "best_val_loss": {"value": v - 0.1, "epoch": 2},
+            "best_val_accuracy": {"value": 1 - v, "epoch": 3},
+            "wall_seconds": 10 * s,
+            "epoch_seconds_sum": 9.0,
+        }
         for s, v in ((1, 0.5), (2, 0.7), (3, 0.9))
     ] + [{"flagfile": "a.flags", "seed": 4, "status": "diverged", "final": None}]
     (group,) = ablation.aggregate_by_flagfile(rows)
@@ -227,9 +285,11 @@ def test_summaries_against_hand_computed_values():
     assert group["seconds"]["wall"] == pytest.approx({"mean": 20.0, "std": 10.0, "min": 10.0, "max": 30.0})
     assert group["seconds"]["epochs"]["std"] == 0.0
     markdown = ablation.comparison_markdown({"command": "c", "init_note": "n", "runs": [], "by_flagfile": [group]})
-    assert ("| a.flags | 3 | 0.7000 ± 0.2000 (0.5000–0.9000) | 0.5000 ± 0.0000 (0.5000–0.5000) | 0.7000 ± 0.2000 "
-            "(0.5000–0.9000) | 0.5000 ± 0.0000 (0.5000–0.5000) | 0.6000 ± 0.2000 (0.4000–0.8000) | 0.3000 ± 0.2000 "
-            "(0.1000–0.5000) | 20 ± 10 (10–30) s |") in markdown
+    assert (
+        "| a.flags | 3 | 0.7000 ± 0.2000 (0.5000–0.9000) | 0.5000 ± 0.0000 (0.5000–0.5000) | 0.7000 ± 0.2000 "
+        "(0.5000–0.9000) | 0.5000 ± 0.0000 (0.5000–0.5000) | 0.6000 ± 0.2000 (0.4000–0.8000) | 0.3000 ± 0.2000 "
+        "(0.1000–0.5000) | 20 ± 10 (10–30) s |"
+    ) in markdown
 
 
 @pytest.mark.parametrize(
@@ -263,8 +323,9 @@ def test_bad_inputs_stop_before_anything_is_written(setup, tmp_path):
 
 def run_ablate_cli(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "-m", "clr_loop.ablate", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "clr_loop.ablate", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_bad_flagfiles_exit_1_with_one_line_naming_them(tmp_path):
@@ -273,8 +334,11 @@ def test_cli_bad_flagfiles_exit_1_with_one_line_naming_them(tmp_path):
     assert_one_line_usage_error(result, "flagfile flags/missing.flags does not exist")
     # A device is named as one ("flagfile not found" before), and never read.
     result = run_ablate_cli("flags/no_clr.flags", "/dev/zero", str(tmp_path), f"--workdir={work}")
-    assert_one_line_usage_error(result, "flagfile /dev/zero is a character device, not a regular file; "
-                                        f"flagfile {tmp_path} is a directory, not a regular file")
+    assert_one_line_usage_error(
+        result,
+        "flagfile /dev/zero is a character device, not a regular file; "
+        f"flagfile {tmp_path} is a directory, not a regular file",
+    )
     # A flagfile to compare that is not UTF-8 text: one message naming it, the byte at fault.
     latin1 = tmp_path / "latin1.flags"
     latin1.write_bytes("--mode=none\n# caf\u00e9\n".encode("latin-1"))
@@ -308,8 +372,15 @@ def test_an_unwritable_workdir_is_refused_before_any_run(setup, tmp_path, capsys
 
 
 def test_a_batch_larger_than_the_data_is_refused_before_any_run(setup, capsys, no_training):
-    status = run_ablate([*setup["flagfiles"], f"--workdir={setup['workdir']}", f"--dataset_dir={setup['data']}",
-                         *COMMON, "--batch_size=100"])
+    status = run_ablate(
+        [
+            *setup["flagfiles"],
+            f"--workdir={setup['workdir']}",
+            f"--dataset_dir={setup['data']}",
+            *COMMON,
+            "--batch_size=100",
+        ]
+    )
     assert status == 1
     err = capsys.readouterr().err
     assert "error: sgd: 96 examples are fewer than one batch of 100" in err and "error: clr: " in err
@@ -335,18 +406,25 @@ def test_empty_workdir_is_refused(setup, tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "runs")
 
 
-def test_an_ablation_across_datasets_and_models_matches_each_run_trained_alone(tmp_path, starting_weights, monkeypatch,
-                                                                              capsys):
+def test_an_ablation_across_datasets_and_models_matches_each_run_trained_alone(
+    tmp_path, starting_weights, monkeypatch, capsys
+):
     # Two runs of the tutorial CNN on one npz dataset (loaded once, one initial model) and a ResNet-20 run
     # on another (float RGB images, 3 classes, its own seeded weights), with different epoch counts.
     cnn_data = write_npz(tmp_path / "gray.npz", **npz_arrays(n_train=32, n_test=12, shape=(28, 28), classes=10))
     rgb = npz_arrays(n_train=32, n_test=12, shape=(8, 8, 3), classes=3, seed=1)
-    rgb_data = write_npz(tmp_path / "rgb.npz", **{**rgb, "x_train": rgb["x_train"] / 255.0, "x_test": rgb["x_test"] / 255.0})
+    rgb_data = write_npz(
+        tmp_path / "rgb.npz", **{**rgb, "x_train": rgb["x_train"] / 255.0, "x_test": rgb["x_test"] / 255.0}
+    )
     small = "--batch_size=8\n--eval_batch_size=8\n--steps_per_loop=2\n--log_every_steps=2\n--jit_compile=false\n"
     (tmp_path / "cnn_sgd.flags").write_text(f"--dataset=npz:{cnn_data}\n--mode=none\n--lr=0.05\n--epochs=2\n{small}")
-    (tmp_path / "cnn_1cycle.flags").write_text(f"--dataset=npz:{cnn_data}\n--mode=one_cycle\n--max_lr=0.1\n--epochs=2\n{small}")
-    (tmp_path / "resnet.flags").write_text(f"--dataset=npz:{rgb_data}\n--model=resnet20\n--optimizer=adam\n"
-                                           f"--mode=triangular\n--max_lr=0.01\n--step_size_epochs=1\n--epochs=3\n{small}")
+    (tmp_path / "cnn_1cycle.flags").write_text(
+        f"--dataset=npz:{cnn_data}\n--mode=one_cycle\n--max_lr=0.1\n--epochs=2\n{small}"
+    )
+    (tmp_path / "resnet.flags").write_text(
+        f"--dataset=npz:{rgb_data}\n--model=resnet20\n--optimizer=adam\n"
+        f"--mode=triangular\n--max_lr=0.01\n--step_size_epochs=1\n--epochs=3\n{small}"
+    )
     flagfiles = [str(tmp_path / f"{stem}.flags") for stem in ("cnn_sgd", "resnet", "cnn_1cycle")]
     loads = []
     load_npz = datasets.load_npz
@@ -358,11 +436,15 @@ def test_an_ablation_across_datasets_and_models_matches_each_run_trained_alone(t
     comparison = json.load(open(os.path.join(work, "comparison.json")))
     rows = {row["name"]: row for row in comparison["runs"]}
     assert [(r["name"], r["dataset"], r["model"], r["epochs"]) for r in comparison["runs"]] == [
-        ("cnn_sgd", f"npz:{cnn_data}", "tutorial_cnn", 2), ("resnet", f"npz:{rgb_data}", "resnet20", 3),
-        ("cnn_1cycle", f"npz:{cnn_data}", "tutorial_cnn", 2)]
+        ("cnn_sgd", f"npz:{cnn_data}", "tutorial_cnn", 2),
+        ("resnet", f"npz:{rgb_data}", "resnet20", 3),
+        ("cnn_1cycle", f"npz:{cnn_data}", "tutorial_cnn", 2),
+    ]
     assert [(g["name"], g["dataset"], g["model"]) for g in comparison["by_flagfile"]] == [
-        ("cnn_sgd", f"npz:{cnn_data}", "tutorial_cnn"), ("resnet", f"npz:{rgb_data}", "resnet20"),
-        ("cnn_1cycle", f"npz:{cnn_data}", "tutorial_cnn")]
+        ("cnn_sgd", f"npz:{cnn_data}", "tutorial_cnn"),
+        ("resnet", f"npz:{rgb_data}", "resnet20"),
+        ("cnn_1cycle", f"npz:{cnn_data}", "tutorial_cnn"),
+    ]
     markdown = open(os.path.join(work, "comparison.md")).read()
     assert "| dataset | model |" in markdown and "own seeded weights" in markdown
     for name, row in rows.items():
@@ -379,8 +461,12 @@ def test_an_ablation_across_datasets_and_models_matches_each_run_trained_alone(t
 
     # Figures of runs with different datasets and epoch counts, and each flagfile's schedule.
     pngs = [line for line in capsys.readouterr().out.splitlines() if line.endswith(".png")]
-    assert [os.path.basename(p) for p in pngs] == [*figures.HISTORY_FIGURES, "schedule_cnn_sgd.png",
-                                                   "schedule_resnet.png", "schedule_cnn_1cycle.png"]
+    assert [os.path.basename(p) for p in pngs] == [
+        *figures.HISTORY_FIGURES,
+        "schedule_cnn_sgd.png",
+        "schedule_resnet.png",
+        "schedule_cnn_1cycle.png",
+    ]
     assert all(os.path.getsize(p) > 1000 for p in pngs)
 
     # The oracle: each run trained alone by `clr_loop.train --flagfile=F --seed=5` (its own fresh
@@ -400,7 +486,8 @@ def test_an_ablation_across_datasets_and_models_matches_each_run_trained_alone(t
 
 
 def test_given_init_weights_that_do_not_fit_one_runs_model_are_refused_before_anything_is_written(
-        setup, tmp_path, capsys, no_training):
+    setup, tmp_path, capsys, no_training
+):
     custom = str(tmp_path / "cnn.weights.h5")
     keras.utils.set_random_seed(1)
     trial.save_initial_weights(models.create_model(seed=1), custom)  # the tutorial CNN's, 28x28x1

@@ -17,7 +17,7 @@ def numpy_flip_crop(images, offsets, flips, pad=4):
     padded = np.pad(images, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
     out = []
     for image, (row, column), flip in zip(padded, offsets, flips):
-        crop = image[row:row + height, column:column + width]
+        crop = image[row : row + height, column : column + width]
         out.append(crop[:, ::-1] if flip else crop)
     return np.stack(out)
 
@@ -62,7 +62,9 @@ def test_make_none_and_bad_names():
 def _dense_model(splits_seed=0):
     keras.utils.set_random_seed(splits_seed)
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.optimizer.build(model.trainable_variables)
     return model
 

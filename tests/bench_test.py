@@ -76,10 +76,15 @@ def test_is_trainer_default_matches_what_train_resolves():
     spec = variants.Spec("loop", jit="false")
     assert worker.is_trainer_default(spec, default_splits, threads, "pipeline")
     assert not worker.is_trainer_default(spec, default_splits, threads, "device")
-    assert worker.is_trainer_default(variants.Spec("loop", jit="false", input="device"), default_splits, threads, "device")
-    assert not worker.is_trainer_default(variants.Spec("loop", jit="false", steps_per_loop=10), default_splits, threads, "pipeline")
-    assert not worker.is_trainer_default(variants.Spec("loop", jit="false", precision="mixed_bfloat16"), default_splits, threads,
-                                        "pipeline")
+    assert worker.is_trainer_default(
+        variants.Spec("loop", jit="false", input="device"), default_splits, threads, "device"
+    )
+    assert not worker.is_trainer_default(
+        variants.Spec("loop", jit="false", steps_per_loop=10), default_splits, threads, "pipeline"
+    )
+    assert not worker.is_trainer_default(
+        variants.Spec("loop", jit="false", precision="mixed_bfloat16"), default_splits, threads, "pipeline"
+    )
     other = 1 if default_splits > 1 else 2
     assert not worker.is_trainer_default(spec, other, runtime.thread_pool_sizes(other), "pipeline")
 
@@ -139,10 +144,28 @@ def test_fit_epoch_runs_the_tutorial_with_validation():
 def test_merge_rounds_pools_repeats_and_takes_the_highest_peak():
     spec = {"batch_size": 10}
     rounds = [
-        {"ms_per_step": 2.0, "ms_per_step_repeats": [1.0, 2.0, 9.0], "flops_per_step": 1e6, "spec": spec,
-         "compile_s": 1.0, "first_call_s": 2.0, "cpu_ms_per_step": 3.0, "peak_rss_mb": 100.0, "process_peak_rss_mb": 110.0},
-        {"ms_per_step": 4.0, "ms_per_step_repeats": [3.0, 4.0, 5.0], "flops_per_step": 1e6, "spec": spec,
-         "compile_s": 3.0, "first_call_s": 4.0, "cpu_ms_per_step": 5.0, "peak_rss_mb": 120.0, "process_peak_rss_mb": 105.0},
+        {
+            "ms_per_step": 2.0,
+            "ms_per_step_repeats": [1.0, 2.0, 9.0],
+            "flops_per_step": 1e6,
+            "spec": spec,
+            "compile_s": 1.0,
+            "first_call_s": 2.0,
+            "cpu_ms_per_step": 3.0,
+            "peak_rss_mb": 100.0,
+            "process_peak_rss_mb": 110.0,
+        },
+        {
+            "ms_per_step": 4.0,
+            "ms_per_step_repeats": [3.0, 4.0, 5.0],
+            "flops_per_step": 1e6,
+            "spec": spec,
+            "compile_s": 3.0,
+            "first_call_s": 4.0,
+            "cpu_ms_per_step": 5.0,
+            "peak_rss_mb": 120.0,
+            "process_peak_rss_mb": 105.0,
+        },
     ]
     merged = processes.merge_rounds(rounds)
     assert merged["ms_per_step"] == 3.5  # median of 1, 2, 3, 4, 5, 9
@@ -161,17 +184,30 @@ def test_add_ratios_against_the_baseline():
 @pytest.mark.parametrize(
     "long_name, op_type, category",
     [
-        ("while/body/_1/while/StatefulPartitionedCall/clr_cnn_1/conv2d_1/Relu", "_MklNativeFusedConv2D", "conv forward"),
-        ("while/body/_1/while/StatefulPartitionedCall/gradient_tape/clr_cnn_1/conv2d_1_2/convolution/Conv2DBackpropInput",
-         "_MklNativeConv2DBackpropInput", "conv backward"),
-        ("while/body/_1/while/StatefulPartitionedCall/gradient_tape/clr_cnn_1/conv2d_1/convolution/Conv2DBackpropFilter",
-         "_MklNativeConv2DBackpropFilterWithBias", "conv backward"),
+        (
+            "while/body/_1/while/StatefulPartitionedCall/clr_cnn_1/conv2d_1/Relu",
+            "_MklNativeFusedConv2D",
+            "conv forward",
+        ),
+        (
+            "while/body/_1/while/StatefulPartitionedCall/gradient_tape/clr_cnn_1/conv2d_1_2/convolution/Conv2DBackpropInput",
+            "_MklNativeConv2DBackpropInput",
+            "conv backward",
+        ),
+        (
+            "while/body/_1/while/StatefulPartitionedCall/gradient_tape/clr_cnn_1/conv2d_1/convolution/Conv2DBackpropFilter",
+            "_MklNativeConv2DBackpropFilterWithBias",
+            "conv backward",
+        ),
         ("while/body/_1/while/StatefulPartitionedCall/sgd/AssignSubVariableOp_6", "AssignSubVariableOp", "optimizer"),
         ("while/body/_1/while/StatefulPartitionedCall/sgd/CyclicalLearningRate/SelectV2", "SelectV2", "optimizer"),
         ("while/body/_1/while/device_batches/GatherV2", "GatherV2", "input"),
         ("Iterator::Root::Prefetch", "Iterator::Root::Prefetch", "input"),
-        ("while/body/_1/while/StatefulPartitionedCall/gradient_tape/clr_cnn_1/max_pooling2d_1/MaxPool2d/MaxPoolGrad",
-         "_MklNativeMaxPoolGrad", "other backward"),
+        (
+            "while/body/_1/while/StatefulPartitionedCall/gradient_tape/clr_cnn_1/max_pooling2d_1/MaxPool2d/MaxPoolGrad",
+            "_MklNativeMaxPoolGrad",
+            "other backward",
+        ),
         ("while/body/_1/while/StatefulPartitionedCall/clr_cnn_1/dense_1_2/Softmax", "_MklSoftmax", "other forward"),
         ("while/body/_1/while/StatefulPartitionedCall/ArgMax", "ArgMax", "loss, metrics, loop"),
     ],
@@ -182,7 +218,15 @@ def test_classify_op(long_name, op_type, category):
 
 def test_profile_breakdown_of_a_synthetic_trace():
     def op(name, op_type, ts, dur, tid=1):
-        return {"ph": "X", "name": op_type, "ts": ts, "dur": dur, "pid": 1, "tid": tid, "args": {"long_name": f"{name}:{op_type}"}}
+        return {
+            "ph": "X",
+            "name": op_type,
+            "ts": ts,
+            "dur": dur,
+            "pid": 1,
+            "tid": tid,
+            "args": {"long_name": f"{name}:{op_type}"},
+        }
 
     events = [
         op("m/clr_cnn/conv2d/Relu", "_MklNativeFusedConv2D", 0, 400),
@@ -230,9 +274,16 @@ def test_tables_and_spec_round_trip():
     assert variants.Spec.from_json(spec.to_json()) == spec
     assert spec.name == "loop device xla=false spl=10 threads=1x0"
     row = {
-        "name": spec.name, "ms_per_step": 2.0, "ms_per_step_repeats": [1.5, 2.5], "cpu_ms_per_step": 3.0,
-        "examples_per_s": 32000.0, "compile_s": 1.25, "process_peak_rss_mb": 800.0, "speedup_vs_fit": 1.6,
-        "gflops": 187.8, "pct_of_matmul_peak": 50.0,
+        "name": spec.name,
+        "ms_per_step": 2.0,
+        "ms_per_step_repeats": [1.5, 2.5],
+        "cpu_ms_per_step": 3.0,
+        "examples_per_s": 32000.0,
+        "compile_s": 1.25,
+        "process_peak_rss_mb": 800.0,
+        "speedup_vs_fit": 1.6,
+        "gflops": 187.8,
+        "pct_of_matmul_peak": 50.0,
     }
     table = report.format_training_table([row])
     assert "1.50-2.50" in table and "1.60" in table and spec.name in table
@@ -243,7 +294,11 @@ def test_cli_rejects_bad_flags_before_running_anything(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench", "--repeats=0", f"--out={out}"],
-        cwd=processes.REPO_ROOT, env=processes.child_env(), capture_output=True, text=True, timeout=120,
+        cwd=processes.REPO_ROOT,
+        env=processes.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0 and "--repeats" in proc.stderr
     assert not out.exists()
@@ -266,7 +321,9 @@ def test_whole_process_commands_run_the_tutorial_script_and_the_trainer():
     # The tutorial script imports TensorFlow before clr_loop, then hands its arguments to the
     # bench app: a bad flag is reported by the app, with a non-zero exit.
     argv = commands["fit"][0][:3] + ["--repeats=0"]
-    proc = subprocess.run(argv, cwd=processes.REPO_ROOT, env=processes.child_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        argv, cwd=processes.REPO_ROOT, env=processes.child_env(), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0 and "--repeats" in proc.stderr
 
 
@@ -289,7 +346,11 @@ def test_cli_profile_without_xprof_says_how_to_install_before_running_anything(t
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench", "--profile", "--steps=2", f"--out={out}"],
-        cwd=processes.REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=processes.REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "--profile" in proc.stderr and step_profile.PROFILE_INSTALL in proc.stderr
@@ -325,10 +386,29 @@ def test_cli_keeps_the_measured_stages_when_a_later_stage_fails(tmp_path):
     env = _fake_xprof(tmp_path, "def xspace_to_tool_data(*args):\n    raise AssertionError('not reached')\n")
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-c", _IN_PROCESS_BENCH, "--steps=2", "--repeats=1", "--rounds=1", "--batch_size=8",
-         "--data=random", "--eval=false", "--steps_per_loop=2", "--configs=pipeline xla=false spl=2", "--profile",
-         "--torch=false", "--precisions=float32", "--kernels=false", f"--out={out}"],
-        cwd=processes.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            _IN_PROCESS_BENCH,
+            "--steps=2",
+            "--repeats=1",
+            "--rounds=1",
+            "--batch_size=8",
+            "--data=random",
+            "--eval=false",
+            "--steps_per_loop=2",
+            "--configs=pipeline xla=false spl=2",
+            "--profile",
+            "--torch=false",
+            "--precisions=float32",
+            "--kernels=false",
+            f"--out={out}",
+        ],
+        cwd=processes.REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode != 0 and "the profile stage broke" in proc.stderr
     saved = json.loads(out.read_text())
@@ -341,7 +421,11 @@ def test_cli_keeps_the_measured_stages_when_a_later_stage_fails(tmp_path):
 def test_cli_rejects_configs_that_match_no_loop(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench", "--configs=no such config", f"--out={tmp_path / 'b.json'}"],
-        cwd=processes.REPO_ROOT, env=processes.child_env(), capture_output=True, text=True, timeout=120,
+        cwd=processes.REPO_ROOT,
+        env=processes.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "--configs=no such config matches no loop configuration" in proc.stderr
@@ -351,7 +435,9 @@ def test_cli_rejects_configs_that_match_no_loop(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # CPU features, kernels, precision, the PyTorch peer's plumbing (PyTorch itself: torch_peer_test)
 
-SAPPHIRE_RAPIDS_FLAGS = "fpu sse2 avx fma avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8 avx_vnni"
+SAPPHIRE_RAPIDS_FLAGS = (
+    "fpu sse2 avx fma avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8 avx_vnni"
+)
 
 
 def test_cpu_features_from_a_fake_cpuinfo():
@@ -370,33 +456,50 @@ def test_cpu_features_from_a_fake_cpuinfo():
 
 
 def test_onednn_kernels_counts_primitive_executions():
-    text = "\n".join([
-        "onednn_verbose,v1,info,oneDNN v3.7.3 (commit N/A)",
-        "onednn_verbose,v1,primitive,info,template:operation,engine,primitive,implementation,prop_kind,memory_descriptors",
-        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_amx_bf16,forward_training,"
-        "src_bf16::blocked:acdb::f0 wei_bf16:a:blocked:Acdb16a::f0 dst_bf16::blocked:acdb::f0,,alg:convolution_direct,mb64,0.1",
-        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_amx_bf16,forward_training,"
-        "src_bf16::blocked:acdb::f0 wei_bf16::blocked:Acdb16a::f0,,alg:convolution_direct,mb64,0.1",
-        "onednn_verbose,v1,primitive,exec,cpu,gemm_api,,undef,src_f32::blocked:ab:f0 wei_f32::blocked:ab:f0,,,1248x25:25x16,11.7",
-        "onednn_verbose,v1,graph,exec,cpu,100002,matmul_post_ops,,,,,",
-        "dnnl_verbose,exec,cpu,pooling,jit:avx2,forward_training,src_f32::blocked:abcd:f0 dst_f32::blocked:abcd:f0,,alg:pooling_max,mb64,0.02",
-        "some other line, with exec, in it",
-    ])
+    text = "\n".join(
+        [
+            "onednn_verbose,v1,info,oneDNN v3.7.3 (commit N/A)",
+            "onednn_verbose,v1,primitive,info,template:operation,engine,primitive,implementation,prop_kind,memory_descriptors",
+            "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_amx_bf16,forward_training,"
+            "src_bf16::blocked:acdb::f0 wei_bf16:a:blocked:Acdb16a::f0 dst_bf16::blocked:acdb::f0,,alg:convolution_direct,mb64,0.1",
+            "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_amx_bf16,forward_training,"
+            "src_bf16::blocked:acdb::f0 wei_bf16::blocked:Acdb16a::f0,,alg:convolution_direct,mb64,0.1",
+            "onednn_verbose,v1,primitive,exec,cpu,gemm_api,,undef,src_f32::blocked:ab:f0 wei_f32::blocked:ab:f0,,,1248x25:25x16,11.7",
+            "onednn_verbose,v1,graph,exec,cpu,100002,matmul_post_ops,,,,,",
+            "dnnl_verbose,exec,cpu,pooling,jit:avx2,forward_training,src_f32::blocked:abcd:f0 dst_f32::blocked:abcd:f0,,alg:pooling_max,mb64,0.02",
+            "some other line, with exec, in it",
+        ]
+    )
     assert machine.onednn_kernels(text) == {
-        "convolution brg_conv_fwd:avx512_core_amx_bf16 bf16": 2, "gemm_api - f32": 1, "pooling jit:avx2 f32": 1}
+        "convolution brg_conv_fwd:avx512_core_amx_bf16 bf16": 2,
+        "gemm_api - f32": 1,
+        "pooling jit:avx2 f32": 1,
+    }
     assert "no oneDNN primitive ran" in report.format_kernels([{"name": "x", "kernels": {}}])
 
 
 def test_kernels_of_a_bf16_fit_run_with_onednn_verbose_in_a_child():
     """The precision reaches the worker (its model computes in bfloat16) and oneDNN's lines are read."""
-    spec = variants.Spec("loop", batch_size=8, steps=2, repeats=1, steps_per_loop=2, jit="false", data="random", examples=40,
-                      precision="mixed_bfloat16")
+    spec = variants.Spec(
+        "loop",
+        batch_size=8,
+        steps=2,
+        repeats=1,
+        steps_per_loop=2,
+        jit="false",
+        data="random",
+        examples=40,
+        precision="mixed_bfloat16",
+    )
     result = processes.run_spec_in_subprocess(spec, env={"ONEDNN_VERBOSE": "1"})
     assert result["precision"] == "mixed_bfloat16" and result["compute_dtype"] == "bfloat16"
     assert np.isfinite(result["ms_per_step"])
     kernels = machine.onednn_kernels(result["stdout"])
     assert kernels and all(n > 0 for n in kernels.values())
-    assert variants.Spec("loop", jit="false", precision="mixed_bfloat16").name == "loop pipeline xla=false spl=100 mixed_bfloat16"
+    assert (
+        variants.Spec("loop", jit="false", precision="mixed_bfloat16").name
+        == "loop pipeline xla=false spl=100 mixed_bfloat16"
+    )
 
 
 def test_precision_rows_pair_each_policy_with_its_float32_twin():
@@ -404,10 +507,22 @@ def test_precision_rows_pair_each_policy_with_its_float32_twin():
         spec = variants.Spec("fit", precision=precision, label=label)
         return {"name": spec.name, "spec": dataclasses.asdict(spec), "ms_per_step": ms}
 
-    rows = report.precision_rows([row("float32", 6.0, "(a) fit"), row("mixed_bfloat16", 3.0, "(a) fit mixed_bfloat16"),
-                                 {**row("mixed_float16", 1.0), "spec": {**row("mixed_float16", 1.0)["spec"], "batch_size": 32}}])
-    assert rows == [{"name": "(a) fit mixed_bfloat16", "precision": "mixed_bfloat16", "ms_per_step": 3.0,
-                     "float32_ms_per_step": 6.0, "speedup": 2.0}]  # the batch-32 row has no twin
+    rows = report.precision_rows(
+        [
+            row("float32", 6.0, "(a) fit"),
+            row("mixed_bfloat16", 3.0, "(a) fit mixed_bfloat16"),
+            {**row("mixed_float16", 1.0), "spec": {**row("mixed_float16", 1.0)["spec"], "batch_size": 32}},
+        ]
+    )
+    assert rows == [
+        {
+            "name": "(a) fit mixed_bfloat16",
+            "precision": "mixed_bfloat16",
+            "ms_per_step": 3.0,
+            "float32_ms_per_step": 6.0,
+            "speedup": 2.0,
+        }
+    ]  # the batch-32 row has no twin
     assert "2.00" in report.format_precision_table(rows)
 
 
@@ -415,8 +530,12 @@ def test_training_specs_add_the_precision_and_pytorch_rows():
     plain = variants.training_specs(64, 10, 1, [100], "random")
     more = variants.training_specs(64, 10, 1, [100], "random", precisions=("float32", "mixed_bfloat16"), torch=True)
     added = [s.name for s in more if s not in plain]
-    assert added == ["(a) fit mixed_bfloat16", "loop pipeline xla=false spl=100 mixed_bfloat16",
-                     "(p) PyTorch eager", "(p) PyTorch torch.compile"]
+    assert added == [
+        "(a) fit mixed_bfloat16",
+        "loop pipeline xla=false spl=100 mixed_bfloat16",
+        "(p) PyTorch eager",
+        "(p) PyTorch torch.compile",
+    ]
     assert {s.kind for s in plain} <= {"fit", "loop"}
     assert processes.worker_argv(more[-1])[1:3] == ["-m", "benchmarks.torch_peer"]
     assert processes.worker_argv(more[0])[1:3] == ["-m", "benchmarks.bench"]
@@ -432,14 +551,29 @@ def _row(name, kind, ms, default=False, error=None):
 
 
 def test_side_by_side_puts_the_four_contenders_in_one_table():
-    training = [_row("(a) fit", "fit", 4.0), _row("loop pipeline xla=false spl=100", "loop", 2.0, default=True),
-                _row("(p) PyTorch eager", "torch", 5.0), _row("(p) PyTorch torch.compile", "torch_compile", 0, error="no compiler")]
-    medians = {name: {"wall_s": s, "cpu_s": s, "peak_rss_mb": m} for name, s, m in
-               (("train", 5.0, 800.0), ("fit", 10.0, 700.0), ("fit_gc_tuned", 9.0, 700.0), ("torch", 8.0, 500.0))}
+    training = [
+        _row("(a) fit", "fit", 4.0),
+        _row("loop pipeline xla=false spl=100", "loop", 2.0, default=True),
+        _row("(p) PyTorch eager", "torch", 5.0),
+        _row("(p) PyTorch torch.compile", "torch_compile", 0, error="no compiler"),
+    ]
+    medians = {
+        name: {"wall_s": s, "cpu_s": s, "peak_rss_mb": m}
+        for name, s, m in (
+            ("train", 5.0, 800.0),
+            ("fit", 10.0, 700.0),
+            ("fit_gc_tuned", 9.0, 700.0),
+            ("torch", 8.0, 500.0),
+        )
+    }
     rows = report.side_by_side(training, {"medians": medians, "errors": {"torch_compile": "InductorError"}})
     by = {r["contender"]: r for r in rows}
     assert [r["contender"] for r in rows] == ["clr_loop", "Keras fit", "PyTorch eager", "torch.compile"]
-    assert (by["clr_loop"]["x_fit_step"], by["clr_loop"]["x_fit_whole"], by["clr_loop"]["peak_rss_mb"]) == (2.0, 2.0, 800.0)
+    assert (by["clr_loop"]["x_fit_step"], by["clr_loop"]["x_fit_whole"], by["clr_loop"]["peak_rss_mb"]) == (
+        2.0,
+        2.0,
+        800.0,
+    )
     assert (by["PyTorch eager"]["x_fit_step"], by["PyTorch eager"]["x_fit_whole"]) == (0.8, 1.25)
     assert by["torch.compile"]["ms_per_step"] is None and by["torch.compile"]["note"] == "no compiler; InductorError"
     table = report.format_side_by_side(rows)
@@ -467,8 +601,14 @@ def test_torch_peer_cli_without_torch_exits_with_the_install_hint():
     from benchmarks import torch_peer
 
     env = {**processes.child_env(), torch_peer.HIDE_ENV: "1"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.torch_peer", "--epoch"], cwd=processes.REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.torch_peer", "--epoch"],
+        cwd=processes.REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "PyTorch hidden" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -498,20 +638,32 @@ def test_whole_process_keeps_going_when_a_pytorch_process_fails(monkeypatch, tmp
 
 def test_format_whole_process_prints_each_process_and_the_speedups():
     """The table's and the grid's whole-process lines (one formatter since the split)."""
-    commands = {"train": "python -m clr_loop.train", "fit": "tutorial script", "fit_gc_tuned": "tuned script",
-                "torch": "PyTorch eager"}
-    medians = {name: {"wall_s": s, "cpu_s": s / 2, "peak_rss_mb": 100.0 * s} for name, s in
-               (("train", 4.0), ("fit", 8.0), ("fit_gc_tuned", 6.0))}
+    commands = {
+        "train": "python -m clr_loop.train",
+        "fit": "tutorial script",
+        "fit_gc_tuned": "tuned script",
+        "torch": "PyTorch eager",
+    }
+    medians = {
+        name: {"wall_s": s, "cpu_s": s / 2, "peak_rss_mb": 100.0 * s}
+        for name, s in (("train", 4.0), ("fit", 8.0), ("fit_gc_tuned", 6.0))
+    }
     medians.update(speedup_wall=2.0, speedup_wall_vs_tuned_fit=1.5)
     text = report.format_whole_process({"commands": commands, "medians": medians, "errors": {"torch": "boom"}}, 3)
     lines = text.splitlines()
     assert lines[0] == "" and "(median of 3):" in lines[1]
-    assert lines[2].startswith("  python -m clr_loop.train") and "4.00 s wall   2.00 s CPU    400 MB peak RSS" in lines[2]
+    assert (
+        lines[2].startswith("  python -m clr_loop.train") and "4.00 s wall   2.00 s CPU    400 MB peak RSS" in lines[2]
+    )
     assert lines[5].endswith("failed: boom")
-    assert lines[6] == "  speed-up of clr_loop.train: x2.00 against the tutorial script, x1.50 against its start-up-tuned process"
+    assert (
+        lines[6]
+        == "  speed-up of clr_loop.train: x2.00 against the tutorial script, x1.50 against its start-up-tuned process"
+    )
     grid = {"commands": {k: commands[k] for k in ("train", "fit")}, "medians": medians, "errors": {}}
     assert report.format_whole_process(grid, 1, speedups=False).splitlines()[-1] == (
-        "  speed-up of clr_loop.train: x2.00 against the tutorial script")
+        "  speed-up of clr_loop.train: x2.00 against the tutorial script"
+    )
 
 
 def test_cli_without_torch_runs_as_before_and_says_the_pytorch_rows_were_skipped(tmp_path):
@@ -520,17 +672,38 @@ def test_cli_without_torch_runs_as_before_and_says_the_pytorch_rows_were_skipped
     out = tmp_path / "bench.json"
     env = {**processes.child_env(), torch_peer.HIDE_ENV: "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", _IN_PROCESS_BENCH.replace("processes.profile_in_subprocess = broken_profile\n", ""),
-         "--steps=2", "--repeats=1", "--batch_size=8", "--data=random", "--eval=false", "--steps_per_loop=2",
-         "--configs=pipeline xla=false spl=2", "--precisions=float32", "--kernels=false", f"--out={out}"],
-        cwd=processes.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            _IN_PROCESS_BENCH.replace("processes.profile_in_subprocess = broken_profile\n", ""),
+            "--steps=2",
+            "--repeats=1",
+            "--batch_size=8",
+            "--data=random",
+            "--eval=false",
+            "--steps_per_loop=2",
+            "--configs=pipeline xla=false spl=2",
+            "--precisions=float32",
+            "--kernels=false",
+            f"--out={out}",
+        ],
+        cwd=processes.REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "PyTorch rows skipped: PyTorch hidden by" in proc.stdout and "CPU features:" in proc.stdout
     saved = json.loads(out.read_text())
     assert saved["torch"] == {"available": False, "skipped_because": f"PyTorch hidden by {torch_peer.HIDE_ENV}=1"}
     assert [row["name"] for row in saved["training"]] == ["(a) fit", "loop pipeline xla=false spl=2"]
-    assert [r["contender"] for r in saved["side_by_side"]] == ["clr_loop", "Keras fit", "PyTorch eager", "torch.compile"]
+    assert [r["contender"] for r in saved["side_by_side"]] == [
+        "clr_loop",
+        "Keras fit",
+        "PyTorch eager",
+        "torch.compile",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,12 +711,25 @@ def test_cli_without_torch_runs_as_before_and_says_the_pytorch_rows_were_skipped
 
 
 def test_grid_specs_put_fit_and_both_input_modes_side_by_side_first_precision_first():
-    specs = variants.grid_specs([64, 1024], ["float32", "mixed_float16"], steps=100, repeats=2, data="idx:/d", examples=0)
-    assert [s.name for s in specs[:3]] == ["(a) fit b=64 float32", "loop tf.data b=64 float32", "loop device b=64 float32"]
-    assert [(s.batch_size, s.precision) for s in specs[::3]] == [(64, "float32"), (1024, "float32"), (64, "mixed_float16"),
-                                                                 (1024, "mixed_float16")]
+    specs = variants.grid_specs(
+        [64, 1024], ["float32", "mixed_float16"], steps=100, repeats=2, data="idx:/d", examples=0
+    )
+    assert [s.name for s in specs[:3]] == [
+        "(a) fit b=64 float32",
+        "loop tf.data b=64 float32",
+        "loop device b=64 float32",
+    ]
+    assert [(s.batch_size, s.precision) for s in specs[::3]] == [
+        (64, "float32"),
+        (1024, "float32"),
+        (64, "mixed_float16"),
+        (1024, "mixed_float16"),
+    ]
     assert {(s.kind, s.input, s.jit, s.steps_per_loop, s.splits) for s in specs} == {
-        ("fit", "pipeline", "auto", 100, 0), ("loop", "pipeline", "auto", 100, 0), ("loop", "device", "auto", 100, 0)}
+        ("fit", "pipeline", "auto", 100, 0),
+        ("loop", "pipeline", "auto", 100, 0),
+        ("loop", "device", "auto", 100, 0),
+    }
     assert all(s.steps == 100 and s.repeats == 2 and s.data == "idx:/d" for s in specs)
 
 
@@ -551,8 +737,16 @@ def test_grid_results_compare_with_their_groups_fit_and_keep_failed_rows():
     specs = variants.grid_specs([8], ["float32", "mixed_bfloat16"], steps=2, repeats=1, data="random")
 
     def measured(spec, ms):
-        return {"name": spec.name, "spec": dataclasses.asdict(spec), "ms_per_step": ms, "ms_per_step_repeats": [ms],
-                "examples_per_s": 8000.0 / ms, "compile_s": 0.5, "process_peak_rss_mb": 700.0, "jit_resolved": False}
+        return {
+            "name": spec.name,
+            "spec": dataclasses.asdict(spec),
+            "ms_per_step": ms,
+            "ms_per_step_repeats": [ms],
+            "examples_per_s": 8000.0 / ms,
+            "compile_s": 0.5,
+            "process_peak_rss_mb": 700.0,
+            "jit_resolved": False,
+        }
 
     runs = {spec: [measured(spec, ms)] for spec, ms in zip(specs, [4.0, 2.0, 1.0, 8.0, 4.0, 5.0])}
     runs[specs[3]] = []
@@ -567,7 +761,10 @@ def test_grid_results_compare_with_their_groups_fit_and_keep_failed_rows():
 def test_whole_process_commands_read_the_given_idx_folder():
     commands = whole_process.whole_process_commands(epochs=1, dataset_dir="/data/fm")
     assert commands["train"][0][-1] == "--dataset_dir=/data/fm"
-    assert commands["fit"][0][-1] == "--dataset_dir=/data/fm" and commands["fit_gc_tuned"][0][-2] == "--dataset_dir=/data/fm"
+    assert (
+        commands["fit"][0][-1] == "--dataset_dir=/data/fm"
+        and commands["fit_gc_tuned"][0][-2] == "--dataset_dir=/data/fm"
+    )
 
 
 def test_load_data_reads_an_idx_folder(tmp_path):

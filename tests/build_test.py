@@ -101,7 +101,9 @@ class Build:
             raise AssertionError(f"BUILD loads {bzl}, which tests/build_test.py does not model: add it to Build")
         for local, symbol in [(s, s) for s in symbols] + list(aliases.items()):
             if symbol not in known:
-                raise AssertionError(f"BUILD loads {symbol} from {bzl}; tests/build_test.py models only {sorted(known)}")
+                raise AssertionError(
+                    f"BUILD loads {symbol} from {bzl}; tests/build_test.py models only {sorted(known)}"
+                )
             self._namespace[local] = known[symbol]
 
     def _glob(self, include, exclude=(), allow_empty=False, **kwargs):
@@ -118,16 +120,31 @@ class Build:
             frame = sys._getframe(1)
             while frame and frame.f_code.co_filename != self._build_file:
                 frame = frame.f_back
-            self.targets[name] = Target(kind, name, list(srcs), list(deps), list(data), main,
-                                        frame.f_lineno if frame else 0, bool(testonly), list(imports))
+            self.targets[name] = Target(
+                kind,
+                name,
+                list(srcs),
+                list(deps),
+                list(data),
+                main,
+                frame.f_lineno if frame else 0,
+                bool(testonly),
+                list(imports),
+            )
 
         return rule
 
     def _pytest_test(self, name, srcs, deps=(), data=(), **kwargs):
         if len(srcs) != 1:
             self.errors.append(f"pytest_test //:{name} must have exactly one src, has {srcs}")
-        self._rule(TEST)(name, srcs=list(srcs) + [PYTEST_RUNNER], deps=list(deps) + ["@pypi//pytest"],
-                         data=list(data) + [PYTEST_CONFIG], main=PYTEST_RUNNER, **kwargs)
+        self._rule(TEST)(
+            name,
+            srcs=list(srcs) + [PYTEST_RUNNER],
+            deps=list(deps) + ["@pypi//pytest"],
+            data=list(data) + [PYTEST_CONFIG],
+            main=PYTEST_RUNNER,
+            **kwargs,
+        )
 
     def local_path(self, label):
         """Returns the repo-relative path of the file a label names, or None if it names a target."""
@@ -190,7 +207,9 @@ def pytest_files():
 def support_files():
     """Returns the repo-relative paths of the test-support modules (tests/*.py but the test files), sorted."""
     tests = set(pytest_files())
-    return sorted(p for p in (q.relative_to(ROOT).as_posix() for q in (ROOT / TESTS_DIR).glob("*.py")) if p not in tests)
+    return sorted(
+        p for p in (q.relative_to(ROOT).as_posix() for q in (ROOT / TESTS_DIR).glob("*.py")) if p not in tests
+    )
 
 
 def import_name(path):
@@ -249,8 +268,7 @@ def _catches_import_error(handler):
     if handler.type is None:
         return True
     types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
-    return any(isinstance(t, ast.Name) and t.id in ("ImportError", "ModuleNotFoundError", "Exception")
-               for t in types)
+    return any(isinstance(t, ast.Name) and t.id in ("ImportError", "ModuleNotFoundError", "Exception") for t in types)
 
 
 def optional_imports(tree):
@@ -300,8 +318,9 @@ def requirements(path, pytest_loads_conftest=False):
         if resolved:
             files.add(resolved)
         elif top not in sys.stdlib_module_names and not first_party_file(top, path):
-            dist = next((d for prefix, d in IMPORT_TO_DIST.items()
-                         if name == prefix or name.startswith(prefix + ".")), top)
+            dist = next(
+                (d for prefix, d in IMPORT_TO_DIST.items() if name == prefix or name.startswith(prefix + ".")), top
+            )
             dists.add(normalize_dist(dist))
     conftest = (Path(path).parent / "conftest.py").as_posix()
     if pytest_loads_conftest and path.endswith(".py") and (ROOT / conftest).is_file():
@@ -367,8 +386,12 @@ def test_build_evaluates_cleanly(build):
 
 def test_no_target_lists_a_dep_twice(build):
     """Bazel refuses a BUILD whose rule names one label twice (pytest_test adds pytest itself)."""
-    problems = [f"//:{target.name}: {label} is listed more than once in its deps"
-                for target in build.targets.values() for label in sorted(set(target.deps)) if target.deps.count(label) > 1]
+    problems = [
+        f"//:{target.name}: {label} is listed more than once in its deps"
+        for target in build.targets.values()
+        for label in sorted(set(target.deps))
+        if target.deps.count(label) > 1
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -377,13 +400,13 @@ def test_every_module_has_exactly_one_library(build):
     for path in module_files():
         owners = build.owners(path)
         if not owners:
-            problems.append(f"{path} has no py_library in BUILD; add:\n\n"
-                            + stanza("py_library", suggested_name(path), path, build))
+            problems.append(
+                f"{path} has no py_library in BUILD; add:\n\n" + stanza("py_library", suggested_name(path), path, build)
+            )
         elif len(owners) > 1:
             problems.append(f"{path} is in the srcs of several py_libraries ({', '.join(owners)}); keep one")
     for target in build.sorted_targets():
-        if target.kind == LIBRARY and len(target.srcs) > 1 and any(
-                in_sources(p) for p in build.files(target)):
+        if target.kind == LIBRARY and len(target.srcs) > 1 and any(in_sources(p) for p in build.files(target)):
             problems.append(f"//:{target.name} has srcs {target.srcs}: one module per py_library")
     assert not problems, "\n\n".join(problems)
 
@@ -396,7 +419,8 @@ def test_every_app_has_a_binary(build):
             problems.append(
                 f'{path} has an `if __name__ == "__main__":` block but no py_binary in BUILD; add:\n\n'
                 f'py_binary(\n    name = "{Path(path).stem}",\n    srcs = ["{path}"],\n    main = "{path}",\n'
-                f'    deps = [":{library}"],\n)')
+                f'    deps = [":{library}"],\n)'
+            )
     for target in build.sorted_targets():
         if target.kind != BINARY:
             continue
@@ -404,8 +428,10 @@ def test_every_app_has_a_binary(build):
         if main not in build.files(target):
             problems.append(f"py_binary //:{target.name}: main = {target.main!r} must be one of its srcs")
         elif parse(main) and not is_app(main):
-            problems.append(f'py_binary //:{target.name}: {main} has no `if __name__ == "__main__":` block, '
-                            "so running the binary would do nothing")
+            problems.append(
+                f'py_binary //:{target.name}: {main} has no `if __name__ == "__main__":` block, '
+                "so running the binary would do nothing"
+            )
     assert not problems, "\n\n".join(problems)
 
 
@@ -414,8 +440,9 @@ def test_every_test_file_has_one_test_target(build):
     for path in pytest_files():
         owners = build.owners(path, kinds=(TEST,))
         if not owners:
-            problems.append(f"{path} has no test target in BUILD; add:\n\n"
-                            + stanza("pytest_test", Path(path).stem, path, build))
+            problems.append(
+                f"{path} has no test target in BUILD; add:\n\n" + stanza("pytest_test", Path(path).stem, path, build)
+            )
         elif len(owners) > 1:
             problems.append(f"{path} is in several test targets ({', '.join(owners)}); keep one")
     assert not problems, "\n\n".join(problems)
@@ -429,17 +456,23 @@ def test_every_test_support_module_has_one_testonly_library(build):
     for path in support_files():
         owners = [build.targets[name] for name in build.owners(path)]
         if len(owners) != 1:
-            problems.append(f"{path} is in the srcs of {len(owners)} py_libraries ({', '.join(t.name for t in owners)}); "
-                            "it needs exactly one:\n\n" + (stanza("py_library", suggested_name(path), path, build)
-                                                           if not owners else ""))
+            problems.append(
+                f"{path} is in the srcs of {len(owners)} py_libraries ({', '.join(t.name for t in owners)}); "
+                "it needs exactly one:\n\n"
+                + (stanza("py_library", suggested_name(path), path, build) if not owners else "")
+            )
             continue
         (target,) = owners
         if not target.testonly:
-            problems.append(f"//:{target.name} (BUILD line {target.lineno}) holds the test-support module {path}: "
-                            "add testonly = True")
+            problems.append(
+                f"//:{target.name} (BUILD line {target.lineno}) holds the test-support module {path}: "
+                "add testonly = True"
+            )
         if path in imported and TESTS_DIR not in target.imports:
-            problems.append(f"//:{target.name} (BUILD line {target.lineno}): test files import {import_name(path)} "
-                            f'as a top-level module; add imports = ["{TESTS_DIR}"]')
+            problems.append(
+                f"//:{target.name} (BUILD line {target.lineno}): test files import {import_name(path)} "
+                f'as a top-level module; add imports = ["{TESTS_DIR}"]'
+            )
     assert not problems, "\n\n".join(problems)
 
 
@@ -447,10 +480,13 @@ def test_no_library_holds_a_test_file(build):
     """Test files share helpers through tests/testing.py, never by importing each other, so no
     py_library holds a `*_test.py` file (its pytest_test is its only target)."""
     tests = set(pytest_files())
-    problems = [f"//:{target.name} (BUILD line {target.lineno}) holds the test file(s) "
-                f"{', '.join(sorted(build.files(target) & tests))}: move what other tests need to "
-                "tests/testing.py (the :testing library) and remove this library"
-                for target in build.sorted_targets() if target.kind == LIBRARY and build.files(target) & tests]
+    problems = [
+        f"//:{target.name} (BUILD line {target.lineno}) holds the test file(s) "
+        f"{', '.join(sorted(build.files(target) & tests))}: move what other tests need to "
+        "tests/testing.py (the :testing library) and remove this library"
+        for target in build.sorted_targets()
+        if target.kind == LIBRARY and build.files(target) & tests
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -462,12 +498,15 @@ def test_referenced_files_exist(build):
         for label in target.srcs + target.data + ([target.main] if target.main else []):
             path = build.local_path(label)
             if path is not None and not (ROOT / path).exists():
-                problems.append(f"//:{target.name} (BUILD line {target.lineno}) refers to {label}, but {path} "
-                                f"does not exist: create it or remove it from the target{hint}")
+                problems.append(
+                    f"//:{target.name} (BUILD line {target.lineno}) refers to {label}, but {path} "
+                    f"does not exist: create it or remove it from the target{hint}"
+                )
         for label in target.deps:
             if not label.startswith("@") and build.target_of(label) is None:
-                problems.append(f"//:{target.name} (BUILD line {target.lineno}) has dep {label}, "
-                                "which is not a target in BUILD")
+                problems.append(
+                    f"//:{target.name} (BUILD line {target.lineno}) has dep {label}, which is not a target in BUILD"
+                )
     assert not problems, "\n".join(problems)
 
 
@@ -489,12 +528,16 @@ def test_first_party_deps_match_imports(build):
                 used.update(providers)
                 if not providers:
                     owner = (build.owners(file) or [suggested_name(file)])[0]
-                    problems.append(f"//:{target.name}: {path} imports {import_name(file)} ({file}); "
-                                    f'add ":{owner}" to the deps of //:{target.name}'
-                                    + ("" if build.owners(file) else f" (and a py_library {owner} for {file})"))
+                    problems.append(
+                        f"//:{target.name}: {path} imports {import_name(file)} ({file}); "
+                        f'add ":{owner}" to the deps of //:{target.name}'
+                        + ("" if build.owners(file) else f" (and a py_library {owner} for {file})")
+                    )
         for name in sorted(set(direct) - used):
-            problems.append(f'//:{target.name}: dep ":{name}" is not imported by '
-                            f'{", ".join(build.sources(target))}; remove it from the deps of //:{target.name}')
+            problems.append(
+                f'//:{target.name}: dep ":{name}" is not imported by '
+                f'{", ".join(build.sources(target))}; remove it from the deps of //:{target.name}'
+            )
     assert not problems, "\n".join(problems)
 
 
@@ -514,7 +557,8 @@ def test_third_party_deps_are_declared_and_pinned(build):
                         f'requirement("{dist.replace("_", "-")}") to the deps of //:{target.name}'
                         + ("" if dist in pinned else f" and pin it in {lock_file()}")
                         + " (if the import name is not the package name, map it in IMPORT_TO_DIST in "
-                        "tests/build_test.py)")
+                        "tests/build_test.py)"
+                    )
         for label in target.deps:
             if label.startswith("@") and not label.startswith("@pypi//"):
                 problems.append(f"//:{target.name}: dep {label} is from a repository other than @pypi")

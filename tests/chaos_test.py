@@ -21,25 +21,46 @@ from testing import REPO, write_tiny_idx_dir
 CHAOS = os.path.join(REPO, "tools", "chaos.py")
 # 640 real training examples at batch 16: 40 steps an epoch, 80 in all, a checkpoint every 4 steps.
 TRAIN_FLAGS = [
-    "--mode=triangular2", "--step_size_epochs=0.5", "--epochs=2", "--batch_size=16", "--eval_batch_size=50",
-    "--steps_per_loop=1", "--log_every_steps=5", "--checkpoint_every_steps=4", "--deterministic",
+    "--mode=triangular2",
+    "--step_size_epochs=0.5",
+    "--epochs=2",
+    "--batch_size=16",
+    "--eval_batch_size=50",
+    "--steps_per_loop=1",
+    "--log_every_steps=5",
+    "--checkpoint_every_steps=4",
+    "--deterministic",
 ]
 
 
 def run_chaos(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, CHAOS, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, CHAOS, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
 def soak(tmp_path_factory):
     if not os.path.isdir(fashion_mnist.DEBIAN_DIR):
-        pytest.skip(f"the real Fashion-MNIST files are not in {fashion_mnist.DEBIAN_DIR} (apt-get install dataset-fashion-mnist)")
-    idx = write_tiny_idx_dir(str(tmp_path_factory.mktemp("idx")), n_train=640, n_test=500, source=fashion_mnist.DEBIAN_DIR)
+        pytest.skip(
+            f"the real Fashion-MNIST files are not in {fashion_mnist.DEBIAN_DIR} (apt-get install dataset-fashion-mnist)"
+        )
+    idx = write_tiny_idx_dir(
+        str(tmp_path_factory.mktemp("idx")), n_train=640, n_test=500, source=fashion_mnist.DEBIAN_DIR
+    )
     root = str(tmp_path_factory.mktemp("chaos") / "root")
-    result = run_chaos("--kills=3", "--seed=0", f"--root={root}", "--",
-                       sys.executable, "-m", "clr_loop.train", f"--dataset_dir={idx}", *TRAIN_FLAGS)
+    result = run_chaos(
+        "--kills=3",
+        "--seed=0",
+        f"--root={root}",
+        "--",
+        sys.executable,
+        "-m",
+        "clr_loop.train",
+        f"--dataset_dir={idx}",
+        *TRAIN_FLAGS,
+    )
     return root, result
 
 

@@ -49,9 +49,6 @@ def test_atomic_json_write_is_never_half_written(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["config.json"]
 
 
-
-
-
 def test_truncate_events_drops_points_after_the_step(tmp_path):
     logdir = str(tmp_path)
     writer = tf.summary.create_file_writer(logdir)
@@ -83,7 +80,9 @@ def test_checkpoint_write_failure_is_clear_and_keeps_the_previous(tmp_path, monk
     with pytest.raises(checkpointing.CheckpointError, match=r"step 10 .*disk full\?.*ckpt-5 is intact"):
         ckpts.save()
     assert tf.train.latest_checkpoint(os.path.join(str(tmp_path), "ckpt")) == first
-    np.testing.assert_array_equal(tf.train.load_checkpoint(first).get_tensor("value/.ATTRIBUTES/VARIABLE_VALUE"), [1.0, 2.0])
+    np.testing.assert_array_equal(
+        tf.train.load_checkpoint(first).get_tensor("value/.ATTRIBUTES/VARIABLE_VALUE"), [1.0, 2.0]
+    )
 
 
 def test_checkpoint_restores_dropout_rng_and_epoch_sums(tmp_path):
@@ -108,8 +107,10 @@ def test_resume_removes_temporaries_of_killed_writers_only(tmp_path):
     trial.Trainer(config, fake_data()).train()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = [os.path.join(config.workdir, f"history.json.tmp-{dead.pid}"),
-             os.path.join(config.workdir, "train", f".tmp-events-{dead.pid}")]
+    stale = [
+        os.path.join(config.workdir, f"history.json.tmp-{dead.pid}"),
+        os.path.join(config.workdir, "train", f".tmp-events-{dead.pid}"),
+    ]
     live = os.path.join(config.workdir, f"notes.json.tmp-{os.getppid()}")  # a live process's (pytest's parent)
     for path in stale + [live]:
         open(path, "w").write("half")
@@ -131,7 +132,9 @@ def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path):
         return real_run_steps(n)
 
     resumed.run.run_steps = poison_then_run
-    with pytest.raises(actions.TrainingDiverged, match=r"(at|after) step 8 \(learning rate .*last good checkpoint .*ckpt-8"):
+    with pytest.raises(
+        actions.TrainingDiverged, match=r"(at|after) step 8 \(learning rate .*last good checkpoint .*ckpt-8"
+    ):
         resumed.train()
     path = tf.train.latest_checkpoint(str(tmp_path / "run" / "ckpt"))
     assert path.endswith("ckpt-8")
@@ -156,8 +159,9 @@ def locked_by_another_process(workdir):
     released (the process ends) on the way out."""
     os.makedirs(workdir, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    owner = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, workdir], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env=env)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, workdir], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert owner.stdout.readline().strip() == "locked"
         yield owner.pid
@@ -231,7 +235,9 @@ def test_a_checkpoint_without_text_records_restores_the_rest(tmp_path):
     step = tf.Variable(5, dtype=tf.int64)
     checkpointing.RunCheckpoints(str(tmp_path), {"value": tf.Variable([1.0, 2.0])}, step, 1).save()
     value, record = tf.Variable([0.0, 0.0]), checkpointing.TextRecord("unset")
-    restored = checkpointing.RunCheckpoints(str(tmp_path), {"value": value, "run_history": record}, tf.Variable(0, dtype=tf.int64), 1)
+    restored = checkpointing.RunCheckpoints(
+        str(tmp_path), {"value": value, "run_history": record}, tf.Variable(0, dtype=tf.int64), 1
+    )
     assert restored.restore_latest().endswith("ckpt-5")
     np.testing.assert_array_equal(value.numpy(), [1.0, 2.0])
     assert record.text == "unset"

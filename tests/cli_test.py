@@ -27,10 +27,18 @@ def test_defaults_give_configs_default_run():
 
 
 def test_flags_become_config_values():
-    config = cli.config_from_flags(parsed(
-        "--mode=exp_range", "--gamma=0.999", "--batch_size=32", "--profile_steps=5,8", "--devices=/cpu:0,/cpu:1",
-        "--strategy=mirrored", "--nothree_phase", "--cycle_momentum",
-    ))
+    config = cli.config_from_flags(
+        parsed(
+            "--mode=exp_range",
+            "--gamma=0.999",
+            "--batch_size=32",
+            "--profile_steps=5,8",
+            "--devices=/cpu:0,/cpu:1",
+            "--strategy=mirrored",
+            "--nothree_phase",
+            "--cycle_momentum",
+        )
+    )
     assert (config.mode, config.gamma, config.batch_size) == ("exp_range", 0.999, 32)
     assert config.profile_steps == (5, 8) and config.devices == ("/cpu:0", "/cpu:1")
     assert config.workdir == "runs/exp_range" and config.cycle_momentum is True and config.three_phase is False
@@ -44,7 +52,10 @@ def test_flags_become_config_values():
         (["--max_lr=1e-5"], r"--max_lr \(1e-05\) must be greater than --initial_lr \(0.0001\)"),
         (["--batch_size=0"], "--batch_size"),
         (["--profile_steps=1,x"], "--profile_steps must be START,STOP"),
-        (["--mode=piecewise", "--boundaries_epochs=1,x", "--values=1,2,3"], "--boundaries_epochs must be comma-separated numbers"),
+        (
+            ["--mode=piecewise", "--boundaries_epochs=1,x", "--values=1,2,3"],
+            "--boundaries_epochs must be comma-separated numbers",
+        ),
         (["--mode=piecewise", "--boundaries_epochs=1,2", "--values=1,2"], "--values needs one rate more"),
     ],
 )
@@ -59,8 +70,10 @@ def test_a_config_problem_names_the_flag_and_only_the_flag():
     assert str(refused.value) == "--batch_size must be a positive integer, got 0"
     with pytest.raises(app.UsageError) as refused:
         cli.config_from_flags(parsed("--batch_size=0", "--momentum=1.5"))
-    assert str(refused.value).splitlines() == ["--batch_size must be a positive integer, got 0",
-                                               "--momentum must be in [0, 1), got 1.5"]
+    assert str(refused.value).splitlines() == [
+        "--batch_size must be a positive integer, got 0",
+        "--momentum must be in [0, 1), got 1.5",
+    ]
 
 
 def test_error_message_names_the_argument_as_a_flag_without_reading_the_message():
@@ -74,14 +87,17 @@ def test_error_message_names_the_argument_as_a_flag_without_reading_the_message(
     # Text that once chose a hint chooses nothing now; the attributes do.
     lookalike = checkpointing.WorkdirError("input_mode=x: precision: 'float32' (saved)", starting_over_helps=False)
     assert cli.error_message(lookalike) == "input_mode=x: precision: 'float32' (saved)"
-    other_precision = checkpointing.WorkdirError("runs/x holds a run with a different configuration",
-                                                 argument="precision", settings=("precision",))
+    other_precision = checkpointing.WorkdirError(
+        "runs/x holds a run with a different configuration", argument="precision", settings=("precision",)
+    )
     assert cli.error_message(other_precision) == (
         "--precision: runs/x holds a run with a different configuration (--precision must be the saved run's to "
-        "resume it) (--overwrite starts the run over in the same --workdir; another --workdir keeps it)")
+        "resume it) (--overwrite starts the run over in the same --workdir; another --workdir keeps it)"
+    )
     # A Config problem marks the fields it names: plain names for code, flags for the CLI.
-    problem = config_lib.ConfigError(config_lib.Problem("batch_size", "{batch_size}=65 must be a multiple of the "
-                                                                      "2 replicas of {strategy}=mirrored"))
+    problem = config_lib.ConfigError(
+        config_lib.Problem("batch_size", "{batch_size}=65 must be a multiple of the 2 replicas of {strategy}=mirrored")
+    )
     assert problem.argument == "batch_size"
     assert str(problem) == "batch_size=65 must be a multiple of the 2 replicas of strategy=mirrored"
     assert cli.error_message(problem) == "--batch_size=65 must be a multiple of the 2 replicas of --strategy=mirrored"
@@ -101,7 +117,6 @@ def test_a_flag_another_module_defined_is_a_duplicate():
         cli.define_training_flags(flag_values)
 
 
-
 def test_undecodable_flagfile_is_found_through_nested_flagfiles(tmp_path):
     good, bad = tmp_path / "good.flags", tmp_path / "bad.flags"
     bad.write_bytes(b"--epochs=2\n--lr=\xff\n")
@@ -118,13 +133,17 @@ def test_error_message_points_to_overwrite_only_where_starting_over_helps(tmp_pa
     from clr_loop import checkpointing
 
     other_run = checkpointing.WorkdirError("runs/x holds a run with a different configuration (lr: 0.1 vs 0.2)")
-    assert cli.error_message(other_run).endswith("(--overwrite starts the run over in the same --workdir; another --workdir keeps it)")
+    assert cli.error_message(other_run).endswith(
+        "(--overwrite starts the run over in the same --workdir; another --workdir keeps it)"
+    )
     blocked = tmp_path / "file"
     blocked.write_text("")
     with pytest.raises(checkpointing.WorkdirError) as unwritable:
         checkpointing.check_writable(str(blocked / "run"))
     assert "--overwrite" not in cli.error_message(unwritable.value)
-    assert issubclass(checkpointing.WorkdirError, errors.Error) and issubclass(checkpointing.CheckpointError, errors.Error)
+    assert issubclass(checkpointing.WorkdirError, errors.Error) and issubclass(
+        checkpointing.CheckpointError, errors.Error
+    )
 
 
 def test_flagfiles_that_are_not_regular_files_or_too_big_are_named_before_absl_reads_them(tmp_path, capsys):
@@ -138,8 +157,11 @@ def test_flagfiles_that_are_not_regular_files_or_too_big_are_named_before_absl_r
         ("/dev/zero", "flagfile /dev/zero is a character device, not a regular file"),
         (str(tmp_path), f"flagfile {tmp_path} is a directory, not a regular file"),
         (str(tmp_path / "missing.flags"), f"flagfile {tmp_path / 'missing.flags'} does not exist"),
-        (str(big), f"flagfile {big} is {cli.MAX_FLAGFILE_BYTES + 13} bytes, more than a flagfile may have "
-                   f"({cli.MAX_FLAGFILE_BYTES})"),
+        (
+            str(big),
+            f"flagfile {big} is {cli.MAX_FLAGFILE_BYTES + 13} bytes, more than a flagfile may have "
+            f"({cli.MAX_FLAGFILE_BYTES})",
+        ),
         (str(outer), "flagfile /dev/zero is a character device, not a regular file"),
     ]
     for path, message in cases:
@@ -147,7 +169,10 @@ def test_flagfiles_that_are_not_regular_files_or_too_big_are_named_before_absl_r
         with pytest.raises(SystemExit) as exit_info:
             cli.parse_flags(["prog", "--flagfile", path])
         assert exit_info.value.code == 1
-        assert capsys.readouterr().err == f"FATAL Flags parsing error: {message}\nPass --helpshort or --helpfull to see help on flags.\n"
+        assert (
+            capsys.readouterr().err
+            == f"FATAL Flags parsing error: {message}\nPass --helpshort or --helpfull to see help on flags.\n"
+        )
     assert cli.flagfile_problem(["--flagfile=flags/smoke.flags", "--mode=none"]) is None
 
 

@@ -23,7 +23,9 @@ def test_plan_steps_converts_epochs_to_steps_once():
     assert plan.steps_per_epoch == 937  # 60000 // 64, last partial batch dropped
     assert plan.total_steps == 9370
     assert plan.step_size == 1874 and plan.step_size_down is None
-    plan = config_lib.plan_steps(config_lib.Config(step_size_epochs=0.5, step_size_down_epochs=1.5, max_steps=100), 60000)
+    plan = config_lib.plan_steps(
+        config_lib.Config(step_size_epochs=0.5, step_size_down_epochs=1.5, max_steps=100), 60000
+    )
     assert (plan.step_size, plan.step_size_down, plan.total_steps) == (468, 1406, 100)  # round(468.5)=468
     assert config_lib.plan_steps(config_lib.Config(step_size_epochs=0.0001), 60000).step_size == 1
 
@@ -99,13 +101,16 @@ def test_default_config_is_valid():
 
 def test_a_one_cycle_too_short_for_its_phases_names_the_settings():
     config = config_lib.Config(mode="one_cycle", epochs=1, batch_size=64)
-    with pytest.raises(config_lib.ScheduleError, match=r"^mode=one_cycle spans epochs=1 x 1 batches per epoch = 1 steps, too few"):
+    with pytest.raises(
+        config_lib.ScheduleError, match=r"^mode=one_cycle spans epochs=1 x 1 batches per epoch = 1 steps, too few"
+    ):
         config_lib.make_schedule(config, config_lib.plan_steps(config, 96))
 
 
 def test_piecewise_schedule_against_a_numpy_oracle():
-    config = config_lib.Config(mode="piecewise", boundaries_epochs=(1, 2.55), values=(0.1, 0.01, 0.001), batch_size=10,
-                               epochs=4)
+    config = config_lib.Config(
+        mode="piecewise", boundaries_epochs=(1, 2.55), values=(0.1, 0.01, 0.001), batch_size=10, epochs=4
+    )
     plan = config_lib.plan_steps(config, 105)  # 10 steps per epoch: boundaries at steps 10 and round(25.5) = 26
     assert plan.boundaries == (10, 26)
     schedule = config_lib.make_schedule(config, plan)
@@ -128,9 +133,15 @@ def test_piecewise_schedule_against_a_numpy_oracle():
         ({"boundaries_epochs": (3.0, 2.0), "values": (1.0, 0.1, 0.01)}, "--boundaries_epochs must increase"),
         ({"boundaries_epochs": (0.0,), "values": (1.0, 0.1)}, "--boundaries_epochs must be positive"),
         ({"boundaries_epochs": (1.0,)}, "--mode=piecewise needs --values"),
-        ({"boundaries_epochs": (1.0, 2.0), "values": (1.0, 0.1)}, "--values needs one rate more than --boundaries_epochs"),
+        (
+            {"boundaries_epochs": (1.0, 2.0), "values": (1.0, 0.1)},
+            "--values needs one rate more than --boundaries_epochs",
+        ),
         ({"boundaries_epochs": (1.0,), "values": (1.0, -0.1)}, "--values must be positive"),
-        ({"boundaries_epochs": (1.0,), "values": (1.0, 0.1), "cycle_momentum": True}, "--cycle_momentum needs a cyclical --mode"),
+        (
+            {"boundaries_epochs": (1.0,), "values": (1.0, 0.1), "cycle_momentum": True},
+            "--cycle_momentum needs a cyclical --mode",
+        ),
         ({"mode": "one_cycle", "values": (1.0, 0.1)}, "--values is for --mode=piecewise, not --mode=one_cycle"),
     ],
 )
@@ -164,8 +175,16 @@ def test_cosine_and_wsd_span_the_run_from_max_lr_to_final_lr():
 
 
 def test_cosine_restarts_is_keras_sgdr_with_the_first_period_from_step_size_epochs():
-    config = config_lib.Config(mode="cosine_restarts", max_lr=0.1, step_size_epochs=0.5, t_mul=2.0, m_mul=0.5,
-                               final_lr=0.01, epochs=4, batch_size=10)
+    config = config_lib.Config(
+        mode="cosine_restarts",
+        max_lr=0.1,
+        step_size_epochs=0.5,
+        t_mul=2.0,
+        m_mul=0.5,
+        final_lr=0.01,
+        epochs=4,
+        batch_size=10,
+    )
     _, lr = config_rates(config, 100)
     # SGDR (Loshchilov & Hutter) as Keras documents it: periods of 5, 10, 20, ... steps, the cosine's
     # height times m_mul**i above the floor final_lr = alpha * max_lr (alpha = 0.1), which stays put.
@@ -176,16 +195,35 @@ def test_cosine_restarts_is_keras_sgdr_with_the_first_period_from_step_size_epoc
     np.testing.assert_allclose(lr, np.concatenate(expected)[:40], rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode,extra", [
-    ("none", {}), ("triangular2", {}), ("one_cycle", {}), ("cosine", {}), ("cosine_restarts", {}), ("wsd", {}),
-    ("piecewise", {"boundaries_epochs": (2.0, 3.0), "values": (0.1, 0.05, 0.01)}),
-])
+@pytest.mark.parametrize(
+    "mode,extra",
+    [
+        ("none", {}),
+        ("triangular2", {}),
+        ("one_cycle", {}),
+        ("cosine", {}),
+        ("cosine_restarts", {}),
+        ("wsd", {}),
+        ("piecewise", {"boundaries_epochs": (2.0, 3.0), "values": (0.1, 0.05, 0.01)}),
+    ],
+)
 def test_warmup_epochs_applies_to_every_mode(mode, extra):
     # 10 steps per epoch, 4 epochs, 1.25 warmup epochs = round(12.5) = 12 steps.
-    config = config_lib.Config(mode=mode, max_lr=0.1, initial_lr=0.01, epochs=4, batch_size=10, warmup_epochs=1.25,
-                               step_size_epochs=0.5, **extra)
+    config = config_lib.Config(
+        mode=mode,
+        max_lr=0.1,
+        initial_lr=0.01,
+        epochs=4,
+        batch_size=10,
+        warmup_epochs=1.25,
+        step_size_epochs=0.5,
+        **extra,
+    )
     plan, lr = config_rates(config, 100)
-    assert plan.warmup_steps == 12 and config_lib.plan_steps(dataclasses.replace(config, warmup_epochs=0), 100).warmup_steps == 0
+    assert (
+        plan.warmup_steps == 12
+        and config_lib.plan_steps(dataclasses.replace(config, warmup_epochs=0), 100).warmup_steps == 0
+    )
     first = lr[12]
     np.testing.assert_allclose(lr[:12], first * np.arange(12) / 12, rtol=1e-5, atol=1e-9)
     if mode == "wsd":  # its own warmup, then 20% of the 40 steps of decay
@@ -222,10 +260,18 @@ def test_warmup_before_a_one_cycle_keeps_its_cycled_momentum():
     [
         ({"warmup_epochs": -0.5}, "--warmup_epochs must be a number of epochs >= 0"),
         ({"warmup_epochs": float("inf")}, "--warmup_epochs must be a number of epochs >= 0"),
-        ({"mode": "cosine", "warmup_epochs": 10.0}, "--warmup_epochs (10) must be less than --epochs (10) for --mode=cosine"),
-        ({"mode": "piecewise", "boundaries_epochs": (1.0,), "values": (0.1, 0.01), "warmup_epochs": 1.0},
-         "--boundaries_epochs must be after the warmup"),
-        ({"final_lr": 0.001}, "--final_lr is for --mode=cosine or --mode=cosine_restarts or --mode=wsd, not --mode=triangular2"),
+        (
+            {"mode": "cosine", "warmup_epochs": 10.0},
+            "--warmup_epochs (10) must be less than --epochs (10) for --mode=cosine",
+        ),
+        (
+            {"mode": "piecewise", "boundaries_epochs": (1.0,), "values": (0.1, 0.01), "warmup_epochs": 1.0},
+            "--boundaries_epochs must be after the warmup",
+        ),
+        (
+            {"final_lr": 0.001},
+            "--final_lr is for --mode=cosine or --mode=cosine_restarts or --mode=wsd, not --mode=triangular2",
+        ),
         ({"mode": "cosine", "t_mul": 2.0}, "--t_mul is for --mode=cosine_restarts, not --mode=cosine"),
         ({"mode": "one_cycle", "decay_shape": "sqrt"}, "--decay_shape is for --mode=wsd, not --mode=one_cycle"),
         ({"mode": "cosine", "final_lr": 0.01}, "--final_lr (0.01) must be less than --max_lr (0.01)"),
@@ -235,8 +281,14 @@ def test_warmup_before_a_one_cycle_keeps_its_cycled_momentum():
         ({"mode": "wsd", "decay_epochs": 2.0, "decay_fraction": 0.2}, "--decay_epochs and --decay_fraction both"),
         ({"mode": "wsd", "decay_epochs": 0.0}, "--decay_epochs must be a positive number of epochs"),
         ({"mode": "wsd", "decay_fraction": 0.0}, "--decay_fraction must be in (0, 1]"),
-        ({"mode": "wsd", "warmup_epochs": 3.0, "decay_epochs": 8.0}, "--warmup_epochs (3) + --decay_epochs (8) must be at most --epochs (10)"),
-        ({"mode": "wsd", "warmup_epochs": 9.0}, "--warmup_epochs (9) + --decay_fraction (0.2) x --epochs (10) must be at most"),
+        (
+            {"mode": "wsd", "warmup_epochs": 3.0, "decay_epochs": 8.0},
+            "--warmup_epochs (3) + --decay_epochs (8) must be at most --epochs (10)",
+        ),
+        (
+            {"mode": "wsd", "warmup_epochs": 9.0},
+            "--warmup_epochs (9) + --decay_fraction (0.2) x --epochs (10) must be at most",
+        ),
         ({"mode": "wsd", "decay_shape": "exp"}, "--decay_shape must be one of linear, cos, sqrt"),
     ],
 )
@@ -248,8 +300,11 @@ def test_warmup_cosine_and_wsd_settings_are_validated_naming_the_flags(changes, 
 def test_a_warmup_longer_than_the_data_allows_names_the_settings():
     # 96 examples in batches of 64: one step per epoch; 2 epochs; a 1.5-epoch warmup rounds to 2 steps.
     config = config_lib.Config(mode="cosine", epochs=2, warmup_epochs=1.5)
-    with pytest.raises(config_lib.ScheduleError, match=r"^warmup_epochs=1.5 is 2 steps, which leaves none of the "
-                                                      r"epochs=2 x 1 batches per epoch = 2 steps for mode=cosine"):
+    with pytest.raises(
+        config_lib.ScheduleError,
+        match=r"^warmup_epochs=1.5 is 2 steps, which leaves none of the "
+        r"epochs=2 x 1 batches per epoch = 2 steps for mode=cosine",
+    ):
         config_lib.make_schedule(config, config_lib.plan_steps(config, 96))
     wsd = config_lib.Config(mode="wsd", epochs=2, warmup_epochs=1.5)
     with pytest.raises(config_lib.ScheduleError, match=r"^mode=wsd spans .* 2 warmup steps .* 1 decay steps"):
@@ -258,15 +313,24 @@ def test_a_warmup_longer_than_the_data_allows_names_the_settings():
 
 def test_epochs_are_part_of_the_spanning_schedules_on_resume():
 
-    for mode, resumable in (("cosine", False), ("wsd", False), ("one_cycle", False), ("triangular2", True),
-                            ("cosine_restarts", True)):
+    for mode, resumable in (
+        ("cosine", False),
+        ("wsd", False),
+        ("one_cycle", False),
+        ("triangular2", True),
+        ("cosine_restarts", True),
+    ):
         saved = config_lib.Config(mode=mode).to_json_dict()
         current = config_lib.Config(mode=mode, epochs=20).to_json_dict()
         assert (resume.config_differences(saved, current) == []) == resumable, mode
     # A run saved before the new settings existed resumes with their defaults.
-    old = {k: v for k, v in config_lib.Config().to_json_dict().items()
-           if k not in ("warmup_epochs", "final_lr", "t_mul", "m_mul", "decay_epochs", "decay_fraction", "decay_shape")}
+    old = {
+        k: v
+        for k, v in config_lib.Config().to_json_dict().items()
+        if k not in ("warmup_epochs", "final_lr", "t_mul", "m_mul", "decay_epochs", "decay_fraction", "decay_shape")
+    }
     assert resume.config_differences(old, config_lib.Config().to_json_dict()) == []
+
 
 def test_config_differences():
     saved = {"mode": "triangular2", "batch_size": 64, "max_lr": 0.01, "epochs": 10, "workdir": "a", "max_steps": 0}
@@ -276,6 +340,7 @@ def test_config_differences():
     assert resume.config_differences(saved, current) == ["batch_size", "max_lr"]
     one_cycle = dict(saved, mode="one_cycle")
     assert resume.config_differences(one_cycle, dict(one_cycle, epochs=20)) == ["epochs"]
+
 
 def test_a_run_from_before_batch_splits_resumes_with_any_split():
     """config.json of a run written before --batch_splits existed has no such key."""

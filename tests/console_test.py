@@ -47,15 +47,18 @@ def test_start_up_lines_below_the_level_are_dropped_and_others_kept():
 def test_the_apps_import_hides_tensorflows_start_up_and_passes_other_output_on():
     """In a fresh process without TF_CPP_MIN_LOG_LEVEL: the import of TensorFlow inside the block writes
     nothing of TensorFlow's to stderr, and what the block prints itself still arrives."""
-    script = ("import sys\nfrom clr_loop import console\n"
-              "with console.native_start_up_hidden([]):\n"
-              "    import tensorflow as tf\n"
-              "    print('kept line', file=sys.stderr)\n"
-              "tf.config.list_physical_devices()\nprint(tf.constant(2).numpy() * 3)\n")
+    script = (
+        "import sys\nfrom clr_loop import console\n"
+        "with console.native_start_up_hidden([]):\n"
+        "    import tensorflow as tf\n"
+        "    print('kept line', file=sys.stderr)\n"
+        "tf.config.list_physical_devices()\nprint(tf.constant(2).numpy() * 3)\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = REPO
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "6\n"
     lines = result.stderr.splitlines()
@@ -68,9 +71,18 @@ def test_library_logs_of_tensorflow_are_hidden_below_verbosity_1():
     console.show_library_logs(0)
     try:
         assert logging.getLogger("tensorflow").getEffectiveLevel() == logging.WARNING
-        record = logging.LogRecord("absl", logging.INFO, "/x/site-packages/tensorflow/python/checkpoint/f.py", 1,
-                                   "Sharding callback duration", None, None)
-        own = logging.LogRecord("absl", logging.INFO, os.path.join(REPO, "clr_loop", "data.py"), 1, "source", None, None)
+        record = logging.LogRecord(
+            "absl",
+            logging.INFO,
+            "/x/site-packages/tensorflow/python/checkpoint/f.py",
+            1,
+            "Sharding callback duration",
+            None,
+            None,
+        )
+        own = logging.LogRecord(
+            "absl", logging.INFO, os.path.join(REPO, "clr_loop", "data.py"), 1, "source", None, None
+        )
         assert not console._FILTER.filter(record) and console._FILTER.filter(own)  # pylint: disable=protected-access
     finally:
         console.show_library_logs(1)
@@ -79,12 +91,26 @@ def test_library_logs_of_tensorflow_are_hidden_below_verbosity_1():
 
 def test_an_uncaught_ctrl_c_is_one_line_and_the_interrupted_exit_status():
     """Ctrl-C during an app's start-up printed a KeyboardInterrupt traceback."""
-    script = ("from clr_loop import console\nconsole.report_interrupts()\n"
-              "def start_up():\n    raise KeyboardInterrupt\nstart_up()\n")
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
-                            capture_output=True, text=True, timeout=60)
+    script = (
+        "from clr_loop import console\nconsole.report_interrupts()\n"
+        "def start_up():\n    raise KeyboardInterrupt\nstart_up()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.stderr == "stopped: interrupted (SIGINT)\n"
     assert result.returncode == -2  # ended by SIGINT, as Python ends on any uncaught KeyboardInterrupt
-    other = subprocess.run([sys.executable, "-c", "from clr_loop import console\nconsole.report_interrupts()\n1 / 0\n"],
-                           cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=60)
+    other = subprocess.run(
+        [sys.executable, "-c", "from clr_loop import console\nconsole.report_interrupts()\n1 / 0\n"],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert other.returncode == 1 and "Traceback" in other.stderr and "ZeroDivisionError" in other.stderr

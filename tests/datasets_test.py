@@ -23,8 +23,13 @@ def test_npz_of_uint8_hw_images_gets_a_channel_and_its_class_count(tmp_path):
 
 def test_npz_of_float_nhwc_images_and_n1_labels_and_declared_classes(tmp_path):
     arrays = npz_arrays(shape=(4, 4, 3))
-    arrays = dict(arrays, x_train=arrays["x_train"] / 255.0, x_test=arrays["x_test"] / 255.0,
-                  y_train=arrays["y_train"][:, None], num_classes=np.int64(7))
+    arrays = dict(
+        arrays,
+        x_train=arrays["x_train"] / 255.0,
+        x_test=arrays["x_test"] / 255.0,
+        y_train=arrays["y_train"][:, None],
+        num_classes=np.int64(7),
+    )
     loaded = datasets.load_npz(write_npz(tmp_path / "f.npz", **arrays))
     assert loaded.train.images.dtype == np.float32 and loaded.image_shape == (4, 4, 3)
     assert loaded.num_classes == 7 and loaded.train.labels.shape == (30,)
@@ -41,19 +46,35 @@ def _bad(arrays, **changes):
         (dict(y_test=None), r"missing array\(s\) y_test"),
         (dict(y_train=np.arange(29) % 4), r"x_train holds 30 images but y_train 29 labels"),
         (dict(y_train=np.arange(30) * 0.5), r"y_train: dtype float64; labels must be integers"),
-        (dict(y_test=np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 0])), r"y_test: 1 label\(s\) outside 0..3 \(K=4 from the largest y_train label \+ 1\), the first 4 at index 4"),
+        (
+            dict(y_test=np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 0])),
+            r"y_test: 1 label\(s\) outside 0..3 \(K=4 from the largest y_train label \+ 1\), the first 4 at index 4",
+        ),
         (dict(y_train=np.arange(30) % 4 - 1), r"y_train: 8 label\(s\) outside"),
         (dict(x_train=np.full((30, 6, 5), np.nan)), r"x_train: 900 NaN or infinite pixel\(s\), the first in image 0"),
-        (dict(x_test=np.zeros((10, 6)), ), r"x_test: shape \[10, 6\], expected images"),
-        (dict(x_test=np.zeros((10, 6, 4), np.uint8)), r"x_train images are \[6, 5, 1\] but x_test images are \[6, 4, 1\]"),
+        (
+            dict(
+                x_test=np.zeros((10, 6)),
+            ),
+            r"x_test: shape \[10, 6\], expected images",
+        ),
+        (
+            dict(x_test=np.zeros((10, 6, 4), np.uint8)),
+            r"x_train images are \[6, 5, 1\] but x_test images are \[6, 4, 1\]",
+        ),
         (dict(x_train=np.full((30, 6, 5), 300)), r"x_train: integer pixels must be in 0..255"),
         (dict(y_train=np.zeros((30, 4), np.int64)), r"y_train: shape \[30, 4\], expected labels \[N\]"),
         (dict(num_classes=np.float32(3.5)), r"num_classes must be a positive integer scalar"),
         # A label of 2**40 - 1 meant a [128, 2**40] weight, an OOM traceback.
-        (dict(y_train=np.where(np.arange(30) == 7, 2**40 - 1, np.arange(30) % 4)),
-         r"y_train: the largest label, 1099511627775 at index 7, means 1099511627776 classes \(the largest y_train "
-         r"label \+ 1\), more than the 1048576 a model here can have"),
-        (dict(num_classes=np.int64(2**40)), r"num_classes is 1099511627776, more than the 1048576 a model here can have"),
+        (
+            dict(y_train=np.where(np.arange(30) == 7, 2**40 - 1, np.arange(30) % 4)),
+            r"y_train: the largest label, 1099511627775 at index 7, means 1099511627776 classes \(the largest y_train "
+            r"label \+ 1\), more than the 1048576 a model here can have",
+        ),
+        (
+            dict(num_classes=np.int64(2**40)),
+            r"num_classes is 1099511627776, more than the 1048576 a model here can have",
+        ),
     ],
 )
 def test_every_npz_problem_names_the_file_and_the_array(tmp_path, change, message):
@@ -88,8 +109,9 @@ def test_unreadable_npz_files_are_named(tmp_path):
         datasets.load_npz(str(objects))
 
 
-@pytest.mark.parametrize("name,shape,classes", [("cifar10", (32, 32, 3), 10), ("mnist", (28, 28, 1), 10),
-                                                ("cifar100", (32, 32, 3), 100)])
+@pytest.mark.parametrize(
+    "name,shape,classes", [("cifar10", (32, 32, 3), 10), ("mnist", (28, 28, 1), 10), ("cifar100", (32, 32, 3), 100)]
+)
 def test_tfds_datasets_take_shape_and_classes_from_the_builder(tmp_path, name, shape, classes):
     with tfds.testing.mock_data(num_examples=12):
         loaded = datasets.load(name, tfds_data_dir=str(tmp_path))
@@ -100,7 +122,9 @@ def test_tfds_datasets_take_shape_and_classes_from_the_builder(tmp_path, name, s
 
 def test_a_tfds_dataset_without_image_and_label_is_named(tmp_path):
     with tfds.testing.mock_data(num_examples=2):
-        with pytest.raises(fashion_mnist.DataError, match=r"tfds imdb_reviews .*has no 'image' feature \(its features: label, text\)"):
+        with pytest.raises(
+            fashion_mnist.DataError, match=r"tfds imdb_reviews .*has no 'image' feature \(its features: label, text\)"
+        ):
             datasets.load("imdb_reviews", tfds_data_dir=str(tmp_path))
 
 
@@ -111,7 +135,9 @@ def test_an_unknown_tfds_name_is_named():
 
 def test_a_dataset_not_prepared_offline_is_named_without_a_download(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-    with pytest.raises(fashion_mnist.DataError, match=r"tfds cifar10 .*not prepared \(no download into the default data dir\)"):
+    with pytest.raises(
+        fashion_mnist.DataError, match=r"tfds cifar10 .*not prepared \(no download into the default data dir\)"
+    ):
         datasets.load("cifar10")
     assert not os.listdir(tmp_path) or not any(os.scandir(tmp_path / "cifar10"))
 

@@ -37,11 +37,16 @@ def test_device_batches_are_the_pipelines_batches_across_epochs(shuffle, drop_re
     batches = inputs.DeviceBatches(arrays, 4, 5, shuffle=shuffle, drop_remainder=drop_remainder)
     spec = inputs.array_train_dataset(arrays, 4, 5, drop_remainder=drop_remainder).element_spec
     gather = tf.function(lambda: next(batches), autograph=False)
-    got_spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), gather.get_concrete_function().structured_outputs)
+    got_spec = tf.nest.map_structure(
+        lambda t: tf.TensorSpec(t.shape, t.dtype), gather.get_concrete_function().structured_outputs
+    )
     assert got_spec == spec  # the same static shapes as the pipeline's (None for a partial last batch)
     batches.at(0)
     check = lambda got, want: tf.nest.map_structure(  # noqa: E731
-        np.testing.assert_array_equal, tf.nest.map_structure(np.asarray, got), tf.nest.pack_sequence_as(got, tf.nest.flatten(want)))
+        np.testing.assert_array_equal,
+        tf.nest.map_structure(np.asarray, got),
+        tf.nest.pack_sequence_as(got, tf.nest.flatten(want)),
+    )
     for want in expected:  # each call gathers the next step's batch
         check(gather(), want)
     assert int(batches.position.numpy()) == len(expected)
@@ -52,18 +57,23 @@ def test_device_batches_are_the_pipelines_batches_across_epochs(shuffle, drop_re
 
 
 def _fit_weights(input_mode, x=None, y=None, build=None, **kwargs):
-    x, y = (toy_data() if x is None else (x, y))
+    x, y = toy_data() if x is None else (x, y)
     model = compiled(build) if build else compiled(momentum=0.9)
-    history = loop.fit(model, x, y, batch_size=BATCH, epochs=2, seed=7, verbose=0, input_mode=input_mode,
-                       steps_per_loop=3, **kwargs)
+    history = loop.fit(
+        model, x, y, batch_size=BATCH, epochs=2, seed=7, verbose=0, input_mode=input_mode, steps_per_loop=3, **kwargs
+    )
     return model.get_weights(), history.history
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(batch_splits=2, drop_remainder=False),
-    dict(batch_splits=1, drop_remainder=True),
-    dict(jit_compile=True, drop_remainder=False),
-], ids=["split2-remainder", "whole-drop", "xla-remainder"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(batch_splits=2, drop_remainder=False),
+        dict(batch_splits=1, drop_remainder=True),
+        dict(jit_compile=True, drop_remainder=False),
+    ],
+    ids=["split2-remainder", "whole-drop", "xla-remainder"],
+)
 def test_device_mode_trains_the_pipelines_weights_bit_for_bit(kwargs):
     """Two epochs of 200 examples in batches of 32 (the last one 8 without drop_remainder), with the
     batch computed in 2 parts, whole, and under XLA (which compiles the last partial batch's shape
@@ -89,8 +99,15 @@ def test_sigterm_mid_epoch_in_device_mode_resumes_to_the_uninterrupted_pipelines
     """Stopped at step 9 (mid epoch 2) in device mode; the same call again (or one switching to the
     pipeline: the mode is not part of a run's identity) ends with the uninterrupted run's bits."""
     x, y = toy_data()
-    kwargs = dict(batch_size=BATCH, epochs=2, seed=7, verbose=0, steps_per_loop=2, batch_splits=2,
-                  validation_data=(x[:50], y[:50]))
+    kwargs = dict(
+        batch_size=BATCH,
+        epochs=2,
+        seed=7,
+        verbose=0,
+        steps_per_loop=2,
+        batch_splits=2,
+        validation_data=(x[:50], y[:50]),
+    )
     reference = compiled(momentum=0.9)
     loop.fit(reference, x, y, input_mode="pipeline", **kwargs)
     workdir = str(tmp_path / "run")
@@ -148,8 +165,10 @@ def test_the_cli_setting_is_validated_and_a_library_refusal_names_the_flag():
     problems = flag_problems(config_lib.Config(input_mode="device", strategy="mirrored"))
     assert any(p.startswith("--input_mode=device needs --strategy=default") for p in problems), problems
     assert any("--input_mode must be one of" in p for p in flag_problems(config_lib.Config(input_mode="x")))
-    error = inputs.InputError("input_mode='device' needs in-memory arrays on one device: the training input is a "
-                              "tf.data.Dataset", argument="input_mode")
+    error = inputs.InputError(
+        "input_mode='device' needs in-memory arrays on one device: the training input is a tf.data.Dataset",
+        argument="input_mode",
+    )
     assert cli.error_message(error).startswith("--input_mode: input_mode='device' needs")
 
 
@@ -158,10 +177,18 @@ def test_the_app_trains_the_same_history_in_both_modes(tmp_path):
     histories = {}
     for mode in ("device", "pipeline"):
         workdir = str(tmp_path / mode)
-        status = run_main_in_process([
-            f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--epochs=2", "--batch_size=16",
-            "--steps_per_loop=2", "--eval_batch_size=16", "--seed=3", f"--input_mode={mode}",
-        ])
+        status = run_main_in_process(
+            [
+                f"--dataset_dir={data_dir}",
+                f"--workdir={workdir}",
+                "--epochs=2",
+                "--batch_size=16",
+                "--steps_per_loop=2",
+                "--eval_batch_size=16",
+                "--seed=3",
+                f"--input_mode={mode}",
+            ]
+        )
         assert status in (0, None)
         with open(os.path.join(workdir, "history.json")) as f:
             histories[mode] = {k: v for k, v in json.load(f).items() if k != "epoch_seconds"}

@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 
 from clr_loop import distribute
-from testing import REPO, SUBPROCESS_ENV, Cluster, checkpoint_weights, fit_small_model, free_ports, history_without_timing
+from testing import (
+    REPO,
+    SUBPROCESS_ENV,
+    Cluster,
+    checkpoint_weights,
+    fit_small_model,
+    free_ports,
+    history_without_timing,
+)
 from testing import saved_step, start_worker, write_tiny_idx_dir
 
 MIRRORED_VS_SINGLE = textwrap.dedent(
@@ -59,11 +67,16 @@ MIRRORED_VS_SINGLE = textwrap.dedent(
 
 def run_script(script, *args, timeout=240):
     result = subprocess.run(
-        [sys.executable, "-c", script, *args], cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", script, *args],
+        cwd=REPO,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (line,) = [text for text in result.stdout.splitlines() if text.startswith("RESULT")]
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 def test_mirrored_over_two_virtual_cpus_matches_single_device(tmp_path):
@@ -189,8 +202,15 @@ def test_fit_refuses_a_last_batch_that_leaves_a_replica_without_an_example():
 
 
 # The story runs: 320 training examples in global batches of 16 (20 steps per epoch, 40 in all).
-STORY_FLAGS = ("--epochs=2", "--steps_per_loop=2", "--log_every_steps=4", "--checkpoint_every_steps=4",
-               "--keep_checkpoints=50", "--deterministic", "--cluster_timeout=30")
+STORY_FLAGS = (
+    "--epochs=2",
+    "--steps_per_loop=2",
+    "--log_every_steps=4",
+    "--checkpoint_every_steps=4",
+    "--keep_checkpoints=50",
+    "--deterministic",
+    "--cluster_timeout=30",
+)
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +240,9 @@ def test_two_localhost_workers_train_to_the_end_with_identical_weights(reference
     assert os.path.basename(tf_latest(workdir)) == "ckpt-40"
 
 
-def test_sigterm_to_one_worker_stops_all_at_one_step_and_a_killed_worker_is_named(tmp_path, story_idx, reference_cluster):
+def test_sigterm_to_one_worker_stops_all_at_one_step_and_a_killed_worker_is_named(
+    tmp_path, story_idx, reference_cluster
+):
     """The whole preemption story on one workdir, against the uninterrupted 2-worker run:
 
     1. SIGTERM to worker 1 only: both workers checkpoint at the same step and exit 128+15.
@@ -302,17 +324,27 @@ def test_two_workers_train_the_weights_of_one_device_with_the_same_global_batch(
     ports = free_ports(2)
     procs = []
     for index in range(2):
-        tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER_FIT], cwd=REPO, text=True,
-                                      env=dict(SUBPROCESS_ENV, TF_CONFIG=json.dumps(tf_config)),
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        tf_config = {
+            "cluster": {"worker": [f"localhost:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER_FIT],
+                cwd=REPO,
+                text=True,
+                env=dict(SUBPROCESS_ENV, TF_CONFIG=json.dumps(tf_config)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        )
     single = fit_small_model(tf.distribute.get_strategy())
     outputs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
     workers = []
     for out, _ in outputs:
         (line,) = [text for text in out.splitlines() if text.startswith("RESULT")]
-        workers.append(json.loads(line[len("RESULT"):]))
+        workers.append(json.loads(line[len("RESULT") :]))
     assert single["replicas"] == 1 and [w["replicas"] for w in workers] == [2, 2]
     for worker in workers:
         for a, b in zip(single["weights"], worker["weights"]):
@@ -336,7 +368,9 @@ def test_worker_without_its_peer_fails_clearly_in_bounded_time(tmp_path):
 
 def test_mirrored_over_devices_that_do_not_exist_is_refused_naming_them():
     """TensorFlow's MirroredStrategy waits for ever for a device that is not there."""
-    with pytest.raises(distribute.ClusterError, match=r"device\(s\) /gpu:97, /cpu:99 do not exist here; this process has /cpu:0"):
+    with pytest.raises(
+        distribute.ClusterError, match=r"device\(s\) /gpu:97, /cpu:99 do not exist here; this process has /cpu:0"
+    ):
         distribute.make_strategy("mirrored", ["/gpu:97", "/cpu:99"])
     with pytest.raises(distribute.ClusterError, match="/tpu:x"):
         distribute.check_devices(["/cpu:0", "/tpu:x"])
@@ -349,7 +383,9 @@ def test_mirrored_over_one_device_named_twice_is_refused_naming_it():
     with pytest.raises(distribute.ClusterError, match=r"devices /cpu:0, /CPU:0 name /cpu:0 more than once") as caught:
         distribute.make_strategy("mirrored", ["/cpu:0", "/CPU:0"])
     assert caught.value.argument == "devices"
-    with pytest.raises(distribute.ClusterError, match=r"cluster_timeout must be a number of seconds in \(0, 604800\], got inf"):
+    with pytest.raises(
+        distribute.ClusterError, match=r"cluster_timeout must be a number of seconds in \(0, 604800\], got inf"
+    ):
         distribute.make_strategy("multi_worker", cluster_timeout=float("inf"))
 
 

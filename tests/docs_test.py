@@ -153,11 +153,15 @@ def test_every_python_block_runs_as_written(path, line, before, code, tmp_path):
     prelude, check = CONTEXT.get(marker, ("", ""))
     if marker == "load_idx_dir(" and not os.path.isdir("/usr/share/datasets/fashion-mnist"):
         pytest.skip("dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
-        [REPO] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=os.pathsep.join([REPO] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])),
+    )
     program = textwrap.dedent(prelude) + code + "\n" + check
-    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=180,
-                            cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path
+    )
     assert result.returncode == 0, f"{where} fails:\n{result.stderr[-3000:]}"
     if marker in EXPECTED_OUTPUT:
         assert result.stdout.strip().splitlines()[-1] == EXPECTED_OUTPUT[marker], where
@@ -246,8 +250,9 @@ def test_the_flag_check_catches_unknown_flags():
     accepted = app_flags("train")
     assert "mode" in accepted and accepted["cycle_momentum"] and "helpfull" in accepted and "verbosity" in accepted
     assert "nofigures" not in accepted and "figures" not in accepted and "figures" in app_flags("ablate")
-    assert command_flags("python -m clr_loop.train --mode=x --nocycle_momentum -v 1 --flagfile=<f> <other flags>  # --z") == [
-        "mode", "nocycle_momentum", "v", "flagfile"]
+    assert command_flags(
+        "python -m clr_loop.train --mode=x --nocycle_momentum -v 1 --flagfile=<f> <other flags>  # --z"
+    ) == ["mode", "nocycle_momentum", "v", "flagfile"]
 
 
 def github_anchor(heading):
@@ -281,8 +286,11 @@ def test_relative_links_and_images_resolve():
 
 
 def test_docs_speak_of_the_project_not_of_how_it_was_built():
-    wording = re.compile(r"\bstop \d+\b|\bat this stop\b|\bissue \d+\b|\bthe issue's\b|\bthis session\b|"
-                         r"\bearlier trainer\b|\btutorial-only trainer\b", flags=re.I)
+    wording = re.compile(
+        r"\bstop \d+\b|\bat this stop\b|\bissue \d+\b|\bthe issue's\b|\bthis session\b|"
+        r"\bearlier trainer\b|\btutorial-only trainer\b",
+        flags=re.I,
+    )
     problems = [f"{path}: {m.group(0)!r}" for path in markdown_files() for m in wording.finditer(read(path))]
     assert not problems, "\n".join(problems)
 

@@ -18,7 +18,6 @@ from clr_loop import scale_fns
 from clr_loop import schedules
 
 
-
 def tf_keras_module():
     """Returns clr_loop.tf_keras, or None where the tf_keras package is not installed (its examples do not run)."""
     if importlib.util.find_spec("tf_keras") is None:
@@ -73,8 +72,11 @@ DOCTESTS = doctests()
 
 
 def test_every_public_class_and_function_has_an_example():
-    missing = [name for name, obj in sorted(public_objects().items())
-               if "Example:" not in (obj.__doc__ or "") or ">>>" not in (obj.__doc__ or "")]
+    missing = [
+        name
+        for name, obj in sorted(public_objects().items())
+        if "Example:" not in (obj.__doc__ or "") or ">>>" not in (obj.__doc__ or "")
+    ]
     assert not missing, "no `Example:` with `>>>` lines in the docstring of: " + ", ".join(missing)
 
 

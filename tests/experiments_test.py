@@ -40,15 +40,29 @@ def test_cifar10_resnet20_adam_flip_crop_under_mock_data(tmp_path):
     workdir = str(tmp_path / "run")
     with tfds.testing.mock_data(num_examples=80):
         status = run_main_in_process(
-            ["--dataset=cifar10", f"--tfds_data_dir={tmp_path / 'tfds'}", "--model=resnet20", "--optimizer=adam",
-             "--augment=flip_crop", "--mode=one_cycle", "--weight_decay=1e-4", f"--workdir={workdir}", *SMALL]
+            [
+                "--dataset=cifar10",
+                f"--tfds_data_dir={tmp_path / 'tfds'}",
+                "--model=resnet20",
+                "--optimizer=adam",
+                "--augment=flip_crop",
+                "--mode=one_cycle",
+                "--weight_decay=1e-4",
+                f"--workdir={workdir}",
+                *SMALL,
+            ]
         )
     assert status == 0
     history = json.load(open(os.path.join(workdir, "history.json")))
     assert len(history["momentum"]) == 1  # Adam's beta_1, cycled for one-cycle
     assert_run_outputs(workdir, epochs=1, extra_keys={"momentum"})
     config = saved_config(workdir)
-    assert (config["dataset"], config["model"], config["optimizer"], config["augment"]) == ("cifar10", "resnet20", "adam", "flip_crop")
+    assert (config["dataset"], config["model"], config["optimizer"], config["augment"]) == (
+        "cifar10",
+        "resnet20",
+        "adam",
+        "flip_crop",
+    )
     assert config["resolved"]["steps_per_epoch"] == 10
 
 
@@ -56,7 +70,13 @@ def test_mnist_with_the_tutorial_cnn_under_mock_data(tmp_path):
     workdir = str(tmp_path / "run")
     with tfds.testing.mock_data(num_examples=40):
         status = run_main_in_process(
-            ["--dataset=mnist", f"--tfds_data_dir={tmp_path / 'tfds'}", "--mode=triangular", f"--workdir={workdir}", *SMALL]
+            [
+                "--dataset=mnist",
+                f"--tfds_data_dir={tmp_path / 'tfds'}",
+                "--mode=triangular",
+                f"--workdir={workdir}",
+                *SMALL,
+            ]
         )
     assert status == 0
     assert_run_outputs(workdir, epochs=1)
@@ -66,19 +86,28 @@ def test_mnist_with_the_tutorial_cnn_under_mock_data(tmp_path):
 def test_npz_of_float_rgb_images_through_the_cli(tmp_path):
     rng = np.random.default_rng(0)
     path = str(tmp_path / "mine.npz")
-    np.savez(path, x_train=rng.random((32, 16, 16, 3)), y_train=np.arange(32) % 3,
-             x_test=rng.random((12, 16, 16, 3)), y_test=np.arange(12) % 3)
+    np.savez(
+        path,
+        x_train=rng.random((32, 16, 16, 3)),
+        y_train=np.arange(32) % 3,
+        x_test=rng.random((12, 16, 16, 3)),
+        y_test=np.arange(12) % 3,
+    )
     workdir = str(tmp_path / "run")
-    status = run_main_in_process([f"--dataset=npz:{path}", "--optimizer=adamw", "--augment=flip_crop",
-                                  f"--workdir={workdir}", *SMALL])
+    status = run_main_in_process(
+        [f"--dataset=npz:{path}", "--optimizer=adamw", "--augment=flip_crop", f"--workdir={workdir}", *SMALL]
+    )
     assert status == 0
     assert_run_outputs(workdir, epochs=1)
 
 
 def checkpoint_tensors(workdir):
     reader = tf.train.load_checkpoint(os.path.join(workdir, "ckpt"))
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if not key.startswith(("run_identity", "run_history", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
+    return {
+        key: reader.get_tensor(key)
+        for key in reader.get_variable_to_shape_map()
+        if not key.startswith(("run_identity", "run_history", "_CHECKPOINTABLE_OBJECT_GRAPH"))
+    }
 
 
 def history_without_timing(workdir):
@@ -92,8 +121,13 @@ def test_fashion_mnist_as_npz_trains_bit_identically(tmp_path):
     fm = fashion_mnist.load_idx_dir(idx_dir, expect_full_size=False)
     assert fm.train.labels.max() == 9  # K inferred from the file is the tutorial's 10
     path = str(tmp_path / "fm.npz")
-    np.savez(path, x_train=fm.train.images[..., 0], y_train=fm.train.labels, x_test=fm.test.images[..., 0],
-             y_test=fm.test.labels)
+    np.savez(
+        path,
+        x_train=fm.train.images[..., 0],
+        y_train=fm.train.labels,
+        x_test=fm.test.images[..., 0],
+        y_test=fm.test.labels,
+    )
     common = ["--mode=one_cycle", "--epochs=2", "--batch_size=16", "--steps_per_loop=4", "--eval_batch_size=20"]
     assert run_main_in_process([f"--dataset_dir={idx_dir}", f"--workdir={tmp_path / 'idx_run'}", *common]) == 0
     assert run_main_in_process([f"--dataset=npz:{path}", f"--workdir={tmp_path / 'npz_run'}", *common]) == 0
@@ -105,18 +139,23 @@ def test_fashion_mnist_as_npz_trains_bit_identically(tmp_path):
 
 
 def test_a_user_model_through_module_function(tmp_path, monkeypatch):
-    (tmp_path / "cli_models.py").write_text(textwrap.dedent("""
+    (tmp_path / "cli_models.py").write_text(
+        textwrap.dedent("""
         import keras
 
         def tiny(input_shape, num_classes):
             return keras.Sequential([keras.Input(input_shape), keras.layers.Rescaling(1 / 255),
                                      keras.layers.Flatten(), keras.layers.Dense(num_classes)])
         tiny.outputs = "logits"
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     idx_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
     workdir = str(tmp_path / "run")
-    assert run_main_in_process([f"--dataset_dir={idx_dir}", "--model=cli_models:tiny", f"--workdir={workdir}", *SMALL]) == 0
+    assert (
+        run_main_in_process([f"--dataset_dir={idx_dir}", "--model=cli_models:tiny", f"--workdir={workdir}", *SMALL])
+        == 0
+    )
     assert_run_outputs(workdir, epochs=1)
     reader = tf.train.load_checkpoint(os.path.join(workdir, "ckpt"))
     assert any(list(shape) == [784, 10] for shape in reader.get_variable_to_shape_map().values())
@@ -145,7 +184,9 @@ def test_resume_with_augmentation_is_bit_exact_with_each_optimizer(tmp_path, ove
         assert np.array_equal(a, b)
     for a, b in zip(straight.optimizer.variables, resumed.optimizer.variables):
         assert np.array_equal(np.asarray(a), np.asarray(b))
-    assert history_without_timing(str(tmp_path / "straight" / "run")) == history_without_timing(str(tmp_path / "resumed" / "run"))
+    assert history_without_timing(str(tmp_path / "straight" / "run")) == history_without_timing(
+        str(tmp_path / "resumed" / "run")
+    )
 
 
 def test_augmentation_changes_training_and_the_default_adds_nothing(tmp_path):
@@ -167,12 +208,13 @@ def test_optimizers_and_weight_decay_are_keras_own():
     sgd = trial.make_optimizer(config_lib.Config(), plan)
     assert type(sgd).__name__ == "SGD" and sgd.weight_decay is None
     # mode none keeps --lr, whatever the optimizer.
-    assert float(trial.make_optimizer(config_lib.Config(mode="none", optimizer="adam", lr=0.003), plan).learning_rate) == pytest.approx(0.003)
+    assert float(
+        trial.make_optimizer(config_lib.Config(mode="none", optimizer="adam", lr=0.003), plan).learning_rate
+    ) == pytest.approx(0.003)
 
 
 def test_a_run_from_before_the_experiment_settings_resumes_under_their_defaults():
-    old = {key: value for key, value in config_lib.Config().to_json_dict().items()
-           if key not in resume.ADDED_SETTINGS}
+    old = {key: value for key, value in config_lib.Config().to_json_dict().items() if key not in resume.ADDED_SETTINGS}
     assert resume.config_differences(old, config_lib.Config().to_json_dict()) == []
     differing = resume.config_differences(old, config_lib.Config(model="resnet20", augment="flip_crop").to_json_dict())
     assert differing == ["augment", "model"]
@@ -189,7 +231,10 @@ def test_a_run_from_before_the_experiment_settings_resumes_under_their_defaults(
         (["--model=vgg16"], "--model must be one of tutorial_cnn, resnet20 or module.path:function"),
         (["--dataset="], "--dataset must name a dataset"),
         (["--dataset=npz:"], "--dataset=npz:PATH needs the path"),
-        (["--dataset=cifar10", "--dataset_dir=/tmp"], "--dataset_dir (the raw Fashion-MNIST IDX files) needs --dataset=fashion_mnist"),
+        (
+            ["--dataset=cifar10", "--dataset_dir=/tmp"],
+            "--dataset_dir (the raw Fashion-MNIST IDX files) needs --dataset=fashion_mnist",
+        ),
         (["--dataset=npz:a.npz", "--tfds_data_dir=/tmp"], "--tfds_data_dir is for TFDS datasets"),
         (["--dataset=npz:a.npz", "--eval_split=validation"], "--train_split/--eval_split are for TFDS datasets"),
     ],
@@ -211,7 +256,10 @@ def test_bad_datasets_and_models_exit_1_naming_them_before_writing(tmp_path, cap
         (["--dataset=cifar10"], "not prepared (no download into the default data dir)"),
         ([f"--dataset=npz:{npz}"], f"{npz}: missing array(s) x_test, y_test"),
         ([f"--dataset=npz:{tmp_path / 'absent.npz'}"], "absent.npz: does not exist"),
-        ([f"--dataset_dir={idx_dir}", "--model=no_such_module_xyz:build"], "--model: model no_such_module_xyz:build: cannot import"),
+        (
+            [f"--dataset_dir={idx_dir}", "--model=no_such_module_xyz:build"],
+            "--model: model no_such_module_xyz:build: cannot import",
+        ),
     ]
     for argv, message in cases:
         workdir = tmp_path / "run"
@@ -235,9 +283,16 @@ def test_each_new_flagfile_parses_and_trains_under_mock_data(tmp_path, name, dat
     workdir = str(tmp_path / "run")
     with tfds.testing.mock_data(num_examples=40):
         status = run_main_in_process(
-            [f"--flagfile={os.path.join(REPO, 'flags', name)}", f"--tfds_data_dir={tmp_path / 'tfds'}",
-             f"--workdir={workdir}", "--max_steps=3", "--batch_size=8", "--eval_batch_size=16", "--steps_per_loop=3",
-             "--jit_compile=false"]
+            [
+                f"--flagfile={os.path.join(REPO, 'flags', name)}",
+                f"--tfds_data_dir={tmp_path / 'tfds'}",
+                f"--workdir={workdir}",
+                "--max_steps=3",
+                "--batch_size=8",
+                "--eval_batch_size=16",
+                "--steps_per_loop=3",
+                "--jit_compile=false",
+            ]
         )
     assert status == 0
     config = saved_config(workdir)
@@ -314,8 +369,16 @@ def test_a_tfds_dataset_over_the_memory_limit_is_streamed(tmp_path, monkeypatch)
         np.testing.assert_array_equal(np.concatenate(chunks), images[:7])
 
 
-STREAM_FLAGS = ["--dataset=cifar10", "--epochs=3", "--batch_size=8", "--steps_per_loop=2", "--eval_batch_size=5",
-                "--mode=triangular", "--step_size_epochs=1", "--deterministic"]
+STREAM_FLAGS = [
+    "--dataset=cifar10",
+    "--epochs=3",
+    "--batch_size=8",
+    "--steps_per_loop=2",
+    "--eval_batch_size=5",
+    "--mode=triangular",
+    "--step_size_epochs=1",
+    "--deterministic",
+]
 
 
 def run_streamed(tmp_path, monkeypatch, workdir, *extra):
@@ -330,7 +393,9 @@ def run_streamed(tmp_path, monkeypatch, workdir, *extra):
 
     monkeypatch.setattr(trial, "make_inputs", spy)
     with streamed_tfds(monkeypatch):
-        status = run_main_in_process([f"--tfds_data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}", *STREAM_FLAGS, *extra])
+        status = run_main_in_process(
+            [f"--tfds_data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}", *STREAM_FLAGS, *extra]
+        )
     return status, paths == [True]
 
 
@@ -338,8 +403,12 @@ def numeric_checkpoint_tensors(workdir):
     """The checkpoint's numeric tensors but its save counter (the iterator's state is a variant, which the
     reader cannot return; a stopped run saves more often)."""
     reader = tf.train.load_checkpoint(os.path.join(workdir, "ckpt"))
-    return {key: reader.get_tensor(key) for key, dtype in reader.get_variable_to_dtype_map().items()
-            if (dtype.is_floating or dtype.is_integer) and not key.startswith(("run_identity", "run_history", "save_counter"))}
+    return {
+        key: reader.get_tensor(key)
+        for key, dtype in reader.get_variable_to_dtype_map().items()
+        if (dtype.is_floating or dtype.is_integer)
+        and not key.startswith(("run_identity", "run_history", "save_counter"))
+    }
 
 
 def test_a_streamed_tfds_run_trains_through_main_with_its_iterator_checkpointed(tmp_path, monkeypatch):
@@ -356,7 +425,9 @@ def test_a_streamed_tfds_run_trains_through_main_with_its_iterator_checkpointed(
     # The normalisation layer holds the mean of the first NORMALIZATION_SAMPLE training images.
     images, _ = fake_tfds_split("train", (32, 32, 3))
     layer = built[0].model.get_layer("normalize")
-    np.testing.assert_allclose(np.asarray(layer.mean).ravel(), images[:20].astype(np.float64).mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(layer.mean).ravel(), images[:20].astype(np.float64).mean(axis=(0, 1, 2)), rtol=1e-6
+    )
 
 
 @pytest.fixture
@@ -376,7 +447,9 @@ def assert_same_run(workdir, reference):
 
 
 @pytest.mark.parametrize("stop", [7, 5], ids=["mid_epoch", "epoch_end"])
-def test_a_streamed_run_stopped_by_max_steps_then_resumed_is_bit_identical(tmp_path, monkeypatch, streamed_reference, stop):
+def test_a_streamed_run_stopped_by_max_steps_then_resumed_is_bit_identical(
+    tmp_path, monkeypatch, streamed_reference, stop
+):
     workdir = str(tmp_path / "run")
     assert run_streamed(tmp_path, monkeypatch, workdir, f"--max_steps={stop}")[0] == 0
     assert run_streamed(tmp_path, monkeypatch, workdir)[0] == 0
@@ -409,8 +482,12 @@ class ClrLoopTinyImages(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-            {"image": tfds.features.Image(shape=(28, 28, 1)), "label": tfds.features.ClassLabel(num_classes=10)}))
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {"image": tfds.features.Image(shape=(28, 28, 1)), "label": tfds.features.ClassLabel(num_classes=10)}
+            ),
+        )
 
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(split) for split in STREAM_N}

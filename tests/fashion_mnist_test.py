@@ -133,9 +133,7 @@ BAD_FILES = [
     pytest.param("test_images", _gz(idx_bytes(np.zeros((5, 28, 28, 1)))), ["4 dimension(s)"], id="ndims"),
     pytest.param("train_images", _gz(idx_bytes(_images()))[:-1000], ["truncated"], id="truncated_gzip"),
     pytest.param("train_images", idx_bytes(_images()), ["not a valid gzip file"], id="not_gzip"),
-    pytest.param(
-        "test_labels", _corrupt_deflate(idx_bytes(np.zeros(5000))), ["corrupt gzip"], id="corrupt_deflate"
-    ),
+    pytest.param("test_labels", _corrupt_deflate(idx_bytes(np.zeros(5000))), ["corrupt gzip"], id="corrupt_deflate"),
     pytest.param("test_labels", _bad_crc(idx_bytes(np.zeros(5))), ["CRC"], id="bad_crc"),
     pytest.param(
         "train_images", _gz(struct.pack(">III", IMAGES_MAGIC, 7, 28)), ["header truncated"], id="header_truncated"
@@ -143,14 +141,24 @@ BAD_FILES = [
     pytest.param(  # 7 * 28 * 28 = 5488 payload bytes promised, 10 cut off.
         "train_images", _gz(idx_bytes(_images())[:-10]), ["payload truncated", "5488", "5478"], id="payload_short"
     ),
-    pytest.param("train_labels", _gz(idx_bytes(np.arange(7)) + b"\0\0\0"), ["trailing bytes after the 7-byte payload"], id="trailing_bytes"),
     pytest.param(
-        "train_labels", _gz(idx_bytes([0, 1, 10, 3, 4, 5, 6])), ["outside 0..9", "10 at index 2"], id="label_out_of_range"
+        "train_labels",
+        _gz(idx_bytes(np.arange(7)) + b"\0\0\0"),
+        ["trailing bytes after the 7-byte payload"],
+        id="trailing_bytes",
+    ),
+    pytest.param(
+        "train_labels",
+        _gz(idx_bytes([0, 1, 10, 3, 4, 5, 6])),
+        ["outside 0..9", "10 at index 2"],
+        id="label_out_of_range",
     ),
     pytest.param("test_images", _gz(idx_bytes(np.zeros((5, 27, 28)))), ["27x28", "expected 28x28"], id="image_27x28"),
     pytest.param("test_labels", _gz(idx_bytes(np.zeros(0))), ["0 labels"], id="zero_count"),
     pytest.param("test_labels", None, ["file not found"], id="missing"),
-    pytest.param("train_labels", _gz(idx_bytes(np.arange(6))), ["mismatch", "7 images", "6 labels"], id="count_mismatch"),
+    pytest.param(
+        "train_labels", _gz(idx_bytes(np.arange(6))), ["mismatch", "7 images", "6 labels"], id="count_mismatch"
+    ),
 ]
 
 
@@ -368,7 +376,9 @@ def test_load_tfds_wraps_download_failure_and_removes_its_leftovers(tmp_path, mo
         (tmp_path / "downloads" / "fashion_mnist" / "t10k-images.gz.tmp.64dc7191" / "t10k-images.gz").write_bytes(b"12")
         raise cause
 
-    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **k: [(socket.AF_INET, 0, 0, "", ("192.0.2.1", 0))])
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda host, port, *a, **k: [(socket.AF_INET, 0, 0, "", ("192.0.2.1", 0))]
+    )
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", failing_download)
     with pytest.raises(data.DataError, match="download_and_prepare failed: ConnectionError: no route") as e:
         data.load_tfds(tmp_path, download=True)
@@ -379,14 +389,21 @@ def test_load_tfds_wraps_download_failure_and_removes_its_leftovers(tmp_path, mo
 
 def test_load_tfds_offline_fails_at_once_naming_the_host(tmp_path, monkeypatch):
     """Offline, TFDS retried every file's name lookup for 207 s."""
+
     def no_address(host, port, *args, **kwargs):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_address)
-    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
-                        lambda self, *a, **k: pytest.fail("the download must not start"))
-    with pytest.raises(data.DataError, match=r"not prepared, and it cannot be downloaded: no address for "
-                                             r"fashion-mnist\.s3-website\.eu-central-1\.amazonaws\.com \(no network\?\)"):
+    monkeypatch.setattr(
+        tfds.core.DatasetBuilder,
+        "download_and_prepare",
+        lambda self, *a, **k: pytest.fail("the download must not start"),
+    )
+    with pytest.raises(
+        data.DataError,
+        match=r"not prepared, and it cannot be downloaded: no address for "
+        r"fashion-mnist\.s3-website\.eu-central-1\.amazonaws\.com \(no network\?\)",
+    ):
         data.load(tfds_data_dir=tmp_path)
     assert not any("incomplete" in p.name for p in tmp_path.rglob("*"))
 
@@ -513,7 +530,9 @@ def test_train_and_eval_datasets_per_replica():
     halves = [take_ids(data.train_dataset(split, 4, seed=2, replicas=(r, 1, 2)), 10) for r in range(2)]
     for step in range(10):
         np.testing.assert_array_equal(np.concatenate([halves[0][step], halves[1][step]]), whole[step])
-    evals = [take_ids(data.eval_dataset(split, 5, replicas=(r, 1, 2)).map(lambda x, y, w: (x, y)), 100) for r in range(2)]
+    evals = [
+        take_ids(data.eval_dataset(split, 5, replicas=(r, 1, 2)).map(lambda x, y, w: (x, y)), 100) for r in range(2)
+    ]
     assert [len(b) for b in evals[0]] == [5, 5, 2] and [len(b) for b in evals[1]] == [5, 5, 1]
     for r in range(2):
         np.testing.assert_array_equal(np.concatenate(evals[r]), np.arange(r, 23, 2))

@@ -25,10 +25,19 @@ def test_resnet20_has_he_et_als_layers_and_parameters():
     # 1 + 3 stages x 3 blocks x 2 convs = 19 3x3 convs and the dense layer: 20 weight layers,
     # plus the two 1x1 projection shortcuts (option B).
     assert sum(layer.kernel_size == (3, 3) for layer in convs) == 19 and len(dense) == 1
-    assert sorted(tuple(layer.kernel.shape) for layer in convs if layer.kernel_size == (1, 1)) == [(1, 1, 16, 32), (1, 1, 32, 64)]
+    assert sorted(tuple(layer.kernel.shape) for layer in convs if layer.kernel_size == (1, 1)) == [
+        (1, 1, 16, 32),
+        (1, 1, 32, 64),
+    ]
     # Trainable parameters by hand: conv kernels (no biases), BN gamma and beta, the dense layer.
-    kernels = 3 * 3 * 3 * 16 + 6 * 3 * 3 * 16 * 16 + (3 * 3 * 16 * 32 + 5 * 3 * 3 * 32 * 32) + (
-        3 * 3 * 32 * 64 + 5 * 3 * 3 * 64 * 64) + 16 * 32 + 32 * 64
+    kernels = (
+        3 * 3 * 3 * 16
+        + 6 * 3 * 3 * 16 * 16
+        + (3 * 3 * 16 * 32 + 5 * 3 * 3 * 32 * 32)
+        + (3 * 3 * 32 * 64 + 5 * 3 * 3 * 64 * 64)
+        + 16 * 32
+        + 32 * 64
+    )
     bn_channels = 16 + 6 * 16 + 6 * 32 + 32 + 6 * 64 + 64
     assert len(norms) == 1 + 6 + 6 + 1 + 6 + 1
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
@@ -85,18 +94,34 @@ def test_bare_step_of_the_resnet():
 
 def _result(model, contender, epoch_s, steady, checksum=(1.0, 2.0), rss=100.0):
     return {
-        "model": model, "contender": contender, "batch_size": 8, "epoch_s": epoch_s, "epoch_steps": 5,
-        "epoch_examples": 40, "val_examples": 20, "steady_steps": 2, "steady_ms_repeats": steady,
-        "steady_ms_per_step": float(np.median(steady)), "init_checksum": list(checksum), "threads": [0, 0],
-        "splits_resolved": 1, "process_peak_rss_mb": rss, "peak_rss_epoch_mb": rss, "epoch_logs": {"val_accuracy": 0.5},
-        "loadavg_before": 1.0, "loadavg_after": 1.5, "data": "tiny",
+        "model": model,
+        "contender": contender,
+        "batch_size": 8,
+        "epoch_s": epoch_s,
+        "epoch_steps": 5,
+        "epoch_examples": 40,
+        "val_examples": 20,
+        "steady_steps": 2,
+        "steady_ms_repeats": steady,
+        "steady_ms_per_step": float(np.median(steady)),
+        "init_checksum": list(checksum),
+        "threads": [0, 0],
+        "splits_resolved": 1,
+        "process_peak_rss_mb": rss,
+        "peak_rss_epoch_mb": rss,
+        "epoch_logs": {"val_accuracy": 0.5},
+        "loadavg_before": 1.0,
+        "loadavg_after": 1.5,
+        "data": "tiny",
     }
 
 
 def test_summarize_pools_rounds_and_takes_keras_over_clr_loop():
     results = [
-        _result("cnn", "clr_loop", 10.0, [1.0, 2.0], rss=200.0), _result("cnn", "keras", 30.0, [4.0, 5.0], rss=300.0),
-        _result("cnn", "keras", 20.0, [6.0], rss=300.0), _result("cnn", "clr_loop", 12.0, [3.0], rss=200.0),
+        _result("cnn", "clr_loop", 10.0, [1.0, 2.0], rss=200.0),
+        _result("cnn", "keras", 30.0, [4.0, 5.0], rss=300.0),
+        _result("cnn", "keras", 20.0, [6.0], rss=300.0),
+        _result("cnn", "clr_loop", 12.0, [3.0], rss=200.0),
     ]
     s = fit_bench.summarize(results)["cnn"]
     assert s["clr_loop"]["steady_ms_per_step"] == 2.0 and s["keras"]["steady_ms_per_step"] == 5.0
@@ -119,21 +144,43 @@ def test_fit_jobs_alternate_the_contenders_from_round_to_round():
     jobs = fit_bench.fit_jobs(cases, rounds=2)
     order = [(j["round"], j["case"]["model"], j["contender"]) for j in jobs]
     assert order == [
-        (0, "cnn", "clr_loop"), (0, "cnn", "keras"), (0, "resnet20", "clr_loop"), (0, "resnet20", "keras"),
-        (1, "cnn", "keras"), (1, "cnn", "clr_loop"), (1, "resnet20", "keras"), (1, "resnet20", "clr_loop"),
+        (0, "cnn", "clr_loop"),
+        (0, "cnn", "keras"),
+        (0, "resnet20", "clr_loop"),
+        (0, "resnet20", "keras"),
+        (1, "cnn", "keras"),
+        (1, "cnn", "clr_loop"),
+        (1, "resnet20", "keras"),
+        (1, "resnet20", "clr_loop"),
     ]
     steps = fit_bench.step_jobs(cases)
     assert [(j["case"]["model"], j["threads"][0]) for j in steps] == (
-        [("cnn", "default")] + ([("cnn", "app")] if fit_bench.app_splits(cases[0]) > 1 else []) + [("resnet20", "default")]
+        [("cnn", "default")]
+        + ([("cnn", "app")] if fit_bench.app_splits(cases[0]) > 1 else [])
+        + [("resnet20", "default")]
     )
 
 
 def test_cli_runs_both_contenders_in_their_own_processes(tmp_path):
     out = tmp_path / "fit_bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.fit_bench", "--models=cnn", "--rounds=1", "--examples=128",
-         "--steady_steps=2", "--data=random", "--breakdown=false", f"--out={out}"],
-        cwd=processes.REPO_ROOT, env=processes.child_env(), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.fit_bench",
+            "--models=cnn",
+            "--rounds=1",
+            "--examples=128",
+            "--steady_steps=2",
+            "--data=random",
+            "--breakdown=false",
+            f"--out={out}",
+        ],
+        cwd=processes.REPO_ROOT,
+        env=processes.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -150,7 +197,11 @@ def test_cli_runs_both_contenders_in_their_own_processes(tmp_path):
 def test_cli_rejects_an_unknown_model(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.fit_bench", "--models=vgg", f"--out={tmp_path / 'b.json'}"],
-        cwd=processes.REPO_ROOT, env=processes.child_env(), capture_output=True, text=True, timeout=120,
+        cwd=processes.REPO_ROOT,
+        env=processes.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0 and "--models" in proc.stderr and "resnet20" in proc.stderr
     assert not (tmp_path / "b.json").exists()

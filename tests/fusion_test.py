@@ -18,8 +18,21 @@ import pytest
 from testing import HloModule, gradients_only, jit_cnn_run
 
 # What leaves a module for the host or another device: none of these may appear.
-LEAVING = ("send", "send-done", "recv", "recv-done", "infeed", "outfeed", "custom-call", "host-compute",
-           "all-reduce", "all-gather", "collective-permute", "async-start", "copy-start")
+LEAVING = (
+    "send",
+    "send-done",
+    "recv",
+    "recv-done",
+    "infeed",
+    "outfeed",
+    "custom-call",
+    "host-compute",
+    "all-reduce",
+    "all-gather",
+    "collective-permute",
+    "async-start",
+    "copy-start",
+)
 BACKPROP_FILTER = "f01b_i01o->01bf"  # a Conv2D's filter gradient: batch and features swap roles
 BACKPROP_INPUT = "b01f_01oi->b01f"  # a Conv2D's input gradient: the kernel's in/out dims swapped
 
@@ -32,8 +45,11 @@ class Hlo:
     def __init__(self, text):
         module = HloModule(text)
         self.modules, self.aliases, self.params = module.modules, module.aliases, module.params
-        self.ops = {name: (opcode, operands, line) for name, (opcode, operands, line, computation, _) in module.ops.items()
-                    if computation == module.entry}
+        self.ops = {
+            name: (opcode, operands, line)
+            for name, (opcode, operands, line, computation, _) in module.ops.items()
+            if computation == module.entry
+        }
         root = module.roots.get(module.entry)
         self.outputs = self.ops[root][1] if root else []
 
@@ -49,11 +65,16 @@ class Hlo:
 
     def named(self, pattern, opcode=None):
         """The instructions whose TensorFlow op_name matches `pattern` (and whose opcode is `opcode`)."""
-        return {n for n, (op, _, line) in self.ops.items()
-                if re.search(r'op_name="[^"]*' + pattern, line) and (opcode is None or op == opcode)}
+        return {
+            n
+            for n, (op, _, line) in self.ops.items()
+            if re.search(r'op_name="[^"]*' + pattern, line) and (opcode is None or op == opcode)
+        }
 
     def convolutions(self, dim_labels):
-        return {n for n, (op, _, line) in self.ops.items() if op == "convolution" and f"dim_labels={dim_labels}" in line}
+        return {
+            n for n, (op, _, line) in self.ops.items() if op == "convolution" and f"dim_labels={dim_labels}" in line
+        }
 
 
 def fusion_problems(hlo, param_of, iterations, kernels, variables):
@@ -75,8 +96,10 @@ def fusion_problems(hlo, param_of, iterations, kernels, variables):
     reads_step = {n for n in schedule if step in hlo.ops[n][1] and hlo.ops[n][0] in ("divide", "remainder")}
     scale = {n for n in hlo.named("CyclicalLearningRate/Exp", "exponential") if step in hlo.ancestors(n)}
     if not reads_step or not scale:
-        problems.append("no schedule arithmetic on the iteration counter "
-                        f"(floordiv/floormod of it: {len(reads_step)}, exp scale from it: {len(scale)})")
+        problems.append(
+            "no schedule arithmetic on the iteration counter "
+            f"(floordiv/floormod of it: {len(reads_step)}, exp scale from it: {len(scale)})"
+        )
     written = {p: hlo.outputs[o] for o, p in hlo.aliases.items() if o < len(hlo.outputs)}
     if step not in hlo.ops or param_of(iterations) not in written:
         problems.append("the iteration counter is not updated in the module")
@@ -150,4 +173,3 @@ def test_the_check_fails_when_the_rate_is_computed_outside_and_fed_in():
     _, problems = _check(run, run.steps.train_step, x, y)
     assert any("schedule arithmetic" in p for p in problems), problems
     assert any("does not use the scheduled rate" in p for p in problems), problems
-

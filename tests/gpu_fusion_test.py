@@ -23,8 +23,18 @@ from testing import CNN_BATCH, HloModule, gradients_only, jit_cnn_run
 
 # What takes data off the device or hands control to the host: none of these may appear, nor a
 # host transfer or a buffer in host memory (memory space S(5)).
-LEAVING = ("send", "send-done", "recv", "recv-done", "infeed", "outfeed", "host-compute",
-           "all-reduce", "all-gather", "collective-permute")
+LEAVING = (
+    "send",
+    "send-done",
+    "recv",
+    "recv-done",
+    "infeed",
+    "outfeed",
+    "host-compute",
+    "all-reduce",
+    "all-gather",
+    "collective-permute",
+)
 # Library calls that run on the device itself (cuDNN convolutions, cuBLAS/cuBLASLt GEMMs, Triton
 # and XLA's own GPU kernels); any other custom-call could be a host callback and is refused.
 DEVICE_CALLS = ("__cudnn$", "__cublas", "__triton", "__gpu$", "__onednn$")
@@ -58,9 +68,15 @@ class Module(HloModule):
             target = re.search(r'custom_call_target="([^"]*)"', line)
             if opcode == "convolution" or (opcode == "custom-call" and target and "conv" in target.group(1).lower()):
                 text = (target.group(1) if target else "") + " " + " ".join(re.findall(r'op_type="([^"]*)"', line))
-                kind = ("filter" if re.search(r"BackwardFilter|BackpropFilter", text) else
-                        "input" if re.search(r"BackwardInput|BackpropInput", text) else
-                        "forward" if re.search(r"Forward|\bConv2D\b", text) else "unknown")
+                kind = (
+                    "filter"
+                    if re.search(r"BackwardFilter|BackpropFilter", text)
+                    else "input"
+                    if re.search(r"BackwardInput|BackpropInput", text)
+                    else "forward"
+                    if re.search(r"Forward|\bConv2D\b", text)
+                    else "unknown"
+                )
                 found[name] = kind
         return found
 
@@ -74,10 +90,22 @@ def fusion_problems(module, param_of, iterations, kernels, variables):
     problems = []
     if module.modules != 1:
         problems.append(f"{module.modules} modules, not one")
-    leaving = sorted({op for op, _, line, _, shape in module.ops.values()
-                      if op in LEAVING or "is_host_transfer=true" in line or "S(5)" in shape})
-    calls = sorted({t for op, _, line, _, _ in module.ops.values() if op == "custom-call"
-                    for t in re.findall(r'custom_call_target="([^"]*)"', line) if not t.startswith(DEVICE_CALLS)})
+    leaving = sorted(
+        {
+            op
+            for op, _, line, _, shape in module.ops.values()
+            if op in LEAVING or "is_host_transfer=true" in line or "S(5)" in shape
+        }
+    )
+    calls = sorted(
+        {
+            t
+            for op, _, line, _, _ in module.ops.values()
+            if op == "custom-call"
+            for t in re.findall(r'custom_call_target="([^"]*)"', line)
+            if not t.startswith(DEVICE_CALLS)
+        }
+    )
     if leaving or calls:
         problems.append(f"instructions that leave the device: {leaving + calls}")
     step = module.params.get(param_of(iterations))
@@ -110,20 +138,30 @@ def fusion_problems(module, param_of, iterations, kernels, variables):
         size = int(k.shape.num_elements())
         # A filter gradient: named so, or a convolution whose result has the kernel's element count
         # (cuDNN and XLA may lay it out transposed; metadata can be lost in fusion).
-        grads = {c for c in module.ancestors(out) & set(convolutions)
-                 if convolutions[c] == "filter" or (convolutions[c] != "forward" and _first_shape_elements(module.ops[c][4]) == size)}
+        grads = {
+            c
+            for c in module.ancestors(out) & set(convolutions)
+            if convolutions[c] == "filter"
+            or (convolutions[c] != "forward" and _first_shape_elements(module.ops[c][4]) == size)
+        }
         if not grads:
             problems.append(f"{k.path}'s update does not read a filter-gradient convolution")
         filters |= grads
     if len(filters) < len(kernels) or "input" not in convolutions.values():
-        problems.append(f"the convolution gradients are not in the module (convolutions: {sorted(convolutions.values())})")
+        problems.append(
+            f"the convolution gradients are not in the module (convolutions: {sorted(convolutions.values())})"
+        )
     return problems
 
 
 DEVICES = [
     "CPU:0",
-    pytest.param("GPU:0", marks=pytest.mark.skipif(not tf.config.list_physical_devices("GPU"),
-                                                      reason="no GPU: TensorFlow lists no GPU device on this machine")),
+    pytest.param(
+        "GPU:0",
+        marks=pytest.mark.skipif(
+            not tf.config.list_physical_devices("GPU"), reason="no GPU: TensorFlow lists no GPU device on this machine"
+        ),
+    ),
 ]
 
 
@@ -187,19 +225,22 @@ def test_the_check_fails_when_the_rate_is_computed_outside_and_fed_in(device):
 
 
 def test_a_host_callback_or_transfer_in_the_module_is_reported():
-    text = ("HloModule m, input_output_alias={ {0}: (0, {}, may-alias) }\n\n"
-            "ENTRY %e (p0: s64[]) -> (s64[]) {\n"
-            "  %p0 = s64[] parameter(0)\n"
-            "  %cb = s64[] custom-call(%p0), custom_call_target=\"xla_ffi_python_gpu_callback\"\n"
-            "  %s = (s64[], u32[], token[]) send(%cb, %t), channel_id=1, is_host_transfer=true\n"
-            "  %h = s64[]{:S(5)} copy(%p0)\n"
-            "  ROOT %r = (s64[]) tuple(%cb)\n}\n")
+    text = (
+        "HloModule m, input_output_alias={ {0}: (0, {}, may-alias) }\n\n"
+        "ENTRY %e (p0: s64[]) -> (s64[]) {\n"
+        "  %p0 = s64[] parameter(0)\n"
+        "  %cb = s64[] custom-call(%p0), custom_call_target=\"xla_ffi_python_gpu_callback\"\n"
+        "  %s = (s64[], u32[], token[]) send(%cb, %t), channel_id=1, is_host_transfer=true\n"
+        "  %h = s64[]{:S(5)} copy(%p0)\n"
+        "  ROOT %r = (s64[]) tuple(%cb)\n}\n"
+    )
     module = Module(text)
 
     class Counter:
         path = "iterations"
 
     problems = fusion_problems(module, lambda v: 0, Counter(), [], [])
-    assert any("leave the device" in p and "xla_ffi_python_gpu_callback" in p and "send" in p and "copy" in p
-               for p in problems), problems
+    assert any(
+        "leave the device" in p and "xla_ffi_python_gpu_callback" in p and "send" in p and "copy" in p for p in problems
+    ), problems
     assert any("schedule arithmetic" in p for p in problems), problems

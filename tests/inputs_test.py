@@ -16,7 +16,9 @@ def batches(dataset, count):
     return [(bx.numpy(), by.numpy()) for bx, by in dataset.take(count)]
 
 
-@pytest.mark.parametrize("n, batch, drop, expected", [(10, 4, False, 3), (10, 4, True, 2), (8, 4, True, 2), (3, 4, False, 1)])
+@pytest.mark.parametrize(
+    "n, batch, drop, expected", [(10, 4, False, 3), (10, 4, True, 2), (8, 4, True, 2), (3, 4, False, 1)]
+)
 def test_steps_per_epoch_by_hand(n, batch, drop, expected):
     assert inputs.steps_per_epoch(n, batch, drop) == expected
 
@@ -78,13 +80,15 @@ def test_each_replica_trains_on_its_own_slice_of_the_global_batch(first, local, 
     steps = n // batch  # 2 per epoch, the remainder of 4 dropped
     per = batch // total
     for start in (0, 1, 3):
-        got = batches(inputs.array_train_dataset(data, batch, seed, start_step=start, replicas=(first, local, total)),
-                      (5 - start) * local)
+        got = batches(
+            inputs.array_train_dataset(data, batch, seed, start_step=start, replicas=(first, local, total)),
+            (5 - start) * local,
+        )
         for k, (bx, by) in enumerate(got):
             step, replica = start + k // local, first + k % local
             perm = inputs.epoch_permutation(n, seed, step // steps).numpy()
-            global_batch = perm[(step % steps) * batch:(step % steps + 1) * batch]
-            np.testing.assert_array_equal(by, global_batch[replica * per:(replica + 1) * per])
+            global_batch = perm[(step % steps) * batch : (step % steps + 1) * batch]
+            np.testing.assert_array_equal(by, global_batch[replica * per : (replica + 1) * per])
             np.testing.assert_array_equal(bx, data.x[by])
 
 
@@ -134,7 +138,9 @@ def test_eval_replicas_cover_every_example_once_in_equal_numbers_of_batches(n, b
     together = [by for _, by in real_batches(inputs.array_eval_dataset(data, batch, replicas=(0, total, total)))]
     assert len(together) == expected_steps * total
     for k, by in enumerate(together):
-        np.testing.assert_array_equal(by, np.arange(k % total, n, total)[(k // total) * batch:(k // total + 1) * batch])
+        np.testing.assert_array_equal(
+            by, np.arange(k % total, n, total)[(k // total) * batch : (k // total + 1) * batch]
+        )
 
 
 def test_a_replica_with_no_example_left_gets_one_weight_0_example():
@@ -155,7 +161,6 @@ def test_pad_batches_pads_to_a_multiple_with_weight_0_copies(size, multiple, pad
     np.testing.assert_array_equal(bx.numpy()[:size], x)
 
 
-
 def test_pad_batches_keeps_the_users_sample_weights_apart_from_the_padding_mask():
     """A weight-0 example of the user's stays an example (Keras counts it in a loss's divisor)."""
     x = np.arange(3, dtype=np.float32)[:, None]
@@ -165,8 +170,12 @@ def test_pad_batches_keeps_the_users_sample_weights_apart_from_the_padding_mask(
     assert bw.numpy().tolist() == [1.0, 0.0, 2.0, 1.0] and mask.numpy().tolist() == [1.0, 1.0, 1.0, 0.0]
     assert by.numpy().tolist() == [0, 1, 2, 0]
 
+
 def test_eval_counts_per_worker_sum_to_the_total():
     """Two workers of two replicas each (pipelines (0, 2, 4) and (2, 2, 4)): 10,001 examples split 5,001 / 5,000."""
     data = arrays(10001)
-    counts = [int(sum(w.numpy().sum() for _, _, w in inputs.array_eval_dataset(data, 256, replicas=(k * 2, 2, 4)))) for k in range(2)]
+    counts = [
+        int(sum(w.numpy().sum() for _, _, w in inputs.array_eval_dataset(data, 256, replicas=(k * 2, 2, 4))))
+        for k in range(2)
+    ]
     assert counts == [5001, 5000]

@@ -66,10 +66,15 @@ def test_cnn():
     x = (rng.normal(size=(N, 8, 8, 1)) + y[:, None, None, None]).astype(np.float32)
 
     def build():
-        return keras.Sequential([
-            keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(), keras.layers.Dense(4, activation="softmax"),
-        ])
+        return keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                keras.layers.Conv2D(4, 3, activation="relu"),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Flatten(),
+                keras.layers.Dense(4, activation="softmax"),
+            ]
+        )
 
     ours, theirs = twin(build, sgd_compile("sparse_categorical_crossentropy", metrics=["accuracy"]), x[:1])
     history, keras_history = both(ours, theirs, x, y, batch_size=BATCH, epochs=2, validation_data=(x[:40], y[:40]))
@@ -86,7 +91,9 @@ class Recommender(keras.Model):
         self.item = keras.layers.Embedding(12, 4)
 
     def call(self, inputs):
-        return keras.ops.sigmoid(keras.ops.sum(self.user(inputs[:, 0]) * self.item(inputs[:, 1]), axis=1, keepdims=True))
+        return keras.ops.sigmoid(
+            keras.ops.sum(self.user(inputs[:, 0]) * self.item(inputs[:, 1]), axis=1, keepdims=True)
+        )
 
 
 def test_subclassed_model():
@@ -99,7 +106,9 @@ def test_subclassed_model():
 
 
 def plain_loss(y_true, y_pred):
-    return keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1) + 0.1 * keras.ops.mean(keras.ops.abs(y_pred), axis=-1)
+    return keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1) + 0.1 * keras.ops.mean(
+        keras.ops.abs(y_pred), axis=-1
+    )
 
 
 class Unregistered(keras.losses.Loss):
@@ -111,8 +120,11 @@ def scalar_loss(y_true, y_pred):
     return keras.ops.mean(keras.ops.square(y_true - y_pred))  # one number per batch, not per example
 
 
-@pytest.mark.parametrize("loss", [plain_loss, Unregistered(), scalar_loss, keras.losses.MeanSquaredError(reduction="sum")],
-                         ids=["function", "unregistered_subclass", "scalar_function", "sum_reduction"])
+@pytest.mark.parametrize(
+    "loss",
+    [plain_loss, Unregistered(), scalar_loss, keras.losses.MeanSquaredError(reduction="sum")],
+    ids=["function", "unregistered_subclass", "scalar_function", "sum_reduction"],
+)
 def test_custom_losses_train_and_validate_as_keras(loss):
     x, _ = data()
     y = x[:, :2] * 0.5
@@ -121,7 +133,8 @@ def test_custom_losses_train_and_validate_as_keras(loss):
     history, keras_history = both(ours, theirs, x, y, batch_size=BATCH, epochs=2, validation_data=(x[:50], y[:50]))
     assert_same(ours, theirs, history, keras_history, rtol=2e-5)
     assert history.history["val_loss"][-1] == pytest.approx(
-        ours.evaluate(x[:50], y[:50], batch_size=BATCH, verbose=0), rel=1e-5)
+        ours.evaluate(x[:50], y[:50], batch_size=BATCH, verbose=0), rel=1e-5
+    )
 
 
 def test_multi_input_multi_output_functional_with_loss_weights():
@@ -134,18 +147,32 @@ def test_multi_input_multi_output_functional_with_loss_weights():
     def build():
         ta, tb = keras.Input((5,), name="title"), keras.Input((3,), name="tags")
         h = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([ta, tb]))
-        return keras.Model({"title": ta, "tags": tb},
-                           {"priority": keras.layers.Dense(1, name="priority")(h),
-                            "department": keras.layers.Dense(4, name="department")(h)})
+        return keras.Model(
+            {"title": ta, "tags": tb},
+            {
+                "priority": keras.layers.Dense(1, name="priority")(h),
+                "department": keras.layers.Dense(4, name="department")(h),
+            },
+        )
 
     compile_fn = lambda m: m.compile(  # noqa: E731
         keras.optimizers.Adam(0.01),
         loss={"priority": "mse", "department": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
-        loss_weights={"priority": 1.0, "department": 0.2}, metrics={"department": ["accuracy"]}, jit_compile=False)
+        loss_weights={"priority": 1.0, "department": 0.2},
+        metrics={"department": ["accuracy"]},
+        jit_compile=False,
+    )
     x = {"title": a, "tags": b}
     ours, theirs = twin(build, compile_fn, {"title": a[:1], "tags": b[:1]})
-    history, keras_history = both(ours, theirs, x, {"priority": priority, "department": department},
-                                  batch_size=BATCH, epochs=2, validation_split=0.25)
+    history, keras_history = both(
+        ours,
+        theirs,
+        x,
+        {"priority": priority, "department": department},
+        batch_size=BATCH,
+        epochs=2,
+        validation_split=0.25,
+    )
     assert "department_loss" in history.history and "val_priority_loss" in history.history
     assert_same(ours, theirs, history, keras_history, rtol=2e-5)
 
@@ -177,7 +204,9 @@ def test_compute_loss_override():
         teacher.trainable = False
         return Distiller(keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)]), teacher)
 
-    ours, theirs = twin(build, lambda m: m.compile(keras.optimizers.SGD(0.1), metrics=["accuracy"], jit_compile=False), x[:1])
+    ours, theirs = twin(
+        build, lambda m: m.compile(keras.optimizers.SGD(0.1), metrics=["accuracy"], jit_compile=False), x[:1]
+    )
     history, keras_history = both(ours, theirs, x, y, batch_size=BATCH, epochs=2, validation_data=(x[:40], y[:40]))
     assert_same(ours, theirs, history, keras_history)
 
@@ -254,8 +283,11 @@ def test_add_loss_endpoint_layer_without_targets():
         return keras.Model({"inputs": x_in, "targets": t_in}, LogisticEndpoint()(t_in, logits))
 
     x = {"inputs": inputs, "targets": targets}
-    ours, theirs = twin(build, lambda m: m.compile(keras.optimizers.Adam(0.01), jit_compile=False),
-                        {"inputs": inputs[:1], "targets": targets[:1]})
+    ours, theirs = twin(
+        build,
+        lambda m: m.compile(keras.optimizers.Adam(0.01), jit_compile=False),
+        {"inputs": inputs[:1], "targets": targets[:1]},
+    )
     history, keras_history = both(ours, theirs, x, batch_size=BATCH, epochs=2)
     assert_same(ours, theirs, history, keras_history)
 
@@ -326,7 +358,7 @@ class Batches(keras.utils.PyDataset):
         return len(self.x) // BATCH
 
     def __getitem__(self, i):
-        return self.x[i * BATCH:(i + 1) * BATCH], self.y[i * BATCH:(i + 1) * BATCH]
+        return self.x[i * BATCH : (i + 1) * BATCH], self.y[i * BATCH : (i + 1) * BATCH]
 
 
 def dense_twins():
@@ -341,7 +373,7 @@ def test_py_dataset_and_generator():
     history = loop.fit(ours, Batches(x, y), epochs=2, verbose=0, shuffle=False, jit_compile=False)
     keras_history = theirs.fit(Batches(x, y), epochs=2, verbose=0, shuffle=False)
     assert_same(ours, theirs, history, keras_history)
-    generator = lambda: ((x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, N, BATCH))  # noqa: E731
+    generator = lambda: ((x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, N, BATCH))  # noqa: E731
     history = loop.fit(ours, generator(), verbose=0, jit_compile=False)
     keras_history = theirs.fit(generator(), verbose=0)
     assert_same(ours, theirs, history, keras_history)
@@ -504,11 +536,25 @@ def test_test_batch_hooks_are_called_as_model_fit_calls_them(steps_per_execution
     recorded = []
     for train in (True, False):
         build = lambda: keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])  # noqa: E731
-        ours, theirs = twin(build, sgd_compile(keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                                               metrics=["accuracy"], steps_per_execution=steps_per_execution), x[:1])
+        ours, theirs = twin(
+            build,
+            sgd_compile(
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+                steps_per_execution=steps_per_execution,
+            ),
+            x[:1],
+        )
         record = Record()
-        kwargs = {"batch_size": BATCH, "epochs": 2, "validation_data": validation, "validation_batch_size": 8,
-                  "shuffle": False, "verbose": 0, "callbacks": [record]}
+        kwargs = {
+            "batch_size": BATCH,
+            "epochs": 2,
+            "validation_data": validation,
+            "validation_batch_size": 8,
+            "shuffle": False,
+            "verbose": 0,
+            "callbacks": [record],
+        }
         if train:
             loop.fit(ours, x, y, **kwargs, jit_compile=False)
         else:
@@ -533,8 +579,11 @@ def tensorboard_points(log_dir):
     for sub in sorted(os.listdir(log_dir)):
         events = event_accumulator.EventAccumulator(os.path.join(log_dir, sub), size_guidance={"tensors": 0})
         events.Reload()
-        out[sub] = {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
-                    for tag in events.Tags()["tensors"] if tag != "keras"}  # "keras": the model's config
+        out[sub] = {
+            tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+            for tag in events.Tags()["tensors"]
+            if tag != "keras"
+        }  # "keras": the model's config
     return out
 
 
@@ -546,27 +595,42 @@ def test_tensorboard_callback_writes_what_it_writes_under_model_fit(tmp_path, up
     x, y = data()
     points = []
     for train in (True, False):
-        ours, theirs = twin(lambda: keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)]),
-                            sgd_compile(keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                                        metrics=["accuracy"]), x[:1])
+        ours, theirs = twin(
+            lambda: keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)]),
+            sgd_compile(keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]),
+            x[:1],
+        )
         log_dir = str(tmp_path / ("ours" if train else "keras"))
-        kwargs = {"batch_size": BATCH, "epochs": 2, "validation_data": (x[:40], y[:40]), "validation_batch_size": 8,
-                  "shuffle": False, "verbose": 0,
-                  "callbacks": [keras.callbacks.TensorBoard(log_dir, update_freq=update_freq)]}
+        kwargs = {
+            "batch_size": BATCH,
+            "epochs": 2,
+            "validation_data": (x[:40], y[:40]),
+            "validation_batch_size": 8,
+            "shuffle": False,
+            "verbose": 0,
+            "callbacks": [keras.callbacks.TensorBoard(log_dir, update_freq=update_freq)],
+        }
         if train:
             loop.fit(ours, x, y, **kwargs, jit_compile=False, workdir=str(tmp_path / "workdir"))
         else:
             theirs.fit(x, y, **kwargs)
         points.append(tensorboard_points(log_dir))
     ours_points, keras_points = points
-    assert {sub: set(tags) for sub, tags in ours_points.items()} == {sub: set(tags) for sub, tags in keras_points.items()}
+    assert {sub: set(tags) for sub, tags in ours_points.items()} == {
+        sub: set(tags) for sub, tags in keras_points.items()
+    }
     assert {"epoch_loss", "epoch_learning_rate"} <= set(keras_points["train"])
     assert "evaluation_loss_vs_iterations" in keras_points["validation"]
     for sub, tags in keras_points.items():
         for tag, expected in tags.items():
             assert [s for s, _ in ours_points[sub][tag]] == [s for s, _ in expected], (sub, tag)
-            np.testing.assert_allclose([v for _, v in ours_points[sub][tag]], [v for _, v in expected],
-                                       rtol=1e-5, atol=1e-6, err_msg=f"{sub}/{tag}")
+            np.testing.assert_allclose(
+                [v for _, v in ours_points[sub][tag]],
+                [v for _, v in expected],
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"{sub}/{tag}",
+            )
     assert "lr" in tensorboard_points(str(tmp_path / "workdir"))["train"]
 
 
@@ -592,8 +656,9 @@ class EagerProbe(keras.Model):
 
 def test_run_eagerly_runs_every_step_eagerly_as_model_fit_does():
     x, y = data()
-    ours, theirs = twin(EagerProbe, sgd_compile(keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                                                run_eagerly=True), x[:1])
+    ours, theirs = twin(
+        EagerProbe, sgd_compile(keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True), x[:1]
+    )
     history, keras_history = both(ours, theirs, x, y, batch_size=BATCH, epochs=2, validation_data=(x[:40], y[:40]))
     assert ours.seen == theirs.seen
     assert ("train", True) in ours.seen and ("test", True) in ours.seen and ("train", False) not in ours.seen

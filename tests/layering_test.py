@@ -11,8 +11,17 @@ from pathlib import Path
 
 ROOT = Path(os.path.abspath(__file__)).parent.parent
 # The apps (`python -m clr_loop.<app>`) and the modules only they use: flags, start-up, console.
-APPS = frozenset({"clr_loop.train", "clr_loop.ablate", "clr_loop.lr_range_test", "clr_loop.plot", "clr_loop.cli",
-                  "clr_loop.console", "clr_loop.process"})
+APPS = frozenset(
+    {
+        "clr_loop.train",
+        "clr_loop.ablate",
+        "clr_loop.lr_range_test",
+        "clr_loop.plot",
+        "clr_loop.cli",
+        "clr_loop.console",
+        "clr_loop.process",
+    }
+)
 EXPERIMENT = "clr_loop.experiment"
 
 
@@ -43,7 +52,9 @@ def first_party_imports(path, name, root=ROOT):
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names)
     return {m for m in found if m == "clr_loop" or m.startswith("clr_loop.")}
 
@@ -66,11 +77,19 @@ def test_no_module_imports_a_layer_above_its_own():
 
 def test_importing_the_whole_library_loads_no_experiment_or_app_module():
     library = sorted(n for n in modules() if layer(n) == 0)
-    code = ("import importlib, json, sys\n"
-            f"for name in {library!r}: importlib.import_module(name)\n"
-            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('clr_loop'))))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {library!r}: importlib.import_module(name)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('clr_loop'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert "clr_loop.loop" in loaded
@@ -83,8 +102,9 @@ def test_a_layer_violation_is_caught(tmp_path):
     for module in ("clr_loop/experiment/config.py", "clr_loop/train.py", "clr_loop/cli.py"):
         (tmp_path / module).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / module).write_text("")
-    path.write_text("def f():\n    from clr_loop.experiment import config\n    import clr_loop.train\n"
-                    "from clr_loop import cli\n")
+    path.write_text(
+        "def f():\n    from clr_loop.experiment import config\n    import clr_loop.train\nfrom clr_loop import cli\n"
+    )
     imported = first_party_imports(path, "clr_loop.bad", root=tmp_path)
     assert imported == {"clr_loop.experiment.config", "clr_loop.train", "clr_loop.cli"}
     assert sorted(layer(m) for m in imported) == [1, 2, 2]

@@ -62,8 +62,10 @@ def test_tutorial_code_with_only_the_fit_line_changed(capsys):
 
     def make_optimizer():
         clr = schedules.CyclicalLearningRate(
-            initial_learning_rate=init_lr, maximal_learning_rate=max_lr,
-            scale_fn=lambda x: 1 / (2.0 ** (x - 1)), step_size=2 * steps_per_epoch,
+            initial_learning_rate=init_lr,
+            maximal_learning_rate=max_lr,
+            scale_fn=lambda x: 1 / (2.0 ** (x - 1)),
+            step_size=2 * steps_per_epoch,
         )
         return keras.optimizers.SGD(clr)
 
@@ -75,8 +77,9 @@ def test_tutorial_code_with_only_the_fit_line_changed(capsys):
     history = loop.fit(model, x_train, y_train, batch_size=batch_size, validation_data=(x_test, y_test), epochs=epochs)
 
     twin.compile(loss="sparse_categorical_crossentropy", optimizer=make_optimizer(), metrics=["accuracy"])
-    keras_history = twin.fit(x_train, y_train, batch_size=batch_size, validation_data=(x_test, y_test),
-                             epochs=epochs, verbose=0)
+    keras_history = twin.fit(
+        x_train, y_train, batch_size=batch_size, validation_data=(x_test, y_test), epochs=epochs, verbose=0
+    )
     assert set(history.history) == set(keras_history.history) | {"lr"}
     assert model.history is history
     assert history.epoch == [0, 1]
@@ -107,8 +110,17 @@ def test_batch_norm_trains_its_statistics_is_never_split_and_validates_like_eval
 
     bn = ours.get_layer("bn")
     before = bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()
-    history = loop.fit(ours, x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, jit_compile=False,
-                       validation_data=(x_val, y_val))
+    history = loop.fit(
+        ours,
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        jit_compile=False,
+        validation_data=(x_val, y_val),
+    )
     assert not np.allclose(bn.moving_mean.numpy(), before[0])
     assert not np.allclose(bn.moving_variance.numpy(), before[1])
     assert_val_equals_evaluate(history, ours, x_val, y_val)
@@ -123,8 +135,9 @@ def test_batch_norm_trains_its_statistics_is_never_split_and_validates_like_eval
 def test_weights_and_loss_equal_keras_fit_without_shuffling():
     x, y = toy_data()
     ours, theirs = twins(logits_model, logits_compile(momentum=0.9))
-    history = loop.fit(ours, x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, jit_compile=False,
-                       batch_splits=1)
+    history = loop.fit(
+        ours, x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, jit_compile=False, batch_splits=1
+    )
     keras_history = theirs.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0)
     assert_same_weights(ours, theirs)
     # Keras's epoch loss: the batch losses weighted by batch size, the last partial batch included.
@@ -152,20 +165,33 @@ def test_epoch_loss_weights_the_last_partial_batch_by_its_size():
 
 def regularised_model():
     keras.utils.set_random_seed(1)
-    return keras.Sequential([
-        keras.Input((8,)),
-        keras.layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.L2(0.05)),
-        keras.layers.Dense(3),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.L2(0.05)),
+            keras.layers.Dense(3),
+        ]
+    )
 
 
 def test_l2_regulariser_shrinks_weights_as_keras_fit_does():
     x, y = toy_data()
     ours, theirs = twins(regularised_model, logits_compile())
-    history = loop.fit(ours, x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, jit_compile=False,
-                       batch_splits=1, validation_data=(x[:50], y[:50]))
-    keras_history = theirs.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0,
-                               validation_data=(x[:50], y[:50]))
+    history = loop.fit(
+        ours,
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        jit_compile=False,
+        batch_splits=1,
+        validation_data=(x[:50], y[:50]),
+    )
+    keras_history = theirs.fit(
+        x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, validation_data=(x[:50], y[:50])
+    )
     assert_same_weights(ours, theirs)
     np.testing.assert_allclose(history.history["loss"], keras_history.history["loss"], rtol=1e-5)
     np.testing.assert_allclose(history.history["val_loss"], keras_history.history["val_loss"], rtol=1e-5)
@@ -194,8 +220,17 @@ def test_multi_input_dict_model_trains_like_keras_and_validates_like_evaluate():
     x_val, y_val = toy_data(60, seed=1, features=7)
     as_dict = lambda v: {"a": v[:, :4], "b": v[:, 4:]}  # noqa: E731
     ours, theirs = twins(dict_model, logits_compile())
-    history = loop.fit(ours, as_dict(x), y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0,
-                       jit_compile=False, validation_data=(as_dict(x_val), y_val))
+    history = loop.fit(
+        ours,
+        as_dict(x),
+        y,
+        batch_size=BATCH,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        jit_compile=False,
+        validation_data=(as_dict(x_val), y_val),
+    )
     theirs.fit(as_dict(x), y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
     assert_same_weights(ours, theirs)
     assert history.history["loss"][1] < history.history["loss"][0]
@@ -256,8 +291,16 @@ def test_early_stopping_ends_the_run_and_csv_logger_writes_the_history(tmp_path)
     path = str(tmp_path / "log.csv")
     # Epoch 1 sets the best loss; epoch 2 cannot improve it by 10, so with patience 1 the run ends there.
     stop = keras.callbacks.EarlyStopping(monitor="loss", min_delta=10.0, patience=1)
-    history = loop.fit(compiled(), x, y, batch_size=BATCH, epochs=5, verbose=0, validation_data=(x[:50], y[:50]),
-                       callbacks=[stop, keras.callbacks.CSVLogger(path)])
+    history = loop.fit(
+        compiled(),
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=5,
+        verbose=0,
+        validation_data=(x[:50], y[:50]),
+        callbacks=[stop, keras.callbacks.CSVLogger(path)],
+    )
     assert history.epoch == [0, 1]
     assert stop.stopped_epoch == 1
     with open(path, newline="") as f:
@@ -277,8 +320,18 @@ def test_a_run_early_stopping_ended_is_complete_when_called_again(tmp_path, caps
     def run():
         stop = keras.callbacks.EarlyStopping(monitor="loss", min_delta=10.0, patience=1)
         model = compiled()
-        history = loop.fit(model, x, y, batch_size=BATCH, epochs=5, verbose=0, seed=0, workdir=workdir,
-                           validation_data=(x[:50], y[:50]), callbacks=[stop])
+        history = loop.fit(
+            model,
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=5,
+            verbose=0,
+            seed=0,
+            workdir=workdir,
+            validation_data=(x[:50], y[:50]),
+            callbacks=[stop],
+        )
         return model, history
 
     first, history = run()
@@ -300,8 +353,9 @@ def test_reduce_lr_on_plateau_lowers_the_rate_the_compiled_step_uses(tmp_path):
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=10.0)
     path = str(tmp_path / "epoch{epoch}.keras")
     model = compiled()
-    history = loop.fit(model, x, y, batch_size=BATCH, epochs=3, verbose=0,
-                       callbacks=[plateau, keras.callbacks.ModelCheckpoint(path)])
+    history = loop.fit(
+        model, x, y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[plateau, keras.callbacks.ModelCheckpoint(path)]
+    )
     # Epoch 1 sets the best loss; epochs 2 and 3 do not beat it by min_delta=10, so with patience 0
     # the rate halves after each of them: epoch 3 trains at 0.05, and 0.025 is left for the next.
     assert history.history["lr"] == pytest.approx([0.1, 0.1, 0.05], rel=1e-6)
@@ -344,10 +398,14 @@ def test_a_metric_that_is_not_a_mean_keeps_its_keras_state_and_validates_like_ev
     x, y = toy_data()
     y = (y == 0).astype(np.float32)[:, None]
     keras.utils.set_random_seed(4)
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(1, activation="sigmoid")])
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy",
-                  metrics=["accuracy", keras.metrics.AUC(name="auc")])
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, activation="sigmoid")]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss="binary_crossentropy",
+        metrics=["accuracy", keras.metrics.AUC(name="auc")],
+    )
     history = loop.fit(model, x, y, batch_size=BATCH, epochs=2, verbose=0, validation_data=(x[:90], y[:90]))
     assert {"auc", "val_auc", "accuracy", "val_accuracy"} <= set(history.history)
     expected = model.evaluate(x[:90], y[:90], batch_size=BATCH, verbose=0, return_dict=True)
@@ -357,6 +415,7 @@ def test_a_metric_that_is_not_a_mean_keeps_its_keras_state_and_validates_like_ev
 
 
 # 8. SIGKILL and resume ------------------------------------------------------------------------
+
 
 def test_sigkill_mid_epoch_then_the_same_call_again_is_bit_identical(tmp_path, monkeypatch):
     sigkill_then_resume(tmp_path, monkeypatch)
@@ -382,8 +441,7 @@ def test_an_uncompiled_model_is_refused():
         (lambda x, y: dict(x=tf.data.Dataset.from_tensor_slices((x, y, y, y)).batch(8)), "a tuple of 4"),
         (lambda x, y: dict(x=x, y=y, validation_data=(x[:, :5], y)), "validation_data"),
     ],
-    ids=["lengths", "empty", "batch_size_0", "batch_size_-1", "unbatched_dataset", "four_tuples",
-         "validation_shape"],
+    ids=["lengths", "empty", "batch_size_0", "batch_size_-1", "unbatched_dataset", "four_tuples", "validation_shape"],
 )
 def test_bad_input_is_refused_naming_the_culprit_before_anything_is_written(tmp_path, make_args, pattern):
     x, y = toy_data()
@@ -438,8 +496,11 @@ def test_history_momentum_is_the_schedule_at_each_epochs_last_step():
     clr = schedules.CyclicalLearningRate(0.01, 0.1, step_size=4)
     momentum = optimizers.CyclicalMomentum(clr, base_momentum=0.85, max_momentum=0.95)
     model = logits_model()
-    model.compile(optimizers.CyclicalMomentumSGD(learning_rate=clr, momentum=momentum),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizers.CyclicalMomentumSGD(learning_rate=clr, momentum=momentum),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     history = loop.fit(model, x, y, batch_size=BATCH, epochs=3, verbose=0)
     last_steps = [6, 13, 20]
     # Triangular, step_size 4: height = 1 - |s/4 - 2*cycle + 1| with cycle = floor(1 + s/8):
@@ -480,8 +541,9 @@ class NanFrom(keras.optimizers.schedules.LearningRateSchedule):
 
 def _checkpoint_floats(path):
     reader = tf.train.load_checkpoint(path)
-    return {name: reader.get_tensor(name) for name, dtype in reader.get_variable_to_dtype_map().items()
-            if dtype.is_floating}
+    return {
+        name: reader.get_tensor(name) for name, dtype in reader.get_variable_to_dtype_map().items() if dtype.is_floating
+    }
 
 
 class NanWeightsAtEpochEnd(keras.callbacks.Callback):
@@ -502,7 +564,10 @@ def test_a_non_finite_rate_or_update_stops_the_run_before_any_non_finite_weight_
     if case == "callback":
         model = compiled()
         callbacks = [NanWeightsAtEpochEnd()]
-        pattern, last = r"non-finite weights at step 7 \(sequential/dense/kernel\), set outside the training step", "ckpt-6"
+        pattern, last = (
+            r"non-finite weights at step 7 \(sequential/dense/kernel\), set outside the training step",
+            "ckpt-6",
+        )
     elif case == "nan_rate":
         model = compiled()
         model.compile(keras.optimizers.SGD(NanFrom(3)), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -513,10 +578,22 @@ def test_a_non_finite_rate_or_update_stops_the_run_before_any_non_finite_weight_
         y = np.full((len(x), 3), 1e3, np.float32)  # a gradient of ~1e3 times a rate of 3e38: inf
         pattern, last = r"non-finite weights after step 0 \(learning rate 3e\+38\)", None
     with pytest.raises(actions.TrainingDiverged, match=pattern) as raised:
-        loop.fit(model, x, y, batch_size=BATCH, verbose=0, seed=0, workdir=workdir, steps_per_loop=1,
-                 checkpoint_every_steps=1, callbacks=callbacks)
+        loop.fit(
+            model,
+            x,
+            y,
+            batch_size=BATCH,
+            verbose=0,
+            seed=0,
+            workdir=workdir,
+            steps_per_loop=1,
+            checkpoint_every_steps=1,
+            callbacks=callbacks,
+        )
     ckpt = os.path.join(workdir, "ckpt")
-    saved = sorted(p[: -len(".index")] for p in (os.listdir(ckpt) if os.path.isdir(ckpt) else []) if p.endswith(".index"))
+    saved = sorted(
+        p[: -len(".index")] for p in (os.listdir(ckpt) if os.path.isdir(ckpt) else []) if p.endswith(".index")
+    )
     assert (saved[-1] if saved else None) == last
     assert ("The last good checkpoint is" in str(raised.value)) == (last is not None)
     for name in saved:
@@ -526,9 +603,20 @@ def test_a_non_finite_rate_or_update_stops_the_run_before_any_non_finite_weight_
         capsys.readouterr()
         model = compiled()
         if case == "nan_rate":  # the schedule corrected
-            model.compile(keras.optimizers.SGD(NanFrom(10**9)), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        loop.fit(model, x, y, batch_size=BATCH, verbose=0, seed=0, workdir=workdir, steps_per_loop=1,
-                 checkpoint_every_steps=1)
+            model.compile(
+                keras.optimizers.SGD(NanFrom(10**9)), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            )
+        loop.fit(
+            model,
+            x,
+            y,
+            batch_size=BATCH,
+            verbose=0,
+            seed=0,
+            workdir=workdir,
+            steps_per_loop=1,
+            checkpoint_every_steps=1,
+        )
         assert f"{last} at step {last[5:]}" in capsys.readouterr().out
         assert all(np.all(np.isfinite(w)) for w in model.get_weights())
 
@@ -541,8 +629,17 @@ def test_workdir_holds_tensorboard_scalars_and_the_history(tmp_path):
     x_val, y_val = toy_data(50, seed=1)
     workdir = str(tmp_path / "run")
     model = compiled()
-    history = loop.fit(model, x, y, batch_size=BATCH, epochs=2, verbose=0, workdir=workdir,
-                       log_every_steps=STEPS_PER_EPOCH, validation_data=(x_val, y_val))
+    history = loop.fit(
+        model,
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=2,
+        verbose=0,
+        workdir=workdir,
+        log_every_steps=STEPS_PER_EPOCH,
+        validation_data=(x_val, y_val),
+    )
     train = event_values(os.path.join(workdir, "train"))
     evals = event_values(os.path.join(workdir, "eval"))
     assert {"loss", "accuracy", "lr"} <= set(train)
@@ -565,8 +662,15 @@ def test_tensorboard_values_after_a_sigterm_and_resume_equal_the_uninterrupted_r
     checkpointed, so the resumed run's point at step 6, and every later train and eval value, equal
     the uninterrupted run's, read back with TensorBoard's own reader."""
     x, y = toy_data()
-    kwargs = dict(batch_size=BATCH, epochs=2, seed=7, verbose=0, log_every_steps=3, steps_per_loop=1,
-                  validation_data=(x[:50], y[:50]))
+    kwargs = dict(
+        batch_size=BATCH,
+        epochs=2,
+        seed=7,
+        verbose=0,
+        log_every_steps=3,
+        steps_per_loop=1,
+        validation_data=(x[:50], y[:50]),
+    )
     whole = str(tmp_path / "whole")
     loop.fit(compiled(momentum=0.9), x, y, workdir=whole, **kwargs)
 
@@ -587,8 +691,15 @@ def test_a_sigterm_at_an_epochs_last_step_resumes_into_its_validation_and_histor
     """A SIGTERM handled at an epoch's last step (7, or 14: the run's last): the resume validates that
     epoch and writes its history entry, so history.json and TensorBoard equal an uninterrupted run's."""
     x, y = toy_data()
-    kwargs = dict(batch_size=BATCH, epochs=2, seed=7, verbose=0, log_every_steps=3, steps_per_loop=1,
-                  validation_data=(x[:50], y[:50]))
+    kwargs = dict(
+        batch_size=BATCH,
+        epochs=2,
+        seed=7,
+        verbose=0,
+        log_every_steps=3,
+        steps_per_loop=1,
+        validation_data=(x[:50], y[:50]),
+    )
     whole = str(tmp_path / "whole")
     loop.fit(compiled(), x, y, workdir=whole, **kwargs)
     parts = str(tmp_path / "parts")

@@ -131,8 +131,11 @@ def test_recorded_curve_is_gradient_descent_and_stops_past_the_analytic_threshol
 def test_suggested_max_lr_is_below_the_divergence_rate_and_within_100x(seed):
     model, x, y, critical = least_squares(seed)
     result = lr_finder.find_lr(
-        model, full_batches(x, y, 100, noise=0.3, seed=seed),
-        start_lr=critical * 1e-5, end_lr=critical * 100, num_steps=100,
+        model,
+        full_batches(x, y, 100, noise=0.3, seed=seed),
+        start_lr=critical * 1e-5,
+        end_lr=critical * 100,
+        num_steps=100,
     )
     sug = result.suggestions
     assert result.stop_reason == "diverged"
@@ -205,11 +208,15 @@ def test_first_steps_of_a_logits_model_match_numpy_and_keras():
     x = rng.normal(size=(n, d)).astype(np.float32)
     y = rng.integers(0, classes, n).astype(np.int32)
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([
-        keras.Input((d,)), keras.layers.Dense(classes, kernel_regularizer=keras.regularizers.L2(l2)),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((d,)),
+            keras.layers.Dense(classes, kernel_regularizer=keras.regularizers.L2(l2)),
+        ]
+    )
     model.compile(
-        optimizer=keras.optimizers.SGD(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        optimizer=keras.optimizers.SGD(),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
     kernel, bias = (w.astype(np.float64) for w in model.get_weights())
@@ -258,7 +265,10 @@ def test_an_uncompiled_model_is_refused():
 )
 def test_bad_input_gets_fits_input_error(data):
     def call(function, model, **extra):
-        arguments = {"x": tf.data.Dataset.from_tensors((np.zeros((8, 4), np.float32), np.zeros((8, 1), np.float32))), **data}
+        arguments = {
+            "x": tf.data.Dataset.from_tensors((np.zeros((8, 4), np.float32), np.zeros((8, 1), np.float32))),
+            **data,
+        }
         with pytest.raises(inputs.InputError) as raised:
             function(model, **arguments, **extra)
         return str(raised.value)
@@ -340,12 +350,14 @@ def test_cnn_range_test_leaves_the_cnn_unchanged():
 
     split = fake_images()
     model = models.create_model(seed=1)
-    model.compile(optimizer=keras.optimizers.SGD(momentum=0.9), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.SGD(momentum=0.9), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     before = _state(model)  # the weights and the dropout seed state
     # 4 batches of 16 per epoch: the 6 steps go on into the second epoch.
-    result = lr_finder.find_lr(model, split.images, split.labels, batch_size=16, seed=0, start_lr=1e-3,
-                               end_lr=1.0, num_steps=6)
+    result = lr_finder.find_lr(
+        model, split.images, split.labels, batch_size=16, seed=0, start_lr=1e-3, end_lr=1.0, num_steps=6
+    )
     assert len(result.lr) == 6 and all(np.isfinite(result.loss))
     assert result.lr[0] == pytest.approx(1e-3) and result.lr[-1] == pytest.approx(1.0, rel=1e-6)
     assert before["rng"]

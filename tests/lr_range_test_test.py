@@ -40,11 +40,17 @@ def test_trainer_flags_of_an_adam_test_name_the_optimizer_in_every_family():
         "wsd": "--mode=wsd --max_lr=0.0016 --optimizer=adamw",
         "schedule_free": "--mode=schedule_free --max_lr=0.0016 --optimizer=adamw",
     }
-    assert lrt.trainer_flags(sug, 0.0, "adam")["schedule_free"] == "--mode=schedule_free --max_lr=0.0016 --optimizer=adamw"
+    assert (
+        lrt.trainer_flags(sug, 0.0, "adam")["schedule_free"] == "--mode=schedule_free --max_lr=0.0016 --optimizer=adamw"
+    )
 
 
 def test_the_app_compiles_the_optimizer_it_is_given():
-    for name, cls in (("sgd", keras.optimizers.SGD), ("adam", keras.optimizers.Adam), ("adamw", keras.optimizers.AdamW)):
+    for name, cls in (
+        ("sgd", keras.optimizers.SGD),
+        ("adam", keras.optimizers.Adam),
+        ("adamw", keras.optimizers.AdamW),
+    ):
         optimizer = lrt._optimizer(lrt.RangeTestConfig(optimizer=name, momentum=0.5 if name == "sgd" else 0.0))
         assert type(optimizer) is cls
     assert lrt._optimizer(lrt.RangeTestConfig(optimizer="adamw")).weight_decay == config_lib.ADAMW_WEIGHT_DECAY
@@ -66,11 +72,17 @@ def test_trainer_flags_give_every_schedule_family_its_peak_rate():
     assert heavy["schedule_free"] == "--mode=schedule_free --max_lr=0.081"
     # The report prints one `python -m clr_loop.train` line per family, in that order.
     result = lr_finder.RangeTestResult(
-        lr=[1e-3, 1e-2, 1e-1], loss=[2.3, 1.0, 0.5], smoothed_loss=[2.3, 1.5, 0.9], stop_reason="completed",
-        stop_lr=0.1, suggestions=sug, settings={"num_steps": 3, "start_lr": 1e-3, "end_lr": 0.1, "ramp": "exp"})
+        lr=[1e-3, 1e-2, 1e-1],
+        loss=[2.3, 1.0, 0.5],
+        smoothed_loss=[2.3, 1.5, 0.9],
+        stop_reason="completed",
+        stop_lr=0.1,
+        suggestions=sug,
+        settings={"num_steps": 3, "start_lr": 1e-3, "end_lr": 0.1, "ramp": "exp"},
+    )
     lines = lrt.report(result, 0.9).splitlines()
     start = lines.index("Trainer flags:")
-    assert lines[start + 1:] == [
+    assert lines[start + 1 :] == [
         "  python -m clr_loop.train --mode=triangular2 --initial_lr=0.02 --max_lr=0.081 --momentum=0.9",
         "  python -m clr_loop.train --mode=one_cycle --max_lr=0.081",
         "  python -m clr_loop.train --mode=cosine --max_lr=0.081 --momentum=0.9",
@@ -82,7 +94,11 @@ def test_trainer_flags_give_every_schedule_family_its_peak_rate():
 def run_cli(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     return subprocess.run(
-        [sys.executable, "-m", "clr_loop.lr_range_test", *args], cwd=REPO, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "clr_loop.lr_range_test", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 
@@ -98,10 +114,18 @@ def run_main_in_process(argv):
 def test_app_writes_json_and_png_and_prints_the_flags(tmp_path, capsys):
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"), learnable=True)
     workdir = tmp_path / "lr"
-    status = run_main_in_process([
-        f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--start_lr=1e-4", "--end_lr=1", "--num_steps=40",
-        "--batch_size=16", "--momentum=0.9", "--jit_compile=false",
-    ])
+    status = run_main_in_process(
+        [
+            f"--dataset_dir={data_dir}",
+            f"--workdir={workdir}",
+            "--start_lr=1e-4",
+            "--end_lr=1",
+            "--num_steps=40",
+            "--batch_size=16",
+            "--momentum=0.9",
+            "--jit_compile=false",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0
     saved = json.loads((workdir / lrt.JSON_NAME).read_text())
@@ -129,15 +153,24 @@ def test_the_apps_curve_is_keras_own_train_on_batch_losses(tmp_path):
     from clr_loop.experiment import models
 
     data = fashion_mnist.load(dataset_dir=write_tiny_idx_dir(str(tmp_path / "idx"), learnable=True))
-    config = lrt.RangeTestConfig(start_lr=1e-3, end_lr=0.3, num_steps=5, batch_size=32, seed=7, momentum=0.9,
-                                 jit_compile="false", workdir=str(tmp_path / "lr"))
+    config = lrt.RangeTestConfig(
+        start_lr=1e-3,
+        end_lr=0.3,
+        num_steps=5,
+        batch_size=32,
+        seed=7,
+        momentum=0.9,
+        jit_compile="false",
+        workdir=str(tmp_path / "lr"),
+    )
     result, _ = lrt.run_range_test(config, data)
 
     keras.utils.set_random_seed(config.seed)
     model = models.create_model(seed=config.seed)
     ramp = lr_finder.RangeRamp(config.start_lr, config.end_lr, config.num_steps)
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=ramp, momentum=0.9),
-                  loss="sparse_categorical_crossentropy")
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=ramp, momentum=0.9), loss="sparse_categorical_crossentropy"
+    )
     n = data.train.num_examples
     order = np.concatenate([np.asarray(inputs.epoch_permutation(n, config.seed, epoch)) for epoch in (0, 1)])
     expected = []
@@ -158,7 +191,10 @@ def test_the_apps_curve_is_keras_own_train_on_batch_losses(tmp_path):
         (["--num_steps=1"], "--num_steps"),
         (["--batch_size=0"], "--batch_size"),
         (["--momentum=1.5"], "--momentum"),
-        (["--dataset=cifar10", "--model=resnet20"], r"runs the tutorial's CNN on Fashion-MNIST; --dataset=cifar10 --model=resnet20 is not used"),
+        (
+            ["--dataset=cifar10", "--model=resnet20"],
+            r"runs the tutorial's CNN on Fashion-MNIST; --dataset=cifar10 --model=resnet20 is not used",
+        ),
         (["--optimizer=adamw", "--momentum=0.9"], r"--momentum is SGD's; --optimizer=adamw uses Keras's beta_1=0.9"),
     ],
 )
@@ -180,7 +216,9 @@ def test_bad_flag_exits_1_with_one_line_before_writing(tmp_path):
 def test_seed_outside_numpys_range_is_a_flag_error(argv):
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
-        with pytest.raises(flags.IllegalFlagValueError, match=r"--seed=.*not an integer in the range \[0, 4294967295\]"):
+        with pytest.raises(
+            flags.IllegalFlagValueError, match=r"--seed=.*not an integer in the range \[0, 4294967295\]"
+        ):
             flags.FLAGS(["clr_loop.lr_range_test", *argv])
 
 
@@ -217,8 +255,9 @@ def test_an_output_file_that_cannot_be_written_is_named(tmp_path, capsys):
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"), learnable=True)
     workdir = tmp_path / "lr"
     (workdir / lrt.JSON_NAME).mkdir(parents=True)  # a folder where the JSON goes
-    status = run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--num_steps=3",
-                                  "--batch_size=32", "--jit_compile=false"])
+    status = run_main_in_process(
+        [f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--num_steps=3", "--batch_size=32", "--jit_compile=false"]
+    )
     assert status == 1
     assert f"error: --workdir: cannot write {workdir / lrt.JSON_NAME}: " in capsys.readouterr().err
     assert sorted(os.listdir(workdir)) == [lrt.JSON_NAME]  # no temporary file left
@@ -244,8 +283,17 @@ def test_ctrl_c_during_the_test_keeps_the_curve_so_far(tmp_path, capsys, monkeyp
     monkeypatch.setattr(lr_finder.steps_lib, "Steps", InterruptedAtStep5)
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"), learnable=True)
     workdir = tmp_path / "lr"
-    status = run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--start_lr=1e-4", "--end_lr=1",
-                                  "--num_steps=40", "--batch_size=16", "--jit_compile=false"])
+    status = run_main_in_process(
+        [
+            f"--dataset_dir={data_dir}",
+            f"--workdir={workdir}",
+            "--start_lr=1e-4",
+            "--end_lr=1",
+            "--num_steps=40",
+            "--batch_size=16",
+            "--jit_compile=false",
+        ]
+    )
     assert status == 130
     saved = json.loads((workdir / lrt.JSON_NAME).read_text())
     assert saved["stop_reason"] == "interrupted" and len(saved["lr"]) == 4

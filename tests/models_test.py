@@ -64,10 +64,16 @@ def test_normalisation_layer_uses_the_training_images_channel_mean_and_std():
     np.testing.assert_allclose(mean, flat.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(std, flat.std(axis=0), rtol=1e-10)
     floats = images.astype(np.float32) / 255
-    built = models.create("tutorial_cnn", (16, 16, 3), 4, train_images=uint8_images(n=8, shape=(16, 16, 3)).astype(np.float32))
+    built = models.create(
+        "tutorial_cnn", (16, 16, 3), 4, train_images=uint8_images(n=8, shape=(16, 16, 3)).astype(np.float32)
+    )
     assert isinstance(built.model.layers[1], keras.layers.Normalization) and not built.from_logits
-    layer = keras.layers.Normalization(mean=models.channel_stats(floats)[0], variance=models.channel_stats(floats)[1] ** 2)
-    np.testing.assert_allclose(np.asarray(layer(floats)), (floats - flat.mean(0) / 255) / (flat.std(0) / 255), atol=1e-4)
+    layer = keras.layers.Normalization(
+        mean=models.channel_stats(floats)[0], variance=models.channel_stats(floats)[1] ** 2
+    )
+    np.testing.assert_allclose(
+        np.asarray(layer(floats)), (floats - flat.mean(0) / 255) / (flat.std(0) / 255), atol=1e-4
+    )
 
 
 def test_tutorial_cnn_on_fashion_mnist_is_the_tutorials_model():
@@ -83,7 +89,8 @@ def test_tutorial_cnn_on_fashion_mnist_is_the_tutorials_model():
 
 @pytest.fixture
 def user_module(tmp_path, monkeypatch):
-    (tmp_path / "my_models.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_models.py").write_text(
+        textwrap.dedent("""
         import keras
 
         def small(input_shape, num_classes):
@@ -157,7 +164,8 @@ def user_module(tmp_path, monkeypatch):
             inputs = keras.Input(input_shape)
             return OwnStep(inputs, keras.layers.Dense(num_classes)(keras.layers.Flatten()(inputs)))
         own_train_step.outputs = "logits"
-    """))
+    """)
+    )
     (tmp_path / "broken_models.py").write_text("import no_such_package_here\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     return "my_models"
@@ -171,8 +179,16 @@ def test_user_function_is_called_with_shape_and_classes(user_module):
 
 @pytest.mark.parametrize(
     "name,from_logits",
-    [("plain_softmax", False), ("plain_sigmoid", False), ("softmax_layer", False), ("nested_softmax", False),
-     ("unannotated_logits", True), ("log_softmax_head", True), ("undeclared", True), ("declared_wins", True)],
+    [
+        ("plain_softmax", False),
+        ("plain_sigmoid", False),
+        ("softmax_layer", False),
+        ("nested_softmax", False),
+        ("unannotated_logits", True),
+        ("log_softmax_head", True),
+        ("undeclared", True),
+        ("declared_wins", True),
+    ],
 )
 def test_what_a_user_model_outputs_is_told_from_its_last_layer(user_module, name, from_logits):
     """An ordinary Keras model needs no annotation: a final softmax or sigmoid gives
@@ -180,22 +196,29 @@ def test_what_a_user_model_outputs_is_told_from_its_last_layer(user_module, name
     assert models.create(f"{user_module}:{name}", (8, 8, 1), 3).from_logits is from_logits
 
 
-
-
 @pytest.mark.parametrize(
     "name,message",
     [
         ("broken_models:small", r"model broken_models:small: cannot import broken_models: ModuleNotFoundError"),
         ("my_models:missing", r"my_models has no function missing"),
-        ("my_models:cannot_tell", r"model my_models:cannot_tell: cannot tell whether it outputs logits or "
-                                  r"probabilities from its last layer 'doubled' \(Lambda\); set cannot_tell.outputs = "
-                                  r"\"logits\" or \"probabilities\""),
+        (
+            "my_models:cannot_tell",
+            r"model my_models:cannot_tell: cannot tell whether it outputs logits or "
+            r"probabilities from its last layer 'doubled' \(Lambda\); set cannot_tell.outputs = "
+            r"\"logits\" or \"probabilities\"",
+        ),
         ("my_models:relu_head", r"last layer 'relu_head' \(Dense, activation relu\); set relu_head.outputs"),
         # clr_loop runs compile()'s step, not the model's own train_step: refused in one line.
-        ("my_models:own_train_step", r"model my_models:own_train_step: own_train_step returns a OwnStep, which "
-                                     r"overrides train_step; clr_loop does not run it"),
+        (
+            "my_models:own_train_step",
+            r"model my_models:own_train_step: own_train_step returns a OwnStep, which "
+            r"overrides train_step; clr_loop does not run it",
+        ),
         ("my_models:not_a_model", r"not_a_model returned a str, not a keras.Model"),
-        ("my_models:wrong_classes", r"wrong_classes returns outputs of shape \[\[None, 4\]\], expected one \[batch, 3\]"),
+        (
+            "my_models:wrong_classes",
+            r"wrong_classes returns outputs of shape \[\[None, 4\]\], expected one \[batch, 3\]",
+        ),
         ("my_models:fails", r"fails\(\(8, 8, 1\), 3\) raised RuntimeError: out of ideas"),
         (":small", r"expected module.path:function"),
         ("resnet56", r"model 'resnet56': unknown; one of tutorial_cnn, resnet20"),

@@ -172,7 +172,9 @@ def test_momentum_read_inside_the_xla_step_matches_pytorch(case):
 def test_three_phase_one_cycle_momentum_matches_pytorch_at_every_step_including_the_end(strategy):
     total, pct = 100, 0.25  # PyTorch's phase ends: steps 24, 48 and 99
     # The oracle's own shape, by hand: max at 0, base at 24, max again at 48 and from there to the end.
-    oracle = np.array([torch_one_cycle(k, 0.1, total, pct, three_phase=True, strategy=strategy)[1] for k in range(total)])
+    oracle = np.array(
+        [torch_one_cycle(k, 0.1, total, pct, three_phase=True, strategy=strategy)[1] for k in range(total)]
+    )
     assert oracle[0] == MAX_M and oracle[24] == pytest.approx(BASE_M) and np.all(oracle[48:] == pytest.approx(MAX_M))
     schedule = schedules.OneCycle(0.1, total, pct_start=pct, anneal_strategy=strategy, three_phase=True)
     steps = np.arange(total + 5)
@@ -351,8 +353,15 @@ def test_make_optimizer_cycles_momentum_only_when_the_config_says_so(overrides, 
 
 def test_trainer_runs_one_cycle_with_cycled_momentum(tmp_path):
     config = config_lib.Config(
-        mode="one_cycle", max_lr=0.05, epochs=2, batch_size=32, eval_batch_size=32, steps_per_loop=2,
-        log_every_steps=2, jit_compile="false", workdir=str(tmp_path / "run"),
+        mode="one_cycle",
+        max_lr=0.05,
+        epochs=2,
+        batch_size=32,
+        eval_batch_size=32,
+        steps_per_loop=2,
+        log_every_steps=2,
+        jit_compile="false",
+        workdir=str(tmp_path / "run"),
     )
     trainer = trial.Trainer(config, tiny_data())
     history = trainer.train()
@@ -414,7 +423,9 @@ def test_adam_with_cycled_beta_1_matches_numpy_adam_with_each_bias_correction(ca
     model, inputs, c = linear_problem(steps=steps)
     schedule = make_schedule()
     opt = optimizers.CyclicalMomentumAdam(
-        schedule, beta_1=optimizers.CyclicalMomentum(schedule, BASE_M, MAX_M), weight_decay=decay or None,
+        schedule,
+        beta_1=optimizers.CyclicalMomentum(schedule, BASE_M, MAX_M),
+        weight_decay=decay or None,
         bias_correction=correction,
     )
     opt.build(model.trainable_variables)
@@ -491,8 +502,15 @@ def test_cycled_beta_1_adam_follows_pytorchs_trajectory_under_one_cycle_step_for
     w_torch = torch.nn.Parameter(torch.tensor(w0))
     torch_opt = getattr(torch.optim, torch_name)([w_torch], lr=max_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=decay)
     torch_schedule = torch.optim.lr_scheduler.OneCycleLR(
-        torch_opt, max_lr=max_lr, total_steps=steps, pct_start=0.3, three_phase=three_phase,
-        cycle_momentum=True, base_momentum=BASE_M, max_momentum=MAX_M)
+        torch_opt,
+        max_lr=max_lr,
+        total_steps=steps,
+        pct_start=0.3,
+        three_phase=three_phase,
+        cycle_momentum=True,
+        base_momentum=BASE_M,
+        max_momentum=MAX_M,
+    )
     want = []
     for _ in range(steps):
         torch_opt.zero_grad()
@@ -504,8 +522,9 @@ def test_cycled_beta_1_adam_follows_pytorchs_trajectory_under_one_cycle_step_for
 
     schedule = schedules.OneCycle(max_lr, steps, pct_start=0.3, three_phase=three_phase)
     cls = optimizers.CyclicalMomentumAdamW if torch_name == "AdamW" else optimizers.CyclicalMomentumAdam
-    opt = cls(schedule, beta_1=optimizers.CyclicalMomentum(schedule, BASE_M, MAX_M), epsilon=1e-8,
-              weight_decay=decay or None)
+    opt = cls(
+        schedule, beta_1=optimizers.CyclicalMomentum(schedule, BASE_M, MAX_M), epsilon=1e-8, weight_decay=decay or None
+    )
     w = keras.Variable(w0, name="w")
     opt.build([w])
 
@@ -523,7 +542,9 @@ def test_cycled_beta_1_adam_follows_pytorchs_trajectory_under_one_cycle_step_for
     np.testing.assert_allclose(got, want, rtol=0, atol=3e-5)
     # The comparison can tell a constant beta_1 from the cycled one: Keras Adam drifts away.
     keras_w = keras.Variable(w0, name="w_const")
-    constant = (keras.optimizers.AdamW if decay else keras.optimizers.Adam)(schedule, beta_1=0.9, epsilon=1e-8, weight_decay=decay or None)
+    constant = (keras.optimizers.AdamW if decay else keras.optimizers.Adam)(
+        schedule, beta_1=0.9, epsilon=1e-8, weight_decay=decay or None
+    )
     constant.build([keras_w])
     drift = []
     for _ in range(steps):

@@ -59,9 +59,15 @@ def test_public_names_load_from_their_modules_on_first_use():
     from clr_loop import schedules
 
     assert set(clr_loop.__all__) == {
-        "CyclicalLearningRate", "ExponentialCyclicalLearningRate", "OneCycle",
-        "Triangular2CyclicalLearningRate", "TriangularCyclicalLearningRate", "fit",
-        "Sequence", "Warmup", "WarmupStableDecay",
+        "CyclicalLearningRate",
+        "ExponentialCyclicalLearningRate",
+        "OneCycle",
+        "Triangular2CyclicalLearningRate",
+        "TriangularCyclicalLearningRate",
+        "fit",
+        "Sequence",
+        "Warmup",
+        "WarmupStableDecay",
     }
     assert set(clr_loop.__all__) <= set(dir(clr_loop))
     assert clr_loop.OneCycle is schedules.OneCycle

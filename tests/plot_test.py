@@ -43,8 +43,14 @@ def assert_png(path):
 
 def write_history(run_dir, loss, val_loss, accuracy, val_accuracy):
     os.makedirs(run_dir, exist_ok=True)
-    history = {"loss": loss, "accuracy": accuracy, "val_loss": val_loss, "val_accuracy": val_accuracy,
-               "lr": [0.01] * len(loss), "epoch_seconds": [1.0] * len(loss)}
+    history = {
+        "loss": loss,
+        "accuracy": accuracy,
+        "val_loss": val_loss,
+        "val_accuracy": val_accuracy,
+        "lr": [0.01] * len(loss),
+        "epoch_seconds": [1.0] * len(loss),
+    }
     with open(os.path.join(run_dir, "history.json"), "w") as f:
         json.dump(history, f)
     return str(run_dir)
@@ -80,7 +86,7 @@ def test_100_epoch_series_has_25_halving_peaks():
     np.testing.assert_allclose(lr[2 * STEP_SIZE * np.arange(25)], LO, rtol=1e-6)
     # While the amplitude is still far above float32 resolution, each cycle's maximum is its peak step.
     for k in range(10):
-        cycle = lr[2 * STEP_SIZE * k: 2 * STEP_SIZE * (k + 1)]
+        cycle = lr[2 * STEP_SIZE * k : 2 * STEP_SIZE * (k + 1)]
         assert int(np.argmax(cycle)) == STEP_SIZE
 
 
@@ -130,13 +136,21 @@ def test_history_panels_one_per_run_or_per_group():
     np.testing.assert_array_equal(val.y, [1.6, 1.0])
     grouped = figures.history_panels([h1, h2, h1], ["a1", "b1", "a2"], "loss", "val_loss", groups=["a", "b", "a"])
     assert [p.title for p in grouped] == ["a", "b"]
-    assert [line.label for line in grouped[0].lines] == ["train_loss (a1)", "val_loss (a1)", "train_loss (a2)", "val_loss (a2)"]
+    assert [line.label for line in grouped[0].lines] == [
+        "train_loss (a1)",
+        "val_loss (a1)",
+        "train_loss (a2)",
+        "val_loss (a2)",
+    ]
 
 
 def test_one_epoch_history_panels_show_their_points(tmp_path):
     one = figures.history_panels([{"loss": [2.0], "val_loss": [1.5]}], ["a"], "loss", "val_loss")
     two = figures.history_panels([{"loss": [2.0, 1.0], "val_loss": [1.5, 0.9]}], ["a"], "loss", "val_loss")
-    axes = [figures.draw_panels(panels, (0.0, 2.5), "Loss", str(tmp_path / f"{i}.png")).axes[0] for i, panels in enumerate((one, two))]
+    axes = [
+        figures.draw_panels(panels, (0.0, 2.5), "Loss", str(tmp_path / f"{i}.png")).axes[0]
+        for i, panels in enumerate((one, two))
+    ]
     assert [[line.get_marker() for line in ax.lines] for ax in axes] == [["o", "o"], ["None", "None"]]
     for ax in axes:  # epochs are whole numbers on the axis, also for one or two of them
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
@@ -160,7 +174,9 @@ def test_history_command_writes_three_pngs_with_shared_limits(tmp_path, capsys):
         assert_png(path)
     # The limits the loss panels share cover 0..3.5 (+5%), and the overlay holds every run's val_accuracy.
     histories = [figures.load_history(r) for r in runs]
-    assert figures.shared_ylim(histories, ("loss", "val_loss"), figures.TUTORIAL_LOSS_YLIM) == pytest.approx((0.0, 3.675))
+    assert figures.shared_ylim(histories, ("loss", "val_loss"), figures.TUTORIAL_LOSS_YLIM) == pytest.approx(
+        (0.0, 3.675)
+    )
     lines = figures.val_accuracy_lines(histories, ["no_clr", "clr", "big"])
     np.testing.assert_array_equal(lines[1].y, [0.2, 0.45, 0.65])
 
@@ -180,7 +196,10 @@ def test_history_figures_default_to_the_runs_common_folder(tmp_path):
         ("[1, 2]", "holds a list"),
         ('{"loss": [1.0], "accuracy": [0.1], "val_loss": [1.0]}', "lacks val_accuracy"),
         ('{"loss": [1.0], "accuracy": [0.1], "val_loss": [1.0, 2.0], "val_accuracy": [0.1]}', "different lengths"),
-        ('{"loss": ["a"], "accuracy": [0.1], "val_loss": [1.0], "val_accuracy": [0.1]}', "'loss' is not a list of numbers"),
+        (
+            '{"loss": ["a"], "accuracy": [0.1], "val_loss": [1.0], "val_accuracy": [0.1]}',
+            "'loss' is not a list of numbers",
+        ),
     ],
 )
 def test_bad_history_folder_is_named(tmp_path, content, message):

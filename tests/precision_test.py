@@ -33,20 +33,24 @@ def mixed_model(precision, seed=1):
     """Returns Input(8) -> Dense(16, relu) -> Dense(3) float32 logits, built under `precision`."""
     with runtime.precision(precision):
         keras.utils.set_random_seed(seed)
-        return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
-                                 keras.layers.Dense(3, dtype="float32")])
+        return keras.Sequential(
+            [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3, dtype="float32")]
+        )
 
 
 def clr_compile(initial_scale=None):
     """compile() arguments: SGD with momentum on a triangular2 schedule, wrapped in a
     LossScaleOptimizer of `initial_scale` when given (else Keras wraps it for mixed_float16)."""
+
     def kwargs():
         schedule = schedules.Triangular2CyclicalLearningRate(1e-3, 0.1, step_size=4)
         optimizer = keras.optimizers.SGD(schedule, momentum=0.9)
         if initial_scale is not None:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=initial_scale)
-        return dict(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                    metrics=["accuracy"])
+        return dict(
+            optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+        )
+
     return kwargs
 
 
@@ -82,8 +86,17 @@ def test_fit_under_a_mixed_policy_equals_keras_fit(precision, batch_splits):
     ours, theirs = twins(lambda: mixed_model(precision), clr_compile())
     assert ours.dtype_policy.name == precision
     assert isinstance(ours.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
-    history = loop.fit(ours, x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0, jit_compile=False,
-                       batch_splits=batch_splits)
+    history = loop.fit(
+        ours,
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        shuffle=False,
+        verbose=0,
+        jit_compile=False,
+        batch_splits=batch_splits,
+    )
     keras_history = theirs.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0)
     # Whole batches compute what Keras computes; parts round in 16 bits differently.
     whole = batch_splits == 1
@@ -110,8 +123,17 @@ def test_overflow_skips_steps_as_keras_does_and_is_not_divergence(jit_compile, i
     ours, theirs = _overflowing_twins(2.0**24)
     # jit_compile=True: the whole step, the LossScaleOptimizer's skip included, is one XLA function.
     # Both input modes move on to the next batch after a skipped step, as Keras does.
-    history = loop.fit(ours, x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
-                       jit_compile=jit_compile, input_mode=input_mode)
+    history = loop.fit(
+        ours,
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        shuffle=False,
+        verbose=0,
+        jit_compile=jit_compile,
+        input_mode=input_mode,
+    )
     theirs.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0)
     skipped = EPOCHS * STEPS_PER_EPOCH - int(theirs.optimizer.iterations)
     assert 3 <= skipped < EPOCHS * STEPS_PER_EPOCH  # some skipped, some taken
@@ -121,7 +143,9 @@ def test_overflow_skips_steps_as_keras_does_and_is_not_divergence(jit_compile, i
     assert_same_weights(ours, theirs)
     assert len(history.history["loss"]) == EPOCHS
     # The logged rate is the schedule at Keras's (lagging) iterations before the last update.
-    assert history.history["lr"][-1] == pytest.approx(float(schedule_of(ours)(int(theirs.optimizer.iterations) - 1)), rel=1e-6)
+    assert history.history["lr"][-1] == pytest.approx(
+        float(schedule_of(ours)(int(theirs.optimizer.iterations) - 1)), rel=1e-6
+    )
 
 
 def test_automatic_splitting_is_off_under_loss_scaling_and_explicit_parts_skip_through_the_optimizer():
@@ -132,8 +156,9 @@ def test_automatic_splitting_is_off_under_loss_scaling_and_explicit_parts_skip_t
     # Explicit parts: the summed gradient goes through the LossScaleOptimizer, which halves its
     # scale once per step it skips (no step grows it: 2000 steps between growths).
     x, y = toy_data()
-    history = loop.fit(model, x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0, jit_compile=False,
-                       batch_splits=2)
+    history = loop.fit(
+        model, x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0, jit_compile=False, batch_splits=2
+    )
     skipped = EPOCHS * STEPS_PER_EPOCH - int(model.optimizer.iterations)
     assert 3 <= skipped < EPOCHS * STEPS_PER_EPOCH
     assert float(model.optimizer.dynamic_scale) == 2.0**24 / 2.0**skipped
@@ -146,8 +171,16 @@ def test_a_non_finite_loss_under_loss_scaling_is_still_divergence():
     model.compile(keras.optimizers.SGD(1e30), "mse")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     with pytest.raises(actions.TrainingDiverged, match="non-finite loss"):
-        loop.fit(model, x, y.astype(np.float32)[:, None].repeat(3, axis=1), batch_size=BATCH, epochs=EPOCHS,
-                 verbose=0, jit_compile=False, batch_splits=1)
+        loop.fit(
+            model,
+            x,
+            y.astype(np.float32)[:, None].repeat(3, axis=1),
+            batch_size=BATCH,
+            epochs=EPOCHS,
+            verbose=0,
+            jit_compile=False,
+            batch_splits=1,
+        )
 
 
 def test_resume_with_skipped_steps_is_bit_identical_and_positioned_by_batches(tmp_path):
@@ -169,8 +202,15 @@ def test_resume_with_skipped_steps_is_bit_identical_and_positioned_by_batches(tm
     assert int(resumed.optimizer.iterations) == int(reference.optimizer.iterations)
 
 
-@pytest.mark.parametrize("saved,now", [("float32", "mixed_bfloat16"), ("mixed_bfloat16", "float32"),
-                                       ("float32", "mixed_float16"), ("mixed_float16", "mixed_bfloat16")])
+@pytest.mark.parametrize(
+    "saved,now",
+    [
+        ("float32", "mixed_bfloat16"),
+        ("mixed_bfloat16", "float32"),
+        ("float32", "mixed_float16"),
+        ("mixed_float16", "mixed_bfloat16"),
+    ],
+)
 def test_fit_refuses_to_resume_in_another_precision_naming_it(tmp_path, saved, now):
     x, y = toy_data()
     workdir = str(tmp_path / "run")
@@ -215,6 +255,10 @@ def test_a_checkpoint_from_before_the_precision_was_recorded_is_float32s():
     train_input = inputs.make_train_input(x, y, BATCH, shuffle=True, drop_remainder=False)
     old = workdir_lib.run_identity(mixed_model("float32"), train_input, seed=1)
     del old["precision"]
-    assert workdir_lib.identity_differences(old, workdir_lib.run_identity(mixed_model("float32"), train_input, seed=1)) == []
-    assert workdir_lib.identity_differences(old, workdir_lib.run_identity(mixed_model("mixed_bfloat16"), train_input, seed=1)) == [
-        "the precision: 'float32' (saved) vs 'mixed_bfloat16' (now)"]
+    assert (
+        workdir_lib.identity_differences(old, workdir_lib.run_identity(mixed_model("float32"), train_input, seed=1))
+        == []
+    )
+    assert workdir_lib.identity_differences(
+        old, workdir_lib.run_identity(mixed_model("mixed_bfloat16"), train_input, seed=1)
+    ) == ["the precision: 'float32' (saved) vs 'mixed_bfloat16' (now)"]

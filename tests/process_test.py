@@ -116,7 +116,9 @@ def test_app_main_prints_a_usage_error_in_one_line_and_returns_its_exit_code(unf
     assert process.app_main(main)(["prog"]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == "error: --thing must be positive, got 0\nPass --helpshort or --helpfull to see help on flags.\n"
+    assert (
+        captured.err == "error: --thing must be positive, got 0\nPass --helpshort or --helpfull to see help on flags.\n"
+    )
 
 
 def test_app_main_runs_to_the_end_when_stdout_cannot_be_written_then_exits_1(unfreeze, tmp_path, monkeypatch, capsys):
@@ -137,8 +139,10 @@ def test_app_main_runs_to_the_end_when_stdout_cannot_be_written_then_exits_1(unf
     assert done == [0, 1, 2] and sys.stdout is full
     full.write("after")  # the descriptor now discards: the interpreter's last flush cannot fail
     full.flush()
-    assert capsys.readouterr().err == ("error: could not write the output to stdout ([Errno 28] No space left on "
-                                       "device); the run went on to its end without it\n")
+    assert capsys.readouterr().err == (
+        "error: could not write the output to stdout ([Errno 28] No space left on "
+        "device); the run went on to its end without it\n"
+    )
 
 
 # A child process's collector probe: `during` lists the generation of every collection that starts
@@ -156,8 +160,9 @@ _IMPORT_PROBE = (
 
 def _probe(code):
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, "-c", _IMPORT_PROBE + code], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE + code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.split()
 

@@ -26,7 +26,9 @@ def markdown_files():
 
 def find_block(marker):
     """Returns (path, block): the one ```python block of README.md and docs/*.md holding `marker`."""
-    found = [(path, block) for path in markdown_files() for block in code_blocks(read(path), "python") if marker in block]
+    found = [
+        (path, block) for path in markdown_files() for block in code_blocks(read(path), "python") if marker in block
+    ]
     assert len(found) == 1, f"{marker!r} is in {len(found)} ```python blocks of README.md and docs/*.md, not 1"
     return found[0]
 
@@ -40,7 +42,9 @@ def test_ci_runs_the_readme_install_and_test_commands():
     readme, ci = read("README.md"), read(".ci/run")
     setup = [line for block in code_blocks(section(readme, "Set up"), "sh") for line in block.splitlines()]
     install_main, install_tests = 'python -m pip install -e ".[plot]"', 'python -m pip install -e ".[dev,plot]"'
-    assert any(line.startswith(install_main) and "python -m clr_loop.train --mode=triangular2" in line for line in setup)
+    assert any(
+        line.startswith(install_main) and "python -m clr_loop.train --mode=triangular2" in line for line in setup
+    )
     assert f"{install_tests} && python -m pytest" in setup
     assert "apt-get install -y dataset-fashion-mnist" in setup
     # CI runs the same commands, only quieter (-q).
@@ -56,14 +60,17 @@ def test_schedule_example_runs_and_prints_the_documented_values():
     result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     documented = re.search(r"```\n\nprints `([^`]*)`", read(path).split("steps_per_epoch = 60000 // 64")[1]).group(1)
-    assert result.stdout.strip() == documented == "step 0: 0.000100, peak of cycle 1: 0.010000, peak of cycle 2: 0.005050"
+    assert (
+        result.stdout.strip() == documented == "step 0: 0.000100, peak of cycle 1: 0.010000, peak of cycle 2: 0.005050"
+    )
 
 
 def test_composition_example_prints_the_documented_values():
     path, example = find_block("WarmupStableDecay(0.1")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, env=env, timeout=120,
-                            cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", example], capture_output=True, text=True, env=env, timeout=120, cwd=REPO
+    )
     assert result.returncode == 0, result.stderr
     documented = re.search(r"```\n\nprints `([^`]*)`", read(path).split("WarmupStableDecay(0.1")[1]).group(1)
     assert result.stdout.strip() == documented == "0.050 0.100 0.0040 0.100 0.000"
@@ -84,8 +91,14 @@ def test_readme_fit_example_runs_as_written(tmp_path):
     )
     check = 'print(json.dumps(sorted(history.history)), len(history.history["loss"]))'
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-c", prelude + example + "\n" + check], capture_output=True, text=True,
-                            env=env, timeout=240, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", prelude + example + "\n" + check],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     keys = '["accuracy", "loss", "lr", "val_accuracy", "val_loss"] 10'
     assert result.stdout.strip().splitlines()[-1] == keys
@@ -93,8 +106,10 @@ def test_readme_fit_example_runs_as_written(tmp_path):
 
 
 STUDY = "which_schedule"  # flags/which_schedule/: the flagfiles of one ablation (docs/results.md)
-STUDY_COMMAND = ("# python -m clr_loop.ablate flags/no_clr.flags flags/triangular2.flags flags/schedule_free_sgd.flags "
-                 "flags/which_schedule/*.flags --seeds=1,2,3 --workdir=runs/which_schedule")
+STUDY_COMMAND = (
+    "# python -m clr_loop.ablate flags/no_clr.flags flags/triangular2.flags flags/schedule_free_sgd.flags "
+    "flags/which_schedule/*.flags --seeds=1,2,3 --workdir=runs/which_schedule"
+)
 
 
 def test_every_flagfile_opens_with_the_command_that_runs_it():

@@ -18,9 +18,17 @@ import tensorflow as tf
 from testing import REPO, write_tiny_idx_dir
 
 BASE_FLAGS = [
-    "--mode=triangular2", "--step_size_epochs=0.5", "--epochs=3", "--batch_size=16", "--eval_batch_size=50",
-    "--steps_per_loop=1", "--log_every_steps=5", "--checkpoint_every_steps=4", "--keep_checkpoints=50",
-    "--deterministic", "--verbosity=1",  # the "checkpoint saved at step N" lines the tests wait for
+    "--mode=triangular2",
+    "--step_size_epochs=0.5",
+    "--epochs=3",
+    "--batch_size=16",
+    "--eval_batch_size=50",
+    "--steps_per_loop=1",
+    "--log_every_steps=5",
+    "--checkpoint_every_steps=4",
+    "--keep_checkpoints=50",
+    "--deterministic",
+    "--verbosity=1",  # the "checkpoint saved at step N" lines the tests wait for
 ]
 # The seed of the kill points below: a failure names it and the points, so it can be rerun as it was.
 KILL_SEED = 20240914
@@ -33,7 +41,16 @@ def idx_dir(tmp_path_factory):
 
 def start(workdir, idx_dir, *extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    args = [sys.executable, "-u", "-m", "clr_loop.train", f"--dataset_dir={idx_dir}", f"--workdir={workdir}", *BASE_FLAGS, *extra]
+    args = [
+        sys.executable,
+        "-u",
+        "-m",
+        "clr_loop.train",
+        f"--dataset_dir={idx_dir}",
+        f"--workdir={workdir}",
+        *BASE_FLAGS,
+        *extra,
+    ]
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -49,7 +66,10 @@ def run_until_checkpoint_then(workdir, idx_dir, min_step, signum, *extra):
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if "checkpoint saved at step" in line and int(line.split("checkpoint saved at step ")[1].split(":")[0]) >= min_step:
+        if (
+            "checkpoint saved at step" in line
+            and int(line.split("checkpoint saved at step ")[1].split(":")[0]) >= min_step
+        ):
             proc.send_signal(signum)
             break
     out = "".join(lines) + proc.stdout.read()
@@ -62,7 +82,9 @@ def checkpoint_values(workdir):
     path = tf.train.latest_checkpoint(os.path.join(workdir, "ckpt"))
     reader = tf.train.load_checkpoint(path)
     dtypes = reader.get_variable_to_dtype_map()
-    return path, {name: reader.get_tensor(name) for name, dtype in dtypes.items() if dtype.is_floating or dtype.is_integer}
+    return path, {
+        name: reader.get_tensor(name) for name, dtype in dtypes.items() if dtype.is_floating or dtype.is_integer
+    }
 
 
 def history_without_timing(workdir):
@@ -263,8 +285,14 @@ def test_sigkill_then_resume_is_bit_identical_for_each_optimizer_and_schedule(tm
 
 def test_wsd_with_warmup_killed_then_resumed_is_bit_identical(tmp_path, idx_dir):
     """The composed schedules are pure functions of optimizer.iterations: a killed WSD run resumes exactly."""
-    wsd = ("--mode=wsd", "--max_lr=0.05", "--warmup_epochs=0.5", "--decay_fraction=0.3", "--decay_shape=sqrt",
-           "--epochs=2")
+    wsd = (
+        "--mode=wsd",
+        "--max_lr=0.05",
+        "--warmup_epochs=0.5",
+        "--decay_fraction=0.3",
+        "--decay_shape=sqrt",
+        "--epochs=2",
+    )
     _, workdir = assert_killed_run_resumes_bit_identically(tmp_path, idx_dir, wsd, kill_at=44)  # the stable phase
     history = history_without_timing(workdir)
     assert len(history["lr"]) == 2

@@ -42,7 +42,9 @@ def test_cpu_cores_is_positive():
 def test_resolve_batch_splits_refuses_to_split_a_batch_dependent_model():
     keras.utils.set_random_seed(0)
     per_example = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dropout(0.5)])
-    batch_norm = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(name="bn")])
+    batch_norm = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(name="bn")]
+    )
     if not tf.config.list_physical_devices("GPU"):
         assert runtime.resolve_batch_splits(0, per_example, 64) == (runtime.auto_batch_splits(64), "")
     assert runtime.resolve_batch_splits(0, per_example, 64, jit_compile=True)[0] == 1
@@ -63,11 +65,17 @@ def test_thread_pool_sizes():
 
 def test_configure_threads_after_tensorflow_started_changes_nothing(caplog):
     tf.constant(1.0) + 1.0  # the runtime runs (already true in a test session)
-    before = (tf.config.threading.get_inter_op_parallelism_threads(), tf.config.threading.get_intra_op_parallelism_threads())
+    before = (
+        tf.config.threading.get_inter_op_parallelism_threads(),
+        tf.config.threading.get_intra_op_parallelism_threads(),
+    )
     assert runtime.configure_threads(1) is False
     assert runtime.configure_threads(2) is False
     assert "thread pools stay as they are" in caplog.text
-    after = (tf.config.threading.get_inter_op_parallelism_threads(), tf.config.threading.get_intra_op_parallelism_threads())
+    after = (
+        tf.config.threading.get_inter_op_parallelism_threads(),
+        tf.config.threading.get_intra_op_parallelism_threads(),
+    )
     assert after == before
 
 

@@ -30,19 +30,29 @@ from testing import toy_data
 def sf_model(bn=False, seed=1):
     keras.utils.set_random_seed(seed)
     middle = [keras.layers.BatchNormalization(momentum=0.9)] if bn else []
-    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), *middle, keras.layers.ReLU(),
-                             keras.layers.Dense(3)])
+    return keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16), *middle, keras.layers.ReLU(), keras.layers.Dense(3)]
+    )
 
 
 def sf_compile(model, optimizer):
-    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], jit_compile=False)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=False,
+    )
     return model
 
 
-@pytest.mark.parametrize("make", [lambda: optimizers.ScheduleFreeSGD(0.5, warmup_steps=4),
-                                  lambda: optimizers.ScheduleFreeAdamW(0.02, warmup_steps=4, weight_decay=0.01)],
-                         ids=["sgd", "adamw"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optimizers.ScheduleFreeSGD(0.5, warmup_steps=4),
+        lambda: optimizers.ScheduleFreeAdamW(0.02, warmup_steps=4, weight_decay=0.01),
+    ],
+    ids=["sgd", "adamw"],
+)
 def test_validation_and_the_weights_after_fit_are_at_x(make):
     x, y = toy_data()
     model = sf_compile(sf_model(), make())
@@ -71,14 +81,24 @@ def test_batch_norm_statistics_after_fit_are_the_average_of_the_last_batches_at_
     x, y = toy_data()
     n = 3
     model = sf_compile(sf_model(bn=True), optimizers.ScheduleFreeSGD(0.3))
-    loop.fit(model, x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, drop_remainder=True,
-             bn_recompute_batches=n, input_mode=input_mode)
+    loop.fit(
+        model,
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        drop_remainder=True,
+        bn_recompute_batches=n,
+        input_mode=input_mode,
+    )
     steps = 2 * 6  # 6 full batches an epoch without the partial one
     kernel, bias = model.layers[0].get_weights()  # x, where fit leaves them
     means, variances = [], []
     for step in range(steps - n, steps):
         start = (step % 6) * BATCH
-        h = x[start:start + BATCH].astype(np.float64) @ kernel + bias
+        h = x[start : start + BATCH].astype(np.float64) @ kernel + bias
         means.append(h.mean(axis=0))
         variances.append(h.var(axis=0))
     bn = model.layers[1]
@@ -93,8 +113,17 @@ def test_validating_at_x_leaves_training_at_y_untouched():
     runs = []
     for validation in (None, (x[:60], y[:60])):
         model = sf_compile(sf_model(bn=True), optimizers.ScheduleFreeAdamW(0.01, warmup_steps=3))
-        loop.fit(model, x, y, batch_size=BATCH, epochs=3, seed=4, verbose=0, validation_data=validation,
-                 bn_recompute_batches=4)
+        loop.fit(
+            model,
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=3,
+            seed=4,
+            verbose=0,
+            validation_data=validation,
+            bn_recompute_batches=4,
+        )
         runs.append([v.numpy() for v in model.variables + model.optimizer.variables])
     for a, b in zip(*runs):
         assert np.array_equal(a, b)
@@ -113,8 +142,12 @@ def test_a_saved_keras_file_holds_x_and_trains_on_from_y_like_the_original(tmp_p
     for a, b in zip(model.variables + model.optimizer.variables, loaded.variables + loaded.optimizer.variables):
         assert np.array_equal(a.numpy(), b.numpy()), a.path
     for m in (model, loaded):
-        m.compile(optimizer=m.optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], jit_compile=False)
+        m.compile(
+            optimizer=m.optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            jit_compile=False,
+        )
         loop.fit(m, x, y, batch_size=BATCH, epochs=1, seed=9, verbose=0)
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -132,14 +165,12 @@ def test_a_finished_workdir_called_again_leaves_the_model_at_x(tmp_path):
         assert np.array_equal(a.numpy(), b.numpy()), a.path
 
 
-
 @pytest.mark.parametrize("value", [-1, 2.5, True])
 def test_a_bad_bn_recompute_batches_is_refused_naming_it(value):
     x, y = toy_data()
     model = sf_compile(sf_model(bn=True), optimizers.ScheduleFreeSGD(0.3))
     with pytest.raises(ValueError, match="bn_recompute_batches must be an integer >= 0"):
         loop.fit(model, x, y, batch_size=BATCH, epochs=1, verbose=0, bn_recompute_batches=value)
-
 
 
 @pytest.mark.parametrize("stop_at", [10, STEPS_PER_EPOCH], ids=["mid_epoch", "epoch_end"])
@@ -208,8 +239,9 @@ np.savez(out, **{f"{i}:" + re.sub(r"_[0-9]+", "", v.path): v.numpy()
 '''
 
 
-@pytest.mark.parametrize("kill_at,resumed_from", [(10, "ckpt-8"), (STEPS_PER_EPOCH, "ckpt-7")],
-                         ids=["mid_epoch", "epoch_end"])
+@pytest.mark.parametrize(
+    "kill_at,resumed_from", [(10, "ckpt-8"), (STEPS_PER_EPOCH, "ckpt-7")], ids=["mid_epoch", "epoch_end"]
+)
 def test_sigkill_then_the_same_call_again_is_bit_identical(tmp_path, monkeypatch, kill_at, resumed_from):
     script = str(tmp_path / "train.py")
     with open(script, "w") as f:
@@ -245,8 +277,13 @@ def flagfile_config(name, *extra):
     return cli.config_from_flags(flag_values)
 
 
-@pytest.mark.parametrize("name,cls,beta", [("schedule_free_sgd.flags", optimizers.ScheduleFreeSGD, 0.9),
-                                           ("schedule_free_adamw.flags", optimizers.ScheduleFreeAdamW, 0.9)])
+@pytest.mark.parametrize(
+    "name,cls,beta",
+    [
+        ("schedule_free_sgd.flags", optimizers.ScheduleFreeSGD, 0.9),
+        ("schedule_free_adamw.flags", optimizers.ScheduleFreeAdamW, 0.9),
+    ],
+)
 def test_flagfiles_build_the_schedule_free_optimizers_at_max_lr_with_the_warmup_in_steps(name, cls, beta):
     with open(os.path.join(REPO, "flags", name)) as f:
         assert f.readline().strip() == f"# python -m clr_loop.train --flagfile=flags/{name}"
@@ -267,11 +304,14 @@ def test_schedule_free_sgd_takes_its_beta_from_momentum():
     assert opt.beta == 0.75 and opt.weight_decay == 0.01 and opt.warmup_steps == 5
 
 
-@pytest.mark.parametrize("extra,pattern", [
-    (["--optimizer=adam"], "--mode=schedule_free needs --optimizer=sgd or --optimizer=adamw"),
-    (["--cycle_momentum"], "--cycle_momentum cannot run with --mode=schedule_free"),
-    (["--warmup_epochs=-1"], "--warmup_epochs must be a number of epochs >= 0"),
-])
+@pytest.mark.parametrize(
+    "extra,pattern",
+    [
+        (["--optimizer=adam"], "--mode=schedule_free needs --optimizer=sgd or --optimizer=adamw"),
+        (["--cycle_momentum"], "--cycle_momentum cannot run with --mode=schedule_free"),
+        (["--warmup_epochs=-1"], "--warmup_epochs must be a number of epochs >= 0"),
+    ],
+)
 def test_bad_schedule_free_flags_are_named(extra, pattern):
     with pytest.raises(app.UsageError, match=pattern):
         flagfile_config("schedule_free_sgd.flags", *extra)

@@ -86,8 +86,17 @@ def make(kind, kwargs):
 def test_y_and_x_follow_the_papers_algorithm_1(kind, kwargs, jit_compile):
     a, b, w0 = problem()
     beta = kwargs.get("momentum", kwargs.get("beta_1"))
-    want_y, want_x = numpy_algorithm_1(a, b, w0, STEPS, kwargs["learning_rate"], beta, kwargs["warmup_steps"],
-                                       kwargs["weight_decay"], adam=kind == "adamw")
+    want_y, want_x = numpy_algorithm_1(
+        a,
+        b,
+        w0,
+        STEPS,
+        kwargs["learning_rate"],
+        beta,
+        kwargs["warmup_steps"],
+        kwargs["weight_decay"],
+        adam=kind == "adamw",
+    )
     got_y, got_x = keras_trajectory(make(kind, kwargs), a, b, w0, STEPS, jit_compile)
     np.testing.assert_allclose(got_y, want_y, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(got_x, want_x, rtol=2e-4, atol=2e-5)
@@ -120,11 +129,21 @@ def test_y_and_x_match_the_reference_pytorch_implementation(kind, kwargs):
     p = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
     at, bt = torch.tensor(a), torch.tensor(b)
     if kind == "sgd":
-        ref = schedulefree.SGDScheduleFree([p], lr=kwargs["learning_rate"], momentum=kwargs["momentum"],
-                                           warmup_steps=kwargs["warmup_steps"], weight_decay=kwargs["weight_decay"])
+        ref = schedulefree.SGDScheduleFree(
+            [p],
+            lr=kwargs["learning_rate"],
+            momentum=kwargs["momentum"],
+            warmup_steps=kwargs["warmup_steps"],
+            weight_decay=kwargs["weight_decay"],
+        )
     else:
-        ref = schedulefree.AdamWScheduleFree([p], lr=kwargs["learning_rate"], betas=(kwargs["beta_1"], 0.999),
-                                             warmup_steps=kwargs["warmup_steps"], weight_decay=kwargs["weight_decay"])
+        ref = schedulefree.AdamWScheduleFree(
+            [p],
+            lr=kwargs["learning_rate"],
+            betas=(kwargs["beta_1"], 0.999),
+            warmup_steps=kwargs["warmup_steps"],
+            weight_decay=kwargs["weight_decay"],
+        )
     want_y, want_x = reference_trajectory(ref, p, at, bt, STEPS)
     got_y, got_x = keras_trajectory(make(kind, kwargs), a, b, w0, STEPS)
     np.testing.assert_allclose(got_y, want_y, rtol=2e-4, atol=2e-5)
@@ -145,8 +164,9 @@ def keras_own_trajectory(a, b, w0, steps):
     return ys
 
 
-needs_keras_own = pytest.mark.skipif(not hasattr(keras.optimizers, "ScheduleFreeAdamW"),
-                                     reason="this Keras has no ScheduleFreeAdamW")
+needs_keras_own = pytest.mark.skipif(
+    not hasattr(keras.optimizers, "ScheduleFreeAdamW"), reason="this Keras has no ScheduleFreeAdamW"
+)
 
 
 @needs_keras_own
@@ -160,10 +180,14 @@ def test_adamw_matches_keras_own_schedule_free_adamw_on_its_first_steps():
 
 
 @needs_keras_own
-@pytest.mark.xfail(strict=True, reason=(
-    "Keras 3.15.1's ScheduleFreeAdamW (TensorFlow backend) reads `momentum.value`, the live variable, "
-    "as z_old after updating it, so it recovers x_old from z_new: it leaves the paper and the reference "
-    "from the third y on. This test starts passing when Keras fixes that."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "Keras 3.15.1's ScheduleFreeAdamW (TensorFlow backend) reads `momentum.value`, the live variable, "
+        "as z_old after updating it, so it recovers x_old from z_new: it leaves the paper and the reference "
+        "from the third y on. This test starts passing when Keras fixes that."
+    ),
+)
 def test_adamw_matches_keras_own_schedule_free_adamw_on_the_whole_trajectory():
     a, b, w0 = problem(seed=5)
     want = keras_own_trajectory(a, b, w0, STEPS)
@@ -199,8 +223,10 @@ def test_swaps_are_idempotent_and_at_average_restores_y():
     assert not np.allclose(x, y)
 
 
-@pytest.mark.parametrize("cls,extra", [(optimizers.ScheduleFreeSGD, {"momentum": 0.8}),
-                                       (optimizers.ScheduleFreeAdamW, {"beta_1": 0.8, "beta_2": 0.99})])
+@pytest.mark.parametrize(
+    "cls,extra",
+    [(optimizers.ScheduleFreeSGD, {"momentum": 0.8}), (optimizers.ScheduleFreeAdamW, {"beta_1": 0.8, "beta_2": 0.99})],
+)
 def test_config_round_trips_through_keras_serialization(cls, extra):
     opt = cls(learning_rate=0.125, warmup_steps=9, weight_decay=0.01, **extra)
     config = keras.saving.serialize_keras_object(opt)
@@ -210,14 +236,17 @@ def test_config_round_trips_through_keras_serialization(cls, extra):
         assert again.get_config()[key] == pytest.approx(value)
 
 
-@pytest.mark.parametrize("kwargs,pattern", [
-    ({"momentum": 1.0}, "momentum must be a float in"),
-    ({"momentum": 0.0}, "momentum must be a float in"),
-    ({"warmup_steps": -1}, "warmup_steps must be an integer"),
-    ({"warmup_steps": 2.5}, "warmup_steps must be an integer"),
-    ({"weight_decay": -0.1}, "weight_decay must be a number"),
-    ({"use_ema": True}, "does not support use_ema"),
-])
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"momentum": 1.0}, "momentum must be a float in"),
+        ({"momentum": 0.0}, "momentum must be a float in"),
+        ({"warmup_steps": -1}, "warmup_steps must be an integer"),
+        ({"warmup_steps": 2.5}, "warmup_steps must be an integer"),
+        ({"weight_decay": -0.1}, "weight_decay must be a number"),
+        ({"use_ema": True}, "does not support use_ema"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         optimizers.ScheduleFreeSGD(**kwargs)
@@ -238,6 +267,7 @@ def test_a_learning_rate_schedule_follows_the_reference_with_its_rate_set_each_s
     got_y, got_x = keras_trajectory(optimizers.ScheduleFreeSGD(schedule, momentum=0.9, warmup_steps=3), a, b, w0, STEPS)
     np.testing.assert_allclose(got_y, want_y, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(got_x, want_x, rtol=2e-4, atol=2e-5)
-    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(
-        optimizers.ScheduleFreeSGD(schedule, warmup_steps=3)))
+    again = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(optimizers.ScheduleFreeSGD(schedule, warmup_steps=3))
+    )
     assert isinstance(again.get_config()["learning_rate"], dict)  # the schedule, as a nested config

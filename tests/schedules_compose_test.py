@@ -51,7 +51,8 @@ def test_wsd_hand_values():
     lr = WarmupStableDecay(0.1, total_steps=1000, warmup_steps=100, decay_steps=200, decay="sqrt")
     # warmup 50/100 -> 0.05; stable; decay at p = 0.25 -> 0.1 * (1 - 0.5); the end -> 0.
     assert [float(lr(t)) for t in (0, 50, 100, 799, 800, 850, 1000, 10**6)] == pytest.approx(
-        [0.0, 0.05, 0.1, 0.1, 0.1, 0.05, 0.0, 0.0], abs=1e-8)
+        [0.0, 0.05, 0.1, 0.1, 0.1, 0.05, 0.0, 0.0], abs=1e-8
+    )
     no_warmup = WarmupStableDecay(0.1, total_steps=10, warmup_steps=0, decay_steps=10)
     assert float(no_warmup(0)) == pytest.approx(0.1) and float(no_warmup(5)) == pytest.approx(0.05)
 
@@ -118,7 +119,9 @@ def test_nested_composites_keep_their_values_and_configs():
 
 SCHEDULES = {
     "warmup": lambda: Warmup(OneCycle(0.1, 25), 5, start_lr=0.01, shape="cos"),
-    "warmup_keras": lambda: Warmup(keras.optimizers.schedules.CosineDecayRestarts(0.1, 7), 5, start_lr=0.01, shape="cos"),
+    "warmup_keras": lambda: Warmup(
+        keras.optimizers.schedules.CosineDecayRestarts(0.1, 7), 5, start_lr=0.01, shape="cos"
+    ),
     "sequence": lambda: Sequence([(Warmup(0.1, 3), 6), (CyclicalLearningRate(1e-3, 0.1, 4, mode="triangular2"), None)]),
     "wsd": lambda: WarmupStableDecay(0.1, 30, 4, 9, final_lr=0.001, decay="sqrt"),
 }

@@ -332,7 +332,7 @@ def test_one_cycle_bad_arguments():
 def test_momentum_moves_opposite_to_rate():
     clr = CyclicalLearningRate(1e-3, 1e-2, 4, mode="triangular2")
     steps = np.arange(24)
-    height = (tfa_oracle(steps, 0.0, 1.0, 4, TRIANGULAR2, "cycle"))
+    height = tfa_oracle(steps, 0.0, 1.0, 4, TRIANGULAR2, "cycle")
     assert_rel(clr.momentum(steps, 0.85, 0.95), 0.95 - 0.1 * height)
     one = OneCycle(0.1, 100)
     m = np.asarray(one.momentum(np.arange(100), 0.85, 0.95), np.float64)

@@ -122,7 +122,7 @@ def test_custom_scale_fn_round_trips_in_memory_as_the_same_function():
     "scale_fn,mode,gamma",
     [
         (lambda x: 1 / (2.0 ** (x - 1)), "triangular2", 1.0),  # the tutorial's, written as in the tutorial below
-        (lambda x: 1/(2.**(x-1)), "triangular2", 1.0),  # noqa: E226,E225 (the tutorial's spelling)
+        (lambda x: 1 / (2.0 ** (x - 1)), "triangular2", 1.0),  # noqa: E226,E225 (the tutorial's spelling)
         (lambda x: 0.5 ** (x - 1), "triangular2", 1.0),
         (lambda x: 1.0, "triangular", 1.0),
         ((lambda gamma: lambda x: gamma**x)(0.99), "exp_range", 0.99),  # TFA's ExponentialCLR's own lambda
@@ -177,13 +177,17 @@ def _data():
 @pytest.mark.parametrize("ext", ["keras", "h5"])
 def test_tutorial_lambda_with_model_checkpoint_trains_to_the_end_and_loads(tmp_path, ext):
     schedule = CyclicalLearningRate(
-        initial_learning_rate=1e-4, maximal_learning_rate=1e-2, scale_fn=lambda x: 1/(2.**(x-1)), step_size=3  # noqa: E226,E225
+        initial_learning_rate=1e-4,
+        maximal_learning_rate=1e-2,
+        scale_fn=lambda x: 1 / (2.0 ** (x - 1)),
+        step_size=3,  # noqa: E226,E225
     )
     model = _model(schedule)
     path = tmp_path / f"model.{ext}"
     x, y = _data()
-    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0,
-                        callbacks=[keras.callbacks.ModelCheckpoint(str(path))])
+    history = model.fit(
+        x, y, batch_size=16, epochs=3, verbose=0, callbacks=[keras.callbacks.ModelCheckpoint(str(path))]
+    )
     assert len(history.history["loss"]) == 3  # every epoch, each ending in a full-model save
     loaded = keras.models.load_model(path)  # safe mode: a named mode needs no code
     assert int(loaded.optimizer.iterations) == 12
@@ -294,16 +298,25 @@ def test_importable_function_is_saved_by_name_and_loads_in_safe_mode(tmp_path):
 
 @pytest.mark.parametrize(
     "step_size",
-    [3.75, 0.5, tf.constant(7.5), tf.constant(10, tf.int64), np.float32(2.5),
-     tf.data.experimental.cardinality(tf.data.Dataset.range(12).batch(4))],
+    [
+        3.75,
+        0.5,
+        tf.constant(7.5),
+        tf.constant(10, tf.int64),
+        np.float32(2.5),
+        tf.data.experimental.cardinality(tf.data.Dataset.range(12).batch(4)),
+    ],
     ids=["3.75", "0.5", "tensor7.5", "int64tensor", "np2.5", "cardinality"],
 )
 @pytest.mark.parametrize("mode", ["triangular", "triangular2", "exp_range"])
 def test_fractional_and_tensor_step_size_give_tfa_values(step_size, mode):
     size = float(np.asarray(step_size))
     schedule = CyclicalLearningRate(1e-4, 1e-2, step_size, mode=mode, gamma=0.99)
-    scale = {"triangular": lambda c: np.ones_like(c), "triangular2": lambda c: 0.5 ** (c - 1),
-             "exp_range": lambda s: 0.99**s}[mode]
+    scale = {
+        "triangular": lambda c: np.ones_like(c),
+        "triangular2": lambda c: 0.5 ** (c - 1),
+        "exp_range": lambda s: 0.99**s,
+    }[mode]
     steps = np.arange(0, 200)
     expected = tfa_formula(steps, 1e-4, 1e-2, size, scale, "iterations" if mode == "exp_range" else "cycle")
     check_steps(schedule, steps, expected, atol=1e-9)
@@ -379,14 +392,21 @@ def test_what_tfa_could_not_compute_is_refused_naming_the_argument(kwargs, culpr
 
 def test_dtype_follows_initial_learning_rate():
     steps = np.arange(0, 30)
-    for initial, dtype in [(1e-3, tf.float32), (np.float64(1e-3), tf.float64), (tf.constant(1e-3, tf.float64), tf.float64),
-                           (tf.constant(1e-3, tf.float16), tf.float16), (0, tf.float32)]:
+    for initial, dtype in [
+        (1e-3, tf.float32),
+        (np.float64(1e-3), tf.float64),
+        (tf.constant(1e-3, tf.float64), tf.float64),
+        (tf.constant(1e-3, tf.float16), tf.float16),
+        (0, tf.float32),
+    ]:
         schedule = Triangular2CyclicalLearningRate(initial, 1e-2, 4)
         assert schedule(5).dtype == dtype
         rtol = {tf.float64: 1e-12, tf.float32: 1e-6, tf.float16: 1e-3}[dtype]
         expected = tfa_formula(steps, float(np.asarray(initial)), 1e-2, 4, lambda c: 0.5 ** (c - 1))
         np.testing.assert_allclose(np.asarray(schedule(steps), np.float64), expected, rtol=rtol)
-        assert Triangular2CyclicalLearningRate.from_config(json.loads(json.dumps(schedule.get_config())))(5).dtype == dtype
+        assert (
+            Triangular2CyclicalLearningRate.from_config(json.loads(json.dumps(schedule.get_config())))(5).dtype == dtype
+        )
 
 
 def test_subclasses_scale_fn_is_callable_as_in_tfa():
@@ -433,23 +453,41 @@ def test_int64_step_tensor_reaches_a_float_only_scale_fn_as_a_float():
 # TFA's registered names: configs as TFA's classes wrote them.
 
 TFA_CONFIGS = [
-    ("TriangularCyclicalLearningRate",
-     {"initial_learning_rate": 0.1, "maximal_learning_rate": 1.0, "step_size": 40, "scale_mode": "cycle"},
-     lambda c: np.ones_like(c), "cycle"),
-    ("Triangular2CyclicalLearningRate",
-     {"initial_learning_rate": 0.1, "maximal_learning_rate": 1.0, "step_size": 30, "scale_mode": "cycle"},
-     lambda c: 0.5 ** (c - 1), "cycle"),
-    ("ExponentialCyclicalLearningRate",
-     {"initial_learning_rate": 0.1, "maximal_learning_rate": 1.0, "step_size": 20, "scale_mode": "iterations",
-      "gamma": 0.99},
-     lambda s: 0.99**s, "iterations"),
+    (
+        "TriangularCyclicalLearningRate",
+        {"initial_learning_rate": 0.1, "maximal_learning_rate": 1.0, "step_size": 40, "scale_mode": "cycle"},
+        lambda c: np.ones_like(c),
+        "cycle",
+    ),
+    (
+        "Triangular2CyclicalLearningRate",
+        {"initial_learning_rate": 0.1, "maximal_learning_rate": 1.0, "step_size": 30, "scale_mode": "cycle"},
+        lambda c: 0.5 ** (c - 1),
+        "cycle",
+    ),
+    (
+        "ExponentialCyclicalLearningRate",
+        {
+            "initial_learning_rate": 0.1,
+            "maximal_learning_rate": 1.0,
+            "step_size": 20,
+            "scale_mode": "iterations",
+            "gamma": 0.99,
+        },
+        lambda s: 0.99**s,
+        "iterations",
+    ),
 ]
 
 
 def keras3_form(class_name, config):
     """`keras.saving.serialize_keras_object` of a TFA schedule (Keras 2.13+ `.keras` files, Keras 3)."""
-    return {"module": "tensorflow_addons.optimizers.cyclical_learning_rate", "class_name": class_name,
-            "config": config, "registered_name": f"Addons>{class_name}"}
+    return {
+        "module": "tensorflow_addons.optimizers.cyclical_learning_rate",
+        "class_name": class_name,
+        "config": config,
+        "registered_name": f"Addons>{class_name}",
+    }
 
 
 def legacy_form(class_name, config):
@@ -480,8 +518,13 @@ def test_tfa_base_class_config_with_keras2_lambda(tmp_path):
 
     fn = lambda x: 1 / (5 ** (x * 0.0001))  # noqa: E731
     code = base64.encodebytes(marshal.dumps(fn.__code__)).decode("ascii")
-    config = {"initial_learning_rate": 0.1, "maximal_learning_rate": 1.0, "step_size": 20, "scale_mode": "cycle",
-              "scale_fn": {"class_name": "__lambda__", "config": {"value": [code, None, None]}}}
+    config = {
+        "initial_learning_rate": 0.1,
+        "maximal_learning_rate": 1.0,
+        "step_size": 20,
+        "scale_mode": "cycle",
+        "scale_fn": {"class_name": "__lambda__", "config": {"value": [code, None, None]}},
+    }
     serialized = keras3_form("CyclicalLearningRate", config)
     with pytest.raises(ValueError, match=r"scale_fn.*safe_mode=False"):
         keras.saving.deserialize_keras_object(serialized)
@@ -509,7 +552,12 @@ def test_tfa_user_model_file_loads(tmp_path):
                 optimizer = config["compile_config"]["optimizer"]["config"]
                 optimizer["learning_rate"] = keras3_form(
                     "Triangular2CyclicalLearningRate",
-                    {"initial_learning_rate": 0.1, "maximal_learning_rate": 1.0, "step_size": 30, "scale_mode": "cycle"},
+                    {
+                        "initial_learning_rate": 0.1,
+                        "maximal_learning_rate": 1.0,
+                        "step_size": 30,
+                        "scale_mode": "cycle",
+                    },
                 )
                 data = json.dumps(config).encode()
             dst.writestr(item, data)
@@ -526,7 +574,9 @@ def tfa_float32(step, initial, maximal, step_size):
     step, size = np.float32(step), np.float32(step_size)
     cycle = np.floor(np.float32(1) + step / (np.float32(2) * size))
     x = np.abs(step / size - np.float32(2) * cycle + np.float32(1))
-    return np.float32(initial) + (np.float32(maximal) - np.float32(initial)) * np.maximum(np.float32(0), np.float32(1) - x)
+    return np.float32(initial) + (np.float32(maximal) - np.float32(initial)) * np.maximum(
+        np.float32(0), np.float32(1) - x
+    )
 
 
 @pytest.mark.parametrize(
@@ -538,7 +588,9 @@ def test_precision_is_the_intended_difference(step, step_size, tfa_error_above):
     exact = float(tfa_formula(step, 1e-4, 1e-2, step_size, np.ones_like))
     tfa = float(tfa_float32(step, 1e-4, 1e-2, step_size))
     ours = float(TriangularCyclicalLearningRate(1e-4, 1e-2, step_size)(step))
-    print(f"| {step:,} | {step_size} | {exact:.6e} | {tfa:.6e} | {abs(tfa - exact) / exact:.1e} | "
-          f"{abs(ours - exact) / exact:.1e} |")
+    print(
+        f"| {step:,} | {step_size} | {exact:.6e} | {tfa:.6e} | {abs(tfa - exact) / exact:.1e} | "
+        f"{abs(ours - exact) / exact:.1e} |"
+    )
     assert abs(ours - exact) / exact < 1e-6
     assert abs(tfa - exact) / exact > tfa_error_above

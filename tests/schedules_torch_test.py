@@ -32,18 +32,24 @@ def test_sequence_matches_sequential_lr_of_linear_constant_cosine():
     sched = torch.optim.lr_scheduler
 
     def make(optimizer):
-        return sched.SequentialLR(optimizer, [
-            sched.LinearLR(optimizer, start_factor=0.1, end_factor=1.0, total_iters=10),
-            sched.ConstantLR(optimizer, factor=0.5, total_iters=1000),
-            sched.CosineAnnealingLR(optimizer, T_max=40, eta_min=0.001),
-        ], milestones=[10, 25])
+        return sched.SequentialLR(
+            optimizer,
+            [
+                sched.LinearLR(optimizer, start_factor=0.1, end_factor=1.0, total_iters=10),
+                sched.ConstantLR(optimizer, factor=0.5, total_iters=1000),
+                sched.CosineAnnealingLR(optimizer, T_max=40, eta_min=0.001),
+            ],
+            milestones=[10, 25],
+        )
 
     expected = torch_rates(make, base, steps)
-    ours = Sequence([
-        (keras.optimizers.schedules.PolynomialDecay(0.01, 10, end_learning_rate=0.1), 10),
-        (0.05, 15),
-        (keras.optimizers.schedules.CosineDecay(0.1, 40, alpha=0.01), None),
-    ])
+    ours = Sequence(
+        [
+            (keras.optimizers.schedules.PolynomialDecay(0.01, 10, end_learning_rate=0.1), 10),
+            (0.05, 15),
+            (keras.optimizers.schedules.CosineDecay(0.1, 40, alpha=0.01), None),
+        ]
+    )
     # Up to the cosine's T_max: past it torch's cosine comes back up; Keras's holds the end rate.
     n = 25 + 41
     np.testing.assert_allclose(ours(np.arange(n)), expected[:n], rtol=2e-6, atol=1e-9)
@@ -55,10 +61,14 @@ def test_warmup_matches_sequential_lr_of_linear_then_cosine():
     sched = torch.optim.lr_scheduler
 
     def make(optimizer):
-        return sched.SequentialLR(optimizer, [
-            sched.LinearLR(optimizer, start_factor=0.25, end_factor=1.0, total_iters=warmup),
-            sched.CosineAnnealingLR(optimizer, T_max=30, eta_min=0.0),
-        ], milestones=[warmup])
+        return sched.SequentialLR(
+            optimizer,
+            [
+                sched.LinearLR(optimizer, start_factor=0.25, end_factor=1.0, total_iters=warmup),
+                sched.CosineAnnealingLR(optimizer, T_max=30, eta_min=0.0),
+            ],
+            milestones=[warmup],
+        )
 
     expected = torch_rates(make, base, steps)
     ours = Warmup(keras.optimizers.schedules.CosineDecay(base, 30), warmup_steps=warmup, start_lr=0.25 * base)
@@ -72,11 +82,15 @@ def test_wsd_matches_sequential_lr_of_linear_constant_linear():
     sched = torch.optim.lr_scheduler
 
     def make(optimizer):
-        return sched.SequentialLR(optimizer, [
-            sched.LinearLR(optimizer, start_factor=1e-12, end_factor=1.0, total_iters=warm),
-            sched.ConstantLR(optimizer, factor=1.0, total_iters=1),
-            sched.LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=decay),
-        ], milestones=[warm, total - decay])
+        return sched.SequentialLR(
+            optimizer,
+            [
+                sched.LinearLR(optimizer, start_factor=1e-12, end_factor=1.0, total_iters=warm),
+                sched.ConstantLR(optimizer, factor=1.0, total_iters=1),
+                sched.LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=decay),
+            ],
+            milestones=[warm, total - decay],
+        )
 
     expected = torch_rates(make, peak, total)
     ours = WarmupStableDecay(peak, total, warm, decay, decay="linear")

@@ -11,8 +11,9 @@ from clr_loop import steps
 def model_and_batch(lr=0.1):
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
-    model.compile(keras.optimizers.SGD(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.SGD(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     rng = np.random.default_rng(0)
     x = rng.normal(size=(10, 6)).astype(np.float32)
     y = rng.integers(0, 3, 10).astype(np.int32)
@@ -83,19 +84,50 @@ def _built(model, loss):
     return model
 
 
-@pytest.mark.parametrize("make, why", [
-    (lambda: _built(OwnCall(), "sparse_categorical_crossentropy"), "subclassed"),
-    (lambda: _built(keras.Sequential([keras.Input((6,)), OwnCall()]), "sparse_categorical_crossentropy"), "own call"),
-    (lambda: _built(keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]),
-                    keras.losses.SparseCategoricalCrossentropy(reduction="sum")), "reduction"),
-    (lambda: _built(keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]),
-                    lambda a, b: keras.ops.mean(b) * 0), "per-example"),
-    (lambda: _built(keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]),
-                    keras.losses.SparseCategoricalCrossentropy(ignore_class=0)), "ignores a class"),
-    (lambda: _built(keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(5, 3, mask_zero=True),
-                                      keras.layers.GlobalAveragePooling1D()]),
-                    "sparse_categorical_crossentropy"), "mask"),
-], ids=["subclass", "nested_subclass", "sum_reduction", "custom_function", "ignore_class", "mask_zero"])
+@pytest.mark.parametrize(
+    "make, why",
+    [
+        (lambda: _built(OwnCall(), "sparse_categorical_crossentropy"), "subclassed"),
+        (
+            lambda: _built(keras.Sequential([keras.Input((6,)), OwnCall()]), "sparse_categorical_crossentropy"),
+            "own call",
+        ),
+        (
+            lambda: _built(
+                keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]),
+                keras.losses.SparseCategoricalCrossentropy(reduction="sum"),
+            ),
+            "reduction",
+        ),
+        (
+            lambda: _built(
+                keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]), lambda a, b: keras.ops.mean(b) * 0
+            ),
+            "per-example",
+        ),
+        (
+            lambda: _built(
+                keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]),
+                keras.losses.SparseCategoricalCrossentropy(ignore_class=0),
+            ),
+            "ignores a class",
+        ),
+        (
+            lambda: _built(
+                keras.Sequential(
+                    [
+                        keras.Input((6,), dtype="int32"),
+                        keras.layers.Embedding(5, 3, mask_zero=True),
+                        keras.layers.GlobalAveragePooling1D(),
+                    ]
+                ),
+                "sparse_categorical_crossentropy",
+            ),
+            "mask",
+        ),
+    ],
+    ids=["subclass", "nested_subclass", "sum_reduction", "custom_function", "ignore_class", "mask_zero"],
+)
 def test_can_split_refuses_what_train_step_computes_otherwise(make, why):
     ok, reason = steps.can_split(make())
     assert not ok and why in reason
@@ -103,7 +135,9 @@ def test_can_split_refuses_what_train_step_computes_otherwise(make, why):
 
 def test_can_split_accepts_a_nested_sequential_of_per_example_layers():
     inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
-    model = _built(keras.Sequential([keras.Input((6,)), inner, keras.layers.Dense(3)]), "sparse_categorical_crossentropy")
+    model = _built(
+        keras.Sequential([keras.Input((6,)), inner, keras.layers.Dense(3)]), "sparse_categorical_crossentropy"
+    )
     assert steps.can_split(model) == (True, "")
 
 
@@ -119,7 +153,6 @@ def test_an_uncompiled_model_is_refused():
         steps.check_compiled(keras.Sequential([keras.Input((4,)), keras.layers.Dense(4)]))
 
 
-
 def dropout_probe(splits, seed=3, batch=8, width=64):
     """One train step of Dropout(0.5) -> Dense(1, no bias, zero kernel) with SGD(1) and a loss whose
     gradient is the batch mean of the dropout output; example i is the constant 2**i, so the
@@ -128,7 +161,9 @@ def dropout_probe(splits, seed=3, batch=8, width=64):
     for consecutive batches of those sizes, starting from the generator state the step started from."""
     keras.utils.set_random_seed(seed)
     dropout = keras.layers.Dropout(0.5, seed=seed)
-    model = keras.Sequential([keras.Input((width,)), dropout, keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
+    model = keras.Sequential(
+        [keras.Input((width,)), dropout, keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")]
+    )
     model.compile(keras.optimizers.SGD(1.0), keras.losses.MeanAbsoluteError())  # |p + 1| = p + 1 while p = 0
     x = np.repeat(2.0 ** np.arange(batch, dtype=np.float32)[:, None], width, axis=1)
     y = -np.ones((batch, 1), np.float32)
@@ -140,8 +175,9 @@ def dropout_probe(splits, seed=3, batch=8, width=64):
 
     def keras_masks(*sizes):
         dropout.seed_generator.state.assign(state)
-        return np.concatenate([(dropout(tf.ones((n, width)), training=True).numpy() != 0).astype(np.int64)
-                               for n in sizes])
+        return np.concatenate(
+            [(dropout(tf.ones((n, width)), training=True).numpy() != 0).astype(np.int64) for n in sizes]
+        )
 
     return masks, keras_masks
 

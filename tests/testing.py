@@ -82,8 +82,17 @@ def make_config(tmp_path, **overrides):
     from clr_loop.experiment import config as config_lib  # pylint: disable=import-outside-toplevel
 
     values = dict(
-        mode="triangular2", initial_lr=1e-3, max_lr=0.1, step_size_epochs=1.0, epochs=2, batch_size=32,
-        eval_batch_size=32, steps_per_loop=4, log_every_steps=2, jit_compile="false", workdir=str(tmp_path / "run"),
+        mode="triangular2",
+        initial_lr=1e-3,
+        max_lr=0.1,
+        step_size_epochs=1.0,
+        epochs=2,
+        batch_size=32,
+        eval_batch_size=32,
+        steps_per_loop=4,
+        log_every_steps=2,
+        jit_compile="false",
+        workdir=str(tmp_path / "run"),
     )
     values.update(overrides)
     return config_lib.Config(**values)
@@ -111,8 +120,10 @@ def npz_arrays(n_train=30, n_test=10, shape=(6, 5), classes=4, seed=0):
     rng = np.random.default_rng(seed)
     labels = lambda n: np.arange(n) % classes  # noqa: E731  (every class occurs)
     return {
-        "x_train": rng.integers(0, 256, (n_train, *shape), dtype=np.uint8), "y_train": labels(n_train),
-        "x_test": rng.integers(0, 256, (n_test, *shape), dtype=np.uint8), "y_test": labels(n_test),
+        "x_train": rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
+        "y_train": labels(n_train),
+        "x_test": rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
+        "y_test": labels(n_test),
     }
 
 
@@ -273,8 +284,14 @@ model.save_weights(out)
 def start_script(script, workdir, out, kill_at, marker, input_mode="auto"):
     """Starts `python script workdir out kill_at marker input_mode` (a KILL_SCRIPT) in the repo; returns the Popen."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    return subprocess.Popen([sys.executable, script, workdir, out, str(kill_at), marker, input_mode], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, script, workdir, out, str(kill_at), marker, input_mode],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _h5_arrays(path):
@@ -331,8 +348,9 @@ def event_values(logdir):
 
     acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
     acc.Reload()
-    return {tag: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
-            for tag in acc.Tags()["tensors"]}
+    return {
+        tag: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)} for tag in acc.Tags()["tensors"]
+    }
 
 
 # The apps ---------------------------------------------------------------------------------------
@@ -400,9 +418,18 @@ def start_worker(index, ports, workdir, idx_dir, *extra):
     tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
     env = dict(SUBPROCESS_ENV, TF_CONFIG=json.dumps(tf_config))
     args = [
-        sys.executable, "-m", "clr_loop.train", "--strategy=multi_worker", f"--dataset_dir={idx_dir}",
-        f"--workdir={workdir}", "--batch_size=16", "--epochs=2", "--steps_per_loop=4", "--eval_batch_size=16",
-        "--verbosity=1", *extra,  # verbosity 1: the "checkpoint saved at step N" lines (saved_step)
+        sys.executable,
+        "-m",
+        "clr_loop.train",
+        "--strategy=multi_worker",
+        f"--dataset_dir={idx_dir}",
+        f"--workdir={workdir}",
+        "--batch_size=16",
+        "--epochs=2",
+        "--steps_per_loop=4",
+        "--eval_batch_size=16",
+        "--verbosity=1",
+        *extra,  # verbosity 1: the "checkpoint saved at step N" lines (saved_step)
     ]
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -478,12 +505,30 @@ def fit_small_model(strategy):
     with strategy.scope():
         keras.utils.set_random_seed(3)
         model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
-        model.compile(optimizer=keras.optimizers.SGD(CyclicalLearningRate(0.01, 0.2, step_size=5), momentum=0.9),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    history = loop.fit(model, x, y, batch_size=32, epochs=2, seed=11, drop_remainder=True, verbose=0,
-                       validation_data=(x_val, y_val), validation_batch_size=10, jit_compile=False, steps_per_loop=3)
-    result = {"replicas": strategy.num_replicas_in_sync, "history": history.history,
-              "weights": [w.tolist() for w in model.get_weights()]}
+        model.compile(
+            optimizer=keras.optimizers.SGD(CyclicalLearningRate(0.01, 0.2, step_size=5), momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+    history = loop.fit(
+        model,
+        x,
+        y,
+        batch_size=32,
+        epochs=2,
+        seed=11,
+        drop_remainder=True,
+        verbose=0,
+        validation_data=(x_val, y_val),
+        validation_batch_size=10,
+        jit_compile=False,
+        steps_per_loop=3,
+    )
+    result = {
+        "replicas": strategy.num_replicas_in_sync,
+        "history": history.history,
+        "weights": [w.tolist() for w in model.get_weights()],
+    }
     if strategy.num_replicas_in_sync == 1:  # Keras's own evaluate does not run under MultiWorkerMirroredStrategy
         result["evaluate"] = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
     return result
@@ -525,7 +570,7 @@ def balanced(text, start):
         depth += {"(": 1, ")": -1}.get(text[i], 0)
         if depth == 0:
             return i + 1
-    raise ValueError(f"unbalanced: {text[start:start + 80]}")
+    raise ValueError(f"unbalanced: {text[start : start + 80]}")
 
 
 _CALLEE = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_computation)=%([\w.\-]+)")
@@ -560,12 +605,12 @@ class HloModule:
             m = re.match(r"\s*(ROOT\s+)?%(\S+)\s*=\s*", line)
             if not m or computation is None:
                 continue
-            rest = line[m.end():]
+            rest = line[m.end() :]
             shape_end = balanced(rest, 0) if rest.startswith("(") else rest.index(" ")
             shape, body = rest[:shape_end], rest[shape_end:].lstrip()
             opcode = re.match(r"[\w\-]+", body).group(0)
             args_end = balanced(body, len(opcode))
-            operands = re.findall(r"%([\w.\-]+)", body[len(opcode):args_end])
+            operands = re.findall(r"%([\w.\-]+)", body[len(opcode) : args_end])
             name = m.group(2)
             self.ops[name] = (opcode, operands, line, computation, shape)
             if opcode == "parameter":
@@ -601,19 +646,30 @@ class HloModule:
             return found
         if opcode == "get-tuple-element":
             source = operands[0]
-            callee = self._callee(source) or self._callee(source, "body") or (
-                self._callee(source, "to_apply") if self.ops[source][0] == "call" else None)
+            callee = (
+                self._callee(source)
+                or self._callee(source, "body")
+                or (self._callee(source, "to_apply") if self.ops[source][0] == "call" else None)
+            )
             root = self.roots.get(callee)
             index = int(re.search(r"index=(\d+)", line).group(1))
             if root and self.ops[root][0] == "tuple" and index < len(self.ops[root][1]):
                 return [self.ops[root][1][index]] + ([source] if self.ops[source][0] == "while" else [])
             return operands
-        callee = self._callee(name) or self._callee(name, "body") or (self._callee(name, "to_apply") if opcode == "call" else None)
+        callee = (
+            self._callee(name)
+            or self._callee(name, "body")
+            or (self._callee(name, "to_apply") if opcode == "call" else None)
+        )
         if callee and opcode in ("fusion", "call", "while", "async-start"):
             return [self.roots[callee]] + (operands if opcode == "while" else [])
         if opcode == "conditional":
-            branches = re.findall(r"%([\w.\-]+)", (re.search(r"branch_computations=\{([^}]*)\}", line) or [None, ""])[1])
-            branches += [self._callee(name, k) for k in ("true_computation", "false_computation") if self._callee(name, k)]
+            branches = re.findall(
+                r"%([\w.\-]+)", (re.search(r"branch_computations=\{([^}]*)\}", line) or [None, ""])[1]
+            )
+            branches += [
+                self._callee(name, k) for k in ("true_computation", "false_computation") if self._callee(name, k)
+            ]
             return operands + [self.roots[b] for b in branches if b in self.roots]
         return [o for o in operands if o in self.ops]
 
@@ -646,16 +702,31 @@ def jit_cnn_run(scheduled=True, **fit_args):
     keras.utils.set_random_seed(0)
     model = models.create_model(seed=1, input_shape=CNN_IMAGE)
     clr = schedules.Triangular2CyclicalLearningRate(1e-3, 1e-2, step_size=4)
-    model.compile(keras.optimizers.SGD(clr if scheduled else 1e-3, momentum=0.9), keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.SGD(clr if scheduled else 1e-3, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(4 * CNN_BATCH,) + CNN_IMAGE, dtype=np.uint8)
     y = rng.integers(0, 10, size=(4 * CNN_BATCH,), dtype=np.int32)
     run = runner.Run(
-        model, inputs.make_train_input(x, y, CNN_BATCH, drop_remainder=True), (None, None), seed=3, epochs=1,
-        steps_per_loop=2, jit_compile=True, batch_splits=0, workdir=None, checkpoint_every_steps=0,
-        keep_checkpoints=1, log_every_steps=100, profile_steps=None, max_steps=None,
-        validation_batch_size=CNN_BATCH, **fit_args,
+        model,
+        inputs.make_train_input(x, y, CNN_BATCH, drop_remainder=True),
+        (None, None),
+        seed=3,
+        epochs=1,
+        steps_per_loop=2,
+        jit_compile=True,
+        batch_splits=0,
+        workdir=None,
+        checkpoint_every_steps=0,
+        keep_checkpoints=1,
+        log_every_steps=100,
+        profile_steps=None,
+        max_steps=None,
+        validation_batch_size=CNN_BATCH,
+        **fit_args,
     )
     return run, tf.constant(x[:CNN_BATCH]), tf.constant(y[:CNN_BATCH])
 

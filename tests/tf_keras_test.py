@@ -32,7 +32,12 @@ CASES = [
     ("TriangularCyclicalLearningRate", {}, lambda c: np.ones_like(c), "cycle"),
     ("Triangular2CyclicalLearningRate", {}, lambda c: 0.5 ** (c - 1), "cycle"),
     ("ExponentialCyclicalLearningRate", {"gamma": 0.99}, lambda s: 0.99**s, "iterations"),
-    ("CyclicalLearningRate", {"scale_fn": lambda x: 1 / (5 ** (x * 0.0001))}, lambda c: 1 / (5 ** (c * 0.0001)), "cycle"),
+    (
+        "CyclicalLearningRate",
+        {"scale_fn": lambda x: 1 / (5 ** (x * 0.0001))},
+        lambda c: 1 / (5 ** (c * 0.0001)),
+        "cycle",
+    ),
 ]
 
 
@@ -56,8 +61,9 @@ def _fit_and_checkpoint(schedule, path):
     y = (x @ np.array([[1.0], [-2.0], [0.5]])).astype("float32")
     model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(1)])
     model.compile(optimizer=tf_keras.optimizers.SGD(schedule), loss="mse")
-    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
-                        callbacks=[tf_keras.callbacks.ModelCheckpoint(str(path))])
+    history = model.fit(
+        x, y, batch_size=16, epochs=2, verbose=0, callbacks=[tf_keras.callbacks.ModelCheckpoint(str(path))]
+    )
     assert len(history.history["loss"]) == 2
 
 
@@ -66,7 +72,7 @@ def test_fit_checkpoint_and_load_named_and_tutorial_lambda(tmp_path, ext):
     steps = np.arange(0, 40)
     for name, schedule in [
         ("named", clr_tf_keras.Triangular2CyclicalLearningRate(1e-4, 1e-2, 3)),
-        ("tutorial", clr_tf_keras.CyclicalLearningRate(1e-4, 1e-2, 3, scale_fn=lambda x: 1/(2.**(x-1)))),  # noqa: E226,E225
+        ("tutorial", clr_tf_keras.CyclicalLearningRate(1e-4, 1e-2, 3, scale_fn=lambda x: 1 / (2.0 ** (x - 1)))),  # noqa: E226,E225
     ]:
         path = tmp_path / f"{name}.{ext}"
         _fit_and_checkpoint(schedule, path)
@@ -74,7 +80,8 @@ def test_fit_checkpoint_and_load_named_and_tutorial_lambda(tmp_path, ext):
         assert type(loaded.optimizer._learning_rate) is type(schedule)
         assert int(loaded.optimizer.iterations) == 8
         np.testing.assert_allclose(
-            loaded.optimizer._learning_rate(steps), tfa_formula(steps, 1e-4, 1e-2, 3, lambda c: 0.5 ** (c - 1)),
+            loaded.optimizer._learning_rate(steps),
+            tfa_formula(steps, 1e-4, 1e-2, 3, lambda c: 0.5 ** (c - 1)),
             rtol=1e-6,
         )
 
@@ -100,9 +107,12 @@ def test_tfa_registered_names_resolve_in_tf_keras(legacy):
         serialized = {"class_name": "Addons>Triangular2CyclicalLearningRate", "config": config}
         schedule = tf_keras.optimizers.schedules.deserialize(serialized, use_legacy_format=True)
     else:
-        serialized = {"module": "tensorflow_addons.optimizers.cyclical_learning_rate",
-                      "class_name": "Triangular2CyclicalLearningRate", "config": config,
-                      "registered_name": "Addons>Triangular2CyclicalLearningRate"}
+        serialized = {
+            "module": "tensorflow_addons.optimizers.cyclical_learning_rate",
+            "class_name": "Triangular2CyclicalLearningRate",
+            "config": config,
+            "registered_name": "Addons>Triangular2CyclicalLearningRate",
+        }
         schedule = tf_keras.saving.deserialize_keras_object(json.loads(json.dumps(serialized)))
     assert type(schedule) is clr_tf_keras.Triangular2CyclicalLearningRate
     assert float(schedule(75)) == pytest.approx(0.325, rel=1e-6)
@@ -131,8 +141,7 @@ def test_tutorial_with_tf_use_legacy_keras(tmp_path):
         print("RESULT", int(loaded.optimizer.iterations), [float(loaded.optimizer._learning_rate(s)) for s in range(12)])
         """
     )
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     iterations, values = proc.stdout.split("RESULT", 1)[1].split(" ", 2)[1:]

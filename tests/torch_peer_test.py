@@ -32,7 +32,10 @@ def one_thread():
 def test_constants_are_clr_loops():
     config = config_lib.Config()
     assert (torch_peer.INITIAL_LR, torch_peer.MAX_LR, torch_peer.STEP_SIZE_EPOCHS) == (
-        config.initial_lr, config.max_lr, config.step_size_epochs)
+        config.initial_lr,
+        config.max_lr,
+        config.step_size_epochs,
+    )
     assert torch_peer.BATCH_SIZE == config.batch_size == variants.TUTORIAL_BATCH_SIZE
     assert torch_peer.DEBIAN_DIR == fashion_mnist.DEBIAN_DIR and torch_peer.IDX_FILES == fashion_mnist.IDX_FILES
     assert torch_peer.FULL_SIZE == fashion_mnist.FULL_SIZE and torch_peer.SEED == variants.SEED
@@ -125,6 +128,7 @@ def test_time_steps_reports_a_failing_torch_compile_instead_of_raising(monkeypat
     def broken_compile(model, **kwargs):
         def forward(x):
             raise RuntimeError("Compiler: cc is not found\nmore detail")
+
         return forward
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -150,6 +154,12 @@ def test_the_worker_process_prints_a_bench_result():
     assert result["name"] == "(p) PyTorch eager" and result["process_peak_rss_mb"] > 0
     assert result["ms_per_step"] > 0 and result["torch"] == torch.__version__
     probe = "import sys, benchmarks.torch_peer; print('tensorflow' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", probe], cwd=processes.REPO_ROOT, env=processes.child_env(),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=processes.REPO_ROOT,
+        env=processes.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.stdout.strip() == "False", out.stderr

@@ -32,8 +32,14 @@ def test_cli_on_tiny_idx_folder(tmp_path):
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
     workdir = str(tmp_path / "run")
     result = run_cli(
-        f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--mode=triangular2", "--epochs=2", "--batch_size=16",
-        "--steps_per_loop=2", "--log_every_steps=2", "--eval_batch_size=16",
+        f"--dataset_dir={data_dir}",
+        f"--workdir={workdir}",
+        "--mode=triangular2",
+        "--epochs=2",
+        "--batch_size=16",
+        "--steps_per_loop=2",
+        "--log_every_steps=2",
+        "--eval_batch_size=16",
     )
     assert result.returncode == 0, result.stderr
     history = assert_run_outputs(workdir, epochs=2)
@@ -46,8 +52,16 @@ def test_cli_under_tfds_mock_data(tmp_path):
     workdir = str(tmp_path / "run")
     with tfds.testing.mock_data(num_examples=40):
         status = run_main_in_process(
-            [f"--tfds_data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}", "--mode=exp_range", "--gamma=0.99",
-             "--epochs=1", "--batch_size=8", "--steps_per_loop=3", "--eval_batch_size=16"]
+            [
+                f"--tfds_data_dir={tmp_path / 'tfds'}",
+                f"--workdir={workdir}",
+                "--mode=exp_range",
+                "--gamma=0.99",
+                "--epochs=1",
+                "--batch_size=8",
+                "--steps_per_loop=3",
+                "--eval_batch_size=16",
+            ]
         )
     assert status == 0
     assert_run_outputs(workdir, epochs=1)
@@ -59,8 +73,17 @@ def test_the_new_modes_flagfiles_run(tmp_path, name):
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
     workdir = str(tmp_path / name)
     flagfile = os.path.join(REPO, "flags", f"{name}.flags")
-    status = run_main_in_process([f"--flagfile={flagfile}", f"--dataset_dir={data_dir}", f"--workdir={workdir}",
-                                  "--batch_size=16", "--max_steps=4", "--eval_batch_size=40", "--jit_compile=false"])
+    status = run_main_in_process(
+        [
+            f"--flagfile={flagfile}",
+            f"--dataset_dir={data_dir}",
+            f"--workdir={workdir}",
+            "--batch_size=16",
+            "--max_steps=4",
+            "--eval_batch_size=40",
+            "--jit_compile=false",
+        ]
+    )
     assert status == 0
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["mode"] == name and config["epochs"] == 10 and config["resolved"]["total_steps"] == 4
@@ -73,8 +96,12 @@ def test_flagfile_from_repo_root_and_later_flags_override(tmp_path):
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
     workdir = str(tmp_path / "smoke")
     result = run_cli(
-        "--flagfile=flags/smoke.flags", f"--dataset_dir={data_dir}", f"--workdir={workdir}", "--batch_size=16",
-        "--max_steps=4", "--eval_batch_size=40",
+        "--flagfile=flags/smoke.flags",
+        f"--dataset_dir={data_dir}",
+        f"--workdir={workdir}",
+        "--batch_size=16",
+        "--max_steps=4",
+        "--eval_batch_size=40",
     )
     assert result.returncode == 0, result.stderr
     config = json.load(open(os.path.join(workdir, "config.json")))
@@ -137,7 +164,9 @@ def test_bad_flags_exit_1_with_one_line_before_writing(tmp_path):
 def test_seed_outside_numpys_range_is_a_flag_error(tmp_path, seed):
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
-        with pytest.raises(flags.IllegalFlagValueError, match=r"--seed=.*not an integer in the range \[0, 4294967295\]"):
+        with pytest.raises(
+            flags.IllegalFlagValueError, match=r"--seed=.*not an integer in the range \[0, 4294967295\]"
+        ):
             flags.FLAGS(["clr_loop.train", f"--seed={seed}", f"--workdir={tmp_path / 'never'}"])
 
 
@@ -152,8 +181,17 @@ def test_unwritable_save_init_is_named_as_the_flag(tmp_path, capsys):
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
     (tmp_path / "a_file").write_text("in the way")
     target = tmp_path / "a_file" / "init.weights.h5"
-    status = run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}", f"--save_init={target}",
-                                  "--epochs=1", "--max_steps=2", "--batch_size=16", "--jit_compile=false"])
+    status = run_main_in_process(
+        [
+            f"--dataset_dir={data_dir}",
+            f"--workdir={tmp_path / 'run'}",
+            f"--save_init={target}",
+            "--epochs=1",
+            "--max_steps=2",
+            "--batch_size=16",
+            "--jit_compile=false",
+        ]
+    )
     assert status == 1
     (line,) = app_message_lines(capsys.readouterr().err)
     assert line.startswith(f"error: --save_init: cannot write initial weights to {target}: ")
@@ -181,10 +219,14 @@ def test_bad_data_file_is_named_with_its_problem(tmp_path):
 
 def test_non_finite_run_stops_with_step_and_rate(tmp_path):
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
-    result = run_cli(f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}", "--mode=none", "--lr=1e12", "--batch_size=16")
+    result = run_cli(
+        f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}", "--mode=none", "--lr=1e12", "--batch_size=16"
+    )
     assert result.returncode == 1
     # The update at a rate of 1e12 takes the weights past float32's range at the step that names it.
-    assert re.search(r"non-finite (loss at|weights after) step \d+ \(learning rate 1e\+12\)", result.stderr), result.stderr
+    assert re.search(r"non-finite (loss at|weights after) step \d+ \(learning rate 1e\+12\)", result.stderr), (
+        result.stderr
+    )
 
 
 @pytest.mark.skipif(not os.path.isdir(fashion_mnist.DEBIAN_DIR), reason="needs apt-get install dataset-fashion-mnist")
@@ -203,26 +245,45 @@ def test_real_data_few_hundred_steps_beat_the_untrained_model(tmp_path):
 def test_batch_splits_on_a_batch_norm_model_is_one_line_naming_the_flags(tmp_path, capsys):
     """Was runtime's ValueError traceback."""
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
-    status = run_main_in_process([f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}", "--model=resnet20",
-                                  "--batch_splits=2", "--batch_size=16", "--max_steps=1", "--jit_compile=false"])
+    status = run_main_in_process(
+        [
+            f"--dataset_dir={data_dir}",
+            f"--workdir={tmp_path / 'run'}",
+            "--model=resnet20",
+            "--batch_splits=2",
+            "--batch_size=16",
+            "--max_steps=1",
+            "--jit_compile=false",
+        ]
+    )
     assert status == 1
     (line,) = app_message_lines(capsys.readouterr().err)
     # Keras numbers a layer's default name by how many such layers the process has made before.
     assert re.fullmatch(
         r"error: --batch_splits=2 cannot compute --model=resnet20 in parts: layer 'batch_normalization(_\d+)?' "
-        r"\(BatchNormalization\) may depend on the whole batch; leave --batch_splits at 0 \(automatic\) or 1", line)
+        r"\(BatchNormalization\) may depend on the whole batch; leave --batch_splits at 0 \(automatic\) or 1",
+        line,
+    )
     assert not (tmp_path / "run").exists()
 
 
 def test_a_batch_the_mirrored_replicas_do_not_divide_is_one_line_naming_the_flags(tmp_path):
     """Was loop's ValueError traceback."""
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
-    result = run_cli(f"--dataset_dir={data_dir}", f"--workdir={tmp_path / 'run'}", "--strategy=mirrored",
-                     "--virtual_cpus=3", "--batch_size=16", "--max_steps=1", "--jit_compile=false")
+    result = run_cli(
+        f"--dataset_dir={data_dir}",
+        f"--workdir={tmp_path / 'run'}",
+        "--strategy=mirrored",
+        "--virtual_cpus=3",
+        "--batch_size=16",
+        "--max_steps=1",
+        "--jit_compile=false",
+    )
     assert result.returncode == 1, result.stderr
     assert [line for line in app_message_lines(result.stderr) if not line.startswith("INFO:tensorflow:")] == [
         "error: --batch_size=16 must be a multiple of the 3 replicas of --strategy=mirrored "
-        "(/cpu:0, /cpu:1, /cpu:2), e.g. --batch_size=15 or --batch_size=18"], result.stderr
+        "(/cpu:0, /cpu:1, /cpu:2), e.g. --batch_size=15 or --batch_size=18"
+    ], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
 
@@ -232,19 +293,43 @@ def test_the_console_shows_the_source_plan_and_epochs_and_the_rest_with_verbosit
     data_dir = write_tiny_idx_dir(str(tmp_path / "idx"))
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = REPO
-    args = [sys.executable, "-m", "clr_loop.train", f"--dataset_dir={data_dir}", "--epochs=2", "--batch_size=16",
-            "--steps_per_loop=3", "--checkpoint_every_steps=3", "--eval_batch_size=40", "--jit_compile=false"]
-    quiet = subprocess.run([*args, f"--workdir={tmp_path / 'quiet'}"], cwd=REPO, env=env, capture_output=True,
-                           text=True, timeout=300)
+    args = [
+        sys.executable,
+        "-m",
+        "clr_loop.train",
+        f"--dataset_dir={data_dir}",
+        "--epochs=2",
+        "--batch_size=16",
+        "--steps_per_loop=3",
+        "--checkpoint_every_steps=3",
+        "--eval_batch_size=40",
+        "--jit_compile=false",
+    ]
+    quiet = subprocess.run(
+        [*args, f"--workdir={tmp_path / 'quiet'}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert quiet.returncode == 0, quiet.stderr
     assert "Epoch 2/2" in quiet.stdout and "val_accuracy:" in quiet.stdout
     lines = quiet.stderr.splitlines()
     assert any(f"Fashion-MNIST from idx files in {data_dir}" in line for line in lines), quiet.stderr
     assert any("] fit: 12 steps (6 per epoch)" in line for line in lines), quiet.stderr
-    noise = [line for line in lines if re.search(r"\.cc:\d+\]|absl::InitializeLog|checkpoint saved|Sharding callback|"
-                                                 r"evaluating at step|tensorflow", line)]
+    noise = [
+        line
+        for line in lines
+        if re.search(
+            r"\.cc:\d+\]|absl::InitializeLog|checkpoint saved|Sharding callback|"
+            r"evaluating at step|tensorflow",
+            line,
+        )
+    ]
     assert noise == [], quiet.stderr
-    verbose = subprocess.run([*args, f"--workdir={tmp_path / 'verbose'}", "-v", "1"], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=300)
+    verbose = subprocess.run(
+        [*args, f"--workdir={tmp_path / 'verbose'}", "-v", "1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert verbose.returncode == 0, verbose.stderr
     assert "checkpoint saved at step 3" in verbose.stderr and "Sharding callback duration" in verbose.stderr

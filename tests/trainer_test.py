@@ -128,7 +128,9 @@ def test_train_writes_history_config_and_events(tmp_path):
     assert glob.glob(str(workdir / "train" / "events.out.tfevents.*"))
     assert glob.glob(str(workdir / "eval" / "events.out.tfevents.*"))
     # lr at the end of epoch 1 is the rate of its last step (step 7), peak of the first cycle.
-    assert saved["lr"][0] == pytest.approx(config_lib.make_schedule(config, config_lib.plan_steps(config, 256))(7).numpy(), rel=1e-6)
+    assert saved["lr"][0] == pytest.approx(
+        config_lib.make_schedule(config, config_lib.plan_steps(config, 256))(7).numpy(), rel=1e-6
+    )
 
 
 def test_train_summaries_hold_loss_accuracy_lr(tmp_path):
@@ -246,7 +248,9 @@ def test_split_step_trains_like_the_whole_batch_without_dropout(tmp_path, splits
         trainer.model.layers[5].rate = 0.0
         window = trainer.run.run_steps(7)
         sums = {k: float(window[k]) for k in ("loss_sum", "count", "lr")}
-        runs.append((weights(trainer.model), {**sums, "accuracy": inner_loop.metric_results(trainer.run.metrics)["accuracy"]}))
+        runs.append(
+            (weights(trainer.model), {**sums, "accuracy": inner_loop.metric_results(trainer.run.metrics)["accuracy"]})
+        )
     (whole_weights, whole), (split_weights, split) = runs
     assert split["count"] == whole["count"] == 7 * 32
     assert split["accuracy"] == whole["accuracy"] and split["lr"] == whole["lr"]

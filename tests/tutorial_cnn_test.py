@@ -10,8 +10,15 @@ def test_layers_match_the_tutorial():
     model = models.create_model(seed=0)
     layers = model.layers
     assert [type(layer).__name__ for layer in layers] == [
-        "Rescaling", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "SpatialDropout2D",
-        "GlobalAveragePooling2D", "Dense", "Dense",
+        "Rescaling",
+        "Conv2D",
+        "MaxPooling2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "SpatialDropout2D",
+        "GlobalAveragePooling2D",
+        "Dense",
+        "Dense",
     ]
     assert layers[0].scale == 1.0 / 255
     assert (layers[1].filters, layers[1].kernel_size, layers[1].activation.__name__) == (16, (5, 5), "relu")

@@ -34,8 +34,15 @@ EPOCHS = 3
 def fit(workdir, **overrides):
     """The same small run every time: 3 epochs of 7 steps, validation, a point every 2 steps."""
     x, y = toy_data()
-    kwargs = dict(batch_size=BATCH, epochs=EPOCHS, verbose=0, seed=3, log_every_steps=2,
-                  validation_data=(x[:50], y[:50]), workdir=workdir)
+    kwargs = dict(
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        verbose=0,
+        seed=3,
+        log_every_steps=2,
+        validation_data=(x[:50], y[:50]),
+        workdir=workdir,
+    )
     kwargs.update(overrides)
     model = compiled()
     history = loop.fit(model, x, y, **kwargs)
@@ -61,8 +68,12 @@ def assert_same_run(workdir, reference, model):
 
 def half_written(workdir):
     """Temporary files a write leaves if it is not cleaned up."""
-    return [os.path.join(root, name) for root, dirs, files in os.walk(workdir) for name in dirs + files
-            if ".tmp" in name or "_temp" in name]
+    return [
+        os.path.join(root, name)
+        for root, dirs, files in os.walk(workdir)
+        for name in dirs + files
+        if ".tmp" in name or "_temp" in name
+    ]
 
 
 # 1. A full disk, for real: a small tmpfs filled to a given number of free bytes ----------------
@@ -72,8 +83,12 @@ def half_written(workdir):
 def small_disk(tmp_path_factory):
     """A 256 KiB tmpfs (skipped where this process may not mount one)."""
     mountpoint = str(tmp_path_factory.mktemp("small_disk"))
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mountpoint],
-                                           capture_output=True).returncode:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mountpoint], capture_output=True
+        ).returncode
+    ):
         pytest.skip("mounting a tmpfs needs root and the mount permission")
     yield mountpoint
     subprocess.run(["umount", mountpoint], check=True)
@@ -109,9 +124,20 @@ def test_the_app_with_stdout_on_a_full_device_trains_every_epoch_then_exits_1(tm
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     with open("/dev/full", "w") as full:
         result = subprocess.run(
-            [sys.executable, "-m", "clr_loop.train", "--epochs=3", f"--workdir={workdir}",
-             f"--dataset_dir={write_tiny_idx_dir(str(tmp_path / 'idx'))}"],
-            cwd=REPO, env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "clr_loop.train",
+                "--epochs=3",
+                f"--workdir={workdir}",
+                f"--dataset_dir={write_tiny_idx_dir(str(tmp_path / 'idx'))}",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
         )
     assert result.returncode == 1, result.stderr
     assert "error: could not write the output to stdout ([Errno 28] No space left on device)" in result.stderr
@@ -136,8 +162,11 @@ def test_a_failed_history_write_keeps_the_epoch_in_the_checkpoint(tmp_path, monk
         real_write(path, value)
 
     monkeypatch.setattr(checkpointing, "write_json_atomic", second_history_write_fails)
-    with pytest.raises(checkpointing.WorkdirError, match=r"could not write the history .*history.json.*the "
-                       r"checkpoint .*ckpt-14 holds the new one"):
+    with pytest.raises(
+        checkpointing.WorkdirError,
+        match=r"could not write the history .*history.json.*the "
+        r"checkpoint .*ckpt-14 holds the new one",
+    ):
         fit(workdir)
     assert len(history_without_timing(workdir)["loss"]) == 1  # the previous file, intact
     monkeypatch.setattr(checkpointing, "write_json_atomic", real_write)
@@ -156,12 +185,15 @@ def test_a_deleted_history_json_is_rebuilt_from_the_checkpoint(tmp_path, referen
     assert_same_run(workdir, reference, model)
 
 
-@pytest.mark.parametrize("content, pattern", [
-    ('{"loss": [0.5, 0.4', "cannot read history"),  # truncated
-    ('{"loss": 5}', "'loss' is 5, not a list of numbers"),
-    ("[]", "holds a JSON list, not a dict"),
-    (b"\xff\xfe", "cannot read history"),
-])
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        ('{"loss": [0.5, 0.4', "cannot read history"),  # truncated
+        ('{"loss": 5}', "'loss' is 5, not a list of numbers"),
+        ("[]", "holds a JSON list, not a dict"),
+        (b"\xff\xfe", "cannot read history"),
+    ],
+)
 def test_a_broken_history_json_is_named_and_never_replaced(tmp_path, content, pattern):
     workdir = str(tmp_path / "run")
     fit(workdir, max_steps=STEPS_PER_EPOCH)
@@ -196,8 +228,11 @@ def test_a_checkpoint_copied_into_a_fresh_workdir_is_checked_against_the_run(tmp
     second = str(tmp_path / "second")
     os.makedirs(second)
     shutil.copytree(os.path.join(first, "ckpt"), os.path.join(second, "ckpt"))
-    with pytest.raises(checkpointing.WorkdirError, match=r"ckpt-7 holds a checkpoint of another run.*the batch "
-                       r"size: 32 \(saved\) vs 16 \(now\)"):
+    with pytest.raises(
+        checkpointing.WorkdirError,
+        match=r"ckpt-7 holds a checkpoint of another run.*the batch "
+        r"size: 32 \(saved\) vs 16 \(now\)",
+    ):
         fit(second, batch_size=16)
     _, history = fit(second, max_steps=2 * STEPS_PER_EPOCH)  # the same run resumes from the copy
     assert len(history.history["loss"]) == 2
@@ -247,15 +282,22 @@ def test_a_non_finite_one_cycle_rate_saves_nothing_and_the_corrected_command_sta
     any checkpoint, and the corrected command starts clean, saying so, instead of being refused."""
     steps = dict(mode="one_cycle", checkpoint_every_steps=1, steps_per_loop=1, max_steps=6)
     bad = make_config(tmp_path, div_factor=1e-300, final_div_factor=1e-300, **steps)
-    with pytest.raises(actions.TrainingDiverged, match=r"non-finite learning rate (inf|nan) at step 0; stopped without saving it\.$"):
+    with pytest.raises(
+        actions.TrainingDiverged, match=r"non-finite learning rate (inf|nan) at step 0; stopped without saving it\.$"
+    ):
         trained(bad, fake_data())
     assert not checkpointing.has_checkpoint(bad.workdir)
     history = trained(make_config(tmp_path, **steps), fake_data())
-    assert "config.json is from a run that saved no checkpoint (div_factor: 1e-300 (saved) vs 25.0 (now)" in capsys.readouterr().out
+    assert (
+        "config.json is from a run that saved no checkpoint (div_factor: 1e-300 (saved) vs 25.0 (now)"
+        in capsys.readouterr().out
+    )
     assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
 
 
-def test_a_checkpoint_with_non_finite_weights_is_passed_over_for_the_previous_good_one(tmp_path, reference, monkeypatch, capsys):
+def test_a_checkpoint_with_non_finite_weights_is_passed_over_for_the_previous_good_one(
+    tmp_path, reference, monkeypatch, capsys
+):
     """A workdir whose last checkpoint holds NaN weights (as an earlier version's guard saved them) resumes
     from the one before, naming it, and ends as the uninterrupted run."""
     workdir = str(tmp_path / "run")
@@ -295,13 +337,17 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_runs_output(tmp_path):
     os.makedirs(os.path.dirname(notes))
     with open(notes, "w") as f:
         f.write("mine")
-    with pytest.raises(checkpointing.WorkdirError, match=f"its train/ holds {notes}, which is not a clr_loop run output"):
+    with pytest.raises(
+        checkpointing.WorkdirError, match=f"its train/ holds {notes}, which is not a clr_loop run output"
+    ):
         trained(config, fake_data())
     assert open(notes).read() == "mine"
     os.remove(notes)
     trained(config, fake_data())  # a run's own outputs are cleared
     trained(config, fake_data())
-    assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(config.workdir, "ckpt", "ckpt-*.index"))) == ["ckpt-4.index"]
+    assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(config.workdir, "ckpt", "ckpt-*.index"))) == [
+        "ckpt-4.index"
+    ]
 
 
 USERS_OWN = '{"learning_rate": 0.3, "notes": "my own experiment"}'
@@ -415,7 +461,7 @@ def records(path):
     out, offset = [], 0
     data = open(path, "rb").read()
     while offset < len(data):
-        length = int.from_bytes(data[offset:offset + 8], "little")
+        length = int.from_bytes(data[offset : offset + 8], "little")
         out.append((offset, length))
         offset += 16 + length
     return out
@@ -476,8 +522,18 @@ def test_tensorboard_points_of_a_run_that_never_checkpointed_are_cut(tmp_path, r
         model = compiled()
         model.compile(tf.keras.optimizers.SGD(1e30), tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         with pytest.raises(actions.TrainingDiverged):
-            loop.fit(model, x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, seed=3, log_every_steps=1,
-                     steps_per_loop=1, workdir=workdir)
+            loop.fit(
+                model,
+                x,
+                y,
+                batch_size=BATCH,
+                epochs=EPOCHS,
+                verbose=0,
+                seed=3,
+                log_every_steps=1,
+                steps_per_loop=1,
+                workdir=workdir,
+            )
     assert raw_points(os.path.join(workdir, "train"))  # the stale points are on disk
     assert not checkpointing.has_checkpoint(workdir)
     fit(workdir)
@@ -490,7 +546,9 @@ def test_tensorboard_points_of_a_run_that_never_checkpointed_are_cut(tmp_path, r
 
 def test_a_profile_window_outside_the_run_is_refused():
     x, y = toy_data()
-    with pytest.raises(inputs.InputError, match=r"profile_steps=\(30, 40\) starts at or after the run's last step \(21\)"):
+    with pytest.raises(
+        inputs.InputError, match=r"profile_steps=\(30, 40\) starts at or after the run's last step \(21\)"
+    ):
         loop.fit(compiled(), x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, profile_steps=(30, 40))
 
 

@@ -16,8 +16,16 @@ from clr_loop import checkpointing, distribute
 from testing import Cluster, checkpoint_weights, free_ports, saved_step, write_tiny_idx_dir
 
 # 160 training examples in global batches of 16: 10 steps per epoch, 20 in all.
-FLAGS = ("--epochs=2", "--steps_per_loop=2", "--log_every_steps=2", "--checkpoint_every_steps=2",
-         "--keep_checkpoints=20", "--deterministic", "--seed=5", "--cluster_timeout=30")
+FLAGS = (
+    "--epochs=2",
+    "--steps_per_loop=2",
+    "--log_every_steps=2",
+    "--checkpoint_every_steps=2",
+    "--keep_checkpoints=20",
+    "--deterministic",
+    "--seed=5",
+    "--cluster_timeout=30",
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +84,9 @@ def test_sigterm_then_the_same_commands_resume_every_worker_from_its_own_workdir
             assert np.array_equal(final[name], expected[name]), (folder, name)
 
 
-def test_workers_whose_newest_checkpoints_differ_resume_from_the_newest_step_all_hold_or_stop_naming_each(tmp_path, idx_dir):
+def test_workers_whose_newest_checkpoints_differ_resume_from_the_newest_step_all_hold_or_stop_naming_each(
+    tmp_path, idx_dir
+):
     """Worker 1's newest checkpoint lost: both resume from the newest step both hold (worker 0 from
     an older checkpoint of its own). Worker 1's checkpoints all lost: every worker stops before
     training, exit 1, with one line naming each worker and the step it would resume from. With
@@ -103,8 +113,10 @@ def test_workers_whose_newest_checkpoints_differ_resume_from_the_newest_step_all
     for out in outs:
         assert "Traceback" not in out, out[-3000:]
         (line,) = [text for text in out.splitlines() if text.startswith("error:")]
-        assert "the workers would resume from different steps (worker 0 from step 6, worker 1 from step 0 " \
-               "(no checkpoint);" in line, line
+        assert (
+            "the workers would resume from different steps (worker 0 from step 6, worker 1 from step 0 "
+            "(no checkpoint);" in line
+        ), line
     assert os.path.basename(tf_latest(own_checkpoints(workdirs)[0])) == "ckpt-6"  # nothing trained, nothing lost
 
     # Starting over: every worker clears its own checkpoints (worker 1's would otherwise disagree).

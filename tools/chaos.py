@@ -94,8 +94,9 @@ def plan_kills(kills, seed, total_steps):
             kinds[0], kinds[swap] = kinds[swap], kinds[0]
     low, high = max(1, total_steps // 20), max(2, total_steps - total_steps // 20)
     population = range(low, high)
-    steps = sorted(rng.sample(population, kills) if kills <= len(population) else
-                   [rng.randrange(low, high) for _ in range(kills)])
+    steps = sorted(
+        rng.sample(population, kills) if kills <= len(population) else [rng.randrange(low, high) for _ in range(kills)]
+    )
     return [{"kind": kind, "after_step": step, "fraction": rng.random()} for kind, step in zip(kinds, steps)]
 
 
@@ -104,8 +105,11 @@ def plan_kills(kills, seed, total_steps):
 
 def _checkpoint_steps(workdir):
     """Returns the steps of the `ckpt/ckpt-N.index` files in `workdir`, as a set of ints."""
-    return {int(m.group(1)) for p in glob.glob(os.path.join(workdir, "ckpt", "ckpt-*.index"))
-            if (m := re.search(r"ckpt-(\d+)\.index$", p))}
+    return {
+        int(m.group(1))
+        for p in glob.glob(os.path.join(workdir, "ckpt", "ckpt-*.index"))
+        if (m := re.search(r"ckpt-(\d+)\.index$", p))
+    }
 
 
 def _listed_checkpoint(workdir):
@@ -161,7 +165,8 @@ def write_in_progress(workdir, known_checkpoints, since):
     if _fresh(os.path.join(workdir, "history.json.tmp-*"), since):
         return "history.json write"
     if _fresh(os.path.join(workdir, "train", ".tmp-events-*"), since) or _fresh(
-            os.path.join(workdir, "eval", ".tmp-events-*"), since):
+        os.path.join(workdir, "eval", ".tmp-events-*"), since
+    ):
         return "TensorBoard cut"
     return None
 
@@ -176,8 +181,9 @@ class Process:
     def __init__(self, command, log_path):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=env, bufsize=1)
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+        )
         self.lines = queue.Queue()
         self.output = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -236,8 +242,7 @@ def run_to_end(command, log_path, timeout):
         process.kill()
         raise ChaosError(f"{' '.join(command)} ran past {timeout} s; its log is {log_path}") from None
     if code != 0:
-        raise ChaosError(f"{' '.join(command)} exited {code}; its log is {log_path}:\n"
-                         + "".join(process.output[-20:]))
+        raise ChaosError(f"{' '.join(command)} exited {code}; its log is {log_path}:\n" + "".join(process.output[-20:]))
     return "".join(process.output)
 
 
@@ -299,19 +304,29 @@ class Life:
             if time.monotonic() > deadline:
                 self.process.kill()
                 raise ChaosError(f"a process of the chaos run ran past {timeout} s")
-            watching = (kind in ("checkpoint", "history") and self.armed()) or kind == "restore" \
+            watching = (
+                (kind in ("checkpoint", "history") and self.armed())
+                or kind == "restore"
                 or self.deadline_at is not None
+            )
             line = self.process.next_line(POLL_SECONDS if watching else 0.05)
             if line is None:
                 return self.process.finish()
             trigger = self.observe(line) if line else None
-            if trigger is None and kind == "step" and self.deadline_at is not None \
-                    and time.monotonic() >= self.deadline_at:
+            if (
+                trigger is None
+                and kind == "step"
+                and self.deadline_at is not None
+                and time.monotonic() >= self.deadline_at
+            ):
                 trigger = "training"
             if trigger is None and kind in ("checkpoint", "history", "restore") and (self.armed() or kind == "restore"):
                 seen = write_in_progress(self.workdir, self.known, self.started)
-                wanted = {"checkpoint": "checkpoint write", "history": "history.json write",
-                          "restore": "TensorBoard cut"}[kind]
+                wanted = {
+                    "checkpoint": "checkpoint write",
+                    "history": "history.json write",
+                    "restore": "TensorBoard cut",
+                }[kind]
                 if seen == wanted:
                     trigger = seen
             if trigger is None and kind == "history" and self.armed() and line and EPOCH_LINE in line:
@@ -383,12 +398,15 @@ def compare_checkpoints(reference, chaos):
     readers = [tf.train.load_checkpoint(p) for p in paths]
     keys = [set(r.get_variable_to_shape_map()) for r in readers]
     if keys[0] != keys[1]:
-        return f"checkpoint tensors: only in the reference {sorted(keys[0] - keys[1])[:5]}, " \
-               f"only in the chaos run {sorted(keys[1] - keys[0])[:5]}"
+        return (
+            f"checkpoint tensors: only in the reference {sorted(keys[0] - keys[1])[:5]}, "
+            f"only in the chaos run {sorted(keys[1] - keys[0])[:5]}"
+        )
     for key in sorted(keys[0]):
         if key == HISTORY_RECORD:  # the history in the checkpoint holds wall times too
-            difference = _history_difference(*(json.loads(r.get_tensor(key)) for r in readers),
-                                             f"{names[0]}'s history record")
+            difference = _history_difference(
+                *(json.loads(r.get_tensor(key)) for r in readers), f"{names[0]}'s history record"
+            )
             if difference:
                 return difference
             continue
@@ -397,7 +415,11 @@ def compare_checkpoints(reference, chaos):
             where = ""
             if a.shape == b.shape and a.dtype == b.dtype and a.dtype.kind in "fiu":
                 index = np.argwhere(a != b)
-                where = f" (first at {tuple(index[0])}: {a[tuple(index[0])]!r} vs {b[tuple(index[0])]!r})" if len(index) else ""
+                where = (
+                    f" (first at {tuple(index[0])}: {a[tuple(index[0])]!r} vs {b[tuple(index[0])]!r})"
+                    if len(index)
+                    else ""
+                )
             return f"{names[0]}: tensor {key} differs{where}"
     return None
 
@@ -435,12 +457,15 @@ def tensorboard_points(logdir):
     from tensorboard.util import tensor_util  # pylint: disable=import-outside-toplevel
 
     acc = event_accumulator.EventAccumulator(
-        logdir, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.SCALARS: 0})
+        logdir, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.SCALARS: 0}
+    )
     acc.Reload()
     tags = acc.Tags()
     points = {}
     for tag in tags.get("tensors", []):
-        points[tag] = [(e.step, np.asarray(tensor_util.make_ndarray(e.tensor_proto)).tobytes()) for e in acc.Tensors(tag)]
+        points[tag] = [
+            (e.step, np.asarray(tensor_util.make_ndarray(e.tensor_proto)).tobytes()) for e in acc.Tensors(tag)
+        ]
     for tag in tags.get("scalars", []):
         points["scalar:" + tag] = [(e.step, np.float64(e.value).tobytes()) for e in acc.Scalars(tag)]
     return points
@@ -459,19 +484,27 @@ def compare_tensorboard(reference, chaos):
         for tag in sorted(a):
             steps_a, steps_b = [s for s, _ in a[tag]], [s for s, _ in b[tag]]
             if steps_a != steps_b:
-                return (f"TensorBoard {sub}/{tag} steps: {len(steps_a)} points (reference) vs {len(steps_b)} "
-                        f"(chaos); first difference near step "
-                        f"{next((x, y) for x, y in zip(steps_a + [None], steps_b + [None]) if x != y)}")
+                return (
+                    f"TensorBoard {sub}/{tag} steps: {len(steps_a)} points (reference) vs {len(steps_b)} "
+                    f"(chaos); first difference near step "
+                    f"{next((x, y) for x, y in zip(steps_a + [None], steps_b + [None]) if x != y)}"
+                )
             for (step, x), (_, y) in zip(a[tag], b[tag]):
                 if x != y:
-                    return (f"TensorBoard {sub}/{tag} at step {step}: {np.frombuffer(x, np.float32)} (reference) "
-                            f"vs {np.frombuffer(y, np.float32)} (chaos)")
+                    return (
+                        f"TensorBoard {sub}/{tag} at step {step}: {np.frombuffer(x, np.float32)} (reference) "
+                        f"vs {np.frombuffer(y, np.float32)} (chaos)"
+                    )
     return None
 
 
 def compare(reference, chaos):
     """Returns the first difference between two finished workdirs (checkpoint, history, TensorBoard), or None."""
-    return compare_checkpoints(reference, chaos) or compare_history(reference, chaos) or compare_tensorboard(reference, chaos)
+    return (
+        compare_checkpoints(reference, chaos)
+        or compare_history(reference, chaos)
+        or compare_tensorboard(reference, chaos)
+    )
 
 
 # The soak -----------------------------------------------------------------------------------
@@ -499,8 +532,11 @@ def soak(command, kills, seed, root, timeout):
         raise ChaosError(f"the reference run wrote no checkpoint in {reference}/ckpt")
     total_steps = int(last.rsplit("-", 1)[1])
     plan = plan_kills(kills, seed, total_steps)
-    print(f"chaos: reference done in {reference_seconds:.0f} s at step {total_steps}; plan (seed {seed}): "
-          + ", ".join(f"{p['kind']} after step {p['after_step']}" for p in plan), flush=True)
+    print(
+        f"chaos: reference done in {reference_seconds:.0f} s at step {total_steps}; plan (seed {seed}): "
+        + ", ".join(f"{p['kind']} after step {p['after_step']}" for p in plan),
+        flush=True,
+    )
     landed = []
     interval = 1.0
     life = 0
@@ -512,20 +548,26 @@ def soak(command, kills, seed, root, timeout):
         code = current.run(timeout)
         interval = current.interval
         if current.known and current.resumed_from is None and not (current.landed or "").startswith("resume"):
-            raise ChaosError(f"process {life} of the chaos run did not say it resumed; its log is {root}/chaos-{life}.log")
+            raise ChaosError(
+                f"process {life} of the chaos run did not say it resumed; its log is {root}/chaos-{life}.log"
+            )
         if current.landed is not None:
             if code != -signal.SIGKILL:
                 raise ChaosError(f"process {life} was sent SIGKILL but exited {code}")
             landed.append(current.landed)
-            print(f"chaos: kill {len(landed)}/{kills} (aimed: {kill['kind']} after step {kill['after_step']}): "
-                  f"SIGKILL {'during ' if not current.landed.startswith('just') else ''}{current.landed}, "
-                  f"last seen at step {current.progress}"
-                  + (f", resumed from {os.path.basename(current.resumed_from)}" if current.resumed_from else ""),
-                  flush=True)
+            print(
+                f"chaos: kill {len(landed)}/{kills} (aimed: {kill['kind']} after step {kill['after_step']}): "
+                f"SIGKILL {'during ' if not current.landed.startswith('just') else ''}{current.landed}, "
+                f"last seen at step {current.progress}"
+                + (f", resumed from {os.path.basename(current.resumed_from)}" if current.resumed_from else ""),
+                flush=True,
+            )
             continue
         if code != 0:
-            raise ChaosError(f"process {life} of the chaos run exited {code}; its log is {root}/chaos-{life}.log:\n"
-                             + "".join(current.process.output[-20:]))
+            raise ChaosError(
+                f"process {life} of the chaos run exited {code}; its log is {root}/chaos-{life}.log:\n"
+                + "".join(current.process.output[-20:])
+            )
         break
     chaos_seconds = time.monotonic() - chaos_started
     counts = {}
@@ -533,25 +575,35 @@ def soak(command, kills, seed, root, timeout):
         counts[where] = counts.get(where, 0) + 1
     details = ", ".join(_count_phrase(w, n) for w, n in sorted(counts.items(), key=lambda x: -x[1]))
     if len(landed) < kills:
-        return 2, (f"chaos: only {len(landed)}/{kills} kills landed before the run finished ({details}); "
-                   "use fewer kills or a longer run")
+        return 2, (
+            f"chaos: only {len(landed)}/{kills} kills landed before the run finished ({details}); "
+            "use fewer kills or a longer run"
+        )
     difference = compare(reference, chaos)
     timing = f" [reference {reference_seconds:.0f} s, chaos run {chaos_seconds:.0f} s in {life} processes]"
     if difference:
-        return 1, f"chaos: survived {len(landed)}/{kills} kills ({details}) but the outputs differ: {difference}{timing}"
-    return 0, (f"chaos: survived {len(landed)}/{kills} kills ({details}); checkpoint, history and TensorBoard "
-               f"identical to the uninterrupted run{timing}")
+        return (
+            1,
+            f"chaos: survived {len(landed)}/{kills} kills ({details}) but the outputs differ: {difference}{timing}",
+        )
+    return 0, (
+        f"chaos: survived {len(landed)}/{kills} kills ({details}); checkpoint, history and TensorBoard "
+        f"identical to the uninterrupted run{timing}"
+    )
 
 
 def main(argv=None):
     """Parses the arguments and runs the soak or the comparison; returns the exit status."""
     parser = argparse.ArgumentParser(
         description="Kill a training command with SIGKILL at seeded moments, resume it, and check its outputs "
-                    "are bit-identical to an uninterrupted run's.",
-        usage="%(prog)s [--kills=N] [--seed=S] [--root=DIR] -- COMMAND...  |  %(prog)s --compare A B")
+        "are bit-identical to an uninterrupted run's.",
+        usage="%(prog)s [--kills=N] [--seed=S] [--root=DIR] -- COMMAND...  |  %(prog)s --compare A B",
+    )
     parser.add_argument("--kills", type=int, default=10, help="how many times to kill the run (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill plan (default 0)")
-    parser.add_argument("--root", help="folder for the two workdirs and the logs (new or empty; default: a new temp folder)")
+    parser.add_argument(
+        "--root", help="folder for the two workdirs and the logs (new or empty; default: a new temp folder)"
+    )
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds any one process may run (default 3600)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="only compare two finished workdirs")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the training command (without --workdir)")
@@ -561,8 +613,11 @@ def main(argv=None):
         if command:
             parser.error("--compare takes two workdirs and no command")
         difference = compare(*args.compare)
-        print(f"chaos: {difference}" if difference else
-              f"chaos: {args.compare[0]} and {args.compare[1]}: checkpoint, history and TensorBoard identical")
+        print(
+            f"chaos: {difference}"
+            if difference
+            else f"chaos: {args.compare[0]} and {args.compare[1]}: checkpoint, history and TensorBoard identical"
+        )
         return 1 if difference else 0
     if not command:
         parser.error("give the training command after --, e.g. -- python -m clr_loop.train --deterministic ...")

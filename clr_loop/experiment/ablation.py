@@ -76,8 +76,9 @@ def build_model(config, data):
     Raises config.ConfigError for a Config whose values cannot run (`checks.check`)."""
     checks.check(config)
     keras.utils.set_random_seed(config.seed)
-    return models.create(config.model, data.image_shape, data.num_classes, train_images=data.train.images,
-                         seed=config.seed).model
+    return models.create(
+        config.model, data.image_shape, data.num_classes, train_images=data.train.images, seed=config.seed
+    ).model
 
 
 def build_initial_weights(config, data, path):
@@ -144,18 +145,24 @@ def aggregate_by_flagfile(rows):
             groups.setdefault(row["flagfile"], []).append(row)
     out = []
     for flagfile, members in groups.items():
-        out.append({
-            "flagfile": flagfile,
-            "name": flagfile_stem(flagfile),
-            "dataset": members[0].get("dataset", datasets.DEFAULT),
-            "model": members[0].get("model", "tutorial_cnn"),
-            "seeds": [m["seed"] for m in members],
-            "n": len(members),
-            "final": {key: _spread([m["final"][key] for m in members]) for key in FINAL_KEYS},
-            "best": {key: _spread([m[f"best_{key}"]["value"] for m in members]) for key in ("val_loss", "val_accuracy")},
-            "seconds": {"wall": _spread([m["wall_seconds"] for m in members]),
-                        "epochs": _spread([m["epoch_seconds_sum"] for m in members])},
-        })
+        out.append(
+            {
+                "flagfile": flagfile,
+                "name": flagfile_stem(flagfile),
+                "dataset": members[0].get("dataset", datasets.DEFAULT),
+                "model": members[0].get("model", "tutorial_cnn"),
+                "seeds": [m["seed"] for m in members],
+                "n": len(members),
+                "final": {key: _spread([m["final"][key] for m in members]) for key in FINAL_KEYS},
+                "best": {
+                    key: _spread([m[f"best_{key}"]["value"] for m in members]) for key in ("val_loss", "val_accuracy")
+                },
+                "seconds": {
+                    "wall": _spread([m["wall_seconds"] for m in members]),
+                    "epochs": _spread([m["epoch_seconds_sum"] for m in members]),
+                },
+            }
+        )
     return out
 
 
@@ -216,10 +223,15 @@ def comparison_markdown(result):
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for group in result["by_flagfile"]:
-            spreads = [group["final"][key] for key in FINAL_KEYS] + [group["best"][key] for key in ("val_loss", "val_accuracy")]
+            spreads = [group["final"][key] for key in FINAL_KEYS] + [
+                group["best"][key] for key in ("val_loss", "val_accuracy")
+            ]
             cells = [_spread_cell(s) for s in spreads] + [_spread_cell(group["seconds"]["wall"], digits=0, unit=" s")]
-            lines.append(f"| {group['flagfile']} | {group['n']} | " + " | ".join(cells)
-                         + f" | {_cell(group.get('dataset'))} | {_cell(group.get('model'))} |")
+            lines.append(
+                f"| {group['flagfile']} | {group['n']} | "
+                + " | ".join(cells)
+                + f" | {_cell(group.get('dataset'))} | {_cell(group.get('model'))} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -44,8 +44,17 @@ MAX_COUNT = 2**62
 MAX_VIRTUAL_CPUS = 64
 MAX_CLUSTER_TIMEOUT = distribute.MAX_CLUSTER_TIMEOUT
 # The integer settings that count steps, examples or files (each at most MAX_COUNT).
-COUNTS = ("batch_size", "eval_batch_size", "steps_per_loop", "log_every_steps", "keep_checkpoints",
-           "max_steps", "checkpoint_every_steps", "virtual_cpus", "batch_splits")
+COUNTS = (
+    "batch_size",
+    "eval_batch_size",
+    "steps_per_loop",
+    "log_every_steps",
+    "keep_checkpoints",
+    "max_steps",
+    "checkpoint_every_steps",
+    "virtual_cpus",
+    "batch_splits",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +187,9 @@ def plan_steps(config, num_train_examples):
         total_steps=total,
         step_size=to_steps(config.step_size_epochs),
         step_size_down=to_steps(config.step_size_down_epochs),
-        boundaries=None if config.boundaries_epochs is None else tuple(
-            int(round(e * steps_per_epoch)) for e in config.boundaries_epochs),
+        boundaries=None
+        if config.boundaries_epochs is None
+        else tuple(int(round(e * steps_per_epoch)) for e in config.boundaries_epochs),
         warmup_steps=to_steps(config.warmup_epochs) if config.warmup_epochs else 0,
         decay_steps=_decay_steps(config, steps_per_epoch) if config.mode == "wsd" else None,
     )
@@ -302,11 +312,13 @@ def _run_steps(config, plan):
     raises ScheduleError when the warmup leaves none."""
     total = config.epochs * plan.steps_per_epoch
     if plan.warmup_steps >= total:
-        raise ScheduleError(Problem(
-            "warmup_epochs",
-            f"{{warmup_epochs}}={config.warmup_epochs} is {plan.warmup_steps} steps, which leaves none of the "
-            f"{{epochs}}={config.epochs} x {plan.steps_per_epoch} batches per epoch = {total} steps for {{mode}}={config.mode}"
-        ))
+        raise ScheduleError(
+            Problem(
+                "warmup_epochs",
+                f"{{warmup_epochs}}={config.warmup_epochs} is {plan.warmup_steps} steps, which leaves none of the "
+                f"{{epochs}}={config.epochs} x {plan.steps_per_epoch} batches per epoch = {total} steps for {{mode}}={config.mode}",
+            )
+        )
     return total - plan.warmup_steps
 
 
@@ -315,15 +327,22 @@ def _wsd(config, plan):
     total = config.epochs * plan.steps_per_epoch
     try:
         return schedules.WarmupStableDecay(
-            config.max_lr, total, plan.warmup_steps, plan.decay_steps,
-            final_lr=config.final_lr or 0.0, decay=config.decay_shape or "linear")
+            config.max_lr,
+            total,
+            plan.warmup_steps,
+            plan.decay_steps,
+            final_lr=config.final_lr or 0.0,
+            decay=config.decay_shape or "linear",
+        )
     except ValueError as e:
-        raise ScheduleError(Problem(
-            "epochs",
-            f"{{mode}}=wsd spans {{epochs}}={config.epochs} x {plan.steps_per_epoch} batches per epoch = {total} steps, "
-            f"with {plan.warmup_steps} warmup steps ({{warmup_epochs}}) and {plan.decay_steps} decay steps "
-            f"({{decay_epochs}} or {{decay_fraction}}): {e}"
-        )) from None
+        raise ScheduleError(
+            Problem(
+                "epochs",
+                f"{{mode}}=wsd spans {{epochs}}={config.epochs} x {plan.steps_per_epoch} batches per epoch = {total} steps, "
+                f"with {plan.warmup_steps} warmup steps ({{warmup_epochs}}) and {plan.decay_steps} decay steps "
+                f"({{decay_epochs}} or {{decay_fraction}}): {e}",
+            )
+        ) from None
 
 
 def _unwarmed_schedule(config, plan):
@@ -334,17 +353,27 @@ def _unwarmed_schedule(config, plan):
     if config.mode == "piecewise":
         boundaries = [b - warmup for b in plan.boundaries]
         if warmup and boundaries[0] <= 0:
-            raise ScheduleError(Problem(
-                "boundaries_epochs", f"{{boundaries_epochs}} must be after the warmup: boundary step {plan.boundaries[0]} "
-                                     f"is within the {warmup} steps of {{warmup_epochs}}={config.warmup_epochs}"))
+            raise ScheduleError(
+                Problem(
+                    "boundaries_epochs",
+                    f"{{boundaries_epochs}} must be after the warmup: boundary step {plan.boundaries[0]} "
+                    f"is within the {warmup} steps of {{warmup_epochs}}={config.warmup_epochs}",
+                )
+            )
         return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, [float(v) for v in config.values])
     final_lr = config.final_lr or 0.0
     if config.mode == "cosine":
-        return keras.optimizers.schedules.CosineDecay(config.max_lr, _run_steps(config, plan), alpha=final_lr / config.max_lr)
+        return keras.optimizers.schedules.CosineDecay(
+            config.max_lr, _run_steps(config, plan), alpha=final_lr / config.max_lr
+        )
     if config.mode == "cosine_restarts":
         return keras.optimizers.schedules.CosineDecayRestarts(
-            config.max_lr, plan.step_size, t_mul=2.0 if config.t_mul is None else config.t_mul,
-            m_mul=1.0 if config.m_mul is None else config.m_mul, alpha=final_lr / config.max_lr)
+            config.max_lr,
+            plan.step_size,
+            t_mul=2.0 if config.t_mul is None else config.t_mul,
+            m_mul=1.0 if config.m_mul is None else config.m_mul,
+            alpha=final_lr / config.max_lr,
+        )
     if config.mode == "one_cycle":
         total = _run_steps(config, plan)
         try:
@@ -359,11 +388,13 @@ def _unwarmed_schedule(config, plan):
             )
         except ValueError as e:
             less = f" less {warmup} warmup steps = {total}" if warmup else ""
-            raise ScheduleError(Problem(
-                "epochs",
-                f"{{mode}}=one_cycle spans {{epochs}}={config.epochs} x {plan.steps_per_epoch} batches per epoch = "
-                f"{config.epochs * plan.steps_per_epoch}{less} steps, too few: {e}"
-            )) from None
+            raise ScheduleError(
+                Problem(
+                    "epochs",
+                    f"{{mode}}=one_cycle spans {{epochs}}={config.epochs} x {plan.steps_per_epoch} batches per epoch = "
+                    f"{config.epochs * plan.steps_per_epoch}{less} steps, too few: {e}",
+                )
+            ) from None
     return schedules.CyclicalLearningRate(
         config.initial_lr,
         config.max_lr,

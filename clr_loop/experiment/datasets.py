@@ -87,8 +87,9 @@ class StreamedSplit:
         dropped): the examples through a shuffle buffer of `shuffle_buffer` seeded by `seed` (a new order
         each epoch, i.e. each iterator), batched and prefetched. Checkpointing its iterator saves the
         buffer, so a resumed run continues the same stream."""
-        ds = self.examples().shuffle(min(int(shuffle_buffer), self.num_examples), seed=seed,
-                                     reshuffle_each_iteration=True)
+        ds = self.examples().shuffle(
+            min(int(shuffle_buffer), self.num_examples), seed=seed, reshuffle_each_iteration=True
+        )
         return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
     def eval_dataset(self, batch_size):
@@ -129,8 +130,15 @@ def is_npz(dataset):
     return dataset.startswith(NPZ_PREFIX)
 
 
-def load(dataset=DEFAULT, *, tfds_data_dir=None, dataset_dir=None, train_split="train", eval_split="test",
-         max_in_memory_bytes=None):
+def load(
+    dataset=DEFAULT,
+    *,
+    tfds_data_dir=None,
+    dataset_dir=None,
+    train_split="train",
+    eval_split="test",
+    max_in_memory_bytes=None,
+):
     """Loads the dataset that `dataset` names (see the module docstring); returns an ImageData
     (a `data.FashionMnist`, which has the same fields, for Fashion-MNIST's own sources).
 
@@ -142,16 +150,22 @@ def load(dataset=DEFAULT, *, tfds_data_dir=None, dataset_dir=None, train_split="
     """
     if is_npz(dataset):
         with errors.blaming("dataset"):
-            return load_npz(dataset[len(NPZ_PREFIX):])
+            return load_npz(dataset[len(NPZ_PREFIX) :])
     if dataset == DEFAULT and (train_split, eval_split) == ("train", "test"):
         return fashion_mnist.load(tfds_data_dir=tfds_data_dir, dataset_dir=dataset_dir)
     if dataset_dir is not None:
         raise DataError(
             f"dataset {dataset!r} with splits {train_split!r}/{eval_split!r}: the raw IDX files of dataset_dir "
-            "hold only Fashion-MNIST's train and test splits", argument="dataset_dir"
+            "hold only Fashion-MNIST's train and test splits",
+            argument="dataset_dir",
         )
-    return load_tfds(dataset, data_dir=tfds_data_dir, train_split=train_split, eval_split=eval_split,
-                     max_in_memory_bytes=max_in_memory_bytes)
+    return load_tfds(
+        dataset,
+        data_dir=tfds_data_dir,
+        train_split=train_split,
+        eval_split=eval_split,
+        max_in_memory_bytes=max_in_memory_bytes,
+    )
 
 
 def memory_limit(max_in_memory_bytes=None):
@@ -180,8 +194,9 @@ def load_tfds(name, *, data_dir=None, train_split="train", eval_split="test", ma
         builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
     except Exception as e:  # pylint: disable=broad-except  (TFDS raises its own kinds for unknown names)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"tfds dataset {name!r}: not a TFDS dataset ({type(e).__name__}: {first_line})",
-                        argument="dataset") from e
+        raise DataError(
+            f"tfds dataset {name!r}: not a TFDS dataset ({type(e).__name__}: {first_line})", argument="dataset"
+        ) from e
     where = f"tfds {name} (data_dir={builder.data_dir})"
     shape, num_classes = _image_features(builder.info.features, tfds, where)
     if not (builder.data_path.exists() and builder.is_prepared()):
@@ -197,16 +212,21 @@ def load_tfds(name, *, data_dir=None, train_split="train", eval_split="test", ma
     needed = sum(counts.values()) * int(np.prod(shape))
     limit = memory_limit(max_in_memory_bytes)
     if limit is not None and needed > limit:
-        logging.info("%s: its splits take %.2f GiB, more than the %.2f GiB held in memory: streaming them",
-                     where, needed / 2**30, limit / 2**30)
+        logging.info(
+            "%s: its splits take %.2f GiB, more than the %.2f GiB held in memory: streaming them",
+            where,
+            needed / 2**30,
+            limit / 2**30,
+        )
         for split, count in counts.items():
             if not count:
                 raise DataError(f"{where}: split {split!r} is empty")
         splits = {split: StreamedSplit(builder, split, counts[split], shape, where) for split in counts}
     else:
         splits = {split: _read_tfds_split(builder, split, where, shape, num_classes) for split in counts}
-    return ImageData(train=splits[train_split], test=splits[eval_split], num_classes=num_classes, name=name,
-                     source=where)
+    return ImageData(
+        train=splits[train_split], test=splits[eval_split], num_classes=num_classes, name=name, source=where
+    )
 
 
 def _image_features(features, tfds, where):
@@ -214,8 +234,10 @@ def _image_features(features, tfds, where):
     names = sorted(features.keys()) if hasattr(features, "keys") else []
     for key in ("image", "label"):
         if key not in names:
-            raise DataError(f"{where}: has no {key!r} feature (its features: {', '.join(names) or 'none'}); "
-                            "an image-classification dataset needs 'image' and 'label'")
+            raise DataError(
+                f"{where}: has no {key!r} feature (its features: {', '.join(names) or 'none'}); "
+                "an image-classification dataset needs 'image' and 'label'"
+            )
     image, label = features["image"], features["label"]
     if not isinstance(image, tfds.features.Image):
         raise DataError(f"{where}: feature 'image' is a {type(image).__name__}, not an Image")
@@ -259,8 +281,10 @@ def _read_tfds_split(builder, split, where, shape, num_classes):
     images = np.concatenate([x for x, _ in chunks])
     labels = np.concatenate([y for _, y in chunks])
     if images.dtype != np.uint8 or images.shape[1:] != shape:
-        raise DataError(f"{where}: split {split!r} images are {images.dtype} {list(images.shape)}, "
-                        f"expected uint8 [N, {', '.join(map(str, shape))}]")
+        raise DataError(
+            f"{where}: split {split!r} images are {images.dtype} {list(images.shape)}, "
+            f"expected uint8 [N, {', '.join(map(str, shape))}]"
+        )
     _check_labels(labels, f"{where} split {split!r}", num_classes)
     return ImageSplit(images=images, labels=labels.astype(np.int32))
 
@@ -289,23 +313,29 @@ def load_npz(path):
     with archive:
         missing = [name for name in NPZ_ARRAYS if name not in archive.files]
         if missing:
-            raise DataError(f"{path}: missing array(s) {', '.join(missing)} (it holds: "
-                            f"{', '.join(archive.files) or 'nothing'}; needs {', '.join(NPZ_ARRAYS)})")
+            raise DataError(
+                f"{path}: missing array(s) {', '.join(missing)} (it holds: "
+                f"{', '.join(archive.files) or 'nothing'}; needs {', '.join(NPZ_ARRAYS)})"
+            )
         arrays = {name: _npz_array(archive, name, path) for name in NPZ_ARRAYS}
         declared = _npz_array(archive, "num_classes", path) if "num_classes" in archive.files else None
     images = {split: _npz_images(arrays[f"x_{split}"], f"{path}: x_{split}") for split in ("train", "test")}
     if images["train"].shape[1:] != images["test"].shape[1:]:
-        raise DataError(f"{path}: x_train images are {list(images['train'].shape[1:])} but x_test images are "
-                        f"{list(images['test'].shape[1:])}")
+        raise DataError(
+            f"{path}: x_train images are {list(images['train'].shape[1:])} but x_test images are "
+            f"{list(images['test'].shape[1:])}"
+        )
     labels = {split: _npz_labels(arrays[f"y_{split}"], f"{path}: y_{split}") for split in ("train", "test")}
     for split in ("train", "test"):
         if len(images[split]) != len(labels[split]):
-            raise DataError(f"{path}: x_{split} holds {len(images[split])} images but y_{split} "
-                            f"{len(labels[split])} labels")
+            raise DataError(
+                f"{path}: x_{split} holds {len(images[split])} images but y_{split} {len(labels[split])} labels"
+            )
     if declared is not None:
         if declared.ndim != 0 or declared.dtype.kind not in "iu" or int(declared) < 1:
-            raise DataError(f"{path}: num_classes must be a positive integer scalar, got {declared.dtype} "
-                            f"{declared.tolist()!r}")
+            raise DataError(
+                f"{path}: num_classes must be a positive integer scalar, got {declared.dtype} {declared.tolist()!r}"
+            )
         num_classes, why = int(declared), "the file's num_classes"
         if num_classes > MAX_CLASSES:
             raise DataError(f"{path}: num_classes is {num_classes}, more than the {MAX_CLASSES} a model here can have")
@@ -313,17 +343,27 @@ def load_npz(path):
         num_classes, why = int(labels["train"].max()) + 1, "the largest y_train label + 1"
         if num_classes > MAX_CLASSES:
             at = int(np.argmax(labels["train"]))
-            raise DataError(f"{path}: y_train: the largest label, {num_classes - 1} at index {at}, means {num_classes} "
-                            f"classes ({why}), more than the {MAX_CLASSES} a model here can have (labels are class "
-                            "ids 0..K-1)")
+            raise DataError(
+                f"{path}: y_train: the largest label, {num_classes - 1} at index {at}, means {num_classes} "
+                f"classes ({why}), more than the {MAX_CLASSES} a model here can have (labels are class "
+                "ids 0..K-1)"
+            )
     for split in ("train", "test"):
         _check_labels(labels[split], f"{path}: y_{split}", num_classes, why)
-    logging.info("dataset from %s: %d train / %d test images %s, %d classes", path, len(labels["train"]),
-                 len(labels["test"]), list(images["train"].shape[1:]), num_classes)
+    logging.info(
+        "dataset from %s: %d train / %d test images %s, %d classes",
+        path,
+        len(labels["train"]),
+        len(labels["test"]),
+        list(images["train"].shape[1:]),
+        num_classes,
+    )
     return ImageData(
         train=ImageSplit(images["train"], labels["train"].astype(np.int32)),
         test=ImageSplit(images["test"], labels["test"].astype(np.int32)),
-        num_classes=num_classes, name=NPZ_PREFIX + path, source=f"npz file {path}",
+        num_classes=num_classes,
+        name=NPZ_PREFIX + path,
+        source=f"npz file {path}",
     )
 
 
@@ -348,8 +388,10 @@ def _npz_images(x, where):
         bad = ~np.isfinite(x)
         if bad.any():
             first = np.unravel_index(np.flatnonzero(bad)[0], x.shape)
-            raise DataError(f"{where}: {int(bad.sum())} NaN or infinite pixel(s), the first in image {first[0]} "
-                            f"at {list(first[1:])}")
+            raise DataError(
+                f"{where}: {int(bad.sum())} NaN or infinite pixel(s), the first in image {first[0]} "
+                f"at {list(first[1:])}"
+            )
         return x.astype(np.float32)
     if x.dtype.kind in "iu":
         if x.min() < 0 or x.max() > 255:
@@ -374,5 +416,7 @@ def _npz_labels(y, where):
 def _check_labels(labels, where, num_classes, why="the dataset's class count"):
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if bad.size:
-        raise DataError(f"{where}: {bad.size} label(s) outside 0..{num_classes - 1} (K={num_classes} from {why}), "
-                        f"the first {labels[bad[0]]} at index {bad[0]}")
+        raise DataError(
+            f"{where}: {bad.size} label(s) outside 0..{num_classes - 1} (K={num_classes} from {why}), "
+            f"the first {labels[bad[0]]} at index {bad[0]}"
+        )

@@ -49,8 +49,13 @@ _IDX_NDIM = {"images": 3, "labels": 1}
 # Rows per chunk when reading a TFDS split into numpy; bounds the temporary tensors.
 _TFDS_READ_CHUNK = 10000
 
-_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def not_a_regular_file(path: str | os.PathLike) -> str | None:
@@ -165,13 +170,10 @@ def read_idx(
             data = _read_at_most(f, expected_len + 1)
     if len(data) < expected_len:
         raise DataError(
-            f"{path}: payload truncated: header {list(dims)} needs {expected_len} bytes, "
-            f"file has {len(data)}"
+            f"{path}: payload truncated: header {list(dims)} needs {expected_len} bytes, file has {len(data)}"
         )
     if len(data) > expected_len:
-        raise DataError(
-            f"{path}: trailing bytes after the {expected_len}-byte payload for header {list(dims)}"
-        )
+        raise DataError(f"{path}: trailing bytes after the {expected_len}-byte payload for header {list(dims)}")
 
     values = np.frombuffer(data, dtype=np.uint8)
     if expected_kind == "images":
@@ -351,8 +353,7 @@ def _read_idx_header(f, path: str, expected_kind: str, expected_count: int | Non
         problem = None
     if problem:
         raise DataError(
-            f"{path}: wrong magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
-            f"for {expected_kind} ({problem})"
+            f"{path}: wrong magic number 0x{magic:08x}, expected 0x{expected_magic:08x} for {expected_kind} ({problem})"
         )
     header_len = 4 + 4 * ndim
     rest = f.read(header_len - 4)
@@ -401,8 +402,7 @@ def _check_label_range(labels: np.ndarray, where: str) -> None:
     bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
     if bad.size:
         raise DataError(
-            f"{where}: {bad.size} label(s) outside 0..{NUM_CLASSES - 1}, "
-            f"first {labels[bad[0]]} at index {bad[0]}"
+            f"{where}: {bad.size} label(s) outside 0..{NUM_CLASSES - 1}, first {labels[bad[0]]} at index {bad[0]}"
         )
 
 
@@ -424,14 +424,20 @@ def download_and_prepare(builder, where: str) -> None:
     """
     tfds = _tfds()
     mocked = getattr(tfds.core.DatasetBuilder.download_and_prepare, "__module__", "").startswith(
-        "tensorflow_datasets.testing")
+        "tensorflow_datasets.testing"
+    )
     if not mocked:
         hosts = _download_hosts(builder)
         unresolved = [host for host in hosts if not _resolves(host)]
         if hosts and len(unresolved) == len(hosts):
-            raise DataError(f"{where}: not prepared, and it cannot be downloaded: no address for "
-                            f"{', '.join(unresolved)} (no network?)")
-    roots = [os.fspath(builder.data_dir_root / builder.name), os.path.join(os.fspath(builder.data_dir_root), "downloads")]
+            raise DataError(
+                f"{where}: not prepared, and it cannot be downloaded: no address for "
+                f"{', '.join(unresolved)} (no network?)"
+            )
+    roots = [
+        os.fspath(builder.data_dir_root / builder.name),
+        os.path.join(os.fspath(builder.data_dir_root), "downloads"),
+    ]
     before = {root: _tree(root) for root in roots}
     try:
         builder.download_and_prepare()

@@ -253,7 +253,7 @@ def draw_panels(panels, ylim, ylabel, path):
         ax.set_ylim(ylim)
         _integer_epochs(ax)
         ax.legend(fontsize="small")
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     _save(fig, path)
     return fig

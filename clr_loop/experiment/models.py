@@ -93,7 +93,7 @@ def channel_stats(images):
     """Returns float64 (mean, std), each [C], per channel of `images` [N, H, W, C], or of an iterable of
     such arrays (chunks) taken together (std at least 1e-3 of the scale)."""
     if isinstance(images, np.ndarray):
-        chunks = [images[start:start + _STATS_CHUNK] for start in range(0, len(images), _STATS_CHUNK)]
+        chunks = [images[start : start + _STATS_CHUNK] for start in range(0, len(images), _STATS_CHUNK)]
     else:
         chunks = images
     total = squares = None
@@ -126,20 +126,27 @@ def create(name, input_shape, num_classes, *, train_images=None, stats=None, see
     uint8 = train_images is None or train_images.dtype == np.uint8
     if name == "tutorial_cnn":
         if uint8:
-            model = _build(name, input_shape, lambda: create_model(
-                seed=seed, input_shape=input_shape, num_classes=num_classes))
+            model = _build(
+                name, input_shape, lambda: create_model(seed=seed, input_shape=input_shape, num_classes=num_classes)
+            )
         else:
-            model = _build(name, input_shape, lambda: _normalized(
-                create_model(seed=seed, input_shape=input_shape, num_classes=num_classes, rescale=False),
-                train_images))
+            model = _build(
+                name,
+                input_shape,
+                lambda: _normalized(
+                    create_model(seed=seed, input_shape=input_shape, num_classes=num_classes, rescale=False),
+                    train_images,
+                ),
+            )
         return Built(model, from_logits=False)
     if name == "resnet20":
         if train_images is not None:
             mean, std = channel_stats(train_images)
         else:
             mean, std = stats() if stats is not None else (None, None)
-        return Built(_build(name, input_shape, lambda: resnet20(input_shape, num_classes, mean=mean, std=std)),
-                     from_logits=True)
+        return Built(
+            _build(name, input_shape, lambda: resnet20(input_shape, num_classes, mean=mean, std=std)), from_logits=True
+        )
     if is_user_function(name):
         return _user_model(name, input_shape, num_classes)
     raise ModelError(f"model {name!r}: unknown; one of {', '.join(MODELS)}, or module.path:function")
@@ -198,8 +205,9 @@ def resnet20(input_shape, num_classes, *, mean=None, std=None, depth=20):
         x = keras.layers.Rescaling(1.0 / 255)(inputs)
 
     def conv(filters, strides=1):
-        return keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
-                                   kernel_initializer="he_normal")
+        return keras.layers.Conv2D(
+            filters, 3, strides=strides, padding="same", use_bias=False, kernel_initializer="he_normal"
+        )
 
     x = keras.layers.ReLU()(keras.layers.BatchNormalization()(conv(16)(x)))
     for stage, filters in enumerate((16, 32, 64)):
@@ -229,29 +237,37 @@ def _user_model(name, input_shape, num_classes):
         raise ModelError(f"model {name}: {module_name} has no function {function_name}")
     outputs = getattr(function, "outputs", None)
     if outputs is not None and outputs not in OUTPUTS:
-        raise ModelError(f"model {name}: {function_name}.outputs must be \"logits\" or \"probabilities\", "
-                         f"got {outputs!r}")
+        raise ModelError(
+            f"model {name}: {function_name}.outputs must be \"logits\" or \"probabilities\", got {outputs!r}"
+        )
     try:
         model = function(input_shape, num_classes)
     except Exception as e:  # pylint: disable=broad-except  (the user's code)
-        raise ModelError(f"model {name}: {function_name}{(input_shape, num_classes)} raised "
-                         f"{type(e).__name__}: {e}") from e
+        raise ModelError(
+            f"model {name}: {function_name}{(input_shape, num_classes)} raised {type(e).__name__}: {e}"
+        ) from e
     if not isinstance(model, keras.Model):
         raise ModelError(f"model {name}: {function_name} returned a {type(model).__name__}, not a keras.Model")
     for method in ("train_step", "test_step"):
         if getattr(type(model), method) is not getattr(keras.Model, method):
-            raise ModelError(f"model {name}: {function_name} returns a {type(model).__name__}, which overrides "
-                             f"{method}; clr_loop does not run it (its compiled step is built from what compile() "
-                             "is given): override compute_loss instead, which it uses")
+            raise ModelError(
+                f"model {name}: {function_name} returns a {type(model).__name__}, which overrides "
+                f"{method}; clr_loop does not run it (its compiled step is built from what compile() "
+                "is given): override compute_loss instead, which it uses"
+            )
     shape = tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else None
     if shape is not None and (len(model.outputs) != 1 or shape[-1] != num_classes):
-        raise ModelError(f"model {name}: {function_name} returns outputs of shape "
-                         f"{[list(o.shape) for o in model.outputs]}, expected one [batch, {num_classes}]")
+        raise ModelError(
+            f"model {name}: {function_name} returns outputs of shape "
+            f"{[list(o.shape) for o in model.outputs]}, expected one [batch, {num_classes}]"
+        )
     if outputs is None:
         outputs, last = told_outputs(model)
         if outputs is None:
-            raise ModelError(f"model {name}: cannot tell whether it outputs logits or probabilities from its last "
-                             f"layer {last}; set {function_name}.outputs = \"logits\" or \"probabilities\"")
+            raise ModelError(
+                f"model {name}: cannot tell whether it outputs logits or probabilities from its last "
+                f"layer {last}; set {function_name}.outputs = \"logits\" or \"probabilities\""
+            )
     return Built(model, from_logits=outputs == "logits")
 
 

@@ -15,9 +15,23 @@ from clr_loop.experiment import config as config_lib
 # files go, how often to log or save, how long to run), not the numbers the run computes.
 RESUMABLE_CHANGES = frozenset(
     {
-        "workdir", "steps_per_loop", "log_every_steps", "max_steps", "epochs", "profile_steps",
-        "checkpoint_every_steps", "keep_checkpoints", "overwrite", "tfds_data_dir", "dataset_dir",
-        "save_init", "init_weights", "eval_batch_size", "strategy", "devices", "virtual_cpus",
+        "workdir",
+        "steps_per_loop",
+        "log_every_steps",
+        "max_steps",
+        "epochs",
+        "profile_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "overwrite",
+        "tfds_data_dir",
+        "dataset_dir",
+        "save_init",
+        "init_weights",
+        "eval_batch_size",
+        "strategy",
+        "devices",
+        "virtual_cpus",
         "cluster_timeout",
         # How a batch is computed (one part per core on a CPU, one on a GPU): a run may move
         # between machines; only the dropout masks' draws change. Runs written before the
@@ -30,10 +44,22 @@ RESUMABLE_CHANGES = frozenset(
 # Settings added after runs were first written, with the value a run written before them had: a
 # config.json without the key compares as that value, so such a run resumes under the defaults.
 ADDED_SETTINGS = {
-    "dataset": "fashion_mnist", "train_split": "train", "eval_split": "test", "model": "tutorial_cnn",
-    "optimizer": "sgd", "weight_decay": None, "augment": "none", "boundaries_epochs": None, "values": None,
-    "warmup_epochs": 0.0, "final_lr": None, "t_mul": None, "m_mul": None, "decay_epochs": None,
-    "decay_fraction": None, "decay_shape": None,
+    "dataset": "fashion_mnist",
+    "train_split": "train",
+    "eval_split": "test",
+    "model": "tutorial_cnn",
+    "optimizer": "sgd",
+    "weight_decay": None,
+    "augment": "none",
+    "boundaries_epochs": None,
+    "values": None,
+    "warmup_epochs": 0.0,
+    "final_lr": None,
+    "t_mul": None,
+    "m_mul": None,
+    "decay_epochs": None,
+    "decay_fraction": None,
+    "decay_shape": None,
     "precision": "float32",
 }
 
@@ -67,8 +93,6 @@ def describe_differences(saved, current, names):
 def _setting(values, key):
     """Returns setting `key` of a config dict, or for a missing key of ADDED_SETTINGS its old value."""
     return values.get(key, ADDED_SETTINGS.get(key))
-
-
 
 
 def describe_config_differences(saved, current):
@@ -109,10 +133,14 @@ def config_conflict(config):
     if why is not None:
         raise checkpointing.WorkdirError(
             f"run configuration {path} is not one clr_loop wrote ({why}); refusing to replace it: move it away, or "
-            "use another workdir", starting_over_helps=False)
+            "use another workdir",
+            starting_over_helps=False,
+        )
     current = config.to_json_dict()
     differing = config_differences(saved, current)
     if not differing:
         return None
-    binding = checkpointing.has_checkpoint(config.workdir) or os.path.exists(os.path.join(config.workdir, "history.json"))
+    binding = checkpointing.has_checkpoint(config.workdir) or os.path.exists(
+        os.path.join(config.workdir, "history.json")
+    )
     return describe_differences(saved, current, differing), binding, tuple(differing)

@@ -73,7 +73,9 @@ def load_initial_weights(model, path):
     try:
         model.load_weights(path)
     except Exception as e:  # h5py, Keras shape checks and OS errors all mean "unusable file"
-        raise WeightsError(f"initial weights file {path} cannot be loaded into the model: {type(e).__name__}: {e}") from e
+        raise WeightsError(
+            f"initial weights file {path} cannot be loaded into the model: {type(e).__name__}: {e}"
+        ) from e
     logging.info("initial weights loaded from %s", path)
 
 
@@ -120,17 +122,25 @@ def make_schedule_free_optimizer(config, plan):
     decay = config.weight_decay
     if config.optimizer == "adamw":
         decay = config_lib.ADAMW_WEIGHT_DECAY if decay is None else decay
-        return optimizers_lib.ScheduleFreeAdamW(learning_rate=config.max_lr, warmup_steps=plan.warmup_steps,
-                                                weight_decay=decay)
-    return optimizers_lib.ScheduleFreeSGD(learning_rate=config.max_lr,
-                                          momentum=config.momentum or config_lib.SCHEDULE_FREE_MOMENTUM,
-                                          warmup_steps=plan.warmup_steps, weight_decay=decay or 0.0)
+        return optimizers_lib.ScheduleFreeAdamW(
+            learning_rate=config.max_lr, warmup_steps=plan.warmup_steps, weight_decay=decay
+        )
+    return optimizers_lib.ScheduleFreeSGD(
+        learning_rate=config.max_lr,
+        momentum=config.momentum or config_lib.SCHEDULE_FREE_MOMENTUM,
+        warmup_steps=plan.warmup_steps,
+        weight_decay=decay or 0.0,
+    )
 
 
 def compile_model(model, config, plan, from_logits=False):
     """Compiles `model` as the tutorial does: `make_optimizer`, sparse categorical cross-entropy on
     its probabilities (on its logits with `from_logits`), and accuracy. Returns the model."""
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True) if from_logits else "sparse_categorical_crossentropy"
+    loss = (
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if from_logits
+        else "sparse_categorical_crossentropy"
+    )
     model.compile(optimizer=make_optimizer(config, plan), loss=loss, metrics=["accuracy"])
     return model
 
@@ -144,10 +154,13 @@ def check_replicas(config, strategy):
     devices = ", ".join(_short_device(d) for d in getattr(strategy.extended, "worker_devices", ()))
     lower = config.batch_size - config.batch_size % replicas
     options = " or ".join(f"{{batch_size}}={b}" for b in (lower, lower + replicas) if b > 0)
-    raise config_lib.ConfigError(config_lib.Problem(
-        "batch_size",
-        f"{{batch_size}}={config.batch_size} must be a multiple of the {replicas} replicas of "
-        f"{{strategy}}={config.strategy}{f' ({devices})' if devices else ''}, e.g. {options}"))
+    raise config_lib.ConfigError(
+        config_lib.Problem(
+            "batch_size",
+            f"{{batch_size}}={config.batch_size} must be a multiple of the {replicas} replicas of "
+            f"{{strategy}}={config.strategy}{f' ({devices})' if devices else ''}, e.g. {options}",
+        )
+    )
 
 
 def _short_device(name):
@@ -162,10 +175,13 @@ def check_batch_splits(config, model):
     if config.batch_splits > 1:
         ok, why = steps_lib.can_split(model)
         if not ok:
-            raise config_lib.ConfigError(config_lib.Problem(
-                "batch_splits",
-                f"{{batch_splits}}={config.batch_splits} cannot compute {{model}}={config.model} in parts: {why}; "
-                "leave {batch_splits} at 0 (automatic) or 1"))
+            raise config_lib.ConfigError(
+                config_lib.Problem(
+                    "batch_splits",
+                    f"{{batch_splits}}={config.batch_splits} cannot compute {{model}}={config.model} in parts: {why}; "
+                    "leave {batch_splits} at 0 (automatic) or 1",
+                )
+            )
 
 
 def planned_batch_splits(config, replicas=1):
@@ -206,11 +222,16 @@ def make_inputs(config, data):
     (seeded shuffle buffer, `config.batch_size` batches, remainder dropped; the loop checkpoints its
     iterator) and the eval split as batches of `config.eval_batch_size`."""
     if getattr(data, "streamed", False):
-        return (inputs.make_train_input(data.train.train_dataset(config.batch_size, config.seed), None, None,
-                                        drop_remainder=True),
-                inputs.make_validation(data.test.eval_dataset(config.eval_batch_size), config.eval_batch_size))
-    return (inputs.make_train_input(data.train.images, data.train.labels, config.batch_size, drop_remainder=True),
-            inputs.make_validation((data.test.images, data.test.labels), config.eval_batch_size))
+        return (
+            inputs.make_train_input(
+                data.train.train_dataset(config.batch_size, config.seed), None, None, drop_remainder=True
+            ),
+            inputs.make_validation(data.test.eval_dataset(config.eval_batch_size), config.eval_batch_size),
+        )
+    return (
+        inputs.make_train_input(data.train.images, data.train.labels, config.batch_size, drop_remainder=True),
+        inputs.make_validation((data.test.images, data.test.labels), config.eval_batch_size),
+    )
 
 
 class Trainer:
@@ -240,8 +261,9 @@ class Trainer:
         with self.strategy.scope():
             if model is None:
                 with runtime.precision(config.precision):  # the global policy is restored after
-                    built = models.create(config.model, data.image_shape, data.num_classes, seed=config.seed,
-                                          **normalization(data))
+                    built = models.create(
+                        config.model, data.image_shape, data.num_classes, seed=config.seed, **normalization(data)
+                    )
                 model, from_logits = built.model, built.from_logits
             else:
                 from_logits = False
@@ -273,7 +295,8 @@ class Trainer:
         )
         # config.json, with the resolved step plan; written once the workdir's checks pass.
         self.run.run_files["config.json"] = {
-            **config.to_json_dict(), "resolved": _plan_dict(self.plan, self.run.jit_compile, self.run.splits)
+            **config.to_json_dict(),
+            "resolved": _plan_dict(self.plan, self.run.jit_compile, self.run.splits),
         }
         self.jit_compile = self.run.jit_compile
         self.splits = self.run.splits
@@ -296,11 +319,15 @@ class Trainer:
                 raise checkpointing.WorkdirError(
                     f"{config.workdir} holds a run with a different configuration ({described}). "
                     "Use another workdir, or overwrite to start over.",
-                    argument=differing[0] if len(differing) == 1 else "workdir", settings=differing,
+                    argument=differing[0] if len(differing) == 1 else "workdir",
+                    settings=differing,
                 )
             # A run that failed before its first checkpoint saved nothing a new one could lose.
-            print(f"note: {config.workdir}/config.json is from a run that saved no checkpoint ({described}); "
-                  "replacing it", flush=True)
+            print(
+                f"note: {config.workdir}/config.json is from a run that saved no checkpoint ({described}); "
+                "replacing it",
+                flush=True,
+            )
 
     def train(self, callbacks=None, verbose=None):
         """Trains to the plan's total steps, resuming from the workdir; returns the history dict.
@@ -321,8 +348,10 @@ class Trainer:
                 # weights: fit restores a checkpoint and trains only after this.
                 save_initial_weights(self.model, self.config.save_init)
             history = loop.train(self.run, callbacks=callbacks, verbose=verbose)
-        return {**{key: history.history.get(key, []) for key in HISTORY_KEYS if key != "epoch_seconds"},
-                "epoch_seconds": history.epoch_seconds}
+        return {
+            **{key: history.history.get(key, []) for key in HISTORY_KEYS if key != "epoch_seconds"},
+            "epoch_seconds": history.epoch_seconds,
+        }
 
 
 def _plan_dict(plan, jit_compile, batch_splits):
@@ -354,6 +383,11 @@ def train_and_evaluate(config, data=None, strategy=None):
     """
     checks.check(config)
     if data is None:
-        data = datasets.load(config.dataset, tfds_data_dir=config.tfds_data_dir, dataset_dir=config.dataset_dir,
-                             train_split=config.train_split, eval_split=config.eval_split)
+        data = datasets.load(
+            config.dataset,
+            tfds_data_dir=config.tfds_data_dir,
+            dataset_dir=config.dataset_dir,
+            train_split=config.train_split,
+            eval_split=config.eval_split,
+        )
     return Trainer(config, data, strategy=strategy).train()

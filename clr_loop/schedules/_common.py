@@ -55,4 +55,3 @@ def _as_step_tensor(step):
     if step.dtype.is_integer:
         return tf.cast(step, tf.int64)
     raise TypeError(f"step must be an integer or float tensor, got dtype {step.dtype.name}")
-

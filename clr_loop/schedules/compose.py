@@ -219,7 +219,9 @@ class Sequence(keras.optimizers.schedules.LearningRateSchedule):
             schedule = _check_schedule(f"segments[{i}] schedule", schedule)
             last = i == len(segments) - 1
             if last and num_steps is not None:
-                raise ValueError(f"segments[{i}] num_steps must be None (the last segment runs for ever), got {num_steps!r}")
+                raise ValueError(
+                    f"segments[{i}] num_steps must be None (the last segment runs for ever), got {num_steps!r}"
+                )
             if not last:
                 num_steps = _check_steps(f"segments[{i}] num_steps", num_steps)
             checked.append((schedule, num_steps))
@@ -300,8 +302,9 @@ class WarmupStableDecay(keras.optimizers.schedules.LearningRateSchedule):
         [0.05, 0.1, 0.05, 0.0]
     """
 
-    def __init__(self, peak_lr, total_steps, warmup_steps, decay_steps, final_lr=0.0, decay="linear",
-                 name="WarmupStableDecay"):
+    def __init__(
+        self, peak_lr, total_steps, warmup_steps, decay_steps, final_lr=0.0, decay="linear", name="WarmupStableDecay"
+    ):
         super().__init__()
         self.peak_lr = _check_rate("peak_lr", peak_lr)
         if self.peak_lr <= 0:

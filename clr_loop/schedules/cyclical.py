@@ -94,7 +94,6 @@ def _tfa_gamma(gamma):
     return float(number)
 
 
-
 def _cycle_position(step, up, down):
     """Returns (cycle, height) for a cycle that rises over `up` steps and falls over `down` steps.
 

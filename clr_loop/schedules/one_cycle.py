@@ -126,7 +126,9 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
                 value = v1 + (v0 - v1) / 2.0 * (tf.cos(math.pi * pct) + 1.0)
             else:
                 value = (v1 - v0) * pct + v0
-            in_phase = tf.logical_not(done) if i == len(self._ends) - 1 else tf.logical_and(tf.logical_not(done), step <= end)
+            in_phase = (
+                tf.logical_not(done) if i == len(self._ends) - 1 else tf.logical_and(tf.logical_not(done), step <= end)
+            )
             result = tf.where(in_phase, value, result)
             done = tf.logical_or(done, in_phase)
             start = end
@@ -167,4 +169,3 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
             "three_phase": self.three_phase,
             "name": self.name,
         }
-

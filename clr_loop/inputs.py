@@ -417,9 +417,10 @@ def check_fits_model(model, element_spec, what):
 
 def element_spec_of(arrays, batch_size=None):
     """Returns the `(x, y)` TensorSpec structure of batches of `arrays` (batch dimension `batch_size`)."""
-    spec = lambda a: tf.TensorSpec(
-        (batch_size,) + a.shape[1:], tf.string if a.dtype.kind in "USO" else tf.as_dtype(a.dtype)
-    )  # noqa: E731
+
+    def spec(a):
+        return tf.TensorSpec((batch_size,) + a.shape[1:], tf.string if a.dtype.kind in "USO" else tf.as_dtype(a.dtype))
+
     return tf.nest.map_structure(spec, arrays.parts)
 
 

@@ -5,7 +5,7 @@ r"""Same-initialisation ablations: train several flagfiles (and seeds) one after
 
 Each run's Config is built exactly as `clr_loop.train` builds it (`cli.config_from_flags` after
 parsing `--flagfile=<flagfile>` followed by every other flag given here), and trained by the same
-`trainer.Trainer`. The flagfiles may name different datasets and models (`--dataset`, `--model`):
+`trial.Trainer`. The flagfiles may name different datasets and models (`--dataset`, `--model`):
 each distinct data source (the dataset flags `--dataset`, `--tfds_data_dir`, `--dataset_dir`,
 `--train_split`, `--eval_split`) is loaded once and shared by the runs that name it. The ablation
 sets four flags of every run itself: `--workdir` (`<workdir>/<flagfile stem>[_seed<N>]`), `--seed`,
@@ -178,7 +178,7 @@ def _assign_initial_weights(runs, data_by_key, workdir, per_seed):
 
 def _refused_runs(runs):
     """Returns one message per run whose folder holds a run of another configuration (as
-    `trainer.Trainer` would refuse it, unless the run overwrites), naming the run and the settings."""
+    `trial.Trainer` would refuse it, unless the run overwrites), naming the run and the settings."""
     problems = []
     for run in runs:
         try:

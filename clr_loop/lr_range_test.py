@@ -184,7 +184,7 @@ def run_range_test(config, data=None):
     """Runs the range test of the tutorial's CNN on Fashion-MNIST per `config`; returns (result, paths written).
 
     Loads the data unless given (a `data.FashionMnist`), compiles the CNN as the trainer does
-    (`trainer.compile_model`'s loss and metric) with Keras SGD at `config.momentum` (or Adam / AdamW), runs
+    (`trial.compile_model`'s loss and metric) with Keras SGD at `config.momentum` (or Adam / AdamW), runs
     `lr_finder.find_lr` on `config.batch_size`-example batches of the training arrays shuffled by
     `config.seed`, and writes `lr_range.json` (the RangeTestResult, the data source and the
     trainer flags) and, when matplotlib is installed, `lr_range.png` into `config.workdir`.

@@ -71,7 +71,7 @@ def model_key_name(key):
 
 
 def build_model(config, data):
-    """Returns the keras.Model `trainer.Trainer` builds for `config` on `data`, after seeding Keras with `config.seed`.
+    """Returns the keras.Model `trial.Trainer` builds for `config` on `data`, after seeding Keras with `config.seed`.
 
     Raises config.ConfigError for a Config whose values cannot run (`checks.check`)."""
     checks.check(config)
@@ -82,7 +82,7 @@ def build_model(config, data):
 
 
 def build_initial_weights(config, data, path):
-    """Builds the model for `config` (its seed and model) on `data` as `trainer.Trainer` does and saves its
+    """Builds the model for `config` (its seed and model) on `data` as `trial.Trainer` does and saves its
     weights to `path`; returns `path`.
 
     So the file holds the weights a `clr_loop.train --seed=<seed> --model=... --dataset=...` run starts from.

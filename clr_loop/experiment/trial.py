@@ -1,12 +1,13 @@
-"""The CLI's experiment (by default the tutorial's Fashion-MNIST one) as a client of the general loop (`clr_loop.loop`).
+"""One trial of the experiment: a Config trained and evaluated, as a client of the library's loop.
 
 It builds the Config's model (`clr_loop.experiment.models`: by default the tutorial's CNN), compiles it with
 the Config's optimizer (SGD by default) and schedule, the cross-entropy its outputs call for and
 accuracy, and trains it on the dataset's in-memory arrays (`clr_loop.experiment.datasets`), or on the
 tf.data stream of a TFDS dataset too big for memory (whose iterator the loop checkpoints), with `runner.Run`,
 with the Config's augmentation, workdir, step counts and device settings. What is particular to the
-experiment stays here: the initial-weights files, the workdir's config.json (another configuration
-is refused, naming each setting), and the strategy set-up from the Config.
+experiment stays here: the Config's checks before anything is built, the initial-weights files, and the
+workdir's config.json (`clr_loop.experiment.resume`: another configuration is refused, naming each
+setting). The process's set-up (threads, virtual CPUs, op determinism, the strategy) is the app's.
 """
 
 import os

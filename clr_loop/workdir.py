@@ -133,19 +133,30 @@ def identity_differences(saved, current, config_differences=None):
     return problems
 
 
-def settings_differences(saved, current):
+def settings_differences(saved, current, differing=None, value=dict.get):
     """Returns why the caller's settings `current` (a run identity's `config`) cannot resume a run of
-    `saved`: every key whose value differs, as one `the configuration (name: saved (saved) vs now
-    (now), ...)` line, or an empty list when they are equal. A caller whose settings may partly
-    change on resumption passes its own comparison instead (`Run`'s `run_config_differences`)."""
-    differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    `saved`, as one `the configuration (name: saved (saved) vs now (now), ...)` line, or an empty list
+    when nothing differs.
+
+    Args:
+        saved: the settings dict the checkpoint recorded.
+        current: this run's settings dict.
+        differing: the names of the settings that forbid resuming; None: every key whose value differs.
+        value: reads a setting, `value(settings, name)` (default: `dict.get`). A caller whose settings
+            may partly change on resumption passes its own `differing` and `value` (through `Run`'s
+            `run_config_differences`).
+    """
+    if differing is None:
+        differing = sorted(k for k in set(saved) | set(current) if value(saved, k) != value(current, k))
     if not differing:
         return []
-    return [
-        "the configuration ("
-        + ", ".join(f"{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)" for k in differing)
-        + ")"
-    ]
+    return [f"the configuration ({describe_settings(saved, current, differing, value)})"]
+
+
+def describe_settings(saved, current, names, value=dict.get):
+    """Returns `name: saved (saved) vs now (now)` for each setting in `names`, comma-separated, each
+    value read with `value(settings, name)`."""
+    return ", ".join(f"{k}: {value(saved, k)!r} (saved) vs {value(current, k)!r} (now)" for k in names)
 
 
 def worker_folder(workdir, strategy):

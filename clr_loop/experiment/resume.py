@@ -9,6 +9,7 @@ Config after runs were first written compare as the value those runs had (`ADDED
 import os
 
 from clr_loop import checkpointing
+from clr_loop import workdir
 from clr_loop.experiment import config as config_lib
 
 # Settings that may change between a run and its resumption: they steer the plumbing (where
@@ -86,8 +87,9 @@ def config_differences(saved, current):
 
 
 def describe_differences(saved, current, names):
-    """Returns a one-line description `name: saved -> current` of each differing setting."""
-    return ", ".join(f"{k}: {_setting(saved, k)!r} (saved) vs {_setting(current, k)!r} (now)" for k in names)
+    """Returns a one-line description `name: saved (saved) vs now (now)` of each setting in `names`,
+    a setting added since a run was written compared as its old value (`ADDED_SETTINGS`)."""
+    return workdir.describe_settings(saved, current, names, _setting)
 
 
 def _setting(values, key):
@@ -97,11 +99,11 @@ def _setting(values, key):
 
 def describe_config_differences(saved, current):
     """Returns why the run settings `current` cannot resume a run of `saved` (both `defining_settings`
-    dicts): one `name: saved (saved) vs now (now)` line for the lot, or an empty list when it may
-    resume. The loop calls it (`runner.Run`'s `run_config_differences`) to compare a checkpoint's
-    recorded settings with the run's."""
-    differing = config_differences(saved, current)
-    return ["the configuration (" + describe_differences(saved, current, differing) + ")"] if differing else []
+    dicts): one `the configuration (name: saved (saved) vs now (now), ...)` line, or an empty list
+    when it may resume. The loop calls it (`runner.Run`'s `run_config_differences`) to compare a
+    checkpoint's recorded settings with the run's; the line is the library's
+    (`workdir.settings_differences`), with this module's rules for which settings count."""
+    return workdir.settings_differences(saved, current, config_differences(saved, current), _setting)
 
 
 # Settings every config.json that clr_loop wrote holds (the Config's first fields).
